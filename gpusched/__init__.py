@@ -1,0 +1,1 @@
+"""gpusched: the command line, workloads, load generator and benchmarks."""

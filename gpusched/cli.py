@@ -1,0 +1,185 @@
+"""The ``gpusched`` command. Expected mistakes exit 2 with a one-line message, no traceback."""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+
+EXAMPLES = """examples:
+  gpusched daemon                               # serve on the default ipc socket
+  gpusched daemon --endpoint tcp://127.0.0.1:5555 --policy srpt
+  gpusched submit --workload mixed --clients 3 --rate 60 --duration 5
+  gpusched status --json
+  gpusched bench overhead --json
+  gpusched demo                                 # daemon + 3 clients + a latency table
+"""
+
+
+class UsageError(Exception):
+    """A mistake of the user's: printed as one line, exit code 2."""
+
+
+def _common_endpoint(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--endpoint", help="daemon endpoint: ipc:///path or tcp://127.0.0.1:PORT "
+                   "(default: an ipc socket in the per-user runtime dir, or $GPUSCHED_ENDPOINT)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from scheduler_daemon.devices import BACKENDS
+    from scheduler_daemon.gpu_specs import PRESETS
+    from scheduler_daemon.policies import POLICIES
+
+    from .workloads import WORKLOADS
+
+    ap = argparse.ArgumentParser(
+        prog="gpusched", formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="A user-space GPU kernel scheduler daemon, its load generator and benchmarks.",
+        epilog=EXAMPLES)
+    ap.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    sub = ap.add_subparsers(dest="cmd", metavar="COMMAND")
+
+    d = sub.add_parser("daemon", help="run the scheduler daemon in the foreground",
+                       description="Run the scheduler daemon. SIGTERM/SIGINT drain it: started "
+                       "jobs finish, queued ones are answered as cancelled.")
+    _common_endpoint(d)
+    d.add_argument("--backend", default="auto", choices=BACKENDS,
+                   help="auto: a GPU through torch if NVML sees one, else the simulated GPU")
+    d.add_argument("--policy", default="slo", choices=sorted(POLICIES),
+                   help="scheduling policy (default: slo, least slack first)")
+    d.add_argument("--gpu-spec", default="T4", choices=sorted(PRESETS),
+                   help="GPU preset of the simulated device (default T4)")
+    d.add_argument("--shed", action="store_true",
+                   help="slo policy: drop jobs that can no longer meet their SLO (default: flag "
+                   "them and run them after the others)")
+    d.add_argument("--max-extra", type=int, default=2,
+                   help="kernels dispatched beyond free SM resources (Paella: 2)")
+    d.add_argument("--speed", type=float, default=1.0,
+                   help="simulated device: kernel duration multiplier (0 = zero-duration)")
+    d.add_argument("--torch-device", help="torch backend device, e.g. cpu, cuda, cuda:1")
+    d.add_argument("--client-timeout", type=float, default=3.0,
+                   help="seconds of silence after which a client's jobs are cancelled")
+    d.add_argument("--token", default=None, help="require this token in HELLO "
+                   "(default: $GPUSCHED_TOKEN if set)")
+
+    s = sub.add_parser("submit", help="open-loop load generator over a built-in workload")
+    _common_endpoint(s)
+    s.add_argument("--workload", default="mixed", choices=sorted(WORKLOADS))
+    s.add_argument("--clients", type=int, default=3, help="client processes (tenants round-robin)")
+    s.add_argument("--rate", type=float, default=60.0, help="total arrivals per second")
+    s.add_argument("--duration", type=float, default=5.0, help="seconds of arrivals")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--json", action="store_true", help="print JSON instead of a table")
+
+    st = sub.add_parser("status", help="the daemon's queues and per-tenant counters")
+    _common_endpoint(st)
+    st.add_argument("--json", action="store_true")
+
+    b = sub.add_parser("bench", help="benchmarks (print a table, or JSON with --json)")
+    bsub = b.add_subparsers(dest="bench", metavar="BENCH")
+    bo = bsub.add_parser("overhead", help="ZeroMQ vs daemon round trip, jobs/s, decision time")
+    bo.add_argument("--rounds", type=int, default=2000, help="round trips per RTT figure")
+    bo.add_argument("--seconds", type=float, default=3.0, help="duration of the jobs/s run")
+    bo.add_argument("--json", action="store_true")
+
+    dm = sub.add_parser("demo", help="start a daemon, run the mixed workload, print latencies")
+    dm.add_argument("--duration", type=float, default=5.0)
+    dm.add_argument("--rate", type=float, default=60.0)
+    dm.add_argument("--policies", default="fifo,slo",
+                    help="comma-separated policies to compare (default fifo,slo)")
+    return ap
+
+
+def _daemon(args) -> int:
+    import os
+
+    from scheduler_daemon.config import DaemonConfig
+    from scheduler_daemon.daemon import Daemon
+    from scheduler_daemon.sockets import check_endpoint, default_endpoint
+
+    cfg = DaemonConfig(endpoint=check_endpoint(args.endpoint or default_endpoint()),
+                       backend=args.backend, policy=args.policy, gpu_spec=args.gpu_spec,
+                       shed=args.shed, max_extra=args.max_extra, speed=args.speed,
+                       torch_device=args.torch_device, client_timeout_s=args.client_timeout,
+                       token=args.token if args.token is not None else os.environ.get("GPUSCHED_TOKEN", ""))
+    if args.speed < 0 or args.max_extra < 0 or args.client_timeout <= 0:
+        raise UsageError("--speed and --max-extra must be >= 0, --client-timeout > 0")
+    daemon = Daemon(cfg)
+    daemon.install_signal_handlers()
+    try:
+        daemon.bind()
+        daemon.serve()
+    finally:
+        daemon.close()
+    return 0
+
+
+def _submit(args) -> int:
+    from .loadgen import run_load
+    from .report import load_table, print_table
+    from scheduler_daemon.sockets import default_endpoint
+
+    res = run_load(args.endpoint or default_endpoint(), args.workload, args.clients, args.rate,
+                   args.duration, args.seed)
+    if args.json:
+        print(json.dumps(res, indent=2))
+    else:
+        print_table(load_table(res))
+        for e in res["client_errors"]:
+            print(f"client error: {e}", file=sys.stderr)
+    return 0 if not res["client_errors"] else 1
+
+
+def _status(args) -> int:
+    import msgspec
+
+    from client_lib import Client
+    from scheduler_daemon.sockets import default_endpoint
+
+    from .report import print_table, status_table
+
+    with Client(args.endpoint or default_endpoint(), tenant="gpusched-status", timeout=3) as c:
+        st = c.status()
+    if args.json:
+        print(json.dumps(msgspec.to_builtins(st), indent=2))
+    else:
+        print_table(status_table(st))
+    return 0
+
+
+def _bench(args) -> int:
+    if args.bench == "overhead":
+        from .bench.overhead import print_overhead, run_overhead
+        res = run_overhead(rounds=args.rounds, seconds=args.seconds)
+        print(json.dumps(res, indent=2)) if args.json else print_overhead(res)
+        return 0
+    raise UsageError("name a benchmark: gpusched bench overhead (see gpusched bench --help)")
+
+
+def _demo(args) -> int:
+    from .demo import run_demo
+    return run_demo(args.duration, args.rate, [p for p in args.policies.split(",") if p])
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = build_parser()
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=args.log_level, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    if args.cmd is None:
+        ap.print_help()
+        return 2
+    from client_lib.errors import ConnectError, RequestError
+    from scheduler_daemon.daemon import DaemonError
+    try:
+        return {"daemon": _daemon, "submit": _submit, "status": _status, "bench": _bench,
+                "demo": _demo}[args.cmd](args)
+    except (UsageError, ValueError, ConnectError, RequestError, DaemonError) as e:
+        print(f"gpusched {args.cmd}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,127 @@
+"""Open-loop load generator: N client processes submit a workload's jobs at Poisson times.
+
+Each client is a separate process (``python -m gpusched.loadgen WORKER-JSON``) that prints one
+JSON line of results; the parent aggregates per tenant. Latency is measured by the clients,
+from submit to answer.
+"""
+from __future__ import annotations
+
+import json
+import random
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from .workloads import workload
+
+
+@dataclass
+class WorkerConfig:
+    endpoint: str
+    workload: str
+    tenant_index: int
+    rate: float          # this client's arrivals per second
+    duration: float
+    seed: int
+    drain_s: float = 10.0
+    timeout: float = 5.0
+    start_at: float = 0.0  # wall-clock time (time.time()) when all clients begin together
+
+
+def run_worker(cfg: WorkerConfig) -> dict:
+    from client_lib import Client, GpuschedError
+
+    load = workload(cfg.workload)[cfg.tenant_index]
+    rng = random.Random(cfg.seed)
+    futs = []
+    with Client(cfg.endpoint, tenant=load.tenant, timeout=cfg.timeout) as c:
+        c.register_model(load.model, list(load.kernels))
+        while (wait := cfg.start_at - time.time()) > 0:  # start together, after all imports
+            c.poll(min(wait, 0.1))
+        start = time.perf_counter()
+        end = start + cfg.duration
+        t_next = start + rng.expovariate(cfg.rate) if cfg.rate > 0 else end
+        while True:
+            now = time.perf_counter()
+            if now >= end:
+                break
+            if now >= t_next:
+                futs.append(c.submit(load.model, slo_ms=load.slo_ms))
+                t_next += rng.expovariate(cfg.rate)
+            else:
+                c.poll(min(t_next, end) - now)
+        deadline = time.perf_counter() + cfg.drain_s
+        lat, failed, met, errors = [], 0, 0, {}
+        for f in futs:
+            try:
+                r = f.result(timeout=max(0.0, deadline - time.perf_counter()))
+                lat.append(r.latency_ms)
+                met += (load.slo_ms <= 0 or r.latency_ms <= load.slo_ms)
+            except (GpuschedError, TimeoutError) as e:
+                failed += 1
+                errors[type(e).__name__] = errors.get(type(e).__name__, 0) + 1
+    return {"tenant": load.tenant, "slo_ms": load.slo_ms, "submitted": len(futs),
+            "completed": len(lat), "failed": failed, "slo_met": met, "latencies_ms": lat,
+            "errors": errors}
+
+
+def summarize(name: str, rows: list[dict]) -> dict:
+    lat = np.array([x for r in rows for x in r["latencies_ms"]], dtype=float)
+    submitted = sum(r["submitted"] for r in rows)
+    return {
+        "tenant": name,
+        "submitted": submitted,
+        "completed": int(sum(r["completed"] for r in rows)),
+        "failed": int(sum(r["failed"] for r in rows)),
+        "p50_ms": float(np.percentile(lat, 50)) if lat.size else None,
+        "p99_ms": float(np.percentile(lat, 99)) if lat.size else None,
+        "slo_attainment": (sum(r["slo_met"] for r in rows) / submitted) if submitted else None,
+    }
+
+
+def run_load(endpoint: str, workload_name: str, clients: int, rate: float, duration: float,
+             seed: int = 0, timeout: float = 5.0) -> dict:
+    """Start ``clients`` worker processes and aggregate their results."""
+    tenants = workload(workload_name)
+    if clients < 1:
+        raise ValueError("--clients must be at least 1")
+    if rate < 0 or duration <= 0:
+        raise ValueError("--rate must be >= 0 and --duration > 0")
+    per_tenant = [sum(1 for i in range(clients) if i % len(tenants) == t) for t in range(len(tenants))]
+    total_w = sum(t.weight for t, n in zip(tenants, per_tenant) if n)
+    procs = []
+    start_at = time.time() + 1.0 + 0.3 * clients
+    for i in range(clients):
+        t = i % len(tenants)
+        cfg = WorkerConfig(endpoint, workload_name, t,
+                           rate * tenants[t].weight / total_w / per_tenant[t], duration,
+                           seed * 1000 + i, timeout=timeout, start_at=start_at)
+        procs.append(subprocess.Popen([sys.executable, "-m", "gpusched.loadgen",
+                                       json.dumps(asdict(cfg))],
+                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    rows, errors = [], []
+    for p in procs:
+        out, err = p.communicate(timeout=duration + 90 + 0.3 * clients)
+        if p.returncode != 0:
+            errors.append(err.strip().splitlines()[-1] if err.strip() else f"exit {p.returncode}")
+            continue
+        rows.append(json.loads(out.strip().splitlines()[-1]))
+    if errors and not rows:
+        raise RuntimeError(f"every client failed; first error: {errors[0]}")
+    result = {"workload": workload_name, "clients": clients, "rate": rate, "duration": duration,
+              "tenants": [summarize(t.tenant, [r for r in rows if r["tenant"] == t.tenant])
+                          for t in tenants if any(r["tenant"] == t.tenant for r in rows)],
+              "overall": summarize("overall", rows), "client_errors": errors}
+    return result
+
+
+if __name__ == "__main__":
+    try:
+        res = run_worker(WorkerConfig(**json.loads(sys.argv[1])))
+    except Exception as e:  # reported to the parent on stderr, one line
+        print(f"{type(e).__name__}: {e}", file=sys.stderr)
+        sys.exit(1)
+    print(json.dumps(res))

@@ -1,0 +1,112 @@
+"""Time behind an environment, after SimPy's ``Environment`` / ``RealtimeEnvironment``.
+
+One virtual-time implementation (``Environment``) drives the simulator and the policy tests;
+``RealtimeEnvironment`` only changes what ``now`` means and how ``step`` waits, so the daemon and
+the simulator schedule device events through the very same code. Ties at equal times are broken
+by an insertion counter, which makes every run with the same inputs identical.
+"""
+from __future__ import annotations
+
+import heapq
+import itertools
+import time
+from typing import Callable
+
+
+class Timer:
+    """Handle for a scheduled callback; ``cancel()`` is idempotent."""
+
+    __slots__ = ("at", "fn", "cancelled")
+
+    def __init__(self, at: float, fn: Callable[[], None]):
+        self.at = at
+        self.fn = fn
+        self.cancelled = False
+
+    def cancel(self) -> None:
+        self.cancelled = True
+
+
+class Environment:
+    """Virtual time: ``now`` only moves when ``step`` processes the next event."""
+
+    def __init__(self, start: float = 0.0):
+        self._now = start
+        self._heap: list[tuple[float, int, Timer]] = []
+        self._counter = itertools.count()
+
+    @property
+    def now(self) -> float:
+        return self._now
+
+    def schedule(self, delay: float, fn: Callable[[], None]) -> Timer:
+        return self.schedule_at(self.now + max(0.0, delay), fn)
+
+    def schedule_at(self, at: float, fn: Callable[[], None]) -> Timer:
+        timer = Timer(at, fn)
+        heapq.heappush(self._heap, (at, next(self._counter), timer))
+        return timer
+
+    def peek(self) -> float:
+        """Time of the next live event, or ``inf``."""
+        heap = self._heap
+        while heap and heap[0][2].cancelled:
+            heapq.heappop(heap)
+        return heap[0][0] if heap else float("inf")
+
+    def _pop_due(self) -> Timer | None:
+        if self.peek() == float("inf"):
+            return None
+        return heapq.heappop(self._heap)[2]
+
+    def step(self) -> bool:
+        """Advance to the next event and run it. Returns False when none is left."""
+        timer = self._pop_due()
+        if timer is None:
+            return False
+        if timer.at > self._now:
+            self._now = timer.at
+        timer.fn()
+        return True
+
+    def run(self, until: float | None = None) -> None:
+        while self.peek() <= (float("inf") if until is None else until):
+            if not self.step():
+                break
+        if until is not None and until > self._now:
+            self._now = until
+
+    def run_due(self) -> int:
+        """Run every event due at or before ``now``; never waits. Returns how many ran."""
+        n = 0
+        while self.peek() <= self.now:
+            self.step()
+            n += 1
+        return n
+
+
+class RealtimeEnvironment(Environment):
+    """Wall-clock time (monotonic seconds since creation, times ``factor``).
+
+    Overrides ``now`` and ``step`` only: ``step`` sleeps until the next event is due.
+    """
+
+    def __init__(self, factor: float = 1.0):
+        super().__init__(0.0)
+        self._t0 = time.monotonic()
+        self._factor = factor
+
+    @property
+    def now(self) -> float:
+        return (time.monotonic() - self._t0) * self._factor
+
+    def step(self) -> bool:
+        at = self.peek()
+        if at == float("inf"):
+            return False
+        wait = (at - self.now) / self._factor
+        if wait > 0:
+            time.sleep(wait)
+        timer = heapq.heappop(self._heap)[2]
+        timer.fn()
+        return True

@@ -1,0 +1,33 @@
+"""Daemon options (one object, filled by the CLI or by tests)."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from .sockets import DEFAULT_MAX_FRAME, default_endpoint
+
+
+@dataclass
+class DaemonLimits:
+    max_frame_bytes: int = DEFAULT_MAX_FRAME   # per frame, enforced by libzmq
+    max_input_bytes: int = 256 * 1024 * 1024   # summed input frames of one job
+    max_inputs: int = 64                       # tensors per job
+    max_kernels: int = 100_000                 # kernels per model
+    max_models: int = 256                      # models per tenant
+    max_queued: int = 20_000                   # unfinished jobs per tenant
+
+
+@dataclass
+class DaemonConfig:
+    endpoint: str = field(default_factory=default_endpoint)
+    backend: str = "auto"          # auto | sim | torch
+    policy: str = "slo"
+    gpu_spec: str = "T4"           # preset of the simulated GPU (and resources for torch)
+    shed: bool = False             # slo policy: drop (True) or flag (False) hopeless jobs
+    max_extra: int = 2             # kernels dispatched beyond free SM resources
+    speed: float = 1.0             # simulated device: duration multiplier (0 = zero-duration)
+    torch_device: str | None = None  # torch backend: cpu, cuda, cuda:1 (default: auto)
+    heartbeat_s: float = 0.25      # clients ping this often
+    client_timeout_s: float = 3.0  # silent this long: the client is gone, its jobs cancelled
+    drain_grace_s: float = 10.0    # on SIGTERM, how long started jobs may run on
+    token: str = ""                # if set, clients must present it in HELLO
+    limits: DaemonLimits = field(default_factory=DaemonLimits)

@@ -1,0 +1,454 @@
+"""The daemon process: owns the socket and the device, and drives the scheduler core.
+
+One thread, one poll loop (the overhead benchmark showed a thread handing frames over a queue
+roughly doubles the round trip): read every ready frame, run due device events, dispatch what
+the core picks, answer finished jobs. Signal handlers only set a flag and wake the loop.
+"""
+from __future__ import annotations
+
+import hmac
+import logging
+import os
+import secrets
+import signal
+
+import msgspec
+import zmq
+
+from . import protocol as P
+from .clock import Environment, RealtimeEnvironment
+from .config import DaemonConfig
+from .core import SchedulerCore
+from .devices import Device, make_device
+from .jobs import Job, JobState
+from .policies import make_policy
+from .protocol import Code, ProtocolError
+from .session import Session, Tenant
+from .sockets import make_socket
+
+log = logging.getLogger("gpusched.daemon")
+
+_STATUS_FIELD = {JobState.DONE: "completed", JobState.CANCELLED: "cancelled",
+                 JobState.FAILED: "failed", JobState.SHED: "shed"}
+
+
+class DaemonError(Exception):
+    """A daemon that cannot start (endpoint in use, bad option)."""
+
+
+class Daemon:
+    def __init__(self, config: DaemonConfig, device: Device | None = None,
+                 env: Environment | None = None):
+        self.config = config
+        self.env = env or RealtimeEnvironment()
+        self.device = device or make_device(config.backend, config.gpu_spec, config.speed,
+                                            config.torch_device)
+        self.core = SchedulerCore(make_policy(config.policy), self.device.spec.capacity,
+                                  config.max_extra, config.shed)
+        self.device.start(self.env, self._on_complete, self._on_fail)
+        self.daemon_id = secrets.token_hex(8)
+        self.sessions: dict[bytes, Session] = {}
+        self.tenants: dict[str, Tenant] = {}
+        self.started = self.env.now
+        self.ctx: zmq.Context | None = None
+        self.sock: zmq.Socket | None = None
+        self._stop = False
+        self._draining = False
+        self._drain_deadline = 0.0
+        self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_r, False)
+        os.set_blocking(self._wake_w, False)
+        lim = config.limits
+        self._welcome_limits = P.Limits(lim.max_frame_bytes, lim.max_input_bytes, lim.max_inputs,
+                                        lim.max_kernels, lim.max_models, lim.max_queued)
+        self._handlers = {P.Register: self._register, P.Submit: self._submit,
+                          P.Cancel: self._cancel, P.Status: self._status, P.Ping: self._ping,
+                          P.Bye: self._bye}
+
+    # -- life cycle ---------------------------------------------------------------------------
+    def bind(self) -> None:
+        ep = self.config.endpoint
+        self.ctx = zmq.Context()
+        if ep.startswith("ipc://") and os.path.exists(ep[6:]):
+            if _daemon_answers(self.ctx, ep):
+                raise DaemonError(f"a daemon is already serving {ep}; stop it first "
+                                  f"or pass another --endpoint")
+            os.unlink(ep[6:])  # stale socket file of a daemon that died
+        try:
+            self.sock = make_socket(self.ctx, zmq.ROUTER, ep, bind=True,
+                                    max_frame=self.config.limits.max_frame_bytes)
+        except zmq.ZMQError as e:
+            raise DaemonError(f"cannot bind {ep}: {e}") from None
+        log.info("daemon: serving %s id=%s device=%s policy=%s shed=%s", ep, self.daemon_id,
+                 self.device.describe(), self.core.policy.name, self.config.shed)
+
+    def request_stop(self, *_args) -> None:
+        """Safe to call from a signal handler or another thread."""
+        self._stop = True
+        try:
+            os.write(self._wake_w, b"x")
+        except OSError:
+            pass
+
+    def install_signal_handlers(self) -> None:
+        signal.signal(signal.SIGTERM, self.request_stop)
+        signal.signal(signal.SIGINT, self.request_stop)
+
+    def close(self) -> None:
+        if self.sock is not None:
+            self.sock.close(0)
+            self.sock = None
+        if self.ctx is not None:
+            self.ctx.term()
+            self.ctx = None
+        self.device.close()
+        for fd in (self._wake_r, self._wake_w):
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+        if self.config.endpoint.startswith("ipc://"):
+            try:
+                os.unlink(self.config.endpoint[6:])
+            except OSError:
+                pass
+
+    # -- the loop -------------------------------------------------------------------------------
+    def serve(self) -> None:
+        if self.sock is None:
+            self.bind()
+        sock, env = self.sock, self.env
+        poller = zmq.Poller()
+        poller.register(sock, zmq.POLLIN)
+        poller.register(self._wake_r, zmq.POLLIN)
+        dev_fd = self.device.wake_fd()
+        if dev_fd is not None:
+            poller.register(dev_fd, zmq.POLLIN)
+        check_every = min(0.25, self.config.client_timeout_s / 4)
+        next_check = env.now + check_every
+        recv = sock.recv_multipart
+        while True:
+            now = env.now
+            if self._stop and not self._draining:
+                self._begin_drain(now)
+            if self._draining and (self._drained() or now >= self._drain_deadline):
+                self._end_drain(now)
+                break
+            wait = min(env.peek(), next_check) - now
+            ready = dict(poller.poll(max(0, int(wait * 1000)) if wait < 3600 else 3_600_000))
+            if sock in ready:
+                for _ in range(512):  # bounded, so device events are not starved
+                    try:
+                        frames = recv(zmq.NOBLOCK, copy=False)
+                    except zmq.Again:
+                        break
+                    self._on_frames(frames)
+            if self._wake_r in ready:
+                try:
+                    os.read(self._wake_r, 4096)
+                except BlockingIOError:
+                    pass
+            if dev_fd is not None and dev_fd in ready:
+                self.device.collect()
+            self._advance()
+            if env.now >= next_check:
+                self._reap_silent(env.now)
+                next_check = env.now + check_every
+        log.info("daemon: stopped")
+
+    def _advance(self) -> None:
+        """Run due device events, dispatch, answer finished jobs, until nothing is due."""
+        env, core, launch = self.env, self.core, self.device.launch
+        while True:
+            env.run_due()
+            now = env.now
+            job = core.next_dispatch(now)
+            while job is not None:
+                launch(job)
+                job = core.next_dispatch(now)
+            for job in core.drain_finished():
+                self._finish(job)
+            if env.peek() > env.now:
+                return
+
+    # -- device callbacks --------------------------------------------------------------------
+    def _on_complete(self, job: Job, now: float, duration_s: float) -> None:
+        self.core.on_complete(job, now, duration_s)
+
+    def _on_fail(self, job: Job, now: float, message: str) -> None:
+        log.warning("daemon: kernel failed job=%s tenant=%s model=%s kernel=%d: %s", job.id,
+                    job.tenant, job.model.name, job.next_kernel, message)
+        self.core.on_fail(job, now, message)
+
+    # -- frames in ----------------------------------------------------------------------------
+    def _on_frames(self, frames: list) -> None:
+        identity = frames[0].bytes
+        msg = None
+        try:
+            if len(frames) < 3:
+                raise ProtocolError(Code.BAD_FRAME, "a message is the frames (type, body, *raw); "
+                                    f"got {len(frames) - 1} frame(s)")
+            msg = P.decode(frames[1].bytes, frames[2].buffer, P.REQUESTS)
+            if type(msg) is P.Hello:
+                self._hello(identity, msg, frames[3:])
+                return
+            session = self.sessions.get(identity)
+            if session is None:
+                raise ProtocolError(Code.NOT_CONNECTED, "this client has not said HELLO (or the "
+                                    "daemon restarted or dropped it as silent): send HELLO first")
+            session.last_seen = self.env.now
+            self._handlers[type(msg)](session, msg, frames[3:])
+        except ProtocolError as e:
+            self._error(identity, _req_id(msg, frames), e.code, e.message)
+        except Exception as e:  # never die on a request; say it was our fault
+            log.exception("daemon: internal error handling a request")
+            self._error(identity, _req_id(msg, frames), Code.INTERNAL,
+                        f"internal error ({type(e).__name__}); the daemon logged it")
+
+    def _send(self, identity: bytes, msg: P.Msg, raw: list | None = None) -> None:
+        frames = [identity, *P.encode(msg)]
+        if raw:
+            frames.extend(raw)
+            self.sock.send_multipart(frames, copy=False)
+        else:
+            self.sock.send_multipart(frames)
+
+    def _error(self, identity: bytes, req_id: int, code: str, message: str) -> None:
+        log.info("daemon: error to client=%s req=%d code=%s: %s", identity.hex(), req_id, code,
+                 message)
+        self._send(identity, P.Error(req_id=req_id, code=code, message=message))
+
+    # -- handlers -----------------------------------------------------------------------------
+    def _hello(self, identity: bytes, msg: P.Hello, raw: list) -> None:
+        if msg.version != P.PROTOCOL_VERSION:
+            raise ProtocolError(Code.VERSION, f"protocol version {msg.version} is not served; "
+                                f"this daemon speaks version {P.PROTOCOL_VERSION}: upgrade the "
+                                "client library to match the daemon")
+        if self.config.token and not hmac.compare_digest(msg.token, self.config.token):
+            raise ProtocolError(Code.AUTH, "wrong or missing token: pass the daemon's token "
+                                "(Client(..., token=...) or GPUSCHED_TOKEN)")
+        old = self.sessions.get(identity)
+        if old is not None:
+            self._drop_session(old, "re-HELLO")
+        tenant = self.tenants.get(msg.tenant)
+        if tenant is None:
+            tenant = self.tenants[msg.tenant] = Tenant(msg.tenant)
+        tenant.clients += 1
+        self.sessions[identity] = Session(identity, tenant, self.env.now)
+        log.info("daemon: hello client=%s tenant=%s", identity.hex(), msg.tenant)
+        self._send(identity, P.Welcome(version=P.PROTOCOL_VERSION, daemon_id=self.daemon_id,
+                                       device=self.device.describe(),
+                                       policy=self.core.policy.name,
+                                       heartbeat_s=self.config.heartbeat_s,
+                                       limits=self._welcome_limits))
+
+    def _register(self, s: Session, msg: P.Register, raw: list) -> None:
+        lim, tenant = self.config.limits, s.tenant
+        if len(msg.kernels) > lim.max_kernels:
+            raise ProtocolError(Code.TOO_LARGE, f"model {msg.model!r} has {len(msg.kernels)} "
+                                f"kernels; the limit is {lim.max_kernels}")
+        if msg.model not in tenant.models and len(tenant.models) >= lim.max_models:
+            raise ProtocolError(Code.LIMIT, f"tenant {tenant.name!r} already has "
+                                f"{len(tenant.models)} models (limit {lim.max_models})")
+        try:
+            self.device.validate(msg.kernels)
+        except ValueError as e:
+            raise ProtocolError(Code.BAD_MODEL, f"model {msg.model!r}: {e}") from None
+        tenant.models[msg.model] = self.core.make_model((tenant.name, msg.model), msg.model,
+                                                        msg.kernels)
+        log.info("daemon: registered tenant=%s model=%s kernels=%d", tenant.name, msg.model,
+                 len(msg.kernels))
+        self._send(s.identity, P.Registered(req_id=msg.req_id, model=msg.model,
+                                            kernels=len(msg.kernels)))
+
+    def _submit(self, s: Session, msg: P.Submit, raw: list) -> None:
+        if self._draining:
+            raise ProtocolError(Code.DRAINING, "the daemon is shutting down and takes no new jobs")
+        if msg.req_id in s.jobs:
+            raise ProtocolError(Code.DUPLICATE, f"req_id {msg.req_id} is already in use by an "
+                                "unfinished job of this client")
+        tenant, lim = s.tenant, self.config.limits
+        model = tenant.models.get(msg.model)
+        if model is None:
+            raise ProtocolError(Code.UNKNOWN_MODEL, f"model {msg.model!r} is not registered for "
+                                f"tenant {tenant.name!r}: register it first")
+        if tenant.unfinished >= lim.max_queued:
+            raise ProtocolError(Code.LIMIT, f"tenant {tenant.name!r} has {tenant.unfinished} "
+                                f"unfinished jobs (limit {lim.max_queued}); wait for some to finish")
+        payload = None
+        if msg.inputs or raw:
+            payload = self._inputs(msg, raw)
+        job = Job(secrets.token_hex(8), tenant.name, model, msg.slo_ms, self.env.now,
+                  msg.priority, payload, (s, msg.req_id))
+        if payload is not None:
+            try:
+                self.device.prepare(job)
+            except (ValueError, TypeError, RuntimeError) as e:
+                raise ProtocolError(Code.BAD_INPUT, f"inputs rejected by the device: {e}") from None
+        self.core.add(job, self.env.now)
+        s.jobs[msg.req_id] = job
+        tenant.unfinished += 1
+        if msg.ack:
+            self._send(s.identity, P.Accepted(req_id=msg.req_id, job_id=job.id))
+
+    def _inputs(self, msg: P.Submit, raw: list) -> list:
+        lim = self.config.limits
+        if len(msg.inputs) != len(raw):
+            raise ProtocolError(Code.BAD_INPUT, f"{len(msg.inputs)} inputs declared but "
+                                f"{len(raw)} raw frames sent: send one frame per input")
+        if len(raw) > lim.max_inputs:
+            raise ProtocolError(Code.TOO_LARGE, f"{len(raw)} inputs; the limit is {lim.max_inputs}")
+        total = 0
+        for i, (meta, frame) in enumerate(zip(msg.inputs, raw)):
+            try:
+                want = meta.nbytes()
+            except ValueError as e:
+                raise ProtocolError(Code.BAD_INPUT, f"input {i}: {e}") from None
+            if want != len(frame):
+                raise ProtocolError(Code.BAD_INPUT, f"input {i}: {meta.dtype}{meta.shape} needs "
+                                    f"{want} bytes, its frame has {len(frame)}")
+            total += want
+        if total > lim.max_input_bytes:
+            raise ProtocolError(Code.TOO_LARGE, f"inputs total {total} bytes; the limit is "
+                                f"{lim.max_input_bytes}")
+        return [(m, f.buffer) for m, f in zip(msg.inputs, raw)]
+
+    def _cancel(self, s: Session, msg: P.Cancel, raw: list) -> None:
+        job = s.jobs.get(msg.target)
+        ok = job is not None and self.core.abort(job, self.env.now)
+        self._send(s.identity, P.CancelReply(req_id=msg.req_id, target=msg.target, cancelled=ok))
+        if ok:
+            self._finish(job)
+
+    def _status(self, s: Session, msg: P.Status, raw: list) -> None:
+        if msg.target is not None:
+            job = s.jobs.get(msg.target)
+            if job is None:
+                raise ProtocolError(Code.UNKNOWN_JOB, f"no unfinished job of this client has "
+                                    f"req_id {msg.target} (finished jobs were already answered)")
+            js = P.JobStatus(job_id=job.id, model=job.model.name, state=job.state.value,
+                             kernels_done=job.next_kernel, kernels=len(job.model.kernels),
+                             remaining_ms=job.remaining_s() * 1e3)
+            self._send(s.identity, P.StatusReply(req_id=msg.req_id, job=js))
+            return
+        self._send(s.identity, self.summary(msg.req_id))
+
+    def summary(self, req_id: int = 0) -> P.StatusReply:
+        running: dict[str, int] = {}
+        queued: dict[str, int] = {}
+        for sess in self.sessions.values():
+            for job in sess.jobs.values():
+                d = running if job.first_start is not None else queued
+                d[job.tenant] = d.get(job.tenant, 0) + 1
+        tenants = [P.TenantStatus(tenant=t.name, clients=t.clients, queued=queued.get(t.name, 0),
+                                  running=running.get(t.name, 0), completed=t.completed,
+                                  cancelled=t.cancelled, failed=t.failed, shed=t.shed,
+                                  slo_missed=t.slo_missed, p50_ms=t.percentile(0.5),
+                                  p99_ms=t.percentile(0.99))
+                   for t in self.tenants.values()]
+        return P.StatusReply(req_id=req_id, daemon_id=self.daemon_id,
+                             device=self.device.describe(), policy=self.core.policy.name,
+                             uptime_s=self.env.now - self.started, queued=len(self.core),
+                             inflight=self.core.inflight,
+                             utilisation=self.device.utilisation(), tenants=tenants)
+
+    def _ping(self, s: Session, msg: P.Ping, raw: list) -> None:
+        self._send(s.identity, P.Pong(seq=msg.seq, daemon_id=self.daemon_id))
+
+    def _bye(self, s: Session, msg: P.Bye, raw: list) -> None:
+        self._drop_session(s, "bye")
+
+    # -- jobs out -----------------------------------------------------------------------------
+    def _finish(self, job: Job) -> None:
+        """Answer a job that reached a terminal state: exactly one DONE per SUBMIT."""
+        session, req_id = job.owner
+        if session.jobs.pop(req_id, None) is None:
+            return  # already answered, or its client is gone
+        tenant = session.tenant
+        tenant.unfinished -= 1
+        field = _STATUS_FIELD[job.state]
+        setattr(tenant, field, getattr(tenant, field) + 1)
+        total = job.total_s
+        met = job.state is JobState.DONE and (job.slo_s <= 0 or total <= job.slo_s)
+        if job.state is JobState.DONE:
+            tenant.latencies_ms.append(total * 1e3)
+        if not met and job.slo_s > 0 and job.state is not JobState.CANCELLED:
+            tenant.slo_missed += 1
+        metas, bufs = [], []
+        if job.state is JobState.DONE and job.payload is not None:
+            try:
+                for meta, buf in self.device.outputs(job):
+                    metas.append(meta)
+                    bufs.append(buf)
+            except ValueError as e:
+                job.state, job.error, metas, bufs = JobState.FAILED, str(e), [], []
+        job.payload = None
+        self._send(session.identity, P.Done(
+            req_id=req_id, job_id=job.id, status=job.state.value, queue_ms=job.queue_s * 1e3,
+            exec_ms=job.exec_s * 1e3, total_ms=total * 1e3, slo_met=met, outputs=metas,
+            error=job.error or ""), bufs)
+
+    def _drop_session(self, s: Session, why: str) -> None:
+        now = self.env.now
+        n = 0
+        for job in list(s.jobs.values()):
+            if self.core.abort(job, now):
+                n += 1
+        s.jobs.clear()
+        s.tenant.unfinished -= n
+        s.tenant.cancelled += n
+        s.tenant.clients -= 1
+        self.sessions.pop(s.identity, None)
+        log.info("daemon: dropped client=%s tenant=%s (%s), cancelled %d job(s)",
+                 s.identity.hex(), s.tenant.name, why, n)
+
+    def _reap_silent(self, now: float) -> None:
+        limit = now - self.config.client_timeout_s
+        for s in [s for s in self.sessions.values() if s.last_seen < limit]:
+            self._drop_session(s, f"silent for {now - s.last_seen:.1f}s")
+
+    # -- draining -----------------------------------------------------------------------------
+    def _begin_drain(self, now: float) -> None:
+        self._draining = True
+        self._drain_deadline = now + self.config.drain_grace_s
+        n = 0
+        for job in self.core.queued_jobs():
+            if job.first_start is None and self.core.abort(job, now):
+                self._finish(job)
+                n += 1
+        log.info("daemon: draining: cancelled %d queued job(s), letting %d started job(s) finish",
+                 n, sum(len(s.jobs) for s in self.sessions.values()))
+
+    def _drained(self) -> bool:
+        return not any(s.jobs for s in self.sessions.values())
+
+    def _end_drain(self, now: float) -> None:
+        for s in list(self.sessions.values()):
+            for job in list(s.jobs.values()):
+                if self.core.abort(job, now):
+                    job.error = "daemon stopped before the job finished"
+                    self._finish(job)
+
+
+def _req_id(msg, frames) -> int:
+    rid = getattr(msg, "req_id", None)
+    if isinstance(rid, int):
+        return rid
+    if len(frames) >= 3:  # best effort: read req_id out of a body that failed validation
+        try:
+            body = msgspec.msgpack.decode(frames[2].buffer)
+            rid = body.get("req_id") if isinstance(body, dict) else None
+            if isinstance(rid, int) and 0 < rid < 2**63:
+                return rid
+        except Exception:
+            pass
+    return 0
+
+
+def _daemon_answers(ctx: zmq.Context, endpoint: str, timeout_ms: int = 300) -> bool:
+    s = make_socket(ctx, zmq.DEALER, endpoint, bind=False)
+    try:
+        s.send_multipart(P.encode(P.Ping(seq=0)))
+        return bool(s.poll(timeout_ms))
+    finally:
+        s.close(0)

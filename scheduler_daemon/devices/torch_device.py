@@ -1,0 +1,127 @@
+"""The torch backend: each kernel is a torch callable run by a worker.
+
+On a CUDA device every worker owns a CUDA stream and times kernels with CUDA events; on the CPU
+the workers are a thread pool (torch releases the GIL inside its operators). Completions are
+queued by the workers and the daemon is woken through a socketpair it polls.
+"""
+from __future__ import annotations
+
+import logging
+import queue
+import socket
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+from ..gpu_specs import GpuSpec
+from ..jobs import Job
+from ..tensors import DTYPES, TensorMeta
+from . import torch_ops
+from .base import Device
+
+log = logging.getLogger("gpusched.device.torch")
+
+
+class TorchDevice(Device):
+    name = "torch"
+
+    def __init__(self, spec: GpuSpec, device: str = "cpu", workers: int = 2):
+        import torch
+        self.torch = torch
+        self.spec = spec
+        self.device = torch.device(device)
+        self.cuda = self.device.type == "cuda"
+        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="gpusched-torch")
+        self._done: queue.SimpleQueue = queue.SimpleQueue()
+        self._rsock, self._wsock = socket.socketpair()
+        self._rsock.setblocking(False)
+        self._local = threading.local()
+        self._busy = 0
+
+    def describe(self) -> str:
+        return f"torch on {self.device} ({self.spec.name})"
+
+    def validate(self, kernels: list) -> None:
+        for i, k in enumerate(kernels):
+            try:
+                torch_ops.resolve(k.op)
+            except ValueError as e:
+                raise ValueError(f"kernel {i} ({k.name}): {e}") from None
+
+    def prepare(self, job: Job) -> None:
+        tensors = []
+        for meta, buf in job.payload or []:
+            t = self.torch.frombuffer(bytearray(buf), dtype=getattr(self.torch, meta.dtype))
+            tensors.append(t.reshape(meta.shape).to(self.device))
+        job.payload = tensors
+
+    def _stream(self):
+        s = getattr(self._local, "stream", None)
+        if s is None:
+            s = self._local.stream = self.torch.cuda.Stream(device=self.device)
+        return s
+
+    def _run(self, job: Job, op) -> None:
+        try:
+            if self.cuda:
+                torch = self.torch
+                start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                with torch.cuda.stream(self._stream()):
+                    start.record()
+                    out = op(job.payload)
+                    end.record()
+                end.synchronize()
+                dur = start.elapsed_time(end) / 1000.0
+            else:
+                t0 = time.perf_counter()
+                out = op(job.payload)
+                dur = time.perf_counter() - t0
+            job.payload = out
+            self._done.put((job, dur, None))
+        except Exception as e:  # a failing kernel fails its job only
+            self._done.put((job, 0.0, f"{type(e).__name__}: {e}"))
+        self._wsock.send(b"\0")
+
+    def launch(self, job: Job) -> None:
+        op = torch_ops.resolve(job.model.kernels[job.next_kernel].op)
+        self._busy += 1
+        self._pool.submit(self._run, job, op)
+
+    def wake_fd(self) -> int:
+        return self._rsock.fileno()
+
+    def collect(self) -> None:
+        try:
+            while self._rsock.recv(4096):
+                pass
+        except BlockingIOError:
+            pass
+        now = self.env.now
+        while True:
+            try:
+                job, dur, err = self._done.get_nowait()
+            except queue.Empty:
+                return
+            self._busy -= 1
+            if err is None:
+                self.on_complete(job, now, dur)
+            else:
+                self.on_fail(job, now, err)
+
+    def outputs(self, job: Job) -> list:
+        res = []
+        for t in job.payload or []:
+            t = t.detach().contiguous().cpu()
+            name = str(t.dtype).removeprefix("torch.")
+            if name not in DTYPES:
+                raise ValueError(f"output dtype {name} cannot be sent")
+            res.append((TensorMeta(dtype=name, shape=list(t.shape)), t.numpy().tobytes()))
+        return res
+
+    def utilisation(self) -> float:
+        return min(1.0, self._busy / max(1, self._pool._max_workers))
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=True)
+        self._rsock.close()
+        self._wsock.close()

@@ -1,0 +1,51 @@
+"""Online per-(model, kernel position) duration estimates, Paella's ``est = (est + measured) / 2``.
+
+Kept in a Fenwick tree so a job's estimated remaining time (a suffix sum over its model's
+remaining kernels) costs O(log K), and an update after a completion costs O(log K), K kernels.
+"""
+from __future__ import annotations
+
+
+class DurationEstimates:
+    __slots__ = ("_est", "_tree", "_n")
+
+    def __init__(self, initial_s: list[float]):
+        self._n = len(initial_s)
+        self._est = list(initial_s)
+        self._tree = [0.0] * (self._n + 1)
+        for i, v in enumerate(initial_s):
+            self._add(i, v)
+
+    def _add(self, i: int, delta: float) -> None:
+        i += 1
+        tree, n = self._tree, self._n
+        while i <= n:
+            tree[i] += delta
+            i += i & -i
+
+    def _prefix(self, i: int) -> float:
+        """Sum of estimates of positions [0, i)."""
+        s, tree = 0.0, self._tree
+        while i > 0:
+            s += tree[i]
+            i -= i & -i
+        return s
+
+    def __len__(self) -> int:
+        return self._n
+
+    def get(self, pos: int) -> float:
+        return self._est[pos]
+
+    def total(self) -> float:
+        return self._prefix(self._n)
+
+    def remaining(self, pos: int) -> float:
+        """Estimated time of kernels pos..K-1."""
+        return self._prefix(self._n) - self._prefix(pos)
+
+    def observe(self, pos: int, measured_s: float) -> None:
+        old = self._est[pos]
+        new = (old + measured_s) / 2.0
+        self._est[pos] = new
+        self._add(pos, new - old)

@@ -1,0 +1,102 @@
+"""The job model: kernels, registered models, and one state object per job."""
+from __future__ import annotations
+
+import enum
+from typing import Annotated, Any
+
+import msgspec
+
+from .estimates import DurationEstimates
+from .gpu_specs import Resources, kernel_demand
+
+_Pos = Annotated[int, msgspec.Meta(ge=1, le=2**31 - 1)]
+
+
+class KernelSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """One kernel of a model: name, launch shape and estimated duration.
+
+    ``op`` names what the torch backend runs for it (see ``devices/torch_ops.py``); the
+    simulated device only needs the shape and the estimate.
+    """
+
+    name: Annotated[str, msgspec.Meta(min_length=1, max_length=256)]
+    est_us: Annotated[float, msgspec.Meta(ge=0.0, le=60e6)]
+    grid: _Pos = 1
+    block: Annotated[int, msgspec.Meta(ge=1, le=1024)] = 256
+    smem: Annotated[int, msgspec.Meta(ge=0, le=256 * 1024)] = 0
+    regs: Annotated[int, msgspec.Meta(ge=1, le=255)] = 32
+    op: Annotated[str, msgspec.Meta(max_length=256)] = ""
+
+
+class ModelEntry:
+    """A registered model: its kernel list, their SM demand and their learned durations."""
+
+    __slots__ = ("key", "name", "kernels", "demands", "estimates", "type_id")
+
+    def __init__(self, key: Any, name: str, kernels: list[KernelSpec], capacity: Resources,
+                 type_id: int = 0):
+        if not kernels:
+            raise ValueError(f"model {name!r} has no kernels")
+        self.key = key
+        self.name = name
+        self.kernels = tuple(kernels)
+        self.demands = tuple(kernel_demand(k.grid, k.block, k.smem, k.regs, capacity)
+                             for k in kernels)
+        self.estimates = DurationEstimates([k.est_us * 1e-6 for k in kernels])
+        self.type_id = type_id
+
+
+class JobState(enum.Enum):
+    QUEUED = "queued"      # waiting for its next kernel to be dispatched
+    RUNNING = "running"    # one kernel on the device (Paella: at most one per job)
+    DONE = "done"
+    CANCELLED = "cancelled"
+    SHED = "shed"          # dropped by the slo policy: it could no longer meet its SLO
+    FAILED = "failed"
+
+
+TERMINAL = frozenset({JobState.DONE, JobState.CANCELLED, JobState.SHED, JobState.FAILED})
+
+
+class Job:
+    """Everything the scheduler and the daemon know about one request."""
+
+    __slots__ = ("id", "tenant", "model", "slo_s", "priority", "arrival", "deadline",
+                 "next_kernel", "state", "exec_s", "first_start", "finish", "late",
+                 "qseq", "extra", "dispatched_at", "payload", "owner", "error")
+
+    def __init__(self, id: Any, tenant: str, model: ModelEntry, slo_ms: float, arrival: float,
+                 priority: int = 0, payload: Any = None, owner: Any = None):
+        self.id = id
+        self.tenant = tenant
+        self.model = model
+        self.slo_s = slo_ms / 1000.0
+        self.priority = priority
+        self.arrival = arrival
+        self.deadline = arrival + self.slo_s if slo_ms > 0 else float("inf")
+        self.next_kernel = 0
+        self.state = JobState.QUEUED
+        self.exec_s = 0.0          # summed kernel execution time on the device
+        self.first_start: float | None = None
+        self.finish: float | None = None
+        self.late = False          # flagged by the slo policy as unable to meet its SLO
+        self.qseq = 0              # version of this job's live ready-queue entry
+        self.extra = False         # its kernel in flight was dispatched beyond free resources
+        self.dispatched_at = 0.0
+        self.payload = payload     # backend data (input tensors); opaque to the scheduler
+        self.owner = owner         # the daemon's session; opaque to the scheduler
+        self.error: str | None = None
+
+    def remaining_s(self) -> float:
+        return self.model.estimates.remaining(self.next_kernel)
+
+    @property
+    def total_s(self) -> float:
+        return (self.finish or 0.0) - self.arrival
+
+    @property
+    def queue_s(self) -> float:
+        return max(0.0, self.total_s - self.exec_s)
+
+    def __repr__(self) -> str:
+        return f"Job({self.id!r}, {self.model.name}, {self.state.value}, k={self.next_kernel})"

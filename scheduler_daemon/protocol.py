@@ -1,0 +1,213 @@
+"""The wire protocol: one ``msgspec.Struct`` per message type (see docs/protocol.md).
+
+A message is the frames ``(type, body, *raw)``: ``type`` a short ASCII tag, ``body`` msgpack of
+that type's struct, ``raw`` zero-copy payload frames (tensors), as many as the body declares.
+The ROUTER side sees the peer identity as an extra first frame. Nothing is pickled: a body is
+decoded into exactly its declared struct or rejected with a ``BAD_MESSAGE`` error.
+"""
+from __future__ import annotations
+
+from typing import Annotated, Optional
+
+import msgspec
+
+from .jobs import KernelSpec
+from .tensors import TensorMeta
+
+PROTOCOL_VERSION = 1
+
+Name = Annotated[str, msgspec.Meta(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_.:@/-]+$")]
+ReqId = Annotated[int, msgspec.Meta(ge=1, le=2**63 - 1)]
+
+
+class Msg(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
+    pass
+
+
+# -- client -> daemon ---------------------------------------------------------------------
+class Hello(Msg):
+    version: int
+    tenant: Name
+    token: Annotated[str, msgspec.Meta(max_length=256)] = ""
+
+
+class Register(Msg):
+    req_id: ReqId
+    model: Name
+    kernels: Annotated[list[KernelSpec], msgspec.Meta(min_length=1)]
+
+
+class Submit(Msg):
+    req_id: ReqId
+    model: Name
+    slo_ms: Annotated[float, msgspec.Meta(ge=0.0, le=86_400_000.0)] = 0.0  # 0: no SLO
+    priority: Annotated[int, msgspec.Meta(ge=-1000, le=1000)] = 0
+    inputs: Annotated[list[TensorMeta], msgspec.Meta(max_length=1024)] = []
+    ack: bool = False  # also send ACCEPTED when queued
+
+
+class Cancel(Msg):
+    req_id: ReqId
+    target: ReqId  # the req_id of this client's SUBMIT
+
+
+class Status(Msg):
+    req_id: ReqId
+    target: Optional[ReqId] = None  # a SUBMIT's req_id, or None for the daemon summary
+
+
+class Ping(Msg):
+    seq: int = 0
+
+
+class Bye(Msg):
+    pass
+
+
+# -- daemon -> client ---------------------------------------------------------------------
+class Limits(Msg):
+    max_frame_bytes: int
+    max_input_bytes: int
+    max_inputs: int
+    max_kernels: int
+    max_models: int
+    max_queued: int
+
+
+class Welcome(Msg):
+    version: int
+    daemon_id: str
+    device: str
+    policy: str
+    heartbeat_s: float
+    limits: Limits
+
+
+class Registered(Msg):
+    req_id: int
+    model: str
+    kernels: int
+
+
+class Accepted(Msg):
+    req_id: int
+    job_id: str
+
+
+class Done(Msg):
+    req_id: int
+    job_id: str
+    status: str  # done | cancelled | shed | failed
+    queue_ms: float = 0.0
+    exec_ms: float = 0.0
+    total_ms: float = 0.0
+    slo_met: bool = True
+    outputs: list[TensorMeta] = []
+    error: str = ""
+
+
+class CancelReply(Msg):
+    req_id: int
+    target: int
+    cancelled: bool
+
+
+class TenantStatus(Msg):
+    tenant: str
+    clients: int = 0
+    queued: int = 0
+    running: int = 0
+    completed: int = 0
+    cancelled: int = 0
+    failed: int = 0
+    shed: int = 0
+    slo_missed: int = 0
+    p50_ms: float = 0.0
+    p99_ms: float = 0.0
+
+
+class JobStatus(Msg):
+    job_id: str
+    model: str
+    state: str
+    kernels_done: int
+    kernels: int
+    remaining_ms: float
+
+
+class StatusReply(Msg):
+    req_id: int
+    daemon_id: str = ""
+    device: str = ""
+    policy: str = ""
+    uptime_s: float = 0.0
+    queued: int = 0
+    inflight: int = 0
+    utilisation: float = 0.0
+    tenants: list[TenantStatus] = []
+    job: Optional[JobStatus] = None
+
+
+class Pong(Msg):
+    seq: int
+    daemon_id: str
+
+
+class Error(Msg):
+    req_id: int  # 0 when the request could not be read far enough to know it
+    code: str
+    message: str
+
+
+class Code:
+    """Error codes (``Error.code``)."""
+    BAD_FRAME = "BAD_FRAME"          # wrong number of frames, unknown type tag
+    BAD_MESSAGE = "BAD_MESSAGE"      # the body does not decode into its struct
+    VERSION = "VERSION"              # protocol version mismatch
+    NOT_CONNECTED = "NOT_CONNECTED"  # no HELLO yet (or the daemon forgot this client)
+    AUTH = "AUTH"                    # wrong token
+    UNKNOWN_MODEL = "UNKNOWN_MODEL"
+    UNKNOWN_JOB = "UNKNOWN_JOB"      # no unfinished job of this client has that req_id
+    BAD_MODEL = "BAD_MODEL"          # a kernel the device cannot run
+    BAD_INPUT = "BAD_INPUT"          # inputs do not match their frames / device rejects them
+    TOO_LARGE = "TOO_LARGE"          # a size limit
+    LIMIT = "LIMIT"                  # a count limit (queued jobs, models)
+    DUPLICATE = "DUPLICATE"          # req_id already in use
+    DRAINING = "DRAINING"            # the daemon is shutting down
+    INTERNAL = "INTERNAL"            # a bug: logged by the daemon
+
+
+REQUESTS: dict[bytes, type] = {b"HELLO": Hello, b"REGISTER": Register, b"SUBMIT": Submit,
+                               b"CANCEL": Cancel, b"STATUS": Status, b"PING": Ping, b"BYE": Bye}
+REPLIES: dict[bytes, type] = {b"WELCOME": Welcome, b"REGISTERED": Registered,
+                              b"ACCEPTED": Accepted, b"DONE": Done, b"CANCEL_REPLY": CancelReply,
+                              b"STATUS_REPLY": StatusReply, b"PONG": Pong, b"ERROR": Error}
+TAGS: dict[type, bytes] = {cls: tag for tag, cls in (REQUESTS | REPLIES).items()}
+
+_encoder = msgspec.msgpack.Encoder()
+_decoders = {tag: msgspec.msgpack.Decoder(cls) for tag, cls in (REQUESTS | REPLIES).items()}
+
+
+def encode(msg: Msg) -> list:
+    """Struct -> [type, body] frames (append raw frames after)."""
+    return [TAGS[type(msg)], _encoder.encode(msg)]
+
+
+def decode(tag: bytes, body, table: dict[bytes, type]) -> Msg:
+    """Decode one body; raises ``ProtocolError`` naming the problem."""
+    if tag not in table:
+        raise ProtocolError(Code.BAD_FRAME, f"unknown message type {bytes(tag)[:32]!r}; "
+                            f"expected one of {', '.join(t.decode() for t in table)}")
+    try:
+        return _decoders[tag].decode(body)
+    except msgspec.ValidationError as e:
+        raise ProtocolError(Code.BAD_MESSAGE, f"{tag.decode()}: {e}") from None
+    except msgspec.DecodeError as e:
+        raise ProtocolError(Code.BAD_MESSAGE, f"{tag.decode()}: body is not valid msgpack ({e})") from None
+
+
+class ProtocolError(Exception):
+    def __init__(self, code: str, message: str):
+        super().__init__(message)
+        self.code = code
+        self.message = message

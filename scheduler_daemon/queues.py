@@ -1,0 +1,131 @@
+"""Ready queues: which queued job's next kernel goes first. O(log n) per operation.
+
+Entries are removed lazily: re-pushing or discarding a job bumps ``job.qseq`` and the old heap
+entry is skipped when it surfaces.
+"""
+from __future__ import annotations
+
+import heapq
+import itertools
+from typing import Callable, Iterator
+
+from .jobs import Job, JobState
+
+KeyFn = Callable[[Job, float], float]
+
+
+class HeapQueue:
+    def __init__(self, key: KeyFn):
+        self._key = key
+        self._heap: list[tuple[float, int, int, Job]] = []
+        self._counter = itertools.count()
+        self._live = 0
+
+    def __len__(self) -> int:
+        return self._live
+
+    def push(self, job: Job, now: float) -> None:
+        job.qseq += 1
+        heapq.heappush(self._heap, (self._key(job, now), next(self._counter), job.qseq, job))
+        self._live += 1
+
+    def peek(self) -> Job | None:
+        heap = self._heap
+        while heap:
+            _, _, seq, job = heap[0]
+            if seq == job.qseq and job.state is JobState.QUEUED:
+                return job
+            heapq.heappop(heap)
+        return None
+
+    def head_key(self) -> float:
+        return self._heap[0][0] if self.peek() is not None else float("inf")
+
+    def pop(self) -> Job | None:
+        job = self.peek()
+        if job is not None:
+            heapq.heappop(self._heap)
+            job.qseq += 1
+            self._live -= 1
+        return job
+
+    def discard(self, job: Job) -> None:
+        """Forget a queued job (its entry is skipped later)."""
+        job.qseq += 1
+        self._live -= 1
+
+    def jobs(self) -> Iterator[Job]:
+        seen = set()
+        for _, _, seq, job in self._heap:
+            if seq == job.qseq and job.state is JobState.QUEUED and id(job) not in seen:
+                seen.add(id(job))
+                yield job
+
+
+class FairQueue:
+    """Paella's fairness: SRPT across all jobs, unless the most-starved model type's deficit
+    counter has passed ``threshold``; then that type's best job goes first.
+
+    Each dispatch credits every type with queued work 1/#types and debits the dispatched type 1,
+    so a type that keeps losing to shorter jobs accumulates credit until it must be served.
+    """
+
+    def __init__(self, key: KeyFn, threshold: float):
+        self._key = key
+        self._threshold = threshold
+        self._by_type: dict[int, HeapQueue] = {}
+        self.deficit: dict[int, float] = {}
+        self._live = 0
+
+    def __len__(self) -> int:
+        return self._live
+
+    def _queue(self, type_id: int) -> HeapQueue:
+        q = self._by_type.get(type_id)
+        if q is None:
+            q = self._by_type[type_id] = HeapQueue(self._key)
+            self.deficit[type_id] = 0.0
+        return q
+
+    def push(self, job: Job, now: float) -> None:
+        self._queue(job.model.type_id).push(job, now)
+        self._live += 1
+
+    def _choose(self) -> HeapQueue | None:
+        best_q, best_key, starved_q, starved = None, float("inf"), None, -float("inf")
+        for t, q in self._by_type.items():
+            if q.peek() is None:
+                continue
+            k = q.head_key()
+            if k < best_key:
+                best_q, best_key = q, k
+            if self.deficit[t] > starved:
+                starved_q, starved = q, self.deficit[t]
+        if starved_q is not None and starved >= self._threshold:
+            return starved_q
+        return best_q
+
+    def peek(self) -> Job | None:
+        q = self._choose()
+        return q.peek() if q is not None else None
+
+    def pop(self) -> Job | None:
+        q = self._choose()
+        if q is None:
+            return None
+        active = [t for t, tq in self._by_type.items() if len(tq)]
+        job = q.pop()
+        self._live -= 1
+        credit = 1.0 / len(active)
+        for t in active:
+            self.deficit[t] += credit
+        self.deficit[job.model.type_id] -= 1.0
+        return job
+
+    def discard(self, job: Job) -> None:
+        self._by_type[job.model.type_id].discard(job)
+        self._live -= 1
+
+    def jobs(self) -> Iterator[Job]:
+        for q in self._by_type.values():
+            yield from q.jobs()

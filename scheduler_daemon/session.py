@@ -1,0 +1,39 @@
+"""Per-tenant and per-client state kept by the daemon."""
+from __future__ import annotations
+
+from collections import deque
+
+from .jobs import Job, ModelEntry
+
+
+class Tenant:
+    """A tenant's registered models (shared by its client processes) and its counters."""
+
+    __slots__ = ("name", "models", "clients", "unfinished", "completed", "cancelled", "failed",
+                 "shed", "slo_missed", "latencies_ms")
+
+    def __init__(self, name: str, window: int = 10_000):
+        self.name = name
+        self.models: dict[str, ModelEntry] = {}
+        self.clients = 0
+        self.unfinished = 0
+        self.completed = self.cancelled = self.failed = self.shed = self.slo_missed = 0
+        self.latencies_ms: deque[float] = deque(maxlen=window)
+
+    def percentile(self, q: float) -> float:
+        if not self.latencies_ms:
+            return 0.0
+        xs = sorted(self.latencies_ms)
+        return xs[min(len(xs) - 1, int(q * len(xs)))]
+
+
+class Session:
+    """One connected client (a DEALER identity) and its unfinished jobs."""
+
+    __slots__ = ("identity", "tenant", "last_seen", "jobs")
+
+    def __init__(self, identity: bytes, tenant: Tenant, now: float):
+        self.identity = identity
+        self.tenant = tenant
+        self.last_seen = now
+        self.jobs: dict[int, Job] = {}  # SUBMIT req_id -> unfinished job

@@ -1,0 +1,47 @@
+"""Drive the scheduler core and a device in virtual time (no sockets, no wall clock).
+
+This is the same core and the same device code the daemon runs; only the environment differs.
+Used by the policy tests and the experiments.
+"""
+from __future__ import annotations
+
+from .clock import Environment
+from .core import SchedulerCore
+from .devices.base import Device
+from .jobs import Job
+
+
+class VirtualRun:
+    def __init__(self, core: SchedulerCore, device: Device, env: Environment | None = None):
+        self.core = core
+        self.device = device
+        self.env = env or Environment()
+        self.finished: list[Job] = []
+        device.start(self.env, self._complete, self._fail)
+
+    def _complete(self, job: Job, now: float, duration_s: float) -> None:
+        self.core.on_complete(job, now, duration_s)
+        self._pump()
+
+    def _fail(self, job: Job, now: float, message: str) -> None:
+        self.core.on_fail(job, now, message)
+        self._pump()
+
+    def _pump(self) -> None:
+        core, now = self.core, self.env.now
+        job = core.next_dispatch(now)
+        while job is not None:
+            self.device.launch(job)
+            job = core.next_dispatch(now)
+        self.finished.extend(core.drain_finished())
+
+    def submit_at(self, job: Job) -> None:
+        """Schedule ``job`` to arrive at ``job.arrival``."""
+        def arrive(job=job):
+            self.core.add(job, self.env.now)
+            self._pump()
+        self.env.schedule_at(job.arrival, arrive)
+
+    def run(self, until: float | None = None) -> list[Job]:
+        self.env.run(until)
+        return self.finished

@@ -1,0 +1,70 @@
+"""The one helper that makes every ZeroMQ socket in the project, and endpoint defaults."""
+from __future__ import annotations
+
+import os
+import stat
+import tempfile
+
+import zmq
+
+DEFAULT_MAX_FRAME = 64 * 1024 * 1024
+
+
+def runtime_dir() -> str:
+    """Per-user directory for ipc sockets, created owner-only (0700)."""
+    base = os.environ.get("XDG_RUNTIME_DIR")
+    path = os.path.join(base, "gpusched") if base else os.path.join(
+        tempfile.gettempdir(), f"gpusched-{os.getuid()}")
+    os.makedirs(path, mode=0o700, exist_ok=True)
+    st = os.stat(path)
+    if st.st_uid != os.getuid() or stat.S_IMODE(st.st_mode) & 0o077:
+        os.chmod(path, 0o700)
+    return path
+
+
+def default_endpoint() -> str:
+    return os.environ.get("GPUSCHED_ENDPOINT") or f"ipc://{runtime_dir()}/daemon.sock"
+
+
+def make_socket(ctx: zmq.Context, kind: int, endpoint: str, *, bind: bool,
+                max_frame: int = DEFAULT_MAX_FRAME, hwm: int = 100_000) -> zmq.Socket:
+    """Create, configure and bind/connect a socket.
+
+    ``max_frame`` sets ZMQ_MAXMSGSIZE so an oversized frame is refused by libzmq before it is
+    buffered (the peer is disconnected; well-behaved clients check the advertised limit first).
+    ipc sockets a daemon binds are made owner-only.
+    """
+    sock = ctx.socket(kind)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.setsockopt(zmq.SNDHWM, hwm)
+    sock.setsockopt(zmq.RCVHWM, hwm)
+    if max_frame:
+        sock.setsockopt(zmq.MAXMSGSIZE, max_frame)
+    if kind == zmq.ROUTER:
+        sock.setsockopt(zmq.ROUTER_MANDATORY, 0)  # replies to vanished peers are dropped
+    if bind:
+        if endpoint.startswith("ipc://"):
+            path = endpoint[len("ipc://"):]
+            os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+            old = os.umask(0o077)
+            try:
+                sock.bind(endpoint)
+            finally:
+                os.umask(old)
+            os.chmod(path, 0o600)
+        else:
+            sock.bind(endpoint)
+    else:
+        sock.connect(endpoint)
+    return sock
+
+
+def check_endpoint(endpoint: str) -> str:
+    """Validate an endpoint string; raises ValueError with the fix."""
+    if endpoint.startswith("ipc://") and len(endpoint) > len("ipc://"):
+        return endpoint
+    if endpoint.startswith("tcp://"):
+        host = endpoint[6:].rpartition(":")[0]
+        if host in ("127.0.0.1", "localhost", "[::1]", "*", "0.0.0.0") or host:
+            return endpoint
+    raise ValueError(f"bad endpoint {endpoint!r}: use ipc:///path/to/socket or tcp://127.0.0.1:PORT")
