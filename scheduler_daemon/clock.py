@@ -1,9 +1,13 @@
 """Time behind an environment, after SimPy's ``Environment`` / ``RealtimeEnvironment``.
 
 One virtual-time implementation (``Environment``) drives the simulator and the policy tests;
-``RealtimeEnvironment`` only changes what ``now`` means and how ``step`` waits, so the daemon and
-the simulator schedule device events through the very same code. Ties at equal times are broken
-by an insertion counter, which makes every run with the same inputs identical.
+``RealtimeEnvironment`` only changes how ``step`` waits and adds ``tick`` to read the wall clock,
+so the daemon and the simulator schedule device events through the very same code. Ties at equal
+times are broken by an insertion counter, which makes every run with the same inputs identical.
+
+``now`` is a plain attribute. In real time it is the loop's cached clock (as libuv's
+``uv_now``): the daemon calls ``tick()`` once per loop iteration, after waiting for I/O, so one
+burst of work sees one consistent time and does not pay for a clock read per use.
 """
 from __future__ import annotations
 
@@ -31,13 +35,9 @@ class Environment:
     """Virtual time: ``now`` only moves when ``step`` processes the next event."""
 
     def __init__(self, start: float = 0.0):
-        self._now = start
+        self.now = start
         self._heap: list[tuple[float, int, Timer]] = []
         self._counter = itertools.count()
-
-    @property
-    def now(self) -> float:
-        return self._now
 
     def schedule(self, delay: float, fn: Callable[[], None]) -> Timer:
         return self.schedule_at(self.now + max(0.0, delay), fn)
@@ -64,8 +64,8 @@ class Environment:
         timer = self._pop_due()
         if timer is None:
             return False
-        if timer.at > self._now:
-            self._now = timer.at
+        if timer.at > self.now:
+            self.now = timer.at
         timer.fn()
         return True
 
@@ -73,8 +73,12 @@ class Environment:
         while self.peek() <= (float("inf") if until is None else until):
             if not self.step():
                 break
-        if until is not None and until > self._now:
-            self._now = until
+        if until is not None and until > self.now:
+            self.now = until
+
+    def tick(self) -> float:
+        """Read the clock into ``now``: virtual time has none, so nothing changes."""
+        return self.now
 
     def run_due(self) -> int:
         """Run every event due at or before ``now``; never waits. Returns how many ran."""
@@ -86,9 +90,9 @@ class Environment:
 
 
 class RealtimeEnvironment(Environment):
-    """Wall-clock time (monotonic seconds since creation, times ``factor``).
+    """Wall-clock time: monotonic seconds since creation, times ``factor``.
 
-    Overrides ``now`` and ``step`` only: ``step`` sleeps until the next event is due.
+    ``step`` sleeps until the next event is due; ``tick`` refreshes ``now`` from the clock.
     """
 
     def __init__(self, factor: float = 1.0):
@@ -96,17 +100,18 @@ class RealtimeEnvironment(Environment):
         self._t0 = time.monotonic()
         self._factor = factor
 
-    @property
-    def now(self) -> float:
-        return (time.monotonic() - self._t0) * self._factor
+    def tick(self) -> float:
+        self.now = (time.monotonic() - self._t0) * self._factor
+        return self.now
 
     def step(self) -> bool:
         at = self.peek()
         if at == float("inf"):
             return False
-        wait = (at - self.now) / self._factor
+        wait = (at - self.tick()) / self._factor
         if wait > 0:
             time.sleep(wait)
+            self.tick()
         timer = heapq.heappop(self._heap)[2]
         timer.fn()
         return True

@@ -7,6 +7,7 @@ the core picks, answer finished jobs. Signal handlers only set a flag and wake t
 from __future__ import annotations
 
 import hmac
+import itertools
 import logging
 import os
 import secrets
@@ -28,8 +29,8 @@ from .sockets import make_socket
 
 log = logging.getLogger("gpusched.daemon")
 
-_STATUS_FIELD = {JobState.DONE: "completed", JobState.CANCELLED: "cancelled",
-                 JobState.FAILED: "failed", JobState.SHED: "shed"}
+_NOBLOCK, _EVENTS, _POLLIN = int(zmq.NOBLOCK), int(zmq.EVENTS), int(zmq.POLLIN)
+_SNDMORE, _RCVMORE = int(zmq.SNDMORE), int(zmq.RCVMORE)
 
 
 class DaemonError(Exception):
@@ -47,6 +48,9 @@ class Daemon:
                                   config.max_extra, config.shed)
         self.device.start(self.env, self._on_complete, self._on_fail)
         self.daemon_id = secrets.token_hex(8)
+        # job ids name jobs in answers and logs; requests name jobs by the client's own req_id,
+        # so ids need to be unique, not secret
+        self._job_ids = itertools.count(1)
         self.sessions: dict[bytes, Session] = {}
         self.tenants: dict[str, Tenant] = {}
         self.started = self.env.now
@@ -126,49 +130,55 @@ class Daemon:
             poller.register(dev_fd, zmq.POLLIN)
         check_every = min(0.25, self.config.client_timeout_s / 4)
         next_check = env.now + check_every
-        recv = sock.recv_multipart
+        recv, events = self._recv, sock.getsockopt
         while True:
-            now = env.now
+            now = env.tick()
             if self._stop and not self._draining:
                 self._begin_drain(now)
             if self._draining and (self._drained() or now >= self._drain_deadline):
                 self._end_drain(now)
                 break
             wait = min(env.peek(), next_check) - now
-            ready = dict(poller.poll(max(0, int(wait * 1000)) if wait < 3600 else 3_600_000))
-            if sock in ready:
-                for _ in range(512):  # bounded, so device events are not starved
+            for fd, _ in poller.poll(0 if wait <= 0 else int(wait * 1000) if wait < 3600
+                                     else 3_600_000):
+                if fd is sock:
+                    for _ in range(512):  # bounded, so device events are not starved
+                        try:
+                            frames = recv()
+                        except zmq.Again:
+                            break
+                        self._on_frames(frames)
+                        if not events(_EVENTS) & _POLLIN:  # cheaper than a raised zmq.Again
+                            break
+                elif fd == self._wake_r:
                     try:
-                        frames = recv(zmq.NOBLOCK, copy=False)
-                    except zmq.Again:
-                        break
-                    self._on_frames(frames)
-            if self._wake_r in ready:
-                try:
-                    os.read(self._wake_r, 4096)
-                except BlockingIOError:
-                    pass
-            if dev_fd is not None and dev_fd in ready:
-                self.device.collect()
+                        os.read(self._wake_r, 4096)
+                    except BlockingIOError:
+                        pass
+                elif fd == dev_fd:
+                    self.device.collect()
+            env.tick()
             self._advance()
-            if env.now >= next_check:
-                self._reap_silent(env.now)
-                next_check = env.now + check_every
+            if now >= next_check:
+                self._reap_silent(now)
+                next_check = now + check_every
         log.info("daemon: stopped")
 
     def _advance(self) -> None:
         """Run due device events, dispatch, answer finished jobs, until nothing is due."""
         env, core, launch = self.env, self.core, self.device.launch
         while True:
-            env.run_due()
             now = env.now
+            if env.peek() <= now:
+                env.run_due()
             job = core.next_dispatch(now)
             while job is not None:
                 launch(job)
                 job = core.next_dispatch(now)
-            for job in core.drain_finished():
-                self._finish(job)
-            if env.peek() > env.now:
+            if core._finished:
+                for job in core.drain_finished():
+                    self._finish(job)
+            if env.peek() > now:
                 return
 
     # -- device callbacks --------------------------------------------------------------------
@@ -181,14 +191,23 @@ class Daemon:
         self.core.on_fail(job, now, message)
 
     # -- frames in ----------------------------------------------------------------------------
+    def _recv(self) -> list:
+        """One message: identity, type and body as bytes (small: copying is cheaper than a
+        Frame object), raw payload frames as zero-copy ``zmq.Frame``s."""
+        recv, more = self.sock.recv, self.sock.getsockopt
+        parts = [recv(_NOBLOCK)]
+        while more(_RCVMORE):
+            parts.append(recv(_NOBLOCK) if len(parts) < 3 else recv(_NOBLOCK, copy=False))
+        return parts
+
     def _on_frames(self, frames: list) -> None:
-        identity = frames[0].bytes
+        identity = frames[0]
         msg = None
         try:
             if len(frames) < 3:
                 raise ProtocolError(Code.BAD_FRAME, "a message is the frames (type, body, *raw); "
                                     f"got {len(frames) - 1} frame(s)")
-            msg = P.decode(frames[1].bytes, frames[2].buffer, P.REQUESTS)
+            msg = P.decode(frames[1], frames[2], P.REQUESTS)
             if type(msg) is P.Hello:
                 self._hello(identity, msg, frames[3:])
                 return
@@ -206,12 +225,17 @@ class Daemon:
                         f"internal error ({type(e).__name__}); the daemon logged it")
 
     def _send(self, identity: bytes, msg: P.Msg, raw: list | None = None) -> None:
-        frames = [identity, *P.encode(msg)]
+        send = self.sock.send
+        tag, body = P.encode(msg)
+        send(identity, _SNDMORE)
+        send(tag, _SNDMORE)
         if raw:
-            frames.extend(raw)
-            self.sock.send_multipart(frames, copy=False)
+            send(body, _SNDMORE)
+            for buf in raw[:-1]:
+                send(buf, _SNDMORE, copy=False)
+            send(raw[-1], copy=False)
         else:
-            self.sock.send_multipart(frames)
+            send(body)
 
     def _error(self, identity: bytes, req_id: int, code: str, message: str) -> None:
         log.info("daemon: error to client=%s req=%d code=%s: %s", identity.hex(), req_id, code,
@@ -278,7 +302,7 @@ class Daemon:
         payload = None
         if msg.inputs or raw:
             payload = self._inputs(msg, raw)
-        job = Job(secrets.token_hex(8), tenant.name, model, msg.slo_ms, self.env.now,
+        job = Job(f"{self.daemon_id}-{next(self._job_ids)}", tenant.name, model, msg.slo_ms, self.env.now,
                   msg.priority, payload, (s, msg.req_id))
         if payload is not None:
             try:
@@ -360,33 +384,41 @@ class Daemon:
 
     # -- jobs out -----------------------------------------------------------------------------
     def _finish(self, job: Job) -> None:
-        """Answer a job that reached a terminal state: exactly one DONE per SUBMIT."""
+        """Answer a job that reached a terminal state: exactly one DONE per SUBMIT.
+        The answer goes out first; the counters are updated after it."""
         session, req_id = job.owner
         if session.jobs.pop(req_id, None) is None:
             return  # already answered, or its client is gone
-        tenant = session.tenant
-        tenant.unfinished -= 1
-        field = _STATUS_FIELD[job.state]
-        setattr(tenant, field, getattr(tenant, field) + 1)
-        total = job.total_s
-        met = job.state is JobState.DONE and (job.slo_s <= 0 or total <= job.slo_s)
-        if job.state is JobState.DONE:
-            tenant.latencies_ms.append(total * 1e3)
-        if not met and job.slo_s > 0 and job.state is not JobState.CANCELLED:
-            tenant.slo_missed += 1
+        state = job.state
         metas, bufs = [], []
-        if job.state is JobState.DONE and job.payload is not None:
+        if state is JobState.DONE and job.payload is not None:
             try:
                 for meta, buf in self.device.outputs(job):
                     metas.append(meta)
                     bufs.append(buf)
             except ValueError as e:
-                job.state, job.error, metas, bufs = JobState.FAILED, str(e), [], []
+                state = job.state = JobState.FAILED
+                job.error, metas, bufs = str(e), [], []
         job.payload = None
+        total = job.total_s
+        met = state is JobState.DONE and (job.slo_s <= 0 or total <= job.slo_s)
         self._send(session.identity, P.Done(
-            req_id=req_id, job_id=job.id, status=job.state.value, queue_ms=job.queue_s * 1e3,
+            req_id=req_id, job_id=job.id, status=state.value, queue_ms=job.queue_s * 1e3,
             exec_ms=job.exec_s * 1e3, total_ms=total * 1e3, slo_met=met, outputs=metas,
             error=job.error or ""), bufs)
+        tenant = session.tenant
+        tenant.unfinished -= 1
+        if state is JobState.DONE:
+            tenant.completed += 1
+            tenant.latencies_ms.append(total * 1e3)
+        elif state is JobState.CANCELLED:
+            tenant.cancelled += 1
+        elif state is JobState.SHED:
+            tenant.shed += 1
+        else:
+            tenant.failed += 1
+        if not met and job.slo_s > 0 and state is not JobState.CANCELLED:
+            tenant.slo_missed += 1
 
     def _drop_session(self, s: Session, why: str) -> None:
         now = self.env.now
@@ -436,7 +468,7 @@ def _req_id(msg, frames) -> int:
         return rid
     if len(frames) >= 3:  # best effort: read req_id out of a body that failed validation
         try:
-            body = msgspec.msgpack.decode(frames[2].buffer)
+            body = msgspec.msgpack.decode(frames[2])
             rid = body.get("req_id") if isinstance(body, dict) else None
             if isinstance(rid, int) and 0 < rid < 2**63:
                 return rid

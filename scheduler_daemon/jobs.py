@@ -31,7 +31,7 @@ class KernelSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 class ModelEntry:
     """A registered model: its kernel list, their SM demand and their learned durations."""
 
-    __slots__ = ("key", "name", "kernels", "demands", "estimates", "type_id")
+    __slots__ = ("key", "name", "kernels", "demands", "shares", "estimates", "type_id")
 
     def __init__(self, key: Any, name: str, kernels: list[KernelSpec], capacity: Resources,
                  type_id: int = 0):
@@ -42,6 +42,7 @@ class ModelEntry:
         self.kernels = tuple(kernels)
         self.demands = tuple(kernel_demand(k.grid, k.block, k.smem, k.regs, capacity)
                              for k in kernels)
+        self.shares = tuple(d.share_of(capacity) for d in self.demands)  # 1.0 = whole GPU
         self.estimates = DurationEstimates([k.est_us * 1e-6 for k in kernels])
         self.type_id = type_id
 

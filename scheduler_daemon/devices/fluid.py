@@ -55,10 +55,13 @@ class FluidDevice(Device):
 
     def launch(self, job: Job) -> None:
         now = self.env.now
-        self._advance(now)
+        if self._running:
+            self._advance(now)
+        else:
+            self._last = now
         k = job.next_kernel
         work = job.model.kernels[k].est_us * 1e-6 * self.speed
-        share = job.model.demands[k].share_of(self._cap)
+        share = job.model.shares[k]
         self._running.append(_Running(job, work, share, now))
         self._load += share
         self._reschedule()
@@ -67,10 +70,14 @@ class FluidDevice(Device):
         self._timer = None
         now = self.env.now
         self._advance(now)
-        done = [r for r in self._running if r.work <= 1e-12]
-        if done:
-            self._running = [r for r in self._running if r.work > 1e-12]
-            self._load = sum(r.share for r in self._running)
+        running = self._running
+        if len(running) == 1 and running[0].work <= 1e-12:  # the common case, made cheap
+            done, self._running, self._load = running, [], 0.0
+        else:
+            done = [r for r in running if r.work <= 1e-12]
+            if done:
+                self._running = [r for r in running if r.work > 1e-12]
+                self._load = sum(r.share for r in self._running)
         self._reschedule()
         for r in done:
             self.on_complete(r.job, now, now - r.start)
