@@ -94,9 +94,8 @@ class Client:
         self._keeper.start()
 
     # -- connection ---------------------------------------------------------------------------
-    def _connect(self) -> None:
+    def _open_socket(self) -> None:
         if self._sock is not None:
-            self._poller.unregister(self._sock)
             self._sock.close(0)
         self._sock = make_socket(self._ctx, zmq.DEALER, self.endpoint, bind=False, max_frame=0)
         self._poller = zmq.Poller()
@@ -104,6 +103,10 @@ class Client:
         self._poller.register(self._wake_r, zmq.POLLIN)
         self._sock.send_multipart(P.encode(P.Hello(version=P.PROTOCOL_VERSION,
                                                    tenant=self.tenant, token=self.token)))
+
+    def _connect(self) -> None:
+        """First connection: HELLO and wait for WELCOME (or a clear refusal)."""
+        self._open_socket()
         if not self._sock.poll(int(self.timeout * 1000)):
             raise ConnectError(f"no daemon answered at {self.endpoint} within {self.timeout}s: "
                                "start one with 'gpusched daemon' or pass the right endpoint")
@@ -113,10 +116,23 @@ class Client:
             raise ConnectError(f"the daemon refused the connection: {msg.code}: {msg.message}")
         if not isinstance(msg, P.Welcome):
             raise ConnectError(f"unexpected {type(msg).__name__} instead of WELCOME")
+        self._welcomed(msg)
+
+    def _welcomed(self, msg: P.Welcome) -> None:
         self.welcome = msg
         self.daemon_id = msg.daemon_id
         self._last_heard = time.monotonic()
         log.debug("client: connected tenant=%s daemon=%s", self.tenant, msg.daemon_id)
+
+    def _reconnect(self) -> None:
+        """A new socket, HELLO, then the known models again, without waiting: one connection
+        keeps order, so the daemon sees them before any later SUBMIT. WELCOME arrives later."""
+        self._open_socket()
+        for name, specs in self._models.items():
+            req = next(self._ids)
+            self._pending[req] = _Pending("register", Future(), time.perf_counter())
+            self._sock.send_multipart(P.encode(P.Register(req_id=req, model=name, kernels=specs)))
+        self._last_heard = time.monotonic()
 
     def __enter__(self) -> "Client":
         return self
@@ -283,6 +299,7 @@ class Client:
                 p.future.job_id = msg.job_id
             return
         if t is P.Welcome:
+            self._welcomed(msg)
             return
         p = self._pending.pop(msg.req_id, None)
         if p is None:
@@ -320,14 +337,7 @@ class Client:
                     "reconnecting", self.endpoint, len(self._pending))
         self._fail_all(DaemonRestarted(f"the daemon at {self.endpoint} restarted; the request "
                                        "was lost: submit it again"))
-        try:
-            self._connect()
-            for name, specs in self._models.items():
-                req = next(self._ids)
-                self._send(P.encode(P.Register(req_id=req, model=name, kernels=specs)))
-                self._pending[req] = _Pending("register", Future(), time.perf_counter())
-        except ConnectError as e:
-            log.warning("client: reconnect failed: %s", e)
+        self._reconnect()
 
     def _keep(self) -> None:
         """Heartbeats, liveness, and replies nobody is waiting for."""
@@ -345,14 +355,9 @@ class Client:
                     self._fail_all(DaemonUnavailable(
                         f"the daemon at {self.endpoint} has not answered for "
                         f"{now - self._last_heard:.1f}s; is it still running?"))
-                    self._connect_quietly()
+                    self._reconnect()
             except Exception:
                 log.exception("client: keeper error")
             finally:
                 self._lock.release()
 
-    def _connect_quietly(self) -> None:
-        try:
-            self._connect()
-        except ConnectError:
-            self._last_heard = time.monotonic()  # try again after another timeout

@@ -1,0 +1,51 @@
+import os
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if ROOT not in sys.path:
+    sys.path.insert(0, ROOT)
+
+from gpusched.procs import start_daemon, stop_daemon  # noqa: E402
+
+
+def _has_cuda() -> bool:
+    try:
+        import torch
+        return torch.cuda.is_available()
+    except Exception:
+        return False
+
+
+def pytest_collection_modifyitems(config, items):
+    if _has_cuda():
+        return
+    skip = pytest.mark.skip(reason="needs an NVIDIA GPU (run 'make test-gpu' on a GPU machine)")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture
+def daemon_factory(tmp_path):
+    """Start daemons as subprocesses; they are drained (SIGTERM) at the end of the test."""
+    procs = []
+
+    def start(*args, endpoint=None):
+        ep = endpoint or f"ipc://{tmp_path}/d{len(procs)}.sock"
+        log = open(tmp_path / f"daemon{len(procs)}.log", "w")
+        proc, ep = start_daemon(*args, endpoint=ep, log_level="INFO", stderr=log)
+        procs.append(proc)
+        return proc, ep
+
+    yield start
+    for p in procs:
+        stop_daemon(p)
+
+
+@pytest.fixture
+def daemon(daemon_factory):
+    """A daemon on the simulated GPU (T4), policy slo, clients dropped after 1 s of silence."""
+    proc, ep = daemon_factory("--backend", "sim", "--client-timeout", "1")
+    return ep

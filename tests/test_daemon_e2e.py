@@ -1,0 +1,276 @@
+"""End to end: a daemon subprocess, client processes and raw protocol peers."""
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from client_lib import (Client, DaemonRestarted, DaemonUnavailable, JobCancelled, JobShed,
+                        KernelSpec, RequestError)
+from gpusched.loadgen import run_load
+from gpusched.procs import wait_ready
+from scheduler_daemon import protocol as P
+from tests.wire import RawPeer
+
+
+def kernels(n, us, grid=40, block=1024, op=None):
+    return [KernelSpec(name=f"k{i}", est_us=us, grid=grid, block=block, op=op or f"sleep:{us:g}")
+            for i in range(n)]
+
+
+def test_three_client_processes_every_job_answered(daemon):
+    res = run_load(daemon, "mixed", clients=3, rate=40, duration=2.0, seed=1)
+    assert not res["client_errors"]
+    assert {t["tenant"] for t in res["tenants"]} == {"short", "medium", "long"}
+    for t in res["tenants"]:
+        assert t["submitted"] > 0
+        assert t["completed"] == t["submitted"], t
+        assert t["failed"] == 0
+    with Client(daemon, tenant="observer") as c:
+        st = c.status()
+    by_tenant = {t.tenant: t for t in st.tenants}
+    for t in res["tenants"]:  # the daemon counted the same jobs the clients saw answered
+        assert by_tenant[t["tenant"]].completed == t["completed"]
+        assert by_tenant[t["tenant"]].queued == 0
+
+
+def test_each_submit_gets_exactly_one_answer(daemon):
+    peer = RawPeer(daemon)
+    peer.hello("exact")
+    peer.send_msg(P.Register(req_id=1, model="m", kernels=kernels(3, 50)))
+    assert isinstance(peer.recv()[0], P.Registered)
+    ids = list(range(10, 310))
+    for rid in ids:
+        peer.send_msg(P.Submit(req_id=rid, model="m", slo_ms=1000.0))
+    for rid in ids[::10]:  # cancel some; their SUBMIT still gets exactly one DONE
+        peer.send_msg(P.Cancel(req_id=rid + 100000, target=rid))
+    replies = peer.recv_all(quiet_ms=1500)
+    done = [m.req_id for m, _ in replies if isinstance(m, P.Done)]
+    assert sorted(done) == ids  # one terminal answer per submit, no duplicates, none lost
+    cancels = [m for m, _ in replies if isinstance(m, P.CancelReply)]
+    assert len(cancels) == len(ids[::10])
+    statuses = {m.req_id: m.status for m, _ in replies if isinstance(m, P.Done)}
+    for c in cancels:
+        assert (statuses[c.target] == "cancelled") == c.cancelled
+    peer.close()
+
+
+def test_torch_backend_outputs_match_local(daemon_factory):
+    torch = pytest.importorskip("torch")
+    from scheduler_daemon.devices.torch_ops import linear_weight
+    _, ep = daemon_factory("--backend", "torch", "--torch-device", "cpu")
+    ks = [KernelSpec(name="fc1", est_us=50, op="linear:32,1"), KernelSpec(name="act", est_us=5, op="relu"),
+          KernelSpec(name="fc2", est_us=50, op="linear:10,2"), KernelSpec(name="sm", est_us=5, op="softmax")]
+    x = np.random.default_rng(0).standard_normal((4, 16)).astype(np.float32)
+    t = torch.from_numpy(x)
+    t = t @ linear_weight(16, 32, 1, t.device, t.dtype).T
+    t = torch.relu(t)
+    t = t @ linear_weight(32, 10, 2, t.device, t.dtype).T
+    want = torch.softmax(t, dim=-1).numpy()
+    with Client(ep, tenant="a") as a, Client(ep, tenant="b") as b:
+        a.register_model("mlp", ks)
+        b.register_model("mlp", ks)
+        futs = [(c.submit("mlp", [x], slo_ms=1000)) for c in (a, b) for _ in range(5)]
+        for f in futs:
+            out = f.result(30).outputs
+            assert len(out) == 1 and out[0].dtype == np.float32 and out[0].shape == (4, 10)
+            assert np.array_equal(out[0], want)  # bit-identical to local execution
+
+
+def test_failing_kernel_fails_only_its_job(daemon_factory):
+    _, ep = daemon_factory("--backend", "torch", "--torch-device", "cpu")
+    with Client(ep, tenant="t") as c:
+        c.register_model("bad", [KernelSpec(name="boom", est_us=1, op="fail:kaput")])
+        c.register_model("good", [KernelSpec(name="ok", est_us=1, op="relu")])
+        bad = c.submit("bad", [np.ones(3, np.float32)])
+        good = c.submit("good", [-np.ones(3, np.float32)])
+        with pytest.raises(Exception, match="kaput"):
+            bad.result(10)
+        assert np.array_equal(good.result(10).outputs[0], np.zeros(3, np.float32))
+        with pytest.raises(RequestError) as e:
+            c.register_model("nope", [KernelSpec(name="x", est_us=1, op="conv9d")])
+        assert e.value.code == "BAD_MODEL" and "conv9d" in e.value.message
+
+
+def test_cancel_is_idempotent(daemon):
+    with Client(daemon, tenant="c") as c:
+        c.register_model("long", kernels(50, 2000))
+        f = c.submit("long", slo_ms=10_000)
+        time.sleep(0.05)
+        assert c.cancel(f) is True
+        with pytest.raises(JobCancelled):
+            f.result(5)
+        assert c.cancel(f) is False  # already ended: nothing happens
+        with Client(daemon, tenant="other") as o:  # another tenant cannot name this job
+            assert o.cancel(f.req_id) is False
+
+
+def test_shed_hopeless_jobs(daemon_factory):
+    _, ep = daemon_factory("--backend", "sim", "--policy", "slo", "--shed")
+    with Client(ep, tenant="s") as c:
+        c.register_model("slow", kernels(10, 1000))  # 10 ms of work
+        with pytest.raises(JobShed):
+            c.run("slow", slo_ms=2.0, timeout=5)      # cannot make 2 ms
+        r = c.run("slow", slo_ms=500.0, timeout=5)
+        assert r.slo_met and r.exec_ms >= 9.0
+
+
+BAD_CASES = [
+    # (frames after identity, expected error code)
+    ([b"SUBMIT"], "BAD_FRAME"),
+    ([b"NOPE", b"\x80"], "BAD_FRAME"),
+    ([b"SUBMIT", b"\xc1\xc1garbage"], "BAD_MESSAGE"),
+    ([b"SUBMIT", b"\x81\xa6req_id\xa3abc"], "BAD_MESSAGE"),
+    ([b"REGISTER", b"\x80"], "BAD_MESSAGE"),
+]
+
+
+def test_bad_input_is_answered_and_daemon_survives(daemon):
+    peer = RawPeer(daemon)
+    # before HELLO
+    peer.send_msg(P.Submit(req_id=5, model="m"))
+    m, _ = peer.recv()
+    assert isinstance(m, P.Error) and m.code == "NOT_CONNECTED" and m.req_id == 5
+    peer.send_msg(P.Hello(version=99, tenant="x"))
+    assert peer.recv()[0].code == "VERSION"
+    peer.hello("hostile")
+    for frames, code in BAD_CASES:
+        peer.send(*frames)
+        m, _ = peer.recv()
+        assert isinstance(m, P.Error) and m.code == code, (frames, m)
+    peer.send_msg(P.Submit(req_id=7, model="ghost"))
+    m, _ = peer.recv()
+    assert m.code == "UNKNOWN_MODEL" and m.req_id == 7 and "ghost" in m.message
+    peer.send_msg(P.Register(req_id=8, model="m", kernels=kernels(1, 10)))
+    assert isinstance(peer.recv()[0], P.Registered)
+    # inputs that do not match their frames
+    peer.send_msg(P.Submit(req_id=9, model="m", inputs=[P.TensorMeta(dtype="float32", shape=[4])]))
+    assert peer.recv()[0].code == "BAD_INPUT"
+    peer.send_msg(P.Submit(req_id=10, model="m", inputs=[P.TensorMeta(dtype="float32", shape=[4])]),
+                  b"\0" * 15)
+    assert peer.recv()[0].code == "BAD_INPUT"
+    peer.send_msg(P.Submit(req_id=11, model="m", inputs=[P.TensorMeta(dtype="complex64", shape=[1])]),
+                  b"\0" * 8)
+    assert peer.recv()[0].code == "BAD_INPUT"
+    # a model with more kernels than the limit is refused
+    peer.send_msg(P.Register(req_id=12, model="huge", kernels=[KernelSpec(name="k", est_us=1)] * 100_001))
+    assert peer.recv()[0].code == "TOO_LARGE"
+    # the same req_id twice while the first is unfinished
+    peer.send_msg(P.Register(req_id=13, model="slow", kernels=kernels(20, 5000)))
+    peer.recv()
+    peer.send_msg(P.Submit(req_id=14, model="slow"))
+    peer.send_msg(P.Submit(req_id=14, model="slow"))
+    m, _ = peer.recv()
+    assert m.code == "DUPLICATE"
+    peer.close()
+    # another tenant is served correctly afterwards
+    with Client(daemon, tenant="good") as c:
+        c.register_model("m", kernels(2, 100))
+        assert c.run("m", slo_ms=100, timeout=5).slo_met
+
+
+def test_client_disappearing_cancels_its_jobs(daemon):
+    code = (
+        "import sys, time\n"
+        "from client_lib import Client, KernelSpec\n"
+        f"c = Client({daemon!r}, tenant='doomed')\n"
+        "c.register_model('long', [KernelSpec(name='k', est_us=5000, grid=40, block=1024)] * 20)\n"
+        "fs = [c.submit('long') for _ in range(50)]\n"
+        "print('submitted', flush=True)\n"
+        "time.sleep(60)\n")
+    p = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    assert p.stdout.readline().strip() == "submitted"
+    time.sleep(0.3)
+    p.send_signal(signal.SIGKILL)
+    p.wait()
+    deadline = time.time() + 5
+    with Client(daemon, tenant="observer") as c:
+        while time.time() < deadline:
+            t = {x.tenant: x for x in c.status().tenants}["doomed"]
+            if t.queued == 0 and t.running == 0:
+                break
+            time.sleep(0.2)
+    assert t.queued == 0 and t.running == 0
+    assert t.cancelled >= 40 and t.completed < 10  # the dead client's work was dropped
+
+
+def test_daemon_death_fails_pending_futures(daemon_factory):
+    proc, ep = daemon_factory("--backend", "sim")
+    with Client(ep, tenant="t", timeout=1.0) as c:
+        c.register_model("long", kernels(100, 10_000))
+        f = c.submit("long")
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        t0 = time.time()
+        with pytest.raises(DaemonUnavailable):
+            f.result(10)
+        assert time.time() - t0 < 5  # failed fast, did not hang
+
+
+def test_daemon_restart_client_reconnects(daemon_factory):
+    proc, ep = daemon_factory("--backend", "sim")
+    with Client(ep, tenant="t", timeout=1.0) as c:
+        c.register_model("m", kernels(2, 100))
+        assert c.run("m", timeout=5)
+        pending = c.submit("m")
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        try:
+            pending.result(1)
+        except DaemonUnavailable:
+            pass
+        daemon_factory("--backend", "sim", endpoint=ep)
+        deadline = time.time() + 10
+        while True:  # the client notices the new daemon, says HELLO and re-registers "m"
+            try:
+                r = c.run("m", timeout=3)
+                break
+            except (DaemonUnavailable, RequestError):
+                if time.time() > deadline:
+                    raise
+                time.sleep(0.2)
+        assert r.exec_ms > 0
+
+
+def test_sigterm_drains_and_answers_everything(daemon_factory):
+    proc, ep = daemon_factory("--backend", "sim")
+    with Client(ep, tenant="t", timeout=2.0) as c:
+        c.register_model("m", kernels(5, 2000))
+        futs = [c.submit("m") for _ in range(30)]
+        time.sleep(0.05)
+        proc.send_signal(signal.SIGTERM)
+        outcomes = {"done": 0, "cancelled": 0}
+        for f in futs:
+            try:
+                f.result(20)
+                outcomes["done"] += 1
+            except JobCancelled:
+                outcomes["cancelled"] += 1
+        assert proc.wait(20) == 0
+    assert outcomes["done"] >= 1 and outcomes["cancelled"] >= 1
+    assert sum(outcomes.values()) == 30
+
+
+def test_async_client(daemon):
+    import asyncio
+
+    from client_lib import AsyncClient
+
+    async def go():
+        async with AsyncClient(daemon, tenant="aio") as c:
+            await c.register_model("m", kernels(2, 100))
+            rs = await asyncio.gather(*(c.submit("m", slo_ms=1000) for _ in range(20)))
+            st = await c.status()
+            return rs, st
+    rs, st = asyncio.run(go())
+    assert len(rs) == 20 and all(r.exec_ms > 0 for r in rs)
+    assert {t.tenant: t for t in st.tenants}["aio"].completed == 20
+
+
+def test_connect_error_is_clear(tmp_path):
+    from client_lib import ConnectError
+    with pytest.raises(ConnectError, match="no daemon answered"):
+        Client(f"ipc://{tmp_path}/none.sock", timeout=0.3)
