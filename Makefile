@@ -4,15 +4,16 @@ VENV := .venv
 BIN := $(VENV)/bin
 # torch is pinned: a CPU build of 2.13.0 is on these machines; any other version downloads GBs.
 TORCH := torch==2.13.0
-STAMP := $(VENV)/.installed
+STAMP := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
 
 .PHONY: setup demo test test-gpu bench clean
 
 $(STAMP): pyproject.toml
-	$(PY) -m venv $(VENV)
-	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q "$(TORCH)" -e ".[torch,plots,metrics,solver,dev]"
-	touch $(STAMP)
+	@echo "setting up $(VENV) (log: $(VENV)/install.log) ..."
+	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	@$(BIN)/python -m pip install --upgrade pip "$(TORCH)" -e ".[torch,plots,metrics,solver,dev]" \
+		> $(VENV)/install.log 2>&1 || { tail -30 $(VENV)/install.log; exit 1; }
+	@rm -f $(VENV)/.installed-*; touch $(STAMP)
 
 setup: $(STAMP)
 
@@ -22,9 +23,10 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
 
-# On a GPU machine: only the tests marked gpu (they skip elsewhere).
+# On a GPU machine: the tests marked gpu (they skip elsewhere), then the rest.
 test-gpu: $(STAMP)
 	$(BIN)/python -m pytest -q -m gpu -rs
+	$(BIN)/python -m pytest -q
 
 bench: $(STAMP)
 	$(BIN)/gpusched bench overhead

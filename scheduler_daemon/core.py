@@ -41,6 +41,8 @@ class SchedulerCore:
 
     # -- jobs -------------------------------------------------------------------------------
     def add(self, job: Job, now: float) -> None:
+        if job.state in TERMINAL:  # aborted before it arrived
+            return
         job.state = JobState.QUEUED
         self.queue.push(job, now)
 

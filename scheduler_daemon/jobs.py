@@ -64,7 +64,7 @@ class Job:
 
     __slots__ = ("id", "tenant", "model", "slo_s", "priority", "arrival", "deadline",
                  "next_kernel", "state", "exec_s", "first_start", "finish", "late",
-                 "qseq", "extra", "dispatched_at", "payload", "owner", "error")
+                 "qseq", "in_queue", "extra", "dispatched_at", "payload", "owner", "error")
 
     def __init__(self, id: Any, tenant: str, model: ModelEntry, slo_ms: float, arrival: float,
                  priority: int = 0, payload: Any = None, owner: Any = None):
@@ -82,6 +82,7 @@ class Job:
         self.finish: float | None = None
         self.late = False          # flagged by the slo policy as unable to meet its SLO
         self.qseq = 0              # version of this job's live ready-queue entry
+        self.in_queue = False      # whether that entry is live
         self.extra = False         # its kernel in flight was dispatched beyond free resources
         self.dispatched_at = 0.0
         self.payload = payload     # backend data (input tensors); opaque to the scheduler

@@ -112,7 +112,7 @@ class CancelReply(Msg):
     cancelled: bool
 
 
-class TenantStatus(Msg):
+class TenantStatus(Msg, omit_defaults=False):
     tenant: str
     clients: int = 0
     queued: int = 0
@@ -126,7 +126,7 @@ class TenantStatus(Msg):
     p99_ms: float = 0.0
 
 
-class JobStatus(Msg):
+class JobStatus(Msg, omit_defaults=False):
     job_id: str
     model: str
     state: str
@@ -135,7 +135,7 @@ class JobStatus(Msg):
     remaining_ms: float
 
 
-class StatusReply(Msg):
+class StatusReply(Msg, omit_defaults=False):
     req_id: int
     daemon_id: str = ""
     device: str = ""

@@ -25,15 +25,18 @@ class HeapQueue:
         return self._live
 
     def push(self, job: Job, now: float) -> None:
+        """Queue ``job``, or re-key it if it is queued already."""
         job.qseq += 1
         heapq.heappush(self._heap, (self._key(job, now), next(self._counter), job.qseq, job))
-        self._live += 1
+        if not job.in_queue:
+            job.in_queue = True
+            self._live += 1
 
     def peek(self) -> Job | None:
         heap = self._heap
         while heap:
             _, _, seq, job = heap[0]
-            if seq == job.qseq and job.state is JobState.QUEUED:
+            if seq == job.qseq and job.in_queue and job.state is JobState.QUEUED:
                 return job
             heapq.heappop(heap)
         return None
@@ -45,19 +48,21 @@ class HeapQueue:
         job = self.peek()
         if job is not None:
             heapq.heappop(self._heap)
-            job.qseq += 1
+            job.in_queue = False
             self._live -= 1
         return job
 
     def discard(self, job: Job) -> None:
-        """Forget a queued job (its entry is skipped later)."""
-        job.qseq += 1
-        self._live -= 1
+        """Forget a queued job (its entry is skipped later); a no-op for one not queued."""
+        if job.in_queue:
+            job.qseq += 1
+            job.in_queue = False
+            self._live -= 1
 
     def jobs(self) -> Iterator[Job]:
         seen = set()
         for _, _, seq, job in self._heap:
-            if seq == job.qseq and job.state is JobState.QUEUED and id(job) not in seen:
+            if seq == job.qseq and job.in_queue and id(job) not in seen:
                 seen.add(id(job))
                 yield job
 
@@ -88,8 +93,9 @@ class FairQueue:
         return q
 
     def push(self, job: Job, now: float) -> None:
+        if not job.in_queue:
+            self._live += 1
         self._queue(job.model.type_id).push(job, now)
-        self._live += 1
 
     def _choose(self) -> HeapQueue | None:
         best_q, best_key, starved_q, starved = None, float("inf"), None, -float("inf")
@@ -123,8 +129,10 @@ class FairQueue:
         return job
 
     def discard(self, job: Job) -> None:
-        self._by_type[job.model.type_id].discard(job)
-        self._live -= 1
+        q = self._by_type.get(job.model.type_id)
+        if q is not None and job.in_queue:
+            q.discard(job)
+            self._live -= 1
 
     def jobs(self) -> Iterator[Job]:
         for q in self._by_type.values():

@@ -12,7 +12,6 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from scheduler_daemon.clock import Environment
 from scheduler_daemon.core import SchedulerCore
 from scheduler_daemon.devices.fluid import FluidDevice
 from scheduler_daemon.estimates import DurationEstimates
@@ -342,6 +341,19 @@ def test_small_kernels_fit_together_without_extra():
     assert within(core.used, core.capacity) and core.extra == 0
 
 
+def test_one_completion_dispatches_everything_that_fits():
+    core = make_core(Fifo(), max_extra=0)
+    big = job("big", model(core, "big", [1000.0]))
+    qm = model(core, "q", [500.0], **QUARTER)
+    quarters = [job(f"q{i}", qm, arrival=0.1 * MS) for i in range(5)]
+    run, dev = simulate(core, [big] + quarters)
+    # when the full-GPU kernel ends, four quarter-GPU kernels start together; the fifth waits
+    assert [q.first_start for q in quarters[:4]] == pytest.approx([1 * MS] * 4)
+    assert quarters[4].first_start == pytest.approx(1.5 * MS)
+    assert dev.max_inflight == 4
+    assert_idle(core)
+
+
 def test_one_kernel_per_job_outstanding():
     core = make_core(Fifo(), max_extra=8)
     m = model(core, "q", [100.0] * 5, **QUARTER)
@@ -614,9 +626,6 @@ def test_fair_queue_lazy_deletion_len(ops, threshold):
                  strict_order="key" if threshold >= 1e9 else None)
 
 
-@pytest.mark.xfail(strict=True, reason="library bug: HeapQueue.push of a job that is already "
-                   "queued invalidates the old entry (as the module docstring says) but still "
-                   "increments _live, so len() over-counts")
 def test_heap_queue_repush_of_queued_job_keeps_len():
     q = HeapQueue(_key)
     core = make_core(Fifo())

@@ -104,8 +104,11 @@ def test_cancel_is_idempotent(daemon):
         with pytest.raises(JobCancelled):
             f.result(5)
         assert c.cancel(f) is False  # already ended: nothing happens
-        with Client(daemon, tenant="other") as o:  # another tenant cannot name this job
-            assert o.cancel(f.req_id) is False
+        g = c.submit("long", slo_ms=10_000)
+        with Client(daemon, tenant="other") as o:  # another tenant cannot name a live job
+            assert o.cancel(g.req_id) is False
+        assert c.status(g).state in ("queued", "running")
+        assert c.cancel(g) is True
 
 
 def test_shed_hopeless_jobs(daemon_factory):

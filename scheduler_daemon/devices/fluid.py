@@ -8,6 +8,8 @@ used to measure the daemon's own overhead).
 """
 from __future__ import annotations
 
+import math
+
 from ..clock import Timer
 from ..gpu_specs import GpuSpec
 from ..jobs import Job
@@ -71,12 +73,15 @@ class FluidDevice(Device):
         now = self.env.now
         self._advance(now)
         running = self._running
-        if len(running) == 1 and running[0].work <= 1e-12:  # the common case, made cheap
+        # "finished" within float resolution of the clock: an absolute epsilon livelocks once
+        # the spacing of floats near `now` exceeds it (virtual times of days)
+        tol = 1e-12 + 4 * math.ulp(now)
+        if len(running) == 1 and running[0].work <= tol:  # the common case, made cheap
             done, self._running, self._load = running, [], 0.0
         else:
-            done = [r for r in running if r.work <= 1e-12]
+            done = [r for r in running if r.work <= tol]
             if done:
-                self._running = [r for r in running if r.work > 1e-12]
+                self._running = [r for r in running if r.work > tol]
                 self._load = sum(r.share for r in self._running)
         self._reschedule()
         for r in done:
