@@ -19,6 +19,8 @@ class GpuSpec:
     smem_per_sm: int  # bytes
     fp16_tflops: float  # dense tensor-core throughput
     mem_bw_gbs: float  # DRAM bandwidth, GB/s
+    fp32_tflops: float = 0.0  # non-tensor FP32 throughput
+    int8_tops: float = 0.0    # dense INT8 throughput
     launch_floor_us: float = 4.5  # smallest forward kernels take ~4-5 us (calibration.md)
 
     @property
@@ -28,10 +30,10 @@ class GpuSpec:
 
 
 PRESETS: dict[str, GpuSpec] = {
-    "T4": GpuSpec("T4", 40, 1024, 16, 65536, 64 * 1024, 65.0, 320.0),
-    "V100": GpuSpec("V100", 80, 2048, 32, 65536, 96 * 1024, 125.0, 900.0),
-    "A100": GpuSpec("A100", 108, 2048, 32, 65536, 164 * 1024, 312.0, 1555.0),
-    "H100": GpuSpec("H100", 132, 2048, 32, 65536, 228 * 1024, 989.0, 3350.0),
+    "T4": GpuSpec("T4", 40, 1024, 16, 65536, 64 * 1024, 65.0, 320.0, 8.1, 130.0),
+    "V100": GpuSpec("V100", 80, 2048, 32, 65536, 96 * 1024, 125.0, 900.0, 15.7, 62.0),
+    "A100": GpuSpec("A100", 108, 2048, 32, 65536, 164 * 1024, 312.0, 1555.0, 19.5, 624.0),
+    "H100": GpuSpec("H100", 132, 2048, 32, 65536, 228 * 1024, 989.0, 3350.0, 67.0, 1979.0),
 }
 
 

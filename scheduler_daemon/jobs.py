@@ -26,6 +26,9 @@ class KernelSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     smem: Annotated[int, msgspec.Meta(ge=0, le=256 * 1024)] = 0
     regs: Annotated[int, msgspec.Meta(ge=1, le=255)] = 32
     op: Annotated[str, msgspec.Meta(max_length=256)] = ""
+    # fraction of the solo duration bound by DRAM bandwidth (0: compute/latency bound); the
+    # simulated GPU slows this part down when co-running kernels oversubscribe bandwidth
+    mem_frac: Annotated[float, msgspec.Meta(ge=0.0, le=1.0)] = 0.0
 
 
 class ModelEntry:
