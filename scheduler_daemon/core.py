@@ -4,20 +4,28 @@ The live daemon and the simulator both drive this class, passing ``now`` in:
 ``add`` a job, ``next_dispatch`` to get the next kernel to launch (or None), ``on_complete``
 when the device reports it finished, ``abort`` to cancel (idempotent).
 
-Paella's dispatch rule: at most one kernel per job is outstanding; the head job's next kernel
-is dispatched when its SM demand fits in the free SM resources (summed over SMs), or, if it
-does not, as one of at most ``max_extra`` kernels beyond them, so the device's own queues stay
-short and the software policy, not the hardware, decides the order.
+Paella's dispatch rule (``policy.bounded``): at most one kernel per job is outstanding; the head
+job's next kernel is dispatched when its SM demand fits in the free SM resources (summed over
+SMs), or, if it does not, as one of at most ``max_extra`` kernels beyond them, so the device's
+own queues stay short and the software policy, not the hardware, decides the order.
+
+The baselines are policies of this same core that give the decision back to the hardware
+(``bounded = False``): every queued kernel is dispatched at once onto the policy's stream
+(one stream, one per job, per tenant or per model), optionally behind a gate that lets one job
+at a time run on the GPU or per model (``policy.gate``).
 """
 from __future__ import annotations
 
 import logging
+from collections import deque
 
 from .gpu_specs import ZERO, Resources
 from .jobs import TERMINAL, Job, JobState, KernelSpec, ModelEntry
 from .policies import Policy
 
 log = logging.getLogger("gpusched.core")
+
+STREAM_POOL = 500  # Paella gives each kernel its own stream from a pool of 500
 
 
 class SchedulerCore:
@@ -26,13 +34,19 @@ class SchedulerCore:
         self.policy = policy
         self.capacity = capacity
         self.max_extra = max_extra
-        self.shed = shed
+        self.shed = shed or policy.sheds
+        self.bounded = policy.bounded
+        self.max_out = policy.per_job_outstanding or 1 << 30
         self.queue = policy.make_queue()
         self.used: Resources = ZERO
         self.extra = 0
         self.inflight = 0
         self._finished: list[Job] = []
         self._type_ids: dict[str, int] = {}
+        self._streams = 0
+        self._tenant_streams: dict[str, int] = {}
+        self._holders: dict = {}                 # gate key -> job holding it
+        self._parked: dict = {}                  # gate key -> deque of jobs waiting for it
 
     # -- models -----------------------------------------------------------------------------
     def make_model(self, key, name: str, kernels: list[KernelSpec]) -> ModelEntry:
@@ -43,26 +57,40 @@ class SchedulerCore:
     def add(self, job: Job, now: float) -> None:
         if job.state in TERMINAL:  # aborted before it arrived
             return
+        if self.policy.admission and self.policy.hopeless(job, now):
+            self._end(job, JobState.SHED, now)  # Clockwork: refuse what cannot make it
+            return
         job.state = JobState.QUEUED
         self.queue.push(job, now)
 
     def abort(self, job: Job, now: float, state: JobState = JobState.CANCELLED) -> bool:
-        """Cancel a job. Returns False if it had already ended. A kernel already on the
-        device still runs out; its resources are freed in ``on_complete``."""
+        """Cancel a job. Returns False if it had already ended. Kernels already on the
+        device still run out; their resources are freed in ``on_complete``."""
         if job.state in TERMINAL:
             return False
-        if job.state is JobState.QUEUED:
+        if job.in_queue:
             self.queue.discard(job)
         job.state = state
         job.finish = now
+        self._release_gate(job, now)
         return True
 
     def queued_jobs(self):
         return list(self.queue.jobs())
 
+    def _gate(self, job: Job):
+        g = self.policy.gate
+        return None if g is None else ("gpu" if g == "gpu" else job.model.key)
+
     def next_dispatch(self, now: float) -> Job | None:
-        """The job whose next kernel (``job.next_kernel``) should launch now, or None."""
+        """The job whose kernel ``job.cur`` should launch now on ``job.stream``, or None."""
         queue, policy = self.queue, self.policy
+        if policy.gate == "gpu" and self._holders:  # one job on the GPU: only it may go on
+            job = self._holders["gpu"]
+            if not job.in_queue:
+                return None
+            queue.discard(job)
+            return self._dispatch(job, now)
         while True:
             job = queue.peek()
             if job is None:
@@ -70,63 +98,117 @@ class SchedulerCore:
             if policy.checks_slack and not job.late and policy.hopeless(job, now):
                 queue.pop()
                 if self.shed:
-                    job.state = JobState.SHED
-                    job.finish = now
-                    self._finished.append(job)
+                    self._end(job, JobState.SHED, now)
                     log.debug("core: shed job=%s model=%s", job.id, job.model.name)
                 else:
                     job.late = True
                     queue.push(job, now)
                 continue
-            demand = job.model.demands[job.next_kernel]
-            if demand.fits_with(self.used, self.capacity):
-                job.extra = False
-            elif self.extra < self.max_extra:
-                job.extra = True
-                self.extra += 1
-            else:
-                return None
+            if policy.gate is not None and job.first_start is None:
+                gate = self._gate(job)
+                if gate in self._holders:  # its model is busy: wait for it, in pop order
+                    queue.pop()
+                    self._parked.setdefault(gate, deque()).append(job)
+                    continue
+            if self.bounded:
+                demand = job.model.demands[job.next_kernel]
+                if demand.fits_with(self.used, self.capacity):
+                    job.extra = False
+                elif self.extra < self.max_extra:
+                    job.extra = True
+                    self.extra += 1
+                else:
+                    return None
+                self.used = self.used.plus(demand)
             queue.pop()
-            self.used = self.used.plus(demand)
-            self.inflight += 1
-            job.state = JobState.RUNNING
-            job.dispatched_at = now
-            if job.first_start is None:
-                job.first_start = now
-            return job
+            return self._dispatch(job, now)
 
-    def _release(self, job: Job) -> None:
-        self.used = self.used.minus(job.model.demands[job.next_kernel])
-        self.inflight -= 1
-        if job.extra:
-            self.extra -= 1
-            job.extra = False
+    def _dispatch(self, job: Job, now: float) -> Job:
+        job.cur = job.next_kernel
+        job.next_kernel += 1
+        job.outstanding += 1
+        self.inflight += 1
+        job.state = JobState.RUNNING
+        if job.first_start is None:
+            job.first_start = now
+            if self.policy.gate is not None:
+                self._holders[self._gate(job)] = job
+        job.stream = self._stream(job)
+        if job.outstanding < self.max_out and job.next_kernel < len(job.model.kernels):
+            self.queue.push(job, now)  # the hardware will order its next kernel too
+        return job
+
+    def _stream(self, job: Job) -> int:
+        mode = self.policy.stream
+        if mode == "kernel":
+            self._streams += 1
+            return self._streams % STREAM_POOL
+        if job.stream >= 0:
+            return job.stream
+        if mode == "job":
+            self._streams += 1
+            return self._streams
+        if mode == "single":
+            return 0
+        if mode == "tenant":
+            return self._tenant_streams.setdefault(job.tenant, len(self._tenant_streams))
+        return job.model.type_id  # "model"
 
     def on_complete(self, job: Job, now: float, duration_s: float) -> None:
-        """The device finished ``job``'s kernel ``job.next_kernel`` after ``duration_s``."""
-        self._release(job)
-        job.model.estimates.observe(job.next_kernel, duration_s)
+        """The device finished ``job``'s oldest outstanding kernel after ``duration_s``."""
+        idx = job.done_kernels
+        self._release(job, idx)
+        job.model.estimates.observe(idx, duration_s)
         job.exec_s += duration_s
-        if job.state is not JobState.RUNNING:  # aborted while its kernel ran
+        job.done_kernels = idx + 1
+        if job.state in TERMINAL:  # aborted while its kernel ran
             return
-        job.next_kernel += 1
-        if job.next_kernel == len(job.model.kernels):
-            job.state = JobState.DONE
-            job.finish = now
-            self._finished.append(job)
-        else:
+        if job.done_kernels == len(job.model.kernels):
+            self._end(job, JobState.DONE, now)
+        elif job.outstanding == 0:
             job.state = JobState.QUEUED
-            self.queue.push(job, now)
+            if not job.in_queue:
+                self.queue.push(job, now)
 
     def on_fail(self, job: Job, now: float, error: str) -> None:
-        """The device could not run ``job``'s current kernel: that job fails, nothing else."""
-        self._release(job)
-        if job.state is not JobState.RUNNING:
+        """The device could not run ``job``'s kernel: that job fails, nothing else."""
+        self._release(job, job.done_kernels)
+        job.done_kernels += 1
+        if job.state in TERMINAL:
             return
-        job.state = JobState.FAILED
+        if job.in_queue:
+            self.queue.discard(job)
         job.error = error
+        self._end(job, JobState.FAILED, now)
+
+    def _release(self, job: Job, idx: int) -> None:
+        self.inflight -= 1
+        job.outstanding -= 1
+        if self.bounded:
+            self.used = self.used.minus(job.model.demands[idx])
+            if job.extra:
+                self.extra -= 1
+                job.extra = False
+
+    def _end(self, job: Job, state: JobState, now: float) -> None:
+        job.state = state
         job.finish = now
         self._finished.append(job)
+        self._release_gate(job, now)
+
+    def _release_gate(self, job: Job, now: float) -> None:
+        if self.policy.gate is None or job.first_start is None:
+            return
+        gate = self._gate(job)
+        if self._holders.get(gate) is not job:
+            return
+        del self._holders[gate]
+        parked = self._parked.get(gate)
+        while parked:  # the next job that waited for this gate goes back to the queue
+            nxt = parked.popleft()
+            if nxt.state not in TERMINAL:
+                self.queue.push(nxt, now)
+                break
 
     def drain_finished(self) -> list[Job]:
         """Jobs that reached DONE, SHED or FAILED since the last call."""
@@ -134,4 +216,4 @@ class SchedulerCore:
         return done
 
     def __len__(self) -> int:
-        return len(self.queue)
+        return len(self.queue) + sum(len(p) for p in self._parked.values())

@@ -187,7 +187,7 @@ class Daemon:
 
     def _on_fail(self, job: Job, now: float, message: str) -> None:
         log.warning("daemon: kernel failed job=%s tenant=%s model=%s kernel=%d: %s", job.id,
-                    job.tenant, job.model.name, job.next_kernel, message)
+                    job.tenant, job.model.name, job.done_kernels, message)
         self.core.on_fail(job, now, message)
 
     # -- frames in ----------------------------------------------------------------------------
@@ -351,7 +351,7 @@ class Daemon:
                 raise ProtocolError(Code.UNKNOWN_JOB, f"no unfinished job of this client has "
                                     f"req_id {msg.target} (finished jobs were already answered)")
             js = P.JobStatus(job_id=job.id, model=job.model.name, state=job.state.value,
-                             kernels_done=job.next_kernel, kernels=len(job.model.kernels),
+                             kernels_done=job.done_kernels, kernels=len(job.model.kernels),
                              remaining_ms=job.remaining_s() * 1e3)
             self._send(s.identity, P.StatusReply(req_id=msg.req_id, job=js))
             return

@@ -51,8 +51,8 @@ class ModelEntry:
 
 
 class JobState(enum.Enum):
-    QUEUED = "queued"      # waiting for its next kernel to be dispatched
-    RUNNING = "running"    # one kernel on the device (Paella: at most one per job)
+    QUEUED = "queued"      # no kernel on the device; waiting for the next to be dispatched
+    RUNNING = "running"    # kernels on the device (Paella: at most one per job)
     DONE = "done"
     CANCELLED = "cancelled"
     SHED = "shed"          # dropped by the slo policy: it could no longer meet its SLO
@@ -66,7 +66,7 @@ class Job:
     """Everything the scheduler and the daemon know about one request."""
 
     __slots__ = ("id", "tenant", "model", "slo_s", "priority", "arrival", "deadline",
-                 "next_kernel", "state", "exec_s", "first_start", "finish", "late",
+                 "next_kernel", "done_kernels", "outstanding", "cur", "stream", "state", "exec_s", "first_start", "finish", "late",
                  "qseq", "in_queue", "extra", "dispatched_at", "payload", "owner", "error")
 
     def __init__(self, id: Any, tenant: str, model: ModelEntry, slo_ms: float, arrival: float,
@@ -78,7 +78,11 @@ class Job:
         self.priority = priority
         self.arrival = arrival
         self.deadline = arrival + self.slo_s if slo_ms > 0 else float("inf")
-        self.next_kernel = 0
+        self.next_kernel = 0       # next kernel to dispatch
+        self.done_kernels = 0      # kernels completed (they complete in order)
+        self.outstanding = 0       # kernels dispatched, not yet completed
+        self.cur = 0               # the kernel being launched (set by next_dispatch)
+        self.stream = -1           # stream of the kernel being launched
         self.state = JobState.QUEUED
         self.exec_s = 0.0          # summed kernel execution time on the device
         self.first_start: float | None = None

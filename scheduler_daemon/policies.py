@@ -15,9 +15,21 @@ LATE_PENALTY = 1e12  # flagged (hopeless) jobs sort after every job that can sti
 class Policy:
     name = "base"
     checks_slack = False  # whether the core asks ``hopeless`` before dispatching the head
+    sheds = False         # drop hopeless jobs whatever the daemon's --shed says
+    admission = False     # refuse a job at arrival if it cannot make its SLO
+    # the mechanism: Paella's bounded dispatch, or hand everything to the hardware
+    bounded = True              # dispatch only what fits, plus max_extra
+    per_job_outstanding: int | None = 1  # kernels of one job on the device (None: all)
+    stream = "kernel"           # kernel (Paella's pool) | job | single | tenant | model
+    gate: str | None = None     # None | "gpu" (one job at a time) | "model" (one per model)
 
     def key(self, job: Job, now: float) -> float:
         raise NotImplementedError
+
+    @staticmethod
+    def hopeless(job: Job, now: float) -> bool:
+        """Even started now and run alone, the job would miss its deadline."""
+        return now + job.remaining_s() > job.deadline
 
     def make_queue(self):
         return HeapQueue(self.key)
@@ -73,16 +85,76 @@ class Slo(Policy):
     def key(self, job, now):
         return job.deadline - job.remaining_s() + (LATE_PENALTY if job.late else 0.0)
 
-    @staticmethod
-    def hopeless(job: Job, now: float) -> bool:
-        return now + job.remaining_s() > job.deadline
+
+# -- baselines: the same core, with the order left to the (simulated) hardware ----------------
+class HardwareOrder(Policy):
+    """Launch every kernel at once; the GPU's hardware queues decide what runs."""
+    bounded = False
+    per_job_outstanding = None
+
+    def key(self, job, now):
+        return job.arrival
+
+
+class CudaSingleStream(HardwareOrder):
+    """All jobs' kernels on one CUDA stream, in arrival order."""
+    name = "cuda-ss"
+    stream = "single"
+
+
+class CudaMultiStream(HardwareOrder):
+    """One CUDA stream per job (Paella's MS baseline)."""
+    name = "cuda-ms"
+    stream = "job"
+
+
+class Mps(HardwareOrder):
+    """MPS-like: each client process (tenant) has its own stream; kernels run concurrently."""
+    name = "mps"
+    stream = "tenant"
+
+
+class Triton(HardwareOrder):
+    """Triton-like: per-model FIFO, one request at a time per model instance (no batching)."""
+    name = "triton"
+    stream = "model"
+    gate = "model"
+
+
+class FifoJobByJob(HardwareOrder):
+    """Paella's ablation: whole jobs in arrival order, one job on the GPU at a time."""
+    name = "fifo-jbj"
+    stream = "single"
+    gate = "gpu"
+
+
+class FifoKernelByKernel(Fifo):
+    """Paella's ablation: its dispatcher with FIFO order, kernel by kernel."""
+    name = "fifo-kbk"
+
+
+class Clockwork(HardwareOrder):
+    """Clockwork-like: one job on the GPU at a time, earliest deadline first, and admission
+    control: a job that cannot meet its SLO is refused (shed)."""
+    name = "clockwork"
+    stream = "single"
+    gate = "gpu"
+    admission = True
+    checks_slack = True
+    sheds = True
+
+    def key(self, job, now):
+        return job.deadline
 
 
 POLICIES = {p.name: p for p in (Fifo, Srpt, Edf, Paella, Slo)}
+BASELINES = {p.name: p for p in (CudaSingleStream, CudaMultiStream, Mps, Triton, FifoJobByJob,
+                                 FifoKernelByKernel, Clockwork)}
+ALL_POLICIES = {**POLICIES, **BASELINES}
 
 
 def make_policy(name: str) -> Policy:
     try:
-        return POLICIES[name]()
+        return ALL_POLICIES[name]()
     except KeyError:
-        raise ValueError(f"unknown policy {name!r}: choose one of {', '.join(POLICIES)}") from None
+        raise ValueError(f"unknown policy {name!r}: choose one of {', '.join(ALL_POLICIES)}") from None

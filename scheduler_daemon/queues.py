@@ -9,7 +9,7 @@ import heapq
 import itertools
 from typing import Callable, Iterator
 
-from .jobs import Job, JobState
+from .jobs import Job
 
 KeyFn = Callable[[Job, float], float]
 
@@ -36,7 +36,7 @@ class HeapQueue:
         heap = self._heap
         while heap:
             _, _, seq, job = heap[0]
-            if seq == job.qseq and job.in_queue and job.state is JobState.QUEUED:
+            if seq == job.qseq and job.in_queue:
                 return job
             heapq.heappop(heap)
         return None

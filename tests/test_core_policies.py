@@ -86,7 +86,7 @@ class CheckedDevice(FluidDevice):
             assert within(core.used, core.capacity), (core.used, core.capacity)
         self.max_extra_seen = max(self.max_extra_seen, core.extra)
         self.max_inflight = max(self.max_inflight, core.inflight)
-        self.launches.append((self.env.now, j.id, j.next_kernel))
+        self.launches.append((self.env.now, j.id, j.cur))
         super().launch(j)
 
 
@@ -473,7 +473,7 @@ def test_abort_running_job_frees_resources_and_never_completes():
     results = []
 
     def abort_a():
-        assert a.state is JobState.RUNNING and a.next_kernel == 1
+        assert a.state is JobState.RUNNING and a.cur == 1
         results.append(core.abort(a, run.env.now))
         results.append(core.abort(a, run.env.now))
         # its kernel still runs out: resources stay held until it completes
@@ -482,7 +482,7 @@ def test_abort_running_job_frees_resources_and_never_completes():
     run.run()
     assert results == [True, False]
     assert a.state is JobState.CANCELLED
-    assert a.next_kernel == 1 and a.finish == pytest.approx(1.5 * MS)
+    assert a.done_kernels == 2 and a.finish == pytest.approx(1.5 * MS)
     assert a not in run.finished
     # b starts when a's in-flight kernel completes (2 ms), not before
     assert b.first_start == pytest.approx(2 * MS)
@@ -511,9 +511,9 @@ class FailingDevice(CheckedDevice):
     """Fails kernel 1 of job "bad" 0.5 ms after launch; runs everything else normally."""
 
     def launch(self, j):
-        if j.id == "bad" and j.next_kernel == 1:
+        if j.id == "bad" and j.cur == 1:
             self.outstanding.add(id(j))
-            self.launches.append((self.env.now, j.id, j.next_kernel))
+            self.launches.append((self.env.now, j.id, j.cur))
             self.env.schedule(0.5 * MS, lambda: self.on_fail(j, self.env.now, "boom"))
             return
         super().launch(j)
@@ -527,7 +527,7 @@ def test_on_fail_fails_only_that_job():
     run, dev = simulate(core, [bad] + goods, device_cls=FailingDevice)
     assert bad.state is JobState.FAILED
     assert bad.error == "boom"
-    assert bad.next_kernel == 1
+    assert bad.done_kernels == 2
     assert bad.finish == pytest.approx(1.5 * MS)
     assert bad in run.finished
     for g in goods:

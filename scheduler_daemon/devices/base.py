@@ -28,7 +28,7 @@ class Device(ABC):
 
     @abstractmethod
     def launch(self, job: Job) -> None:
-        """Start ``job.model.kernels[job.next_kernel]``."""
+        """Start ``job.model.kernels[job.cur]`` on stream ``job.stream``."""
 
     def validate(self, kernels: list) -> None:
         """Reject kernels this backend cannot run (raise ``ValueError`` naming the kernel)."""

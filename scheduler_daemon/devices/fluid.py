@@ -61,7 +61,7 @@ class FluidDevice(Device):
             self._advance(now)
         else:
             self._last = now
-        k = job.next_kernel
+        k = job.cur
         work = job.model.kernels[k].est_us * 1e-6 * self.speed
         share = job.model.shares[k]
         self._running.append(_Running(job, work, share, now))

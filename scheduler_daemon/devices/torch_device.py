@@ -83,7 +83,7 @@ class TorchDevice(Device):
         self._wsock.send(b"\0")
 
     def launch(self, job: Job) -> None:
-        op = torch_ops.resolve(job.model.kernels[job.next_kernel].op)
+        op = torch_ops.resolve(job.model.kernels[job.cur].op)
         self._busy += 1
         self._pool.submit(self._run, job, op)
 
