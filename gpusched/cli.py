@@ -28,7 +28,7 @@ def _common_endpoint(p: argparse.ArgumentParser) -> None:
 def build_parser() -> argparse.ArgumentParser:
     from scheduler_daemon.devices import BACKENDS
     from scheduler_daemon.gpu_specs import PRESETS
-    from scheduler_daemon.policies import POLICIES
+    from scheduler_daemon.policies import ALL_POLICIES
 
     from .workloads import WORKLOADS
 
@@ -45,10 +45,14 @@ def build_parser() -> argparse.ArgumentParser:
     _common_endpoint(d)
     d.add_argument("--backend", default="auto", choices=BACKENDS,
                    help="auto: a GPU through torch if NVML sees one, else the simulated GPU")
-    d.add_argument("--policy", default="slo", choices=sorted(POLICIES),
-                   help="scheduling policy (default: slo, least slack first)")
+    d.add_argument("--policy", default="slo", choices=sorted(ALL_POLICIES),
+                   help="scheduling policy (default: slo, least slack first); the baselines "
+                   "(cuda-ss, cuda-ms, mps, triton, clockwork, fifo-jbj, fifo-kbk) are for "
+                   "experiments")
     d.add_argument("--gpu-spec", default="T4", choices=sorted(PRESETS),
                    help="GPU preset of the simulated device (default T4)")
+    d.add_argument("--hw-queues", type=int, default=8,
+                   help="simulated GPU: hardware queues, CUDA_DEVICE_MAX_CONNECTIONS (1-32)")
     d.add_argument("--shed", action="store_true",
                    help="slo policy: drop jobs that can no longer meet their SLO (default: flag "
                    "them and run them after the others)")
@@ -82,6 +86,36 @@ def build_parser() -> argparse.ArgumentParser:
     bo.add_argument("--seconds", type=float, default=3.0, help="duration of the jobs/s run")
     bo.add_argument("--json", action="store_true")
 
+    from .bench.paella import POLICY_ORDER
+    bp = bsub.add_parser("paella", help="every policy on the same arrivals on the simulated GPU, "
+                         "swept over load (CSV, plots, table)",
+                         description="Reproduce Paella's experiment on the simulated GPU: each "
+                         "load is a fraction of the GPU's measured saturation rate; every policy "
+                         "runs the same arrival sequence in virtual time.")
+    bp.add_argument("--gpu", default="T4", choices=sorted(PRESETS))
+    bp.add_argument("--workload", default="paella-mix", choices=["paella-mix", "orion-v100"])
+    bp.add_argument("--arrivals", default="lognormal:2",
+                    help="lognormal:SIGMA, poisson, or trace:PATH (a CSV with TIMESTAMP)")
+    bp.add_argument("--loads", default="0.5,0.7,0.9",
+                    help="fractions of the saturation load, comma-separated")
+    bp.add_argument("--jobs", type=int, default=1000, help="jobs per load point")
+    bp.add_argument("--seed", type=int, default=0)
+    bp.add_argument("--policies", default=",".join(POLICY_ORDER),
+                    help=f"comma-separated, from: {', '.join(POLICY_ORDER)}")
+    bp.add_argument("--slo-factor", type=float, default=5.0,
+                    help="each model's SLO is this many times its solo latency")
+    bp.add_argument("--hw-queues", type=int, default=8)
+    bp.add_argument("--out", default="out/paella", help="folder for points.csv and the PNGs")
+    bp.add_argument("--json", action="store_true")
+
+    bc = bsub.add_parser("calibrate", help="simulated vs published / measured latencies")
+    bc.add_argument("--json", action="store_true")
+
+    bs = bsub.add_parser("sim-speed", help="simulated kernel completions per second")
+    bs.add_argument("--gpu", default="T4", choices=sorted(PRESETS))
+    bs.add_argument("--jobs", type=int, default=1000)
+    bs.add_argument("--json", action="store_true")
+
     dm = sub.add_parser("demo", help="start a daemon, run the mixed workload, print latencies")
     dm.add_argument("--duration", type=float, default=5.0)
     dm.add_argument("--rate", type=float, default=60.0)
@@ -101,9 +135,12 @@ def _daemon(args) -> int:
                        backend=args.backend, policy=args.policy, gpu_spec=args.gpu_spec,
                        shed=args.shed, max_extra=args.max_extra, speed=args.speed,
                        torch_device=args.torch_device, client_timeout_s=args.client_timeout,
+                       hw_queues=args.hw_queues,
                        token=args.token if args.token is not None else os.environ.get("GPUSCHED_TOKEN", ""))
     if args.speed < 0 or args.max_extra < 0 or args.client_timeout <= 0:
         raise UsageError("--speed and --max-extra must be >= 0, --client-timeout > 0")
+    if not 1 <= args.hw_queues <= 32:
+        raise UsageError("--hw-queues must be 1..32 (CUDA_DEVICE_MAX_CONNECTIONS)")
     daemon = Daemon(cfg)
     daemon.install_signal_handlers()
     try:
@@ -153,7 +190,46 @@ def _bench(args) -> int:
         res = run_overhead(rounds=args.rounds, seconds=args.seconds)
         print(json.dumps(res, indent=2)) if args.json else print_overhead(res)
         return 0
-    raise UsageError("name a benchmark: gpusched bench overhead (see gpusched bench --help)")
+    if args.bench == "paella":
+        return _bench_paella(args)
+    if args.bench == "calibrate":
+        from .bench.calibrate import print_calibrate, run_calibrate
+        res = run_calibrate()
+        print(json.dumps(res, indent=2)) if args.json else print_calibrate(res)
+        return 0
+    if args.bench == "sim-speed":
+        from .bench.sim_speed import print_sim_speed, run_sim_speed
+        res = run_sim_speed(args.gpu, args.jobs)
+        print(json.dumps(res, indent=2)) if args.json else print_sim_speed(res)
+        return 0
+    raise UsageError("name a benchmark: overhead, paella, calibrate or sim-speed "
+                     "(see gpusched bench --help)")
+
+
+def _bench_paella(args) -> int:
+    from rich.progress import Progress
+
+    from .bench.paella import print_paella, run_paella, write_outputs
+
+    try:
+        loads = tuple(float(x) for x in args.loads.split(",") if x)
+    except ValueError:
+        raise UsageError(f"--loads {args.loads!r}: give fractions like 0.5,0.7,0.9") from None
+    policies = tuple(p for p in args.policies.split(",") if p)
+    if not 1 <= args.hw_queues <= 32:
+        raise UsageError("--hw-queues must be 1..32")
+    with Progress(transient=True, disable=args.json) as bar:
+        task = bar.add_task("simulating", total=len(loads) * len(policies))
+        res = run_paella(args.gpu, args.workload, args.arrivals, loads, args.jobs, args.seed,
+                         policies, args.slo_factor, args.hw_queues,
+                         progress=lambda: bar.advance(task))
+    paths = write_outputs(res, args.out)
+    if args.json:
+        print(json.dumps(res, indent=2))
+    else:
+        print_paella(res)
+        print("wrote " + ", ".join(paths))
+    return 0
 
 
 def _demo(args) -> int:

@@ -109,18 +109,24 @@ def memory_us(p: KernelProfile, spec: GpuSpec, precision: str) -> float:
     return p.bytes * BYTES_SCALE[precision] / (spec.mem_bw_gbs * 1e3 * EFF_M[precision])
 
 
-def _roofline(p: KernelProfile, spec: GpuSpec, precision: str) -> tuple[float, float]:
+def _roofline(p: KernelProfile, spec: GpuSpec, precision: str) -> tuple[float, float, float]:
     t_c, t_m = compute_us(p, spec, precision), memory_us(p, spec, precision)
     duration = max(t_c, t_m) + spec.launch_floor_us
-    return duration, min(1.0, t_m / duration)
+    return duration, min(1.0, t_m / duration), min(1.0, t_c / duration)
 
 
-def kernel_time_us(p: KernelProfile, spec: GpuSpec, precision: str) -> tuple[float, float]:
-    """``(duration_us, mem_frac)``: ``duration = max(t_c, t_m) + launch_floor_us``,
-    ``mem_frac = t_m / duration``; INT8 takes the faster of the INT8 and FP16 rooflines."""
+def kernel_time_fracs(p: KernelProfile, spec: GpuSpec, precision: str) -> tuple[float, float, float]:
+    """``(duration_us, mem_frac, comp_frac)``: ``duration = max(t_c, t_m) + launch_floor_us``,
+    ``mem_frac = t_m / duration``, ``comp_frac = t_c / duration``; INT8 takes the faster of
+    the INT8 and FP16 rooflines."""
     best = _roofline(p, spec, precision)
     if precision == "int8":
         fp16 = _roofline(p, spec, "fp16")
         if fp16[0] < best[0]:
             best = fp16
     return best
+
+
+def kernel_time_us(p: KernelProfile, spec: GpuSpec, precision: str) -> tuple[float, float]:
+    """``(duration_us, mem_frac)`` of ``kernel_time_fracs``."""
+    return kernel_time_fracs(p, spec, precision)[:2]

@@ -36,7 +36,7 @@ from scheduler_daemon.gpu_specs import gpu_spec
 from scheduler_daemon.jobs import KernelSpec
 
 from .kernel_trace import KernelProfile, fuse_for_engine, trace_kernels
-from .roofline import PRECISIONS, kernel_time_us
+from .roofline import PRECISIONS, kernel_time_fracs
 from .zoo_models import ZOO_NAMES, build
 
 log = logging.getLogger(__name__)
@@ -133,9 +133,10 @@ def profiles_to_kernels(profiles: list[KernelProfile], gpu: str, precision: str 
         profiles = fuse_for_engine(profiles)
     out = []
     for p in profiles:
-        us, mem_frac = kernel_time_us(p, spec, precision)
+        us, mem_frac, comp_frac = kernel_time_fracs(p, spec, precision)
         out.append(KernelSpec(name=p.name, est_us=round(us, 3), grid=p.grid, block=p.block,
-                              smem=p.smem, regs=p.regs, op="", mem_frac=round(mem_frac, 3)))
+                              smem=p.smem, regs=p.regs, op="", mem_frac=round(mem_frac, 3),
+                              comp_frac=round(comp_frac, 3)))
     return out
 
 

@@ -19,12 +19,13 @@ class DaemonLimits:
 @dataclass
 class DaemonConfig:
     endpoint: str = field(default_factory=default_endpoint)
-    backend: str = "auto"          # auto | sim | torch
+    backend: str = "auto"          # auto | sim | fluid | torch
     policy: str = "slo"
     gpu_spec: str = "T4"           # preset of the simulated GPU (and resources for torch)
     shed: bool = False             # slo policy: drop (True) or flag (False) hopeless jobs
     max_extra: int = 2             # kernels dispatched beyond free SM resources
     speed: float = 1.0             # simulated device: duration multiplier (0 = zero-duration)
+    hw_queues: int = 8             # simulated GPU: hardware queues (CUDA_DEVICE_MAX_CONNECTIONS)
     torch_device: str | None = None  # torch backend: cpu, cuda, cuda:1 (default: auto)
     heartbeat_s: float = 0.25      # clients ping this often
     client_timeout_s: float = 3.0  # silent this long: the client is gone, its jobs cancelled

@@ -43,7 +43,7 @@ class Daemon:
         self.config = config
         self.env = env or RealtimeEnvironment()
         self.device = device or make_device(config.backend, config.gpu_spec, config.speed,
-                                            config.torch_device)
+                                            config.torch_device, config.hw_queues)
         self.core = SchedulerCore(make_policy(config.policy), self.device.spec.capacity,
                                   config.max_extra, config.shed)
         self.device.start(self.env, self._on_complete, self._on_fail)

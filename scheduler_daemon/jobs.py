@@ -29,6 +29,8 @@ class KernelSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     # fraction of the solo duration bound by DRAM bandwidth (0: compute/latency bound); the
     # simulated GPU slows this part down when co-running kernels oversubscribe bandwidth
     mem_frac: Annotated[float, msgspec.Meta(ge=0.0, le=1.0)] = 0.0
+    # fraction of the solo duration bound by the SMs' arithmetic throughput (likewise)
+    comp_frac: Annotated[float, msgspec.Meta(ge=0.0, le=1.0)] = 0.0
 
 
 class ModelEntry:

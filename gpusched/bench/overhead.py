@@ -1,7 +1,7 @@
 """``gpusched bench overhead``: what the daemon costs on top of ZeroMQ, measured in one run.
 
 - ``zmq_rtt_us``: raw DEALER -> ROUTER echo (another process) round trip.
-- ``daemon_rtt_us``: SUBMIT -> DONE of a one-kernel job on the zero-duration simulated device,
+- ``daemon_rtt_us``: SUBMIT -> DONE of a one-kernel job on the zero-duration fluid device,
   from a raw protocol DEALER (the daemon's cost alone); ``client_rtt_us`` the same through
   ``client_lib.Client.run`` (adds the library's cost).
 - ``jobs_per_s``: sustained completions with 4 client processes, 32 jobs in flight each.
@@ -189,7 +189,7 @@ def decision_us(policy: str, queued: int, cycles: int = 3000, seed: int = 0) -> 
 
 def run_overhead(rounds: int = 2000, seconds: float = 3.0, clients: int = 4) -> dict:
     res: dict = {}
-    proc, ep = start_daemon("--backend", "sim", "--speed", "0", "--policy", "slo")
+    proc, ep = start_daemon("--backend", "fluid", "--speed", "0", "--policy", "slo")
     try:
         res["zmq_rtt_us"], res["daemon_rtt_us"] = paired_rtts(ep, rounds)
         res["client_rtt_us"] = client_rtt(ep, rounds)

@@ -1,7 +1,9 @@
 """Device backends and the choice of the default one.
 
-``auto`` picks a real GPU through the torch backend when NVML (or torch) sees one, and the
-embedded simulated GPU otherwise, and says which it chose.
+``auto`` picks a real GPU through the torch backend when NVML sees one, and the embedded
+simulated GPU (``sim``: SMs, hardware queues, bandwidth) otherwise, and says which it chose.
+``fluid`` is the simplest stand-in: kernels share the GPU as a fluid (used to measure the
+daemon's own overhead with zero-duration kernels).
 """
 from __future__ import annotations
 
@@ -10,10 +12,11 @@ import logging
 from ..gpu_specs import gpu_spec
 from .base import Device
 from .fluid import FluidDevice
+from .simgpu import SimGpu
 
 log = logging.getLogger("gpusched.device")
 
-BACKENDS = ("auto", "sim", "torch")
+BACKENDS = ("auto", "sim", "fluid", "torch")
 
 
 def visible_gpus() -> list[str]:
@@ -47,7 +50,7 @@ def preset_for(gpu_name: str) -> str:
 
 
 def make_device(backend: str = "auto", spec_name: str = "T4", speed: float = 1.0,
-                torch_device: str | None = None) -> Device:
+                torch_device: str | None = None, hw_queues: int = 8) -> Device:
     if backend not in BACKENDS:
         raise ValueError(f"unknown backend {backend!r}: choose one of {', '.join(BACKENDS)}")
     gpus = visible_gpus() if backend in ("auto", "torch") else []
@@ -59,6 +62,8 @@ def make_device(backend: str = "auto", spec_name: str = "T4", speed: float = 1.0
                      spec_name)
             backend = "sim"
     if backend == "sim":
+        return SimGpu(gpu_spec(spec_name), hw_queues=hw_queues, speed=speed)
+    if backend == "fluid":
         return FluidDevice(gpu_spec(spec_name), speed=speed)
     try:
         from .torch_device import TorchDevice
@@ -70,4 +75,4 @@ def make_device(backend: str = "auto", spec_name: str = "T4", speed: float = 1.0
     return TorchDevice(spec, dev)
 
 
-__all__ = ["Device", "FluidDevice", "make_device", "visible_gpus", "BACKENDS"]
+__all__ = ["Device", "FluidDevice", "SimGpu", "make_device", "visible_gpus", "BACKENDS"]

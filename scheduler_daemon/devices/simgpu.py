@@ -12,18 +12,25 @@ What it models (the mechanisms Paella's paper documents):
 - **Waves.** A kernel of ``G`` blocks, ``C`` of which fit on the idle GPU, runs in
   ``W = ceil(G / C)`` waves; each block takes ``est / W`` alone, so a kernel alone on the GPU
   takes exactly its estimated duration ``est``.
-- **Memory bandwidth.** A kernel spends ``mem_frac`` of its solo time bound by DRAM bandwidth;
-  alone with all ``min(G, C)`` of its blocks resident it uses the whole bandwidth. With resident
-  blocks ``n_k`` of each kernel ``k``, demand ``D = sum_k n_k * mem_frac_k / min(G_k, C_k)``
-  (1.0 = the GPU's bandwidth); when ``D > 1`` each block of kernel ``k`` progresses at rate
-  ``1 / (1 + mem_frac_k * (D - 1))``, so memory-bound kernels running together slow each other.
+- **Memory bandwidth and arithmetic throughput.** A kernel spends ``mem_frac`` of its solo time
+  bound by DRAM bandwidth and ``comp_frac`` bound by the SMs' arithmetic; alone, with all
+  ``min(G, C)`` of its blocks resident, it uses ``mem_frac`` of the bandwidth and ``comp_frac``
+  of the arithmetic. With ``n_k`` resident blocks of each kernel ``k`` the demands are
+  ``D_m = sum_k n_k * mem_frac_k / min(G_k, C_k)`` and likewise ``D_c`` (1.0 = all of it);
+  blocks of kernel ``k`` then progress at rate
+  ``1 / (1 + mem_frac_k * max(0, D_m - 1) + comp_frac_k * max(0, D_c - 1))``, so kernels that
+  need the same resource slow each other and complementary ones do not.
 
 Blocks dispatched together finish together, so the simulator moves groups of blocks, not single
-blocks: a kernel costs about one event per wave. It runs in any environment: virtual time for
-experiments, real time under the daemon.
+blocks: a kernel costs about one event per wave. A group's rate is fixed when it is dispatched,
+from the demand at that moment including its own (not revised when others come and go later):
+this keeps an event O(log groups) instead of O(groups), which matters when the hardware queues
+hold hundreds of kernels. It runs in any environment: virtual time for experiments, real time
+under the daemon.
 """
 from __future__ import annotations
 
+import heapq
 import math
 from collections import deque
 
@@ -38,49 +45,47 @@ MAX_HW_QUEUES = 32
 
 
 class _Kernel:
-    __slots__ = ("job", "res", "dims", "left", "running", "block_work", "bw", "mem_frac", "start",
-                 "tried")
+    __slots__ = ("job", "res", "dims", "left", "running", "block_work", "bw", "cw", "mem_frac",
+                 "comp_frac", "start", "tried", "queue")
 
-    def __init__(self, job: Job, res, dims, grid: int, block_work: float, bw: float,
-                 mem_frac: float):
+    def __init__(self, job: Job, res, dims, grid: int, block_work: float, resident: int,
+                 mem_frac: float, comp_frac: float, queue):
         self.job, self.res, self.dims, self.left, self.running = job, res, dims, grid, 0
-        self.block_work, self.bw, self.mem_frac = block_work, bw, mem_frac
+        self.block_work = block_work
+        self.bw, self.cw = mem_frac / resident, comp_frac / resident  # demand per block
+        self.mem_frac, self.comp_frac = mem_frac, comp_frac
         self.start: float | None = None
         self.tried = -1  # the free-resource generation at which none of its blocks fit
-
-
-class _Group:
-    """Blocks of one kernel dispatched at the same moment (they finish together)."""
-    __slots__ = ("kernel", "take", "n", "work", "rate")
-
-    def __init__(self, kernel: _Kernel, take, n: int):
-        self.kernel, self.take, self.n = kernel, take, n
-        self.work = kernel.block_work
-        self.rate = 1.0
+        self.queue = queue
 
 
 class SimGpu(Device):
     name = "sim"
 
-    def __init__(self, spec: GpuSpec, hw_queues: int = 8, speed: float = 1.0):
+    def __init__(self, spec: GpuSpec, hw_queues: int = 8, speed: float = 1.0,
+                 quantum_us: float = 0.5):
         if not 1 <= hw_queues <= MAX_HW_QUEUES:
             raise ValueError(f"hw_queues must be 1..{MAX_HW_QUEUES} (CUDA_DEVICE_MAX_CONNECTIONS)")
         self.spec = spec
         self.speed = speed
+        self.quantum = quantum_us * 1e-6
         self.limits = np.array([spec.threads_per_sm, spec.blocks_per_sm, spec.regs_per_sm,
                                 spec.smem_per_sm], dtype=np.int64)
         self.free = np.tile(self.limits[:, None], (1, spec.sms))  # (4 resources, SMs)
         self._threads_used = 0
-        self._demand = 0.0  # bandwidth demand of the resident blocks (1.0 = all of it)
         self.queues: list[deque[_Kernel]] = [deque() for _ in range(hw_queues)]
-        self.groups: list[_Group] = []
+        self._finishing: list = []  # heap of (finish time, seq, kernel, take, n)
+        self._seq = 0
+        self._timer_at = float("inf")
+        self._demand_m = 0.0
+        self._demand_c = 0.0
+        self._resident = 0  # resident block groups
         self._shapes: dict = {}
         self._last = 0.0
         self._timer: Timer | None = None
         self._rr = 0
         self._sm_rr = 0
         self._threads_total = spec.threads_per_sm * spec.sms
-        self._contended = False
         self._gen = 0  # bumped whenever resources are freed: a head that did not fit retries
         self.kernels_done = 0
         self.busy_s = 0.0  # integral of the fraction of thread slots in use
@@ -119,21 +124,19 @@ class SimGpu(Device):
                                                         f"kernel {k.name}: launch shape does not fit an SM"))
             return
         waves = -(-k.grid // cap)
-        resident = min(k.grid, cap)
+        q = self.queues[job.stream % len(self.queues)]
         kern = _Kernel(job, res, dims, k.grid, k.est_us * 1e-6 * self.speed / waves,
-                       k.mem_frac / resident, k.mem_frac)
+                       min(k.grid, cap), k.mem_frac, k.comp_frac, q)
         self._advance(now)
-        self.queues[job.stream % len(self.queues)].append(kern)
-        self._dispatch(now)
-        self._reschedule()
+        q.append(kern)
+        if len(q) == 1:  # only a new head can start at once
+            self._dispatch(now)
+            self._reschedule()
 
     def _advance(self, now: float) -> None:
         dt = now - self._last
         if dt > 0:
-            if self.groups:
-                for g in self.groups:
-                    g.work -= dt * g.rate
-                self.busy_s += dt * self._threads_used / self._threads_total
+            self.busy_s += dt * self._threads_used / self._threads_total
             self._last = now
 
     def _spread(self, fit: np.ndarray, n: int) -> np.ndarray:
@@ -179,58 +182,55 @@ class SimGpu(Device):
             take = fit if n == total else self._spread(fit, n)
             free -= head.res * take
             self._threads_used += n * int(head.res[0, 0])
-            self._demand += n * head.bw
             head.left -= n
             head.running += n
             if head.start is None:
                 head.start = now
-            self.groups.append(_Group(head, take, n))
+            self._demand_m += n * head.bw
+            self._demand_c += n * head.cw
+            slowdown = 1.0 + head.mem_frac * max(0.0, self._demand_m - 1.0) \
+                + head.comp_frac * max(0.0, self._demand_c - 1.0)
+            self._seq += 1
+            self._resident += 1
+            end = now + head.block_work * slowdown
+            if self.quantum:  # finish on the grid: blocks ending within a quantum free together
+                end = math.ceil(end / self.quantum - 1e-9) * self.quantum
+            heapq.heappush(self._finishing, (end, self._seq, head, take, n))
         self._rr = (self._rr + 1) % nq
-        self._rates()
-
-    def _rates(self) -> None:
-        over = self._demand - 1.0
-        if over > 1e-9:
-            for g in self.groups:
-                g.rate = 1.0 / (1.0 + g.kernel.mem_frac * over)
-            self._contended = True
-        elif self._contended:  # back under the bandwidth: everyone at full speed again
-            for g in self.groups:
-                g.rate = 1.0
-            self._contended = False
 
     def _reschedule(self) -> None:
+        at = self._finishing[0][0] if self._finishing else float("inf")
+        if at == self._timer_at:
+            return
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        if self.groups:
-            nxt = min(g.work / g.rate for g in self.groups)
-            self._timer = self.env.schedule(max(0.0, nxt), self._on_timer)
+        self._timer_at = at
+        if at < float("inf"):
+            self._timer = self.env.schedule_at(at, self._on_timer)
 
     def _on_timer(self) -> None:
         self._timer = None
+        self._timer_at = float("inf")
         now = self.env.now
         self._advance(now)
-        tol = 1e-12 + 4 * math.ulp(now)
+        finishing, free = self._finishing, self.free
         finished_kernels = []
-        keep = []
-        for g in self.groups:
-            if g.work > tol:
-                keep.append(g)
-                continue
-            kern = g.kernel
-            self.free += kern.res * g.take
-            self._threads_used -= g.n * int(kern.res[0, 0])
-            self._demand -= g.n * kern.bw
-            self._gen += 1
-            kern.running -= g.n
+        while finishing and finishing[0][0] <= now:
+            _, _, kern, take, n = heapq.heappop(finishing)
+            free += kern.res * take
+            self._threads_used -= n * int(kern.res[0, 0])
+            self._demand_m -= n * kern.bw
+            self._demand_c -= n * kern.cw
+            self._resident -= 1
+            kern.running -= n
             if kern.left == 0 and kern.running == 0:
-                q = self.queues[kern.job.stream % len(self.queues)]
-                q.remove(kern) if q[0] is not kern else q.popleft()
+                q = kern.queue
+                q.popleft() if q[0] is kern else q.remove(kern)
                 finished_kernels.append(kern)
-        self.groups = keep
-        if not keep:
-            self._demand = 0.0  # no drift from summing floats
+        self._gen += 1
+        if not finishing:  # no drift from summing floats
+            self._demand_m = self._demand_c = 0.0
         self._dispatch(now)
         self._reschedule()
         for kern in finished_kernels:

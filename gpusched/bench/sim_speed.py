@@ -1,0 +1,40 @@
+"""``gpusched bench sim-speed``: simulated kernel completions per second of wall time.
+
+Runs Paella's mix on the simulated GPU at 70% of its saturation rate under the daemon's
+default policy (``slo``) and the hardware-queue baseline (``cuda-ms``), and divides the kernels
+completed by the wall time of the simulation alone.
+"""
+from __future__ import annotations
+
+import time
+
+from ..experiments.mixes import mix as make_mix
+from ..experiments.runner import Scenario, make_arrivals, saturation_rate, simulate
+
+
+def run_sim_speed(gpu: str = "T4", jobs: int = 1000, seed: int = 0) -> dict:
+    mix = tuple(make_mix("paella-mix", gpu))
+    arr = make_arrivals(mix, "lognormal:2", 0.7 * saturation_rate(gpu, mix), jobs, seed)
+    sc = Scenario(gpu, mix, arr)
+    by_policy = {}
+    for policy in ("slo", "cuda-ms"):
+        t = time.perf_counter()
+        _, dev = simulate(sc, policy)
+        el = time.perf_counter() - t
+        by_policy[policy] = {"kernels": dev.kernels_done, "seconds": el,
+                             "kernels_per_s": dev.kernels_done / el}
+    return {"gpu": gpu, "jobs": jobs, "kernels_per_s": by_policy["slo"]["kernels_per_s"],
+            "by_policy": by_policy}
+
+
+def print_sim_speed(res: dict) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    t = Table(title=f"gpusched bench sim-speed: paella-mix on simulated {res['gpu']}, "
+              f"{res['jobs']} jobs, 70% load")
+    for c in ("policy", "kernels", "seconds", "kernels/s"):
+        t.add_column(c, justify="left" if c == "policy" else "right")
+    for p, r in res["by_policy"].items():
+        t.add_row(p, f"{r['kernels']:,}", f"{r['seconds']:.2f}", f"{r['kernels_per_s']:,.0f}")
+    Console().print(t)
