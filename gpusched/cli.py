@@ -45,8 +45,9 @@ def build_parser() -> argparse.ArgumentParser:
     _common_endpoint(d)
     d.add_argument("--backend", default="auto", choices=BACKENDS,
                    help="auto: a GPU through torch if NVML sees one, else the simulated GPU")
-    d.add_argument("--policy", default="slo", choices=sorted(ALL_POLICIES),
-                   help="scheduling policy (default: slo, least slack first); the baselines "
+    d.add_argument("--policy", default="slo-srpt", choices=sorted(ALL_POLICIES),
+                   help="scheduling policy (default: slo-srpt, shortest remaining first among jobs "
+                   "that can still meet their SLO); the baselines "
                    "(cuda-ss, cuda-ms, mps, triton, clockwork, fifo-jbj, fifo-kbk) are for "
                    "experiments")
     d.add_argument("--gpu-spec", default="T4", choices=sorted(PRESETS),
@@ -102,8 +103,11 @@ def build_parser() -> argparse.ArgumentParser:
     bp.add_argument("--seed", type=int, default=0)
     bp.add_argument("--policies", default=",".join(POLICY_ORDER),
                     help=f"comma-separated, from: {', '.join(POLICY_ORDER)}")
-    bp.add_argument("--slo-factor", type=float, default=5.0,
-                    help="each model's SLO is this many times its solo latency")
+    bp.add_argument("--slo-factor", default="5",
+                    help="each model's SLO is this many times its solo latency; A,B makes the "
+                    "models (in mix order) alternate between A and B, so SLOs differ")
+    bp.add_argument("--shed", action="store_true",
+                    help="the slo policy drops jobs that can no longer make their SLO")
     bp.add_argument("--hw-queues", type=int, default=8)
     bp.add_argument("--out", default="out/paella", help="folder for points.csv and the PNGs")
     bp.add_argument("--json", action="store_true")
@@ -119,8 +123,8 @@ def build_parser() -> argparse.ArgumentParser:
     dm = sub.add_parser("demo", help="start a daemon, run the mixed workload, print latencies")
     dm.add_argument("--duration", type=float, default=5.0)
     dm.add_argument("--rate", type=float, default=60.0)
-    dm.add_argument("--policies", default="fifo,slo",
-                    help="comma-separated policies to compare (default fifo,slo)")
+    dm.add_argument("--policies", default="fifo,slo-srpt",
+                    help="comma-separated policies to compare (default fifo,slo-srpt)")
     return ap
 
 
@@ -222,7 +226,7 @@ def _bench_paella(args) -> int:
         task = bar.add_task("simulating", total=len(loads) * len(policies))
         res = run_paella(args.gpu, args.workload, args.arrivals, loads, args.jobs, args.seed,
                          policies, args.slo_factor, args.hw_queues,
-                         progress=lambda: bar.advance(task))
+                         progress=lambda: bar.advance(task), shed=args.shed)
     paths = write_outputs(res, args.out)
     if args.json:
         print(json.dumps(res, indent=2))

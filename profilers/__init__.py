@@ -1,4 +1,4 @@
-"""Profilers of models' compute and memory demand (USHER-style); see issue 5.
-
-Not built yet: this package holds the place the design card gives it.
+"""Profiles of models' kernels: the model zoo (architectures traced on meta tensors), the
+roofline that turns a kernel's FLOPs and bytes into a duration on a GPU preset, and replay of
+measured kernel traces. Interference profiling and placement (USHER) come with issue 5.
 """

@@ -20,7 +20,7 @@ class DaemonLimits:
 class DaemonConfig:
     endpoint: str = field(default_factory=default_endpoint)
     backend: str = "auto"          # auto | sim | fluid | torch
-    policy: str = "slo"
+    policy: str = "slo-srpt"
     gpu_spec: str = "T4"           # preset of the simulated GPU (and resources for torch)
     shed: bool = False             # slo policy: drop (True) or flag (False) hopeless jobs
     max_extra: int = 2             # kernels dispatched beyond free SM resources

@@ -158,7 +158,8 @@ class SchedulerCore:
         """The device finished ``job``'s oldest outstanding kernel after ``duration_s``."""
         idx = job.done_kernels
         self._release(job, idx)
-        job.model.estimates.observe(idx, duration_s)
+        if job.state is not JobState.FAILED:  # after a failure the kernel order is unknown
+            job.model.estimates.observe(idx, duration_s)
         job.exec_s += duration_s
         job.done_kernels = idx + 1
         if job.state in TERMINAL:  # aborted while its kernel ran
@@ -173,7 +174,6 @@ class SchedulerCore:
     def on_fail(self, job: Job, now: float, error: str) -> None:
         """The device could not run ``job``'s kernel: that job fails, nothing else."""
         self._release(job, job.done_kernels)
-        job.done_kernels += 1
         if job.state in TERMINAL:
             return
         if job.in_queue:

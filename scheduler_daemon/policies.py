@@ -86,6 +86,18 @@ class Slo(Policy):
         return job.deadline - job.remaining_s() + (LATE_PENALTY if job.late else 0.0)
 
 
+class SloSrpt(Slo):
+    """SRPT among the jobs that can still meet their SLO; a job that cannot is flagged (runs
+    after all of them) or shed, as in ``slo``. Least slack spends the GPU on the jobs closest
+    to their deadline, which under bursts are often the ones about to miss anyway; shortest
+    remaining first finishes the most jobs per GPU-second, and dropping the hopeless keeps it
+    from spending time on work that cannot count (measured in docs/simulator.md)."""
+    name = "slo-srpt"
+
+    def key(self, job, now):
+        return job.remaining_s() + (LATE_PENALTY if job.late else 0.0)
+
+
 # -- baselines: the same core, with the order left to the (simulated) hardware ----------------
 class HardwareOrder(Policy):
     """Launch every kernel at once; the GPU's hardware queues decide what runs."""
@@ -147,7 +159,7 @@ class Clockwork(HardwareOrder):
         return job.deadline
 
 
-POLICIES = {p.name: p for p in (Fifo, Srpt, Edf, Paella, Slo)}
+POLICIES = {p.name: p for p in (Fifo, Srpt, Edf, Paella, Slo, SloSrpt)}
 BASELINES = {p.name: p for p in (CudaSingleStream, CudaMultiStream, Mps, Triton, FifoJobByJob,
                                  FifoKernelByKernel, Clockwork)}
 ALL_POLICIES = {**POLICIES, **BASELINES}

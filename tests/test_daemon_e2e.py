@@ -180,7 +180,7 @@ def test_client_disappearing_cancels_its_jobs(daemon):
         "import sys, time\n"
         "from client_lib import Client, KernelSpec\n"
         f"c = Client({daemon!r}, tenant='doomed')\n"
-        "c.register_model('long', [KernelSpec(name='k', est_us=5000, grid=40, block=1024)] * 20)\n"
+        "c.register_model('long', [KernelSpec(name='k', est_us=20000, grid=40, block=1024)] * 20)\n"
         "fs = [c.submit('long') for _ in range(50)]\n"
         "print('submitted', flush=True)\n"
         "time.sleep(60)\n")
@@ -197,7 +197,7 @@ def test_client_disappearing_cancels_its_jobs(daemon):
                 break
             time.sleep(0.2)
     assert t.queued == 0 and t.running == 0
-    assert t.cancelled >= 40 and t.completed < 10  # the dead client's work was dropped
+    assert t.cancelled + t.completed == 50 and t.cancelled >= 40  # its work was dropped
 
 
 def test_daemon_death_fails_pending_futures(daemon_factory):

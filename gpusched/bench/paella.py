@@ -13,10 +13,11 @@ from concurrent.futures import ProcessPoolExecutor
 from scheduler_daemon.gpu_specs import gpu_spec
 
 from ..experiments.mixes import mix as make_mix
-from ..experiments.runner import Scenario, make_arrivals, run_point, saturation_rate
+from ..experiments.runner import (Scenario, make_arrivals, parse_slo_factors, run_point,
+                                  saturation_rate)
 
 POLICY_ORDER = ("cuda-ss", "cuda-ms", "mps", "triton", "clockwork", "fifo-jbj", "fifo-kbk",
-                "paella", "srpt", "edf", "slo", "ideal")
+                "paella", "srpt", "edf", "slo", "slo-srpt", "ideal")
 
 
 def _task(args):
@@ -27,20 +28,21 @@ def _task(args):
 
 def run_paella(gpu: str = "T4", workload: str = "paella-mix", arrivals: str = "lognormal:2",
                loads=(0.5, 0.7, 0.9), jobs: int = 1000, seed: int = 0, policies=POLICY_ORDER,
-               slo_factor: float = 5.0, hw_queues: int = 8, workers: int | None = None,
-               progress=None) -> dict:
+               slo_factor: str = "5", hw_queues: int = 8, workers: int | None = None,
+               progress=None, shed: bool = False) -> dict:
     gpu_spec(gpu)  # validates the name
     unknown = [p for p in policies if p not in POLICY_ORDER]
     if unknown:
         raise ValueError(f"unknown policies {unknown}: choose from {', '.join(POLICY_ORDER)}")
     if jobs < 10 or not loads or any(not 0 < x <= 3 for x in loads):
         raise ValueError("--jobs must be >= 10 and --loads fractions in (0, 3]")
+    factors = parse_slo_factors(slo_factor)
     mix = tuple(make_mix(workload, gpu))
     sat = saturation_rate(gpu, mix)
     tasks = []
     for li, load in enumerate(loads):
         arr = make_arrivals(mix, arrivals, load * sat, jobs, seed + li)
-        sc = Scenario(gpu, mix, arr, slo_factor=slo_factor, hw_queues=hw_queues)
+        sc = Scenario(gpu, mix, arr, slo_factors=factors, hw_queues=hw_queues, shed=shed)
         tasks += [(sc, p, load) for p in policies]
     points = []
     workers = workers or min(2, os.cpu_count() or 1)
@@ -53,9 +55,9 @@ def run_paella(gpu: str = "T4", workload: str = "paella-mix", arrivals: str = "l
     points.sort(key=lambda r: (r["offered_load"], order[r["policy"]]))
     return {"gpu": gpu, "workload": workload, "arrivals": arrivals, "jobs": jobs, "seed": seed,
             "saturation_rps": sat, "slo_factor": slo_factor, "hw_queues": hw_queues,
+            "shed": shed,
             "models": [{"model": m.name, "share": m.share, "solo_ms": m.solo_s * 1e3,
-                        "kernels": len(m.kernels), "slo_ms": m.solo_s * 1e3 * slo_factor}
-                       for m in mix],
+                        "kernels": len(m.kernels), "slo_ms": sc.slo_ms(m)} for m in mix],
             "points": points}
 
 
@@ -81,7 +83,8 @@ def plot(res: dict, out: str) -> list[str]:
 
     pols = [p for p in POLICY_ORDER if any(x["policy"] == p for x in res["points"])]
     title = f"{res['workload']} on simulated {res['gpu']}, {res['arrivals']} arrivals"
-    style = {p: ("-" if p in ("paella", "srpt", "edf", "slo", "ideal") else "--") for p in pols}
+    style = {p: ("-" if p in ("paella", "srpt", "edf", "slo", "slo-srpt", "ideal") else "--")
+             for p in pols}
     paths = []
 
     fig, axes = plt.subplots(1, 3, figsize=(16, 4.6))
@@ -96,7 +99,7 @@ def plot(res: dict, out: str) -> list[str]:
     axes[0].set(xlabel="throughput (jobs/s)", ylabel="p99 latency (ms)", yscale="log",
                 title="p99 latency vs throughput")
     axes[1].set(xlabel="offered load (fraction of saturation)", ylabel="SLO attainment (%)",
-                title=f"SLO attainment (SLO = {res['slo_factor']:g}x solo)")
+                title=f"SLO attainment (SLO = {res['slo_factor']}x solo)")
     axes[2].set(xlabel="offered load (fraction of saturation)", ylabel="Jain's index",
                 title="fairness (per-model slowdown)")
     axes[2].legend(fontsize=7, ncol=2)

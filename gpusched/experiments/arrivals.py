@@ -50,6 +50,8 @@ def trace_gaps(path: str) -> tuple[float, ...]:
 def arrival_times(spec: str, rate: float, n: int, seed: int) -> list[float]:
     """``n`` arrival times starting near 0."""
     kind, arg = parse(spec)
+    if not rate > 0:
+        raise ValueError(f"arrival rate must be > 0 jobs/s, got {rate}")
     rng = random.Random(seed)
     if kind == "poisson":
         gaps = [rng.expovariate(rate) for _ in range(n)]

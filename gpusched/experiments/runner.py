@@ -26,12 +26,26 @@ class Scenario:
     gpu: str
     mix: tuple[MixModel, ...]
     arrivals: tuple[tuple[float, int], ...]  # (time, index into mix)
-    slo_factor: float = 5.0
+    slo_factors: tuple[float, ...] = (5.0,)  # per model, cycled in mix order
     hw_queues: int = 8
     max_extra: int = 2
+    shed: bool = False
 
     def slo_ms(self, m: MixModel) -> float:
-        return m.solo_s * 1e3 * self.slo_factor
+        i = self.mix.index(m)
+        return m.solo_s * 1e3 * self.slo_factors[i % len(self.slo_factors)]
+
+
+def parse_slo_factors(spec: str) -> tuple[float, ...]:
+    """``"5"``: every model's SLO is 5x its solo latency; ``"2,10"``: the models (in mix order)
+    alternate between 2x and 10x, so SLOs differ across models."""
+    try:
+        fs = tuple(float(x) for x in str(spec).split(",") if x)
+    except ValueError:
+        fs = ()
+    if not fs or any(f <= 1.0 for f in fs):
+        raise ValueError(f"bad SLO factors {spec!r}: give numbers > 1, e.g. 5 or 2,10")
+    return fs
 
 
 def make_arrivals(mix, spec: str, rate: float, n: int, seed: int) -> tuple:
@@ -44,7 +58,8 @@ def make_arrivals(mix, spec: str, rate: float, n: int, seed: int) -> tuple:
 
 def simulate(sc: Scenario, policy: str) -> tuple[list[Job], SimGpu]:
     spec = gpu_spec(sc.gpu)
-    core = SchedulerCore(make_policy(policy), spec.capacity, max_extra=sc.max_extra)
+    core = SchedulerCore(make_policy(policy), spec.capacity, max_extra=sc.max_extra,
+                         shed=sc.shed)
     dev = SimGpu(spec, hw_queues=sc.hw_queues)
     run = VirtualRun(core, dev)
     entries = [core.make_model(m.name, m.name, list(m.kernels)) for m in sc.mix]

@@ -46,7 +46,7 @@ MAX_HW_QUEUES = 32
 
 class _Kernel:
     __slots__ = ("job", "res", "dims", "left", "running", "block_work", "bw", "cw", "mem_frac",
-                 "comp_frac", "start", "tried", "queue")
+                 "comp_frac", "start", "tried", "queue", "launched")
 
     def __init__(self, job: Job, res, dims, grid: int, block_work: float, resident: int,
                  mem_frac: float, comp_frac: float, queue):
@@ -57,6 +57,7 @@ class _Kernel:
         self.start: float | None = None
         self.tried = -1  # the free-resource generation at which none of its blocks fit
         self.queue = queue
+        self.launched = 0.0
 
 
 class SimGpu(Device):
@@ -86,6 +87,7 @@ class SimGpu(Device):
         self._rr = 0
         self._sm_rr = 0
         self._threads_total = spec.threads_per_sm * spec.sms
+        self._dispatch_due = False
         self._gen = 0  # bumped whenever resources are freed: a head that did not fit retries
         self.kernels_done = 0
         self.busy_s = 0.0  # integral of the fraction of thread slots in use
@@ -128,10 +130,18 @@ class SimGpu(Device):
         kern = _Kernel(job, res, dims, k.grid, k.est_us * 1e-6 * self.speed / waves,
                        min(k.grid, cap), k.mem_frac, k.comp_frac, q)
         self._advance(now)
+        kern.launched = now
         q.append(kern)
-        if len(q) == 1:  # only a new head can start at once
-            self._dispatch(now)
-            self._reschedule()
+        if len(q) == 1 and not self._dispatch_due:  # only a new head can start at once
+            # after every launch of this instant: kernels launched together are placed
+            # together and share the contention they create
+            self._dispatch_due = True
+            self.env.schedule(0.0, self._launch_dispatch)
+
+    def _launch_dispatch(self) -> None:
+        self._dispatch_due = False
+        self._dispatch(self.env.now)
+        self._reschedule()
 
     def _advance(self, now: float) -> None:
         dt = now - self._last
@@ -159,13 +169,18 @@ class SimGpu(Device):
         self._sm_rr += rest
         return take
 
-    def _dispatch(self, now: float) -> None:
+    def _dispatch(self, now: float, base: float | None = None) -> None:
         """Serve the hardware queues' heads round-robin: each head places as many blocks as
-        fit; a head whose blocks are all placed blocks its queue until it finishes."""
+        fit; a head whose blocks are all placed blocks its queue until it finishes. The next
+        pass starts after the last queue served, so busy queues take turns."""
         queues, free = self.queues, self.free
         nq = len(queues)
+        placed = []
+        t0 = now if base is None else base  # when the resources used here became free
+        start = self._rr
         for i in range(nq):
-            q = queues[(self._rr + i) % nq]
+            qi = (start + i) % nq
+            q = queues[qi]
             if not q:
                 continue
             head = q[0]
@@ -184,19 +199,24 @@ class SimGpu(Device):
             self._threads_used += n * int(head.res[0, 0])
             head.left -= n
             head.running += n
+            begin = min(now, max(t0, head.launched))
             if head.start is None:
-                head.start = now
+                head.start = begin
             self._demand_m += n * head.bw
             self._demand_c += n * head.cw
-            slowdown = 1.0 + head.mem_frac * max(0.0, self._demand_m - 1.0) \
-                + head.comp_frac * max(0.0, self._demand_c - 1.0)
+            placed.append((head, take, n, begin))
+            self._rr = (qi + 1) % nq
+        # groups placed together share the demand they create together
+        over_m = max(0.0, self._demand_m - 1.0)
+        over_c = max(0.0, self._demand_c - 1.0)
+        for head, take, n, begin in placed:
+            ideal = begin + head.block_work * (1.0 + head.mem_frac * over_m + head.comp_frac * over_c)
+            end = ideal
+            if self.quantum:  # up to the grid: blocks ending together free together
+                end = max(now, math.ceil(ideal / self.quantum - 1e-9) * self.quantum)
             self._seq += 1
             self._resident += 1
-            end = now + head.block_work * slowdown
-            if self.quantum:  # finish on the grid: blocks ending within a quantum free together
-                end = math.ceil(end / self.quantum - 1e-9) * self.quantum
-            heapq.heappush(self._finishing, (end, self._seq, head, take, n))
-        self._rr = (self._rr + 1) % nq
+            heapq.heappush(self._finishing, (end, self._seq, head, take, n, ideal))
 
     def _reschedule(self) -> None:
         at = self._finishing[0][0] if self._finishing else float("inf")
@@ -216,8 +236,10 @@ class SimGpu(Device):
         self._advance(now)
         finishing, free = self._finishing, self.free
         finished_kernels = []
+        freed_at = 0.0  # the exact time the resources freed: rounding does not add up
         while finishing and finishing[0][0] <= now:
-            _, _, kern, take, n = heapq.heappop(finishing)
+            _, _, kern, take, n, ideal = heapq.heappop(finishing)
+            freed_at = max(freed_at, ideal)
             free += kern.res * take
             self._threads_used -= n * int(kern.res[0, 0])
             self._demand_m -= n * kern.bw
@@ -231,7 +253,7 @@ class SimGpu(Device):
         self._gen += 1
         if not finishing:  # no drift from summing floats
             self._demand_m = self._demand_c = 0.0
-        self._dispatch(now)
+        self._dispatch(now, freed_at)
         self._reschedule()
         for kern in finished_kernels:
             self.kernels_done += 1
