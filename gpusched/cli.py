@@ -66,6 +66,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="seconds of silence after which a client's jobs are cancelled")
     d.add_argument("--token", default=None, help="require this token in HELLO "
                    "(default: $GPUSCHED_TOKEN if set)")
+    d.add_argument("--metrics-port", type=int, default=None,
+                   help="serve Prometheus metrics on http://127.0.0.1:PORT/metrics")
 
     s = sub.add_parser("submit", help="open-loop load generator over a built-in workload")
     _common_endpoint(s)
@@ -79,6 +81,11 @@ def build_parser() -> argparse.ArgumentParser:
     st = sub.add_parser("status", help="the daemon's queues and per-tenant counters")
     _common_endpoint(st)
     st.add_argument("--json", action="store_true")
+
+    tp = sub.add_parser("top", help="live view of the daemon's tenants, queues and latencies")
+    _common_endpoint(tp)
+    tp.add_argument("--interval", type=float, default=1.0, help="seconds between refreshes")
+    tp.add_argument("--once", action="store_true", help="print one frame and exit")
 
     b = sub.add_parser("bench", help="benchmarks (print a table, or JSON with --json)")
     bsub = b.add_subparsers(dest="bench", metavar="BENCH")
@@ -139,7 +146,7 @@ def _daemon(args) -> int:
                        backend=args.backend, policy=args.policy, gpu_spec=args.gpu_spec,
                        shed=args.shed, max_extra=args.max_extra, speed=args.speed,
                        torch_device=args.torch_device, client_timeout_s=args.client_timeout,
-                       hw_queues=args.hw_queues,
+                       hw_queues=args.hw_queues, metrics_port=args.metrics_port,
                        token=args.token if args.token is not None else os.environ.get("GPUSCHED_TOKEN", ""))
     if args.speed < 0 or args.max_extra < 0 or args.client_timeout <= 0:
         raise UsageError("--speed and --max-extra must be >= 0, --client-timeout > 0")
@@ -186,6 +193,29 @@ def _status(args) -> int:
     else:
         print_table(status_table(st))
     return 0
+
+
+def _top(args) -> int:
+    import time
+
+    from rich.console import Console
+    from rich.live import Live
+
+    from client_lib import Client
+    from scheduler_daemon.sockets import default_endpoint
+
+    from .report import status_table
+
+    if args.interval <= 0:
+        raise UsageError("--interval must be > 0")
+    with Client(args.endpoint or default_endpoint(), tenant="gpusched-top", timeout=3) as c:
+        if args.once:
+            Console().print(status_table(c.status()))
+            return 0
+        with Live(status_table(c.status()), refresh_per_second=4, screen=False) as live:
+            while True:
+                time.sleep(args.interval)
+                live.update(status_table(c.status()))
 
 
 def _bench(args) -> int:
@@ -252,8 +282,8 @@ def main(argv: list[str] | None = None) -> int:
     from client_lib.errors import ConnectError, RequestError
     from scheduler_daemon.daemon import DaemonError
     try:
-        return {"daemon": _daemon, "submit": _submit, "status": _status, "bench": _bench,
-                "demo": _demo}[args.cmd](args)
+        return {"daemon": _daemon, "submit": _submit, "status": _status, "top": _top,
+                "bench": _bench, "demo": _demo}[args.cmd](args)
     except (UsageError, ValueError, ConnectError, RequestError, DaemonError) as e:
         print(f"gpusched {args.cmd}: error: {e}", file=sys.stderr)
         return 2

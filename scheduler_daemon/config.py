@@ -31,4 +31,5 @@ class DaemonConfig:
     client_timeout_s: float = 3.0  # silent this long: the client is gone, its jobs cancelled
     drain_grace_s: float = 10.0    # on SIGTERM, how long started jobs may run on
     token: str = ""                # if set, clients must present it in HELLO
+    metrics_port: int | None = None  # serve Prometheus metrics on 127.0.0.1:PORT (0: any)
     limits: DaemonLimits = field(default_factory=DaemonLimits)

@@ -22,6 +22,7 @@ from .config import DaemonConfig
 from .core import SchedulerCore
 from .devices import Device, make_device
 from .jobs import Job, JobState
+from .metrics import NullMetrics, PrometheusMetrics
 from .policies import make_policy
 from .protocol import Code, ProtocolError
 from .session import Session, Tenant
@@ -65,6 +66,7 @@ class Daemon:
         lim = config.limits
         self._welcome_limits = P.Limits(lim.max_frame_bytes, lim.max_input_bytes, lim.max_inputs,
                                         lim.max_kernels, lim.max_models, lim.max_queued)
+        self.metrics = NullMetrics()
         self._handlers = {P.Register: self._register, P.Submit: self._submit,
                           P.Cancel: self._cancel, P.Status: self._status, P.Ping: self._ping,
                           P.Bye: self._bye}
@@ -83,6 +85,15 @@ class Daemon:
                                     max_frame=self.config.limits.max_frame_bytes)
         except zmq.ZMQError as e:
             raise DaemonError(f"cannot bind {ep}: {e}") from None
+        if self.config.metrics_port is not None:
+            try:
+                self.metrics = PrometheusMetrics(self, self.config.metrics_port)
+            except OSError as e:
+                raise DaemonError(f"cannot serve metrics on port {self.config.metrics_port}: "
+                                  f"{e}; pick a free --metrics-port") from None
+            except ImportError:
+                raise DaemonError("--metrics-port needs prometheus-client: "
+                                  "pip install 'gpusched[metrics]'") from None
         log.info("daemon: serving %s id=%s device=%s policy=%s shed=%s", ep, self.daemon_id,
                  self.device.describe(), self.core.policy.name, self.config.shed)
 
@@ -99,6 +110,8 @@ class Daemon:
         signal.signal(signal.SIGINT, self.request_stop)
 
     def close(self) -> None:
+        if isinstance(self.metrics, PrometheusMetrics):
+            self.metrics.close()
         if self.sock is not None:
             self.sock.close(0)
             self.sock = None
@@ -238,6 +251,7 @@ class Daemon:
             send(body)
 
     def _error(self, identity: bytes, req_id: int, code: str, message: str) -> None:
+        self.metrics.request_error(code)
         log.info("daemon: error to client=%s req=%d code=%s: %s", identity.hex(), req_id, code,
                  message)
         self._send(identity, P.Error(req_id=req_id, code=code, message=message))
@@ -417,8 +431,10 @@ class Daemon:
             tenant.shed += 1
         else:
             tenant.failed += 1
-        if not met and job.slo_s > 0 and state is not JobState.CANCELLED:
+        missed = not met and job.slo_s > 0 and state is not JobState.CANCELLED
+        if missed:
             tenant.slo_missed += 1
+        self.metrics.job_finished(tenant.name, job.model.name, state.value, total, missed)
 
     def _drop_session(self, s: Session, why: str) -> None:
         now = self.env.now

@@ -1,0 +1,71 @@
+"""Prometheus metrics of the daemon (``--metrics-port``), served by prometheus-client.
+
+Counters and histograms are updated by the daemon's loop when a job ends; gauges (queue depth,
+kernels in flight, device utilisation, clients) are read when Prometheus scrapes. Without a
+port the daemon uses ``NullMetrics`` and pays nothing.
+"""
+from __future__ import annotations
+
+import logging
+
+log = logging.getLogger("gpusched.metrics")
+
+LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0,
+                   10.0)
+
+
+class NullMetrics:
+    def job_finished(self, tenant: str, model: str, status: str, total_s: float,
+                     slo_missed: bool) -> None:
+        pass
+
+    def request_error(self, code: str) -> None:
+        pass
+
+
+class PrometheusMetrics(NullMetrics):
+    def __init__(self, daemon, port: int, addr: str = "127.0.0.1"):
+        from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+
+        self.registry = reg = CollectorRegistry()
+        core, dev = daemon.core, daemon.device
+        Gauge("gpusched_queue_depth", "jobs queued in the scheduler core",
+              registry=reg).set_function(lambda: len(core))
+        Gauge("gpusched_inflight_kernels", "kernels dispatched to the device, not yet complete",
+              registry=reg).set_function(lambda: core.inflight)
+        Gauge("gpusched_device_utilisation", "device utilisation (simulated: thread slots in use; "
+              "torch: busy workers)", registry=reg).set_function(dev.utilisation)
+        Gauge("gpusched_clients", "connected client sessions",
+              registry=reg).set_function(lambda: len(daemon.sessions))
+        self.jobs = Counter("gpusched_jobs", "jobs ended, by tenant and status",
+                            ["tenant", "status"], registry=reg)
+        self.latency = Histogram("gpusched_job_latency_seconds",
+                                 "arrival to completion of completed jobs",
+                                 ["tenant", "model"], buckets=LATENCY_BUCKETS, registry=reg)
+        self.slo_missed = Counter("gpusched_slo_missed", "jobs that missed their SLO",
+                                  ["tenant"], registry=reg)
+        self.shed = Counter("gpusched_shed", "jobs shed by the slo policies", ["tenant"],
+                            registry=reg)
+        self.errors = Counter("gpusched_request_errors", "requests answered with ERROR",
+                              ["code"], registry=reg)
+        self.server, self.thread = start_http_server(port, addr=addr, registry=reg)
+        log.info("metrics: serving http://%s:%d/metrics", addr, self.server.server_port)
+
+    @property
+    def port(self) -> int:
+        return self.server.server_port
+
+    def job_finished(self, tenant, model, status, total_s, slo_missed):
+        self.jobs.labels(tenant, status).inc()
+        if status == "done":
+            self.latency.labels(tenant, model).observe(total_s)
+        elif status == "shed":
+            self.shed.labels(tenant).inc()
+        if slo_missed:
+            self.slo_missed.labels(tenant).inc()
+
+    def request_error(self, code):
+        self.errors.labels(code).inc()
+
+    def close(self) -> None:
+        self.server.shutdown()
