@@ -62,7 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--speed", type=float, default=1.0,
                    help="simulated device: kernel duration multiplier (0 = zero-duration)")
     d.add_argument("--torch-device", help="torch backend device, e.g. cpu, cuda, cuda:1")
-    d.add_argument("--client-timeout", type=float, default=3.0,
+    d.add_argument("--client-timeout", type=float, default=1.0,
                    help="seconds of silence after which a client's jobs are cancelled")
     d.add_argument("--token", default=None, help="require this token in HELLO "
                    "(default: $GPUSCHED_TOKEN if set)")
@@ -121,6 +121,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     bc = bsub.add_parser("calibrate", help="simulated vs published / measured latencies")
     bc.add_argument("--json", action="store_true")
+
+    bf = bsub.add_parser("fuzz", help="random and mutated frames against a live daemon")
+    bf.add_argument("--messages", type=int, default=100_000)
+    bf.add_argument("--seed", type=int, default=0)
+    bf.add_argument("--json", action="store_true")
+
+    bk = bsub.add_parser("soak", help="many client processes against one daemon")
+    bk.add_argument("--duration", type=float, default=60.0, help="seconds of submitting")
+    bk.add_argument("--clients", type=int, default=64)
+    bk.add_argument("--jobs", type=int, default=1000, help="jobs per client")
+    bk.add_argument("--json", action="store_true")
 
     bs = bsub.add_parser("sim-speed", help="simulated kernel completions per second")
     bs.add_argument("--gpu", default="T4", choices=sorted(PRESETS))
@@ -236,7 +247,20 @@ def _bench(args) -> int:
         res = run_sim_speed(args.gpu, args.jobs)
         print(json.dumps(res, indent=2)) if args.json else print_sim_speed(res)
         return 0
-    raise UsageError("name a benchmark: overhead, paella, calibrate or sim-speed "
+    if args.bench in ("fuzz", "soak"):
+        from .bench.fuzz import print_fuzz, run_fuzz
+        from .bench.soak import run_soak
+        if args.bench == "fuzz":
+            if args.messages < 1:
+                raise UsageError("--messages must be >= 1")
+            res = run_fuzz(args.messages, args.seed)
+        else:
+            if args.clients < 1 or args.jobs < 1 or args.duration <= 0:
+                raise UsageError("--clients and --jobs must be >= 1, --duration > 0")
+            res = run_soak(args.duration, args.clients, args.jobs)
+        print(json.dumps(res, indent=2)) if args.json else print_fuzz(res)
+        return 0
+    raise UsageError("name a benchmark: overhead, paella, calibrate, sim-speed, fuzz or soak "
                      "(see gpusched bench --help)")
 
 

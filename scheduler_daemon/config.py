@@ -28,7 +28,7 @@ class DaemonConfig:
     hw_queues: int = 8             # simulated GPU: hardware queues (CUDA_DEVICE_MAX_CONNECTIONS)
     torch_device: str | None = None  # torch backend: cpu, cuda, cuda:1 (default: auto)
     heartbeat_s: float = 0.25      # clients ping this often
-    client_timeout_s: float = 3.0  # silent this long: the client is gone, its jobs cancelled
+    client_timeout_s: float = 1.0  # silent this long (4 missed heartbeats): the client is gone
     drain_grace_s: float = 10.0    # on SIGTERM, how long started jobs may run on
     token: str = ""                # if set, clients must present it in HELLO
     metrics_port: int | None = None  # serve Prometheus metrics on 127.0.0.1:PORT (0: any)

@@ -172,7 +172,8 @@ class Daemon:
                     self.device.collect()
             env.tick()
             self._advance()
-            if now >= next_check:
+            # reap only with the socket drained: a backlog must not make live clients look silent
+            if now >= next_check and not events(_EVENTS) & _POLLIN:
                 self._reap_silent(now)
                 next_check = now + check_every
         log.info("daemon: stopped")
@@ -437,14 +438,16 @@ class Daemon:
         self.metrics.job_finished(tenant.name, job.model.name, state.value, total, missed)
 
     def _drop_session(self, s: Session, why: str) -> None:
+        """End a client's session: each unfinished job is cancelled and still answered (a
+        client that is gone never reads it; one that said HELLO again does)."""
         now = self.env.now
         n = 0
         for job in list(s.jobs.values()):
             if self.core.abort(job, now):
+                job.error = f"cancelled: the client's session ended ({why})"
+                self._finish(job)
                 n += 1
         s.jobs.clear()
-        s.tenant.unfinished -= n
-        s.tenant.cancelled += n
         s.tenant.clients -= 1
         self.sessions.pop(s.identity, None)
         log.info("daemon: dropped client=%s tenant=%s (%s), cancelled %d job(s)",

@@ -204,6 +204,8 @@ def decode(tag: bytes, body, table: dict[bytes, type]) -> Msg:
         raise ProtocolError(Code.BAD_MESSAGE, f"{tag.decode()}: {e}") from None
     except msgspec.DecodeError as e:
         raise ProtocolError(Code.BAD_MESSAGE, f"{tag.decode()}: body is not valid msgpack ({e})") from None
+    except UnicodeDecodeError as e:  # a str field that is not UTF-8 (found by fuzzing)
+        raise ProtocolError(Code.BAD_MESSAGE, f"{tag.decode()}: a string is not UTF-8 ({e})") from None
 
 
 class ProtocolError(Exception):

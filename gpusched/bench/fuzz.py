@@ -1,0 +1,168 @@
+"""``gpusched bench fuzz``: random and mutated frames against a live daemon.
+
+Three peers speak to one daemon (zero-duration device): one that said HELLO, one that did not,
+and one that says HELLO again now and then. Each message is random bytes, a valid request with
+random field values, or a valid request with its body mutated (bytes flipped, cut, extended).
+Every message must get exactly one answer (``ACCEPTED`` notices aside; a valid ``BYE`` has
+none), the daemon must not die, and afterwards a well-behaved client must still get correct
+results. RSS of the daemon is read from /proc before and after.
+"""
+from __future__ import annotations
+
+import os
+import random
+import time
+
+import zmq
+
+from scheduler_daemon import protocol as P
+from scheduler_daemon.jobs import KernelSpec
+
+from ..procs import start_daemon, stop_daemon
+
+MODEL = [KernelSpec(name="k", est_us=0.0)]
+
+
+def rss_mb(pid: int) -> float:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def _valid(rng: random.Random) -> P.Msg:
+    rid = rng.randrange(1, 1 << 20)
+    kind = rng.randrange(7)
+    if kind == 0:
+        return P.Submit(req_id=rid, model=rng.choice(["m", "ghost", "m"]),
+                        slo_ms=rng.choice([0.0, 1.0, 100.0]), ack=rng.random() < 0.2)
+    if kind == 1:
+        return P.Register(req_id=rid, model=rng.choice(["m", "x", "y"]), kernels=MODEL)
+    if kind == 2:
+        return P.Cancel(req_id=rid, target=rng.randrange(1, 1 << 20))
+    if kind == 3:
+        return P.Status(req_id=rid, target=rng.choice([None, rng.randrange(1, 100)]))
+    if kind == 4:
+        return P.Ping(seq=rng.randrange(100))
+    if kind == 5:
+        return P.Hello(version=rng.choice([1, 1, 2]), tenant=rng.choice(["fz", "fz2"]))
+    return P.Submit(req_id=rid, model="m", inputs=[P.TensorMeta(dtype="float32", shape=[2])])
+
+
+def _mutate(rng: random.Random, body: bytes) -> bytes:
+    b = bytearray(body)
+    for _ in range(rng.randrange(1, 4)):
+        op = rng.randrange(3)
+        if op == 0 and b:
+            b[rng.randrange(len(b))] = rng.randrange(256)
+        elif op == 1 and b:
+            del b[rng.randrange(len(b)):]
+        else:
+            b += rng.randbytes(rng.randrange(1, 16))
+    return bytes(b)
+
+
+def fuzz_message(rng: random.Random) -> tuple[list[bytes], int]:
+    """(frames, answers expected)."""
+    r = rng.random()
+    if r < 0.3:  # random frames
+        tags = list(P.REQUESTS) + [b"", b"\xff" * 4, b"NOPE"]
+        frames = [rng.choice(tags) if rng.random() < 0.7 else rng.randbytes(rng.randrange(8))]
+        frames += [rng.randbytes(rng.randrange(64)) for _ in range(rng.randrange(0, 4))]
+        msg = None
+    else:
+        msg = _valid(rng)
+        frames = P.encode(msg)
+        if r < 0.65:
+            frames[1] = _mutate(rng, frames[1])
+        elif isinstance(msg, P.Submit) and msg.inputs and rng.random() < 0.5:
+            frames.append(rng.randbytes(rng.choice([8, 7, 9])))
+    try:  # what the daemon will read: a valid BYE is the one request without an answer
+        if len(frames) >= 2 and isinstance(P.decode(frames[0], frames[1], P.REQUESTS), P.Bye):
+            return frames, 0
+    except P.ProtocolError:
+        pass
+    return frames, 1
+
+
+def run_fuzz(messages: int = 100_000, seed: int = 0, batch: int = 256) -> dict:
+    rng = random.Random(seed)
+    proc, ep = start_daemon("--backend", "fluid", "--speed", "0")
+    ctx = zmq.Context.instance()
+    peers = []
+    for i in range(3):
+        s = ctx.socket(zmq.DEALER)
+        s.setsockopt(zmq.LINGER, 0)
+        s.connect(ep)
+        if i != 1:
+            s.send_multipart(P.encode(P.Hello(version=P.PROTOCOL_VERSION, tenant=f"fz{i}")))
+            s.recv_multipart()
+            s.send_multipart(P.encode(P.Register(req_id=1, model="m", kernels=MODEL)))
+            s.recv_multipart()
+        peers.append(s)
+    poller = zmq.Poller()
+    for s in peers:
+        poller.register(s, zmq.POLLIN)
+    rss_start = rss_mb(proc.pid)
+    expected = received = sent = 0
+    t0 = time.perf_counter()
+
+    def drain(timeout_ms: int) -> None:
+        nonlocal received
+        while True:
+            ready = poller.poll(timeout_ms)
+            if not ready:
+                return
+            for s, _ in ready:
+                while True:
+                    try:
+                        f = s.recv_multipart(zmq.NOBLOCK)
+                    except zmq.Again:
+                        break
+                    if f[0] != b"ACCEPTED":
+                        received += 1
+            timeout_ms = min(timeout_ms, 50)
+
+    while sent < messages:
+        for _ in range(min(batch, messages - sent)):
+            frames, want = fuzz_message(rng)
+            rng.choice(peers).send_multipart(frames)
+            expected += want
+            sent += 1
+        drain(5)
+    deadline = time.perf_counter() + 10
+    while received < expected and time.perf_counter() < deadline:
+        drain(200)
+    elapsed = time.perf_counter() - t0
+    alive = proc.poll() is None
+    rss_end = rss_mb(proc.pid) if alive else 0.0
+    correct = False
+    if alive:
+        from client_lib import Client
+        with Client(ep, tenant="after-fuzz") as c:
+            c.register_model("m", MODEL)
+            correct = c.run("m", timeout=5).exec_ms >= 0
+    for s in peers:
+        s.close(0)
+    code = stop_daemon(proc)
+    return {"messages": sent, "crashes": int(not alive or code not in (0, None)),
+            "lost_answers": expected - received, "extra_answers": max(0, received - expected),
+            "rss_start_mb": rss_start, "rss_end_mb": rss_end, "seconds": elapsed,
+            "messages_per_s": sent / elapsed, "served_after": correct}
+
+
+def print_fuzz(res: dict) -> None:
+    from rich.console import Console
+    from rich.table import Table
+    t = Table(title="gpusched bench fuzz")
+    t.add_column("measure")
+    t.add_column("value", justify="right")
+    for k, v in res.items():
+        t.add_row(k, f"{v:.1f}" if isinstance(v, float) else str(v))
+    Console().print(t)
+
+
+if __name__ == "__main__":
+    import json
+    print(json.dumps(run_fuzz(int(os.environ.get("N", "20000"))), indent=2))

@@ -1,0 +1,95 @@
+"""``gpusched bench soak``: many client processes, each a raw protocol peer that keeps a window
+of jobs in flight, against one daemon on the simulated GPU.
+
+Each worker counts the answers per request id, so a lost or doubled answer is seen; the daemon's
+RSS is read before and after. Jobs carry an SLO far above their solo latency, so the p99 shows
+whether the daemon keeps up.
+"""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+from .fuzz import rss_mb
+from ..procs import start_daemon, stop_daemon
+
+SLO_MS = 200.0
+KERNELS = 4
+EST_US = 20.0
+
+
+def worker(endpoint: str, jobs: int, window: int, seconds: float, tenant: str) -> dict:
+    import zmq
+
+    from scheduler_daemon import protocol as P
+    from scheduler_daemon.jobs import KernelSpec
+
+    s = zmq.Context.instance().socket(zmq.DEALER)
+    s.setsockopt(zmq.LINGER, 0)
+    s.connect(endpoint)
+    s.send_multipart(P.encode(P.Hello(version=P.PROTOCOL_VERSION, tenant=tenant)))
+    s.recv_multipart()
+    s.send_multipart(P.encode(P.Register(req_id=1, model="m", kernels=[
+        KernelSpec(name=f"k{i}", est_us=EST_US, grid=8, block=256) for i in range(KERNELS)])))
+    s.recv_multipart()
+    answers: dict[int, int] = {}
+    sent_at: dict[int, float] = {}
+    lat = []
+    nxt, end = 2, time.perf_counter() + seconds
+    outstanding = 0
+    while (nxt - 2 < jobs and time.perf_counter() < end) or outstanding:
+        while outstanding < window and nxt - 2 < jobs and time.perf_counter() < end:
+            sent_at[nxt] = time.perf_counter()
+            s.send_multipart(P.encode(P.Submit(req_id=nxt, model="m", slo_ms=SLO_MS)))
+            nxt += 1
+            outstanding += 1
+        if not s.poll(10_000):
+            break  # the daemon stopped answering: what is missing counts as lost
+        f = s.recv_multipart()
+        msg = P.decode(f[0], f[1], P.REPLIES)
+        rid = getattr(msg, "req_id", 0)
+        answers[rid] = answers.get(rid, 0) + 1
+        if answers[rid] == 1 and rid in sent_at:
+            outstanding -= 1
+            if isinstance(msg, P.Done) and msg.status == "done":
+                lat.append((time.perf_counter() - sent_at[rid]) * 1e3)
+    submitted = nxt - 2
+    return {"submitted": submitted, "answered": sum(1 for r in sent_at if answers.get(r)),
+            "duplicates": sum(v - 1 for v in answers.values() if v > 1), "latencies_ms": lat}
+
+
+def run_soak(duration: float = 60.0, clients: int = 64, jobs: int = 1000, window: int = 4) -> dict:
+    proc, ep = start_daemon("--backend", "sim", "--gpu-spec", "H100")
+    rss_start = rss_mb(proc.pid)
+    procs = [subprocess.Popen([sys.executable, "-m", "gpusched.bench.soak", ep, str(jobs),
+                               str(window), str(duration), f"soak{i % 8}"],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for i in range(clients)]
+    rows, errors = [], []
+    for p in procs:
+        out, err = p.communicate(timeout=duration + 180)
+        if p.returncode == 0:
+            rows.append(json.loads(out.strip().splitlines()[-1]))
+        else:
+            errors.append(err.strip().splitlines()[-1] if err.strip() else f"exit {p.returncode}")
+    alive = proc.poll() is None
+    rss_end = rss_mb(proc.pid) if alive else 0.0
+    stop_daemon(proc)
+    lat = np.array([x for r in rows for x in r["latencies_ms"]])
+    submitted = sum(r["submitted"] for r in rows)
+    return {"clients": clients, "messages": submitted, "answered": sum(r["answered"] for r in rows),
+            "lost_answers": submitted - sum(r["answered"] for r in rows),
+            "duplicate_answers": sum(r["duplicates"] for r in rows),
+            "crashes": int(not alive), "client_errors": errors,
+            "p50_ms": float(np.percentile(lat, 50)) if lat.size else None,
+            "p99_ms": float(np.percentile(lat, 99)) if lat.size else None,
+            "slo_ms": SLO_MS, "rss_start_mb": rss_start, "rss_end_mb": rss_end}
+
+
+if __name__ == "__main__":
+    ep, jobs, window, seconds, tenant = sys.argv[1:6]
+    print(json.dumps(worker(ep, int(jobs), int(window), float(seconds), tenant)))

@@ -1,0 +1,46 @@
+"""Hostile input: the decoder and a live daemon under random and mutated frames, and load."""
+import random
+
+from hypothesis import given, settings, strategies as st
+
+from gpusched.bench.fuzz import fuzz_message, run_fuzz
+from gpusched.bench.soak import run_soak
+from scheduler_daemon import protocol as P
+
+
+@settings(max_examples=400, deadline=None)
+@given(tag=st.one_of(st.sampled_from(list(P.REQUESTS)), st.binary(max_size=12)),
+       body=st.binary(max_size=200))
+def test_decoder_rejects_garbage_with_protocol_errors_only(tag, body):
+    try:
+        msg = P.decode(tag, body, P.REQUESTS)
+    except P.ProtocolError as e:
+        assert e.code in (P.Code.BAD_FRAME, P.Code.BAD_MESSAGE) and e.message
+    else:
+        assert type(msg) is P.REQUESTS[tag]
+
+
+def test_mutated_valid_messages_decode_or_fail_cleanly():
+    rng = random.Random(3)
+    for _ in range(5000):
+        frames, _ = fuzz_message(rng)
+        if len(frames) >= 2:
+            try:
+                P.decode(frames[0], frames[1], P.REQUESTS)
+            except P.ProtocolError:
+                pass
+
+
+def test_live_daemon_answers_every_fuzzed_message_and_keeps_serving():
+    res = run_fuzz(messages=4000, seed=11)
+    assert res["crashes"] == 0
+    assert res["lost_answers"] == 0 and res["extra_answers"] == 0
+    assert res["served_after"] is True
+
+
+def test_soak_every_submit_answered_exactly_once():
+    res = run_soak(duration=4.0, clients=6, jobs=150)
+    assert res["client_errors"] == [] and res["crashes"] == 0
+    assert res["messages"] == 6 * 150
+    assert res["lost_answers"] == 0 and res["duplicate_answers"] == 0
+    assert res["p99_ms"] < res["slo_ms"]
