@@ -19,6 +19,7 @@ from concurrent.futures import TimeoutError as FutureTimeout
 import zmq
 
 from scheduler_daemon import protocol as P
+from scheduler_daemon.keys import read_key
 from scheduler_daemon.sockets import check_endpoint, default_endpoint, make_socket
 
 from ._common import kernel_specs, resolve_done, submit_frames
@@ -63,15 +64,19 @@ class Client:
     """Connects to a daemon, says HELLO as ``tenant``, and submits jobs.
 
     ``timeout`` bounds the handshake and how long the daemon may stay silent while requests
-    are pending before they fail with ``DaemonUnavailable``.
+    are pending before they fail with ``DaemonUnavailable``. ``server_key`` (or
+    ``GPUSCHED_SERVER_KEY``): the daemon's CURVE public key, or a file holding it, when the
+    daemon encrypts its connections.
     """
 
     def __init__(self, endpoint: str | None = None, tenant: str = "default",
-                 timeout: float = 5.0, token: str | None = None):
+                 timeout: float = 5.0, token: str | None = None, server_key: str | None = None):
         self.endpoint = check_endpoint(endpoint or default_endpoint())
         self.tenant = tenant
         self.timeout = timeout
         self.token = token if token is not None else os.environ.get("GPUSCHED_TOKEN", "")
+        server_key = server_key or os.environ.get("GPUSCHED_SERVER_KEY")
+        self.server_key = read_key(server_key) if server_key else None
         self._ctx = zmq.Context()
         self._lock = threading.RLock()
         self._waiters = 0
@@ -97,7 +102,8 @@ class Client:
     def _open_socket(self) -> None:
         if self._sock is not None:
             self._sock.close(0)
-        self._sock = make_socket(self._ctx, zmq.DEALER, self.endpoint, bind=False, max_frame=0)
+        self._sock = make_socket(self._ctx, zmq.DEALER, self.endpoint, bind=False, max_frame=0,
+                                 curve_server_key=self.server_key)
         self._poller = zmq.Poller()
         self._poller.register(self._sock, zmq.POLLIN)
         self._poller.register(self._wake_r, zmq.POLLIN)
@@ -109,7 +115,10 @@ class Client:
         self._open_socket()
         if not self._sock.poll(int(self.timeout * 1000)):
             raise ConnectError(f"no daemon answered at {self.endpoint} within {self.timeout}s: "
-                               "start one with 'gpusched daemon' or pass the right endpoint")
+                               "start one with 'gpusched daemon' or pass the right endpoint"
+                               + ("" if self.server_key else " (a daemon with a CURVE key "
+                                  "answers only clients given its public key: server_key= or "
+                                  "GPUSCHED_SERVER_KEY)"))
         frames = self._sock.recv_multipart()
         msg = P.decode(frames[0], frames[1], P.REPLIES)
         if isinstance(msg, P.Error):

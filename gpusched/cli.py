@@ -66,6 +66,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="seconds of silence after which a client's jobs are cancelled")
     d.add_argument("--token", default=None, help="require this token in HELLO "
                    "(default: $GPUSCHED_TOKEN if set)")
+    d.add_argument("--curve-secret", metavar="FILE", help="encrypt connections with this CURVE "
+                   "secret key (make one with 'gpusched keys'); clients need daemon.key")
     d.add_argument("--metrics-port", type=int, default=None,
                    help="serve Prometheus metrics on http://127.0.0.1:PORT/metrics")
 
@@ -77,6 +79,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--duration", type=float, default=5.0, help="seconds of arrivals")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--json", action="store_true", help="print JSON instead of a table")
+
+    ky = sub.add_parser("keys", help="make the daemon's CURVE key pair",
+                        description="Write daemon.key_secret (owner-only; for 'gpusched daemon "
+                        "--curve-secret') and daemon.key (public; for clients: server_key= or "
+                        "GPUSCHED_SERVER_KEY).")
+    ky.add_argument("--out", default=".", help="folder for the two files")
+    ky.add_argument("--force", action="store_true", help="replace existing keys")
 
     st = sub.add_parser("status", help="the daemon's queues and per-tenant counters")
     _common_endpoint(st)
@@ -151,6 +160,7 @@ def _daemon(args) -> int:
 
     from scheduler_daemon.config import DaemonConfig
     from scheduler_daemon.daemon import Daemon
+    from scheduler_daemon.keys import read_key
     from scheduler_daemon.sockets import check_endpoint, default_endpoint
 
     cfg = DaemonConfig(endpoint=check_endpoint(args.endpoint or default_endpoint()),
@@ -158,6 +168,7 @@ def _daemon(args) -> int:
                        shed=args.shed, max_extra=args.max_extra, speed=args.speed,
                        torch_device=args.torch_device, client_timeout_s=args.client_timeout,
                        hw_queues=args.hw_queues, metrics_port=args.metrics_port,
+                       curve_secret=read_key(args.curve_secret) if args.curve_secret else None,
                        token=args.token if args.token is not None else os.environ.get("GPUSCHED_TOKEN", ""))
     if args.speed < 0 or args.max_extra < 0 or args.client_timeout <= 0:
         raise UsageError("--speed and --max-extra must be >= 0, --client-timeout > 0")
@@ -203,6 +214,14 @@ def _status(args) -> int:
         print(json.dumps(msgspec.to_builtins(st), indent=2))
     else:
         print_table(status_table(st))
+    return 0
+
+
+def _keys(args) -> int:
+    from scheduler_daemon.keys import make_keys
+    secret, public = make_keys(args.out, args.force)
+    print(f"wrote {secret} (keep it secret: gpusched daemon --curve-secret {secret})")
+    print(f"wrote {public} (give it to clients: GPUSCHED_SERVER_KEY={public})")
     return 0
 
 
@@ -307,7 +326,7 @@ def main(argv: list[str] | None = None) -> int:
     from scheduler_daemon.daemon import DaemonError
     try:
         return {"daemon": _daemon, "submit": _submit, "status": _status, "top": _top,
-                "bench": _bench, "demo": _demo}[args.cmd](args)
+                "keys": _keys, "bench": _bench, "demo": _demo}[args.cmd](args)
     except (UsageError, ValueError, ConnectError, RequestError, DaemonError) as e:
         print(f"gpusched {args.cmd}: error: {e}", file=sys.stderr)
         return 2

@@ -11,6 +11,8 @@ import time
 import zmq
 
 from scheduler_daemon import protocol as P
+from scheduler_daemon.keys import read_key
+from scheduler_daemon.sockets import make_socket
 
 
 def temp_endpoint(name: str = "daemon") -> str:
@@ -18,17 +20,17 @@ def temp_endpoint(name: str = "daemon") -> str:
     return f"ipc://{os.path.join(d, name + '.sock')}"
 
 
-def wait_ready(endpoint: str, proc: subprocess.Popen | None = None, timeout: float = 20.0) -> None:
+def wait_ready(endpoint: str, proc: subprocess.Popen | None = None, timeout: float = 20.0,
+               server_key: bytes | None = None) -> None:
     """Block until a daemon answers PING at ``endpoint`` (ERROR NOT_CONNECTED counts)."""
     ctx = zmq.Context.instance()
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc is not None and proc.poll() is not None:
-            err = proc.stderr.read() if proc.stderr else ""
+            err = proc.stderr.read() if proc.stderr and proc.stderr.readable() else ""
             raise RuntimeError(f"daemon exited with {proc.returncode}: {err[-2000:]}")
-        s = ctx.socket(zmq.DEALER)
-        s.setsockopt(zmq.LINGER, 0)
-        s.connect(endpoint)
+        s = make_socket(ctx, zmq.DEALER, endpoint, bind=False, max_frame=0,
+                        curve_server_key=server_key)
         s.send_multipart(P.encode(P.Ping(seq=0)))
         ok = s.poll(200)
         s.close(0)
@@ -43,8 +45,11 @@ def start_daemon(*args: str, endpoint: str | None = None, log_level: str = "WARN
     proc = subprocess.Popen([sys.executable, "-m", "gpusched.cli", "--log-level", log_level,
                              "daemon", "--endpoint", endpoint, *args],
                             stdout=subprocess.DEVNULL, stderr=stderr, text=True)
+    key = None
+    if "--curve-secret" in args:
+        key = zmq.curve_public(read_key(args[list(args).index("--curve-secret") + 1]))
     try:
-        wait_ready(endpoint, proc)
+        wait_ready(endpoint, proc, server_key=key)
     except Exception:
         proc.kill()
         raise

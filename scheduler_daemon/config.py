@@ -31,5 +31,6 @@ class DaemonConfig:
     client_timeout_s: float = 1.0  # silent this long (4 missed heartbeats): the client is gone
     drain_grace_s: float = 10.0    # on SIGTERM, how long started jobs may run on
     token: str = ""                # if set, clients must present it in HELLO
+    curve_secret: bytes | None = None  # CURVE secret key: encrypt every connection
     metrics_port: int | None = None  # serve Prometheus metrics on 127.0.0.1:PORT (0: any)
     limits: DaemonLimits = field(default_factory=DaemonLimits)

@@ -76,13 +76,14 @@ class Daemon:
         ep = self.config.endpoint
         self.ctx = zmq.Context()
         if ep.startswith("ipc://") and os.path.exists(ep[6:]):
-            if _daemon_answers(self.ctx, ep):
+            if _daemon_answers(self.ctx, ep, self.config.curve_secret):
                 raise DaemonError(f"a daemon is already serving {ep}; stop it first "
                                   f"or pass another --endpoint")
             os.unlink(ep[6:])  # stale socket file of a daemon that died
         try:
             self.sock = make_socket(self.ctx, zmq.ROUTER, ep, bind=True,
-                                    max_frame=self.config.limits.max_frame_bytes)
+                                    max_frame=self.config.limits.max_frame_bytes,
+                                    curve_secret=self.config.curve_secret)
         except zmq.ZMQError as e:
             raise DaemonError(f"cannot bind {ep}: {e}") from None
         if self.config.metrics_port is not None:
@@ -496,8 +497,10 @@ def _req_id(msg, frames) -> int:
     return 0
 
 
-def _daemon_answers(ctx: zmq.Context, endpoint: str, timeout_ms: int = 300) -> bool:
-    s = make_socket(ctx, zmq.DEALER, endpoint, bind=False)
+def _daemon_answers(ctx: zmq.Context, endpoint: str, curve_secret: bytes | None = None,
+                    timeout_ms: int = 300) -> bool:
+    server_key = zmq.curve_public(curve_secret) if curve_secret else None
+    s = make_socket(ctx, zmq.DEALER, endpoint, bind=False, curve_server_key=server_key)
     try:
         s.send_multipart(P.encode(P.Ping(seq=0)))
         return bool(s.poll(timeout_ms))

@@ -27,14 +27,26 @@ def default_endpoint() -> str:
 
 
 def make_socket(ctx: zmq.Context, kind: int, endpoint: str, *, bind: bool,
-                max_frame: int = DEFAULT_MAX_FRAME, hwm: int = 100_000) -> zmq.Socket:
+                max_frame: int = DEFAULT_MAX_FRAME, hwm: int = 100_000,
+                curve_secret: bytes | None = None,
+                curve_server_key: bytes | None = None) -> zmq.Socket:
     """Create, configure and bind/connect a socket.
 
     ``max_frame`` sets ZMQ_MAXMSGSIZE so an oversized frame is refused by libzmq before it is
     buffered (the peer is disconnected; well-behaved clients check the advertised limit first).
-    ipc sockets a daemon binds are made owner-only.
+    ipc sockets a daemon binds are made owner-only. ``curve_secret`` makes a CURVE server (the
+    daemon); ``curve_server_key`` a CURVE client of that server, with an ephemeral key pair.
     """
     sock = ctx.socket(kind)
+    if curve_secret is not None:
+        sock.curve_secretkey = curve_secret
+        sock.curve_publickey = zmq.curve_public(curve_secret)
+        sock.curve_server = True
+    elif curve_server_key is not None:
+        public, secret = zmq.curve_keypair()
+        sock.curve_serverkey = curve_server_key
+        sock.curve_publickey = public
+        sock.curve_secretkey = secret
     sock.setsockopt(zmq.LINGER, 0)
     sock.setsockopt(zmq.SNDHWM, hwm)
     sock.setsockopt(zmq.RCVHWM, hwm)

@@ -85,17 +85,19 @@ def plot(res: dict, out: str) -> list[str]:
     title = f"{res['workload']} on simulated {res['gpu']}, {res['arrivals']} arrivals"
     style = {p: ("-" if p in ("paella", "srpt", "edf", "slo", "slo-srpt", "ideal") else "--")
              for p in pols}
+    cmap = plt.get_cmap("tab20")
+    color = {p: cmap(POLICY_ORDER.index(p) % 20) for p in pols}  # one colour per policy
     paths = []
 
     fig, axes = plt.subplots(1, 3, figsize=(16, 4.6))
     for p in pols:
         xs = [x for x in res["points"] if x["policy"] == p]
+        kw = {"marker": "o", "label": p, "color": color[p], "linestyle": style[p]}
         axes[0].plot([x["throughput_rps"] for x in xs], [x["p99_ms"] or float("nan") for x in xs],
-                     style[p], marker="o", label=p)
+                     **kw)
         axes[1].plot([x["offered_load"] for x in xs], [100 * x["slo_attainment"] for x in xs],
-                     style[p], marker="o", label=p)
-        axes[2].plot([x["offered_load"] for x in xs], [x["jain"] for x in xs], style[p],
-                     marker="o", label=p)
+                     **kw)
+        axes[2].plot([x["offered_load"] for x in xs], [x["jain"] for x in xs], **kw)
     axes[0].set(xlabel="throughput (jobs/s)", ylabel="p99 latency (ms)", yscale="log",
                 title="p99 latency vs throughput")
     axes[1].set(xlabel="offered load (fraction of saturation)", ylabel="SLO attainment (%)",
@@ -116,7 +118,8 @@ def plot(res: dict, out: str) -> list[str]:
     width = 0.8 / len(at)
     for i, x in enumerate(at):
         ax.bar([k + i * width for k in range(len(models))],
-               [x["per_model_p99_ms"].get(m, float("nan")) for m in models], width, label=x["policy"])
+               [x["per_model_p99_ms"].get(m, float("nan")) for m in models], width,
+               label=x["policy"], color=plt.get_cmap("tab20")(POLICY_ORDER.index(x["policy"]) % 20))
     ax.set_xticks([k + 0.4 for k in range(len(models))], models, rotation=20)
     ax.set(ylabel="p99 latency (ms)", yscale="log",
            title=f"per-model p99 at load {top:g}, {title}")

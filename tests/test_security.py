@@ -1,0 +1,60 @@
+"""Security: CURVE encryption, the shared token, owner-only sockets, tenant isolation."""
+import os
+import socket
+import stat
+import subprocess
+import sys
+
+import pytest
+
+from client_lib import Client, ConnectError, KernelSpec
+
+
+def _port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_keys_command_writes_owner_only_secret(tmp_path):
+    r = subprocess.run([sys.executable, "-m", "gpusched.cli", "keys", "--out", str(tmp_path)],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    secret, public = tmp_path / "daemon.key_secret", tmp_path / "daemon.key"
+    assert stat.S_IMODE(os.stat(secret).st_mode) == 0o600
+    assert len(public.read_bytes().strip()) == 40
+    again = subprocess.run([sys.executable, "-m", "gpusched.cli", "keys", "--out", str(tmp_path)],
+                           capture_output=True, text=True, timeout=60)
+    assert again.returncode == 2 and "--force" in again.stderr  # no silent overwrite
+
+
+def test_curve_and_token_on_tcp(daemon_factory, tmp_path):
+    from scheduler_daemon.keys import make_keys
+    secret, public = make_keys(str(tmp_path))
+    ep = f"tcp://127.0.0.1:{_port()}"
+    daemon_factory("--backend", "sim", "--curve-secret", secret, "--token", "s3cret", endpoint=ep)
+    with Client(ep, tenant="t", token="s3cret", server_key=public) as c:
+        c.register_model("m", [KernelSpec(name="k", est_us=10)])
+        assert c.run("m", timeout=5).exec_ms > 0
+    with pytest.raises(ConnectError):  # no server key: the CURVE handshake never completes
+        Client(ep, tenant="t", token="s3cret", timeout=0.5)
+    with pytest.raises(ConnectError, match="AUTH"):  # right key, wrong token
+        Client(ep, tenant="t", token="wrong", server_key=public, timeout=2)
+
+
+def test_ipc_socket_is_owner_only(daemon):
+    path = daemon[len("ipc://"):]
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+
+
+def test_tenant_cannot_see_another_tenants_job(daemon):
+    with Client(daemon, tenant="alice") as a, Client(daemon, tenant="mallory") as m:
+        a.register_model("secret-model", [KernelSpec(name="k", est_us=50_000)] * 10)
+        fut = a.submit("secret-model")
+        assert m.cancel(fut.req_id) is False             # names are per client: nothing found
+        with pytest.raises(Exception, match="UNKNOWN_JOB"):
+            m.status(fut.req_id)
+        with pytest.raises(Exception, match="UNKNOWN_MODEL"):
+            m.run("secret-model", timeout=5)              # models are per tenant
+        assert a.status(fut).state in ("queued", "running")
+        a.cancel(fut)
