@@ -46,6 +46,7 @@ def daemon_factory(tmp_path):
 
 @pytest.fixture
 def daemon(daemon_factory):
-    """A daemon on the simulated GPU (T4), policy slo, clients dropped after 1 s of silence."""
-    proc, ep = daemon_factory("--backend", "sim", "--client-timeout", "1")
+    """A daemon on the simulated GPU (T4), default policy. Raw protocol peers in the tests do
+    not ping, so silent clients are dropped only after 10 s (not the default 1 s)."""
+    proc, ep = daemon_factory("--backend", "sim", "--client-timeout", "10")
     return ep

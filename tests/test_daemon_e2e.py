@@ -175,7 +175,8 @@ def test_bad_input_is_answered_and_daemon_survives(daemon):
         assert c.run("m", slo_ms=100, timeout=5).slo_met
 
 
-def test_client_disappearing_cancels_its_jobs(daemon):
+def test_client_disappearing_cancels_its_jobs(daemon_factory):
+    _, daemon = daemon_factory("--backend", "sim")  # the default: silent for 1 s = gone
     code = (
         "import sys, time\n"
         "from client_lib import Client, KernelSpec\n"
