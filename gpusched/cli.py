@@ -66,6 +66,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="seconds of silence after which a client's jobs are cancelled")
     d.add_argument("--token", default=None, help="require this token in HELLO "
                    "(default: $GPUSCHED_TOKEN if set)")
+    d.add_argument("--max-queued", type=int, default=20_000,
+                   help="unfinished jobs per tenant before submits are refused")
+    d.add_argument("--max-tenant-bytes", type=int, default=1 << 30,
+                   help="input bytes held for one tenant's unfinished jobs")
     d.add_argument("--curve-secret", metavar="FILE", help="encrypt connections with this CURVE "
                    "secret key (make one with 'gpusched keys'); clients need daemon.key")
     d.add_argument("--metrics-port", type=int, default=None,
@@ -174,6 +178,10 @@ def _daemon(args) -> int:
         raise UsageError("--speed and --max-extra must be >= 0, --client-timeout > 0")
     if not 1 <= args.hw_queues <= 32:
         raise UsageError("--hw-queues must be 1..32 (CUDA_DEVICE_MAX_CONNECTIONS)")
+    if args.max_queued < 1 or args.max_tenant_bytes < 1:
+        raise UsageError("--max-queued and --max-tenant-bytes must be >= 1")
+    cfg.limits.max_queued = args.max_queued
+    cfg.limits.max_tenant_bytes = args.max_tenant_bytes
     daemon = Daemon(cfg)
     daemon.install_signal_handlers()
     try:

@@ -14,6 +14,7 @@ class DaemonLimits:
     max_kernels: int = 100_000                 # kernels per model
     max_models: int = 256                      # models per tenant
     max_queued: int = 20_000                   # unfinished jobs per tenant
+    max_tenant_bytes: int = 1024 * 1024 * 1024  # input bytes held for a tenant's unfinished jobs
 
 
 @dataclass

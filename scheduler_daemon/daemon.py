@@ -315,9 +315,15 @@ class Daemon:
         if tenant.unfinished >= lim.max_queued:
             raise ProtocolError(Code.LIMIT, f"tenant {tenant.name!r} has {tenant.unfinished} "
                                 f"unfinished jobs (limit {lim.max_queued}); wait for some to finish")
-        payload = None
+        payload, nbytes = None, 0
         if msg.inputs or raw:
             payload = self._inputs(msg, raw)
+            nbytes = sum(len(b) for _, b in payload)
+            if tenant.bytes_held + nbytes > lim.max_tenant_bytes:
+                raise ProtocolError(Code.LIMIT, f"tenant {tenant.name!r} holds "
+                                    f"{tenant.bytes_held} input bytes in unfinished jobs; "
+                                    f"{nbytes} more would pass the limit of "
+                                    f"{lim.max_tenant_bytes}: wait for jobs to finish")
         job = Job(f"{self.daemon_id}-{next(self._job_ids)}", tenant.name, model, msg.slo_ms, self.env.now,
                   msg.priority, payload, (s, msg.req_id))
         if payload is not None:
@@ -325,9 +331,11 @@ class Daemon:
                 self.device.prepare(job)
             except (ValueError, TypeError, RuntimeError) as e:
                 raise ProtocolError(Code.BAD_INPUT, f"inputs rejected by the device: {e}") from None
+        job.nbytes = nbytes
         self.core.add(job, self.env.now)
         s.jobs[msg.req_id] = job
         tenant.unfinished += 1
+        tenant.bytes_held += nbytes
         if msg.ack:
             self._send(s.identity, P.Accepted(req_id=msg.req_id, job_id=job.id))
 
@@ -424,6 +432,7 @@ class Daemon:
             error=job.error or ""), bufs)
         tenant = session.tenant
         tenant.unfinished -= 1
+        tenant.bytes_held -= job.nbytes
         if state is JobState.DONE:
             tenant.completed += 1
             tenant.latencies_ms.append(total * 1e3)

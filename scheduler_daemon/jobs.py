@@ -69,7 +69,8 @@ class Job:
 
     __slots__ = ("id", "tenant", "model", "slo_s", "priority", "arrival", "deadline",
                  "next_kernel", "done_kernels", "outstanding", "cur", "stream", "state", "exec_s", "first_start", "finish", "late",
-                 "qseq", "in_queue", "extra", "dispatched_at", "payload", "owner", "error")
+                 "qseq", "in_queue", "extra", "dispatched_at", "payload", "owner", "error",
+                 "nbytes")
 
     def __init__(self, id: Any, tenant: str, model: ModelEntry, slo_ms: float, arrival: float,
                  priority: int = 0, payload: Any = None, owner: Any = None):
@@ -97,6 +98,7 @@ class Job:
         self.payload = payload     # backend data (input tensors); opaque to the scheduler
         self.owner = owner         # the daemon's session; opaque to the scheduler
         self.error: str | None = None
+        self.nbytes = 0            # input bytes the daemon holds for it
 
     def remaining_s(self) -> float:
         return self.model.estimates.remaining(self.next_kernel)

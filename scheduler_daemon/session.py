@@ -9,14 +9,15 @@ from .jobs import Job, ModelEntry
 class Tenant:
     """A tenant's registered models (shared by its client processes) and its counters."""
 
-    __slots__ = ("name", "models", "clients", "unfinished", "completed", "cancelled", "failed",
-                 "shed", "slo_missed", "latencies_ms")
+    __slots__ = ("name", "models", "clients", "unfinished", "bytes_held", "completed",
+                 "cancelled", "failed", "shed", "slo_missed", "latencies_ms")
 
     def __init__(self, name: str, window: int = 10_000):
         self.name = name
         self.models: dict[str, ModelEntry] = {}
         self.clients = 0
         self.unfinished = 0
+        self.bytes_held = 0  # input bytes of its unfinished jobs
         self.completed = self.cancelled = self.failed = self.shed = self.slo_missed = 0
         self.latencies_ms: deque[float] = deque(maxlen=window)
 

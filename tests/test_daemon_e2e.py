@@ -278,3 +278,20 @@ def test_connect_error_is_clear(tmp_path):
     from client_lib import ConnectError
     with pytest.raises(ConnectError, match="no daemon answered"):
         Client(f"ipc://{tmp_path}/none.sock", timeout=0.3)
+
+
+def test_tenant_limits_refuse_with_clear_errors(daemon_factory):
+    _, ep = daemon_factory("--backend", "sim", "--max-queued", "3", "--max-tenant-bytes", "1000")
+    with Client(ep, tenant="greedy") as c, Client(ep, tenant="other") as o:
+        c.register_model("slow", kernels(5, 100_000))
+        futs = [c.submit("slow") for _ in range(3)]
+        with pytest.raises(RequestError) as e:
+            c.run("slow", timeout=5)
+        assert e.value.code == "LIMIT" and "unfinished jobs" in e.value.message
+        o.register_model("m", kernels(1, 10, op="relu"))
+        with pytest.raises(RequestError) as e:  # 1200 bytes > the tenant's 1000
+            o.run("m", [np.zeros(300, np.float32)], timeout=5)
+        assert e.value.code == "LIMIT" and "input bytes" in e.value.message
+        assert o.run("m", [np.zeros(100, np.float32)], timeout=5).exec_ms > 0  # within quota
+        for f in futs:
+            c.cancel(f)
