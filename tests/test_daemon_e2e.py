@@ -218,21 +218,20 @@ def test_daemon_restart_client_reconnects(daemon_factory):
     proc, ep = daemon_factory("--backend", "sim")
     with Client(ep, tenant="t", timeout=1.0) as c:
         c.register_model("m", kernels(2, 100))
+        c.register_model("long", kernels(100, 10_000))
         assert c.run("m", timeout=5)
-        pending = c.submit("m")
+        pending = c.submit("long")
         proc.send_signal(signal.SIGKILL)
         proc.wait()
-        try:
-            pending.result(1)
-        except DaemonUnavailable:
-            pass
+        with pytest.raises(DaemonUnavailable):  # fails fast instead of hanging
+            pending.result(15)
         daemon_factory("--backend", "sim", endpoint=ep)
-        deadline = time.time() + 10
+        deadline = time.time() + 15
         while True:  # the client notices the new daemon, says HELLO and re-registers "m"
             try:
                 r = c.run("m", timeout=3)
                 break
-            except (DaemonUnavailable, RequestError):
+            except (DaemonUnavailable, RequestError, TimeoutError):
                 if time.time() > deadline:
                     raise
                 time.sleep(0.2)
