@@ -91,6 +91,8 @@ class SimGpu(Device):
         self._gen = 0  # bumped whenever resources are freed: a head that did not fit retries
         self.kernels_done = 0
         self.busy_s = 0.0  # integral of the fraction of thread slots in use
+        self.comp_s = 0.0  # integral of the arithmetic demand
+        self.mem_s = 0.0   # integral of the bandwidth demand
 
     def describe(self) -> str:
         return f"simulated {self.spec.name} ({self.spec.sms} SMs, {len(self.queues)} hw queues)"
@@ -147,6 +149,10 @@ class SimGpu(Device):
         dt = now - self._last
         if dt > 0:
             self.busy_s += dt * self._threads_used / self._threads_total
+            # time integrals of the arithmetic and bandwidth demand (capped at the whole GPU):
+            # a model's compute and memory demand for the profilers
+            self.comp_s += dt * min(1.0, self._demand_c)
+            self.mem_s += dt * min(1.0, self._demand_m)
             self._last = now
 
     def _spread(self, fit: np.ndarray, n: int) -> np.ndarray:

@@ -1,0 +1,151 @@
+"""Per-model profiles: latency, FLOPs, bytes, compute and memory-bandwidth demand, footprint.
+
+Three sources behind one function, ``profile(model, batch, device)``, with ``device`` written
+``SOURCE:TARGET``:
+
+- ``roofline:GPU`` - analytic: the zoo's traced kernels through the roofline of a GPU preset.
+  ``latency = sum_k t_k``; ``compute_demand = sum_k comp_frac_k t_k / latency`` (the fraction
+  of the GPU's arithmetic the model uses while it runs alone), ``memory_demand`` likewise with
+  ``mem_frac``; ``occupancy = sum_k s_k t_k / latency`` with ``s_k`` the share of the SMs'
+  thread slots kernel ``k`` holds.
+- ``sim:GPU`` - measured on the simulated GPU (virtual time): one job alone; the demands are the
+  time averages of the simulator's arithmetic and bandwidth demand while it runs.
+- ``torch:DEVICE`` - measured for real: the zoo model's forward pass in torch on ``cpu`` or
+  ``cuda`` (median of timed runs; CUDA events on a GPU). Demands need hardware counters and are
+  left empty (``None``) here; the GPU path samples NVML utilisation where a GPU exists.
+
+``footprint_mb``: weights (FP16 on a GPU preset, the tensors' own dtype in torch) plus the
+largest activation a kernel writes.
+"""
+from __future__ import annotations
+
+import statistics
+import time
+from typing import Optional
+
+import msgspec
+
+PROFILE_VERSION = 1
+SOURCES = ("roofline", "sim", "torch")
+
+
+class ModelProfile(msgspec.Struct, frozen=True):
+    model: str
+    batch: int
+    device: str            # SOURCE:TARGET, e.g. "sim:T4"
+    latency_ms: float
+    kernels: int
+    flops: float
+    bytes: float
+    compute_demand: Optional[float]
+    memory_demand: Optional[float]
+    occupancy: Optional[float]
+    footprint_mb: float
+    version: int = PROFILE_VERSION
+
+
+def parse_device(device: str) -> tuple[str, str]:
+    source, _, target = device.partition(":")
+    if source not in SOURCES or not target:
+        raise ValueError(f"bad device {device!r}: use roofline:GPU, sim:GPU (GPU one of T4, V100, "
+                         "A100, H100) or torch:cpu / torch:cuda")
+    return source, target
+
+
+def _weights_mb(model: str, bytes_per_param: int | None = 2) -> float:
+    import torch
+
+    from .zoo_models import build
+    module, _ = build(model, device="meta")
+    return sum(p.numel() * (bytes_per_param or p.element_size()) for p in module.parameters()) / 2**20
+
+
+def profile(model: str, batch: int, device: str) -> ModelProfile:
+    source, target = parse_device(device)
+    from . import zoo
+    if model not in zoo.ZOO_MODELS:
+        raise ValueError(f"unknown model {model!r}: zoo models are {', '.join(zoo.ZOO_MODELS)}")
+    if not 1 <= batch <= 1024:
+        raise ValueError(f"batch {batch} out of range 1..1024")
+    profiles = zoo.load_profiles(model, batch)
+    flops = float(sum(p.flops for p in profiles))
+    nbytes = float(sum(p.bytes for p in profiles))
+    act_mb = max(p.bytes_written for p in profiles) / 2**20
+    if source == "torch":
+        return _torch_profile(model, batch, target, flops, nbytes, len(profiles), act_mb)
+    from scheduler_daemon.gpu_specs import gpu_spec
+    spec = gpu_spec(target)
+    kernels = zoo.zoo_kernels(model, batch, spec.name)
+    footprint = _weights_mb(model) + act_mb
+    if source == "roofline":
+        from scheduler_daemon.gpu_specs import kernel_demand
+        cap = spec.capacity
+        total = sum(k.est_us for k in kernels)
+        occ = sum(k.est_us * kernel_demand(k.grid, k.block, k.smem, k.regs, cap).share_of(cap)
+                  for k in kernels) / total
+        return ModelProfile(model, batch, device, total / 1e3, len(kernels), flops, nbytes,
+                            sum(k.comp_frac * k.est_us for k in kernels) / total,
+                            sum(k.mem_frac * k.est_us for k in kernels) / total,
+                            min(1.0, occ), footprint)
+    return _sim_profile(model, batch, device, spec, kernels, flops, nbytes, footprint)
+
+
+def _sim_profile(model, batch, device, spec, kernels, flops, nbytes, footprint) -> ModelProfile:
+    from scheduler_daemon.core import SchedulerCore
+    from scheduler_daemon.devices.simgpu import SimGpu
+    from scheduler_daemon.jobs import Job
+    from scheduler_daemon.policies import make_policy
+    from scheduler_daemon.simulation import VirtualRun
+
+    core = SchedulerCore(make_policy("fifo"), spec.capacity)
+    dev = SimGpu(spec)
+    run = VirtualRun(core, dev)
+    run.submit_at(Job(0, "p", core.make_model(model, model, kernels), 0.0, 0.0))
+    job = run.run()[0]
+    lat = job.total_s
+    return ModelProfile(model, batch, device, lat * 1e3, len(kernels), flops, nbytes,
+                        dev.comp_s / lat, dev.mem_s / lat, dev.busy_s / lat, footprint)
+
+
+def _torch_profile(model, batch, target, flops, nbytes, n_kernels, act_mb) -> ModelProfile:
+    import torch
+
+    from .zoo_models import build
+    if target.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError("torch:cuda needs a GPU; this machine has none: use torch:cpu, sim:GPU "
+                         "or roofline:GPU")
+    dev = torch.device(target)
+    module, inputs = build(model, device=dev)
+    x = inputs(batch)
+    times, util = [], []
+    with torch.no_grad():
+        module(*x)  # warm up
+        for _ in range(5):
+            if dev.type == "cuda":
+                start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                start.record()
+                module(*x)
+                end.record()
+                end.synchronize()
+                times.append(start.elapsed_time(end))
+                util.append(_nvml_util(dev.index or 0))
+            else:
+                t = time.perf_counter()
+                module(*x)
+                times.append((time.perf_counter() - t) * 1e3)
+    weights = sum(p.numel() * p.element_size() for p in module.parameters()) / 2**20
+    comp = statistics.mean(u[0] for u in util) / 100 if util and util[0] else None
+    mem = statistics.mean(u[1] for u in util) / 100 if util and util[0] else None
+    return ModelProfile(model, batch, f"torch:{target}", statistics.median(times), n_kernels,
+                        flops, nbytes, comp, mem, None, weights + act_mb)
+
+
+def _nvml_util(index: int):
+    """(SM %, memory-controller %) from NVML, or None where there is no GPU."""
+    try:
+        import pynvml
+        pynvml.nvmlInit()
+        u = pynvml.nvmlDeviceGetUtilizationRates(pynvml.nvmlDeviceGetHandleByIndex(index))
+        return (u.gpu, u.memory)
+    except Exception:
+        return None
