@@ -40,8 +40,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = ap.add_subparsers(dest="cmd", metavar="COMMAND")
 
     d = sub.add_parser("daemon", help="run the scheduler daemon in the foreground",
-                       description="Run the scheduler daemon. SIGTERM/SIGINT drain it: started "
-                       "jobs finish, queued ones are answered as cancelled.")
+                       description="Run the scheduler daemon. SIGTERM/SIGINT drain it: queued "
+                       "jobs are answered as cancelled, started ones get --drain-grace seconds "
+                       "to finish; a second signal stops at once.")
     _common_endpoint(d)
     d.add_argument("--backend", default="auto", choices=BACKENDS,
                    help="auto: a GPU through torch if NVML sees one, else the simulated GPU")
@@ -60,7 +61,9 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--max-extra", type=int, default=2,
                    help="kernels dispatched beyond free SM resources (Paella: 2)")
     d.add_argument("--speed", type=float, default=1.0,
-                   help="simulated device: kernel duration multiplier (0 = zero-duration)")
+                   help="sim and fluid devices: kernel duration multiplier (0 = zero-duration)")
+    d.add_argument("--drain-grace", type=float, default=10.0,
+                   help="seconds started jobs may run on after SIGTERM")
     d.add_argument("--torch-device", help="torch backend device, e.g. cpu, cuda, cuda:1")
     d.add_argument("--client-timeout", type=float, default=1.0,
                    help="seconds of silence after which a client's jobs are cancelled")
@@ -187,12 +190,17 @@ def _daemon(args) -> int:
                        shed=args.shed, max_extra=args.max_extra, speed=args.speed,
                        torch_device=args.torch_device, client_timeout_s=args.client_timeout,
                        hw_queues=args.hw_queues, metrics_port=args.metrics_port,
+                       drain_grace_s=args.drain_grace,
                        curve_secret=read_key(args.curve_secret) if args.curve_secret else None,
                        token=args.token if args.token is not None else os.environ.get("GPUSCHED_TOKEN", ""))
     if args.speed < 0 or args.max_extra < 0 or args.client_timeout <= 0:
         raise UsageError("--speed and --max-extra must be >= 0, --client-timeout > 0")
     if not 1 <= args.hw_queues <= 32:
         raise UsageError("--hw-queues must be 1..32 (CUDA_DEVICE_MAX_CONNECTIONS)")
+    if args.metrics_port is not None and not 0 <= args.metrics_port <= 65535:
+        raise UsageError("--metrics-port must be 0..65535")
+    if args.drain_grace < 0:
+        raise UsageError("--drain-grace must be >= 0")
     if args.max_queued < 1 or args.max_tenant_bytes < 1:
         raise UsageError("--max-queued and --max-tenant-bytes must be >= 1")
     cfg.limits.max_queued = args.max_queued
@@ -368,6 +376,8 @@ def _bench(args) -> int:
 
 
 def _bench_paella(args) -> int:
+    import os
+
     from rich.progress import Progress
 
     from .bench.paella import print_paella, run_paella, write_outputs
@@ -379,12 +389,16 @@ def _bench_paella(args) -> int:
     policies = tuple(p for p in args.policies.split(",") if p)
     if not 1 <= args.hw_queues <= 32:
         raise UsageError("--hw-queues must be 1..32")
+    try:
+        os.makedirs(args.out, exist_ok=True)
+    except OSError as e:
+        raise UsageError(f"--out {args.out}: {e}") from None
     with Progress(transient=True, disable=args.json) as bar:
         task = bar.add_task("simulating", total=len(loads) * len(policies))
         res = run_paella(args.gpu, args.workload, args.arrivals, loads, args.jobs, args.seed,
                          policies, args.slo_factor, args.hw_queues,
                          progress=lambda: bar.advance(task), shed=args.shed)
-    paths = write_outputs(res, args.out)
+    paths = write_outputs(res, args.out)  # --out was checked before the simulation ran
     if args.json:
         print(json.dumps(res, indent=2))
     else:
@@ -394,8 +408,14 @@ def _bench_paella(args) -> int:
 
 
 def _demo(args) -> int:
+    from scheduler_daemon.policies import ALL_POLICIES
+
     from .demo import run_demo
-    return run_demo(args.duration, args.rate, [p for p in args.policies.split(",") if p])
+    policies = [p for p in args.policies.split(",") if p]
+    bad = [p for p in policies if p not in ALL_POLICIES]
+    if bad or not policies:
+        raise UsageError(f"unknown policies {bad}: choose from {', '.join(ALL_POLICIES)}")
+    return run_demo(args.duration, args.rate, policies)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -406,13 +426,18 @@ def main(argv: list[str] | None = None) -> int:
     if args.cmd is None:
         ap.print_help()
         return 2
-    from client_lib.errors import ConnectError, RequestError
+    from concurrent.futures import TimeoutError as FutureTimeout
+
+    import zmq
+
+    from client_lib.errors import GpuschedError
     from scheduler_daemon.daemon import DaemonError
     try:
         return {"daemon": _daemon, "submit": _submit, "status": _status, "top": _top,
                 "keys": _keys, "profile": _profile, "bench": _bench, "demo": _demo}[args.cmd](args)
-    except (UsageError, ValueError, ConnectError, RequestError, DaemonError) as e:
-        print(f"gpusched {args.cmd}: error: {e}", file=sys.stderr)
+    except (UsageError, ValueError, GpuschedError, DaemonError, OSError, zmq.ZMQError,
+            FutureTimeout) as e:
+        print(f"gpusched {args.cmd}: error: {e or type(e).__name__}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130

@@ -32,6 +32,8 @@ class WorkerConfig:
 
 
 def run_worker(cfg: WorkerConfig) -> dict:
+    from concurrent.futures import TimeoutError as FutureTimeout
+
     from client_lib import Client, GpuschedError
 
     load = workload(cfg.workload)[cfg.tenant_index]
@@ -60,7 +62,7 @@ def run_worker(cfg: WorkerConfig) -> dict:
                 r = f.result(timeout=max(0.0, deadline - time.perf_counter()))
                 lat.append(r.latency_ms)
                 met += (load.slo_ms <= 0 or r.latency_ms <= load.slo_ms)
-            except (GpuschedError, TimeoutError) as e:
+            except (GpuschedError, FutureTimeout) as e:
                 failed += 1
                 errors[type(e).__name__] = errors.get(type(e).__name__, 0) + 1
     return {"tenant": load.tenant, "slo_ms": load.slo_ms, "submitted": len(futs),
@@ -110,7 +112,7 @@ def run_load(endpoint: str, workload_name: str, clients: int, rate: float, durat
             continue
         rows.append(json.loads(out.strip().splitlines()[-1]))
     if errors and not rows:
-        raise RuntimeError(f"every client failed; first error: {errors[0]}")
+        raise ValueError(f"every client failed; first error: {errors[0]}")
     result = {"workload": workload_name, "clients": clients, "rate": rate, "duration": duration,
               "tenants": [summarize(t.tenant, [r for r in rows if r["tenant"] == t.tenant])
                           for t in tenants if any(r["tenant"] == t.tenant for r in rows)],

@@ -6,8 +6,8 @@ so the daemon and the simulator schedule device events through the very same cod
 times are broken by an insertion counter, which makes every run with the same inputs identical.
 
 ``now`` is a plain attribute. In real time it is the loop's cached clock (as libuv's
-``uv_now``): the daemon calls ``tick()`` once per loop iteration, after waiting for I/O, so one
-burst of work sees one consistent time and does not pay for a clock read per use.
+``uv_now``): the daemon calls ``tick()`` after waiting for I/O and again before advancing the
+device, so a burst of work reads the clock a few times per loop iteration, not once per use.
 """
 from __future__ import annotations
 

@@ -210,6 +210,9 @@ class SchedulerCore:
                 self.queue.push(nxt, now)
                 break
 
+    def has_finished(self) -> bool:
+        return bool(self._finished)
+
     def drain_finished(self) -> list[Job]:
         """Jobs that reached DONE, SHED or FAILED since the last call."""
         done, self._finished = self._finished, []

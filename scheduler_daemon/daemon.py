@@ -12,6 +12,7 @@ import logging
 import os
 import secrets
 import signal
+import stat
 
 import msgspec
 import zmq
@@ -45,8 +46,14 @@ class Daemon:
         self.env = env or RealtimeEnvironment()
         self.device = device or make_device(config.backend, config.gpu_spec, config.speed,
                                             config.torch_device, config.hw_queues)
-        self.core = SchedulerCore(make_policy(config.policy), self.device.spec.capacity,
-                                  config.max_extra, config.shed)
+        policy = make_policy(config.policy)
+        if not policy.bounded and self.device.name == "torch":
+            # the baselines put all of a job's kernels on the device at once; torch workers would
+            # run them concurrently on one job's tensors: wrong results, so refuse
+            raise DaemonError(f"policy {policy.name!r} is an experiment baseline for the "
+                              "simulated GPU; with --backend torch use fifo, srpt, edf, paella, "
+                              "slo or slo-srpt")
+        self.core = SchedulerCore(policy, self.device.spec.capacity, config.max_extra, config.shed)
         self.device.start(self.env, self._on_complete, self._on_fail)
         self.daemon_id = secrets.token_hex(8)
         # job ids name jobs in answers and logs; requests name jobs by the client's own req_id,
@@ -56,6 +63,7 @@ class Daemon:
         self.tenants: dict[str, Tenant] = {}
         self.started = self.env.now
         self.ctx: zmq.Context | None = None
+        self._owns_socket_file = False
         self.sock: zmq.Socket | None = None
         self._stop = False
         self._draining = False
@@ -65,7 +73,8 @@ class Daemon:
         os.set_blocking(self._wake_w, False)
         lim = config.limits
         self._welcome_limits = P.Limits(lim.max_frame_bytes, lim.max_input_bytes, lim.max_inputs,
-                                        lim.max_kernels, lim.max_models, lim.max_queued)
+                                        lim.max_kernels, lim.max_models, lim.max_queued,
+                                        lim.max_tenant_bytes)
         self.metrics = NullMetrics()
         self._handlers = {P.Register: self._register, P.Submit: self._submit,
                           P.Cancel: self._cancel, P.Status: self._status, P.Ping: self._ping,
@@ -75,17 +84,21 @@ class Daemon:
     def bind(self) -> None:
         ep = self.config.endpoint
         self.ctx = zmq.Context()
-        if ep.startswith("ipc://") and os.path.exists(ep[6:]):
+        if ep.startswith("ipc://") and os.path.lexists(ep[6:]):
+            path = ep[6:]
+            if not stat.S_ISSOCK(os.lstat(path).st_mode):
+                raise DaemonError(f"{path} exists and is not a socket: pass another --endpoint")
             if _daemon_answers(self.ctx, ep, self.config.curve_secret):
                 raise DaemonError(f"a daemon is already serving {ep}; stop it first "
                                   f"or pass another --endpoint")
-            os.unlink(ep[6:])  # stale socket file of a daemon that died
+            os.unlink(path)  # stale socket file of a daemon that died
         try:
             self.sock = make_socket(self.ctx, zmq.ROUTER, ep, bind=True,
                                     max_frame=self.config.limits.max_frame_bytes,
                                     curve_secret=self.config.curve_secret)
-        except zmq.ZMQError as e:
+        except (zmq.ZMQError, OSError) as e:
             raise DaemonError(f"cannot bind {ep}: {e}") from None
+        self._owns_socket_file = ep.startswith("ipc://")
         if self.config.metrics_port is not None:
             try:
                 self.metrics = PrometheusMetrics(self, self.config.metrics_port)
@@ -99,7 +112,10 @@ class Daemon:
                  self.device.describe(), self.core.policy.name, self.config.shed)
 
     def request_stop(self, *_args) -> None:
-        """Safe to call from a signal handler or another thread."""
+        """Safe to call from a signal handler or another thread. A second call while draining
+        ends the drain at once."""
+        if self._stop:
+            self._drain_deadline = float("-inf")
         self._stop = True
         try:
             os.write(self._wake_w, b"x")
@@ -125,7 +141,7 @@ class Daemon:
                 os.close(fd)
             except OSError:
                 pass
-        if self.config.endpoint.startswith("ipc://"):
+        if self._owns_socket_file:  # only the file this daemon bound: never another's
             try:
                 os.unlink(self.config.endpoint[6:])
             except OSError:
@@ -172,7 +188,10 @@ class Daemon:
                 elif fd == dev_fd:
                     self.device.collect()
             env.tick()
-            self._advance()
+            try:
+                self._advance()
+            except Exception:  # a bug in a device callback must not take every tenant down
+                log.exception("daemon: internal error while advancing the device")
             # reap only with the socket drained: a backlog must not make live clients look silent
             if now >= next_check and not events(_EVENTS) & _POLLIN:
                 self._reap_silent(now)
@@ -188,9 +207,13 @@ class Daemon:
                 env.run_due()
             job = core.next_dispatch(now)
             while job is not None:
-                launch(job)
+                try:
+                    launch(job)
+                except Exception as e:  # a device error fails that job, not the daemon
+                    log.exception("daemon: launch failed job=%s", job.id)
+                    core.on_fail(job, now, f"launch failed: {type(e).__name__}: {e}")
                 job = core.next_dispatch(now)
-            if core._finished:
+            if core.has_finished():
                 for job in core.drain_finished():
                     self._finish(job)
             if env.peek() > now:
@@ -420,9 +443,9 @@ class Daemon:
                 for meta, buf in self.device.outputs(job):
                     metas.append(meta)
                     bufs.append(buf)
-            except ValueError as e:
+            except Exception as e:  # e.g. a device error copying outputs back
                 state = job.state = JobState.FAILED
-                job.error, metas, bufs = str(e), [], []
+                job.error, metas, bufs = f"outputs: {type(e).__name__}: {e}", [], []
         job.payload = None
         total = job.total_s
         met = state is JobState.DONE and (job.slo_s <= 0 or total <= job.slo_s)
@@ -455,8 +478,8 @@ class Daemon:
         for job in list(s.jobs.values()):
             if self.core.abort(job, now):
                 job.error = f"cancelled: the client's session ended ({why})"
-                self._finish(job)
                 n += 1
+            self._finish(job)  # also a job that ended but was not answered yet (shed, done)
         s.jobs.clear()
         s.tenant.clients -= 1
         self.sessions.pop(s.identity, None)
@@ -488,7 +511,7 @@ class Daemon:
             for job in list(s.jobs.values()):
                 if self.core.abort(job, now):
                     job.error = "daemon stopped before the job finished"
-                    self._finish(job)
+                self._finish(job)
 
 
 def _req_id(msg, frames) -> int:

@@ -72,6 +72,7 @@ class Limits(Msg):
     max_kernels: int
     max_models: int
     max_queued: int
+    max_tenant_bytes: int = 0
 
 
 class Welcome(Msg):

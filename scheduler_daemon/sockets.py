@@ -54,10 +54,19 @@ def make_socket(ctx: zmq.Context, kind: int, endpoint: str, *, bind: bool,
         sock.setsockopt(zmq.MAXMSGSIZE, max_frame)
     if kind == zmq.ROUTER:
         sock.setsockopt(zmq.ROUTER_MANDATORY, 0)  # replies to vanished peers are dropped
+    try:
+        _attach(sock, endpoint, bind)
+    except BaseException:
+        sock.close(0)  # an open socket would block the context's term() forever
+        raise
+    return sock
+
+
+def _attach(sock: zmq.Socket, endpoint: str, bind: bool) -> None:
     if bind:
         if endpoint.startswith("ipc://"):
             path = endpoint[len("ipc://"):]
-            os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+            os.makedirs(os.path.dirname(path) or ".", mode=0o700, exist_ok=True)
             old = os.umask(0o077)
             try:
                 sock.bind(endpoint)
@@ -68,7 +77,6 @@ def make_socket(ctx: zmq.Context, kind: int, endpoint: str, *, bind: bool,
             sock.bind(endpoint)
     else:
         sock.connect(endpoint)
-    return sock
 
 
 def check_endpoint(endpoint: str) -> str:
@@ -76,7 +84,8 @@ def check_endpoint(endpoint: str) -> str:
     if endpoint.startswith("ipc://") and len(endpoint) > len("ipc://"):
         return endpoint
     if endpoint.startswith("tcp://"):
-        host = endpoint[6:].rpartition(":")[0]
-        if host in ("127.0.0.1", "localhost", "[::1]", "*", "0.0.0.0") or host:
+        host, _, port = endpoint[6:].rpartition(":")
+        if host and port.isdigit() and 0 < int(port) < 65536:
             return endpoint
-    raise ValueError(f"bad endpoint {endpoint!r}: use ipc:///path/to/socket or tcp://127.0.0.1:PORT")
+    raise ValueError(f"bad endpoint {endpoint!r}: use ipc:///path/to/socket or "
+                     "tcp://127.0.0.1:PORT (PORT 1-65535)")

@@ -25,6 +25,9 @@ def test_help_lists_commands():
     (["status", "--endpoint", "ipc:///tmp/gpusched-test-none/x.sock"], "no daemon answered"),
     (["submit", "--workload", "nope"], "invalid choice"),
     (["bench"], "name a benchmark"),
+    (["status", "--endpoint", "tcp://127.0.0.1:abc"], "bad endpoint"),
+    (["demo", "--policies", "bogus"], "unknown policies"),
+    (["daemon", "--metrics-port", "99999"], "--metrics-port"),
 ])
 def test_mistakes_exit_2_without_traceback(args, needle):
     r = run(*args)
@@ -56,3 +59,23 @@ def test_second_daemon_on_same_endpoint_is_refused(daemon):
     r = run("daemon", "--endpoint", daemon, "--backend", "sim", timeout=30)
     assert r.returncode == 2
     assert "already serving" in r.stderr
+    s = run("status", "--endpoint", daemon, "--json")  # the first one is untouched
+    assert s.returncode == 0, s.stderr
+
+
+def test_daemon_refuses_paths_and_ports_it_cannot_use(tmp_path):
+    f = tmp_path / "notes.txt"
+    f.write_text("keep me")
+    r = run("daemon", "--endpoint", f"ipc://{f}", timeout=30)
+    assert r.returncode == 2 and "not a socket" in r.stderr
+    assert f.read_text() == "keep me"             # never deleted
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        port = s.getsockname()[1]
+        r = run("daemon", "--endpoint", f"tcp://127.0.0.1:{port}", timeout=30)
+    assert r.returncode == 2 and "cannot bind" in r.stderr and "Traceback" not in r.stderr
+    r = run("daemon", "--backend", "torch", "--policy", "cuda-ms",
+            "--endpoint", f"ipc://{tmp_path}/t.sock", timeout=60)
+    assert r.returncode == 2 and "baseline" in r.stderr

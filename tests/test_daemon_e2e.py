@@ -292,5 +292,38 @@ def test_tenant_limits_refuse_with_clear_errors(daemon_factory):
             o.run("m", [np.zeros(300, np.float32)], timeout=5)
         assert e.value.code == "LIMIT" and "input bytes" in e.value.message
         assert o.run("m", [np.zeros(100, np.float32)], timeout=5).exec_ms > 0  # within quota
+        assert o.run("m", [np.zeros(200, np.float32)], timeout=5).exec_ms > 0  # bytes released
         for f in futs:
             c.cancel(f)
+        c.register_model("quick", kernels(1, 10))
+        assert c.run("quick", timeout=5).exec_ms > 0  # cancelled jobs released the count
+
+
+def test_async_client_survives_daemon_restart(daemon_factory):
+    import asyncio
+
+    from client_lib import AsyncClient
+
+    proc, ep = daemon_factory("--backend", "sim")
+
+    async def go():
+        async with AsyncClient(ep, tenant="aio", timeout=1.0) as c:
+            await c.register_model("m", kernels(2, 100))
+            await c.register_model("long", kernels(100, 10_000))
+            await c.submit("m")
+            pending = c.submit_nowait("long")
+            proc.send_signal(signal.SIGKILL)
+            await asyncio.get_running_loop().run_in_executor(None, proc.wait)
+            with pytest.raises(DaemonUnavailable):
+                await asyncio.wait_for(pending, 15)
+            await asyncio.get_running_loop().run_in_executor(
+                None, lambda: daemon_factory("--backend", "sim", endpoint=ep))
+            deadline = time.time() + 15
+            while True:  # it notices the new daemon, says HELLO and re-registers "m"
+                try:
+                    return await asyncio.wait_for(c.submit("m"), 3)
+                except (DaemonUnavailable, RequestError, asyncio.TimeoutError):
+                    if time.time() > deadline:
+                        raise
+                    await asyncio.sleep(0.2)
+    assert asyncio.run(go()).exec_ms > 0

@@ -24,7 +24,7 @@ class _Running:
 
 
 class FluidDevice(Device):
-    name = "sim"
+    name = "fluid"
 
     def __init__(self, spec: GpuSpec, speed: float = 1.0):
         self.spec = spec
