@@ -92,7 +92,16 @@ class Client:
         self.daemon_id = ""
         self.welcome: P.Welcome | None = None
         self._last_heard = self._last_sent = time.monotonic()
-        self._connect()
+        self._count_lock = threading.Lock()
+        try:
+            self._connect()
+        except BaseException:  # do not leak the socket, the context and the pipe
+            if self._sock is not None:
+                self._sock.close(0)
+            self._ctx.term()
+            os.close(self._wake_r)
+            os.close(self._wake_w)
+            raise
         self._stop = threading.Event()
         self._keeper = threading.Thread(target=self._keep, name="gpusched-client-keeper",
                                         daemon=True)
@@ -243,13 +252,15 @@ class Client:
 
     def _acquire(self) -> None:
         if not self._lock.acquire(blocking=False):
-            self._waiters += 1
+            with self._count_lock:
+                self._waiters += 1
             try:
                 os.write(self._wake_w, b"x")  # interrupt the thread polling the socket
-            except BlockingIOError:
+            except (BlockingIOError, OSError):
                 pass
             self._lock.acquire()
-            self._waiters -= 1
+            with self._count_lock:
+                self._waiters -= 1
 
     def _pump(self, timeout: float) -> int:
         """Under the lock: poll up to ``timeout`` and handle everything that is ready."""

@@ -69,7 +69,7 @@ class Job:
 
     __slots__ = ("id", "tenant", "model", "slo_s", "priority", "arrival", "deadline",
                  "next_kernel", "done_kernels", "outstanding", "cur", "stream", "state", "exec_s", "first_start", "finish", "late",
-                 "qseq", "in_queue", "extra", "dispatched_at", "payload", "owner", "error",
+                 "qseq", "in_queue", "extra", "payload", "owner", "error",
                  "nbytes")
 
     def __init__(self, id: Any, tenant: str, model: ModelEntry, slo_ms: float, arrival: float,
@@ -94,7 +94,6 @@ class Job:
         self.qseq = 0              # version of this job's live ready-queue entry
         self.in_queue = False      # whether that entry is live
         self.extra = False         # its kernel in flight was dispatched beyond free resources
-        self.dispatched_at = 0.0
         self.payload = payload     # backend data (input tensors); opaque to the scheduler
         self.owner = owner         # the daemon's session; opaque to the scheduler
         self.error: str | None = None

@@ -58,12 +58,13 @@ class HeapQueue:
             job.qseq += 1
             job.in_queue = False
             self._live -= 1
+            if len(self._heap) > 2 * self._live + 1024:  # dead entries would pin their jobs
+                self._heap = [e for e in self._heap if e[2] == e[3].qseq and e[3].in_queue]
+                heapq.heapify(self._heap)
 
     def jobs(self) -> Iterator[Job]:
-        seen = set()
         for _, _, seq, job in self._heap:
-            if seq == job.qseq and job.in_queue and id(job) not in seen:
-                seen.add(id(job))
+            if seq == job.qseq and job.in_queue:  # one live entry per job
                 yield job
 
 

@@ -634,3 +634,17 @@ def test_heap_queue_repush_of_queued_job_keeps_len():
     q.push(j, 0.0)              # re-push: the first entry is now stale
     assert len(list(q.jobs())) == 1
     assert len(q) == 1
+
+
+def test_heap_queue_compacts_dead_entries():
+    from scheduler_daemon.queues import HeapQueue
+    core = make_core(Fifo())
+    m = model(core, "m", [10.0])
+    q = HeapQueue(lambda j, now: j.arrival)
+    jobs = [job(i, m, arrival=i * 1e-6) for i in range(3000)]
+    for j in jobs:
+        q.push(j, 0.0)
+    for j in jobs[:2500]:
+        q.discard(j)          # e.g. cancelled jobs: their entries must not pile up
+    assert len(q) == 500 and len(q._heap) <= 2 * 500 + 1024
+    assert [q.pop().id for _ in range(500)] == list(range(2500, 3000))

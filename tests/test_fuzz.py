@@ -43,4 +43,5 @@ def test_soak_every_submit_answered_exactly_once():
     assert res["client_errors"] == [] and res["crashes"] == 0
     assert res["messages"] == 6 * 150
     assert res["lost_answers"] == 0 and res["duplicate_answers"] == 0
+    assert res["completed"] == res["messages"]  # answered as done, not cancelled
     assert res["p99_ms"] < res["slo_ms"]

@@ -39,6 +39,7 @@ def worker(endpoint: str, jobs: int, window: int, seconds: float, tenant: str) -
     answers: dict[int, int] = {}
     sent_at: dict[int, float] = {}
     lat = []
+    completed = 0
     nxt, end = 2, time.perf_counter() + seconds
     outstanding = 0
     while (nxt - 2 < jobs and time.perf_counter() < end) or outstanding:
@@ -56,10 +57,12 @@ def worker(endpoint: str, jobs: int, window: int, seconds: float, tenant: str) -
         if answers[rid] == 1 and rid in sent_at:
             outstanding -= 1
             if isinstance(msg, P.Done) and msg.status == "done":
+                completed += 1
                 lat.append((time.perf_counter() - sent_at[rid]) * 1e3)
     submitted = nxt - 2
     return {"submitted": submitted, "answered": sum(1 for r in sent_at if answers.get(r)),
-            "duplicates": sum(v - 1 for v in answers.values() if v > 1), "latencies_ms": lat}
+            "duplicates": sum(v - 1 for v in answers.values() if v > 1), "completed": completed,
+            "latencies_ms": lat}
 
 
 def run_soak(duration: float = 60.0, clients: int = 64, jobs: int = 1000, window: int = 4) -> dict:
@@ -82,6 +85,7 @@ def run_soak(duration: float = 60.0, clients: int = 64, jobs: int = 1000, window
     lat = np.array([x for r in rows for x in r["latencies_ms"]])
     submitted = sum(r["submitted"] for r in rows)
     return {"clients": clients, "messages": submitted, "answered": sum(r["answered"] for r in rows),
+            "completed": sum(r["completed"] for r in rows),
             "lost_answers": submitted - sum(r["answered"] for r in rows),
             "duplicate_answers": sum(r["duplicates"] for r in rows),
             "crashes": int(not alive), "client_errors": errors,

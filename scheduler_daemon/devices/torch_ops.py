@@ -5,7 +5,9 @@ Unknown or malformed ops are rejected when the model is registered, not when it 
 """
 from __future__ import annotations
 
+import threading
 import time
+from collections import OrderedDict
 from functools import lru_cache
 from typing import Callable
 
@@ -35,18 +37,29 @@ def _softmax() -> Op:
     return lambda xs: [torch.softmax(x, dim=-1) for x in xs]
 
 
-_WEIGHTS: dict = {}
+_WEIGHTS: "OrderedDict" = OrderedDict()  # least recently used first
+_WEIGHTS_LOCK = threading.Lock()          # the torch backend's workers share the cache
+MAX_WEIGHT_ELEMENTS = 1 << 24             # one linear op's weight: at most 16 M elements
+MAX_CACHED = 32                           # weights kept; clients choose the seeds
 
 
 def linear_weight(n_in: int, n_out: int, seed: int, device, dtype):
     """Deterministic weights of the ``linear`` op: clients compute the same ones locally."""
     import torch
+    if n_in * n_out > MAX_WEIGHT_ELEMENTS:
+        raise ValueError(f"linear: a {n_out}x{n_in} weight exceeds {MAX_WEIGHT_ELEMENTS} elements")
     key = (n_in, n_out, seed, str(device), dtype)
-    w = _WEIGHTS.get(key)
-    if w is None:
-        g = torch.Generator().manual_seed(seed)
-        w = (torch.randn(n_out, n_in, generator=g) / n_in ** 0.5).to(device=device, dtype=dtype)
+    with _WEIGHTS_LOCK:
+        w = _WEIGHTS.get(key)
+        if w is not None:
+            _WEIGHTS.move_to_end(key)
+            return w
+    g = torch.Generator().manual_seed(seed)
+    w = (torch.randn(n_out, n_in, generator=g) / n_in ** 0.5).to(device=device, dtype=dtype)
+    with _WEIGHTS_LOCK:
         _WEIGHTS[key] = w
+        while len(_WEIGHTS) > MAX_CACHED:
+            _WEIGHTS.popitem(last=False)
     return w
 
 
