@@ -65,8 +65,9 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--drain-grace", type=float, default=10.0,
                    help="seconds started jobs may run on after SIGTERM")
     d.add_argument("--torch-device", help="torch backend device, e.g. cpu, cuda, cuda:1")
-    d.add_argument("--client-timeout", type=float, default=1.0,
-                   help="seconds of silence after which a client's jobs are cancelled")
+    d.add_argument("--client-timeout", type=float, default=5.0,
+                   help="seconds of silence after which a client's jobs are cancelled (a client "
+                   "whose connection closes, e.g. a killed process, is dropped within ~0.75 s)")
     d.add_argument("--token", default=None, help="require this token in HELLO "
                    "(default: $GPUSCHED_TOKEN if set)")
     d.add_argument("--max-queued", type=int, default=20_000,

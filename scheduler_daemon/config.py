@@ -29,7 +29,8 @@ class DaemonConfig:
     hw_queues: int = 8             # simulated GPU: hardware queues (CUDA_DEVICE_MAX_CONNECTIONS)
     torch_device: str | None = None  # torch backend: cpu, cuda, cuda:1 (default: auto)
     heartbeat_s: float = 0.25      # clients ping this often
-    client_timeout_s: float = 1.0  # silent this long (4 missed heartbeats): the client is gone
+    client_timeout_s: float = 5.0  # silent this long (20 missed heartbeats): the client is gone
+    disconnect_grace_s: float = 0.5  # its connection closed: gone unless it speaks within this
     drain_grace_s: float = 10.0    # on SIGTERM, how long started jobs may run on
     token: str = ""                # if set, clients must present it in HELLO
     curve_secret: bytes | None = None  # CURVE secret key: encrypt every connection

@@ -64,6 +64,8 @@ class Daemon:
         self.started = self.env.now
         self.ctx: zmq.Context | None = None
         self._owns_socket_file = False
+        self._monitor: zmq.Socket | None = None
+        self._hello_fd = -1
         self.sock: zmq.Socket | None = None
         self._stop = False
         self._draining = False
@@ -99,6 +101,8 @@ class Daemon:
         except (zmq.ZMQError, OSError) as e:
             raise DaemonError(f"cannot bind {ep}: {e}") from None
         self._owns_socket_file = ep.startswith("ipc://")
+        # a closed connection (a killed client) is seen at once through the socket monitor
+        self._monitor = self.sock.get_monitor_socket(zmq.EVENT_DISCONNECTED)
         if self.config.metrics_port is not None:
             try:
                 self.metrics = PrometheusMetrics(self, self.config.metrics_port)
@@ -129,6 +133,10 @@ class Daemon:
     def close(self) -> None:
         if isinstance(self.metrics, PrometheusMetrics):
             self.metrics.close()
+        if self._monitor is not None:
+            self.sock.disable_monitor()
+            self._monitor.close(0)
+            self._monitor = None
         if self.sock is not None:
             self.sock.close(0)
             self.sock = None
@@ -153,12 +161,16 @@ class Daemon:
             self.bind()
         sock, env = self.sock, self.env
         poller = zmq.Poller()
+        # the monitor first: a disconnect must be handled before a later HELLO that reuses its
+        # file descriptor (poll reports ready sockets in registration order)
+        poller.register(self._monitor, zmq.POLLIN)
         poller.register(sock, zmq.POLLIN)
         poller.register(self._wake_r, zmq.POLLIN)
         dev_fd = self.device.wake_fd()
         if dev_fd is not None:
             poller.register(dev_fd, zmq.POLLIN)
-        check_every = min(0.25, self.config.client_timeout_s / 4)
+        check_every = min(0.25, self.config.client_timeout_s / 4,
+                          self.config.disconnect_grace_s / 2)
         next_check = env.now + check_every
         recv, events = self._recv, sock.getsockopt
         while True:
@@ -187,6 +199,8 @@ class Daemon:
                         pass
                 elif fd == dev_fd:
                     self.device.collect()
+                elif fd is self._monitor:
+                    self._on_monitor(now)
             env.tick()
             try:
                 self._advance()
@@ -231,12 +245,32 @@ class Daemon:
     # -- frames in ----------------------------------------------------------------------------
     def _recv(self) -> list:
         """One message: identity, type and body as bytes (small: copying is cheaper than a
-        Frame object), raw payload frames as zero-copy ``zmq.Frame``s."""
+        Frame object), raw payload frames as zero-copy ``zmq.Frame``s. The identity frame is
+        kept aside so that a HELLO can read which connection (fd) it came on."""
         recv, more = self.sock.recv, self.sock.getsockopt
         parts = [recv(_NOBLOCK)]
         while more(_RCVMORE):
-            parts.append(recv(_NOBLOCK) if len(parts) < 3 else recv(_NOBLOCK, copy=False))
+            if len(parts) == 2 and parts[1] == b"HELLO":  # which connection it came on
+                frame = recv(_NOBLOCK, copy=False)
+                self._hello_fd = _srcfd(frame)
+                parts.append(frame.bytes)
+            else:
+                parts.append(recv(_NOBLOCK) if len(parts) < 3 else recv(_NOBLOCK, copy=False))
         return parts
+
+    def _on_monitor(self, now: float) -> None:
+        from zmq.utils.monitor import recv_monitor_message
+        while self._monitor.poll(0):
+            ev = recv_monitor_message(self._monitor)
+            if ev["event"] != zmq.EVENT_DISCONNECTED:
+                continue
+            fd = int(ev["value"])
+            # gone unless it speaks within the grace: fds are reused, so a live client that
+            # got this fd afterwards survives by its next heartbeat
+            limit = now - self.config.client_timeout_s + self.config.disconnect_grace_s
+            for s in self.sessions.values():
+                if s.fd == fd and s.last_seen > limit:
+                    s.last_seen = limit
 
     def _on_frames(self, frames: list) -> None:
         identity = frames[0]
@@ -297,7 +331,8 @@ class Daemon:
         if tenant is None:
             tenant = self.tenants[msg.tenant] = Tenant(msg.tenant)
         tenant.clients += 1
-        self.sessions[identity] = Session(identity, tenant, self.env.now)
+        self.sessions[identity] = Session(identity, tenant, self.env.now, self._hello_fd)
+        self._hello_fd = -1
         log.info("daemon: hello client=%s tenant=%s", identity.hex(), msg.tenant)
         self._send(identity, P.Welcome(version=P.PROTOCOL_VERSION, daemon_id=self.daemon_id,
                                        device=self.device.describe(),
@@ -512,6 +547,13 @@ class Daemon:
                 if self.core.abort(job, now):
                     job.error = "daemon stopped before the job finished"
                 self._finish(job)
+
+
+def _srcfd(frame: zmq.Frame) -> int:
+    try:
+        return int(frame.get(zmq.SRCFD))
+    except (zmq.ZMQError, AttributeError, ValueError):
+        return -1
 
 
 def _req_id(msg, frames) -> int:

@@ -31,10 +31,11 @@ class Tenant:
 class Session:
     """One connected client (a DEALER identity) and its unfinished jobs."""
 
-    __slots__ = ("identity", "tenant", "last_seen", "jobs")
+    __slots__ = ("identity", "tenant", "last_seen", "jobs", "fd")
 
-    def __init__(self, identity: bytes, tenant: Tenant, now: float):
+    def __init__(self, identity: bytes, tenant: Tenant, now: float, fd: int = -1):
         self.identity = identity
         self.tenant = tenant
         self.last_seen = now
+        self.fd = fd  # the connection's file descriptor in the daemon (ZMQ_SRCFD)
         self.jobs: dict[int, Job] = {}  # SUBMIT req_id -> unfinished job

@@ -40,6 +40,8 @@ def worker(endpoint: str, jobs: int, window: int, seconds: float, tenant: str) -
     sent_at: dict[int, float] = {}
     lat = []
     completed = 0
+    statuses: dict[str, int] = {}
+    last_heard = time.perf_counter()
     nxt, end = 2, time.perf_counter() + seconds
     outstanding = 0
     while (nxt - 2 < jobs and time.perf_counter() < end) or outstanding:
@@ -48,21 +50,29 @@ def worker(endpoint: str, jobs: int, window: int, seconds: float, tenant: str) -
             s.send_multipart(P.encode(P.Submit(req_id=nxt, model="m", slo_ms=SLO_MS)))
             nxt += 1
             outstanding += 1
-        if not s.poll(10_000):
-            break  # the daemon stopped answering: what is missing counts as lost
+        if not s.poll(250):  # like client_lib: a heartbeat while waiting, so not "silent"
+            if time.perf_counter() - last_heard > 10:
+                break  # the daemon stopped answering: what is missing counts as lost
+            s.send_multipart(P.encode(P.Ping(seq=0)))
+            continue
+        last_heard = time.perf_counter()
         f = s.recv_multipart()
         msg = P.decode(f[0], f[1], P.REPLIES)
+        if isinstance(msg, P.Pong):
+            continue
         rid = getattr(msg, "req_id", 0)
         answers[rid] = answers.get(rid, 0) + 1
         if answers[rid] == 1 and rid in sent_at:
             outstanding -= 1
+            status = msg.status if isinstance(msg, P.Done) else type(msg).__name__
+            statuses[status] = statuses.get(status, 0) + 1
             if isinstance(msg, P.Done) and msg.status == "done":
                 completed += 1
                 lat.append((time.perf_counter() - sent_at[rid]) * 1e3)
     submitted = nxt - 2
     return {"submitted": submitted, "answered": sum(1 for r in sent_at if answers.get(r)),
             "duplicates": sum(v - 1 for v in answers.values() if v > 1), "completed": completed,
-            "latencies_ms": lat}
+            "statuses": statuses, "latencies_ms": lat}
 
 
 def run_soak(duration: float = 60.0, clients: int = 64, jobs: int = 1000, window: int = 4) -> dict:
@@ -86,6 +96,8 @@ def run_soak(duration: float = 60.0, clients: int = 64, jobs: int = 1000, window
     submitted = sum(r["submitted"] for r in rows)
     return {"clients": clients, "messages": submitted, "answered": sum(r["answered"] for r in rows),
             "completed": sum(r["completed"] for r in rows),
+            "statuses": {k: sum(r["statuses"].get(k, 0) for r in rows)
+                         for k in sorted({k for r in rows for k in r["statuses"]})},
             "lost_answers": submitted - sum(r["answered"] for r in rows),
             "duplicate_answers": sum(r["duplicates"] for r in rows),
             "crashes": int(not alive), "client_errors": errors,
