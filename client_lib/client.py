@@ -161,7 +161,6 @@ class Client:
     def close(self) -> None:
         if self._closed:
             return
-        self._closed = True
         self._stop.set()
         self._acquire()
         try:
@@ -170,6 +169,7 @@ class Client:
             except zmq.ZMQError:
                 pass
             self._fail_all(DaemonUnavailable("the client was closed"))
+            self._closed = True  # after the futures failed: waiters see a result, not a timeout
             self._sock.close(0)
         finally:
             self._lock.release()
@@ -244,7 +244,11 @@ class Client:
             self._send(P.encode(msg))
         finally:
             self._lock.release()
-        return fut.result(self.timeout * 2)
+        try:
+            return fut.result(self.timeout * 2)
+        except FutureTimeout:
+            self._pending.pop(msg.req_id, None)  # a late answer is dropped, not kept forever
+            raise
 
     def _send(self, frames: list) -> None:
         self._sock.send_multipart(frames, copy=len(frames) <= 2)

@@ -76,7 +76,9 @@ class SchedulerCore:
         return True
 
     def queued_jobs(self):
-        return list(self.queue.jobs())
+        """Jobs waiting in the ready queue or parked behind a gate."""
+        parked = [j for p in list(self._parked.values()) for j in p if j.state not in TERMINAL]
+        return list(self.queue.jobs()) + parked
 
     def _gate(self, job: Job):
         g = self.policy.gate
@@ -219,4 +221,5 @@ class SchedulerCore:
         return done
 
     def __len__(self) -> int:
-        return len(self.queue) + sum(len(p) for p in self._parked.values())
+        # list(): the metrics thread reads this while the loop may add a gate
+        return len(self.queue) + sum(len(p) for p in list(self._parked.values()))

@@ -328,3 +328,22 @@ def test_async_client_survives_daemon_restart(daemon_factory):
                         raise
                     await asyncio.sleep(0.2)
     assert asyncio.run(go()).exec_ms > 0
+
+
+def test_sigterm_cancels_jobs_parked_behind_a_gate(daemon_factory):
+    proc, ep = daemon_factory("--backend", "sim", "--policy", "triton")  # one job per model
+    with Client(ep, tenant="t", timeout=2.0) as c:
+        c.register_model("m", kernels(5, 5000))
+        futs = [c.submit("m") for _ in range(10)]
+        time.sleep(0.05)
+        proc.send_signal(signal.SIGTERM)
+        cancelled = 0
+        for f in futs:
+            try:
+                f.result(20)
+            except JobCancelled:
+                cancelled += 1
+        assert proc.wait(20) == 0
+    # the jobs parked behind the model's running one are queued work: cancelled at once, not
+    # started during the grace period
+    assert cancelled >= 5
