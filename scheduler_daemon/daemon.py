@@ -66,6 +66,7 @@ class Daemon:
         self._owns_socket_file = False
         self._monitor: zmq.Socket | None = None
         self._hello_fd = -1
+        self._debug = log.isEnabledFor(logging.DEBUG)
         self.sock: zmq.Socket | None = None
         self._stop = False
         self._draining = False
@@ -396,6 +397,9 @@ class Daemon:
         tenant.bytes_held += nbytes
         if msg.ack:
             self._send(s.identity, P.Accepted(req_id=msg.req_id, job_id=job.id))
+        if self._debug:  # per-job lines: read once, so they cost nothing when off
+            log.debug("daemon: job queued job=%s tenant=%s model=%s req=%d slo_ms=%g", job.id,
+                      tenant.name, model.name, msg.req_id, msg.slo_ms)
 
     def _inputs(self, msg: P.Submit, raw: list) -> list:
         lim = self.config.limits
@@ -504,6 +508,10 @@ class Daemon:
         if missed:
             tenant.slo_missed += 1
         self.metrics.job_finished(tenant.name, job.model.name, state.value, total, missed)
+        if self._debug:
+            log.debug("daemon: job %s job=%s tenant=%s model=%s total_ms=%.3f exec_ms=%.3f "
+                      "slo_met=%s", state.value, job.id, tenant.name, job.model.name, total * 1e3,
+                      job.exec_s * 1e3, met)
 
     def _drop_session(self, s: Session, why: str) -> None:
         """End a client's session: each unfinished job is cancelled and still answered (a

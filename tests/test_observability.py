@@ -44,3 +44,22 @@ def test_top_once_shows_tenants(daemon):
                            env={**os.environ, "COLUMNS": "200"})
     assert r.returncode == 0, r.stderr
     assert "watched" in r.stdout and "policy" in r.stdout
+
+
+def test_debug_log_has_one_line_per_job_event_with_ids(tmp_path):
+    from gpusched.procs import start_daemon, stop_daemon
+    log = open(tmp_path / "debug.log", "w")
+    p, ep2 = start_daemon("--backend", "sim", endpoint=f"ipc://{tmp_path}/dbg.sock",
+                          log_level="DEBUG", stderr=log)
+    try:
+        with Client(ep2, tenant="traced") as c:
+            c.register_model("m", [KernelSpec(name="k", est_us=10)])
+            r = c.submit("m", slo_ms=50).result(5)
+            job_id = c.submit("m").result(5).job_id
+    finally:
+        stop_daemon(p)
+        log.close()
+    text = (tmp_path / "debug.log").read_text()
+    assert f"daemon: job queued job={job_id} tenant=traced model=m" in text
+    assert f"daemon: job done job={job_id} tenant=traced model=m" in text
+    assert r.slo_met
