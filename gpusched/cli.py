@@ -360,7 +360,7 @@ def _bench(args) -> int:
         print(json.dumps(res, indent=2)) if args.json else print_sim_speed(res)
         return 0
     if args.bench in ("fuzz", "soak"):
-        from .bench.fuzz import print_fuzz, run_fuzz
+        from .bench.fuzz import print_measures, run_fuzz
         from .bench.soak import run_soak
         if args.bench == "fuzz":
             if args.messages < 1:
@@ -370,7 +370,8 @@ def _bench(args) -> int:
             if args.clients < 1 or args.jobs < 1 or args.duration <= 0:
                 raise UsageError("--clients and --jobs must be >= 1, --duration > 0")
             res = run_soak(args.duration, args.clients, args.jobs)
-        print(json.dumps(res, indent=2)) if args.json else print_fuzz(res)
+        print(json.dumps(res, indent=2)) if args.json else print_measures(
+            res, f"gpusched bench {args.bench}")
         return 0
     raise UsageError("name a benchmark: overhead, paella, calibrate, sim-speed, fuzz or soak "
                      "(see gpusched bench --help)")

@@ -53,7 +53,6 @@ def parse_device(device: str) -> tuple[str, str]:
 
 
 def _weights_mb(model: str, bytes_per_param: int | None = 2) -> float:
-    import torch
 
     from .zoo_models import build
     module, _ = build(model, device="meta")

@@ -1,5 +1,4 @@
 """End to end: a daemon subprocess, client processes and raw protocol peers."""
-import os
 import signal
 import subprocess
 import sys
@@ -8,10 +7,9 @@ import time
 import numpy as np
 import pytest
 
-from client_lib import (Client, DaemonRestarted, DaemonUnavailable, JobCancelled, JobShed,
+from client_lib import (Client, DaemonUnavailable, JobCancelled, JobShed,
                         KernelSpec, RequestError)
 from gpusched.loadgen import run_load
-from gpusched.procs import wait_ready
 from scheduler_daemon import protocol as P
 from tests.wire import RawPeer
 

@@ -152,10 +152,11 @@ def run_fuzz(messages: int = 100_000, seed: int = 0, batch: int = 256) -> dict:
             "messages_per_s": sent / elapsed, "served_after": correct}
 
 
-def print_fuzz(res: dict) -> None:
+def print_measures(res: dict, title: str) -> None:
+    """A two-column table of a benchmark's flat result (fuzz, soak)."""
     from rich.console import Console
     from rich.table import Table
-    t = Table(title="gpusched bench fuzz")
+    t = Table(title=title)
     t.add_column("measure")
     t.add_column("value", justify="right")
     for k, v in res.items():

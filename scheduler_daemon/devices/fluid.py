@@ -29,7 +29,6 @@ class FluidDevice(Device):
     def __init__(self, spec: GpuSpec, speed: float = 1.0):
         self.spec = spec
         self.speed = speed
-        self._cap = spec.capacity
         self._running: list[_Running] = []
         self._last = 0.0
         self._load = 0.0
