@@ -170,6 +170,13 @@ def build_parser() -> argparse.ArgumentParser:
     bs.add_argument("--jobs", type=int, default=1000)
     bs.add_argument("--json", action="store_true")
 
+    # Sub-commands that live with their package: each module adds its parser and runs it.
+    from geo.cli import add_geo_bench_parser, add_geo_parser
+    from .bench.models import add_models_bench_parser
+    add_geo_parser(sub)
+    add_geo_bench_parser(bsub)
+    add_models_bench_parser(bsub)
+
     dm = sub.add_parser("demo", help="start a daemon, run the mixed workload, print latencies")
     dm.add_argument("--duration", type=float, default=5.0)
     dm.add_argument("--rate", type=float, default=60.0)
@@ -373,7 +380,14 @@ def _bench(args) -> int:
         print(json.dumps(res, indent=2)) if args.json else print_measures(
             res, f"gpusched bench {args.bench}")
         return 0
-    raise UsageError("name a benchmark: overhead, paella, calibrate, sim-speed, fuzz or soak "
+    if args.bench == "geo":
+        from geo.cli import run_geo_bench
+        return run_geo_bench(args)
+    if args.bench == "models":
+        from .bench.models import run_models_bench
+        return run_models_bench(args)
+    raise UsageError("name a benchmark: overhead, paella, calibrate, sim-speed, fuzz, soak, "
+                     "usher, geo or models "
                      "(see gpusched bench --help)")
 
 
@@ -420,6 +434,11 @@ def _demo(args) -> int:
     return run_demo(args.duration, args.rate, policies)
 
 
+def _geo(args) -> int:
+    from geo.cli import run_geo
+    return run_geo(args)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = build_parser()
     args = ap.parse_args(argv)
@@ -436,7 +455,8 @@ def main(argv: list[str] | None = None) -> int:
     from scheduler_daemon.daemon import DaemonError
     try:
         return {"daemon": _daemon, "submit": _submit, "status": _status, "top": _top,
-                "keys": _keys, "profile": _profile, "bench": _bench, "demo": _demo}[args.cmd](args)
+                "keys": _keys, "profile": _profile, "bench": _bench, "demo": _demo,
+                "geo": _geo}[args.cmd](args)
     except (UsageError, ValueError, GpuschedError, DaemonError, OSError, zmq.ZMQError,
             FutureTimeout) as e:
         print(f"gpusched {args.cmd}: error: {e or type(e).__name__}", file=sys.stderr)
