@@ -1,23 +1,221 @@
 """``gpusched geo ...`` and ``gpusched bench geo``: parsers and entry points (issue 6).
 
-Scaffold: the planner is being built; these commands say so and exit 2.
+The only module of the package that prints; mistakes raise ValueError (exit 2 in gpusched.cli).
 """
 from __future__ import annotations
 
 import argparse
+import json
+import os
+import sys
+
+EVENT_HELP = ("site-down SITE | site-up SITE | capacity SITE TYPE COUNT | preempt SITE [TYPE] | "
+              "price SITE TYPE USD_PER_HOUR | job-finished JOB")
+
+
+def _client_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--endpoint", default=None, help="geo service endpoint (default: "
+                   "$GPUSCHED_GEO_ENDPOINT or ipc://<runtime dir>/geo.sock)")
+    p.add_argument("--token", default=None, help="shared token (default $GPUSCHED_TOKEN)")
+    p.add_argument("--server-key", default=None, metavar="KEY",
+                   help="the service's CURVE public key (40 characters or a file)")
+    p.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for the answer")
+    p.add_argument("--json", action="store_true")
 
 
 def add_geo_parser(sub) -> None:
-    sub.add_parser("geo", help="geo-distributed training planner (not built yet)")
+    g = sub.add_parser("geo", help="geo-distributed training planner (plan, serve, submit, "
+                       "event, status)")
+    gs = g.add_subparsers(dest="geo_cmd", metavar="{plan,serve,submit,event,status}")
+    p = gs.add_parser("plan", help="plan a spec YAML: print the plan and write its picture")
+    p.add_argument("spec", help="spec YAML (see examples/geo/spec.yaml)")
+    p.add_argument("--objective", choices=("throughput", "cost", "makespan"), default=None,
+                   help="default: the spec's planner.objective (throughput)")
+    p.add_argument("--solver", choices=("cpsat", "decomposed", "greedy", "single-region"),
+                   default="cpsat")
+    p.add_argument("--time-limit", type=float, default=None, help="CP-SAT seconds")
+    p.add_argument("--json", action="store_true", help="print the plan as JSON")
+    p.add_argument("--out", default=".", help="folder for the PNG (default: here)")
+    s = gs.add_parser("serve", help="run the geo service (ZeroMQ ROUTER, state on disk)")
+    s.add_argument("--spec", default=None, help="the fleet (sites/links/datasets) to start from; "
+                   "ignored when --state already holds one")
+    s.add_argument("--endpoint", default=None)
+    s.add_argument("--state", default=None, help="state file (default: <runtime dir>/geo-state.json)")
+    s.add_argument("--token", default=None, help="require this token (default $GPUSCHED_TOKEN)")
+    s.add_argument("--curve-secret", default=None, metavar="FILE",
+                   help="encrypt with this CURVE secret key (see 'gpusched keys')")
+    s.add_argument("--solver", choices=("auto", "cpsat", "decomposed"), default="auto",
+                   help="auto: CP-SAT up to 200 jobs, decomposed above")
+    su = gs.add_parser("submit", help="submit a job YAML to the geo service")
+    su.add_argument("job", help="job YAML (see examples/geo/job.yaml)")
+    _client_args(su)
+    ev = gs.add_parser("event", help="tell the geo service what changed: " + EVENT_HELP)
+    ev.add_argument("kind", choices=("site-down", "site-up", "capacity", "preempt", "price",
+                                     "job-finished"))
+    ev.add_argument("args", nargs="*", help=EVENT_HELP)
+    _client_args(ev)
+    st = gs.add_parser("status", help="the geo service's current plan")
+    _client_args(st)
 
 
 def add_geo_bench_parser(bsub) -> None:
-    bsub.add_parser("geo", help="geo planner benchmark (not built yet)")
+    b = bsub.add_parser("geo", help="geo planner: CP-SAT vs decomposed vs baselines on instances "
+                        "built from the measured cloud regions")
+    b.add_argument("--json", action="store_true")
+    b.add_argument("--quick", action="store_true", help="small sizes only (about a minute)")
+    b.add_argument("--sizes", default=None, help="JOBSxSITES list, e.g. 50x10,200x20,10000x50")
+    b.add_argument("--cpsat-max-jobs", type=int, default=200,
+                   help="run CP-SAT on instances up to this many jobs")
+    b.add_argument("--time-limit", type=float, default=30.0, help="CP-SAT seconds per case")
+    b.add_argument("--seed", type=int, default=1)
 
 
 def run_geo(args: argparse.Namespace) -> int:
-    raise ValueError("the geo planner is not built yet (issue 6)")
+    cmd = getattr(args, "geo_cmd", None)
+    if cmd is None:
+        raise ValueError("name a sub-command: plan, serve, submit, event or status")
+    return {"plan": _plan, "serve": _serve, "submit": _submit, "event": _event,
+            "status": _status}[cmd](args)
+
+
+def _plan(args) -> int:
+    from .planner import plan
+    from .plot import plot_plan
+    from .spec import load_spec
+
+    spec = load_spec(args.spec)
+    p = plan(spec, args.objective, args.solver, time_limit_s=args.time_limit)
+    os.makedirs(args.out, exist_ok=True)
+    png = os.path.join(args.out, os.path.splitext(os.path.basename(args.spec))[0] + "-plan.png")
+    plot_plan(p, png)
+    if args.json:
+        print(p.to_json().decode())
+    else:
+        _print_plan(p)
+        print(f"picture: {png}")
+    for bad in p.infeasible:
+        print(f"gpusched geo: infeasible: {bad.reason}", file=sys.stderr)
+    return 2 if p.infeasible else 0
+
+
+def _print_plan(p) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    con = Console()
+    t = Table(title=f"{p.solver} plan ({p.status}), objective {p.objective} = "
+              f"{p.objective_value:,.3f}, solved in {p.solve_time_s:.2f} s")
+    for col in ("job", "mode", "sites: GPUs", "iteration s", "$/h", "start h", "finish h"):
+        t.add_column(col, justify="left" if col in ("job", "mode", "sites: GPUs") else "right")
+    for j in p.jobs:
+        where = ", ".join(f"{s}: {n} {j.gpu_type}" for s, n in j.sites.items()) or j.reason
+        t.add_row(j.name, j.mode, where, f"{j.iteration_s:.3f}" if j.iteration_s else "-",
+                  f"{j.cost_per_hour:,.1f}", f"{j.start_h:.1f}",
+                  f"{j.finish_h:.2f}" if j.finish_h is not None else "-")
+    con.print(t)
+    s = Table(title=f"sites: ${p.cost_per_hour:,.1f}/h, makespan {p.makespan_h:.2f} h, "
+              f"max demand/supply {p.max_demand_supply:.2f}")
+    for col in ("site", "GPUs used", "GPUs total", "demand/supply"):
+        s.add_column(col, justify="left" if col == "site" else "right")
+    for site in p.sites:
+        s.add_row(site.name, str(site.gpus_used), str(site.gpus_total),
+                  f"{site.demand_supply_ratio:.2f}")
+    con.print(s)
+
+
+def _token(args) -> str:
+    return args.token if args.token is not None else os.environ.get("GPUSCHED_TOKEN", "")
+
+
+def _serve(args) -> int:
+    from .service import GeoService, default_geo_endpoint, default_state_path
+    from scheduler_daemon.keys import read_key
+    from scheduler_daemon.sockets import check_endpoint
+
+    svc = GeoService(endpoint=check_endpoint(args.endpoint or default_geo_endpoint()),
+                     state_path=args.state or default_state_path(), spec_path=args.spec,
+                     token=_token(args), solver=args.solver,
+                     curve_secret=read_key(args.curve_secret) if args.curve_secret else None)
+    svc.install_signal_handlers()
+    print(f"geo service on {svc.endpoint}, state {svc.state_path}", file=sys.stderr)
+    svc.serve_forever()
+    return 0
+
+
+def _client(args):
+    from .service import GeoClient, default_geo_endpoint
+    from scheduler_daemon.keys import read_key
+    from scheduler_daemon.sockets import check_endpoint
+
+    return GeoClient(check_endpoint(args.endpoint or default_geo_endpoint()), token=_token(args),
+                     server_key=read_key(args.server_key) if args.server_key else None,
+                     timeout_s=args.timeout)
+
+
+def _show_reply(args, reply) -> int:
+    from .protocol import to_builtins
+
+    if args.json:
+        print(json.dumps(to_builtins(reply)))
+        return 0
+    for d in getattr(reply, "diff", []) or []:
+        print(f"{d.job}: {d.change} {d.before or '-'} -> {d.after or '-'}  ({d.reason})")
+    if getattr(reply, "plan", None) is not None:
+        _print_plan(reply.plan)
+    return 0
+
+
+def _submit(args) -> int:
+    from .spec import parse_job
+
+    with open(args.job, encoding="utf-8") as f:
+        job = parse_job(f.read(), args.job)
+    with _client(args) as c:
+        return _show_reply(args, c.submit(job))
+
+
+def _event(args) -> int:
+    from .protocol import event_from_args
+
+    ev = event_from_args(args.kind, args.args)
+    with _client(args) as c:
+        return _show_reply(args, c.event(ev))
+
+
+def _status(args) -> int:
+    with _client(args) as c:
+        return _show_reply(args, c.status())
 
 
 def run_geo_bench(args: argparse.Namespace) -> int:
-    raise ValueError("the geo benchmark is not built yet (issue 6)")
+    from .bench import run_bench
+
+    result = run_bench(quick=args.quick, sizes=args.sizes, cpsat_max_jobs=args.cpsat_max_jobs,
+                       time_limit_s=args.time_limit, seed=args.seed, progress=not args.json)
+    if args.json:
+        print(json.dumps(result))
+        return 0
+    from rich.console import Console
+    from rich.table import Table
+
+    t = Table(title="gpusched bench geo (objective: weighted throughput)")
+    cols = ("jobs", "sites", "method", "solve_time_s", "objective", "gap", "max_demand_supply",
+            "cost_per_hour", "makespan_h")
+    for c in cols:
+        t.add_column(c, justify="left" if c == "method" else "right")
+    for case in result["cases"]:
+        t.add_row(*(_fmt(case[c]) for c in cols))
+    con = Console()
+    con.print(t)
+    for k, v in result.items():
+        if k != "cases":
+            con.print(f"{k}: {json.dumps(v)}")
+    return 0
+
+
+def _fmt(v) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, float):
+        return f"{v:,.4g}" if abs(v) < 1000 else f"{v:,.0f}"
+    return str(v)

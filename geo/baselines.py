@@ -1,0 +1,155 @@
+"""The two baselines, and the vectorised site scoring that ``decomposed`` shares with them.
+
+greedy: jobs in input order, each to its cheapest single site with room (else it waits there).
+single-region: everything in the region with the most GPUs, cheapest size first; the rest waits.
+"""
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+
+from .candidates import (Candidate, JobOptions, Model, gpu_sizes, ideal_speed, job_options,
+                         single_site, step_single_s)
+from .spec import Job
+
+log = logging.getLogger("geo.baselines")
+
+class _Fleet:
+    """Per-type vectors over sites: capacity, free GPUs, price; remote-read speeds per dataset."""
+
+    def __init__(self, model: Model, free: dict[tuple[str, str], int] | None = None):
+        self.model = model
+        self.idx = {s: i for i, s in enumerate(model.sites)}
+        types = sorted({t for (_, t) in model.pools})
+        S = len(model.sites)
+        self.cap = {t: np.zeros(S) for t in types}
+        self.price = {t: np.zeros(S) for t in types}
+        for (s, t), (n, p) in model.pools.items():
+            self.cap[t][self.idx[s]] = n
+            self.price[t][self.idx[s]] = p
+        self.free = {t: v.copy() for t, v in self.cap.items()}
+        if free is not None:
+            for (s, t), n in free.items():
+                self.free[t][self.idx[s]] = n
+        self.max_cap = {t: float(v.max()) if len(v) else 0.0 for t, v in self.cap.items()}
+        self._read: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+
+    def read(self, dataset: str) -> tuple[np.ndarray, np.ndarray]:
+        """(best bytes/s, $/GB) to each site from the dataset's nearest replica; inf/0 at one."""
+        if dataset not in self._read:
+            ds = self.model.datasets[dataset]
+            beta = np.full(len(self.idx), np.inf)
+            usd = np.zeros(len(self.idx))
+            for s, i in self.idx.items():
+                if s in ds.replicas:
+                    continue
+                best = max(ds.replicas, key=lambda r: self.model.wan.get(r, s).beta_Bps)
+                ln = self.model.wan.get(best, s)
+                beta[i], usd[i] = ln.beta_Bps, ln.egress_usd_per_gb
+            self._read[dataset] = (beta, usd)
+        return self._read[dataset]
+
+
+def _site_vectors(fleet: _Fleet, job: Job, t: str, n: int):
+    """(iteration s, hours, total $) per site for n GPUs of type t (single-site mode)."""
+    m = fleet.model
+    left = job.iterations - job.done_iterations
+    step = step_single_s(m, job, t, n)
+    if job.dataset is not None and m.datasets[job.dataset].size_gb > 0:
+        beta, usd = fleet.read(job.dataset)
+        gb = m.datasets[job.dataset].size_gb * (1 - job.done_iterations / job.iterations)
+        it = np.maximum(step, gb * 1e9 / max(1, left) / beta)
+        read_usd = np.where(np.isinf(beta), 0.0, gb * usd)
+    else:
+        it = np.full(len(fleet.idx), step)
+        read_usd = 0.0
+    hours = left * it / 3600
+    return it, hours, n * fleet.price[t] * hours + read_usd
+
+
+def _key(objective: str, it, hours, total):
+    return {"throughput": it, "cost": total, "makespan": hours}[objective]
+
+
+def solve_fast(model: Model, objective: str, method: str, *, jobs: list[Job] | None = None,
+               free: dict[tuple[str, str], int] | None = None
+               ) -> tuple[dict[str, JobOptions], dict[str, Candidate], dict[str, Candidate]]:
+    """Returns (options, chosen, queued) as ``build_plan`` takes them."""
+    jobs = list(model.spec.jobs if jobs is None else jobs)
+    fleet = _Fleet(model, free)
+    allowed = np.ones(len(model.sites), bool)
+    region = None
+    if method == "single-region":
+        totals = [sum(model.capacity(s, t) for t in model.types_at[s]) for s in model.sites]
+        region = model.sites[int(np.argmax(totals))]
+        allowed[:] = False
+        allowed[fleet.idx[region]] = True
+    site_obj = "cost"  # both baselines take the cheapest place
+    options: dict[str, JobOptions] = {}
+    placed: dict[str, tuple[int, str, int]] = {}  # job -> (site index, type, n)
+    waits: dict[str, tuple[int, str, int]] = {}
+    multi_waits: dict[str, Candidate] = {}
+    for job in jobs:
+        best = None  # (key, site, type, n, fits)
+        for t in job.gpu_types:
+            if t not in fleet.cap or fleet.max_cap[t] < job.min_gpus or "single-site" not in job.modes:
+                continue
+            n = job.min_gpus
+            it, hours, total = _site_vectors(fleet, job, t, n)
+            ok = allowed & (fleet.cap[t] >= n)
+            if job.deadline_h is not None:
+                ok &= hours <= job.deadline_h
+            if job.budget_usd is not None:
+                ok &= total <= job.budget_usd
+            if not ok.any():
+                continue
+            key = _key(site_obj, it, hours, total).astype(float)
+            fits = ok & (fleet.free[t] >= n)
+            for mask, f in ((fits, True), (ok, False)):
+                if mask.any():
+                    i = int(np.argmin(np.where(mask, key, np.inf)))
+                    cand = (not f, float(key[i]), i, t, n)
+                    if best is None or cand < best:
+                        best = cand
+                    break
+        options[job.name] = JobOptions(job, ref_speed=ideal_speed(model, job))
+        if best is not None:
+            waiting, _, i, t, n = best
+            (waits if waiting else placed)[job.name] = (i, t, n)
+            if not waiting:
+                fleet.free[t][i] -= n
+            continue
+        o = job_options(model, job, objective)  # the exact reason (rare path)
+        if o.candidates:
+            if method == "single-region":
+                o = JobOptions(job, reason=f"capacity: single-region baseline: {region} cannot "
+                               f"host job {job.name!r}")
+            else:
+                single = [c for c in o.candidates if len(c.alloc) == 1] or o.candidates
+                multi_waits[job.name] = max(single, key=lambda c: c.score)
+        options[job.name] = o if not o.candidates else options[job.name]
+        options[job.name].reason = o.reason
+    chosen = {}
+    for name, (i, t, n) in placed.items():
+        chosen[name] = single_site(model, options[name].job, model.sites[i], t, n)
+    queued = {name: single_site(model, options[name].job, model.sites[i], t, n)
+              for name, (i, t, n) in waits.items()}
+    queued.update(multi_waits)
+    for name, c in {**chosen, **queued}.items():
+        options[name].candidates = [c]
+    log.info("geo: %s placed %d, waiting %d, unplaced %d", method, len(chosen), len(queued),
+             len(options) - len(chosen) - len(queued))
+    return options, chosen, queued
+
+
+def _multi_site(model: Model, fleet: _Fleet, job: Job, objective: str) -> Candidate | None:
+    free = {(s, t): int(fleet.free[t][i]) for t in fleet.free for s, i in fleet.idx.items()}
+    o = job_options(model, job, objective, capacity=free, max_candidates=1000)
+    fits = [c for c in o.candidates if len(c.alloc) > 1]
+    if not fits:
+        return None
+    c = max(fits, key=lambda c: c.score)
+    for s, n in c.alloc:
+        fleet.free[c.gpu_type][fleet.idx[s]] -= n
+    return c

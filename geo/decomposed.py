@@ -1,0 +1,294 @@
+"""``decomposed``: the MAST-style fast method for large instances (10,000 jobs x 50 sites).
+
+Three steps (MAST's scope decoupling with demand/supply balancing by prices):
+  1. estimate, vectorised: for each job and GPU type, its smallest size that meets the deadline
+     and budget is scored at every site at once (numpy over sites); the best few sites are kept:
+     Cand[j, k] with score S[j,k], GPUs N[j,k] and pool P[j,k] (a site x GPU type).
+  2. global balancing: each pool gets a price lambda[pool] per GPU; every job picks
+     argmax_k S[j,k] - lambda[P[j,k]] * N[j,k] (or nothing if that is <= 0); pools whose demand
+     is above supply get dearer, fast (overload is penalised more than underload: MAST's
+     asymmetric penalties), pools with spare GPUs cheaper, slowly. A few dozen rounds.
+  3. regional packing: jobs in priority order (biggest first) take their best priced candidate
+     that still fits (else the next one); then the GPUs left in each region go to the placed
+     jobs where the next size gains the most objective per GPU (or to the job that finishes
+     last, for makespan).
+Jobs no single site can host fall back to the full candidate search (multi-site modes).
+"""
+from __future__ import annotations
+
+import heapq
+import logging
+
+import numpy as np
+
+from .baselines import _Fleet, _multi_site, _site_vectors
+from .candidates import PLACED, Candidate, JobOptions, Model, gpu_sizes, ideal_speed, job_options, single_site
+from .spec import Job
+
+log = logging.getLogger("geo.decomposed")
+
+ROUNDS = 40
+PRICE_SITES = 8  # sites per (type, size) a job bids for when prices are set
+UP, DOWN = 1.0, 0.5  # asymmetric price steps: overload raises prices faster than underload cuts
+STEP = 0.2  # first step, as a share of the median score per GPU
+
+
+def _job_rows(fleet: _Fleet, job: Job, objective: str, ref: float, pools: np.ndarray,
+              types: list[str], bonus: float, all_sizes: bool = False):
+    """(scores, GPUs, pool ids, site ids, type ids) of one job's single-site candidates: per
+    GPU type, its smallest size that meets the deadline and budget, at every site that can
+    (``all_sizes``: every size, at its best PRICE_SITES sites: for pricing)."""
+    parts = []
+    if "single-site" in job.modes:
+        for ti, t in enumerate(types):
+            if t not in job.gpu_types:
+                continue
+            for n in gpu_sizes(job, int(fleet.max_cap[t])):
+                it, hours, total = _site_vectors(fleet, job, t, n)
+                ok = fleet.cap[t] >= n
+                if job.deadline_h is not None:
+                    ok &= hours <= job.deadline_h
+                if job.budget_usd is not None:
+                    ok &= total <= job.budget_usd
+                idx = np.flatnonzero(ok)
+                if not len(idx):
+                    continue  # too slow or dear at this size: try the next
+                if objective == "throughput":
+                    sc = job.priority * (PLACED + 1 / it[idx] / ref)
+                elif objective == "cost":
+                    sc = job.priority * bonus - total[idx]
+                else:
+                    sc = job.priority * bonus - hours[idx]
+                if all_sizes and len(idx) > PRICE_SITES:
+                    top = np.argsort(-sc)[:PRICE_SITES]
+                    sc, idx = sc[top], idx[top]
+                parts.append((sc, np.full(len(idx), n), pools[ti, idx], idx, np.full(len(idx), ti)))
+                if not all_sizes:
+                    break  # the smallest size that works: step 3 grows jobs into what is left
+    if not parts:
+        return None
+    return tuple(np.concatenate(x) for x in zip(*parts))
+
+
+def solve_decomposed(model: Model, objective: str, *, jobs: list[Job] | None = None,
+                     free: dict[tuple[str, str], int] | None = None
+                     ) -> tuple[dict[str, JobOptions], dict[str, Candidate], dict[str, Candidate]]:
+    jobs = list(model.spec.jobs if jobs is None else jobs)
+    fleet = _Fleet(model, free)
+    types = sorted(fleet.cap)
+    S_ = len(model.sites)
+    pools = np.arange(len(types) * S_).reshape(len(types), S_)  # pool id = type * sites + site
+    cap = np.concatenate([fleet.free[t] for t in types]).astype(float)
+    options: dict[str, JobOptions] = {}
+    data, bids = [], []
+    for job in jobs:
+        ref = ideal_speed(model, job)
+        options[job.name] = JobOptions(job, ref_speed=ref)
+        # cost, makespan: placing a job pays more than anything saved on others
+        b = _bonus(fleet, job, objective) if objective != "throughput" else 0.0
+        data.append(_job_rows(fleet, job, objective, ref, pools, types, b))
+        bids.append(_job_rows(fleet, job, objective, ref, pools, types, b, all_sizes=True))
+    S, N, P = _matrix(data)
+    lam, dual = _prices(*_matrix(bids), cap)
+    # regional packing at the balancing prices and at zero prices: keep the better plan
+    best = None
+    jobs_by_name = {j.name: j for j in jobs}
+    for prices in (lam, 0.5 * lam, np.zeros_like(lam)):
+        placed_k, fr = _round(jobs, data, S - prices[P] * N, fleet, types)
+        trial = _Fleet.__new__(_Fleet)
+        trial.__dict__.update(fleet.__dict__)
+        trial.free = fr
+        placed = {name: v[:3] for name, v in placed_k.items()}
+        _grow(model, trial, objective, placed, jobs_by_name, options)
+        val = _value(trial, objective, placed, jobs_by_name, options)
+        if best is None or val > best[0]:
+            best = (val, placed, fr)
+    _, placed, fleet.free = best
+    waits: dict[str, tuple[int, str, int]] = {}
+    multi: dict[str, Candidate] = {}
+    multi_waits: dict[str, Candidate] = {}
+    for r, job in enumerate(jobs):
+        if job.name in placed:
+            continue
+        d = data[r]
+        if len(job.modes) > 1 or d is None:
+            c = _multi_site(model, fleet, job, objective)
+            if c is not None:
+                multi[job.name] = c
+                continue
+        if d is not None:
+            k = int(np.argmax(d[0]))
+            waits[job.name] = (int(d[3][k]), types[int(d[4][k])], int(d[1][k]))
+            continue
+        o = job_options(model, job, objective)  # the exact reason (rare path)
+        if o.candidates:  # hosts only across sites, and those GPUs are taken: wait
+            multi_waits[job.name] = max(o.candidates, key=lambda c: c.score)
+        options[job.name].reason = o.reason
+    chosen = dict(multi)
+    for name, (i, t, n) in placed.items():
+        chosen[name] = single_site(model, options[name].job, model.sites[i], t, n)
+    queued = {name: single_site(model, options[name].job, model.sites[i], t, n)
+              for name, (i, t, n) in waits.items()}
+    queued.update(multi_waits)
+    for name, c in {**chosen, **queued}.items():
+        options[name].candidates = [c]
+    log.info("geo: decomposed placed %d, waiting %d, unplaced %d, dual bound %.3f",
+             len(chosen), len(queued), len(options) - len(chosen) - len(queued), dual)
+    return options, chosen, queued
+
+
+def _matrix(rows):
+    """Ragged per-job rows -> (S, N, P) matrices padded with -inf scores."""
+    J = len(rows)
+    K = max((len(d[0]) for d in rows if d is not None), default=0) or 1
+    S = np.full((J, K), -np.inf)
+    N = np.zeros((J, K))
+    P = np.zeros((J, K), int)
+    for r, d in enumerate(rows):
+        if d is not None:
+            k = len(d[0])
+            S[r, :k], N[r, :k], P[r, :k] = d[0], d[1], d[2]
+    return S, N, P
+
+
+def _prices(S, N, P, cap) -> tuple[np.ndarray, float]:
+    """Per-pool GPU prices lambda by sub-gradient descent on the Lagrangian dual of the
+    capacity constraints, L(lambda) = sum_j max(0, max_k S - lambda[P] N) + lambda . cap:
+    each round every job bids for its best (site, type, size) at the current prices, and
+    prices move with (demand - supply) / supply, up faster than down (MAST's asymmetric
+    over/under penalties). Returns the prices of the lowest dual value seen, and that value
+    (an upper bound on the relaxed objective)."""
+    J = S.shape[0]
+    lam = np.zeros(len(cap))
+    if J == 0:
+        return lam, 0.0
+    finite = np.isfinite(S)
+    base = float(np.median((S / np.maximum(N, 1))[finite])) if finite.any() else 1.0
+    rows = np.arange(J)
+    best_lam, best_dual = lam.copy(), np.inf
+    for k in range(ROUNDS):
+        adj = S - lam[P] * N
+        pick = np.argmax(adj, axis=1)
+        gain = adj[rows, pick]
+        take = gain > 0
+        dual = float(gain[take].sum() + lam @ cap)
+        if dual < best_dual:
+            best_lam, best_dual = lam.copy(), dual
+        demand = np.bincount(P[rows, pick][take], weights=N[rows, pick][take],
+                             minlength=len(cap))
+        excess = (demand - cap) / np.maximum(cap, 1)
+        step = STEP * base / np.sqrt(k + 1)
+        lam = np.maximum(0.0, lam + step * np.where(excess > 0, UP * excess, DOWN * excess))
+    return best_lam, best_dual
+
+
+def _value(fleet: _Fleet, objective: str, placed: dict, jobs: dict[str, Job],
+           options: dict[str, JobOptions]) -> float:
+    """The objective of the jobs placed (higher is better) as build_plan will count it."""
+    total, worst = 0.0, 0.0
+    for name, (i, t, n) in placed.items():
+        job = jobs[name]
+        it, h, usd = (float(v[i]) for v in _site_vectors(fleet, job, t, n))
+        if objective == "throughput":
+            total += job.priority * (PLACED + 1 / it / options[name].ref_speed)
+        elif objective == "cost":
+            total += job.priority * _bonus(fleet, job, objective) - usd
+        else:
+            worst = max(worst, h)
+    return total if objective != "makespan" else len(placed) * 1e9 - worst
+
+
+def _bonus(fleet: _Fleet, job: Job, objective: str) -> float:
+    """Larger than any candidate's $ or hours: placing the job pays more than anything saved."""
+    worst = 0.0
+    for t in job.gpu_types:
+        if t in fleet.cap:
+            it, hours, total = _site_vectors(fleet, job, t, job.max_gpus)
+            it2, hours2, total2 = _site_vectors(fleet, job, t, job.min_gpus)
+            v = (total, total2) if objective == "cost" else (hours, hours2)
+            worst = max(worst, float(np.max(v[0])), float(np.max(v[1])))
+    return 2 * worst + 1.0
+
+
+def _round(jobs, data, adj, fleet: _Fleet, types):
+    """Jobs in priority order (biggest first) take their best candidate by ``adj`` that fits."""
+    free = {t: v.copy() for t, v in fleet.free.items()}
+    placed = {}
+    order = sorted(range(len(jobs)), key=lambda r: (-jobs[r].priority, -jobs[r].min_gpus))
+    for r in order:
+        d = data[r]
+        if d is None:
+            continue
+        m = len(d[0])
+        for k in np.argsort(-adj[r, :m]):
+            i, t, n = int(d[3][k]), types[int(d[4][k])], int(d[1][k])
+            if free[t][i] >= n:
+                free[t][i] -= n
+                placed[jobs[r].name] = (i, t, n, int(k))
+                break
+    return placed, free
+
+
+def _grow(model: Model, fleet: _Fleet, objective: str, placed: dict, jobs: dict[str, Job],
+          options: dict[str, JobOptions]) -> None:
+    """Regional packing: hand the GPUs left over to the placed jobs where they gain the most
+    objective per extra GPU (a job may move to another site to grow); for makespan, grow the
+    job that finishes last until it cannot. Cost never grows a job."""
+    if objective == "cost":
+        return
+    heap: list = []
+
+    def value(job, it):
+        return job.priority / it / options[job.name].ref_speed
+
+    def push(name):
+        i, t, n = placed[name]
+        job = jobs[name]
+        it0, h0, _ = (float(v[i]) for v in _site_vectors(fleet, job, t, n))
+        best = None  # (gain per GPU, site, type, n2)
+        for t2 in job.gpu_types:
+            if t2 not in fleet.cap:
+                continue
+            room = fleet.free[t2] + (n if t2 == t else 0) * (np.arange(len(fleet.free[t2])) == i)
+            nxt = [m for m in gpu_sizes(job, int(fleet.max_cap[t2])) if m > n]
+            if not nxt:
+                continue
+            n2 = nxt[0]
+            it, h, tot = _site_vectors(fleet, job, t2, n2)
+            ok = room >= n2
+            if job.deadline_h is not None:
+                ok &= h <= job.deadline_h
+            if job.budget_usd is not None:
+                ok &= tot <= job.budget_usd
+            if not ok.any():
+                continue
+            key = np.where(ok, it, np.inf)
+            k = int(np.argmin(key))
+            gain = (value(job, float(it[k])) - value(job, it0)) / (n2 - n) \
+                if objective == "throughput" else h0 - float(h[k])
+            if gain > 0 and (best is None or gain > best[0]):
+                best = (gain, k, t2, n2)
+        if best is not None:
+            gain, k, t2, n2 = best
+            prio = -gain if objective == "throughput" else -h0
+            heapq.heappush(heap, (prio, name, (i, t, n), (k, t2, n2)))
+        elif objective == "makespan":
+            stuck.append((h0, name))
+
+    stuck: list = []
+    for name in placed:
+        push(name)
+    while heap:
+        _, name, was, (k, t2, n2) = heapq.heappop(heap)
+        if placed[name] != was:
+            continue  # stale entry
+        i, t, n = was
+        fleet.free[t][i] += n
+        if fleet.free[t2][k] >= n2:
+            fleet.free[t2][k] -= n2
+            placed[name] = (k, t2, n2)
+        else:  # others took those GPUs meanwhile: look again
+            fleet.free[t][i] -= n
+        if objective == "makespan" and heap and stuck and max(stuck)[0] >= -heap[0][0]:
+            break  # a job that cannot grow finishes last: the makespan is fixed
+        push(name)

@@ -1,0 +1,152 @@
+"""Report: the plan every method returns, in the JSON schema of issue 6, and the one evaluation
+(list scheduling of what waits, demand/supply per site, cost, makespan, objective value) that
+all methods share so their numbers compare.
+"""
+from __future__ import annotations
+
+import heapq
+from typing import Optional
+
+import msgspec
+
+from .candidates import PLACED, Candidate, JobOptions, Model
+
+
+class JobPlan(msgspec.Struct, omit_defaults=False):
+    name: str
+    mode: str  # a mode, or "unplaced" when no plan can host it
+    sites: dict[str, int]
+    iteration_s: Optional[float]
+    cost_per_hour: float
+    finish_h: Optional[float]
+    gpu_type: str = ""
+    start_h: float = 0.0  # > 0: waits for GPUs held by others (demand above supply)
+    moved: bool = False
+    reason: str = ""
+
+
+class SitePlan(msgspec.Struct, omit_defaults=False):
+    name: str
+    gpus_used: int
+    gpus_total: int
+    demand_supply_ratio: float
+
+
+class Infeasible(msgspec.Struct):
+    job: str
+    constraint: str  # capacity | deadline | budget
+    reason: str
+
+
+class Plan(msgspec.Struct, omit_defaults=False):
+    status: str  # optimal | feasible | infeasible (a job no plan can host) | unknown
+    objective: str
+    solve_time_s: float
+    jobs: list[JobPlan]
+    sites: list[SitePlan]
+    solver: str = ""
+    objective_value: float = 0.0
+    gap: Optional[float] = None  # relative, CP-SAT's own bound (cpsat) or vs CP-SAT (bench)
+    cost_per_hour: float = 0.0
+    makespan_h: float = 0.0
+    max_demand_supply: float = 0.0
+    infeasible: list[Infeasible] = []
+
+    def job(self, name: str) -> JobPlan:
+        return next(j for j in self.jobs if j.name == name)
+
+    def to_json(self) -> bytes:
+        return msgspec.json.encode(self)
+
+
+def objective_value(objective: str, started: list[tuple[Candidate, JobOptions]],
+                    makespan_h: float) -> float:
+    """throughput: sum over jobs running now of priority * (1 + speed / ideal speed);
+    cost: $ of what runs now, over its remaining run (GPU-hours and egress); makespan: hours until the last job finishes."""
+    if objective == "throughput":
+        return sum(o.job.priority * (PLACED + c.speed / o.ref_speed) for c, o in started)
+    if objective == "cost":
+        return sum(c.total_usd for c, _ in started)
+    return makespan_h
+
+
+def _list_schedule(cap: int, items: list[tuple[int, float, str]], busy: list[tuple[float, int]]
+                   ) -> dict[str, float]:
+    """Start times of waiting jobs (gpus, hours, name) in order on a pool of ``cap`` GPUs whose
+    running jobs free (end_h, gpus) later: a job starts when enough GPUs are free."""
+    heap = list(busy)
+    heapq.heapify(heap)
+    free = cap - sum(g for _, g in busy)
+    t = 0.0
+    starts = {}
+    for gpus, hours, name in items:
+        if gpus > cap:
+            continue  # can never start here
+        while free < gpus and heap:
+            end, g = heapq.heappop(heap)
+            t = max(t, end)
+            free += g
+        starts[name] = t
+        free -= gpus
+        heapq.heappush(heap, (t + hours, gpus))
+    return starts
+
+
+def build_plan(model: Model, options: dict[str, JobOptions], chosen: dict[str, Candidate],
+               queued: dict[str, Candidate], *, objective: str, solver: str, status: str,
+               solve_time_s: float, moved_reason: dict[str, str] | None = None) -> Plan:
+    """``chosen``: jobs that start now (within capacity); ``queued``: jobs that wait at a
+    candidate's place behind them (demand above supply). Jobs in neither are unplaced."""
+    jobs: list[JobPlan] = []
+    infeasible = [Infeasible(o.job.name, o.reason.split(":", 1)[0], o.reason)
+                  for o in options.values() if not o.candidates]
+    demand: dict[tuple[str, str], int] = {}
+    busy: dict[tuple[str, str], list[tuple[float, int]]] = {}
+    for c in chosen.values():
+        for s, n in c.alloc:
+            demand[(s, c.gpu_type)] = demand.get((s, c.gpu_type), 0) + n
+            busy.setdefault((s, c.gpu_type), []).append((c.finish_h, n))
+    waiting: dict[tuple[str, str], list[tuple[int, float, str]]] = {}
+    for name, c in queued.items():
+        for s, n in c.alloc:
+            demand[(s, c.gpu_type)] = demand.get((s, c.gpu_type), 0) + n
+            waiting.setdefault((s, c.gpu_type), []).append((n, c.finish_h, name))
+    starts: dict[str, float] = {}
+    never: set[str] = set()
+    for key, items in waiting.items():
+        got = _list_schedule(model.capacity(*key), items, busy.get(key, []))
+        never.update(name for _, _, name in items if name not in got)
+        for name, t in got.items():  # a job waiting on several sites starts when all have room
+            starts[name] = max(starts.get(name, 0.0), t)
+    for name in never:
+        starts.pop(name, None)
+    makespan = 0.0
+    started = []
+    for name, o in options.items():
+        c = chosen.get(name) or queued.get(name)
+        if c is None or (name in queued and name not in starts):
+            why = o.reason or "capacity: waiting for GPUs (no candidate fits the free capacity)"
+            jobs.append(JobPlan(name, "unplaced", {}, None, 0.0, None, reason=why))
+            continue
+        start = starts.get(name, 0.0) if name in queued else 0.0
+        if name in chosen:
+            started.append((c, o))
+        fin = start + c.finish_h
+        makespan = max(makespan, fin)
+        jobs.append(JobPlan(name, c.mode, c.sites, c.iteration_s, c.cost_per_hour, fin,
+                            c.gpu_type, start, c.moved, (moved_reason or {}).get(name, "")))
+    sites = []
+    max_ds = 0.0
+    for s in model.sites:
+        total = sum(model.capacity(s, t) for t in model.types_at[s])
+        want = sum(v for (site, _), v in demand.items() if site == s)
+        used = sum(min(v, model.capacity(site, t)) for (site, t), v in demand.items() if site == s)
+        ratio = want / total if total else (0.0 if want == 0 else float("inf"))
+        max_ds = max(max_ds, ratio)
+        sites.append(SitePlan(s, used, total, round(ratio, 4)))
+    cost_h = sum(c.cost_per_hour for c, _ in started)
+    return Plan(status="infeasible" if infeasible else status, objective=objective,
+                solve_time_s=solve_time_s, jobs=jobs, sites=sites, solver=solver,
+                objective_value=objective_value(objective, started, makespan),
+                cost_per_hour=cost_h, makespan_h=makespan, max_demand_supply=max_ds,
+                infeasible=infeasible)

@@ -1,0 +1,184 @@
+"""The planner: estimate (candidates) -> solve (CP-SAT, or a fast method) -> report (Plan).
+
+``plan(spec, objective, solver)`` is the entry point; ``solve_cpsat`` holds the formulation.
+"""
+from __future__ import annotations
+
+import logging
+import time
+
+from .candidates import Candidate, JobOptions, Model, job_options, score
+from .plan import Plan, build_plan
+from .spec import Spec
+
+log = logging.getLogger("geo.planner")
+
+OBJECTIVES = ("throughput", "cost", "makespan")
+SOLVERS = ("cpsat", "decomposed", "greedy", "single-region")
+SCALE = 1000  # throughput weights and hours are scaled to integers (1e-3 resolution)
+
+
+def estimate(model: Model, objective: str, *, multi_site_modes: bool = True,
+             max_candidates: int | None = None) -> dict[str, JobOptions]:
+    """Candidates per job, already filtered by deadline and budget and pruned."""
+    return {j.name: job_options(model, j, objective, max_candidates=max_candidates,
+                                multi_site_modes=multi_site_modes) for j in model.spec.jobs}
+
+
+def queue_rest(options: dict[str, JobOptions], chosen: dict[str, Candidate]) -> dict[str, Candidate]:
+    """Jobs that have candidates but no GPUs now wait at their best single-site candidate."""
+    queued = {}
+    for name, o in options.items():
+        if name in chosen or not o.candidates:
+            continue
+        single = [c for c in o.candidates if len(c.alloc) == 1]
+        queued[name] = max(single or o.candidates, key=lambda c: c.score)
+    return queued
+
+
+def warm_start(model: Model, options: dict[str, JobOptions], objective: str
+               ) -> dict[str, Candidate]:
+    """The decomposed plan, added to the candidates and given to CP-SAT as its hint: pruning
+    cannot make CP-SAT worse than the fast method, and it starts from a good solution."""
+    from .decomposed import solve_decomposed
+
+    _, chosen, _ = solve_decomposed(model, objective)
+    hint = {}
+    for name, c in chosen.items():
+        o = options.get(name)
+        if o is None or not o.candidates:
+            continue
+        c.score = score(c, objective, o.ref_speed, o.job.priority)
+        same = next((cc for cc in o.candidates if (cc.mode, cc.gpu_type, cc.alloc) ==
+                     (c.mode, c.gpu_type, c.alloc)), None)
+        if same is None:
+            o.candidates.append(c)
+            same = c
+        hint[name] = same
+    return hint
+
+
+def solve_cpsat(model: Model, options: dict[str, JobOptions], objective: str, *,
+                time_limit_s: float | None = None, workers: int | None = None,
+                hint: dict[str, Candidate] | None = None
+                ) -> tuple[dict[str, Candidate], str, float, float]:
+    """Choose at most one candidate per job with OR-Tools CP-SAT.
+
+    Symbols (as in the code):
+      J          jobs; C_j the candidates of job j (from ``estimate``), each c with
+                 n[c,s,g] GPUs of type g at site s, cost per hour h_c, finish f_c (hours),
+                 speed v_c; p_j priority; v*_j the job's ideal speed
+      x[j,c]     1 if job j runs candidate c now (boolean)
+      cap[s,g]   GPUs of type g at site s; B the spec's budget_usd_per_hour (optional)
+    Constraints:
+      one-of      sum_c x[j,c] <= 1                       (0: the job waits / is unplaced)
+      capacity    sum_{j,c} n[c,s,g] * x[j,c] <= cap[s,g]  for every site s and type g
+      budget      sum_{j,c} h_c * x[j,c] <= B
+      deadline, per-job budget, data locality: in the candidates (a candidate that misses the
+                  deadline or budget is never built; remote data reads slow it and cost egress)
+    Objective (maximised; integers, SCALE = 1000):
+      throughput  sum p_j * (1 + v_c / v*_j) * x[j,c]   (a running job counts p_j, plus its
+                  speed normalised by its ideal: placing jobs comes before speeding them up)
+      cost        sum (P_j - $_c) * x[j,c],  P_j = p_j * (1 + sum of every candidate's $)
+                  so that placing a job always beats saving money on others
+      makespan    sum P_j * x[j,c] - M,  M >= f_c * x[j,c];  P_j = p_j * (1 + max f)
+    Returns (chosen candidates, status, objective bound gap, wall seconds).
+    """
+    from ortools.sat.python import cp_model
+
+    spec = model.spec
+    m = cp_model.CpModel()
+    x: dict[tuple[str, int], object] = {}
+    use: dict[tuple[str, str], list] = {}
+    terms = []
+    budget_terms = []
+    cands = {name: o.candidates for name, o in options.items() if o.candidates}
+    total_usd = sum(c.total_usd for cs in cands.values() for c in cs) + 1
+    max_f = max((c.finish_h for cs in cands.values() for c in cs), default=0.0) + 1
+    M = None
+    if objective == "makespan":
+        M = m.NewIntVar(0, int(max_f * SCALE) + 1, "makespan")
+    for name, cs in cands.items():
+        o = options[name]
+        p = o.job.priority
+        row = []
+        for i, c in enumerate(cs):
+            v = m.NewBoolVar(f"x[{name},{i}]")
+            x[(name, i)] = v
+            row.append(v)
+            for s, n in c.alloc:
+                use.setdefault((s, c.gpu_type), []).append((n, v))
+            if objective == "throughput":
+                w = round(c.score * SCALE)  # p * (1 + v_c / v*_j) (+ stay-put tie-break)
+            elif objective == "cost":
+                w = round(p * total_usd) - round(c.total_usd)
+            else:
+                w = round(p * max_f * SCALE)
+                m.Add(M >= round(c.finish_h * SCALE) * v)
+            terms.append((w, v))
+            budget_terms.append((round(c.cost_per_hour * 100), v))
+        m.AddAtMostOne(row)
+    for (s, g), items in use.items():
+        cap = model.capacity(s, g)
+        if sum(n for n, _ in items) > cap:
+            m.Add(sum(n * v for n, v in items) <= cap)
+    if spec.planner.budget_usd_per_hour is not None:
+        m.Add(sum(w * v for w, v in budget_terms) <= round(spec.planner.budget_usd_per_hour * 100))
+    obj = sum(w * v for w, v in terms)
+    if M is not None:
+        obj = obj - M
+    m.Maximize(obj)
+    for name, c in (hint or {}).items():
+        for i, cc in enumerate(cands.get(name, [])):
+            if cc is c:
+                m.AddHint(x[(name, i)], 1)
+    solver = cp_model.CpSolver()
+    solver.parameters.max_time_in_seconds = time_limit_s or spec.planner.time_limit_s
+    solver.parameters.num_workers = workers or spec.planner.workers
+    solver.parameters.random_seed = 1  # reproducible plans
+    t0 = time.perf_counter()
+    st = solver.Solve(m)
+    wall = time.perf_counter() - t0
+    if st not in (cp_model.OPTIMAL, cp_model.FEASIBLE):
+        # Every x = 0 satisfies the model; no answer means the time limit hit before any.
+        log.warning("geo: CP-SAT found no solution (%s) in %.1fs", solver.StatusName(st), wall)
+        return {}, "unknown", float("nan"), wall
+    chosen = {}
+    for (name, i), v in x.items():
+        if solver.BooleanValue(v):
+            chosen[name] = cands[name][i]
+    val, bound = solver.ObjectiveValue(), solver.BestObjectiveBound()
+    gap = abs(bound - val) / max(abs(val), 1e-9) if val else (0.0 if bound == val else 1.0)
+    status = "optimal" if st == cp_model.OPTIMAL else "feasible"
+    log.info("geo: cpsat %s jobs=%d vars=%d obj=%.1f bound=%.1f %.2fs", status, len(cands),
+             len(x), val, bound, wall)
+    return chosen, status, gap, wall
+
+
+def plan(spec: Spec, objective: str | None = None, solver: str = "cpsat", *,
+         model: Model | None = None, time_limit_s: float | None = None) -> Plan:
+    """Estimate, solve and report one spec."""
+    objective = objective or spec.planner.objective
+    if objective not in OBJECTIVES:
+        raise ValueError(f"unknown objective {objective!r}: use one of {', '.join(OBJECTIVES)}")
+    if solver not in SOLVERS:
+        raise ValueError(f"unknown solver {solver!r}: use one of {', '.join(SOLVERS)}")
+    model = model or Model(spec)
+    t0 = time.perf_counter()
+    if solver == "cpsat":
+        options = estimate(model, objective)
+        hint = warm_start(model, options, objective)
+        chosen, status, gap, _ = solve_cpsat(model, options, objective, time_limit_s=time_limit_s,
+                                             hint=hint)
+        p = build_plan(model, options, chosen, queue_rest(options, chosen), objective=objective,
+                       solver=solver, status=status, solve_time_s=time.perf_counter() - t0)
+        p.gap = None if gap != gap else round(gap, 6)
+        return p
+    if solver == "decomposed":
+        from .decomposed import solve_decomposed
+        options, chosen, queued = solve_decomposed(model, objective)
+    else:
+        from .baselines import solve_fast
+        options, chosen, queued = solve_fast(model, objective, solver)
+    return build_plan(model, options, chosen, queued, objective=objective, solver=solver,
+                      status="feasible", solve_time_s=time.perf_counter() - t0)

@@ -1,0 +1,155 @@
+"""Geo planner: CP-SAT respects capacity, infeasible specs name the constraint, decomposed is
+close to CP-SAT, the baselines run, and ``gpusched geo plan`` works end to end."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from geo.candidates import Model
+from geo.instances import make_instance
+from geo.planner import plan
+from geo.spec import parse_spec
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+EXAMPLE = os.path.join(ROOT, "examples", "geo", "spec.yaml")
+
+TWO_SITES = """\
+sites:
+  - name: a
+    gpus: [{type: H100, count: 16, usd_per_hour: 2.0}]
+  - name: b
+    gpus: [{type: H100, count: 16, usd_per_hour: 3.0}]
+links:
+  - {src: a, dst: b, rtt_ms: 10, gbps: 100, egress_usd_per_gb: 0.02}
+jobs:
+"""
+
+
+def job(name, *, min_gpus=8, max_gpus=16, modes="[single-site]", extra=""):
+    return (f"  - {{name: {name}, params: 1.0e+9, tokens_per_iter: 1.0e+6, iterations: 1000, "
+            f"gpu_types: [H100], min_gpus: {min_gpus}, max_gpus: {max_gpus}, modes: {modes}"
+            f"{extra}}}\n")
+
+
+def used(p):
+    out = {}
+    for j in p.jobs:
+        if j.sites and j.start_h == 0:
+            for s, n in j.sites.items():
+                out[(s, j.gpu_type)] = out.get((s, j.gpu_type), 0) + n
+    return out
+
+
+@pytest.mark.parametrize("objective", ["throughput", "cost", "makespan"])
+def test_cpsat_respects_capacity(objective):
+    spec = make_instance(30, 6, seed=3)
+    p = plan(spec, objective, "cpsat", time_limit_s=10)
+    assert p.status in ("optimal", "feasible")
+    m = Model(spec)
+    for (s, t), n in used(p).items():
+        assert n <= m.capacity(s, t), (s, t, n)
+    assert sum(1 for j in p.jobs if j.sites) == 30
+
+
+@pytest.mark.parametrize("seed", [2, 3])
+def test_decomposed_close_to_cpsat(seed):
+    spec = make_instance(20 + 10 * seed, 5 + seed, seed=seed)
+    exact = plan(spec, "throughput", "cpsat", time_limit_s=20)
+    fast = plan(spec, "throughput", "decomposed")
+    assert exact.status == "optimal"
+    assert fast.objective_value >= exact.objective_value * 0.96
+    assert fast.objective_value <= exact.objective_value * 1.0001  # CP-SAT is the optimum
+    m = Model(spec)
+    for (s, t), n in used(fast).items():
+        assert n <= m.capacity(s, t)
+    assert fast.max_demand_supply <= 1.0  # supply allows every job: none waits
+
+
+def test_baselines_run_and_are_worse_than_decomposed():
+    spec = make_instance(60, 8, seed=6)
+    fast = plan(spec, "throughput", "decomposed")
+    greedy = plan(spec, "throughput", "greedy")
+    single = plan(spec, "throughput", "single-region")
+    assert greedy.objective_value < fast.objective_value
+    assert single.objective_value < greedy.objective_value
+    assert single.max_demand_supply > 1.0  # everything wants one region
+
+
+def test_job_no_site_can_host_is_reported_with_capacity():
+    spec = parse_spec(TWO_SITES + job("ok") + job("huge", min_gpus=64, max_gpus=64))
+    p = plan(spec, solver="cpsat")
+    assert p.status == "infeasible"
+    [bad] = p.infeasible
+    assert bad.job == "huge" and bad.constraint == "capacity"
+    assert "no site can host job 'huge'" in bad.reason and "64" in bad.reason
+    assert p.job("ok").sites  # the rest is still planned
+    assert p.job("huge").mode == "unplaced"
+
+
+def test_deadline_no_plan_meets_is_reported_with_deadline():
+    spec = parse_spec(TWO_SITES + job("late", extra=", deadline_h: 0.001"))
+    p = plan(spec, solver="decomposed")
+    [bad] = p.infeasible
+    assert bad.constraint == "deadline" and "deadline_h 0.001" in bad.reason
+    assert "finishes in" in bad.reason
+
+
+def test_budget_per_hour_is_a_constraint():
+    text = TWO_SITES.replace("sites:", "planner: {budget_usd_per_hour: 40}\nsites:")
+    spec = parse_spec(text + job("x") + job("y"))
+    p = plan(spec, solver="cpsat")
+    assert p.cost_per_hour <= 40
+    assert sum(1 for j in p.jobs if j.sites and j.start_h == 0) >= 1
+
+
+def test_job_bigger_than_any_site_spans_sites():
+    spec = parse_spec(TWO_SITES + job("wide", min_gpus=32, max_gpus=32,
+                                      modes="[single-site, data-parallel, local-sgd]"))
+    p = plan(spec, solver="cpsat")
+    j = p.job("wide")
+    assert j.mode in ("data-parallel", "local-sgd") and j.sites == {"a": 16, "b": 16}
+
+
+def test_plan_json_schema():
+    p = plan(parse_spec(TWO_SITES + job("x")), solver="cpsat")
+    d = json.loads(p.to_json())
+    assert {"status", "objective", "solve_time_s", "jobs", "sites"} <= set(d)
+    assert {"name", "mode", "sites", "iteration_s", "cost_per_hour", "finish_h"} <= set(d["jobs"][0])
+    assert {"name", "gpus_used", "gpus_total", "demand_supply_ratio"} <= set(d["sites"][0])
+
+
+def gpusched(*args, cwd=ROOT):
+    return subprocess.run([sys.executable, "-m", "gpusched.cli", *args], capture_output=True,
+                          text=True, timeout=120, cwd=cwd)
+
+
+def test_cli_plan_example_prints_and_writes_png(tmp_path):
+    r = gpusched("geo", "plan", EXAMPLE, "--out", str(tmp_path), "--json")
+    assert r.returncode == 0, r.stderr
+    d = json.loads(r.stdout)
+    assert d["status"] == "optimal" and len(d["jobs"]) == 7
+    png = tmp_path / "spec-plan.png"
+    assert png.exists() and png.read_bytes()[:4] == b"\x89PNG"
+    r = gpusched("geo", "plan", EXAMPLE, "--out", str(tmp_path), "--solver", "decomposed")
+    assert r.returncode == 0 and "llm-7b" in r.stdout
+
+
+def test_cli_bad_yaml_exits_2_with_line(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(TWO_SITES + job("x").replace("min_gpus: 8", "min_gpus: lots"))
+    r = gpusched("geo", "plan", str(bad), "--out", str(tmp_path))
+    assert r.returncode == 2
+    assert f"{bad}:9: jobs[0].min_gpus" in r.stderr and "Traceback" not in r.stderr
+    bad.write_text("sites: [\n")
+    r = gpusched("geo", "plan", str(bad), "--out", str(tmp_path))
+    assert r.returncode == 2 and "malformed YAML" in r.stderr and f"{bad}:2" in r.stderr
+
+
+def test_cli_infeasible_spec_exits_2_naming_the_constraint(tmp_path):
+    spec = tmp_path / "inf.yaml"
+    spec.write_text(TWO_SITES + job("huge", min_gpus=64, max_gpus=64))
+    r = gpusched("geo", "plan", str(spec), "--out", str(tmp_path))
+    assert r.returncode == 2
+    assert "infeasible: capacity: no site can host job 'huge'" in r.stderr
