@@ -1,0 +1,156 @@
+"""The baselines ``gpusched bench usher`` compares against, on the same input.
+
+- ``one-per-gpu``: every replica alone on a GPU (no interference, so slowdown budget 1).
+- ``mem-packing``: the same replicas first-fit-decreasing by memory footprint only: blind to
+  interference and to busy time (expected to miss SLOs when replayed).
+- ``gslice``: GSLICE-like even spatial partitioning: a GPU is cut into ``p`` equal slices, a
+  replica owns one slice and runs ``max(1, occupancy * p)`` times slower when it needs more SMs
+  than its slice; ``p`` is chosen per plan (the one that needs the fewest GPUs).
+- ``gpulet``: gpulet-like: at most two replicas per GPU (two gpulets), each pair admitted by the
+  linear pairwise interference model with the partner always busy, greedy by rate.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+
+from .estimate import Config, model_profile
+from .fit import GpuState, Replica
+from .heuristic import cheapest_type, infeasible, size_replicas
+from .knobs import DEFAULT, Knobs
+from .plan import Plan
+from .pool import GpuType
+from .spec import ModelSpec
+
+
+def _replicas(models, table, pool, alpha: float) -> list[Replica]:
+    out = []
+    for ms, cfgs in zip(models, table):
+        ks = [k for k in cheapest_type(ms, cfgs, pool) if k.alpha == alpha]
+        reps = size_replicas(ms, ks)
+        if not reps:
+            raise infeasible(models, table, pool)
+        out.extend(reps)
+    return out
+
+
+def _alone(knobs: Knobs) -> Knobs:
+    return dataclasses.replace(knobs, alphas=(1.0,) + knobs.alphas)
+
+
+def one_per_gpu(models, table_alone, pool, knobs: Knobs = DEFAULT) -> Plan:
+    t0 = time.perf_counter()
+    gpus, counts = [], {t.name: 0 for t in pool}
+    by = {t.name: t for t in pool}
+    for r in _replicas(models, table_alone, pool, 1.0):
+        counts[r.cfg.gpu] += 1
+        if counts[r.cfg.gpu] > by[r.cfg.gpu].count:
+            raise infeasible(models, table_alone, pool)
+        g = GpuState(by[r.cfg.gpu], knobs)
+        g.add(r)
+        gpus.append(g)
+    return Plan("one-per-gpu", gpus, time.perf_counter() - t0)
+
+
+def mem_packing(models, table_alone, pool, knobs: Knobs = DEFAULT) -> Plan:
+    t0 = time.perf_counter()
+    by = {t.name: t for t in pool}
+    gpus: list[GpuState] = []
+    for r in sorted(_replicas(models, table_alone, pool, 1.0), key=lambda r: -r.cfg.footprint_mb):
+        cap = by[r.cfg.gpu].memory_mb * knobs.mem_frac
+        g = next((g for g in gpus if g.type.name == r.cfg.gpu
+                  and g.F + r.cfg.footprint_mb <= cap), None)
+        if g is None:
+            if sum(1 for x in gpus if x.type.name == r.cfg.gpu) >= by[r.cfg.gpu].count:
+                raise infeasible(models, table_alone, pool)
+            g = GpuState(by[r.cfg.gpu], knobs)
+            gpus.append(g)
+        g.add(r)
+    return Plan("mem-packing", gpus, time.perf_counter() - t0)
+
+
+def _sliced(k: Config, p: int, models, knobs: Knobs) -> Config | None:
+    """Configuration ``k`` on a 1/p slice: slower when the model needs more than 1/p of the SMs."""
+    ms = models[k.model]
+    occ = model_profile(ms.model, k.batch, k.gpu).occupancy
+    lat = k.latency_ms * max(1.0, occ * p)
+    T = ms.slo_ms - knobs.queue_factor * lat
+    if T <= 0:
+        return None
+    lam_min = (k.batch - 1) / (T / 1000.0) if k.batch > 1 else 0.0
+    lam_max = knobs.rho_max * k.batch / (lat / 1000.0)
+    if lam_min > lam_max:
+        return None
+    return dataclasses.replace(k, latency_ms=lat, timeout_ms=T, rate_min=lam_min,
+                               rate_max=lam_max)
+
+
+def gslice(models, table_alone, pool, knobs: Knobs = DEFAULT) -> Plan:
+    t0 = time.perf_counter()
+    best = None
+    for p in range(1, 9):
+        slots: dict[str, int] = {}
+        reps: list[Replica] = []
+        ok = True
+        for ms, cfgs in zip(models, table_alone):
+            ks = [s for k in cheapest_type(ms, cfgs, pool) if k.alpha == 1.0
+                  for s in [_sliced(k, p, models, knobs)] if s is not None]
+            r = size_replicas(ms, ks)
+            if not r:
+                ok = False
+                break
+            reps.extend(r)
+        if not ok:
+            continue
+        for r in reps:
+            slots[r.cfg.gpu] = slots.get(r.cfg.gpu, 0) + 1
+        n = sum(math.ceil(v / p) for v in slots.values())
+        if best is None or n < best[0]:
+            best = (n, p, reps)
+    if best is None:
+        raise infeasible(models, table_alone, pool)
+    _, p, reps = best
+    by = {t.name: t for t in pool}
+    gpus: list[GpuState] = []
+    for r in reps:  # each GPU holds p slices
+        g = next((g for g in gpus if g.type.name == r.cfg.gpu and len(g.replicas) < p
+                  and g.F + r.cfg.footprint_mb <= g.type.memory_mb * knobs.mem_frac), None)
+        if g is None:
+            if sum(1 for x in gpus if x.type.name == r.cfg.gpu) >= by[r.cfg.gpu].count:
+                raise infeasible(models, table_alone, pool)
+            g = GpuState(by[r.cfg.gpu], knobs)
+            gpus.append(g)
+        g.add(r)
+    return Plan("gslice", gpus, time.perf_counter() - t0, notes={"slices_per_gpu": p})
+
+
+def gpulet(models, table, pool, knobs: Knobs = DEFAULT, alpha: float = 1.5) -> Plan:
+    t0 = time.perf_counter()
+    # gpulet's model: a partner is always busy (no tail weighting by its busy time)
+    pair = dataclasses.replace(knobs, kappa=1.0)
+    by = {t.name: t for t in pool}
+    gpus: list[GpuState] = []
+    for r in sorted(_replicas(models, table, pool, alpha), key=lambda r: -r.rate):
+        g = next((g for g in gpus if g.type.name == r.cfg.gpu and len(g.replicas) < 2
+                  and _pair_ok(g, r, pair)), None)
+        if g is None:
+            if sum(1 for x in gpus if x.type.name == r.cfg.gpu) >= by[r.cfg.gpu].count:
+                raise infeasible(models, table, pool)
+            g = GpuState(by[r.cfg.gpu], pair)
+            gpus.append(g)
+        g.add(r)
+    return Plan("gpulet", gpus, time.perf_counter() - t0)
+
+
+def _pair_ok(g: GpuState, r: Replica, knobs: Knobs) -> bool:
+    """Pairwise prediction with the partner continuously active (busy time 1)."""
+    if g.check(r) is not None:  # memory and busy time
+        return False
+    (o,) = g.replicas
+    beta = lambda x, y: x.cfg.A + x.cfg.B * y.cfg.compute + x.cfg.D * y.cfg.memory  # noqa: E731
+    return 1 + beta(r, o) <= r.cfg.alpha and 1 + beta(o, r) <= o.cfg.alpha
+
+
+BASELINES = {"one-per-gpu": one_per_gpu, "mem-packing": mem_packing, "gslice": gslice,
+             "gpulet": gpulet}

@@ -1,0 +1,129 @@
+"""USHER's placement heuristic: size replicas, classify, balance, multi-dimensional best fit.
+
+1. Per model, on the GPU type that serves a request most cheaply, take the configuration with
+   the least GPU time per request (the largest batch whose batching timeout still fills it) and
+   ``n = ceil(rate / lam_max)`` replicas sharing the rate evenly.
+2. Classify replicas compute-heavy (``c >= m``) or memory-heavy and interleave the two classes,
+   largest busy time first, so that GPUs are filled with complementary replicas.
+3. Best fit: each replica joins the open GPU where it fits (``fit.GpuState.check``) and which
+   ends up fullest (its most used resource, as a share of its cap) and most balanced (least
+   ``|C - M|``); else a new GPU is opened.
+4. Repeated for each slowdown budget ``a`` (one for all models); the cheapest plan wins.
+"""
+from __future__ import annotations
+
+import math
+import time
+
+from .estimate import Config
+from .fit import GpuState, Replica
+from .knobs import DEFAULT, Knobs
+from .plan import Plan
+from .pool import GpuType
+from .spec import ModelSpec, SpecError
+
+
+def size_replicas(ms: ModelSpec, cfgs: list[Config]) -> list[Replica]:
+    """The fewest-GPU-seconds way to serve ``ms.rate`` with configurations ``cfgs``."""
+    best = None
+    for k in cfgs:
+        n = max(1, math.ceil(ms.rate / k.rate_max - 1e-9))
+        lam = ms.rate / n
+        if lam < k.rate_min:
+            continue
+        key = (k.tau, n)
+        if best is None or key < best[0]:
+            best = (key, k, n, lam)
+    if best is None:
+        return []
+    _, k, n, lam = best
+    return [Replica(ms.name, k, lam) for _ in range(n)]
+
+
+def order(replicas: list[Replica]) -> list[Replica]:
+    """Compute-heavy and memory-heavy replicas alternately, each class largest first."""
+    comp = sorted((r for r in replicas if r.cfg.compute >= r.cfg.memory), key=lambda r: -r.u)
+    mem = sorted((r for r in replicas if r.cfg.compute < r.cfg.memory), key=lambda r: -r.u)
+    out = []
+    for i in range(max(len(comp), len(mem))):
+        pair = [x[i] for x in (comp, mem) if i < len(x)]
+        out.extend(sorted(pair, key=lambda r: -r.u))
+    return out
+
+
+def best_fit(replicas: list[Replica], pool: tuple[GpuType, ...], knobs: Knobs) -> list[GpuState] | None:
+    by_type = {t.name: t for t in pool}
+    opened: dict[str, list[GpuState]] = {t.name: [] for t in pool}
+    for r in replicas:
+        gpus = opened[r.cfg.gpu]
+        best, best_score = None, -math.inf
+        u, c, m, o = r.u, r.u * r.cfg.compute, r.u * r.cfg.memory, r.u * r.cfg.occupancy
+        for g in gpus:
+            if g.U + u > knobs.u_max or g.check(r) is not None:
+                continue
+            full = max((g.C + c) / knobs.c_max, (g.M + m) / knobs.m_max, (g.O + o) / knobs.o_max)
+            score = full - abs(g.C + c - g.M - m)
+            if score > best_score:
+                best, best_score = g, score
+        if best is None:
+            if len(gpus) >= by_type[r.cfg.gpu].count:
+                return None
+            best = GpuState(by_type[r.cfg.gpu], knobs)
+            gpus.append(best)
+        best.add(r)
+    return [g for t in pool for g in opened[t.name]]
+
+
+def cheapest_type(ms: ModelSpec, cfgs: list[Config], pool: tuple[GpuType, ...]) -> list[Config]:
+    """Configurations of the pool type that serves this model's requests most cheaply."""
+    best, best_cost = [], math.inf
+    for t in pool:
+        ks = [k for k in cfgs if k.gpu == t.name]
+        reps = size_replicas(ms, ks)
+        if reps:
+            cost = sum(r.u for r in reps) * t.price_per_hour
+            if cost < best_cost:
+                best, best_cost = ks, cost
+    return best
+
+
+def solve(models: tuple[ModelSpec, ...], table: list[list[Config]], pool: tuple[GpuType, ...],
+          knobs: Knobs = DEFAULT) -> Plan:
+    t0 = time.perf_counter()
+    typed = [cheapest_type(ms, cfgs, pool) for ms, cfgs in zip(models, table)]
+    best: list[GpuState] | None = None
+    for a in knobs.alphas:
+        replicas: list[Replica] = []
+        for ms, cfgs in zip(models, typed):
+            reps = size_replicas(ms, [k for k in cfgs if k.alpha == a])
+            if not reps:
+                break
+            replicas.extend(reps)
+        else:
+            gpus = best_fit(order(replicas), pool, knobs)
+            if gpus is not None and (best is None or _cost(gpus) < _cost(best)):
+                best = gpus
+    if best is None:
+        raise infeasible(models, table, pool)
+    return Plan("heuristic", best, time.perf_counter() - t0)
+
+
+def _cost(gpus: list[GpuState]) -> tuple[float, int]:
+    return (sum(g.type.price_per_hour for g in gpus), len(gpus))
+
+
+def infeasible(models, table, pool) -> SpecError:
+    """Why no plan exists: the pool is too small for the rates (named by the neediest model)."""
+    need = 0.0
+    worst, worst_u = None, -1.0
+    for ms, cfgs in zip(models, table):
+        reps = size_replicas(ms, cfgs)
+        u = sum(r.u for r in reps) if reps else math.inf
+        need += u
+        if u > worst_u:
+            worst, worst_u = ms, u
+    have = sum(t.count for t in pool)
+    return SpecError(f"the pool ({', '.join(f'{t.name}:{t.count}' for t in pool)}) cannot serve "
+                     f"these rates: they need about {need / DEFAULT.u_max:.1f} GPUs of busy time "
+                     f"or more, the pool has {have}; the largest is {worst.name!r} "
+                     f"(line {worst.line}, {worst.rate:g} req/s); add GPUs or lower rates")

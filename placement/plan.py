@@ -1,0 +1,54 @@
+"""A placement plan and its report (the JSON of ``gpusched place --json``)."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from .fit import GpuState
+from .spec import ModelSpec
+
+
+@dataclass
+class Plan:
+    solver: str
+    gpus: list[GpuState]            # the GPUs used, each with its replicas
+    solve_time_s: float = 0.0
+    optimal: bool | None = None     # CP-SAT proved it (None: not an exact solver)
+    notes: dict = field(default_factory=dict)
+
+    @property
+    def gpus_used(self) -> int:
+        return sum(1 for g in self.gpus if g.replicas)
+
+    @property
+    def cost_per_hour(self) -> float:
+        return sum(g.type.price_per_hour for g in self.gpus if g.replicas)
+
+
+def predicted_latency_ms(g: GpuState, r) -> float:
+    """Batching delay (time for a batch to fill, capped by the timeout) + interfered execution."""
+    k = r.cfg
+    fill = min(k.timeout_ms, (k.batch - 1) / r.rate * 1000.0) if k.batch > 1 else 0.0
+    return fill + k.latency_ms * g.alpha(r)
+
+
+def report(plan: Plan, models: tuple[ModelSpec, ...]) -> dict:
+    assignments = []
+    for n, g in enumerate(x for x in plan.gpus if x.replicas):
+        assignments.append({
+            "gpu": n, "type": g.type.name,
+            "busy": round(g.U, 4), "compute": round(g.C, 4), "memory": round(g.M, 4),
+            "memory_mb": round(g.F, 1),
+            "replicas": [{"model": r.name, "zoo_model": models[r.cfg.model].model,
+                          "batch": r.cfg.batch, "rate": round(r.rate, 3),
+                          "timeout_ms": round(r.cfg.timeout_ms, 3),
+                          "slo_ms": models[r.cfg.model].slo_ms,
+                          "predicted_slowdown": round(g.alpha(r), 4),
+                          "predicted_latency_ms": round(predicted_latency_ms(g, r), 3)}
+                         for r in g.replicas]})
+    out = {"gpus_used": plan.gpus_used, "cost_per_hour": round(plan.cost_per_hour, 4),
+           "assignments": assignments, "solver": plan.solver,
+           "solve_time_s": round(plan.solve_time_s, 4)}
+    if plan.optimal is not None:
+        out["optimal"] = plan.optimal
+    out.update(plan.notes)
+    return out

@@ -1,0 +1,146 @@
+"""Validate a plan: replay it on simulated GPUs and measure each model's SLO attainment.
+
+Every GPU of the plan is its own simulated GPU running the daemon's scheduler core (the same
+code as ``gpusched daemon``; policy ``slo-srpt`` unless told). Each model's requests arrive
+with the Azure LLM inference trace's inter-arrival times (shared data) rescaled to its rate,
+and are spread over its replicas by smooth weighted round robin. A replica batches like a
+serving frontend: a batch closes when it holds ``b`` requests or its oldest has waited the
+configured timeout ``T``; it runs the kernels of the smallest profiled batch size that holds
+it, with the oldest request's remaining SLO as the job's deadline. A request meets its SLO when
+its batch finishes within ``slo_ms`` of the request's arrival.
+"""
+from __future__ import annotations
+
+import bisect
+import logging
+import os
+from concurrent.futures import ProcessPoolExecutor
+
+from .plan import Plan
+from .spec import ModelSpec
+
+log = logging.getLogger("gpusched.place")
+
+TRACE = "azure_llm_inference_2023/conv.csv"
+
+
+def _arrivals(rate: float, horizon_s: float, seed: int) -> list[float]:
+    from gpusched.experiments.arrivals import arrival_times
+    from profilers.zoo import shared_dir
+    try:
+        spec = f"trace:{shared_dir() / 'data' / TRACE}"
+    except FileNotFoundError:
+        log.warning("place: shared data not found; replaying Poisson arrivals")
+        spec = "poisson"
+    n = int(rate * horizon_s * 1.5) + 20
+    return [t for t in arrival_times(spec, rate, n, seed) if t <= horizon_s]
+
+
+def _spread(times: list[float], weights: list[float]) -> list[list[float]]:
+    """Smooth weighted round robin (nginx's): request i goes to the replica with the most credit."""
+    out: list[list[float]] = [[] for _ in weights]
+    credit = [0.0] * len(weights)
+    total = sum(weights)
+    for t in times:
+        for j, w in enumerate(weights):
+            credit[j] += w
+        j = max(range(len(weights)), key=credit.__getitem__)
+        credit[j] -= total
+        out[j].append(t)
+    return out
+
+
+def _batches(times: list[float], b: int, timeout_s: float) -> list[tuple[float, list[float]]]:
+    """(dispatch time, request arrival times) per batch."""
+    out, i = [], 0
+    while i < len(times):
+        close = times[i] + timeout_s
+        j = min(i + b, bisect.bisect_right(times, close, lo=i))
+        j = max(j, i + 1)
+        at = times[j - 1] if j - i == b else close
+        out.append((at, times[i:j]))
+        i = j
+    return out
+
+
+def _simulate_gpu(args) -> dict[str, list[float]]:
+    """One GPU: returns per model the latencies (s) of its requests (inf: never finished)."""
+    gpu, policy, replicas = args
+    from profilers.zoo import BATCHES, zoo_kernels
+    from scheduler_daemon.core import SchedulerCore
+    from scheduler_daemon.devices.simgpu import SimGpu
+    from scheduler_daemon.gpu_specs import gpu_spec
+    from scheduler_daemon.jobs import Job, JobState
+    from scheduler_daemon.policies import make_policy
+    from scheduler_daemon.simulation import VirtualRun
+
+    spec = gpu_spec(gpu)
+    core = SchedulerCore(make_policy(policy), spec.capacity)
+    run = VirtualRun(core, SimGpu(spec))
+    entries: dict = {}
+    reqs: dict[int, tuple[str, list[float]]] = {}
+    jid = 0
+    for name, zoo_model, batch, timeout_s, slo_s, times in replicas:
+        for at, members in _batches(times, batch, timeout_s):
+            size = next(x for x in BATCHES if x >= len(members))
+            key = (zoo_model, size)
+            if key not in entries:
+                entries[key] = core.make_model(f"{zoo_model}_b{size}", f"{zoo_model}_b{size}",
+                                               zoo_kernels(zoo_model, size, spec.name))
+            left_ms = max(1e-3, (slo_s - (at - members[0])) * 1e3)
+            run.submit_at(Job(jid, name, entries[key], left_ms, at))
+            reqs[jid] = (name, members)
+            jid += 1
+    done = {j.id: j.finish for j in run.run() if j.state is JobState.DONE}
+    out: dict[str, list[float]] = {}
+    for i, (name, members) in reqs.items():
+        fin = done.get(i)
+        out.setdefault(name, []).extend(
+            (fin - t) if fin is not None else float("inf") for t in members)
+    return out
+
+
+def replay(plan: Plan, models: tuple[ModelSpec, ...], horizon_s: float = 2.0, seed: int = 0,
+           policy: str = "slo-srpt", workers: int | None = None, progress=None) -> dict:
+    """Per-model SLO attainment and p99 latency of ``plan`` replayed for ``horizon_s``."""
+    by_name = {m.name: (i, m) for i, m in enumerate(models)}
+    placed: dict[str, list[tuple[int, object]]] = {}
+    for gi, g in enumerate(plan.gpus):
+        for r in g.replicas:
+            placed.setdefault(r.name, []).append((gi, r))
+    per_gpu: list[list[tuple]] = [[] for _ in plan.gpus]
+    for name, reps in placed.items():
+        i, ms = by_name[name]
+        times = _arrivals(ms.rate, horizon_s, seed + 7919 * i)
+        for (gi, r), share in zip(reps, _spread(times, [r.rate for _, r in reps])):
+            if share:
+                per_gpu[gi].append((name, ms.model, r.cfg.batch, r.cfg.timeout_ms / 1e3,
+                                    ms.slo_ms / 1e3, share))
+    tasks = [(g.type.name, policy, reps) for g, reps in zip(plan.gpus, per_gpu) if reps]
+    workers = workers or min(2, os.cpu_count() or 1)
+    lat: dict[str, list[float]] = {}
+    if workers > 1 and len(tasks) > 1:
+        with ProcessPoolExecutor(workers) as ex:
+            for res in ex.map(_simulate_gpu, tasks):
+                _merge(lat, res, progress)
+    else:
+        for t in tasks:
+            _merge(lat, _simulate_gpu(t), progress)
+    per_model = []
+    for ms in models:
+        xs = sorted(lat.get(ms.name, []))
+        met = sum(1 for x in xs if x * 1e3 <= ms.slo_ms)
+        p99 = xs[min(len(xs) - 1, int(0.99 * len(xs)))] * 1e3 if xs else None
+        per_model.append({"model": ms.name, "requests": len(xs),
+                          "slo_attainment": met / len(xs) if xs else 0.0,
+                          "p99_ms": p99, "slo_ms": ms.slo_ms})
+    att = [m["slo_attainment"] for m in per_model]
+    return {"horizon_s": horizon_s, "policy": policy, "min_slo_attainment": min(att),
+            "mean_slo_attainment": sum(att) / len(att), "models": per_model}
+
+
+def _merge(into: dict, res: dict, progress) -> None:
+    for k, v in res.items():
+        into.setdefault(k, []).extend(v)
+    if progress:
+        progress()

@@ -1,0 +1,28 @@
+"""One entry point for every placement method: ``place(models, pool, method)``."""
+from __future__ import annotations
+
+import dataclasses
+
+from . import baselines, cpsat, heuristic
+from .estimate import estimate
+from .knobs import DEFAULT, Knobs
+from .plan import Plan
+from .pool import GpuType
+from .spec import ModelSpec
+
+METHODS = ("one-per-gpu", "mem-packing", "gslice", "gpulet", "heuristic", "cpsat")
+
+
+def place(models: tuple[ModelSpec, ...], pool: tuple[GpuType, ...], method: str = "heuristic",
+          knobs: Knobs = DEFAULT, time_limit_s: float = 60.0, start: Plan | None = None) -> Plan:
+    if method not in METHODS:
+        raise ValueError(f"unknown placement method {method!r}: choose from {', '.join(METHODS)}")
+    if method in ("one-per-gpu", "mem-packing", "gslice"):
+        alone = dataclasses.replace(knobs, alphas=(1.0,))
+        return baselines.BASELINES[method](models, estimate(models, pool, alone), pool, alone)
+    table = estimate(models, pool, knobs)
+    if method == "gpulet":
+        return baselines.gpulet(models, table, pool, knobs)
+    if method == "heuristic":
+        return heuristic.solve(models, table, pool, knobs)
+    return cpsat.solve(models, table, pool, knobs, time_limit_s, start=start)

@@ -1,0 +1,44 @@
+"""Benchmark workloads: zoo models with request rates drawn from the Azure LLM inference trace.
+
+Model ``i`` is zoo model ``i mod 10`` (so every model appears); its rate is the request count
+of a random minute of the trace (``conv.csv`` or ``code.csv``, chosen at random) per second,
+times ``scale`` (default 100: the trace is one LLM deployment, far heavier per request than
+these vision and language models); its SLO is 5x, 10x or 20x its solo latency at batch 1 on
+the GPU type.
+"""
+from __future__ import annotations
+
+import csv
+import functools
+import random
+from collections import Counter
+from datetime import datetime
+
+from profilers.zoo import ZOO_MODELS, shared_dir
+
+from .estimate import model_profile
+from .spec import ModelSpec, Workload
+
+SLO_FACTORS = (5.0, 10.0, 20.0)
+
+
+@functools.lru_cache(maxsize=None)
+def minute_counts(name: str) -> tuple[int, ...]:
+    path = shared_dir() / "data" / "azure_llm_inference_2023" / f"{name}.csv"
+    with open(path, newline="") as f:
+        ts = [datetime.fromisoformat(r["TIMESTAMP"][:26]).timestamp() for r in csv.DictReader(f)]
+    t0 = min(ts)
+    c = Counter(int((t - t0) // 60) for t in ts)
+    return tuple(c[k] for k in sorted(c))
+
+
+def make_workload(n: int, gpu: str = "H100", seed: int = 0, scale: float = 100.0) -> Workload:
+    rng = random.Random(seed)
+    models = []
+    for i in range(n):
+        zoo = ZOO_MODELS[i % len(ZOO_MODELS)]
+        counts = minute_counts(rng.choice(("conv", "code")))
+        rate = max(1.0, round(rng.choice(counts) / 60.0 * scale, 1))
+        slo = round(model_profile(zoo, 1, gpu).latency_ms * rng.choice(SLO_FACTORS), 3)
+        models.append(ModelSpec(f"{zoo}-{i}", zoo, rate, slo, line=i + 1))
+    return Workload(tuple(models), None, f"azure-{n}")
