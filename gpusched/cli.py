@@ -173,6 +173,8 @@ def build_parser() -> argparse.ArgumentParser:
     # Sub-commands that live with their package: each module adds its parser and runs it.
     from geo.cli import add_geo_bench_parser, add_geo_parser
     from .bench.models import add_models_bench_parser
+    from .place_cmd import add_place_parser
+    add_place_parser(sub)
     add_geo_parser(sub)
     add_geo_bench_parser(bsub)
     add_models_bench_parser(bsub)
@@ -434,6 +436,11 @@ def _demo(args) -> int:
     return run_demo(args.duration, args.rate, policies)
 
 
+def _place(args) -> int:
+    from .place_cmd import run_place
+    return run_place(args)
+
+
 def _geo(args) -> int:
     from geo.cli import run_geo
     return run_geo(args)
@@ -456,7 +463,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return {"daemon": _daemon, "submit": _submit, "status": _status, "top": _top,
                 "keys": _keys, "profile": _profile, "bench": _bench, "demo": _demo,
-                "geo": _geo}[args.cmd](args)
+                "geo": _geo, "place": _place}[args.cmd](args)
     except (UsageError, ValueError, GpuschedError, DaemonError, OSError, zmq.ZMQError,
             FutureTimeout) as e:
         print(f"gpusched {args.cmd}: error: {e or type(e).__name__}", file=sys.stderr)

@@ -1,0 +1,138 @@
+"""``gpusched place``: plan which GPUs run which model replicas, validate and apply the plan."""
+from __future__ import annotations
+
+import argparse
+import json
+
+PLACE_HELP = """\
+Plan batch sizes, replica counts and GPUs for a list of models (USHER-style: compute and
+memory demand from profiles on the simulated GPU, co-location slowdown from the fitted
+interference model), minimising cost subject to every model's SLO and rate.
+
+models.yaml:
+  pool: "H100:8"               # optional; --pool wins
+  models:
+    - name: web-resnet         # optional, unique
+      model: resnet50          # zoo model
+      rate: 400                # requests/s
+      slo_ms: 25
+      batches: [1, 4, 8, 16]   # optional
+
+examples:
+  gpusched place examples/placement/models.yaml --pool H100:8
+  gpusched place models.yaml --pool "T4:16,H100:2" --solver cpsat --json
+  gpusched place models.yaml --validate --plot plan.png
+  gpusched place models.yaml --apply ipc:///tmp/gpu0.sock,ipc:///tmp/gpu1.sock
+"""
+
+
+def add_place_parser(sub) -> None:
+    from placement.solvers import METHODS
+    p = sub.add_parser("place", help="place models onto GPUs (batch, replicas, co-location)",
+                       description=PLACE_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("models", help="the models YAML")
+    p.add_argument("--pool", help="GPU pool TYPE:COUNT[@PRICE],... (default: the file's pool:)")
+    p.add_argument("--solver", default="heuristic", choices=METHODS,
+                   help="heuristic (USHER, fast), cpsat (exact, OR-Tools) or a baseline")
+    p.add_argument("--time-limit", type=float, default=60.0, help="cpsat: seconds")
+    p.add_argument("--validate", action="store_true",
+                   help="replay the plan on simulated GPUs and report each model's SLO attainment")
+    p.add_argument("--horizon", type=float, default=2.0, help="--validate: seconds replayed")
+    p.add_argument("--plot", metavar="PNG", help="write the placement picture here")
+    p.add_argument("--apply", metavar="ENDPOINTS",
+                   help="send GPU i's replicas to the i-th daemon (comma-separated endpoints); "
+                   "each daemon admits them only if its interference model predicts every SLO holds")
+    p.add_argument("--json", action="store_true")
+
+
+def run_place(args) -> int:
+    from placement import spec
+    from placement.plan import report
+    from placement.pool import parse_pool
+    from placement.solvers import place
+
+    w = spec.load(args.models)
+    pool_text = args.pool or w.pool
+    if not pool_text:
+        raise ValueError("no GPU pool: pass --pool H100:8 (or write pool: in the YAML)")
+    if args.time_limit <= 0 or args.horizon <= 0:
+        raise ValueError("--time-limit and --horizon must be > 0")
+    pool = parse_pool(pool_text)
+    plan = place(w.models, pool, args.solver, time_limit_s=args.time_limit)
+    out = report(plan, w.models)
+    if args.validate:
+        from rich.progress import Progress
+
+        from placement.replay import replay
+        with Progress(transient=True, disable=args.json) as bar:
+            task = bar.add_task("replaying on simulated GPUs", total=plan.gpus_used)
+            out["validation"] = replay(plan, w.models, args.horizon,
+                                       progress=lambda: bar.advance(task))
+    if args.plot:
+        from placement.plot import plot_plan
+        out["plot"] = plot_plan(plan, args.plot)
+    if args.apply:
+        out["applied"] = apply_plan(out, args.apply)
+    if args.json:
+        print(json.dumps(out, indent=2, default=_no_inf))
+    else:
+        print_plan(out)
+    return 0
+
+
+def _no_inf(v):
+    return None
+
+
+def apply_plan(out: dict, endpoints: str) -> list[dict]:
+    from client_lib import Client
+
+    eps = [e for e in endpoints.split(",") if e]
+    if len(eps) != len(out["assignments"]):
+        raise ValueError(f"the plan uses {len(out['assignments'])} GPUs but --apply names "
+                         f"{len(eps)} daemons: give one endpoint per GPU, in plan order")
+    res = []
+    for ep, a in zip(eps, out["assignments"]):
+        with Client(ep, tenant="gpusched-place", timeout=5) as c:
+            admitted = c.admit([(r["model"], r["zoo_model"], r["batch"], r["rate"], r["slo_ms"])
+                                for r in a["replicas"]], replace=True)
+        res.append({"endpoint": ep, "gpu": a["gpu"], "admitted": admitted})
+    return res
+
+
+def print_plan(out: dict) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    t = Table(title=f"{out['solver']}: {out['gpus_used']} GPUs, ${out['cost_per_hour']:.2f}/h, "
+                    f"solved in {out['solve_time_s']:.3f} s"
+                    + ("" if "optimal" not in out else
+                       (" (optimal)" if out["optimal"] else " (not proven optimal)")))
+    for c in ("GPU", "type", "model", "batch", "req/s", "pred. ms", "SLO ms", "busy", "C", "M"):
+        t.add_column(c, justify="left" if c in ("type", "model") else "right",
+                     no_wrap=c == "model")
+    for a in out["assignments"]:
+        for j, r in enumerate(a["replicas"]):
+            first = j == 0
+            t.add_row(str(a["gpu"]) if first else "", a["type"] if first else "", r["model"],
+                      str(r["batch"]), f"{r['rate']:g}", f"{r['predicted_latency_ms']:.2f}",
+                      f"{r['slo_ms']:g}", f"{a['busy']:.2f}" if first else "",
+                      f"{a['compute']:.2f}" if first else "", f"{a['memory']:.2f}" if first else "",
+                      end_section=j == len(a["replicas"]) - 1)
+    con = Console()
+    con.print(t)
+    if "validation" in out:
+        v = out["validation"]
+        vt = Table(title=f"replayed {v['horizon_s']:g} s on simulated GPUs ({v['policy']}): "
+                         f"lowest SLO attainment {100 * v['min_slo_attainment']:.2f}%")
+        for c in ("model", "requests", "SLO met", "p99 ms", "SLO ms"):
+            vt.add_column(c, justify="left" if c == "model" else "right")
+        for m in v["models"]:
+            p99 = "-" if m["p99_ms"] in (None, float("inf")) else f"{m['p99_ms']:.2f}"
+            vt.add_row(m["model"], str(m["requests"]), f"{100 * m['slo_attainment']:.2f}%",
+                       p99, f"{m['slo_ms']:g}")
+        con.print(vt)
+    if "plot" in out:
+        con.print(f"wrote {out['plot']}")
+    for a in out.get("applied", []):
+        con.print(f"GPU {a['gpu']}: {a['endpoint']} admitted {len(a['admitted'])} replicas")

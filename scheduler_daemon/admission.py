@@ -1,0 +1,68 @@
+"""Admission by the interference model: a daemon (one GPU) accepts a set of model replicas only
+if every replica's predicted latency stays within its SLO (``placement/fit.py``'s rule, the same
+the placer used). Pure: no I/O, no clock; the daemon calls it for ADMIT requests.
+"""
+from __future__ import annotations
+
+import logging
+
+from placement.estimate import configs_for
+from placement.fit import GpuState, Replica
+from placement.plan import predicted_latency_ms
+from placement.pool import DEFAULT_PRICE, GpuType
+from placement.spec import ModelSpec
+
+log = logging.getLogger("gpusched.admission")
+
+
+class AdmissionError(ValueError):
+    pass
+
+
+class Admission:
+    def __init__(self, gpu: str):
+        self.gpu = GpuType(gpu, 1, DEFAULT_PRICE.get(gpu, 0.0))
+        self.state = GpuState(self.gpu)
+
+    def admit(self, wanted: list[tuple[str, str, int, float, float]], replace: bool = False) -> list[dict]:
+        """``wanted``: (name, zoo model, batch, rate, slo_ms) per replica. All or nothing: on
+        refusal nothing changes and the error names the replica and the SLO that would break."""
+        state = GpuState(self.gpu) if replace else _copy(self.state)
+        for name, model, batch, rate, slo_ms in wanted:
+            if any(r.name == name for r in state.replicas):
+                raise AdmissionError(f"{name!r} is already admitted on this GPU; send it with "
+                                     "replace to re-plan")
+            try:
+                ms = ModelSpec(name, model, rate, slo_ms, (batch,))
+                cfgs = configs_for(0, ms, self.gpu)
+            except ValueError as e:
+                raise AdmissionError(f"{name!r}: {e}") from None
+            # the largest slowdown budget whose replica can carry the rate
+            fits = [k for k in cfgs if k.rate_min <= rate <= k.rate_max]
+            if not fits:
+                raise AdmissionError(
+                    f"{name!r} ({model}, batch {batch}, {rate:g} req/s) cannot meet its SLO "
+                    f"{slo_ms:g} ms on a {self.gpu.name} even alone: lower its rate per replica "
+                    "or its batch, or raise the SLO")
+            best = max(fits, key=lambda k: k.alpha)
+            rep = Replica(name, best, rate)
+            why = state.check(rep)
+            if why:
+                raise AdmissionError(f"admitting {name!r} ({model}, batch {batch}, {rate:g} req/s)"
+                                     f" would break an SLO: {why}")
+            state.add(rep)
+        self.state = state
+        log.info("admission: %d replicas on %s", len(state.replicas), self.gpu.name)
+        return [{"name": r.name, "predicted_slowdown": round(state.alpha(r), 4),
+                 "predicted_latency_ms": round(predicted_latency_ms(state, r), 3)}
+                for r in state.replicas]
+
+    def withdraw(self, name: str) -> int:
+        return self.state.remove(name)
+
+
+def _copy(s: GpuState) -> GpuState:
+    out = GpuState(s.type, s.knobs)
+    for r in s.replicas:
+        out.add(r)
+    return out
