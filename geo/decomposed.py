@@ -8,8 +8,8 @@ Three steps (MAST's scope decoupling with demand/supply balancing by prices):
      argmax_k S[j,k] - lambda[P[j,k]] * N[j,k] (or nothing if that is <= 0); pools whose demand
      is above supply get dearer, fast (overload is penalised more than underload: MAST's
      asymmetric penalties), pools with spare GPUs cheaper, slowly. A few dozen rounds.
-  3. regional packing: jobs in priority order (biggest first) take their best priced candidate
-     that still fits (else the next one); then the GPUs left in each region go to the placed
+  3. regional packing: jobs in priority order (then those with fewer GPU types, then the
+     biggest) take their best priced candidate that still fits (else the next one); then the GPUs left in each region go to the placed
      jobs where the next size gains the most objective per GPU (or to the job that finishes
      last, for makespan).
 Jobs no single site can host fall back to the full candidate search (multi-site modes).
@@ -100,7 +100,9 @@ def solve_decomposed(model: Model, objective: str, *, jobs: list[Job] | None = N
         trial.free = fr
         placed = {name: v[:3] for name, v in placed_k.items()}
         _grow(model, trial, objective, placed, jobs_by_name, options)
-        val = _value(trial, objective, placed, jobs_by_name, options)
+        # serving jobs comes first (by priority), then the objective
+        val = (sum(jobs_by_name[n].priority for n in placed),
+               _value(trial, objective, placed, jobs_by_name, options))
         if best is None or val > best[0]:
             best = (val, placed, fr)
     _, placed, fleet.free = best
@@ -211,10 +213,12 @@ def _bonus(fleet: _Fleet, job: Job, objective: str) -> float:
 
 
 def _round(jobs, data, adj, fleet: _Fleet, types):
-    """Jobs in priority order (biggest first) take their best candidate by ``adj`` that fits."""
+    """Jobs in priority order take their best candidate by ``adj`` that fits."""
     free = {t: v.copy() for t, v in fleet.free.items()}
     placed = {}
-    order = sorted(range(len(jobs)), key=lambda r: (-jobs[r].priority, -jobs[r].min_gpus))
+    # priority first; then jobs with fewer GPU types (they have fewer places to go), then big
+    order = sorted(range(len(jobs)), key=lambda r: (-jobs[r].priority, len(jobs[r].gpu_types),
+                                                    -jobs[r].min_gpus))
     for r in order:
         d = data[r]
         if d is None:

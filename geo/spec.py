@@ -85,7 +85,10 @@ class Job(S):
     checkpoint_gb: Optional[NonNeg] = None  # default: params * 12 bytes (weights + Adam)
     hidden_size: PosInt = 4096  # pipeline boundary activations = tokens * hidden * 2 bytes
     microbatches: Annotated[int, msgspec.Meta(ge=1, le=4096)] = 8
-    running: Optional[dict[Name, dict[Name, Count]]] = None  # site -> gpu type -> n (re-plans)
+    # the job's state between re-plans: where it runs now (site -> GPU type -> n), how, and
+    # how far it got; None = not running (new, or waiting for GPUs)
+    running: Optional[dict[Name, dict[Name, Count]]] = None
+    running_mode: Optional[Mode] = None
     done_iterations: Count = 0
 
 

@@ -1,0 +1,147 @@
+"""The geo service's wire protocol: frames ``(type, body)`` like the daemon's (docs/protocol.md),
+``body`` msgpack of exactly that type's ``msgspec.Struct``; nothing is pickled. A ROUTER sees the
+peer identity as an extra first frame. Every request carries ``req_id`` and gets one answer:
+``REPLY`` or ``ERROR`` with the same ``req_id`` (0 when the request could not be decoded).
+"""
+from __future__ import annotations
+
+from typing import Annotated, Literal, Optional
+
+import msgspec
+
+from .plan import Plan
+from .spec import Count, Job, Name, NonNeg
+
+GEO_PROTOCOL_VERSION = 1
+ReqId = Annotated[int, msgspec.Meta(ge=1, le=2**63 - 1)]
+Token = Annotated[str, msgspec.Meta(max_length=256)]
+EventKind = Literal["site-down", "site-up", "capacity", "preempt", "price", "job-finished"]
+
+
+class Msg(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
+    pass
+
+
+class Event(Msg):
+    kind: EventKind
+    site: Optional[Name] = None
+    gpu_type: Optional[Name] = None
+    count: Optional[Count] = None
+    usd_per_hour: Optional[NonNeg] = None
+    job: Optional[Name] = None
+
+
+NEEDS = {"site-down": ("site",), "site-up": ("site",), "capacity": ("site", "gpu_type", "count"),
+         "preempt": ("site",), "price": ("site", "gpu_type", "usd_per_hour"),
+         "job-finished": ("job",)}
+
+
+def check_event(ev: Event) -> Event:
+    missing = [f for f in NEEDS[ev.kind] if getattr(ev, f) is None]
+    if missing:
+        raise ValueError(f"event {ev.kind} needs {', '.join(missing)}")
+    return ev
+
+
+def event_from_args(kind: str, args: list[str]) -> Event:
+    """``gpusched geo event KIND ARGS...`` -> Event (ValueError naming the usage)."""
+    usage = {"site-down": "SITE", "site-up": "SITE", "capacity": "SITE TYPE COUNT",
+             "preempt": "SITE [TYPE]", "price": "SITE TYPE USD_PER_HOUR", "job-finished": "JOB"}
+    need = len(usage[kind].split()) - usage[kind].count("[")
+    if not need <= len(args) <= len(usage[kind].split()):
+        raise ValueError(f"event {kind} takes {usage[kind]}")
+    try:
+        if kind in ("site-down", "site-up"):
+            ev = Event(kind, site=args[0])
+        elif kind == "capacity":
+            ev = Event(kind, site=args[0], gpu_type=args[1], count=int(args[2]))
+        elif kind == "preempt":
+            ev = Event(kind, site=args[0], gpu_type=args[1] if len(args) > 1 else None)
+        elif kind == "price":
+            ev = Event(kind, site=args[0], gpu_type=args[1], usd_per_hour=float(args[2]))
+        else:
+            ev = Event(kind, job=args[0])
+    except ValueError:
+        raise ValueError(f"event {kind} takes {usage[kind]} (a number where it says COUNT "
+                         f"or USD_PER_HOUR)") from None
+    # the same checks the service applies: names and ranges
+    return check_event(msgspec.convert(msgspec.to_builtins(ev), Event))
+
+
+class Change(msgspec.Struct, omit_defaults=False):
+    """One line of a plan diff."""
+    job: str
+    change: str  # placed | moved | resized | stopped | finished | waiting
+    before: str
+    after: str
+    reason: str
+
+
+# -- client -> service ------------------------------------------------------------------------
+class Submit(Msg):
+    req_id: ReqId
+    job: Job
+    token: Token = ""
+
+
+class EventReq(Msg):
+    req_id: ReqId
+    event: Event
+    token: Token = ""
+
+
+class StatusReq(Msg):
+    req_id: ReqId
+    token: Token = ""
+
+
+# -- service -> client ------------------------------------------------------------------------
+class Reply(Msg, omit_defaults=False):
+    req_id: int
+    plan: Optional[Plan] = None
+    diff: list[Change] = []
+    events: int = 0  # events applied since the state was created
+
+
+class Error(Msg, omit_defaults=False):
+    req_id: int
+    code: str  # BAD_FRAME | BAD_MESSAGE | BAD_REQUEST | DENIED | INTERNAL
+    message: str
+
+
+REQUESTS = {b"SUBMIT": Submit, b"EVENT": EventReq, b"STATUS": StatusReq}
+REPLIES = {b"REPLY": Reply, b"ERROR": Error}
+TAGS = {v: k for k, v in {**REQUESTS, **REPLIES}.items()}
+_enc = msgspec.msgpack.Encoder()
+_dec = {tag: msgspec.msgpack.Decoder(t) for tag, t in {**REQUESTS, **REPLIES}.items()}
+
+
+class GeoProtocolError(Exception):
+    def __init__(self, code: str, message: str):
+        super().__init__(message)
+        self.code, self.message = code, message
+
+
+def encode(msg: Msg) -> list[bytes]:
+    return [TAGS[type(msg)], _enc.encode(msg)]
+
+
+def decode(frames: list, table: dict[bytes, type]) -> Msg:
+    """[type, body] -> struct; raises GeoProtocolError naming the problem."""
+    if len(frames) != 2:
+        raise GeoProtocolError("BAD_FRAME", f"expected 2 frames (type, body), got {len(frames)}")
+    tag, body = bytes(frames[0]), frames[1]
+    if tag not in table:
+        raise GeoProtocolError("BAD_FRAME", f"unknown message type {tag[:32]!r}; expected one of "
+                               f"{', '.join(t.decode() for t in table)}")
+    try:
+        return _dec[tag].decode(body)
+    except msgspec.ValidationError as e:
+        raise GeoProtocolError("BAD_MESSAGE", f"{tag.decode()}: {e}") from None
+    except (msgspec.DecodeError, UnicodeDecodeError) as e:
+        raise GeoProtocolError("BAD_MESSAGE", f"{tag.decode()}: body is not valid msgpack "
+                               f"({e})") from None
+
+
+def to_builtins(msg) -> object:
+    return msgspec.to_builtins(msg)

@@ -1,0 +1,122 @@
+"""Re-planning: a site failure moves only the jobs that ran there; a move happens only when it
+pays after the migration penalty; arrivals and finished jobs are placed / free GPUs."""
+import pytest
+
+from geo.candidates import Model
+from geo.instances import make_instance
+from geo.protocol import Event
+from geo.replan import add_job, apply_event, initial_plan, replan
+from geo.spec import GeoSpecError, parse_job, parse_spec
+
+TWO = """\
+defaults: {restart_s: 600}
+sites:
+  - name: a
+    gpus: [{type: H100, count: 16, usd_per_hour: 3.0, spot_share: 0.5}]
+  - name: b
+    gpus: [{type: H100, count: 16, usd_per_hour: 3.0, spot_share: 0.5}]
+links:
+  - {src: a, dst: b, rtt_ms: 10, gbps: 10, egress_usd_per_gb: 0.02}
+jobs:
+  - {name: long, params: 7.0e+9, tokens_per_iter: 1.0e+6, iterations: 20000, gpu_types: [H100],
+     min_gpus: 8, max_gpus: 8}
+"""
+
+
+def running_on(spec, site):
+    return {j.name for j in spec.jobs if j.running and site in j.running}
+
+
+def test_site_down_moves_only_jobs_from_the_failed_site():
+    spec = make_instance(120, 10, seed=4)
+    initial_plan(spec, "throughput", "decomposed")
+    before = {j.name: {s: dict(t) for s, t in j.running.items()} if j.running else None
+              for j in spec.jobs}
+    counts = {}
+    for j in spec.jobs:
+        for s, ts in (j.running or {}).items():
+            counts[s] = counts.get(s, 0) + sum(ts.values())
+    down = max(counts, key=counts.get)
+    victims = running_on(spec, down)
+    assert victims
+    reason = apply_event(spec, Event("site-down", site=down), {})
+    plan, diff = replan(spec, "throughput", reason, improve=False)
+    relocated = {d.job for d in diff if d.change in ("moved", "stopped")}
+    assert relocated == victims  # every victim moved or waits; nobody else moved
+    assert not running_on(spec, down)
+    for d in diff:
+        if d.change == "moved":
+            assert "is down" in d.reason
+        if d.change == "resized":  # shrunk in place to make room: same sites
+            assert set(before[d.job]) == set(spec.jobs[[j.name for j in spec.jobs].index(d.job)].running)
+        assert d.change in ("moved", "stopped", "resized")
+    model = Model(spec)
+    use = {}
+    for j in spec.jobs:
+        for s, ts in (j.running or {}).items():
+            for t, n in ts.items():
+                use[(s, t)] = use.get((s, t), 0) + n
+    assert all(n <= model.capacity(s, t) for (s, t), n in use.items())
+
+
+@pytest.mark.parametrize("new_price, moves", [(2.99, False), (0.5, True)])
+def test_price_cut_moves_a_job_only_when_it_pays(new_price, moves):
+    spec = parse_spec(TWO)
+    initial_plan(spec, "cost", "cpsat")
+    [home] = spec.jobs[0].running
+    other = "b" if home == "a" else "a"
+    reason = apply_event(spec, Event("price", site=other, gpu_type="H100",
+                                     usd_per_hour=new_price), {})
+    plan, diff = replan(spec, "cost", reason, improve=True)
+    moved = [d for d in diff if d.change == "moved"]
+    if moves:
+        assert [d.job for d in moved] == ["long"] and "moving pays" in moved[0].reason
+        assert set(spec.jobs[0].running) == {other}
+        assert plan.job("long").moved
+    else:  # a 0.3% saving does not repay 600 s of restart plus the checkpoint over the WAN
+        assert moved == [] and set(spec.jobs[0].running) == {home}
+
+
+def test_preemption_arrival_and_finish():
+    spec = parse_spec(TWO)
+    initial_plan(spec, "cost", "cpsat")
+    [home] = spec.jobs[0].running
+    job = parse_job("name: extra\nparams: 1.0e+9\ntokens_per_iter: 1.0e+6\niterations: 100\n"
+                    "gpu_types: [H100]\nmin_gpus: 16\nmax_gpus: 16\n")
+    add_job(spec, job)
+    plan, diff = replan(spec, "cost", "job extra arrived", improve=False)
+    assert [(d.job, d.change) for d in diff] == [("extra", "placed")]
+    # the spot half of the site running "extra" is reclaimed: it no longer fits anywhere
+    [site] = spec.jobs[1].running
+    reason = apply_event(spec, Event("preempt", site=site), {})
+    plan, diff = replan(spec, "cost", reason, improve=False)
+    assert Model(spec).capacity(site, "H100") == 8
+    assert [(d.job, d.change) for d in diff] == [("extra", "stopped")]
+    assert "spot GPUs preempted" in diff[0].reason and spec.jobs[1].running is None
+    assert spec.jobs[0].running  # the other job keeps running
+    apply_event(spec, Event("capacity", site=site, gpu_type="H100", count=16), {})
+    # finishing the extra job frees its GPUs and a waiting job takes them
+    waiting = [j.name for j in spec.jobs if not j.running]
+    reason = apply_event(spec, Event("job-finished", job="extra"), {})
+    plan, diff = replan(spec, "cost", reason, improve=True)
+    assert all(j.running for j in spec.jobs)
+    assert {d.job for d in diff if d.change == "placed"} == set(waiting) - {"extra"}
+
+
+def test_bad_events_are_refused():
+    spec = parse_spec(TWO)
+    with pytest.raises(GeoSpecError, match="'zz' is not a site"):
+        apply_event(spec, Event("site-down", site="zz"), {})
+    with pytest.raises(GeoSpecError, match="no job 'ghost'"):
+        apply_event(spec, Event("job-finished", job="ghost"), {})
+    with pytest.raises(GeoSpecError, match="exists already"):
+        add_job(spec, spec.jobs[0])
+
+
+def test_site_down_then_up_restores_capacity():
+    spec = parse_spec(TWO)
+    saved = {}
+    apply_event(spec, Event("site-down", site="b"), saved)
+    assert Model(spec).capacity("b", "H100") == 0
+    apply_event(spec, Event("site-up", site="b"), saved)
+    assert Model(spec).capacity("b", "H100") == 16
