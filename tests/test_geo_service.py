@@ -1,0 +1,133 @@
+"""The geo service over a real ipc socket: submit/event/status round trip, bad frames answered
+with an error, SIGTERM exits cleanly, and a restart keeps the state."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import msgspec
+import pytest
+
+from geo.protocol import REPLIES, Error, Event, decode
+from geo.service import GeoClient
+from geo.spec import parse_job
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SPEC = os.path.join(ROOT, "examples", "geo", "spec.yaml")
+JOB = os.path.join(ROOT, "examples", "geo", "job.yaml")
+
+
+def start(tmp_path, *extra):
+    ep = f"ipc://{tmp_path}/geo.sock"
+    state = tmp_path / "state.json"
+    log = open(tmp_path / "serve.log", "a")
+    proc = subprocess.Popen([sys.executable, "-m", "gpusched.cli", "geo", "serve", "--spec", SPEC,
+                             "--endpoint", ep, "--state", str(state), *extra],
+                            stdout=log, stderr=log, cwd=ROOT)
+    deadline = time.time() + 60
+    while not os.path.exists(f"{tmp_path}/geo.sock"):
+        assert proc.poll() is None, (tmp_path / "serve.log").read_text()
+        assert time.time() < deadline, "geo service did not start"
+        time.sleep(0.05)
+    return proc, ep, state
+
+
+def stop(proc):
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=20) == 0
+
+
+def cli(*args):
+    return subprocess.run([sys.executable, "-m", "gpusched.cli", "geo", *args],
+                          capture_output=True, text=True, timeout=120, cwd=ROOT)
+
+
+@pytest.fixture
+def service(tmp_path):
+    proc, ep, state = start(tmp_path)
+    yield proc, ep, state
+    if proc.poll() is None:
+        stop(proc)
+
+
+def test_round_trip_bad_input_and_restart(service, tmp_path):
+    proc, ep, state = service
+    with GeoClient(ep) as c:
+        st = c.status()
+        assert st.events == 0 and len(st.plan.jobs) == 7
+        with open(JOB) as f:
+            r = c.submit(parse_job(f.read()))
+        assert r.events == 1 and r.plan.job("llm-3b-new")
+        assert any(d.job == "llm-3b-new" for d in r.diff)
+        busiest = max(r.plan.sites, key=lambda s: s.gpus_used).name
+        on_it = {j.name for j in r.plan.jobs if busiest in j.sites and j.start_h == 0}
+        r = c.event(Event("site-down", site=busiest))
+        assert r.events == 2
+        assert all(busiest not in j.sites or j.start_h > 0 for j in r.plan.jobs)
+        assert {d.job for d in r.diff if d.change in ("moved", "stopped")} == on_it
+        # bad input: each answered with an error, and the service keeps serving
+        for frames, code in [([b"NOPE", b"x"], "BAD_FRAME"),
+                             ([b"SUBMIT", b"\xff\x00garbage"], "BAD_MESSAGE"),
+                             ([b"STATUS"], "BAD_FRAME"),
+                             ([b"EVENT", msgspec.msgpack.encode({"req_id": 5, "event": {
+                                 "kind": "teleport"}})], "BAD_MESSAGE"),
+                             ([b"SUBMIT", msgspec.msgpack.encode({"req_id": 6, "job": {
+                                 "name": "x", "params": 1e9, "tokens_per_iter": 1e6,
+                                 "iterations": 10, "gpu_types": ["H100"], "min_gpus": 9,
+                                 "max_gpus": 2}})], "BAD_REQUEST"),
+                             ([b"EVENT", msgspec.msgpack.encode({"req_id": 7, "event": {
+                                 "kind": "site-down", "site": "mars:base-1"}})], "BAD_REQUEST")]:
+            ans = decode(c.raw(frames), REPLIES)
+            assert isinstance(ans, Error) and ans.code == code, (frames, ans)
+        with open(JOB) as f:  # a duplicate is refused and changes nothing
+            dup = parse_job(f.read())
+        with pytest.raises(ValueError, match="exists already"):
+            c.submit(dup)
+        assert c.status().events == 2
+    stop(proc)
+    # restart: nothing lost
+    proc2, ep, _ = start(tmp_path)
+    try:
+        with GeoClient(ep) as c:
+            st = c.status()
+            assert st.events == 2 and st.plan.job("llm-3b-new")
+            assert all(busiest not in j.sites or j.start_h > 0 for j in st.plan.jobs)
+            r = c.event(Event("site-up", site=busiest))
+            assert r.events == 3
+    finally:
+        stop(proc2)
+
+
+def test_cli_submit_event_status(service, tmp_path):
+    proc, ep, _ = service
+    r = cli("submit", JOB, "--endpoint", ep, "--json")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["events"] == 1
+    r = cli("event", "price", "aws:us-west-2", "H100", "1.5", "--endpoint", ep)
+    assert r.returncode == 0, r.stderr
+    r = cli("status", "--endpoint", ep, "--json")
+    d = json.loads(r.stdout)
+    assert d["events"] == 2 and {"status", "jobs", "sites"} <= set(d["plan"])
+    r = cli("event", "capacity", "aws:us-west-2", "H100", "lots", "--endpoint", ep)
+    assert r.returncode == 2 and "COUNT" in r.stderr
+    r = cli("event", "site-down", "nowhere:1", "--endpoint", ep)
+    assert r.returncode == 2 and "'nowhere:1' is not a site" in r.stderr
+
+
+def test_token_is_checked(tmp_path):
+    proc, ep, _ = start(tmp_path, "--token", "s3cret")
+    try:
+        with GeoClient(ep, token="wrong") as c:
+            with pytest.raises(ValueError, match="DENIED"):
+                c.status()
+        with GeoClient(ep, token="s3cret") as c:
+            assert c.status().plan is not None
+    finally:
+        stop(proc)
+
+
+def test_no_service_is_a_clear_error(tmp_path):
+    r = cli("status", "--endpoint", f"ipc://{tmp_path}/none.sock", "--timeout", "0.5")
+    assert r.returncode == 2 and "no geo service answered" in r.stderr
