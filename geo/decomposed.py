@@ -11,7 +11,8 @@ Three steps (MAST's scope decoupling with demand/supply balancing by prices):
   3. regional packing: jobs in priority order (then those with fewer GPU types, then the
      biggest) take their best priced candidate that still fits (else the next one); then the GPUs left in each region go to the placed
      jobs where the next size gains the most objective per GPU (or to the job that finishes
-     last, for makespan).
+     last, for makespan); then an exchange pass moves a job to another pool when the GPUs it
+     frees let the jobs left behind gain more (up to POLISH_MAX_JOBS jobs).
 Jobs no single site can host fall back to the full candidate search (multi-site modes).
 """
 from __future__ import annotations
@@ -99,6 +100,8 @@ def solve_decomposed(model: Model, objective: str, *, jobs: list[Job] | None = N
         trial.__dict__.update(fleet.__dict__)
         trial.free = fr
         placed = {name: v[:3] for name, v in placed_k.items()}
+        _grow(model, trial, objective, placed, jobs_by_name, options)
+        _polish(trial, objective, placed, jobs_by_name, options)
         _grow(model, trial, objective, placed, jobs_by_name, options)
         # serving jobs comes first (by priority), then the objective
         val = (sum(jobs_by_name[n].priority for n in placed),
@@ -296,3 +299,98 @@ def _grow(model: Model, fleet: _Fleet, objective: str, placed: dict, jobs: dict[
         if objective == "makespan" and heap and stuck and max(stuck)[0] >= -heap[0][0]:
             break  # a job that cannot grow finishes last: the makespan is fixed
         push(name)
+
+
+POLISH_MAX_JOBS = 2000  # the exchange pass costs jobs x jobs-per-pool: skipped above this
+
+
+def _polish(fleet: _Fleet, objective: str, placed: dict, jobs: dict[str, Job],
+            options: dict[str, JobOptions], passes: int = 2) -> None:
+    """Exchange pass (throughput only): move a job to another pool (site x GPU type) at its
+    smallest size when its GPUs, handed to the other jobs of its pool as one growth step each
+    (best gain per GPU first), gain more than the move loses. This finds what the one-job-at-a-
+    time steps miss: a flexible job stepping onto slower GPUs so that others can grow."""
+    if objective != "throughput" or len(placed) > POLISH_MAX_JOBS:
+        return
+
+    def val(job, i, t, n):
+        it = float(_site_vectors(fleet, job, t, n)[0][i])
+        return job.priority * (PLACED + 1 / it / options[job.name].ref_speed)
+
+    def growth(pool, budget, skip):
+        """Best one-step growths of the jobs in ``pool`` within ``budget`` GPUs."""
+        steps = []
+        for q in members.get(pool, ()):
+            if q == skip:
+                continue
+            i, t, n = placed[q]
+            jq = jobs[q]
+            nxt = [m for m in gpu_sizes(jq, int(fleet.cap[t][i])) if m > n]
+            if not nxt:
+                continue
+            n2 = min(nxt[0], n + budget)
+            if n2 <= n:
+                continue
+            h = float(_site_vectors(fleet, jq, t, n2)[1][i])
+            if jq.deadline_h is not None and h > jq.deadline_h:
+                continue
+            g = val(jq, i, t, n2) - val(jq, i, t, n)
+            if g > 0:
+                steps.append((g / (n2 - n), q, n2 - n, n2))
+        steps.sort(reverse=True)
+        out, gain, left = [], 0.0, budget
+        for gpg, q, extra, n2 in steps:
+            if extra <= left:
+                out.append((q, n2))
+                gain += gpg * extra
+                left -= extra
+        return gain, out
+
+    members: dict[tuple[int, str], list[str]] = {}
+    for name, (i, t, n) in placed.items():
+        members.setdefault((i, t), []).append(name)
+    for _ in range(passes):
+        moved = False
+        for name in list(placed):
+            i, t, n = placed[name]
+            job = jobs[name]
+            v0 = val(job, i, t, n)
+            best = None
+            for t2 in job.gpu_types:
+                if t2 not in fleet.cap:
+                    continue
+                sizes = gpu_sizes(job, int(fleet.max_cap[t2]))
+                if not sizes:
+                    continue
+                m = sizes[0]
+                it, h, tot = _site_vectors(fleet, job, t2, m)
+                ok = fleet.free[t2] >= m
+                if t2 == t:
+                    ok[i] = False
+                if job.deadline_h is not None:
+                    ok &= h <= job.deadline_h
+                if job.budget_usd is not None:
+                    ok &= tot <= job.budget_usd
+                if not ok.any():
+                    continue
+                k = int(np.argmin(np.where(ok, it, np.inf)))
+                v1 = job.priority * (PLACED + 1 / float(it[k]) / options[name].ref_speed)
+                gain, grow = growth((i, t), n + int(fleet.free[t][i]), name)
+                delta = v1 - v0 + gain
+                if delta > 1e-9 and (best is None or delta > best[0]):
+                    best = (delta, k, t2, m, grow)
+            if best is None:
+                continue
+            _, k, t2, m, grow = best
+            fleet.free[t][i] += n
+            members[(i, t)].remove(name)
+            fleet.free[t2][k] -= m
+            placed[name] = (k, t2, m)
+            members.setdefault((k, t2), []).append(name)
+            for q, n2 in grow:
+                qi, qt, qn = placed[q]
+                fleet.free[qt][qi] -= n2 - qn
+                placed[q] = (qi, qt, n2)
+            moved = True
+        if not moved:
+            break

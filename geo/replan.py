@@ -271,3 +271,24 @@ def _make_room(model: Model, job: Job, kept: dict[str, Candidate],
     c = single_site(model, job, s, t, job.min_gpus)
     free[(s, t)] -= job.min_gpus
     return c
+
+
+def place_arrival(model: Model, job: Job, objective: str) -> tuple[Candidate | None, Change]:
+    """The fast path for one arriving job (MAST's real-time placement): the GPUs the running
+    jobs leave free, then the decomposed method on this job alone; nobody else moves.
+    ``model`` may be reused between arrivals (the fleet has not changed)."""
+    free = {k: v[0] for k, v in model.pools.items()}
+    for j in model.spec.jobs:
+        for s, ts in (j.running or {}).items():
+            for t, n in ts.items():
+                free[(s, t)] = free.get((s, t), 0) - n
+    options, chosen, queued = solve_decomposed(model, objective, jobs=[job], free=free)
+    c = chosen.get(job.name)
+    if c is None:
+        why = options[job.name].reason or "no free GPUs for it now"
+        return None, Change(job.name, "waiting", "", "", why)
+    job.running = {}
+    for s, n in c.alloc:
+        job.running.setdefault(s, {})[c.gpu_type] = n
+    job.running_mode = c.mode
+    return c, Change(job.name, "placed", "", alloc_str(c), "job arrived")

@@ -1,0 +1,127 @@
+"""``gpusched bench geo``: CP-SAT vs decomposed vs the baselines on instances built from the
+measured cloud regions (geo/instances.py), plus re-plan after a site failure and the placement
+of an arriving job. Objective: weighted throughput. Timings are wall seconds on this machine.
+"""
+from __future__ import annotations
+
+import logging
+import statistics
+import time
+from contextlib import nullcontext
+
+from .candidates import Model
+from .instances import make_instance
+from .planner import plan
+from .protocol import Event
+from .replan import apply_event, initial_plan, place_arrival, replan
+
+log = logging.getLogger("geo.bench")
+
+DEFAULT_SIZES = ((50, 10), (200, 20), (1000, 50), (10000, 50))
+QUICK_SIZES = ((30, 6), (100, 10), (1000, 50))
+METHODS = ("cpsat", "decomposed", "greedy", "single-region")
+
+
+def parse_sizes(text: str) -> list[tuple[int, int]]:
+    out = []
+    for part in text.split(","):
+        try:
+            j, s = part.lower().split("x")
+            out.append((int(j), int(s)))
+        except ValueError:
+            raise ValueError(f"bad size {part!r}: use JOBSxSITES, e.g. 200x20") from None
+        if out[-1][0] < 1 or not 1 <= out[-1][1] <= 60:
+            raise ValueError(f"bad size {part!r}: at least 1 job and 1 to 60 sites")
+    return out
+
+
+def _case(p, jobs, sites, method, cpsat_obj):
+    gap = p.gap if method == "cpsat" else (
+        None if cpsat_obj is None else round((cpsat_obj - p.objective_value) / cpsat_obj, 5))
+    return {"jobs": jobs, "sites": sites, "method": method, "solve_time_s": round(p.solve_time_s, 4),
+            "objective": round(p.objective_value, 3), "gap": gap,
+            "max_demand_supply": round(p.max_demand_supply, 3),
+            "cost_per_hour": round(p.cost_per_hour, 1), "makespan_h": round(p.makespan_h, 2),
+            "status": p.status, "running": sum(1 for j in p.jobs if j.sites and j.start_h == 0)}
+
+
+def _replan_case(n_jobs: int, n_sites: int, seed: int) -> dict:
+    spec = make_instance(n_jobs, n_sites, seed=seed)
+    initial_plan(spec, "throughput", "decomposed")
+    gpus: dict[str, int] = {}
+    for j in spec.jobs:
+        for s, ts in (j.running or {}).items():
+            gpus[s] = gpus.get(s, 0) + sum(ts.values())
+    down = max(gpus, key=gpus.get)
+    victims = {j.name for j in spec.jobs if j.running and down in j.running}
+    t0 = time.perf_counter()
+    reason = apply_event(spec, Event("site-down", site=down), {})
+    p, diff = replan(spec, "throughput", reason, improve=False)
+    dt = time.perf_counter() - t0
+    moved = {d.job for d in diff if d.change in ("moved", "stopped")}
+    return {"jobs": n_jobs, "sites": n_sites, "failed_site": down, "replan_s": round(dt, 4),
+            "jobs_on_failed_site": len(victims), "moved": sum(d.change == "moved" for d in diff),
+            "stopped": sum(d.change == "stopped" for d in diff),
+            "resized_in_place": sum(d.change == "resized" for d in diff),
+            "moved_from_elsewhere": len(moved - victims)}
+
+
+def _arrival_case(n_jobs: int, n_sites: int, seed: int, arrivals: int = 50) -> dict:
+    """Place jobs one by one into a running fleet with 10% of its jobs just finished."""
+    spec = make_instance(n_jobs + arrivals, n_sites, seed=seed)
+    late = spec.jobs[n_jobs:]
+    spec.jobs = spec.jobs[:n_jobs]
+    initial_plan(spec, "throughput", "decomposed")
+    spec.jobs = spec.jobs[n_jobs // 10:]  # finished: their GPUs are free
+    model = Model(spec)
+    times, placed = [], 0
+    for job in late:
+        spec.jobs.append(job)
+        t0 = time.perf_counter()
+        c, _ = place_arrival(model, job, "throughput")
+        times.append(time.perf_counter() - t0)
+        placed += c is not None
+    times.sort()
+    return {"running_jobs": len(spec.jobs) - arrivals, "sites": n_sites, "arrivals": arrivals,
+            "placed": placed, "median_ms": round(statistics.median(times) * 1e3, 3),
+            "p99_ms": round(times[min(len(times) - 1, int(len(times) * 0.99))] * 1e3, 3),
+            "max_ms": round(times[-1] * 1e3, 3)}
+
+
+def run_bench(quick: bool = False, sizes: str | None = None, cpsat_max_jobs: int = 200,
+              time_limit_s: float = 30.0, seed: int = 1, progress: bool = True) -> dict:
+    todo = parse_sizes(sizes) if sizes else list(QUICK_SIZES if quick else DEFAULT_SIZES)
+    steps = sum(len(METHODS) if j <= cpsat_max_jobs else len(METHODS) - 1 for j, _ in todo) + 2
+    cases = []
+    if progress:
+        from rich.progress import Progress
+        bar = Progress(transient=True)
+    else:
+        bar = nullcontext()
+    with bar as pr:
+        task = pr.add_task("geo bench", total=steps) if progress else None
+
+        def tick(what):
+            if progress:
+                pr.update(task, advance=1, description=what)
+
+        for n_jobs, n_sites in todo:
+            spec = make_instance(n_jobs, n_sites, seed=seed, time_limit_s=time_limit_s)
+            model = Model(spec)
+            cpsat_obj = None
+            for method in METHODS:
+                if method == "cpsat" and n_jobs > cpsat_max_jobs:
+                    continue
+                p = plan(spec, "throughput", method, model=model, time_limit_s=time_limit_s)
+                if method == "cpsat" and p.status == "optimal":
+                    cpsat_obj = p.objective_value
+                cases.append(_case(p, n_jobs, n_sites, method, cpsat_obj))
+                log.info("geo: bench %dx%d %s %.3fs", n_jobs, n_sites, method, p.solve_time_s)
+                tick(f"{n_jobs}x{n_sites} {method}")
+        rp = (200, 20) if quick else (1000, 50)
+        replan_case = _replan_case(*rp, seed)
+        tick("re-plan")
+        arrival = _arrival_case(*rp, seed)
+        tick("arrivals")
+    return {"cases": cases, "replan": replan_case, "arrival": arrival,
+            "objective": "throughput", "seed": seed, "cpsat_time_limit_s": time_limit_s}
