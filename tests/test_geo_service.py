@@ -116,14 +116,21 @@ def test_cli_submit_event_status(service, tmp_path):
     assert r.returncode == 2 and "'nowhere:1' is not a site" in r.stderr
 
 
-def test_token_is_checked(tmp_path):
-    proc, ep, _ = start(tmp_path, "--token", "s3cret")
+def test_token_and_curve(tmp_path):
+    from scheduler_daemon.keys import make_keys, read_key
+    secret, public = make_keys(str(tmp_path / "keys"))
+    proc, ep, _ = start(tmp_path, "--token", "s3cret", "--curve-secret", secret)
     try:
-        with GeoClient(ep, token="wrong") as c:
+        with GeoClient(ep, token="wrong", server_key=read_key(public)) as c:
             with pytest.raises(ValueError, match="DENIED"):
                 c.status()
-        with GeoClient(ep, token="s3cret") as c:
+        with GeoClient(ep, token="s3cret", server_key=read_key(public)) as c:
             assert c.status().plan is not None
+        r = cli("status", "--endpoint", ep, "--token", "s3cret", "--server-key", public, "--json")
+        assert r.returncode == 0, r.stderr
+        with GeoClient(ep, token="s3cret", timeout_s=1.0) as c:  # no CURVE: no answer
+            with pytest.raises(TimeoutError):
+                c.status()
     finally:
         stop(proc)
 
