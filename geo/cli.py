@@ -36,6 +36,9 @@ def add_geo_parser(sub) -> None:
     p.add_argument("--time-limit", type=float, default=None, help="CP-SAT seconds")
     p.add_argument("--json", action="store_true", help="print the plan as JSON")
     p.add_argument("--out", default=".", help="folder for the PNG (default: here)")
+    p.add_argument("--place-data", type=int, default=0, metavar="N",
+                   help="also add up to N dataset replicas where jobs read over the WAN, under "
+                   "storage capacity (a slower pass: it re-plans after each)")
     s = gs.add_parser("serve", help="run the geo service (ZeroMQ ROUTER, state on disk)")
     s.add_argument("--spec", default=None, help="the fleet (sites/links/datasets) to start from; "
                    "ignored when --state already holds one")
@@ -84,13 +87,24 @@ def _plan(args) -> int:
     from .spec import load_spec
 
     spec = load_spec(args.spec)
-    p = plan(spec, args.objective, args.solver, time_limit_s=args.time_limit)
+    if args.place_data < 0:
+        raise ValueError("--place-data N needs N >= 0")
+    added = []
+    if args.place_data:
+        from .data_placement import place_data
+        p, added = place_data(spec, args.objective or spec.planner.objective,
+                              lambda sp: plan(sp, args.objective, args.solver,
+                                              time_limit_s=args.time_limit), args.place_data)
+    else:
+        p = plan(spec, args.objective, args.solver, time_limit_s=args.time_limit)
     os.makedirs(args.out, exist_ok=True)
     png = os.path.join(args.out, os.path.splitext(os.path.basename(args.spec))[0] + "-plan.png")
     plot_plan(p, png)
     if args.json:
         print(p.to_json().decode())
     else:
+        for ds, site, gain in added:
+            print(f"data placement: replica of {ds} added at {site} (objective +{gain:,.3g})")
         _print_plan(p)
         print(f"picture: {png}")
     for bad in p.infeasible:

@@ -153,3 +153,36 @@ def test_cli_infeasible_spec_exits_2_naming_the_constraint(tmp_path):
     r = gpusched("geo", "plan", str(spec), "--out", str(tmp_path))
     assert r.returncode == 2
     assert "infeasible: capacity: no site can host job 'huge'" in r.stderr
+
+
+DATA = """\
+sites:
+  - name: a
+    storage_tb: 10
+    gpus: [{type: H100, count: 8, usd_per_hour: 2.0}]
+  - name: b
+    storage_tb: STORAGE
+    gpus: [{type: H100, count: 64, usd_per_hour: 2.0}]
+links:
+  - {src: a, dst: b, rtt_ms: 40, gbps: 1, egress_usd_per_gb: 0.05}
+datasets:
+  - {name: big, size_gb: 8000, replicas: [a]}
+jobs:
+  - {name: reader, params: 1.0e+8, tokens_per_iter: 1.0e+5, iterations: 1000,
+     gpu_types: [H100], min_gpus: 16, max_gpus: 32, dataset: big}
+"""
+
+
+@pytest.mark.parametrize("storage, added", [(100, True), (5, False)])
+def test_data_placement_adds_a_replica_where_storage_allows(storage, added):
+    from geo.data_placement import place_data
+    spec = parse_spec(DATA.replace("STORAGE", str(storage)))
+    before = plan(spec, solver="cpsat")
+    assert set(before.job("reader").sites) == {"b"}  # 16+ GPUs only at b; 8 TB over 1 Gb/s
+    p, new = place_data(spec, "throughput", lambda s: plan(s, solver="cpsat"))
+    if added:
+        assert [(d, s) for d, s, _ in new] == [("big", "b")]
+        assert spec.datasets[0].replicas == ["a", "b"]
+        assert p.job("reader").iteration_s < before.job("reader").iteration_s / 10
+    else:  # 8 TB does not fit in 5 TB: no replica, same plan
+        assert new == [] and p.job("reader").iteration_s == before.job("reader").iteration_s
