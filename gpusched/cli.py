@@ -165,6 +165,15 @@ def build_parser() -> argparse.ArgumentParser:
     bk.add_argument("--jobs", type=int, default=1000, help="jobs per client")
     bk.add_argument("--json", action="store_true")
 
+    bu = bsub.add_parser("usher", help="placement methods on Azure-rate workloads, replayed")
+    bu.add_argument("--quick", action="store_true",
+                    help="12 models only, 0.5 s replay, 100-model heuristic scale case")
+    bu.add_argument("--scale", type=float, default=200.0,
+                    help="request rates = the trace's per-minute rates x this")
+    bu.add_argument("--cpsat-limit", type=float, default=60.0, help="CP-SAT seconds per workload")
+    bu.add_argument("--seed", type=int, default=0)
+    bu.add_argument("--json", action="store_true")
+
     bs = bsub.add_parser("sim-speed", help="simulated kernel completions per second")
     bs.add_argument("--gpu", default="T4", choices=sorted(PRESETS))
     bs.add_argument("--jobs", type=int, default=1000)
@@ -382,6 +391,8 @@ def _bench(args) -> int:
         print(json.dumps(res, indent=2)) if args.json else print_measures(
             res, f"gpusched bench {args.bench}")
         return 0
+    if args.bench == "usher":
+        return _bench_usher(args)
     if args.bench == "geo":
         from geo.cli import run_geo_bench
         return run_geo_bench(args)
@@ -391,6 +402,24 @@ def _bench(args) -> int:
     raise UsageError("name a benchmark: overhead, paella, calibrate, sim-speed, fuzz, soak, "
                      "usher, geo or models "
                      "(see gpusched bench --help)")
+
+
+def _bench_usher(args) -> int:
+    from rich.progress import Progress
+
+    from .bench.usher import print_usher, run_usher, steps
+    if args.scale <= 0 or args.cpsat_limit <= 0:
+        raise UsageError("--scale and --cpsat-limit must be > 0")
+    sizes, large = ((12,), 100) if args.quick else ((12, 100), 1000)
+    horizons = {12: 0.5} if args.quick else None
+    with Progress(transient=True, disable=args.json) as bar:
+        task = bar.add_task("placing and replaying", total=steps(sizes, large))
+        res = run_usher(sizes, scale=args.scale, seed=args.seed, horizons=horizons,
+                        cpsat_limit_s=args.cpsat_limit, large=large,
+                        large_pool=20 if args.quick else 200,
+                        progress=lambda: bar.advance(task))
+    print(json.dumps(res, indent=2)) if args.json else print_usher(res)
+    return 0
 
 
 def _bench_paella(args) -> int:

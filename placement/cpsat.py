@@ -122,12 +122,15 @@ def _hint(m, start: Plan, table, gpus, x, s, y) -> None:
     slot: dict[str, list[int]] = {}
     for g, t in enumerate(gpus):
         slot.setdefault(t.name, []).append(g)
-    used = set()
+    used, seen = set(), set()
     for gs in start.gpus:
         g = slot[gs.type.name].pop(0)
         used.add(g)
         for r in gs.replicas:
             ki = table[r.cfg.model].index(r.cfg)
+            if (r.cfg.model, ki, g) in seen or (r.cfg.model, ki, g) not in x:
+                continue
+            seen.add((r.cfg.model, ki, g))
             m.AddHint(x[r.cfg.model, ki, g], 1)
             m.AddHint(s[r.cfg.model, ki, g], math.ceil(r.rate * RATE_SCALE))
     for g, v in enumerate(y):

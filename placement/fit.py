@@ -5,6 +5,7 @@ the daemon's admission control.
 For GPU totals ``U = sum u_j``, ``C = sum u_j c_j``, ``M = sum u_j m_j``, ``O = sum u_j o_j``,
 ``F = sum f_j`` a set of replicas fits when
 
+    at most one replica of a model per GPU;
     F <= mem_frac * memory;   U <= u_max;   C <= c_max;   M <= m_max;   O <= o_max;
     for every replica r:  kappa (A_r (U - u_r) + B_r (C - u_r c_r) + D_r (M - u_r m_r)) <= a_r - 1
 
@@ -56,6 +57,8 @@ class GpuState:
         k, kn = new.cfg, self.knobs
         if k.gpu != self.type.name:
             return f"{new.name} is configured for {k.gpu}, this GPU is {self.type.name}"
+        if any(r.name == new.name for r in self.replicas):
+            return f"{new.name} already has a replica on this GPU (one per GPU: a bigger batch does better)"
         if self.F + k.footprint_mb > self.type.memory_mb * kn.mem_frac:
             return (f"memory: {self.F + k.footprint_mb:.0f} MB would exceed "
                     f"{self.type.memory_mb * kn.mem_frac:.0f} MB")

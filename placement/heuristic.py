@@ -8,7 +8,10 @@
 3. Best fit: each replica joins the open GPU where it fits (``fit.GpuState.check``) and which
    ends up fullest (its most used resource, as a share of its cap) and most balanced (least
    ``|C - M|``); else a new GPU is opened.
-4. Repeated for each slowdown budget ``a`` (one for all models); the cheapest plan wins.
+4. Repeated for each slowdown budget ``a`` (one for all models, then each model its own with
+   the least busy time); the cheapest plan wins.
+5. Consolidate: try to empty the least-busy GPUs one by one, moving their replicas to the
+   others by the same best fit; a GPU is closed only if all of its replicas find a place.
 """
 from __future__ import annotations
 
@@ -31,7 +34,7 @@ def size_replicas(ms: ModelSpec, cfgs: list[Config]) -> list[Replica]:
         lam = ms.rate / n
         if lam < k.rate_min:
             continue
-        key = (k.tau, n)
+        key = (k.tau, n, -k.alpha)
         if best is None or key < best[0]:
             best = (key, k, n, lam)
     if best is None:
@@ -56,15 +59,7 @@ def best_fit(replicas: list[Replica], pool: tuple[GpuType, ...], knobs: Knobs) -
     opened: dict[str, list[GpuState]] = {t.name: [] for t in pool}
     for r in replicas:
         gpus = opened[r.cfg.gpu]
-        best, best_score = None, -math.inf
-        u, c, m, o = r.u, r.u * r.cfg.compute, r.u * r.cfg.memory, r.u * r.cfg.occupancy
-        for g in gpus:
-            if g.U + u > knobs.u_max or g.check(r) is not None:
-                continue
-            full = max((g.C + c) / knobs.c_max, (g.M + m) / knobs.m_max, (g.O + o) / knobs.o_max)
-            score = full - abs(g.C + c - g.M - m)
-            if score > best_score:
-                best, best_score = g, score
+        best = _fit_into(r, gpus, knobs)
         if best is None:
             if len(gpus) >= by_type[r.cfg.gpu].count:
                 return None
@@ -72,6 +67,39 @@ def best_fit(replicas: list[Replica], pool: tuple[GpuType, ...], knobs: Knobs) -
             gpus.append(best)
         best.add(r)
     return [g for t in pool for g in opened[t.name]]
+
+
+def _fit_into(r: Replica, gpus: list[GpuState], knobs: Knobs) -> GpuState | None:
+    best, best_score = None, -math.inf
+    u, c, m, o = r.u, r.u * r.cfg.compute, r.u * r.cfg.memory, r.u * r.cfg.occupancy
+    for g in gpus:
+        if g.type.name != r.cfg.gpu or g.U + u > knobs.u_max or g.check(r) is not None:
+            continue
+        full = max((g.C + c) / knobs.c_max, (g.M + m) / knobs.m_max, (g.O + o) / knobs.o_max)
+        score = full - abs(g.C + c - g.M - m)
+        if score > best_score:
+            best, best_score = g, score
+    return best
+
+
+def consolidate(gpus: list[GpuState], knobs: Knobs) -> list[GpuState]:
+    """Close GPUs whose replicas all fit elsewhere (least busy first)."""
+    gpus = list(gpus)
+    for victim in sorted(gpus, key=lambda g: g.U):
+        others = [g for g in gpus if g is not victim]
+        moved: list[tuple[GpuState, Replica]] = []
+        for r in sorted(victim.replicas, key=lambda r: -r.u):
+            g = _fit_into(r, others, knobs)
+            if g is None:
+                break
+            g.add(r)
+            moved.append((g, r))
+        else:
+            gpus = others
+            continue
+        for g, r in moved:  # undo: this GPU stays
+            g.remove(r.name)
+    return gpus
 
 
 def cheapest_type(ms: ModelSpec, cfgs: list[Config], pool: tuple[GpuType, ...]) -> list[Config]:
@@ -92,15 +120,16 @@ def solve(models: tuple[ModelSpec, ...], table: list[list[Config]], pool: tuple[
     t0 = time.perf_counter()
     typed = [cheapest_type(ms, cfgs, pool) for ms, cfgs in zip(models, table)]
     best: list[GpuState] | None = None
-    for a in knobs.alphas:
+    for a in knobs.alphas + (None,):  # None: each model its own least-busy budget
         replicas: list[Replica] = []
         for ms, cfgs in zip(models, typed):
-            reps = size_replicas(ms, [k for k in cfgs if k.alpha == a])
+            reps = size_replicas(ms, [k for k in cfgs if a is None or k.alpha == a])
             if not reps:
                 break
             replicas.extend(reps)
         else:
             gpus = best_fit(order(replicas), pool, knobs)
+            gpus = consolidate(gpus, knobs) if gpus is not None else None
             if gpus is not None and (best is None or _cost(gpus) < _cost(best)):
                 best = gpus
     if best is None:

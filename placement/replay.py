@@ -1,7 +1,8 @@
 """Validate a plan: replay it on simulated GPUs and measure each model's SLO attainment.
 
 Every GPU of the plan is its own simulated GPU running the daemon's scheduler core (the same
-code as ``gpusched daemon``; policy ``slo-srpt`` unless told). Each model's requests arrive
+code as ``gpusched daemon``; policy ``slo``, deadline-aware, unless told: under ``slo-srpt``
+shortest-first starves the long models of a busy GPU - measured, see docs/placement.md). Each model's requests arrive
 with the Azure LLM inference trace's inter-arrival times (shared data) rescaled to its rate,
 and are spread over its replicas by smooth weighted round robin. A replica batches like a
 serving frontend: a batch closes when it holds ``b`` requests or its oldest has waited the
@@ -101,7 +102,7 @@ def _simulate_gpu(args) -> dict[str, list[float]]:
 
 
 def replay(plan: Plan, models: tuple[ModelSpec, ...], horizon_s: float = 2.0, seed: int = 0,
-           policy: str = "slo-srpt", workers: int | None = None, progress=None) -> dict:
+           policy: str = "slo", workers: int | None = None, progress=None) -> dict:
     """Per-model SLO attainment and p99 latency of ``plan`` replayed for ``horizon_s``."""
     by_name = {m.name: (i, m) for i, m in enumerate(models)}
     placed: dict[str, list[tuple[int, object]]] = {}
