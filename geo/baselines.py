@@ -9,8 +9,8 @@ import logging
 
 import numpy as np
 
-from .candidates import (Candidate, JobOptions, Model, gpu_sizes, ideal_speed, job_options,
-                         single_site, step_single_s)
+from .candidates import (Candidate, JobOptions, Model, ideal_speed, job_options, single_site,
+                         step_single_s)
 from .spec import Job
 
 log = logging.getLogger("geo.baselines")
@@ -68,10 +68,6 @@ def _site_vectors(fleet: _Fleet, job: Job, t: str, n: int):
     return it, hours, n * fleet.price[t] * hours + read_usd
 
 
-def _key(objective: str, it, hours, total):
-    return {"throughput": it, "cost": total, "makespan": hours}[objective]
-
-
 def solve_fast(model: Model, objective: str, method: str, *, jobs: list[Job] | None = None,
                free: dict[tuple[str, str], int] | None = None
                ) -> tuple[dict[str, JobOptions], dict[str, Candidate], dict[str, Candidate]]:
@@ -85,7 +81,6 @@ def solve_fast(model: Model, objective: str, method: str, *, jobs: list[Job] | N
         region = model.sites[int(np.argmax(totals))]
         allowed[:] = False
         allowed[fleet.idx[region]] = True
-    site_obj = "cost"  # both baselines take the cheapest place
     options: dict[str, JobOptions] = {}
     placed: dict[str, tuple[int, str, int]] = {}  # job -> (site index, type, n)
     waits: dict[str, tuple[int, str, int]] = {}
@@ -104,7 +99,7 @@ def solve_fast(model: Model, objective: str, method: str, *, jobs: list[Job] | N
                 ok &= total <= job.budget_usd
             if not ok.any():
                 continue
-            key = _key(site_obj, it, hours, total).astype(float)
+            key = np.asarray(total, float)  # both baselines take the cheapest place
             fits = ok & (fleet.free[t] >= n)
             for mask, f in ((fits, True), (ok, False)):
                 if mask.any():
@@ -121,15 +116,14 @@ def solve_fast(model: Model, objective: str, method: str, *, jobs: list[Job] | N
                 fleet.free[t][i] -= n
             continue
         o = job_options(model, job, objective)  # the exact reason (rare path)
-        if o.candidates:
-            if method == "single-region":
-                o = JobOptions(job, reason=f"capacity: single-region baseline: {region} cannot "
-                               f"host job {job.name!r}")
-            else:
-                single = [c for c in o.candidates if len(c.alloc) == 1] or o.candidates
-                multi_waits[job.name] = max(single, key=lambda c: c.score)
-        options[job.name] = o if not o.candidates else options[job.name]
-        options[job.name].reason = o.reason
+        if o.candidates and method == "single-region":
+            options[job.name].reason = (f"capacity: single-region baseline: {region} cannot "
+                                        f"host job {job.name!r}")
+        elif o.candidates:  # only across sites, or its GPUs are taken: it waits
+            single = [c for c in o.candidates if len(c.alloc) == 1] or o.candidates
+            multi_waits[job.name] = max(single, key=lambda c: c.score)
+        else:
+            options[job.name].reason = o.reason
     chosen = {}
     for name, (i, t, n) in placed.items():
         chosen[name] = single_site(model, options[name].job, model.sites[i], t, n)

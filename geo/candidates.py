@@ -218,7 +218,7 @@ PLACED = 1.0  # throughput counts a running job's priority once, plus its normal
 
 
 def score(c: Candidate, objective: str, ref_speed: float, priority: float) -> float:
-    if objective == "throughput":
+    if objective in ("throughput", "balance"):  # balance sizes jobs as throughput does
         return priority * (PLACED + c.speed / ref_speed)
     if objective == "cost":
         return -c.total_usd

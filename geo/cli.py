@@ -29,8 +29,9 @@ def add_geo_parser(sub) -> None:
     gs = g.add_subparsers(dest="geo_cmd", metavar="{plan,serve,submit,event,status}")
     p = gs.add_parser("plan", help="plan a spec YAML: print the plan and write its picture")
     p.add_argument("spec", help="spec YAML (see examples/geo/spec.yaml)")
-    p.add_argument("--objective", choices=("throughput", "cost", "makespan"), default=None,
-                   help="default: the spec's planner.objective (throughput)")
+    p.add_argument("--objective", choices=("throughput", "cost", "makespan", "balance"),
+                   default=None, help="default: the spec's planner.objective (throughput); "
+                   "balance: MAST's asymmetric demand/supply penalty (CP-SAT)")
     p.add_argument("--solver", choices=("cpsat", "decomposed", "greedy", "single-region"),
                    default="cpsat")
     p.add_argument("--time-limit", type=float, default=None, help="CP-SAT seconds")

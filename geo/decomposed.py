@@ -75,6 +75,8 @@ def solve_decomposed(model: Model, objective: str, *, jobs: list[Job] | None = N
                      free: dict[tuple[str, str], int] | None = None
                      ) -> tuple[dict[str, JobOptions], dict[str, Candidate], dict[str, Candidate]]:
     jobs = list(model.spec.jobs if jobs is None else jobs)
+    if objective == "balance":
+        objective = "throughput"  # its prices balance demand and supply already
     fleet = _Fleet(model, free)
     types = sorted(fleet.cap)
     S_ = len(model.sites)

@@ -9,6 +9,7 @@ from typing import Optional
 
 import msgspec
 
+from .balance import balance_penalty
 from .candidates import PLACED, Candidate, JobOptions, Model
 
 
@@ -60,13 +61,16 @@ class Plan(msgspec.Struct, omit_defaults=False):
 
 
 def objective_value(objective: str, started: list[tuple[Candidate, JobOptions]],
-                    makespan_h: float) -> float:
+                    makespan_h: float, balance: float = 0.0) -> float:
     """throughput: sum over jobs running now of priority * (1 + speed / ideal speed);
+    balance: MAST's asymmetric demand/supply penalty (geo/balance.py);
     cost: $ of what runs now, over its remaining run (GPU-hours and egress); makespan: hours until the last job finishes."""
     if objective == "throughput":
         return sum(o.job.priority * (PLACED + c.speed / o.ref_speed) for c, o in started)
     if objective == "cost":
         return sum(c.total_usd for c, _ in started)
+    if objective == "balance":
+        return balance
     return makespan_h
 
 
@@ -147,6 +151,7 @@ def build_plan(model: Model, options: dict[str, JobOptions], chosen: dict[str, C
     cost_h = sum(c.cost_per_hour for c, _ in started)
     return Plan(status="infeasible" if infeasible else status, objective=objective,
                 solve_time_s=solve_time_s, jobs=jobs, sites=sites, solver=solver,
-                objective_value=objective_value(objective, started, makespan),
+                objective_value=objective_value(objective, started, makespan,
+                                                balance_penalty(model, demand)),
                 cost_per_hour=cost_h, makespan_h=makespan, max_demand_supply=max_ds,
                 infeasible=infeasible)

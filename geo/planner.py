@@ -13,7 +13,7 @@ from .spec import Spec
 
 log = logging.getLogger("geo.planner")
 
-OBJECTIVES = ("throughput", "cost", "makespan")
+OBJECTIVES = ("throughput", "cost", "makespan", "balance")
 SOLVERS = ("cpsat", "decomposed", "greedy", "single-region")
 SCALE = 1000  # throughput weights and hours are scaled to integers (1e-3 resolution)
 
@@ -82,6 +82,7 @@ def solve_cpsat(model: Model, options: dict[str, JobOptions], objective: str, *,
       cost        sum (P_j - $_c) * x[j,c],  P_j = p_j * (1 + sum of every candidate's $)
                   so that placing a job always beats saving money on others
       makespan    sum P_j * x[j,c] - M,  M >= f_c * x[j,c];  P_j = p_j * (1 + max f)
+      (balance, MAST's demand/supply objective, is its own model: geo/balance.py)
     Returns (chosen candidates, status, objective bound gap, wall seconds).
     """
     from ortools.sat.python import cp_model
@@ -165,6 +166,17 @@ def plan(spec: Spec, objective: str | None = None, solver: str = "cpsat", *,
         raise ValueError(f"unknown solver {solver!r}: use one of {', '.join(SOLVERS)}")
     model = model or Model(spec)
     t0 = time.perf_counter()
+    if solver == "cpsat" and objective == "balance":
+        from .balance import solve_balance
+        options = estimate(model, "throughput")
+        hint = warm_start(model, options, "throughput")
+        chosen, queued, status, gap = solve_balance(
+            model, options, time_limit_s=time_limit_s or spec.planner.time_limit_s,
+            workers=spec.planner.workers, hint=hint)
+        p = build_plan(model, options, chosen, queued, objective=objective, solver=solver,
+                       status=status, solve_time_s=time.perf_counter() - t0)
+        p.gap = None if gap != gap else round(gap, 6)
+        return p
     if solver == "cpsat":
         options = estimate(model, objective)
         hint = warm_start(model, options, objective)

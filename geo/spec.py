@@ -7,7 +7,6 @@ types cannot say (references, min <= max). Both report ``file:line: field: probl
 """
 from __future__ import annotations
 
-import math
 import re
 from typing import Annotated, Literal, Optional
 
@@ -101,7 +100,7 @@ class Defaults(S, frozen=True):
 
 
 class Planner(S, frozen=True):
-    objective: Literal["throughput", "cost", "makespan"] = "throughput"
+    objective: Literal["throughput", "cost", "makespan", "balance"] = "throughput"
     budget_usd_per_hour: Optional[Pos] = None
     time_limit_s: Annotated[float, msgspec.Meta(gt=0, le=3600)] = 10.0
     max_candidates: Annotated[int, msgspec.Meta(ge=1, le=500)] = 16
@@ -305,7 +304,3 @@ def checkpoint_bytes(job: Job) -> float:
 
 def tflops(spec: Spec, gpu_type: str) -> float:
     return spec.gpu_tflops.get(gpu_type) or DEFAULT_TFLOPS[gpu_type]
-
-
-def finite(x: float) -> bool:
-    return x is not None and math.isfinite(x)

@@ -186,3 +186,18 @@ def test_data_placement_adds_a_replica_where_storage_allows(storage, added):
         assert p.job("reader").iteration_s < before.job("reader").iteration_s / 10
     else:  # 8 TB does not fit in 5 TB: no replica, same plan
         assert new == [] and p.job("reader").iteration_s == before.job("reader").iteration_s
+
+
+def test_balance_penalty_is_asymmetric_and_cpsat_minimises_it():
+    from geo.balance import OVER, UNDER, balance_penalty
+    m = Model(parse_spec(TWO_SITES + job("x")))
+    # a: 20 wanted of 16 -> 4 over; b: 10 of 16 -> 6 idle; over 32 GPUs
+    assert balance_penalty(m, {("a", "H100"): 20, ("b", "H100"): 10}) == \
+        pytest.approx((OVER * 4 + UNDER * 6) / 32)
+    assert OVER > UNDER
+    spec = make_instance(60, 8, seed=6)
+    best = plan(spec, "balance", "cpsat", time_limit_s=10)
+    greedy = plan(spec, "balance", "greedy")
+    assert best.objective_value <= greedy.objective_value
+    assert best.max_demand_supply <= 1.0  # supply allows every job here
+    assert sum(1 for j in best.jobs if j.sites) == 60
