@@ -218,6 +218,16 @@ class Client:
         reply = self._call("status", P.Status(req_id=0, target=target))
         return reply.job if target is not None else reply
 
+    def admit(self, replicas, replace: bool = False) -> list[dict]:
+        """Ask the daemon to admit model replicas ``(name, zoo model, batch, rate, slo_ms)``;
+        it refuses (``RequestError`` with code ``ADMISSION``) if its interference model predicts
+        that any admitted replica would miss its SLO. Returns each replica's prediction."""
+        msg = P.Admit(req_id=0, replicas=[P.AdmitReplica(n, m, int(b), float(r), float(slo))
+                                          for n, m, b, r, slo in replicas], replace=replace)
+        reply = self._call("admit", msg)
+        return [{"name": r.name, "predicted_slowdown": r.predicted_slowdown,
+                 "predicted_latency_ms": r.predicted_latency_ms} for r in reply.replicas]
+
     def poll(self, timeout: float = 0.0) -> int:
         """Handle replies that arrive within ``timeout`` seconds; returns how many."""
         self._acquire()

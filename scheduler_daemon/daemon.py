@@ -81,7 +81,8 @@ class Daemon:
         self.metrics = NullMetrics()
         self._handlers = {P.Register: self._register, P.Submit: self._submit,
                           P.Cancel: self._cancel, P.Status: self._status, P.Ping: self._ping,
-                          P.Bye: self._bye}
+                          P.Bye: self._bye, P.Admit: self._admit}
+        self._admission = None  # built at the first ADMIT (it loads profiles)
 
     # -- life cycle ---------------------------------------------------------------------------
     def bind(self) -> None:
@@ -461,6 +462,19 @@ class Daemon:
                              uptime_s=self.env.now - self.started, queued=len(self.core),
                              inflight=self.core.inflight,
                              utilisation=self.device.utilisation(), tenants=tenants)
+
+    def _admit(self, s: Session, msg: P.Admit, raw: list) -> None:
+        from .admission import Admission, AdmissionError
+        try:
+            if self._admission is None:
+                self._admission = Admission(self.device.spec.name)
+            got = self._admission.admit([(r.name, r.model, r.batch, r.rate, r.slo_ms)
+                                         for r in msg.replicas], msg.replace)
+        except (AdmissionError, ValueError) as e:
+            log.info("admission: refused for tenant %s: %s", s.tenant.name, e)
+            raise ProtocolError(Code.ADMISSION, str(e)) from None
+        self._send(s.identity, P.Admitted(req_id=msg.req_id,
+                                          replicas=[P.AdmittedReplica(**g) for g in got]))
 
     def _ping(self, s: Session, msg: P.Ping, raw: list) -> None:
         self._send(s.identity, P.Pong(seq=msg.seq, daemon_id=self.daemon_id))

@@ -56,6 +56,21 @@ class Status(Msg):
     target: Optional[ReqId] = None  # a SUBMIT's req_id, or None for the daemon summary
 
 
+class AdmitReplica(Msg):
+    name: Name              # the model's name in the placement
+    model: Name             # its zoo model (profiles and interference come from it)
+    batch: Annotated[int, msgspec.Meta(ge=1, le=1024)]
+    rate: Annotated[float, msgspec.Meta(gt=0.0, le=1e7)]            # requests/s
+    slo_ms: Annotated[float, msgspec.Meta(gt=0.0, le=86_400_000.0)]
+
+
+class Admit(Msg):
+    """Admission by the interference model (placement, issue 5): all replicas or none."""
+    req_id: ReqId
+    replicas: Annotated[list[AdmitReplica], msgspec.Meta(min_length=1, max_length=256)]
+    replace: bool = False   # forget what was admitted before
+
+
 class Ping(Msg):
     seq: int = 0
 
@@ -154,6 +169,17 @@ class Pong(Msg):
     daemon_id: str
 
 
+class AdmittedReplica(Msg, omit_defaults=False):
+    name: str
+    predicted_slowdown: float
+    predicted_latency_ms: float
+
+
+class Admitted(Msg):
+    req_id: int
+    replicas: list[AdmittedReplica] = []
+
+
 class Error(Msg):
     req_id: int  # 0 when the request could not be read far enough to know it
     code: str
@@ -175,14 +201,17 @@ class Code:
     LIMIT = "LIMIT"                  # a count limit (queued jobs, models)
     DUPLICATE = "DUPLICATE"          # req_id already in use
     DRAINING = "DRAINING"            # the daemon is shutting down
+    ADMISSION = "ADMISSION"          # the interference model predicts a broken SLO
     INTERNAL = "INTERNAL"            # a bug: logged by the daemon
 
 
 REQUESTS: dict[bytes, type] = {b"HELLO": Hello, b"REGISTER": Register, b"SUBMIT": Submit,
-                               b"CANCEL": Cancel, b"STATUS": Status, b"PING": Ping, b"BYE": Bye}
+                               b"CANCEL": Cancel, b"STATUS": Status, b"PING": Ping, b"BYE": Bye,
+                               b"ADMIT": Admit}
 REPLIES: dict[bytes, type] = {b"WELCOME": Welcome, b"REGISTERED": Registered,
                               b"ACCEPTED": Accepted, b"DONE": Done, b"CANCEL_REPLY": CancelReply,
-                              b"STATUS_REPLY": StatusReply, b"PONG": Pong, b"ERROR": Error}
+                              b"STATUS_REPLY": StatusReply, b"PONG": Pong, b"ERROR": Error,
+                              b"ADMITTED": Admitted}
 TAGS: dict[type, bytes] = {cls: tag for tag, cls in (REQUESTS | REPLIES).items()}
 
 _encoder = msgspec.msgpack.Encoder()
