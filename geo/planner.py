@@ -165,6 +165,9 @@ def plan(spec: Spec, objective: str | None = None, solver: str = "cpsat", *,
     if solver not in SOLVERS:
         raise ValueError(f"unknown solver {solver!r}: use one of {', '.join(SOLVERS)}")
     model = model or Model(spec)
+    if solver == "cpsat" and len(spec.jobs) > 1000:
+        log.warning("geo: CP-SAT on %d jobs will be slow; --solver decomposed is built for this",
+                    len(spec.jobs))
     t0 = time.perf_counter()
     if solver == "cpsat" and objective == "balance":
         from .balance import solve_balance

@@ -138,3 +138,41 @@ def test_token_and_curve(tmp_path):
 def test_no_service_is_a_clear_error(tmp_path):
     r = cli("status", "--endpoint", f"ipc://{tmp_path}/none.sock", "--timeout", "0.5")
     assert r.returncode == 2 and "no geo service answered" in r.stderr
+
+
+def test_fuzzed_frames_always_get_one_answer(tmp_path):
+    """Random and half-valid frames straight into the request handler: every one gets a REPLY
+    or an ERROR, nothing raises, and the state only changes through valid requests."""
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    from geo.service import GeoService
+
+    svc = GeoService(f"ipc://{tmp_path}/unused.sock", str(tmp_path / "state.json"), SPEC)
+    events0 = svc.state.events
+    scalars = st.one_of(st.none(), st.booleans(), st.integers(-2**63, 2**64 - 1), st.floats(),
+                        st.text(max_size=20), st.binary(max_size=20))
+    values = st.recursive(scalars, lambda inner: st.one_of(
+        st.lists(inner, max_size=4), st.dictionaries(st.text(max_size=12), inner, max_size=4)),
+        max_leaves=12)
+    fields = st.sampled_from(["req_id", "job", "event", "token", "kind", "site", "name",
+                              "params", "min_gpus", "gpu_types", "count"])
+    bodies = st.one_of(st.binary(max_size=64), st.builds(
+        msgspec.msgpack.encode, st.dictionaries(fields, values, max_size=5)))
+    tags = st.one_of(st.sampled_from([b"SUBMIT", b"EVENT", b"STATUS", b"REPLY"]),
+                     st.binary(max_size=8))
+    frames = st.one_of(st.lists(st.binary(max_size=32), max_size=3),
+                       st.tuples(tags, bodies).map(list))
+
+    @settings(max_examples=300, deadline=None, database=None,
+              suppress_health_check=list(HealthCheck))
+    @given(frames)
+    def one(fr):
+        ans = decode(svc.handle(fr), REPLIES)
+        assert isinstance(ans, (Error,)) or ans.plan is not None
+
+    one()
+    # nothing random was a valid job or event: the state is untouched and still served
+    assert svc.state.events == events0
+    ans = decode(svc.handle([b"STATUS", msgspec.msgpack.encode({"req_id": 1})]), REPLIES)
+    assert not isinstance(ans, Error) and len(ans.plan.jobs) == 7
