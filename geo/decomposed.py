@@ -2,18 +2,19 @@
 
 Three steps (MAST's scope decoupling with demand/supply balancing by prices):
   1. estimate, vectorised: for each job and GPU type, its smallest size that meets the deadline
-     and budget is scored at every site at once (numpy over sites); the best few sites are kept:
-     Cand[j, k] with score S[j,k], GPUs N[j,k] and pool P[j,k] (a site x GPU type).
-  2. global balancing: each pool gets a price lambda[pool] per GPU; every job picks
-     argmax_k S[j,k] - lambda[P[j,k]] * N[j,k] (or nothing if that is <= 0); pools whose demand
-     is above supply get dearer, fast (overload is penalised more than underload: MAST's
-     asymmetric penalties), pools with spare GPUs cheaper, slowly. A few dozen rounds.
+     and budget is scored at every site at once (numpy over sites): Cand[j, k] with score
+     S[j,k], GPUs N[j,k] and pool P[j,k] (a site x GPU type).
+  2. global balancing: each pool gets a price lambda[pool] per GPU, set on bids for every size
+     (``_prices``): pools whose demand is above supply get dearer, fast (overload is penalised
+     more than underload: MAST's asymmetric penalties), pools with spare GPUs cheaper, slowly.
   3. regional packing: jobs in priority order (then those with fewer GPU types, then the
-     biggest) take their best priced candidate that still fits (else the next one); then the GPUs left in each region go to the placed
-     jobs where the next size gains the most objective per GPU (or to the job that finishes
-     last, for makespan); then an exchange pass moves a job to another pool when the GPUs it
-     frees let the jobs left behind gain more (up to POLISH_MAX_JOBS jobs).
-Jobs no single site can host fall back to the full candidate search (multi-site modes).
+     biggest) take their best candidate at those prices, S - lambda[P] * N, that still fits;
+     jobs no single site can host take the full candidate search (multi-site modes) on what is
+     left; the GPUs still free go to the placed jobs where the next size gains the most
+     objective per GPU (or to the job that finishes last, for makespan); an exchange pass moves
+     a job to another pool when the GPUs it frees let the jobs left behind gain more.
+  Step 3 runs at the prices found, at half of them and at zero; the plan that serves more jobs
+  (by priority), then has the better objective, is kept.
 """
 from __future__ import annotations
 
@@ -23,7 +24,8 @@ import logging
 import numpy as np
 
 from .baselines import _Fleet, _multi_site, _site_vectors
-from .candidates import PLACED, Candidate, JobOptions, Model, gpu_sizes, ideal_speed, job_options, single_site
+from .candidates import (PLACED, Candidate, JobOptions, Model, gpu_sizes, ideal_speed,
+                         job_options, single_site)
 from .spec import Job
 
 log = logging.getLogger("geo.decomposed")
@@ -102,20 +104,25 @@ def solve_decomposed(model: Model, objective: str, *, jobs: list[Job] | None = N
         trial.__dict__.update(fleet.__dict__)
         trial.free = fr
         placed = {name: v[:3] for name, v in placed_k.items()}
+        multi = {}
+        for r, job in enumerate(jobs):  # jobs that only fit across sites, before growth
+            if data[r] is None and job.name not in placed:
+                c = _multi_site(model, trial, job, objective)
+                if c is not None:
+                    multi[job.name] = c
         _grow(model, trial, objective, placed, jobs_by_name, options)
         _polish(trial, objective, placed, jobs_by_name, options)
         _grow(model, trial, objective, placed, jobs_by_name, options)
         # serving jobs comes first (by priority), then the objective
-        val = (sum(jobs_by_name[n].priority for n in placed),
+        val = (sum(jobs_by_name[n].priority for n in [*placed, *multi]),
                _value(trial, objective, placed, jobs_by_name, options))
         if best is None or val > best[0]:
-            best = (val, placed, fr)
-    _, placed, fleet.free = best
+            best = (val, placed, fr, multi)
+    _, placed, fleet.free, multi = best
     waits: dict[str, tuple[int, str, int]] = {}
-    multi: dict[str, Candidate] = {}
     multi_waits: dict[str, Candidate] = {}
     for r, job in enumerate(jobs):
-        if job.name in placed:
+        if job.name in placed or job.name in multi:
             continue
         d = data[r]
         if len(job.modes) > 1 or d is None:
