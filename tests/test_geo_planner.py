@@ -201,3 +201,11 @@ def test_balance_penalty_is_asymmetric_and_cpsat_minimises_it():
     assert best.objective_value <= greedy.objective_value
     assert best.max_demand_supply <= 1.0  # supply allows every job here
     assert sum(1 for j in best.jobs if j.sites) == 60
+
+
+def test_onprem_example_with_explicit_links_plans():
+    from geo.spec import load_spec
+    spec = load_spec(os.path.join(ROOT, "examples", "geo", "onprem.yaml"))
+    p = plan(spec, "cost", "cpsat")
+    assert p.status == "optimal" and all(j.sites for j in p.jobs)
+    assert Model(spec).wan.get("aws:us-west-2", "dc-west").alpha_s == pytest.approx(0.004)
