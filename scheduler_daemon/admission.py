@@ -40,10 +40,13 @@ class Admission:
             # the largest slowdown budget whose replica can carry the rate
             fits = [k for k in cfgs if k.rate_min <= rate <= k.rate_max]
             if not fits:
+                what = f"{name!r} ({model}, batch {batch}, {rate:g} req/s)"
+                if cfgs and rate < min(k.rate_min for k in cfgs):
+                    raise AdmissionError(f"{what}: at this rate a batch of {batch} does not fill "
+                                         f"within its SLO {slo_ms:g} ms; use a smaller batch")
                 raise AdmissionError(
-                    f"{name!r} ({model}, batch {batch}, {rate:g} req/s) cannot meet its SLO "
-                    f"{slo_ms:g} ms on a {self.gpu.name} even alone: lower its rate per replica "
-                    "or its batch, or raise the SLO")
+                    f"{what} cannot meet its SLO {slo_ms:g} ms on a {self.gpu.name} even alone: "
+                    "spread it over more replicas, use a smaller batch, or raise the SLO")
             best = max(fits, key=lambda k: k.alpha)
             rep = Replica(name, best, rate)
             why = state.check(rep)
