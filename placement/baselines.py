@@ -20,8 +20,6 @@ from .fit import GpuState, Replica
 from .heuristic import cheapest_type, infeasible, size_replicas
 from .knobs import DEFAULT, Knobs
 from .plan import Plan
-from .pool import GpuType
-from .spec import ModelSpec
 
 
 def _replicas(models, table, pool, alpha: float) -> list[Replica]:
@@ -55,19 +53,29 @@ def one_per_gpu(models, table_alone, pool, knobs: Knobs = DEFAULT) -> Plan:
 
 def mem_packing(models, table_alone, pool, knobs: Knobs = DEFAULT) -> Plan:
     t0 = time.perf_counter()
+    reps = sorted(_replicas(models, table_alone, pool, 1.0), key=lambda r: -r.cfg.footprint_mb)
+    gpus = _first_fit(reps, pool, knobs, _memory_ok, lambda: infeasible(models, table_alone, pool))
+    return Plan("mem-packing", gpus, time.perf_counter() - t0)
+
+
+def _memory_ok(g: GpuState, r: Replica) -> bool:
+    return g.F + r.cfg.footprint_mb <= g.type.memory_mb * g.knobs.mem_frac
+
+
+def _first_fit(replicas, pool, knobs: Knobs, fits, fail) -> list[GpuState]:
+    """Each replica on the first open GPU of its type where ``fits(gpu, replica)``, else on a
+    new one; ``fail()`` is raised when the pool has no GPU of that type left."""
     by = {t.name: t for t in pool}
     gpus: list[GpuState] = []
-    for r in sorted(_replicas(models, table_alone, pool, 1.0), key=lambda r: -r.cfg.footprint_mb):
-        cap = by[r.cfg.gpu].memory_mb * knobs.mem_frac
-        g = next((g for g in gpus if g.type.name == r.cfg.gpu
-                  and g.F + r.cfg.footprint_mb <= cap), None)
+    for r in replicas:
+        g = next((g for g in gpus if g.type.name == r.cfg.gpu and fits(g, r)), None)
         if g is None:
             if sum(1 for x in gpus if x.type.name == r.cfg.gpu) >= by[r.cfg.gpu].count:
-                raise infeasible(models, table_alone, pool)
+                raise fail()
             g = GpuState(by[r.cfg.gpu], knobs)
             gpus.append(g)
         g.add(r)
-    return Plan("mem-packing", gpus, time.perf_counter() - t0)
+    return gpus
 
 
 def _sliced(k: Config, p: int, models, knobs: Knobs) -> Config | None:
@@ -111,17 +119,9 @@ def gslice(models, table_alone, pool, knobs: Knobs = DEFAULT) -> Plan:
     if best is None:
         raise infeasible(models, table_alone, pool)
     _, p, reps = best
-    by = {t.name: t for t in pool}
-    gpus: list[GpuState] = []
-    for r in reps:  # each GPU holds p slices
-        g = next((g for g in gpus if g.type.name == r.cfg.gpu and len(g.replicas) < p
-                  and g.F + r.cfg.footprint_mb <= g.type.memory_mb * knobs.mem_frac), None)
-        if g is None:
-            if sum(1 for x in gpus if x.type.name == r.cfg.gpu) >= by[r.cfg.gpu].count:
-                raise infeasible(models, table_alone, pool)
-            g = GpuState(by[r.cfg.gpu], knobs)
-            gpus.append(g)
-        g.add(r)
+    gpus = _first_fit(reps, pool, knobs,  # each GPU holds p slices
+                      lambda g, r: len(g.replicas) < p and _memory_ok(g, r),
+                      lambda: infeasible(models, table_alone, pool))
     return Plan("gslice", gpus, time.perf_counter() - t0, notes={"slices_per_gpu": p})
 
 
@@ -129,17 +129,9 @@ def gpulet(models, table, pool, knobs: Knobs = DEFAULT, alpha: float = 1.5) -> P
     t0 = time.perf_counter()
     # gpulet's model: a partner is always busy (no tail weighting by its busy time)
     pair = dataclasses.replace(knobs, kappa=1.0)
-    by = {t.name: t for t in pool}
-    gpus: list[GpuState] = []
-    for r in sorted(_replicas(models, table, pool, alpha), key=lambda r: -r.rate):
-        g = next((g for g in gpus if g.type.name == r.cfg.gpu and len(g.replicas) < 2
-                  and _pair_ok(g, r, pair)), None)
-        if g is None:
-            if sum(1 for x in gpus if x.type.name == r.cfg.gpu) >= by[r.cfg.gpu].count:
-                raise infeasible(models, table, pool)
-            g = GpuState(by[r.cfg.gpu], pair)
-            gpus.append(g)
-        g.add(r)
+    reps = sorted(_replicas(models, table, pool, alpha), key=lambda r: -r.rate)
+    gpus = _first_fit(reps, pool, pair, lambda g, r: len(g.replicas) < 2 and _pair_ok(g, r, pair),
+                      lambda: infeasible(models, table, pool))
     return Plan("gpulet", gpus, time.perf_counter() - t0)
 
 

@@ -2,13 +2,13 @@
 
 Every GPU of the plan is its own simulated GPU running the daemon's scheduler core (the same
 code as ``gpusched daemon``; policy ``slo``, deadline-aware, unless told: under ``slo-srpt``
-shortest-first starves the long models of a busy GPU - measured, see docs/placement.md). Each model's requests arrive
-with the Azure LLM inference trace's inter-arrival times (shared data) rescaled to its rate,
-and are spread over its replicas by smooth weighted round robin. A replica batches like a
-serving frontend: a batch closes when it holds ``b`` requests or its oldest has waited the
-configured timeout ``T``; it runs the kernels of the smallest profiled batch size that holds
-it, with the oldest request's remaining SLO as the job's deadline. A request meets its SLO when
-its batch finishes within ``slo_ms`` of the request's arrival.
+shortest-first starves the long models of a busy GPU - measured, see docs/placement.md). Each
+model's requests arrive with the Azure LLM inference trace's inter-arrival times (shared data)
+rescaled to its rate, and are spread over its replicas by smooth weighted round robin. A
+replica batches like a serving frontend: a batch closes when it holds ``b`` requests or its
+oldest has waited the configured timeout ``T``; it runs the kernels of the smallest profiled
+batch size that holds it, with the oldest request's remaining SLO as the job's deadline. A
+request meets its SLO when its batch finishes within ``slo_ms`` of the request's arrival.
 """
 from __future__ import annotations
 
