@@ -168,8 +168,11 @@ def build_parser() -> argparse.ArgumentParser:
     bu = bsub.add_parser("usher", help="placement methods on Azure-rate workloads, replayed")
     bu.add_argument("--quick", action="store_true",
                     help="12 models only, 0.5 s replay, 100-model heuristic scale case")
+    bu.add_argument("--gpu", default="H100", choices=sorted(PRESETS), help="the pool's GPU type")
     bu.add_argument("--scale", type=float, default=200.0,
                     help="request rates = the trace's per-minute rates x this")
+    bu.add_argument("--horizon", type=float, default=None,
+                    help="seconds replayed per plan (default 1 for 12 models, 0.5 for 100)")
     bu.add_argument("--cpsat-limit", type=float, default=60.0, help="CP-SAT seconds per workload")
     bu.add_argument("--seed", type=int, default=0)
     bu.add_argument("--json", action="store_true")
@@ -408,15 +411,17 @@ def _bench_usher(args) -> int:
     from rich.progress import Progress
 
     from .bench.usher import print_usher, run_usher, steps
-    if args.scale <= 0 or args.cpsat_limit <= 0:
-        raise UsageError("--scale and --cpsat-limit must be > 0")
+    if args.scale <= 0 or args.cpsat_limit <= 0 or (args.horizon is not None and args.horizon <= 0):
+        raise UsageError("--scale, --cpsat-limit and --horizon must be > 0")
     sizes, large = ((12,), 100) if args.quick else ((12, 100), 1000)
     horizons = {12: 0.5} if args.quick else None
+    if args.horizon:
+        horizons = {n: args.horizon for n in sizes}
     with Progress(transient=True, disable=args.json) as bar:
         task = bar.add_task("placing and replaying", total=steps(sizes, large))
-        res = run_usher(sizes, scale=args.scale, seed=args.seed, horizons=horizons,
-                        cpsat_limit_s=args.cpsat_limit, large=large,
-                        large_pool=20 if args.quick else 200,
+        res = run_usher(sizes, gpu=args.gpu, scale=args.scale, seed=args.seed,
+                        horizons=horizons, cpsat_limit_s=args.cpsat_limit, large=large,
+                        large_pool=400 if args.quick else 200,
                         progress=lambda: bar.advance(task))
     print(json.dumps(res, indent=2)) if args.json else print_usher(res)
     return 0

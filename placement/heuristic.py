@@ -9,13 +9,15 @@
    ends up fullest (its most used resource, as a share of its cap) and most balanced (least
    ``|C - M|``); else a new GPU is opened.
 4. Repeated for each slowdown budget ``a`` (one for all models, then each model its own with
-   the least busy time); the cheapest plan wins.
+   the least busy time), then with random budgets per model and a jittered order for a short
+   time (``search_s``); the cheapest plan wins.
 5. Consolidate: try to empty the least-busy GPUs one by one, moving their replicas to the
    others by the same best fit; a GPU is closed only if all of its replicas find a place.
 """
 from __future__ import annotations
 
 import math
+import random
 import time
 
 from .estimate import Config
@@ -43,14 +45,16 @@ def size_replicas(ms: ModelSpec, cfgs: list[Config]) -> list[Replica]:
     return [Replica(ms.name, k, lam) for _ in range(n)]
 
 
-def order(replicas: list[Replica]) -> list[Replica]:
-    """Compute-heavy and memory-heavy replicas alternately, each class largest first."""
-    comp = sorted((r for r in replicas if r.cfg.compute >= r.cfg.memory), key=lambda r: -r.u)
-    mem = sorted((r for r in replicas if r.cfg.compute < r.cfg.memory), key=lambda r: -r.u)
+def order(replicas: list[Replica], rng: random.Random | None = None) -> list[Replica]:
+    """Compute-heavy and memory-heavy replicas alternately, each class largest first (sizes
+    jittered by up to 25% when ``rng`` is given, for the restarts)."""
+    size = {id(r): r.u * (rng.uniform(0.8, 1.25) if rng else 1.0) for r in replicas}
+    key = lambda r: -size[id(r)]  # noqa: E731
+    comp = sorted((r for r in replicas if r.cfg.compute >= r.cfg.memory), key=key)
+    mem = sorted((r for r in replicas if r.cfg.compute < r.cfg.memory), key=key)
     out = []
     for i in range(max(len(comp), len(mem))):
-        pair = [x[i] for x in (comp, mem) if i < len(x)]
-        out.extend(sorted(pair, key=lambda r: -r.u))
+        out.extend(sorted((x[i] for x in (comp, mem) if i < len(x)), key=key))
     return out
 
 
@@ -116,25 +120,43 @@ def cheapest_type(ms: ModelSpec, cfgs: list[Config], pool: tuple[GpuType, ...]) 
 
 
 def solve(models: tuple[ModelSpec, ...], table: list[list[Config]], pool: tuple[GpuType, ...],
-          knobs: Knobs = DEFAULT) -> Plan:
+          knobs: Knobs = DEFAULT, search_s: float = 0.3, seed: int = 0) -> Plan:
+    """Steps 1-5 for each budget choice, then randomised restarts (each model a random budget,
+    jittered order) until ``search_s`` has passed; the cheapest plan wins. Deterministic for a
+    given ``seed`` up to where the time budget cuts the restarts."""
     t0 = time.perf_counter()
     typed = [cheapest_type(ms, cfgs, pool) for ms, cfgs in zip(models, table)]
+    options = knobs.alphas + (None,)  # None: each model its own least-busy budget
     best: list[GpuState] | None = None
-    for a in knobs.alphas + (None,):  # None: each model its own least-busy budget
-        replicas: list[Replica] = []
-        for ms, cfgs in zip(models, typed):
-            reps = size_replicas(ms, [k for k in cfgs if a is None or k.alpha == a])
-            if not reps:
+    rng = random.Random(seed)
+    tries = [[a] * len(models) for a in options]
+    for n in range(1000):
+        if n >= len(tries):
+            if time.perf_counter() - t0 > search_s:
                 break
-            replicas.extend(reps)
-        else:
-            gpus = best_fit(order(replicas), pool, knobs)
-            gpus = consolidate(gpus, knobs) if gpus is not None else None
-            if gpus is not None and (best is None or _cost(gpus) < _cost(best)):
-                best = gpus
+            tries.append([rng.choice(options) for _ in models])
+        replicas = _sized(models, typed, tries[n])
+        if replicas is None:
+            continue
+        gpus = best_fit(order(replicas, rng if n >= len(options) else None), pool, knobs)
+        gpus = consolidate(gpus, knobs) if gpus is not None else None
+        if gpus is not None and (best is None or _cost(gpus) < _cost(best)):
+            best = gpus
     if best is None:
         raise infeasible(models, table, pool)
     return Plan("heuristic", best, time.perf_counter() - t0)
+
+
+def _sized(models, typed, budgets) -> list[Replica] | None:
+    out: list[Replica] = []
+    for ms, cfgs, a in zip(models, typed, budgets):
+        reps = size_replicas(ms, [k for k in cfgs if a is None or k.alpha == a])
+        if not reps and a is not None:  # this budget does not suit the model: its own best
+            reps = size_replicas(ms, cfgs)
+        if not reps:
+            return None
+        out.extend(reps)
+    return out
 
 
 def _cost(gpus: list[GpuState]) -> tuple[float, int]:
