@@ -97,7 +97,8 @@ def build_parser() -> argparse.ArgumentParser:
     pf.add_argument("--device", default="sim:T4",
                     help="roofline:GPU, sim:GPU or torch:cpu|cuda (GPU: T4, V100, A100, H100)")
     pf.add_argument("--batch", default="1", help="batch sizes, comma-separated")
-    pf.add_argument("--pairs", action="store_true", help="measure pairs and fit interference")
+    pf.add_argument("--pairs", action="store_true", help="measure pairs and fit interference "
+                    "(sim:GPU in virtual time, or torch:cpu: the models for real, two at once)")
     pf.add_argument("--jobs", type=int, default=6, help="--pairs: jobs per model per pair")
     pf.add_argument("--db", help="profile store (default $GPUSCHED_PROFILE_DB or "
                     "~/.cache/gpusched/profiles.sqlite)")
@@ -287,14 +288,19 @@ def _profile(args) -> int:
         from rich.progress import Progress
 
         from profilers.interference import run_pairs
-        if source != "sim":
-            raise UsageError("--pairs runs on the simulated GPU: --device sim:GPU")
+        from profilers.interference_cpu import run_pairs_cpu
+        if source == "roofline" or (source == "torch" and target != "cpu"):
+            raise UsageError("--pairs runs on the simulated GPU (--device sim:GPU) or for real "
+                             "in torch on this machine's CPU (--device torch:cpu)")
         models = args.models or list(PAIR_MODELS)
         n = len(models) * len(batches)
         with Progress(transient=True, disable=args.json) as bar:
             task = bar.add_task("co-locating pairs", total=n * (n + 1) // 2)
-            res = run_pairs(models, batches, target, jobs=args.jobs,
-                            progress=lambda: bar.advance(task))
+            if source == "torch":
+                res = run_pairs_cpu(models, batches, progress=lambda: bar.advance(task))
+            else:
+                res = run_pairs(models, batches, target, jobs=args.jobs,
+                                progress=lambda: bar.advance(task))
         store.put_interference(args.device, res)
         if args.json:
             print(json.dumps(res, indent=2))

@@ -101,3 +101,23 @@ def test_profile_cli_json_and_errors(tmp_path):
     bad = subprocess.run([sys.executable, "-m", "gpusched.cli", "profile", "nope", "--db", db],
                          capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and "unknown model" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_cpu_pairs_measure_fit_and_store(tmp_path):
+    """--pairs on the real device of these machines: torch on the CPU, two models at once."""
+    import json
+    import subprocess
+    import sys
+
+    from profilers.store import ProfileStore
+    db = tmp_path / "p.sqlite"
+    r = subprocess.run([sys.executable, "-m", "gpusched.cli", "profile", "--pairs", "--device",
+                        "torch:cpu", "--batch", "1", "squeezenet1.1", "resnet18", "--json",
+                        "--db", str(db)], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    res = json.loads(r.stdout)
+    assert res["device"] == "torch:cpu" and res["pairs"] == 3   # (a,a), (a,b), (b,b)
+    assert len(res["slowdowns"]) == 6 and all(s > 0 for s in res["slowdowns"])
+    assert res["peak_gflops"] > 0 and res["peak_gbs"] > 0
+    assert len(res["weights"]) == 7
+    assert ProfileStore(str(db)).get_interference("torch:cpu")["weights"] == res["weights"]
