@@ -17,8 +17,12 @@ $(STAMP): pyproject.toml
 
 setup: $(STAMP)
 
+# The daemon against its baseline, then a placement and a geo training plan (pictures in out/demo).
 demo: $(STAMP)
 	$(BIN)/gpusched demo
+	@mkdir -p out/demo
+	$(BIN)/gpusched place examples/placement/models.yaml --plot out/demo/placement.png
+	$(BIN)/gpusched geo plan examples/geo/spec.yaml --out out/demo
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
