@@ -1,0 +1,129 @@
+"""Run a captured Graph (graph_spec) with torch: resolve and allowlist ops at load, replay per request.
+
+Ops are resolved once when the model is registered; an op outside ALLOWED is refused naming it.
+``run_op`` executes one node so that the scheduler can treat each op as one kernel.
+"""
+from __future__ import annotations
+
+import logging
+import math
+
+from .graph_spec import C, D, Graph, K, L, V
+
+log = logging.getLogger("gpusched.graph")
+
+# aten ops a registered graph may use: pure tensor math, no I/O, no storage aliasing tricks.
+ALLOWED = frozenset("""
+addmm mm bmm matmul linear t transpose permute view reshape _unsafe_view expand clone contiguous
+relu relu_ gelu tanh sigmoid silu softmax _softmax log_softmax _log_softmax add add_ sub mul mul_
+div div_ neg rsqrt sqrt pow exp mean sum layer_norm native_layer_norm convolution
+_native_batch_norm_legit_no_training native_batch_norm max_pool2d_with_indices max_pool2d
+adaptive_avg_pool2d avg_pool2d _adaptive_avg_pool2d flatten cat stack split split_with_sizes
+chunk unsqueeze squeeze slice select embedding dropout native_dropout detach alias scaled_dot_product_attention
+_scaled_dot_product_flash_attention_for_cpu _transformer_encoder_layer_fwd _native_multi_head_attention
+masked_fill baddbmm arange zeros ones full empty_like zeros_like ones_like where eq ne lt gt
+_to_copy to copy_ lift_fresh empty rsub erf tanh_ gelu_ index_select gather embedding_dense_backward bitwise_not logical_not any all max min amax argmax sort topk full_like new_zeros new_ones expand_as unbind hardtanh hardtanh_ clamp
+""".split())
+
+MAX_WEIGHT_BYTES = 4 << 30
+
+
+def resolve_op(name: str):
+    """'aten::addmm.default' -> OpOverload; ValueError naming the op when refused."""
+    import torch
+    ns, _, rest = name.partition("::")
+    opname, _, overload = rest.partition(".")
+    if ns != "aten" or opname not in ALLOWED:
+        raise ValueError(f"unsupported op {name!r}: not in the daemon's allowed aten ops")
+    try:
+        return getattr(getattr(torch.ops.aten, opname), overload or "default")
+    except AttributeError:
+        raise ValueError(f"unsupported op {name!r}: no such aten overload") from None
+
+
+def _dtype(name: str):
+    import torch
+    dt = getattr(torch, name, None)
+    if not isinstance(dt, torch.dtype):
+        raise ValueError(f"unknown dtype {name!r}")
+    return dt
+
+
+def _const(k: K):
+    import torch
+    if k.kind == "device":
+        return torch.device("cpu")
+    v = getattr(torch, k.name, None)
+    if not isinstance(v, (torch.layout, torch.memory_format)):
+        raise ValueError(f"unknown {k.kind} {k.name!r}")
+    return v
+
+
+class LoadedGraph:
+    """A validated graph with its ops resolved and its weights on the device."""
+
+    def __init__(self, graph: Graph, weights: list):
+        self.graph = graph
+        self.fns = [resolve_op(n.op) for n in graph.ops]
+        if len(weights) != len(graph.weights):
+            raise ValueError(f"graph declares {len(graph.weights)} weights, got {len(weights)}")
+        self.weights = weights
+        self.kwconsts = [self._prebuild(n) for n in graph.ops]
+
+    @staticmethod
+    def _prebuild(node):
+        def conv(a):
+            if isinstance(a, C):
+                return a.value
+            if isinstance(a, D):
+                return _dtype(a.name)
+            if isinstance(a, K):
+                return _const(a)
+            return None
+        for a in list(node.args) + list(node.kwargs.values()):
+            conv(a)                     # validates dtype/enum names at load
+        return None
+
+    def start(self, inputs: list) -> list:
+        """A request's value table: inputs then weights; op outputs are appended by run_op."""
+        if len(inputs) != self.graph.n_inputs:
+            raise ValueError(f"model takes {self.graph.n_inputs} inputs, got {len(inputs)}")
+        return list(inputs) + list(self.weights)
+
+    def _arg(self, a, env):
+        if isinstance(a, V):
+            return env[a.id]
+        if isinstance(a, C):
+            return a.value
+        if isinstance(a, L):
+            return [self._arg(b, env) for b in a.items]
+        if isinstance(a, D):
+            return _dtype(a.name)
+        return _const(a)
+
+    def run_op(self, i: int, env: list) -> None:
+        node = self.graph.ops[i]
+        out = self.fns[i](*[self._arg(a, env) for a in node.args],
+                          **{k: self._arg(v, env) for k, v in node.kwargs.items()})
+        outs = list(out) if isinstance(out, (tuple, list)) else [out]
+        if len(outs) != node.n_out:
+            raise ValueError(f"op {node.op} gave {len(outs)} outputs, graph says {node.n_out}")
+        env.extend(outs)
+
+    def run(self, inputs: list) -> list:
+        import torch
+        env = self.start(inputs)
+        with torch.no_grad():
+            for i in range(len(self.fns)):
+                self.run_op(i, env)
+        return [env[o] for o in self.graph.outputs]
+
+
+def weight_nbytes(graph: Graph) -> int:
+    from ..tensors import DTYPES
+    total = 0
+    for w in graph.weights:
+        if w.dtype not in DTYPES:
+            raise ValueError(f"weight {w.name}: unsupported dtype {w.dtype!r}")
+        total += math.prod(w.shape) * DTYPES[w.dtype]
+    return total

@@ -1,0 +1,68 @@
+"""Registered-model graphs: capture -> msgspec wire -> daemon-side replay is bit-identical;
+bad graphs are refused naming the problem."""
+import msgspec
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from client_lib.capture import CaptureError, capture  # noqa: E402
+from profilers.zoo_models import build  # noqa: E402
+from scheduler_daemon.devices.graph_exec import LoadedGraph  # noqa: E402
+from scheduler_daemon.devices.graph_spec import OpNode, V, decode_graph, encode_graph  # noqa: E402
+from scheduler_daemon.tensors import from_frame, to_frame  # noqa: E402
+
+
+def _models():
+    torch.manual_seed(0)
+    mlp = torch.nn.Sequential(torch.nn.Linear(16, 32), torch.nn.ReLU(), torch.nn.Linear(32, 4)).eval()
+    enc = torch.nn.TransformerEncoder(
+        torch.nn.TransformerEncoderLayer(32, 4, 64, batch_first=True), 2).eval()
+    resnet, inputs = build("resnet18")
+    return [("mlp", mlp, [torch.randn(3, 16)]), ("encoder", enc, [torch.randn(2, 5, 32)]),
+            ("resnet18", resnet, list(inputs(1)))]
+
+
+def _through_wire(module, xs):
+    g, ws = capture(module, xs)
+    # weights cross as raw frames, the graph as msgpack: nothing pickled
+    ws = [torch.from_numpy(from_frame(*to_frame(w)).copy()) for w in ws]
+    return LoadedGraph(decode_graph(encode_graph(g)), ws)
+
+
+@pytest.mark.parametrize("case", range(3), ids=["mlp", "encoder", "resnet18"])
+def test_replay_is_bit_identical(case):
+    name, module, xs = _models()[case]
+    with torch.no_grad():
+        want = module(*xs)
+    loaded = _through_wire(module, xs)
+    fresh = [torch.randn_like(x) for x in xs] if name != "resnet18" else xs
+    with torch.no_grad():
+        want2 = module(*fresh)
+    assert torch.equal(loaded.run(xs)[0], want)
+    assert torch.equal(loaded.run(fresh)[0], want2)   # a new request, not a cached value
+
+
+def test_unknown_op_is_refused_by_name():
+    g, ws = capture(torch.nn.Linear(4, 4).eval(), [torch.randn(2, 4)])
+    bad = msgspec.structs.replace(g, ops=[OpNode(op="aten::_fft_r2c.default", args=[V(id=0)])] + g.ops)
+    with pytest.raises(ValueError, match="aten::_fft_r2c"):
+        LoadedGraph(decode_graph(encode_graph(bad)), ws)
+
+
+def test_forward_reference_is_refused():
+    g, ws = capture(torch.nn.Linear(4, 4).eval(), [torch.randn(2, 4)])
+    bad = msgspec.structs.replace(g, ops=[OpNode(op="aten::relu.default", args=[V(id=999)])])
+    with pytest.raises(ValueError, match="before it exists"):
+        decode_graph(encode_graph(bad))
+
+
+def test_unknown_fields_and_bad_types_are_refused():
+    with pytest.raises(msgspec.ValidationError):
+        decode_graph(msgspec.msgpack.encode({"n_inputs": 1, "weights": [], "ops": [], "outputs": [0]}))
+    with pytest.raises(msgspec.ValidationError):
+        decode_graph(msgspec.msgpack.encode({"n_inputs": "x"}))
+
+
+def test_capture_rejects_non_tensor_inputs():
+    with pytest.raises(CaptureError):
+        capture(torch.nn.Identity(), ["not a tensor"])
