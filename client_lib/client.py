@@ -179,12 +179,33 @@ class Client:
         os.close(self._wake_w)
 
     # -- requests -----------------------------------------------------------------------------
-    def register_model(self, name: str, kernels) -> int:
-        """Register (or replace) a model given as its kernel list; returns the kernel count."""
+    def register_model(self, name: str, kernels, example_inputs=None, slo_ms: float = 0.0):
+        """Register (or replace) a model. Given a kernel list: returns the kernel count. Given a
+        torch module and ``example_inputs``: captures its aten ops, ships graph and weights once
+        and returns a ``ModelHandle`` (see client_lib/models.py)."""
+        if example_inputs is not None:
+            return self._register_module(name, kernels, example_inputs, slo_ms)
         specs = kernel_specs(kernels)
         n = self._call("register", P.Register(req_id=0, model=name, kernels=specs)).kernels
         self._models[name] = specs
         return n
+
+    def _register_module(self, name: str, module, example_inputs, slo_ms: float):
+        from .models import ModelHandle, register_graph_frames
+        msg, frames, n_ops = register_graph_frames(name, module, example_inputs,
+                                                   self.welcome.limits.max_frame_bytes)
+        self._check_open()
+        msg.req_id = next(self._ids)
+        fut = JobFuture(self, msg.req_id)
+        self._acquire()
+        try:
+            self._pending[msg.req_id] = _Pending("register", fut, fut.t0)
+            self._sock.send_multipart(P.encode(msg) + frames, copy=False)
+            self._last_sent = time.monotonic()
+        finally:
+            self._lock.release()
+        fut.result(self.timeout * 2 + 60)
+        return ModelHandle(self, name, n_ops, slo_ms)
 
     def submit(self, model: str, inputs=(), slo_ms: float = 0.0, priority: int = 0,
                ack: bool = False) -> JobFuture:

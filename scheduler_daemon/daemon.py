@@ -81,7 +81,8 @@ class Daemon:
         self.metrics = NullMetrics()
         self._handlers = {P.Register: self._register, P.Submit: self._submit,
                           P.Cancel: self._cancel, P.Status: self._status, P.Ping: self._ping,
-                          P.Bye: self._bye, P.Admit: self._admit}
+                          P.Bye: self._bye, P.Admit: self._admit,
+                          P.RegisterGraph: self._register_graph}
         self._admission = None  # built at the first ADMIT (it loads profiles)
 
     # -- life cycle ---------------------------------------------------------------------------
@@ -354,12 +355,56 @@ class Daemon:
             self.device.validate(msg.kernels)
         except ValueError as e:
             raise ProtocolError(Code.BAD_MODEL, f"model {msg.model!r}: {e}") from None
+        forget = getattr(self.device, "forget_graph", None)
+        if forget is not None:  # a kernel-list model replaces a registered graph of that name
+            forget((tenant.name, msg.model))
         tenant.models[msg.model] = self.core.make_model((tenant.name, msg.model), msg.model,
                                                         msg.kernels)
         log.info("daemon: registered tenant=%s model=%s kernels=%d", tenant.name, msg.model,
                  len(msg.kernels))
         self._send(s.identity, P.Registered(req_id=msg.req_id, model=msg.model,
                                             kernels=len(msg.kernels)))
+
+    def _register_graph(self, s: Session, msg: P.RegisterGraph, raw: list) -> None:
+        """A captured torch model: each of its ops becomes one schedulable kernel (issue 4)."""
+        lim, tenant = self.config.limits, s.tenant
+        load = getattr(self.device, "load_graph", None)
+        if load is None:
+            raise ProtocolError(Code.BAD_MODEL, f"backend {self.device.name!r} cannot run "
+                                "registered torch models: start the daemon with --backend torch")
+        if msg.model not in tenant.models and len(tenant.models) >= lim.max_models:
+            raise ProtocolError(Code.LIMIT, f"tenant {tenant.name!r} already has "
+                                f"{len(tenant.models)} models (limit {lim.max_models})")
+        if len(msg.weights) != len(raw):
+            raise ProtocolError(Code.BAD_INPUT, f"{len(msg.weights)} weights declared but "
+                                f"{len(raw)} raw frames sent")
+        total = 0
+        for i, (meta, frame) in enumerate(zip(msg.weights, raw)):
+            try:
+                want = meta.nbytes()
+            except ValueError as e:
+                raise ProtocolError(Code.BAD_INPUT, f"weight {i}: {e}") from None
+            if want != len(frame):
+                raise ProtocolError(Code.BAD_INPUT, f"weight {i}: {meta.dtype}{meta.shape} needs "
+                                    f"{want} bytes, its frame has {len(frame)}")
+            total += want
+        if total > lim.max_tenant_bytes:
+            raise ProtocolError(Code.TOO_LARGE, f"model {msg.model!r}: its weights take {total} "
+                                f"bytes, more than tenant {tenant.name!r}'s quota of "
+                                f"{lim.max_tenant_bytes} bytes")
+        try:
+            kernels = load((tenant.name, msg.model), msg.graph,
+                           [(m, f.buffer) for m, f in zip(msg.weights, raw)])
+        except (ValueError, TypeError, msgspec.ValidationError, msgspec.DecodeError) as e:
+            raise ProtocolError(Code.BAD_MODEL, f"model {msg.model!r}: {e}") from None
+        if len(kernels) > lim.max_kernels:
+            raise ProtocolError(Code.TOO_LARGE, f"model {msg.model!r} has {len(kernels)} "
+                                f"ops; the limit is {lim.max_kernels}")
+        tenant.models[msg.model] = self.core.make_model((tenant.name, msg.model), msg.model, kernels)
+        log.info("daemon: registered graph tenant=%s model=%s ops=%d weight_bytes=%d",
+                 tenant.name, msg.model, len(kernels), total)
+        self._send(s.identity, P.Registered(req_id=msg.req_id, model=msg.model,
+                                            kernels=len(kernels)))
 
     def _submit(self, s: Session, msg: P.Submit, raw: list) -> None:
         if self._draining:

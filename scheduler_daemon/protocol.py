@@ -37,6 +37,15 @@ class Register(Msg):
     kernels: Annotated[list[KernelSpec], msgspec.Meta(min_length=1)]
 
 
+class RegisterGraph(Msg):
+    """A captured torch model (devices/graph_spec.py): graph as msgpack bytes, one raw frame per
+    weight, in ``weights`` order. Decoded and validated by the device, never unpickled."""
+    req_id: ReqId
+    model: Name
+    graph: Annotated[bytes, msgspec.Meta(max_length=64 << 20)]
+    weights: Annotated[list[TensorMeta], msgspec.Meta(max_length=100_000)] = []
+
+
 class Submit(Msg):
     req_id: ReqId
     model: Name
@@ -207,7 +216,7 @@ class Code:
 
 REQUESTS: dict[bytes, type] = {b"HELLO": Hello, b"REGISTER": Register, b"SUBMIT": Submit,
                                b"CANCEL": Cancel, b"STATUS": Status, b"PING": Ping, b"BYE": Bye,
-                               b"ADMIT": Admit}
+                               b"ADMIT": Admit, b"REGISTER_GRAPH": RegisterGraph}
 REPLIES: dict[bytes, type] = {b"WELCOME": Welcome, b"REGISTERED": Registered,
                               b"ACCEPTED": Accepted, b"DONE": Done, b"CANCEL_REPLY": CancelReply,
                               b"STATUS_REPLY": StatusReply, b"PONG": Pong, b"ERROR": Error,

@@ -37,6 +37,7 @@ class TorchDevice(Device):
         self._rsock.setblocking(False)
         self._local = threading.local()
         self._busy = 0
+        self._graphs: dict = {}  # model key -> LoadedGraph (registered torch models)
 
     def describe(self) -> str:
         return f"torch on {self.device} ({self.spec.name})"
@@ -48,7 +49,35 @@ class TorchDevice(Device):
             except ValueError as e:
                 raise ValueError(f"kernel {i} ({k.name}): {e}") from None
 
+    def load_graph(self, key, graph_bytes, weights: list) -> list:
+        """A captured model (graph_spec bytes, [(meta, buffer)] weights) -> one KernelSpec per op.
+        Weights are copied once out of the received frames into device tensors."""
+        from ..jobs import KernelSpec
+        from .graph_exec import LoadedGraph
+        from .graph_spec import decode_graph
+        graph = decode_graph(graph_bytes)
+        for spec, (meta, _) in zip(graph.weights, weights):
+            if spec.dtype != meta.dtype or list(spec.shape) != list(meta.shape):
+                raise ValueError(f"weight {spec.name}: frame is {meta.dtype}{meta.shape}, "
+                                 f"graph says {spec.dtype}{spec.shape}")
+        ws = [self._tensor(m, b) for m, b in weights]
+        self._graphs[key] = LoadedGraph(graph, ws)
+        # a first estimate per op; measured durations replace it (DurationEstimates)
+        return [KernelSpec(name=n.op[:256], est_us=20.0) for n in graph.ops]
+
+    def forget_graph(self, key) -> None:
+        self._graphs.pop(key, None)
+
+    def _tensor(self, meta, buf):
+        t = self.torch.frombuffer(bytearray(buf), dtype=getattr(self.torch, meta.dtype)) \
+            if len(buf) else self.torch.empty(0, dtype=getattr(self.torch, meta.dtype))
+        return t.reshape(meta.shape).to(self.device)
+
     def prepare(self, job: Job) -> None:
+        graph = self._graphs.get(job.model.key)
+        if graph is not None:
+            job.payload = graph.start([self._tensor(m, b) for m, b in job.payload or []])
+            return
         tensors = []
         for meta, buf in job.payload or []:
             t = self.torch.frombuffer(bytearray(buf), dtype=getattr(self.torch, meta.dtype))
@@ -83,7 +112,11 @@ class TorchDevice(Device):
         self._wsock.send(b"\0")
 
     def launch(self, job: Job) -> None:
-        op = torch_ops.resolve(job.model.kernels[job.cur].op)
+        graph = self._graphs.get(job.model.key)
+        if graph is not None:
+            op = _graph_op(graph, job.cur)
+        else:
+            op = torch_ops.resolve(job.model.kernels[job.cur].op)
         self._busy += 1
         self._pool.submit(self._run, job, op)
 
@@ -110,7 +143,11 @@ class TorchDevice(Device):
 
     def outputs(self, job: Job) -> list:
         res = []
-        for t in job.payload or []:
+        graph = self._graphs.get(job.model.key)
+        payload = job.payload or []
+        if graph is not None:
+            payload = [payload[o] for o in graph.graph.outputs]
+        for t in payload:
             t = t.detach().contiguous().cpu()
             name = str(t.dtype).removeprefix("torch.")
             if name not in DTYPES:
@@ -125,3 +162,15 @@ class TorchDevice(Device):
         self._pool.shutdown(wait=True, cancel_futures=True)
         self._rsock.close()
         self._wsock.close()
+
+
+def _graph_op(graph, i: int):
+    """Op ``i`` of a registered graph as a kernel: appends its outputs to the job's values."""
+    def run(env):
+        import torch
+        if env is None:
+            raise ValueError(f"the model takes {graph.graph.n_inputs} inputs; none were sent")
+        with torch.no_grad():
+            graph.run_op(i, env)
+        return env
+    return run

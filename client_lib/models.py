@@ -1,0 +1,51 @@
+"""Registered torch models on the client side: capture, ship once, run by handle (issue 4)."""
+from __future__ import annotations
+
+import logging
+
+from scheduler_daemon import protocol as P
+from scheduler_daemon.devices.graph_spec import encode_graph
+from scheduler_daemon.tensors import to_frame
+
+from .capture import capture
+
+log = logging.getLogger("gpusched.client.models")
+
+
+def register_graph_frames(name: str, module, example_inputs, max_frame_bytes: int):
+    """-> (RegisterGraph message with req_id 0, raw weight frames). Raises CaptureError/ValueError."""
+    graph, weights = capture(module, example_inputs)
+    metas, frames = [], []
+    for spec, w in zip(graph.weights, weights):
+        meta, buf = to_frame(w)
+        if len(buf) > max_frame_bytes:
+            raise ValueError(f"weight {spec.name} is {len(buf)} bytes, more than the daemon's "
+                             f"frame limit of {max_frame_bytes} bytes")
+        metas.append(meta)
+        frames.append(buf)
+    msg = P.RegisterGraph(req_id=1, model=name, graph=encode_graph(graph), weights=metas)
+    return msg, frames, len(graph.ops)
+
+
+class ModelHandle:
+    """``handle(*inputs)`` runs one request and returns torch tensors (a tensor when the model
+    has one output); ``handle.submit(*inputs, slo_ms=...)`` returns the client's JobFuture."""
+
+    def __init__(self, client, name: str, n_ops: int, slo_ms: float = 0.0):
+        self.client, self.name, self.n_ops, self.slo_ms = client, name, n_ops, slo_ms
+
+    def submit(self, *inputs, slo_ms: float | None = None, priority: int = 0):
+        return self.client.submit(self.name, list(inputs),
+                                  self.slo_ms if slo_ms is None else slo_ms, priority)
+
+    def __call__(self, *inputs, timeout: float | None = None):
+        return to_torch(self.submit(*inputs).result(timeout).outputs)
+
+    def __repr__(self) -> str:
+        return f"ModelHandle({self.name!r}, ops={self.n_ops})"
+
+
+def to_torch(outputs: list):
+    import torch
+    ts = [torch.from_numpy(o.copy()) for o in outputs]
+    return ts[0] if len(ts) == 1 else tuple(ts)

@@ -1,0 +1,82 @@
+"""Registered torch models through a real daemon (--backend torch): two tenants at once get
+bit-identical outputs, tenants cannot name each other's models, and bad models/quotas are refused."""
+import threading
+
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from client_lib import Client  # noqa: E402
+from client_lib.errors import RequestError  # noqa: E402
+from profilers.zoo_models import build  # noqa: E402
+
+
+def _mlp():
+    torch.manual_seed(1)
+    return torch.nn.Sequential(torch.nn.Linear(16, 32), torch.nn.ReLU(), torch.nn.Linear(32, 4)).eval()
+
+
+def _encoder():
+    torch.manual_seed(2)
+    return torch.nn.TransformerEncoder(
+        torch.nn.TransformerEncoderLayer(32, 4, 64, batch_first=True), 2).eval()
+
+
+def _local(module, *xs):
+    with torch.no_grad():
+        return module(*xs)
+
+
+def test_two_tenants_concurrently_bit_identical(daemon_factory):
+    _, ep = daemon_factory("--backend", "torch", "--torch-device", "cpu", "--client-timeout", "10")
+    resnet, resnet_inputs = build("resnet18")
+    cases = {"a": [("mlp", _mlp(), lambda: [torch.randn(3, 16)]),
+                   ("resnet18", resnet, lambda: list(resnet_inputs(1)))],
+             "b": [("encoder", _encoder(), lambda: [torch.randn(2, 5, 32)]),
+                   ("mlp", _mlp(), lambda: [torch.randn(5, 16)])]}
+    errors = []
+
+    def tenant(name):
+        try:
+            with Client(ep, tenant=name) as c:
+                handles = [(c.register_model(m, mod, mk(), slo_ms=1000), mod, mk)
+                           for m, mod, mk in cases[name]]
+                for _ in range(2):
+                    jobs = []
+                    for h, mod, mk in handles:
+                        xs = mk()
+                        jobs.append((h.submit(*xs), mod, xs))
+                    for fut, mod, xs in jobs:
+                        got = torch.from_numpy(fut.result(60).outputs[0].copy())
+                        assert torch.equal(got, _local(mod, *xs)), f"{name}: output differs"
+                h, mod, mk = handles[0]
+                xs = mk()
+                assert torch.equal(h(*xs), _local(mod, *xs))     # the synchronous call
+        except Exception as e:  # reported by the main thread
+            errors.append(e)
+    threads = [threading.Thread(target=tenant, args=(n,)) for n in cases]
+    [t.start() for t in threads]
+    [t.join(120) for t in threads]
+    assert not errors, errors
+
+
+def test_isolation_unknown_op_and_quota(daemon_factory):
+    _, ep = daemon_factory("--backend", "torch", "--torch-device", "cpu", "--client-timeout", "10",
+                           "--max-tenant-bytes", "10000")
+    with Client(ep, tenant="a") as a, Client(ep, tenant="b") as b:
+        small = torch.nn.Linear(4, 4).eval()
+        a.register_model("secret", small, [torch.randn(1, 4)])
+        with pytest.raises(RequestError, match="not registered for tenant 'b'"):
+            b.run("secret", [torch.randn(1, 4).numpy()])
+        big = torch.nn.Linear(100, 100).eval()           # 40 KB of weights > 10 KB quota
+        with pytest.raises(RequestError, match="quota"):
+            a.register_model("big", big, [torch.randn(1, 100)])
+
+        class FFT(torch.nn.Module):
+            def forward(self, x):
+                return torch.fft.rfft(x).abs()
+        with pytest.raises(RequestError, match="aten::_fft_r2c"):
+            a.register_model("fft", FFT(), [torch.randn(8)])
+        h = a.register_model("small", small, [torch.randn(1, 4)])   # the daemon is still fine
+        x = torch.randn(2, 4)
+        assert torch.equal(h(x), _local(small, x))
