@@ -15,15 +15,16 @@ log = logging.getLogger("gpusched.client.models")
 def register_graph_frames(name: str, module, example_inputs, max_frame_bytes: int):
     """-> (RegisterGraph message with req_id 0, raw weight frames). Raises CaptureError/ValueError."""
     graph, weights = capture(module, example_inputs)
-    metas, frames = [], []
-    for spec, w in zip(graph.weights, weights):
+    metas, frames, counts = [], [], []
+    step = max(1, max_frame_bytes)
+    for w in weights:
         meta, buf = to_frame(w)
-        if len(buf) > max_frame_bytes:
-            raise ValueError(f"weight {spec.name} is {len(buf)} bytes, more than the daemon's "
-                             f"frame limit of {max_frame_bytes} bytes")
+        parts = [buf[i:i + step] for i in range(0, len(buf), step)] or [buf]  # zero-copy slices
         metas.append(meta)
-        frames.append(buf)
-    msg = P.RegisterGraph(req_id=1, model=name, graph=encode_graph(graph), weights=metas)
+        frames += parts
+        counts.append(len(parts))
+    msg = P.RegisterGraph(req_id=1, model=name, graph=encode_graph(graph), weights=metas,
+                          weight_frames=counts if any(c > 1 for c in counts) else [])
     return msg, frames, len(graph.ops)
 
 

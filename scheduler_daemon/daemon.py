@@ -375,26 +375,31 @@ class Daemon:
         if msg.model not in tenant.models and len(tenant.models) >= lim.max_models:
             raise ProtocolError(Code.LIMIT, f"tenant {tenant.name!r} already has "
                                 f"{len(tenant.models)} models (limit {lim.max_models})")
-        if len(msg.weights) != len(raw):
-            raise ProtocolError(Code.BAD_INPUT, f"{len(msg.weights)} weights declared but "
-                                f"{len(raw)} raw frames sent")
-        total = 0
-        for i, (meta, frame) in enumerate(zip(msg.weights, raw)):
+        counts = msg.weight_frames or [1] * len(msg.weights)
+        if len(counts) != len(msg.weights) or sum(counts) != len(raw):
+            raise ProtocolError(Code.BAD_INPUT, f"{len(msg.weights)} weights in {sum(counts)} "
+                                f"declared frames but {len(raw)} raw frames sent")
+        total, bufs, at = 0, [], 0
+        for i, (meta, n) in enumerate(zip(msg.weights, counts)):
+            parts = raw[at:at + n]
+            at += n
             try:
                 want = meta.nbytes()
             except ValueError as e:
                 raise ProtocolError(Code.BAD_INPUT, f"weight {i}: {e}") from None
-            if want != len(frame):
+            got = sum(len(f) for f in parts)
+            if want != got:
                 raise ProtocolError(Code.BAD_INPUT, f"weight {i}: {meta.dtype}{meta.shape} needs "
-                                    f"{want} bytes, its frame has {len(frame)}")
+                                    f"{want} bytes, its frames have {got}")
             total += want
+            bufs.append(parts[0].buffer if n == 1 else b"".join(f.buffer for f in parts))
         if total > lim.max_tenant_bytes:
             raise ProtocolError(Code.TOO_LARGE, f"model {msg.model!r}: its weights take {total} "
                                 f"bytes, more than tenant {tenant.name!r}'s quota of "
                                 f"{lim.max_tenant_bytes} bytes")
         try:
             kernels = load((tenant.name, msg.model), msg.graph,
-                           [(m, f.buffer) for m, f in zip(msg.weights, raw)])
+                           list(zip(msg.weights, bufs)))
         except (ValueError, TypeError, msgspec.ValidationError, msgspec.DecodeError) as e:
             raise ProtocolError(Code.BAD_MODEL, f"model {msg.model!r}: {e}") from None
         if len(kernels) > lim.max_kernels:

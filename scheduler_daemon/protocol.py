@@ -44,6 +44,9 @@ class RegisterGraph(Msg):
     model: Name
     graph: Annotated[bytes, msgspec.Meta(max_length=64 << 20)]
     weights: Annotated[list[TensorMeta], msgspec.Meta(max_length=100_000)] = []
+    # raw frames per weight (empty: one each); a weight over the frame limit spans several
+    weight_frames: Annotated[list[Annotated[int, msgspec.Meta(ge=1, le=4096)]],
+                             msgspec.Meta(max_length=100_000)] = []
 
 
 class Submit(Msg):

@@ -1,13 +1,116 @@
 """``gpusched bench models``: local vs registered vs intercepted model latency (issue 4).
 
-Scaffold: the registered and intercept paths are being built; the command says so and exits 2.
+Each zoo model at each batch: the local eager forward, the same module registered with a
+``--backend torch`` daemon (one schedulable kernel per aten op), medians over ``--reps``.
+The intercept path is not built yet: its columns are reported as null.
 """
 from __future__ import annotations
 
+import json
+import logging
+import statistics
+import time
+
+log = logging.getLogger("gpusched.bench.models")
+
+DEFAULT_MODELS = "resnet18,bert-base"
+
 
 def add_models_bench_parser(bsub) -> None:
-    bsub.add_parser("models", help="model latency: local vs through the daemon (not built yet)")
+    p = bsub.add_parser("models", help="model latency: local vs registered through the daemon")
+    p.add_argument("--models", default=DEFAULT_MODELS, help="comma-separated zoo model names")
+    p.add_argument("--batches", default="1,8", help="comma-separated batch sizes")
+    p.add_argument("--reps", type=int, default=5, help="timed runs per path (median reported)")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+
+
+def _parse(args) -> tuple[list[str], list[int]]:
+    from profilers.zoo_models import ZOO_NAMES
+    models = [m.strip() for m in args.models.split(",") if m.strip()]
+    bad = [m for m in models if m not in ZOO_NAMES]
+    if not models or bad:
+        raise ValueError(f"unknown zoo model(s) {', '.join(bad) or '(none given)'}; choose from "
+                         f"{', '.join(ZOO_NAMES)}")
+    try:
+        batches = [int(b) for b in args.batches.split(",") if b.strip()]
+    except ValueError:
+        raise ValueError(f"--batches must be comma-separated integers, got {args.batches!r}") from None
+    if not batches or any(b < 1 or b > 1024 for b in batches):
+        raise ValueError("--batches must be integers in 1..1024")
+    if not 1 <= args.reps <= 1000:
+        raise ValueError("--reps must be in 1..1000")
+    return models, batches
+
+
+def _median_s(fn, reps: int) -> float:
+    fn()  # warm-up
+    ts = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        fn()
+        ts.append(time.perf_counter() - t0)
+    return statistics.median(ts)
+
+
+def _raw_rtt_us(rounds: int = 500) -> float:
+    from .overhead import _EchoPeer
+    echo = _EchoPeer()
+    try:
+        echo.round_trips(100)
+        return statistics.median(echo.round_trips(rounds)) * 1e6
+    finally:
+        echo.close()
+
+
+def measure(models: list[str], batches: list[int], reps: int, progress=None) -> dict:
+    import torch
+
+    from client_lib import Client
+    from profilers.zoo_models import build
+
+    from ..procs import start_daemon, stop_daemon
+    rows = []
+    proc, ep = start_daemon("--backend", "torch", "--torch-device", "cpu")
+    try:
+        with Client(ep, tenant="bench") as c:
+            for name in models:
+                module, inputs = build(name)
+                for b in batches:
+                    xs = list(inputs(b))
+                    with torch.no_grad():
+                        local = _median_s(lambda: module(*xs), reps)
+                    h = c.register_model(f"{name}-b{b}", module, xs)
+                    reg = _median_s(lambda: h(*xs), reps)
+                    rows.append({"model": name, "batch": b, "local_ms": local * 1e3,
+                                 "registered_ms": reg * 1e3, "registered_ops": h.n_ops,
+                                 "intercept_ms": None, "intercept_us_per_op": None})
+                    log.info("bench models: %s b=%d local=%.2fms registered=%.2fms", name, b,
+                             local * 1e3, reg * 1e3)
+                    if progress:
+                        progress()
+    finally:
+        stop_daemon(proc)
+    return {"models": rows, "zmq_rtt_us": _raw_rtt_us(), "reps": reps}
 
 
 def run_models_bench(args) -> int:
-    raise ValueError("the models benchmark is not built yet (issue 4)")
+    models, batches = _parse(args)
+    if args.json:
+        print(json.dumps(measure(models, batches, args.reps), indent=2))
+        return 0
+    from rich.console import Console
+    from rich.progress import Progress
+    from rich.table import Table
+    with Progress(transient=True) as prog:
+        task = prog.add_task("models", total=len(models) * len(batches))
+        res = measure(models, batches, args.reps, lambda: prog.advance(task))
+    t = Table(title=f"model latency, medians of {res['reps']} (raw ZeroMQ RTT "
+                    f"{res['zmq_rtt_us']:.1f} us)")
+    for col in ("model", "batch", "ops", "local ms", "registered ms", "ratio", "intercept ms"):
+        t.add_column(col, justify="right")
+    for r in res["models"]:
+        t.add_row(r["model"], str(r["batch"]), str(r["registered_ops"]), f"{r['local_ms']:.2f}",
+                  f"{r['registered_ms']:.2f}", f"{r['registered_ms'] / r['local_ms']:.2f}x",
+                  "not built")
+    Console().print(t)
+    return 0
