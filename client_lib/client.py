@@ -86,6 +86,7 @@ class Client:
         self._ids = itertools.count(1)
         self._pending: dict[int, _Pending] = {}
         self._models: dict[str, list] = {}  # replayed after a daemon restart
+        self._graph_models: dict[str, tuple] = {}  # name -> (RegisterGraph, weight frames)
         self._closed = False
         self._sock: zmq.Socket | None = None
         self._poller = zmq.Poller()
@@ -150,6 +151,10 @@ class Client:
             req = next(self._ids)
             self._pending[req] = _Pending("register", Future(), time.perf_counter())
             self._sock.send_multipart(P.encode(P.Register(req_id=req, model=name, kernels=specs)))
+        for name, (msg, frames) in self._graph_models.items():
+            msg.req_id = next(self._ids)
+            self._pending[msg.req_id] = _Pending("register", Future(), time.perf_counter())
+            self._sock.send_multipart(P.encode(msg) + frames, copy=False)
         self._last_heard = time.monotonic()
 
     def __enter__(self) -> "Client":
@@ -188,6 +193,7 @@ class Client:
         specs = kernel_specs(kernels)
         n = self._call("register", P.Register(req_id=0, model=name, kernels=specs)).kernels
         self._models[name] = specs
+        self._graph_models.pop(name, None)
         return n
 
     def _register_module(self, name: str, module, example_inputs, slo_ms: float):
@@ -205,6 +211,8 @@ class Client:
         finally:
             self._lock.release()
         fut.result(self.timeout * 2 + 60)
+        self._graph_models[name] = (msg, frames)   # replayed after a daemon restart
+        self._models.pop(name, None)
         return ModelHandle(self, name, n_ops, slo_ms)
 
     def submit(self, model: str, inputs=(), slo_ms: float = 0.0, priority: int = 0,

@@ -80,3 +80,29 @@ def test_isolation_unknown_op_and_quota(daemon_factory):
         h = a.register_model("small", small, [torch.randn(1, 4)])   # the daemon is still fine
         x = torch.randn(2, 4)
         assert torch.equal(h(x), _local(small, x))
+
+
+def test_registered_graph_is_replayed_after_daemon_restart(daemon_factory):
+    import signal
+    import time
+
+    from client_lib.errors import DaemonUnavailable
+    args = ("--backend", "torch", "--torch-device", "cpu")
+    proc, ep = daemon_factory(*args)
+    mlp, x = _mlp(), torch.randn(2, 16)
+    with Client(ep, tenant="t", timeout=1.0) as c:
+        h = c.register_model("mlp", mlp, [x])
+        assert torch.equal(h(x), _local(mlp, x))
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        daemon_factory(*args, endpoint=ep)
+        deadline = time.time() + 15
+        while True:  # the client says HELLO again and re-sends graph and weights
+            try:
+                y = h(x, timeout=3)
+                break
+            except (DaemonUnavailable, RequestError, TimeoutError):
+                if time.time() > deadline:
+                    raise
+                time.sleep(0.2)
+        assert torch.equal(y, _local(mlp, x))

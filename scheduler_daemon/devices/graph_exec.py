@@ -49,10 +49,10 @@ def _dtype(name: str):
     return dt
 
 
-def _const(k: K):
+def _const(k: K, device=None):
     import torch
-    if k.kind == "device":
-        return torch.device("cpu")
+    if k.kind == "device":  # captured on the client's CPU: ops create tensors on the daemon's device
+        return device or torch.device("cpu")
     v = getattr(torch, k.name, None)
     if not isinstance(v, (torch.layout, torch.memory_format)):
         raise ValueError(f"unknown {k.kind} {k.name!r}")
@@ -62,8 +62,9 @@ def _const(k: K):
 class LoadedGraph:
     """A validated graph with its ops resolved and its weights on the device."""
 
-    def __init__(self, graph: Graph, weights: list):
+    def __init__(self, graph: Graph, weights: list, device=None):
         self.graph = graph
+        self.device = device
         self.fns = [resolve_op(n.op) for n in graph.ops]
         if len(weights) != len(graph.weights):
             raise ValueError(f"graph declares {len(graph.weights)} weights, got {len(weights)}")
@@ -99,7 +100,7 @@ class LoadedGraph:
             return [self._arg(b, env) for b in a.items]
         if isinstance(a, D):
             return _dtype(a.name)
-        return _const(a)
+        return _const(a, self.device)
 
     def run_op(self, i: int, env: list) -> None:
         node = self.graph.ops[i]

@@ -61,7 +61,7 @@ class TorchDevice(Device):
                 raise ValueError(f"weight {spec.name}: frame is {meta.dtype}{meta.shape}, "
                                  f"graph says {spec.dtype}{spec.shape}")
         ws = [self._tensor(m, b) for m, b in weights]
-        self._graphs[key] = LoadedGraph(graph, ws)
+        self._graphs[key] = LoadedGraph(graph, ws, self.device)
         # a first estimate per op; measured durations replace it (DurationEstimates)
         return [KernelSpec(name=n.op[:256], est_us=20.0) for n in graph.ops]
 
