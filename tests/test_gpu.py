@@ -29,3 +29,18 @@ def test_torch_cuda_backend_matches_cpu(daemon_factory):
             r = f.result(30)
             assert np.array_equal(r.outputs[0], want)  # same CUDA kernels, same result
             assert r.exec_ms > 0
+
+
+def test_registered_model_on_cuda_matches_local_cuda(daemon_factory):
+    """A registered torch model runs op by op on the daemon's CUDA streams (issue 4)."""
+    torch = pytest.importorskip("torch")
+    _, ep = daemon_factory("--backend", "torch", "--torch-device", "cuda")
+    torch.manual_seed(0)
+    mlp = torch.nn.Sequential(torch.nn.Linear(16, 32), torch.nn.ReLU(), torch.nn.Linear(32, 4)).eval()
+    x = torch.randn(3, 16)
+    with Client(ep, tenant="g") as c:
+        h = c.register_model("mlp", mlp, [x])
+        got = h(x)
+    with torch.no_grad():
+        want = mlp.cuda()(x.cuda()).cpu()
+    assert torch.allclose(got, want, rtol=1e-5, atol=1e-6)
