@@ -38,7 +38,7 @@ class S(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
 class GpuPool(S):
     type: Name
     count: Count
-    usd_per_hour: NonNeg
+    usd_per_hour: Annotated[float, msgspec.Meta(ge=0, le=1e6)]
     spot_share: Annotated[float, msgspec.Meta(ge=0, le=1)] = 0.0  # the part that can be preempted
 
 
@@ -65,14 +65,14 @@ class Dataset(S):
 
 class Job(S):
     name: Name
-    params: Pos  # model parameters
+    params: Annotated[float, msgspec.Meta(gt=0, le=1e15)]  # model parameters
     iterations: PosInt
     gpu_types: Annotated[list[Name], msgspec.Meta(min_length=1)]
     min_gpus: PosInt
     max_gpus: PosInt
-    tokens_per_iter: Optional[Pos] = None
-    samples_per_iter: Optional[Pos] = None
-    flops_per_sample: Optional[Pos] = None  # needed with samples_per_iter
+    tokens_per_iter: Optional[Annotated[float, msgspec.Meta(gt=0, le=1e12)]] = None
+    samples_per_iter: Optional[Annotated[float, msgspec.Meta(gt=0, le=1e12)]] = None
+    flops_per_sample: Optional[Annotated[float, msgspec.Meta(gt=0, le=1e20)]] = None  # needed with samples_per_iter
     priority: Annotated[float, msgspec.Meta(gt=0, le=1e6)] = 1.0
     deadline_h: Optional[Pos] = None
     budget_usd: Optional[Pos] = None
@@ -92,7 +92,7 @@ class Job(S):
 
 
 class Defaults(S, frozen=True):
-    mfu: Annotated[float, msgspec.Meta(gt=0, le=1)] = 0.4
+    mfu: Annotated[float, msgspec.Meta(ge=0.001, le=1)] = 0.4
     intra_site_gbps: Pos = 400.0  # per-GPU fabric (InfiniBand NDR)
     intra_site_latency_us: NonNeg = 10.0
     wan_scale: Pos = 1.0  # site-to-site bandwidth = measured VM-pair throughput * wan_scale
@@ -113,43 +113,60 @@ class Spec(S):
     jobs: list[Job] = []
     links: list[Link] = []
     datasets: list[Dataset] = []
-    gpu_tflops: dict[Name, Pos] = {}
+    gpu_tflops: dict[Name, Annotated[float, msgspec.Meta(ge=0.001, le=1e6)]] = {}
     defaults: Defaults = Defaults()
     planner: Planner = Planner()
 
 
 # -- YAML with line numbers -------------------------------------------------------------------
-def _lines(node, path: str, out: dict[str, int]) -> None:
-    out[path] = node.start_mark.line + 1
-    if isinstance(node, yaml.MappingNode):
-        for k, v in node.value:
-            key = k.value if isinstance(k, yaml.ScalarNode) else "?"
-            out.setdefault(f"{path}.{key}", k.start_mark.line + 1)
-            _lines(v, f"{path}.{key}", out)
-            out[f"{path}.{key}"] = k.start_mark.line + 1  # a field's line is its key's line
-    elif isinstance(node, yaml.SequenceNode):
-        for i, v in enumerate(node.value):
-            _lines(v, f"{path}[{i}]", out)
+MAX_YAML_DEPTH = 64  # a spec nests a few levels; deeper is an error, not a RecursionError
+
+
+def _lines(root, out: dict[str, int], source: str) -> None:
+    """Fill ``out`` with the line of every path. Iterative, and each node is walked once: an
+    alias (``*a``) points at a node seen before, so its paths fall back to the alias's parent
+    line instead of expanding it again (a "billion laughs" file stays linear)."""
+    seen: set[int] = set()
+    stack = [(root, "$", 0)]
+    while stack:
+        node, path, depth = stack.pop()
+        out.setdefault(path, node.start_mark.line + 1)
+        if id(node) in seen:
+            continue
+        seen.add(id(node))
+        if depth > MAX_YAML_DEPTH:
+            raise GeoSpecError(f"{source}:{node.start_mark.line + 1}: malformed YAML: nested "
+                               f"deeper than {MAX_YAML_DEPTH} levels")
+        if isinstance(node, yaml.MappingNode):
+            for k, v in node.value:
+                key = k.value if isinstance(k, yaml.ScalarNode) else "?"
+                out[f"{path}.{key}"] = k.start_mark.line + 1  # a field's line is its key's line
+                stack.append((v, f"{path}.{key}", depth + 1))
+        elif isinstance(node, yaml.SequenceNode):
+            for i, v in enumerate(node.value):
+                stack.append((v, f"{path}[{i}]", depth + 1))
 
 
 def load_yaml(text: str, source: str = "<spec>") -> tuple[object, dict[str, int]]:
     """Parse YAML; returns (data, {"$.jobs[0].name": line}). Syntax errors name the line."""
+    lines: dict[str, int] = {}
     try:
         loader = yaml.SafeLoader(text)
         try:
             node = loader.get_single_node()
+            if node is not None:
+                _lines(node, lines, source)  # first: it refuses deep nesting before recursion
             data = loader.construct_document(node) if node is not None else None
         finally:
             loader.dispose()
+    except RecursionError:
+        raise GeoSpecError(f"{source}: malformed YAML: nested too deeply") from None
     except yaml.MarkedYAMLError as e:
         mark = e.problem_mark or e.context_mark
         line = mark.line + 1 if mark else "?"
         raise GeoSpecError(f"{source}:{line}: malformed YAML: {e.problem or e}") from None
     except yaml.YAMLError as e:
         raise GeoSpecError(f"{source}: malformed YAML: {e}") from None
-    lines: dict[str, int] = {}
-    if node is not None:
-        _lines(node, "$", lines)
     return data, lines
 
 
@@ -195,6 +212,8 @@ def load_spec(path: str) -> Spec:
             text = f.read()
     except OSError as e:
         raise GeoSpecError(f"cannot read spec {path}: {e.strerror}") from None
+    except UnicodeDecodeError as e:
+        raise GeoSpecError(f"{path}: not UTF-8 text (byte {e.start})") from None
     return parse_spec(text, path)
 
 

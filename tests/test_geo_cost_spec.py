@@ -166,3 +166,37 @@ def test_job_yaml_parses_and_validates():
     with pytest.raises(GeoSpecError, match="exactly one of tokens_per_iter and samples_per_iter"):
         parse_job("name: x\nparams: 1.0e+9\niterations: 10\ngpu_types: [A100]\n"
                   "min_gpus: 1\nmax_gpus: 2\n")
+
+
+def test_yaml_aliases_are_walked_once_and_cycles_or_depth_are_errors():
+    import time
+    # 4**12 paths if every alias were expanded: must answer in well under a second
+    lines = ['x0: &x0 ["a", "a"]'] + [f"x{i}: &x{i} [*x{i-1}, *x{i-1}, *x{i-1}, *x{i-1}]"
+                                      for i in range(1, 13)]
+    t0 = time.perf_counter()
+    with pytest.raises(GeoSpecError, match="unknown field"):
+        parse_spec("\n".join(lines), "bomb.yaml")
+    assert time.perf_counter() - t0 < 2.0
+    with pytest.raises(GeoSpecError, match="got list"):
+        parse_spec("&a [*a]\n", "cyc.yaml")
+    with pytest.raises(GeoSpecError, match="deep"):
+        parse_spec("sites: " + "[" * 3000 + "]" * 3000, "deep.yaml")
+    with pytest.raises(GeoSpecError, match="deeper than"):
+        parse_spec("sites: " + "[" * 100 + "]" * 100, "deep.yaml")
+
+
+def test_spec_rejects_values_outside_realistic_ranges():
+    for old, new, field in (("usd_per_hour: 2.0", "usd_per_hour: 1.0e+29", "usd_per_hour"),
+                            ("params: 1.0e+9", "params: 1.0e+30", "params"),
+                            ("tokens_per_iter: 1.0e+6", "tokens_per_iter: 1.0e+30",
+                             "tokens_per_iter")):
+        with pytest.raises(GeoSpecError, match=field):
+            parse_spec(SMALL.replace(old, new, 1), "s.yaml")
+
+
+def test_non_utf8_spec_is_a_one_line_error(tmp_path):
+    from geo.spec import load_spec
+    f = tmp_path / "bin.yaml"
+    f.write_bytes(b"\xff\xfe garbage")
+    with pytest.raises(GeoSpecError, match="not UTF-8"):
+        load_spec(str(f))
