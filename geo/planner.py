@@ -16,6 +16,7 @@ log = logging.getLogger("geo.planner")
 OBJECTIVES = ("throughput", "cost", "makespan", "balance")
 SOLVERS = ("cpsat", "decomposed", "greedy", "single-region")
 SCALE = 1000  # throughput weights and hours are scaled to integers (1e-3 resolution)
+MAX_OBJECTIVE = 2.0 ** 52  # every weight is scaled down so that the objective stays below this
 
 
 def estimate(model: Model, objective: str, *, multi_site_modes: bool = True,
@@ -76,7 +77,8 @@ def solve_cpsat(model: Model, options: dict[str, JobOptions], objective: str, *,
       budget      sum_{j,c} h_c * x[j,c] <= B
       deadline, per-job budget, data locality: in the candidates (a candidate that misses the
                   deadline or budget is never built; remote data reads slow it and cost egress)
-    Objective (maximised; integers, SCALE = 1000):
+    Objective (maximised; integers: weights times SCALE = 1000, then all times one k <= 1
+    so that the sum stays below MAX_OBJECTIVE = 2^52):
       throughput  sum p_j * (1 + v_c / v*_j) * x[j,c]   (a running job counts p_j, plus its
                   speed normalised by its ideal: placing jobs comes before speeding them up)
       cost        sum (P_j - $_c) * x[j,c],  P_j = p_j * (1 + sum of every candidate's $)
@@ -96,35 +98,47 @@ def solve_cpsat(model: Model, options: dict[str, JobOptions], objective: str, *,
     cands = {name: o.candidates for name, o in options.items() if o.candidates}
     total_usd = sum(c.total_usd for cs in cands.values() for c in cs) + 1
     max_f = max((c.finish_h for cs in cands.values() for c in cs), default=0.0) + 1
-    M = None
-    if objective == "makespan":
-        M = m.NewIntVar(0, int(max_f * SCALE) + 1, "makespan")
+    # float weights first, then one factor that keeps every sum inside 64-bit integers
+    # (extreme but valid specs, e.g. a run of 1e20 hours, would overflow CP-SAT's model)
+    rows: list[tuple[str, list[tuple[object, float, float]]]] = []
     for name, cs in cands.items():
-        o = options[name]
-        p = o.job.priority
+        p = options[name].job.priority
         row = []
         for i, c in enumerate(cs):
             v = m.NewBoolVar(f"x[{name},{i}]")
             x[(name, i)] = v
-            row.append(v)
             for s, n in c.alloc:
                 use.setdefault((s, c.gpu_type), []).append((n, v))
             if objective == "throughput":
-                w = round(c.score * SCALE)  # p * (1 + v_c / v*_j) (+ stay-put tie-break)
+                w = c.score * SCALE  # p * (1 + v_c / v*_j) (+ stay-put tie-break)
             elif objective == "cost":
-                w = round(p * total_usd) - round(c.total_usd)
+                w = p * total_usd - c.total_usd
             else:
-                w = round(p * max_f * SCALE)
-                m.Add(M >= round(c.finish_h * SCALE) * v)
-            terms.append((w, v))
-            budget_terms.append((round(c.cost_per_hour * 100), v))
-        m.AddAtMostOne(row)
+                w = p * max_f * SCALE
+            row.append((v, w, c.finish_h * SCALE))
+            budget_terms.append((c.cost_per_hour * 100, v))
+        rows.append((name, row))
+    top = sum(max(abs(w) for _, w, _ in row) for _, row in rows) + max_f * SCALE
+    k = min(1.0, MAX_OBJECTIVE / top) if top > 0 else 1.0
+    if k < 1.0:
+        log.warning("geo: CP-SAT weights scaled by %.3g to fit 64-bit integers", k)
+    M = None
+    if objective == "makespan":
+        M = m.NewIntVar(0, round(max_f * SCALE * k) + 1, "makespan")
+    for name, row in rows:
+        for v, w, f in row:
+            terms.append((round(w * k), v))
+            if M is not None:
+                m.Add(M >= round(f * k) * v)
+        m.AddAtMostOne([v for v, _, _ in row])
     for (s, g), items in use.items():
         cap = model.capacity(s, g)
         if sum(n for n, _ in items) > cap:
             m.Add(sum(n * v for n, v in items) <= cap)
     if spec.planner.budget_usd_per_hour is not None:
-        m.Add(sum(w * v for w, v in budget_terms) <= round(spec.planner.budget_usd_per_hour * 100))
+        B = round(spec.planner.budget_usd_per_hour * 100)
+        # a candidate dearer than B alone stays excluded at B + 1; the sum stays in 64 bits
+        m.Add(sum(min(round(w), B + 1) * v for w, v in budget_terms) <= B)
     obj = sum(w * v for w, v in terms)
     if M is not None:
         obj = obj - M

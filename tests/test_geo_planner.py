@@ -209,3 +209,17 @@ def test_onprem_example_with_explicit_links_plans():
     p = plan(spec, "cost", "cpsat")
     assert p.status == "optimal" and all(j.sites for j in p.jobs)
     assert Model(spec).wan.get("aws:us-west-2", "dc-west").alpha_s == pytest.approx(0.004)
+
+
+@pytest.mark.parametrize("objective", ["makespan", "cost"])
+def test_cpsat_extreme_but_valid_numbers_still_solve(objective):
+    """Weights that would overflow 64-bit integers are scaled, not MODEL_INVALID or a crash."""
+    text = open(EXAMPLE).read()
+    text = text.replace("mfu: 0.4", "mfu: 0.001").replace("params: 1.3e+9", "params: 1.0e+15")
+    text = text.replace("tokens_per_iter: 1.0e+6", "tokens_per_iter: 1.0e+12")
+    text = text.replace("iterations: 20000", "iterations: 10000000000")
+    text = text.replace("usd_per_hour: 2.20", "usd_per_hour: 1.0e+6")
+    spec = parse_spec(text, "extreme.yaml")
+    p = plan(spec, objective, "cpsat", time_limit_s=5)
+    assert p.status in ("optimal", "feasible", "infeasible")
+    assert any(j.sites for j in p.jobs)
