@@ -13,6 +13,14 @@ EVENT_HELP = ("site-down SITE | site-up SITE | capacity SITE TYPE COUNT | preemp
               "price SITE TYPE USD_PER_HOUR | job-finished JOB")
 
 
+GEO_EXAMPLES = """examples:
+  gpusched geo plan examples/geo/spec.yaml            # table + spec-plan.png
+  gpusched geo serve --spec examples/geo/spec.yaml &  # the service, state on disk
+  gpusched geo submit examples/geo/job.yaml
+  gpusched geo event site-down aws:us-east-1
+  gpusched geo status --json"""
+
+
 def _client_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--endpoint", default=None, help="geo service endpoint (default: "
                    "$GPUSCHED_GEO_ENDPOINT or ipc://<runtime dir>/geo.sock)")
@@ -25,40 +33,63 @@ def _client_args(p: argparse.ArgumentParser) -> None:
 
 def add_geo_parser(sub) -> None:
     g = sub.add_parser("geo", help="geo-distributed training planner (plan, serve, submit, "
-                       "event, status)")
+                       "event, status)", epilog=GEO_EXAMPLES,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
     gs = g.add_subparsers(dest="geo_cmd", metavar="{plan,serve,submit,event,status}")
-    p = gs.add_parser("plan", help="plan a spec YAML: print the plan and write its picture")
+    p = gs.add_parser("plan", help="plan a spec YAML: print the plan and write its picture",
+                      formatter_class=argparse.RawDescriptionHelpFormatter, epilog=
+                      "examples:\n  gpusched geo plan examples/geo/spec.yaml\n"
+                      "  gpusched geo plan examples/geo/spec.yaml --objective cost --json\n"
+                      "  gpusched geo plan spec.yaml --solver decomposed --out plots/\n"
+                      "exit 2: a bad spec (file:line: field: problem) or an infeasible job "
+                      "(the constraint that rules it out)")
     p.add_argument("spec", help="spec YAML (see examples/geo/spec.yaml)")
     p.add_argument("--objective", choices=("throughput", "cost", "makespan", "balance"),
                    default=None, help="default: the spec's planner.objective (throughput); "
                    "balance: MAST's asymmetric demand/supply penalty (CP-SAT)")
     p.add_argument("--solver", choices=("cpsat", "decomposed", "greedy", "single-region"),
-                   default="cpsat")
+                   default="cpsat", help="cpsat (default): optimal up to a few hundred jobs; "
+                   "decomposed: MAST-style, for thousands; greedy, single-region: baselines")
     p.add_argument("--time-limit", type=float, default=None, help="CP-SAT seconds")
     p.add_argument("--json", action="store_true", help="print the plan as JSON")
     p.add_argument("--out", default=".", help="folder for the PNG (default: here)")
     p.add_argument("--place-data", type=int, default=0, metavar="N",
                    help="also add up to N dataset replicas where jobs read over the WAN, under "
                    "storage capacity (a slower pass: it re-plans after each)")
-    s = gs.add_parser("serve", help="run the geo service (ZeroMQ ROUTER, state on disk)")
+    s = gs.add_parser("serve", help="run the geo service (ZeroMQ ROUTER, state on disk)",
+                      formatter_class=argparse.RawDescriptionHelpFormatter, epilog=
+                      "examples:\n  gpusched geo serve --spec examples/geo/spec.yaml\n"
+                      "  gpusched geo serve --state /srv/geo/state.json "
+                      "--endpoint ipc:///run/geo.sock\n"
+                      "a restart with the same --state resumes where it stopped")
     s.add_argument("--spec", default=None, help="the fleet (sites/links/datasets) to start from; "
                    "ignored when --state already holds one")
     s.add_argument("--endpoint", default=None)
-    s.add_argument("--state", default=None, help="state file (default: <runtime dir>/geo-state.json)")
+    s.add_argument("--state", default=None, help="state file (default: $XDG_STATE_HOME or ~/.local/state, "
+                   "then gpusched/geo-state.json)")
     s.add_argument("--token", default=None, help="require this token (default $GPUSCHED_TOKEN)")
     s.add_argument("--curve-secret", default=None, metavar="FILE",
                    help="encrypt with this CURVE secret key (see 'gpusched keys')")
     s.add_argument("--solver", choices=("auto", "cpsat", "decomposed"), default="auto",
                    help="auto: CP-SAT up to 200 jobs, decomposed above")
-    su = gs.add_parser("submit", help="submit a job YAML to the geo service")
+    su = gs.add_parser("submit", help="submit a job YAML to the geo service",
+                       formatter_class=argparse.RawDescriptionHelpFormatter,
+                       epilog="example:\n  gpusched geo submit examples/geo/job.yaml --json")
     su.add_argument("job", help="job YAML (see examples/geo/job.yaml)")
     _client_args(su)
-    ev = gs.add_parser("event", help="tell the geo service what changed: " + EVENT_HELP)
+    ev = gs.add_parser("event", help="tell the geo service what changed: " + EVENT_HELP,
+                       formatter_class=argparse.RawDescriptionHelpFormatter, epilog=
+                       "examples:\n  gpusched geo event site-down aws:us-east-1\n"
+                       "  gpusched geo event capacity gcp:europe-west4-a A100 32\n"
+                       "  gpusched geo event price aws:us-west-2 H100 2.9\n"
+                       "  gpusched geo event job-finished llm-7b")
     ev.add_argument("kind", choices=("site-down", "site-up", "capacity", "preempt", "price",
                                      "job-finished"))
     ev.add_argument("args", nargs="*", help=EVENT_HELP)
     _client_args(ev)
-    st = gs.add_parser("status", help="the geo service's current plan")
+    st = gs.add_parser("status", help="the geo service's current plan",
+                       formatter_class=argparse.RawDescriptionHelpFormatter,
+                       epilog="example:\n  gpusched geo status --json")
     _client_args(st)
 
 
@@ -118,10 +149,13 @@ def _print_plan(p) -> None:
     from rich.table import Table
 
     con = Console()
+    if not con.is_terminal:
+        con = Console(width=160)  # a pipe or a file: room for full site names on one line
     t = Table(title=f"{p.solver} plan ({p.status}), objective {p.objective} = "
               f"{p.objective_value:,.3f}, solved in {p.solve_time_s:.2f} s")
     for col in ("job", "mode", "sites: GPUs", "iteration s", "$/h", "start h", "finish h"):
-        t.add_column(col, justify="left" if col in ("job", "mode", "sites: GPUs") else "right")
+        left = col in ("job", "mode", "sites: GPUs")  # fold long names, never cut them
+        t.add_column(col, justify="left" if left else "right", overflow="fold" if left else None)
     for j in p.jobs:
         where = ", ".join(f"{s}: {n} {j.gpu_type}" for s, n in j.sites.items()) or j.reason
         t.add_row(j.name, j.mode, where, f"{j.iteration_s:.3f}" if j.iteration_s else "-",

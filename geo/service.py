@@ -13,6 +13,7 @@ import itertools
 import logging
 import os
 import signal
+import socket
 import time
 
 import msgspec
@@ -134,12 +135,33 @@ class GeoService:
             log.info("geo: stopped")
 
 
+CONNECT_TIMEOUT_S = 2.0
+
+
+def check_listening(endpoint: str, timeout_s: float) -> None:
+    """Fail at once (ConnectionError) when nothing listens at ``endpoint``, instead of waiting
+    the whole answer timeout: no socket file for ipc, a refused or silent port for tcp."""
+    hint = "start one: gpusched geo serve --spec FILE"
+    if endpoint.startswith("ipc://"):
+        path = endpoint[len("ipc://"):]
+        if not os.path.exists(path):
+            raise ConnectionError(f"no geo service at {endpoint}: {path} does not exist ({hint})")
+        return
+    host, _, port = endpoint[len("tcp://"):].rpartition(":")
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s).close()
+    except OSError as e:
+        raise ConnectionError(f"no geo service at {endpoint}: {e.strerror or e} ({hint})") \
+            from None
+
+
 class GeoClient:
     """Blocking client: one request, one answer (ValueError for an ERROR answer)."""
 
     def __init__(self, endpoint: str, token: str = "", server_key: bytes | None = None,
                  timeout_s: float = 10.0):
         self.endpoint, self.token, self.timeout_s = endpoint, token, timeout_s
+        check_listening(endpoint, min(timeout_s, CONNECT_TIMEOUT_S))
         self._ctx = zmq.Context()
         self._sock = make_socket(self._ctx, zmq.DEALER, endpoint, bind=False,
                                  curve_server_key=server_key)

@@ -137,7 +137,7 @@ def test_token_and_curve(tmp_path):
 
 def test_no_service_is_a_clear_error(tmp_path):
     r = cli("status", "--endpoint", f"ipc://{tmp_path}/none.sock", "--timeout", "0.5")
-    assert r.returncode == 2 and "no geo service answered" in r.stderr
+    assert r.returncode == 2 and "no geo service" in r.stderr
 
 
 def test_fuzzed_frames_always_get_one_answer(tmp_path):
@@ -176,3 +176,12 @@ def test_fuzzed_frames_always_get_one_answer(tmp_path):
     assert svc.state.events == events0
     ans = decode(svc.handle([b"STATUS", msgspec.msgpack.encode({"req_id": 1})]), REPLIES)
     assert not isinstance(ans, Error) and len(ans.plan.jobs) == 7
+
+
+@pytest.mark.parametrize("endpoint", ["ipc:///nonexistent-dir/geo.sock", "tcp://127.0.0.1:1"])
+def test_client_without_service_fails_fast_exit_2(endpoint):
+    t0 = time.monotonic()
+    r = cli("status", "--endpoint", endpoint, "--timeout", "30")
+    assert r.returncode == 2, r.stderr
+    assert "no geo service at" in r.stderr and "Traceback" not in r.stderr
+    assert time.monotonic() - t0 < 8  # not the 30 s answer timeout
