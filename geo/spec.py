@@ -203,7 +203,22 @@ def parse_spec(text: str, source: str = "<spec>") -> Spec:
     except msgspec.ValidationError as e:
         raise convert_error(e, lines, source) from None
     check_spec(spec, lines, source)
+    check_links(spec, lines, source)
     return spec
+
+
+def check_links(spec: Spec, lines: dict[str, int], source: str) -> None:
+    """Every pair of sites needs a WAN link (explicit or measured): the error names the site's
+    line, which is most often an unknown or misspelt region."""
+    from .wan import Wan
+
+    try:
+        Wan(spec)
+    except GeoSpecError as e:
+        names = [s.name for s in spec.sites]
+        bad = re.findall(r"'([^']*)'", str(e))
+        i = max((names.index(n) for n in bad if n in names), default=0)
+        raise _err(lines, source, f"$.sites[{i}].name", str(e)) from None
 
 
 def load_spec(path: str) -> Spec:

@@ -200,3 +200,10 @@ def test_non_utf8_spec_is_a_one_line_error(tmp_path):
     f.write_bytes(b"\xff\xfe garbage")
     with pytest.raises(GeoSpecError, match="not UTF-8"):
         load_spec(str(f))
+
+
+def test_site_without_a_link_names_its_line():
+    text = SMALL.replace("links:\n  - {src: a, dst: b, rtt_ms: 20, gbps: 8, egress_usd_per_gb: 0.05}\n",
+                         "")
+    with pytest.raises(GeoSpecError, match=r"^s.yaml:4: sites\[1\].name: no WAN link"):
+        parse_spec(text, "s.yaml")
