@@ -90,7 +90,7 @@ def apply_event(spec: Spec, ev: Event, saved: dict[str, dict[str, int]]) -> str:
 def add_job(spec: Spec, job: Job) -> str:
     if any(j.name == job.name for j in spec.jobs):
         raise GeoSpecError(f"job {job.name!r} exists already")
-    check_job_refs(spec, job, {}, "<job>", "$")
+    check_job_refs(spec, job, {}, f"job {job.name}", "$")
     job.running, job.running_mode = None, None
     spec.jobs.append(job)
     return f"job {job.name} arrived"

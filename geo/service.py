@@ -86,7 +86,7 @@ class GeoService:
             new = msgspec.structs.replace(self.state, spec=clone(self.state.spec),
                                           down={k: dict(v) for k, v in self.state.down.items()})
             if isinstance(msg, Submit):
-                check_job(msg.job, {}, "SUBMIT", "$.job")
+                check_job(msg.job, {}, f"job {msg.job.name}", "$")
                 reason = add_job(new.spec, msg.job)
                 improve = False
             else:

@@ -245,7 +245,9 @@ def parse_job(text: str, source: str = "<job>") -> Job:
 
 # -- checks that types cannot express ----------------------------------------------------------
 def _err(lines, source, path, msg) -> GeoSpecError:
-    return GeoSpecError(f"{source}:{_line_of(lines, path)}: {path[2:] or 'spec'}: {msg}")
+    line = _line_of(lines, path)  # "?" for a job that came over the wire: no YAML lines
+    where = source if line == "?" else f"{source}:{line}"
+    return GeoSpecError(f"{where}: {path[2:] or 'spec'}: {msg}")
 
 
 def check_job(job: Job, lines: dict[str, int], source: str, path: str) -> None:

@@ -120,3 +120,11 @@ def test_site_down_then_up_restores_capacity():
     assert Model(spec).capacity("b", "H100") == 0
     apply_event(spec, Event("site-up", site="b"), saved)
     assert Model(spec).capacity("b", "H100") == 16
+
+
+def test_submitted_job_with_unknown_dataset_names_the_job_not_a_fake_line():
+    spec = make_instance(5, 3, seed=2)
+    job = parse_job("name: z\nparams: 1.0e+9\ntokens_per_iter: 1.0e+6\niterations: 10\n"
+                    "gpu_types: [A100]\nmin_gpus: 1\nmax_gpus: 2\ndataset: nope\n", "z.yaml")
+    with pytest.raises(GeoSpecError, match=r"^job z: dataset: 'nope' is not a dataset$"):
+        add_job(spec, job)
