@@ -57,7 +57,10 @@ def run_place(args) -> int:
         raise ValueError("no GPU pool: pass --pool H100:8 (or write pool: in the YAML)")
     if args.time_limit <= 0 or args.horizon <= 0:
         raise ValueError("--time-limit and --horizon must be > 0")
-    pool = parse_pool(pool_text)
+    try:
+        pool = parse_pool(pool_text)
+    except ValueError as e:
+        raise ValueError(f"--pool: {e}" if args.pool else f"{args.models}: {e}") from None
     plan = place(w.models, pool, args.solver, time_limit_s=args.time_limit)
     out = report(plan, w.models)
     if args.validate:
@@ -101,6 +104,9 @@ def apply_plan(out: dict, endpoints: str) -> list[dict]:
 
 
 def print_plan(out: dict) -> None:
+    from rich import box
+
+    from placement.knobs import DEFAULT
     from rich.console import Console
     from rich.table import Table
 
@@ -108,18 +114,27 @@ def print_plan(out: dict) -> None:
                     f"solved in {out['solve_time_s']:.3f} s"
                     + ("" if "optimal" not in out else
                        (" (optimal)" if out["optimal"] else " (not proven optimal)")))
-    for c in ("GPU", "type", "model", "batch", "req/s", "pred. ms", "SLO ms", "busy", "C", "M"):
-        t.add_column(c, justify="left" if c in ("type", "model") else "right",
-                     no_wrap=c == "model")
+    t.box, t.padding = box.SIMPLE_HEAD, (0, 1, 0, 1)  # no vertical rules: fits 80 columns
+    t.collapse_padding = True
+    t.caption = ("busy: solo GPU-seconds per second (kernels overlap: cap "
+                 f"{DEFAULT.u_max:g}); C, M: the GPU's compute and memory-bandwidth share "
+                 f"(cap {DEFAULT.c_max:g})")
+    for c in ("GPU", "model", "batch", "req/s", "pred. ms", "SLO ms", "busy", "C", "M"):
+        # numbers never wrap or get cut; a long model name folds onto a second line
+        t.add_column(c, justify="left" if c in ("GPU", "model") else "right",
+                     overflow="fold" if c == "model" else None, no_wrap=c != "model",
+                     min_width=12 if c == "model" else None)
     for a in out["assignments"]:
         for j, r in enumerate(a["replicas"]):
             first = j == 0
-            t.add_row(str(a["gpu"]) if first else "", a["type"] if first else "", r["model"],
+            t.add_row(f"{a['gpu']} {a['type']}" if first else "", r["model"],
                       str(r["batch"]), f"{r['rate']:g}", f"{r['predicted_latency_ms']:.2f}",
                       f"{r['slo_ms']:g}", f"{a['busy']:.2f}" if first else "",
                       f"{a['compute']:.2f}" if first else "", f"{a['memory']:.2f}" if first else "",
                       end_section=j == len(a["replicas"]) - 1)
     con = Console()
+    if not con.is_terminal:
+        con = Console(width=160)  # a pipe or a file: room for every column on one line
     con.print(t)
     if "validation" in out:
         v = out["validation"]

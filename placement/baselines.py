@@ -14,23 +14,35 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
+from collections import Counter
 
 from .estimate import Config, model_profile
 from .fit import GpuState, Replica
 from .heuristic import cheapest_type, infeasible, size_replicas
 from .knobs import DEFAULT, Knobs
 from .plan import Plan
+from .spec import SpecError
 
 
-def _replicas(models, table, pool, alpha: float) -> list[Replica]:
+def _replicas(models, table, pool, alpha: float, method: str) -> list[Replica]:
     out = []
     for ms, cfgs in zip(models, table):
         ks = [k for k in cheapest_type(ms, cfgs, pool) if k.alpha == alpha]
         reps = size_replicas(ms, ks)
         if not reps:
-            raise infeasible(models, table, pool)
+            raise SpecError(f"line {ms.line}: model {ms.name!r}: {method} runs every replica "
+                            f"with slowdown budget {alpha:g}, which leaves no batch size that "
+                            f"meets its {ms.slo_ms:g} ms SLO at {ms.rate:g} req/s")
         out.extend(reps)
     return out
+
+
+def _check_counts(gpus: list[GpuState], models, table, pool, method: str) -> list[GpuState]:
+    """Raise the pool-too-small error, with the GPUs ``method`` needs, if ``gpus`` overflow it."""
+    needed = dict(Counter(g.type.name for g in gpus))
+    if any(n > t.count for t in pool for name, n in needed.items() if name == t.name):
+        raise infeasible(models, table, pool, method, needed)
+    return gpus
 
 
 def _alone(knobs: Knobs) -> Knobs:
@@ -39,22 +51,22 @@ def _alone(knobs: Knobs) -> Knobs:
 
 def one_per_gpu(models, table_alone, pool, knobs: Knobs = DEFAULT) -> Plan:
     t0 = time.perf_counter()
-    gpus, counts = [], {t.name: 0 for t in pool}
     by = {t.name: t for t in pool}
-    for r in _replicas(models, table_alone, pool, 1.0):
-        counts[r.cfg.gpu] += 1
-        if counts[r.cfg.gpu] > by[r.cfg.gpu].count:
-            raise infeasible(models, table_alone, pool)
+    gpus = []
+    for r in _replicas(models, table_alone, pool, 1.0, "one-per-gpu"):
         g = GpuState(by[r.cfg.gpu], knobs)
         g.add(r)
         gpus.append(g)
+    _check_counts(gpus, models, table_alone, pool, "one-per-gpu")
     return Plan("one-per-gpu", gpus, time.perf_counter() - t0)
 
 
 def mem_packing(models, table_alone, pool, knobs: Knobs = DEFAULT) -> Plan:
     t0 = time.perf_counter()
-    reps = sorted(_replicas(models, table_alone, pool, 1.0), key=lambda r: -r.cfg.footprint_mb)
-    gpus = _first_fit(reps, pool, knobs, _memory_ok, lambda: infeasible(models, table_alone, pool))
+    reps = sorted(_replicas(models, table_alone, pool, 1.0, "mem-packing"),
+                  key=lambda r: -r.cfg.footprint_mb)
+    gpus = _check_counts(_first_fit(reps, pool, knobs, _memory_ok), models, table_alone, pool,
+                         "mem-packing")
     return Plan("mem-packing", gpus, time.perf_counter() - t0)
 
 
@@ -62,16 +74,14 @@ def _memory_ok(g: GpuState, r: Replica) -> bool:
     return g.F + r.cfg.footprint_mb <= g.type.memory_mb * g.knobs.mem_frac
 
 
-def _first_fit(replicas, pool, knobs: Knobs, fits, fail) -> list[GpuState]:
+def _first_fit(replicas, pool, knobs: Knobs, fits) -> list[GpuState]:
     """Each replica on the first open GPU of its type where ``fits(gpu, replica)``, else on a
-    new one; ``fail()`` is raised when the pool has no GPU of that type left."""
+    new one (however many: the caller checks the pool's counts, ``_check_counts``)."""
     by = {t.name: t for t in pool}
     gpus: list[GpuState] = []
     for r in replicas:
         g = next((g for g in gpus if g.type.name == r.cfg.gpu and fits(g, r)), None)
         if g is None:
-            if sum(1 for x in gpus if x.type.name == r.cfg.gpu) >= by[r.cfg.gpu].count:
-                raise fail()
             g = GpuState(by[r.cfg.gpu], knobs)
             gpus.append(g)
         g.add(r)
@@ -117,11 +127,11 @@ def gslice(models, table_alone, pool, knobs: Knobs = DEFAULT) -> Plan:
         if best is None or n < best[0]:
             best = (n, p, reps)
     if best is None:
-        raise infeasible(models, table_alone, pool)
+        raise infeasible(models, table_alone, pool, "gslice")
     _, p, reps = best
     gpus = _first_fit(reps, pool, knobs,  # each GPU holds p slices
-                      lambda g, r: len(g.replicas) < p and _memory_ok(g, r),
-                      lambda: infeasible(models, table_alone, pool))
+                      lambda g, r: len(g.replicas) < p and _memory_ok(g, r))
+    _check_counts(gpus, models, table_alone, pool, "gslice")
     return Plan("gslice", gpus, time.perf_counter() - t0, notes={"slices_per_gpu": p})
 
 
@@ -129,9 +139,9 @@ def gpulet(models, table, pool, knobs: Knobs = DEFAULT, alpha: float = 1.5) -> P
     t0 = time.perf_counter()
     # gpulet's model: a partner is always busy (no tail weighting by its busy time)
     pair = dataclasses.replace(knobs, kappa=1.0)
-    reps = sorted(_replicas(models, table, pool, alpha), key=lambda r: -r.rate)
-    gpus = _first_fit(reps, pool, pair, lambda g, r: len(g.replicas) < 2 and _pair_ok(g, r, pair),
-                      lambda: infeasible(models, table, pool))
+    reps = sorted(_replicas(models, table, pool, alpha, "gpulet"), key=lambda r: -r.rate)
+    gpus = _first_fit(reps, pool, pair, lambda g, r: len(g.replicas) < 2 and _pair_ok(g, r, pair))
+    _check_counts(gpus, models, table, pool, "gpulet")
     return Plan("gpulet", gpus, time.perf_counter() - t0)
 
 

@@ -1,7 +1,10 @@
 """Exact placement with OR-Tools CP-SAT, over the same configurations and rule as the heuristic.
 
 Sets: models ``i``, configurations ``k in K_i`` (``estimate.py``), GPUs ``g`` (each of a pool
-type; at most as many as the heuristic used, which makes its plan a feasible start).
+type; of type ``t`` at most ``floor(cost_h / price_t)`` (at most ``MAX_GPUS`` more than the
+heuristic used), ``cost_h`` the cost of the heuristic's plan, which is then a feasible start
+and no cheaper plan is cut off; every GPU of the pool, if at most ``FALLBACK_GPUS``, when the
+heuristic found no plan).
 Variables: ``x[k,g]`` in {0,1} (a replica of configuration k on GPU g), ``s[k,g]`` >= 0 the
 requests/s it serves (integer, in units of ``1/RATE_SCALE``), ``y[g]`` in {0,1} (GPU used).
 
@@ -16,8 +19,12 @@ requests/s it serves (integer, in units of ``1/RATE_SCALE``), ``y[g]`` in {0,1} 
                sum_k f_k x[k,g] <= mem_frac * memory_g                     memory
                x[k,g] => kappa (A_k (U_g - tau_k s) + B_k (C_g - tau_k c_k s)
                                 + D_k (M_g - tau_k m_k s)) <= a_k - 1       slowdown within budget
+               sum_g cap y[g] >= sum_i rate_i min_{k in K_i} tau_k d_k      for (U, 1), (C, c), (M, m),
+                                                                            (O, o): redundant cuts
 
-Coefficients are scaled to integers (``SCALE``), rounded so the integer model is never looser.
+Coefficients are scaled to integers (``SCALE``, ``RATE_SCALE``, ``COEF``; prices in cents),
+rounded so the integer model is never looser: demands (tau, f, A, B, D) up, caps down, and the
+replica's own share subtracted from its GPU's totals rounded down.
 """
 from __future__ import annotations
 
@@ -26,15 +33,18 @@ import time
 
 from .estimate import Config
 from .fit import GpuState, Replica
+from .heuristic import infeasible
 from .heuristic import solve as heuristic_solve
 from .knobs import DEFAULT, Knobs
 from .plan import Plan
 from .pool import GpuType
-from .spec import ModelSpec
+from .spec import ModelSpec, SpecError
 
 RATE_SCALE = 10        # s in 0.1 req/s
 SCALE = 10 ** 8        # busy-time units: 1e-8 GPU-seconds per second
 COEF = 1000            # interference coefficients in thousandths
+FALLBACK_GPUS = 64     # GPUs CP-SAT searches on its own when the heuristic found no plan
+MAX_GPUS = 256         # per type, beyond what the heuristic used (near-free GPU types)
 
 
 def solve(models: tuple[ModelSpec, ...], table: list[list[Config]], pool: tuple[GpuType, ...],
@@ -43,10 +53,22 @@ def solve(models: tuple[ModelSpec, ...], table: list[list[Config]], pool: tuple[
     from ortools.sat.python import cp_model
 
     t0 = time.perf_counter()
-    start = start or heuristic_solve(models, table, pool, knobs)
+    price_of = {t.name: _cents(t) for t in pool}
     gpus: list[GpuType] = []
-    for t in pool:  # as many GPUs of each type as the heuristic used in all (capped by the pool)
-        gpus += [t] * min(t.count, len(start.gpus))
+    fail: SpecError | None = None
+    try:
+        start = start or heuristic_solve(models, table, pool, knobs)
+    except SpecError as e:  # the heuristic found no plan: search a small pool on CP-SAT's own
+        if sum(t.count for t in pool) > FALLBACK_GPUS:
+            raise
+        start, fail = None, e
+        for t in pool:
+            gpus += [t] * t.count
+    if start is not None:  # a plan cheaper than the heuristic's has at most this many of type t
+        budget = sum(price_of[g.type.name] for g in start.gpus)
+        for t in pool:
+            used = sum(1 for g in start.gpus if g.type.name == t.name)
+            gpus += [t] * min(t.count, max(used, min(budget // price_of[t.name], MAX_GPUS)))
     m = cp_model.CpModel()
     y = [m.NewBoolVar(f"y{g}") for g in range(len(gpus))]
     x, s = {}, {}
@@ -98,24 +120,34 @@ def solve(models: tuple[ModelSpec, ...], table: list[list[Config]], pool: tuple[
                      (knobs.m_max, lambda k: k.memory), (knobs.o_max, lambda k: k.occupancy)):
         need = sum(min(k.tau * dem(k) for k in cfgs) * ms.rate for ms, cfgs in zip(models, table))
         m.Add(sum(math.floor(cap * SCALE) * v for v in y) >= math.floor(need * SCALE))
-    price = [round(t.price_per_hour * 100) or 1 for t in gpus]
-    m.Minimize(sum(p * v for p, v in zip(price, y)))
-    _hint(m, start, table, gpus, x, s, y)
+    m.Minimize(sum(price_of[t.name] * v for t, v in zip(gpus, y)))
+    if start is not None:
+        _hint(m, start, table, gpus, x, s, y)
     solver = cp_model.CpSolver()
     solver.parameters.max_time_in_seconds = time_limit_s
     solver.parameters.num_workers = workers
     status = solver.Solve(m)
+    if start is None and status == cp_model.INFEASIBLE:
+        raise infeasible(models, table, pool, "cpsat (proven)")
+    if start is None and status not in (cp_model.OPTIMAL, cp_model.FEASIBLE):
+        raise fail
     if status not in (cp_model.OPTIMAL, cp_model.FEASIBLE):
         plan = start  # time ran out before CP-SAT found anything: the heuristic's plan stands
         return Plan("cpsat", plan.gpus, time.perf_counter() - t0, False,
                     {"status": solver.StatusName(status)})
     out = [GpuState(t, knobs) for t in gpus]
     for (i, ki, g), v in x.items():
-        if solver.Value(v):
+        if solver.Value(v) and solver.Value(s[i, ki, g]):  # a replica given no requests is idle
             out[g].add(Replica(models[i].name, table[i][ki], solver.Value(s[i, ki, g]) / RATE_SCALE))
     return Plan("cpsat", [g for g in out if g.replicas], time.perf_counter() - t0,
                 status == cp_model.OPTIMAL,
                 {"bound_cost_per_hour": solver.BestObjectiveBound() / 100})
+
+
+def _cents(t: GpuType) -> int:
+    """The objective's integer price of a GPU type (a free GPU still costs a cent: used GPUs
+    are minimised among equal prices)."""
+    return round(t.price_per_hour * 100) or 1
 
 
 def _hint(m, start: Plan, table, gpus, x, s, y) -> None:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import math
 import random
 import time
+from collections import Counter
 
 from .estimate import Config
 from .fit import GpuState, Replica
@@ -123,28 +124,47 @@ def solve(models: tuple[ModelSpec, ...], table: list[list[Config]], pool: tuple[
           knobs: Knobs = DEFAULT, search_s: float = 0.3, seed: int = 0) -> Plan:
     """Steps 1-5 for each budget choice, then randomised restarts (each model a random budget,
     jittered order) until ``search_s`` has passed; the cheapest plan wins. Deterministic for a
-    given ``seed`` up to where the time budget cuts the restarts."""
+    given ``seed`` up to where the time budget cuts the restarts. In a pool of several GPU
+    types each model first goes to its cheapest type per request, then every model to one
+    type (packing can favour the bigger GPU: a few well-filled ones beat many small ones)."""
     t0 = time.perf_counter()
-    typed = [cheapest_type(ms, cfgs, pool) for ms, cfgs in zip(models, table)]
+    typings = [[cheapest_type(ms, cfgs, pool) for ms, cfgs in zip(models, table)]]
+    if len(pool) > 1:
+        for t in pool:
+            one = [[k for k in cfgs if k.gpu == t.name] for cfgs in table]
+            if all(one) and one not in typings:
+                typings.append(one)
     options = knobs.alphas + (None,)  # None: each model its own least-busy budget
     best: list[GpuState] | None = None
     rng = random.Random(seed)
-    tries = [[a] * len(models) for a in options]
+    tries = [(typed, [a] * len(models)) for typed in typings for a in options]
+    first = len(tries)
     for n in range(1000):
         if n >= len(tries):
             if time.perf_counter() - t0 > search_s:
                 break
-            tries.append([rng.choice(options) for _ in models])
-        replicas = _sized(models, typed, tries[n])
+            tries.append((typings[n % len(typings)], [rng.choice(options) for _ in models]))
+        typed, budgets = tries[n]
+        replicas = _sized(models, typed, budgets)
         if replicas is None:
             continue
-        gpus = best_fit(order(replicas, rng if n >= len(options) else None), pool, knobs)
+        gpus = best_fit(order(replicas, rng if n >= first else None), pool, knobs)
         gpus = consolidate(gpus, knobs) if gpus is not None else None
         if gpus is not None and (best is None or _cost(gpus) < _cost(best)):
             best = gpus
     if best is None:
-        raise infeasible(models, table, pool)
+        raise infeasible(models, table, pool, "heuristic", _needed(models, typings[0], pool, knobs))
     return Plan("heuristic", best, time.perf_counter() - t0)
+
+
+def _needed(models, typed, pool, knobs) -> dict[str, int] | None:
+    """GPUs of each type the first try would take from an unlimited pool (for the error)."""
+    replicas = _sized(models, typed, [None] * len(models))
+    if replicas is None:
+        return None
+    unlimited = tuple(GpuType(t.name, 10 ** 9, t.price_per_hour) for t in pool)
+    gpus = best_fit(order(replicas), unlimited, knobs) or []
+    return dict(Counter(g.type.name for g in consolidate(gpus, knobs)))
 
 
 def _sized(models, typed, budgets) -> list[Replica] | None:
@@ -163,8 +183,10 @@ def _cost(gpus: list[GpuState]) -> tuple[float, int]:
     return (sum(g.type.price_per_hour for g in gpus), len(gpus))
 
 
-def infeasible(models, table, pool) -> SpecError:
-    """Why no plan exists: the pool is too small for the rates (named by the neediest model)."""
+def infeasible(models, table, pool, method: str = "heuristic",
+               needed: dict[str, int] | None = None) -> SpecError:
+    """Why ``method`` found no plan in ``pool``: how many GPUs it would need (``needed``, per
+    type, when the caller knows), else the busy time the rates need; names the neediest model."""
     need = 0.0
     worst, worst_u = None, -1.0
     for ms, cfgs in zip(models, table):
@@ -173,8 +195,18 @@ def infeasible(models, table, pool) -> SpecError:
         need += u
         if u > worst_u:
             worst, worst_u = ms, u
-    have = sum(t.count for t in pool)
+    have = {t.name: t.count for t in pool}
+    total = sum(have.values())
+    over = {t: n for t, n in (needed or {}).items() if n > have.get(t, 0)}
+    if over:
+        why = (f"{method} needs " + ", ".join(f"{n} {t}" for t, n in over.items())
+               + " GPUs, the pool has " + ", ".join(f"{have[t]} {t}" for t in over))
+    elif need / DEFAULT.u_max > total:
+        why = f"they need about {need / DEFAULT.u_max:.1f} GPUs of busy time or more, the pool has {total}"
+    else:
+        why = (f"{method} found no plan on its {total} GPUs (busy time alone needs about "
+               f"{need / DEFAULT.u_max:.1f}, but memory, the compute and bandwidth caps and the "
+               "SLOs' slowdown budgets limit how many replicas share a GPU)")
     return SpecError(f"the pool ({', '.join(f'{t.name}:{t.count}' for t in pool)}) cannot serve "
-                     f"these rates: they need about {need / DEFAULT.u_max:.1f} GPUs of busy time "
-                     f"or more, the pool has {have}; the largest is {worst.name!r} "
-                     f"(line {worst.line}, {worst.rate:g} req/s); add GPUs or lower rates")
+                     f"these rates: {why}; the largest is {worst.name!r} (line {worst.line}, "
+                     f"{worst.rate:g} req/s); add GPUs or lower rates")

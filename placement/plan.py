@@ -24,14 +24,31 @@ class Plan:
         return sum(g.type.price_per_hour for g in self.gpus if g.replicas)
 
 
-def predicted_latency_ms(g: GpuState, r) -> float:
-    """Batching delay (time for a batch to fill, capped by the timeout) + interfered execution."""
-    k = r.cfg
-    fill = min(k.timeout_ms, (k.batch - 1) / r.rate * 1000.0) if k.batch > 1 else 0.0
+def predicted_latency_ms(g: GpuState, r, offered: float | None = None) -> float:
+    """Batching delay (time for a batch to fill at the ``offered`` rate, default the planned
+    one, capped by the timeout) + interfered execution."""
+    k, rate = r.cfg, offered or r.rate
+    fill = min(k.timeout_ms, (k.batch - 1) / rate * 1000.0) if k.batch > 1 else 0.0
     return fill + k.latency_ms * g.alpha(r)
 
 
+def offered_rates(plan: Plan, models: tuple[ModelSpec, ...]) -> dict[int, float]:
+    """Requests/s each replica (by ``id``) really gets: its model's rate spread over its replicas
+    in proportion to their planned rates (as the replay and a frontend do). A plan may reserve
+    more than the rate (CP-SAT keeps a replica at least at the rate that fills its batch in
+    time): the busy time and slowdown then stay conservative, but the batches fill slower."""
+    total: dict[str, float] = {}
+    for g in plan.gpus:
+        for r in g.replicas:
+            total[r.name] = total.get(r.name, 0.0) + r.rate
+    return {id(r): r.rate * models[r.cfg.model].rate / total[r.name] if total[r.name] else 0.0
+            for g in plan.gpus for r in g.replicas}
+
+
 def report(plan: Plan, models: tuple[ModelSpec, ...]) -> dict:
+    """``rate`` is what a replica was planned (and is admitted) for, ``offered_rate`` what it
+    gets; the predicted latency's batching delay is at the offered rate."""
+    offered = offered_rates(plan, models)
     assignments = []
     for n, g in enumerate(x for x in plan.gpus if x.replicas):
         assignments.append({
@@ -40,10 +57,12 @@ def report(plan: Plan, models: tuple[ModelSpec, ...]) -> dict:
             "memory_mb": round(g.F, 1),
             "replicas": [{"model": r.name, "zoo_model": models[r.cfg.model].model,
                           "batch": r.cfg.batch, "rate": round(r.rate, 3),
+                          "offered_rate": round(offered[id(r)], 3),
                           "timeout_ms": round(r.cfg.timeout_ms, 3),
                           "slo_ms": models[r.cfg.model].slo_ms,
                           "predicted_slowdown": round(g.alpha(r), 4),
-                          "predicted_latency_ms": round(predicted_latency_ms(g, r), 3)}
+                          "predicted_latency_ms": round(
+                              predicted_latency_ms(g, r, offered[id(r)]), 3)}
                          for r in g.replicas]})
     out = {"gpus_used": plan.gpus_used, "cost_per_hour": round(plan.cost_per_hour, 4),
            "assignments": assignments, "solver": plan.solver,

@@ -40,8 +40,10 @@ def parse_pool(text: str) -> tuple[GpuType, ...]:
         except ValueError:
             raise ValueError(f"pool {item!r}: write TYPE:COUNT or TYPE:COUNT@PRICE, "
                              "e.g. H100:8 or T4:16@0.53") from None
-        if not 1 <= n <= 100_000 or not 0 <= p <= 1e4:
-            raise ValueError(f"pool {item!r}: COUNT must be 1..100000 and PRICE 0..10000 $/h")
+        if not 1 <= n <= 100_000:
+            raise ValueError(f"pool {item!r}: COUNT must be 1..100000, got {count.strip()}")
+        if not 0 <= p <= 1e4:  # also NaN
+            raise ValueError(f"pool {item!r}: PRICE must be 0..10000 $/h, got {price.strip()}")
         if any(t.name == name for t in out):
             raise ValueError(f"pool {text!r}: {name} is listed twice")
         out.append(GpuType(name, n, p))

@@ -12,6 +12,7 @@ Every mistake names the model and the YAML line (``models.yaml:7: ...``).
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 import yaml
@@ -49,6 +50,12 @@ class _LineLoader(yaml.SafeLoader):
         return m
 
 
+# YAML 1.1 (PyYAML) reads ``rate: 1e4`` as the string "1e4"; read it as the number it means
+_LineLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"), list("-+0123456789"))
+
+
 def loads(text: str, source: str = "<workload>") -> Workload:
     try:
         doc = yaml.load(text, Loader=_LineLoader)  # noqa: S506 - SafeLoader subclass
@@ -81,11 +88,21 @@ def loads(text: str, source: str = "<workload>") -> Workload:
 
 def load(path: str) -> Workload:
     try:
-        with open(path) as f:
+        with open(path, encoding="utf-8") as f:
             text = f.read()
     except OSError as e:
         raise SpecError(f"cannot read {path}: {e.strerror}") from None
+    except UnicodeDecodeError as e:
+        line = text_line(path, e.start)
+        raise SpecError(f"{path}:{line}: not UTF-8 text (byte 0x{e.object[e.start]:02x}); "
+                        "save the file as UTF-8") from None
     return loads(text, path)
+
+
+def text_line(path: str, offset: int) -> int:
+    """The 1-based line of byte ``offset`` in the file."""
+    with open(path, "rb") as f:
+        return f.read(offset).count(b"\n") + 1
 
 
 def _model(m: dict, i: int, source: str) -> ModelSpec:
@@ -107,8 +124,9 @@ def _model(m: dict, i: int, source: str) -> ModelSpec:
     for key, hi in (("rate", 1e7), ("slo_ms", 1e6)):
         v = m.get(key)
         if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 < v <= hi:
+            hint = " (a quoted string: drop the quotes)" if isinstance(v, str) else ""
             raise SpecError(f"{where}: model {label!r}: '{key}' must be a number in (0, {hi:g}], "
-                            f"got {v!r}")
+                            f"got {v!r}{hint}")
         nums[key] = float(v)
     batches = m.get("batches", list(BATCHES))
     if (not isinstance(batches, list) or not batches
