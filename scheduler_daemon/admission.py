@@ -11,6 +11,7 @@ from placement.fit import GpuState, Replica
 from placement.plan import predicted_latency_ms
 from placement.pool import DEFAULT_PRICE, GpuType
 from placement.spec import ModelSpec
+from profilers.zoo import BATCHES
 
 log = logging.getLogger("gpusched.admission")
 
@@ -32,6 +33,12 @@ class Admission:
             if any(r.name == name for r in state.replicas):
                 raise AdmissionError(f"{name!r} is already admitted on this GPU; send it with "
                                      "replace to re-plan")
+            if batch not in BATCHES:  # profiled sizes only: any other would be traced here, slowly
+                raise AdmissionError(f"{name!r}: batch {batch} is not one of the profiled sizes "
+                                     f"{list(BATCHES)}")
+            if not (0 < rate <= 1e7 and 0 < slo_ms <= 1e6):  # also NaN and infinity
+                raise AdmissionError(f"{name!r}: rate must be in (0, 1e7] req/s and slo_ms in "
+                                     f"(0, 1e6], got {rate!r} and {slo_ms!r}")
             try:
                 ms = ModelSpec(name, model, rate, slo_ms, (batch,))
                 cfgs = configs_for(0, ms, self.gpu)

@@ -14,17 +14,11 @@ from placement.pool import parse_pool
 from placement.solvers import place
 from placement.spec import SpecError
 from placement.workloads import make_workload
+from test_placement import LIGHT
 
 EXAMPLE = "examples/placement/models.yaml"
-LIGHT4 = """\
-models:
-  - {name: a-r18, model: resnet18, rate: 200, slo_ms: 20}
-  - {name: b-mob, model: mobilenetv2, rate: 200, slo_ms: 20}
-  - {name: c-sq, model: squeezenet1.1, rate: 200, slo_ms: 20}
-  - {name: d-r34, model: resnet34, rate: 200, slo_ms: 20}
-  - {name: e-goog, model: googlenet, rate: 200, slo_ms: 20}
-  - {name: f-bert, model: bert-base, rate: 200, slo_ms: 30}
-"""
+# the six light models of test_placement.py at four times the rate: two T4s, or one H100
+LIGHT4 = LIGHT.replace("rate: 50,", "rate: 200,")
 
 
 def _one(rate="10", slo="10"):
@@ -153,3 +147,17 @@ def test_table_fits_80_columns_without_cutting_numbers(monkeypatch, capsys):
     for name in ("thumbs-mobilenet", "moderation-bert", "edge-squeezenet"):
         assert name in out  # never folded at 80 columns
 
+
+
+@pytest.mark.parametrize("wanted, needle", [
+    (("odd", "resnet50", 3, 10.0, 10.0), "batch 3 is not one of the profiled sizes"),
+    (("huge", "resnet50", 1024, 10.0, 10.0), "batch 1024 is not one of the profiled sizes"),
+    (("nan", "resnet50", 1, float("nan"), 10.0), "rate must be in"),
+    (("inf", "resnet50", 1, 10.0, float("inf")), "slo_ms in"),
+    (("neg", "resnet50", 1, -5.0, 10.0), "rate must be in"),
+])
+def test_admission_refuses_unprofiled_batches_and_bad_numbers(wanted, needle):
+    """An unprofiled batch would be traced inside the daemon (seconds, at batch 1024 much more)."""
+    from scheduler_daemon.admission import Admission, AdmissionError
+    with pytest.raises(AdmissionError, match=needle):
+        Admission("H100").admit([wanted])
