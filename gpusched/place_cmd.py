@@ -105,10 +105,10 @@ def apply_plan(out: dict, endpoints: str) -> list[dict]:
 
 def print_plan(out: dict) -> None:
     from rich import box
-
-    from placement.knobs import DEFAULT
     from rich.console import Console
     from rich.table import Table
+
+    from placement.knobs import DEFAULT
 
     t = Table(title=f"{out['solver']}: {out['gpus_used']} GPUs, ${out['cost_per_hour']:.2f}/h, "
                     f"solved in {out['solve_time_s']:.3f} s"

@@ -150,7 +150,7 @@ def _pair_ok(g: GpuState, r: Replica, knobs: Knobs) -> bool:
     if g.check(r) is not None:  # memory and busy time
         return False
     (o,) = g.replicas
-    beta = lambda x, y: x.cfg.A + x.cfg.B * y.cfg.compute + x.cfg.D * y.cfg.memory  # noqa: E731
+    beta = lambda x, y: x.cfg.A + x.cfg.B * y.cfg.compute + x.cfg.D * y.cfg.memory
     return 1 + beta(r, o) <= r.cfg.alpha and 1 + beta(o, r) <= o.cfg.alpha
 
 

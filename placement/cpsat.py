@@ -96,7 +96,7 @@ def solve(models: tuple[ModelSpec, ...], table: list[list[Config]], pool: tuple[
         U = sum(math.ceil(tau[i, ki]) * s[i, ki, g] for i, ki in here)
         C = sum(math.ceil(tau[i, ki] * table[i][ki].compute) * s[i, ki, g] for i, ki in here)
         M = sum(math.ceil(tau[i, ki] * table[i][ki].memory) * s[i, ki, g] for i, ki in here)
-        O = sum(math.ceil(tau[i, ki] * table[i][ki].occupancy) * s[i, ki, g]  # noqa: E741
+        O = sum(math.ceil(tau[i, ki] * table[i][ki].occupancy) * s[i, ki, g]
                 for i, ki in here)
         m.Add(U <= math.floor(knobs.u_max * SCALE) * y[g])
         m.Add(C <= math.floor(knobs.c_max * SCALE) * y[g])

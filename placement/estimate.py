@@ -60,12 +60,12 @@ class Config:
         return self.latency_ms / 1000.0 / self.batch
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def model_profile(model: str, batch: int, gpu: str):
     return profile(model, batch, f"sim:{gpu}")
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def interference_weights(gpu: str) -> tuple[float, ...]:
     """Fitted weights for ``sim:GPU``: the profile store's (``gpusched profile --pairs``) if
     present, else the fit shipped with gpusched (``tools/fit_interference.py``)."""

@@ -40,7 +40,7 @@ class GpuState:
     U: float = 0.0
     C: float = 0.0
     M: float = 0.0
-    O: float = 0.0  # noqa: E741 - the symbol of the docs
+    O: float = 0.0
     F: float = 0.0
 
     def _excess(self, r: Replica, U: float, C: float, M: float) -> float:

@@ -50,7 +50,7 @@ def order(replicas: list[Replica], rng: random.Random | None = None) -> list[Rep
     """Compute-heavy and memory-heavy replicas alternately, each class largest first (sizes
     jittered by up to 25% when ``rng`` is given, for the restarts)."""
     size = {id(r): r.u * (rng.uniform(0.8, 1.25) if rng else 1.0) for r in replicas}
-    key = lambda r: -size[id(r)]  # noqa: E731
+    key = lambda r: -size[id(r)]
     comp = sorted((r for r in replicas if r.cfg.compute >= r.cfg.memory), key=key)
     mem = sorted((r for r in replicas if r.cfg.compute < r.cfg.memory), key=key)
     out = []

@@ -22,7 +22,7 @@ from .spec import ModelSpec, Workload
 SLO_FACTORS = (5.0, 10.0, 20.0)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def minute_counts(name: str) -> tuple[int, ...]:
     path = shared_dir() / "data" / "azure_llm_inference_2023" / f"{name}.csv"
     with open(path, newline="") as f:

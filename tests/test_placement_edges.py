@@ -3,6 +3,7 @@ many GPUs a method needs, mixed GPU pools (the heuristic's single-type tries, CP
 GPU bound), CP-SAT's own search when the heuristic finds no plan, the offered rate of a replica
 planned above its share, and a table that fits 80 columns."""
 import pytest
+from test_placement import LIGHT
 
 from gpusched.cli import main
 from placement import cpsat, spec
@@ -14,7 +15,6 @@ from placement.pool import parse_pool
 from placement.solvers import place
 from placement.spec import SpecError
 from placement.workloads import make_workload
-from test_placement import LIGHT
 
 EXAMPLE = "examples/placement/models.yaml"
 # the six light models of test_placement.py at four times the rate: two T4s, or one H100
