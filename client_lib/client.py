@@ -87,6 +87,7 @@ class Client:
         self._pending: dict[int, _Pending] = {}
         self._models: dict[str, list] = {}  # replayed after a daemon restart
         self._graph_models: dict[str, tuple] = {}  # name -> (RegisterGraph, weight frames)
+        self._eager = None  # the intercept path's session (client_lib/intercept.py), lazily
         self._closed = False
         self._sock: zmq.Socket | None = None
         self._poller = zmq.Poller()
@@ -215,6 +216,15 @@ class Client:
         self._models.pop(name, None)
         return ModelHandle(self, name, n_ops, slo_ms)
 
+    def intercept(self, slo_ms: float = 0.0, priority: int = 0):
+        """``with client.intercept(): y = model(x)``: every aten op of an unmodified eager
+        model runs in the daemon (needs ``--backend torch``); see client_lib/intercept.py."""
+        from .intercept import EagerSession, intercept
+        self._check_open()
+        if self._eager is None:
+            self._eager = EagerSession(self)
+        return intercept(self._eager, slo_ms, priority)
+
     def submit(self, model: str, inputs=(), slo_ms: float = 0.0, priority: int = 0,
                ack: bool = False) -> JobFuture:
         """Queue one job; the future resolves to a ``JobResult`` or raises (see errors.py)."""
@@ -273,7 +283,9 @@ class Client:
         if self._closed:
             raise DaemonUnavailable("this client is closed")
 
-    def _call(self, kind: str, msg):
+    def _call(self, kind: str, msg, timeout: float | None = -1.0):
+        """Send one request and wait for its answer (``timeout`` None: as long as the daemon
+        stays alive; the keeper fails the request when it falls silent)."""
         self._check_open()
         msg.req_id = next(self._ids)
         fut = JobFuture(self, msg.req_id)
@@ -284,10 +296,20 @@ class Client:
         finally:
             self._lock.release()
         try:
-            return fut.result(self.timeout * 2)
+            return fut.result(self.timeout * 2 if timeout == -1.0 else timeout)
         except FutureTimeout:
             self._pending.pop(msg.req_id, None)  # a late answer is dropped, not kept forever
             raise
+
+    def _send_raw(self, frames: list) -> None:
+        """Send a message that gets no answer of its own (EAGER_OPS)."""
+        self._check_open()
+        self._acquire()
+        try:
+            self._sock.send_multipart(frames, copy=False)
+            self._last_sent = time.monotonic()
+        finally:
+            self._lock.release()
 
     def _send(self, frames: list) -> None:
         self._sock.send_multipart(frames, copy=len(frames) <= 2)
@@ -385,6 +407,8 @@ class Client:
                 self._restarted()
             else:
                 fut.set_exception(RequestError(msg.code, msg.message))
+        elif t is P.EagerResult:
+            fut.set_result((msg, frames[2:]))
         else:
             fut.set_result(msg)
 
@@ -400,6 +424,8 @@ class Client:
                     "reconnecting", self.endpoint, len(self._pending))
         self._fail_all(DaemonRestarted(f"the daemon at {self.endpoint} restarted; the request "
                                        "was lost: submit it again"))
+        if self._eager is not None:  # its tensors died with the old daemon
+            self._eager.reset()
         self._reconnect()
 
     def _keep(self) -> None:

@@ -22,6 +22,7 @@ from .clock import Environment, RealtimeEnvironment
 from .config import DaemonConfig
 from .core import SchedulerCore
 from .devices import Device, make_device
+from .eager import EagerStreams
 from .jobs import Job, JobState
 from .metrics import NullMetrics, PrometheusMetrics
 from .policies import make_policy
@@ -83,6 +84,9 @@ class Daemon:
                           P.Cancel: self._cancel, P.Status: self._status, P.Ping: self._ping,
                           P.Bye: self._bye, P.Admit: self._admit,
                           P.RegisterGraph: self._register_graph}
+        self.eager = EagerStreams(self)    # the intercept path's per-client op streams
+        self._handlers[P.EagerOps] = self.eager.on_ops
+        self._handlers[P.EagerSync] = self.eager.on_sync
         self._admission = None  # built at the first ADMIT (it loads profiles)
 
     # -- life cycle ---------------------------------------------------------------------------
@@ -233,6 +237,7 @@ class Daemon:
             if core.has_finished():
                 for job in core.drain_finished():
                     self._finish(job)
+                continue  # finishing can queue more work (an eager stream's next batch)
             if env.peek() > now:
                 return
 
@@ -536,6 +541,9 @@ class Daemon:
     def _finish(self, job: Job) -> None:
         """Answer a job that reached a terminal state: exactly one DONE per SUBMIT.
         The answer goes out first; the counters are updated after it."""
+        if type(job.owner) is not tuple:  # an intercepted op batch: answered at a sync point
+            self.eager.finished(job)
+            return
         session, req_id = job.owner
         if session.jobs.pop(req_id, None) is None:
             return  # already answered, or its client is gone
@@ -588,6 +596,7 @@ class Daemon:
                 n += 1
             self._finish(job)  # also a job that ended but was not answered yet (shed, done)
         s.jobs.clear()
+        self.eager.drop(s)
         s.tenant.clients -= 1
         self.sessions.pop(s.identity, None)
         log.info("daemon: dropped client=%s tenant=%s (%s), cancelled %d job(s)",
@@ -611,7 +620,8 @@ class Daemon:
                  n, sum(len(s.jobs) for s in self.sessions.values()))
 
     def _drained(self) -> bool:
-        return not any(s.jobs for s in self.sessions.values())
+        return not (any(s.jobs for s in self.sessions.values())
+                    or self.eager.busy(self.sessions.values()))
 
     def _end_drain(self, now: float) -> None:
         for s in list(self.sessions.values()):
@@ -619,6 +629,7 @@ class Daemon:
                 if self.core.abort(job, now):
                     job.error = "daemon stopped before the job finished"
                 self._finish(job)
+        self.eager.abort_all(list(self.sessions.values()), now)
 
 
 def _srcfd(frame: zmq.Frame) -> int:

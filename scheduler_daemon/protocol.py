@@ -11,6 +11,7 @@ from typing import Annotated, Optional
 
 import msgspec
 
+from .eager_spec import EagerOp, HandleId, TensorLayout, Upload
 from .jobs import KernelSpec
 from .tensors import TensorMeta
 
@@ -81,6 +82,30 @@ class Admit(Msg):
     req_id: ReqId
     replicas: Annotated[list[AdmitReplica], msgspec.Meta(min_length=1, max_length=256)]
     replace: bool = False   # forget what was admitted before
+
+
+class EagerOps(Msg):
+    """Intercepted eager ops (issue 4), fire-and-forget like a CUDA launch: never answered by
+    itself; an error in them is the answer to this client's next EAGER_SYNC. ``uploads`` come
+    first (raw frames in order), then ``ops`` run in order after every earlier EAGER_OPS of this
+    client, then the handles in ``free`` are released."""
+    seq: Annotated[int, msgspec.Meta(ge=1)]
+    ops: Annotated[list[EagerOp], msgspec.Meta(max_length=4096)] = []
+    uploads: Annotated[list[Upload], msgspec.Meta(max_length=1024)] = []
+    free: Annotated[list[HandleId], msgspec.Meta(max_length=1 << 20)] = []
+    slo_ms: Annotated[float, msgspec.Meta(ge=0.0, le=86_400_000.0)] = 0.0
+    priority: Annotated[int, msgspec.Meta(ge=-1000, le=1000)] = 0
+
+
+class EagerSync(Msg):
+    """A sync point of the intercept path, answered (EAGER_RESULT or ERROR) once every earlier
+    EAGER_OPS of this client has run: copy ``fetch`` tensors back, and/or run ``op`` (a value
+    such as ``.item()``, or an output shape that depends on data) with its tensor outputs as
+    handles ``first_out``, ``first_out + 1``, ..."""
+    req_id: ReqId
+    fetch: Annotated[list[HandleId], msgspec.Meta(max_length=1024)] = []
+    op: Optional[EagerOp] = None
+    first_out: Annotated[int, msgspec.Meta(ge=0, lt=2**53)] = 0
 
 
 class Ping(Msg):
@@ -192,6 +217,13 @@ class Admitted(Msg):
     replicas: list[AdmittedReplica] = []
 
 
+class EagerResult(Msg):
+    req_id: int
+    fetched: list[TensorMeta] = []   # one raw frame each, contiguous
+    outs: list[TensorLayout] = []     # the sync op's tensor outputs (now handles)
+    values: list[Optional[float | int | bool]] = []  # its non-tensor outputs
+
+
 class Error(Msg):
     req_id: int  # 0 when the request could not be read far enough to know it
     code: str
@@ -214,16 +246,18 @@ class Code:
     DUPLICATE = "DUPLICATE"          # req_id already in use
     DRAINING = "DRAINING"            # the daemon is shutting down
     ADMISSION = "ADMISSION"          # the interference model predicts a broken SLO
+    OP_FAILED = "OP_FAILED"          # an intercepted op raised in the daemon
     INTERNAL = "INTERNAL"            # a bug: logged by the daemon
 
 
 REQUESTS: dict[bytes, type] = {b"HELLO": Hello, b"REGISTER": Register, b"SUBMIT": Submit,
                                b"CANCEL": Cancel, b"STATUS": Status, b"PING": Ping, b"BYE": Bye,
-                               b"ADMIT": Admit, b"REGISTER_GRAPH": RegisterGraph}
+                               b"ADMIT": Admit, b"REGISTER_GRAPH": RegisterGraph,
+                               b"EAGER_OPS": EagerOps, b"EAGER_SYNC": EagerSync}
 REPLIES: dict[bytes, type] = {b"WELCOME": Welcome, b"REGISTERED": Registered,
                               b"ACCEPTED": Accepted, b"DONE": Done, b"CANCEL_REPLY": CancelReply,
                               b"STATUS_REPLY": StatusReply, b"PONG": Pong, b"ERROR": Error,
-                              b"ADMITTED": Admitted}
+                              b"ADMITTED": Admitted, b"EAGER_RESULT": EagerResult}
 TAGS: dict[type, bytes] = {cls: tag for tag, cls in (REQUESTS | REPLIES).items()}
 
 _encoder = msgspec.msgpack.Encoder()

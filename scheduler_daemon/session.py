@@ -31,7 +31,7 @@ class Tenant:
 class Session:
     """One connected client (a DEALER identity) and its unfinished jobs."""
 
-    __slots__ = ("identity", "tenant", "last_seen", "jobs", "fd")
+    __slots__ = ("identity", "tenant", "last_seen", "jobs", "fd", "eager")
 
     def __init__(self, identity: bytes, tenant: Tenant, now: float, fd: int = -1):
         self.identity = identity
@@ -39,3 +39,4 @@ class Session:
         self.last_seen = now
         self.fd = fd  # the connection's file descriptor in the daemon (ZMQ_SRCFD)
         self.jobs: dict[int, Job] = {}  # SUBMIT req_id -> unfinished job
+        self.eager = None  # its intercepted tensors and op batches (eager.EagerState)

@@ -24,6 +24,7 @@ log = logging.getLogger("gpusched.device.torch")
 
 class TorchDevice(Device):
     name = "torch"
+    runs_eager = True  # intercepted eager ops (scheduler_daemon/eager.py)
 
     def __init__(self, spec: GpuSpec, device: str = "cpu", workers: int = 2):
         import torch
@@ -73,6 +74,13 @@ class TorchDevice(Device):
             if len(buf) else self.torch.empty(0, dtype=getattr(self.torch, meta.dtype))
         return t.reshape(meta.shape).to(self.device)
 
+    def tensor_from(self, layout, buf):
+        """An intercepted tensor's storage bytes viewed with the client's shape and strides."""
+        torch = self.torch
+        dt = getattr(torch, layout.dtype)
+        flat = torch.frombuffer(bytearray(buf), dtype=dt) if len(buf) else torch.empty(0, dtype=dt)
+        return flat.to(self.device).as_strided(layout.shape, layout.stride, layout.offset)
+
     def prepare(self, job: Job) -> None:
         graph = self._graphs.get(job.model.key)
         if graph is not None:
@@ -112,8 +120,11 @@ class TorchDevice(Device):
         self._wsock.send(b"\0")
 
     def launch(self, job: Job) -> None:
-        graph = self._graphs.get(job.model.key)
-        if graph is not None:
+        kernel = getattr(job.payload, "kernel", None)  # an intercepted op batch (EagerWork)
+        graph = self._graphs.get(job.model.key) if kernel is None else None
+        if kernel is not None:
+            op = kernel(job.cur)
+        elif graph is not None:
             op = _graph_op(graph, job.cur)
         else:
             op = torch_ops.resolve(job.model.kernels[job.cur].op)

@@ -1,0 +1,424 @@
+"""The intercept path in the daemon: each client's stream of eager aten ops (issue 4).
+
+A client's ``EAGER_OPS`` batches run in order, one batch at a time in the scheduler core as one
+job whose kernels are its ops, so other tenants' kernels interleave at op boundaries under the
+daemon's policy. The tensors live here, in one table per client session, named by the client's
+handles; ``EAGER_SYNC`` is answered once every earlier batch has run (CUDA semantics: launches
+return at once, errors and values come back at the next sync point).
+"""
+from __future__ import annotations
+
+import logging
+from collections import OrderedDict, deque
+
+from . import protocol as P
+from .devices.graph_exec import _const, _dtype, resolve_op
+from .eager_spec import EL, EagerOp, H, S, TensorLayout
+from .devices.graph_spec import C, D
+from .jobs import Job, JobState, KernelSpec
+from .protocol import Code, ProtocolError
+from .tensors import DTYPES, TensorMeta
+
+log = logging.getLogger("gpusched.eager")
+
+# learned per-op durations are kept per distinct op sequence (a model's forward repeats them)
+MODEL_CACHE = 256
+# the ops a client may run eagerly beyond the registered-graph allowlist: sync points
+SYNC_OPS = frozenset({"_local_scalar_dense", "is_nonzero", "equal", "nonzero", "masked_select",
+                      "unique", "_unique2"})
+
+
+class EagerState:
+    """One client's intercepted tensors and its queue of batches and syncs."""
+
+    __slots__ = ("table", "sizes", "known", "queue", "running", "error", "bytes", "dead")
+
+    def __init__(self):
+        self.table: dict = {}            # handle -> tensor on the daemon's device
+        self.sizes: dict[int, int] = {}  # handle -> bytes it owns (views own none)
+        self.known: set[int] = set()     # handles that exist once the queued batches have run
+        self.queue: deque = deque()      # Jobs and pure syncs, in arrival order
+        self.running: Job | None = None  # the one batch of this client in the core
+        self.error: tuple[str, str] | None = None  # reported at the next sync
+        self.bytes = 0
+        self.dead = False
+
+
+class _Owner:
+    """``Job.owner`` of an eager batch: the daemon answers it through ``EagerStreams``."""
+    __slots__ = ("session", "state")
+
+    def __init__(self, session, state):
+        self.session, self.state = session, state
+
+
+class _Sync:
+    __slots__ = ("req_id", "fetch")
+
+    def __init__(self, req_id, fetch):
+        self.req_id, self.fetch = req_id, fetch
+
+
+class EagerWork:
+    """A batch's payload: its ops resolved, run one per kernel against the client's table."""
+
+    __slots__ = ("state", "ops", "fns", "free", "seq", "device", "reply", "first_out", "values",
+                 "created", "fetch")
+
+    def __init__(self, state, ops, fns, free, seq, device):
+        self.state, self.ops, self.fns, self.free, self.seq = state, ops, fns, free, seq
+        self.device = device
+        self.reply = 0          # req_id of the EAGER_SYNC this batch answers (a sync op)
+        self.first_out = 0
+        self.values: list = []
+        self.created: list[int] = []
+        self.fetch: list[int] = []
+
+    def kernel(self, i: int):
+        """Op ``i`` as the torch device's kernel callable (payload -> payload)."""
+        def run(work):
+            import torch
+            with torch.no_grad():
+                work._run(i)
+            return work
+        return run
+
+    def _arg(self, a):
+        t = type(a)
+        if t is H:
+            try:
+                return self.state.table[a.id]
+            except KeyError:
+                raise ValueError(f"tensor handle {a.id} does not exist (freed, or made by an "
+                                 "op that failed)") from None
+        if t is C or t is S:
+            return a.value
+        if t is EL:
+            return [self._arg(b) for b in a.items]
+        if t is D:
+            return _dtype(a.name)
+        return _const(a, self.device)
+
+    def _run(self, i: int) -> None:
+        import torch
+        node = self.ops[i]
+        out = self.fns[i](*[self._arg(a) for a in node.args],
+                          **{k: self._arg(v) for k, v in node.kwargs.items()})
+        flat = _flatten(out)
+        table = self.state.table
+        if self.reply:   # a sync op: its tensor outputs are numbered from first_out
+            h = self.first_out
+            for o in flat:
+                if isinstance(o, torch.Tensor):
+                    if not h:
+                        raise ValueError(f"{node.op} gave a tensor; the sync named no handle")
+                    table[h] = o
+                    self.created.append(h)
+                    h += 1
+                else:
+                    self.values.append(o)
+            return
+        tensors = [o for o in flat if isinstance(o, torch.Tensor)]
+        if len(tensors) != len(node.outs):
+            raise ValueError(f"{node.op} gave {len(tensors)} tensors, the client expected "
+                             f"{len(node.outs)}")
+        for h, o in zip(node.outs, tensors):
+            if h:
+                table[h] = o
+                self.created.append(h)
+
+
+def _flatten(out) -> list:
+    if isinstance(out, (tuple, list)):
+        res = []
+        for o in out:
+            res.extend(_flatten(o))
+        return res
+    return [out]
+
+
+def _handles(a, acc: list) -> None:
+    t = type(a)
+    if t is H:
+        acc.append(a.id)
+    elif t is EL:
+        for b in a.items:
+            _handles(b, acc)
+
+
+def layout_of(t) -> TensorLayout:
+    return TensorLayout(dtype=str(t.dtype).removeprefix("torch."), shape=list(t.shape),
+                        stride=list(t.stride()), offset=t.storage_offset())
+
+
+class EagerStreams:
+    """The daemon's handlers for EAGER_OPS / EAGER_SYNC and the bookkeeping of their jobs."""
+
+    def __init__(self, daemon):
+        self.d = daemon
+        self._fns: dict[str, object] = {}
+        self._models: OrderedDict = OrderedDict()
+
+    # -- requests -----------------------------------------------------------------------------
+    def _state(self, s) -> EagerState:
+        if not getattr(self.d.device, "runs_eager", False):
+            raise ProtocolError(Code.BAD_MODEL, f"backend {self.d.device.name!r} cannot run "
+                                "intercepted torch ops: start the daemon with --backend torch")
+        if s.eager is None:
+            s.eager = EagerState()
+        return s.eager
+
+    def on_ops(self, s, msg: P.EagerOps, raw: list) -> None:
+        st = self._state(s)
+        if self.d._draining:
+            st.error = st.error or (Code.DRAINING, "the daemon is shutting down and runs no "
+                                    "new ops")
+        try:
+            if st.error is not None:    # poisoned until the next sync reports it
+                self._queue_free_only(st, msg.free)
+                return
+            try:
+                self._uploads(s, st, msg, raw)
+                fns = [self._check_op(st, i, op) for i, op in enumerate(msg.ops)]
+            except ProtocolError as e:
+                st.error = (e.code, f"EAGER_OPS seq {msg.seq}: {e.message}")
+                self._queue_free_only(st, msg.free)
+                return
+        finally:   # freed after this batch's ops, which may still name them
+            for h in msg.free:
+                st.known.discard(h)
+        if not msg.ops:
+            self._queue_free_only(st, msg.free)
+            return
+        work = EagerWork(st, msg.ops, fns, list(msg.free), msg.seq, self.d.device.device)
+        self._enqueue(s, st, self._job(s, st, work, msg.slo_ms, msg.priority))
+
+    def on_sync(self, s, msg: P.EagerSync, raw: list) -> None:
+        st = self._state(s)
+        if msg.op is None:
+            st.queue.append(_Sync(msg.req_id, list(msg.fetch)))
+            self._start_next(s, st)
+            return
+        if st.error is not None:
+            st.queue.append(_Sync(msg.req_id, []))   # answered with the error, in order
+            self._start_next(s, st)
+            return
+        try:
+            fn = self._check_op(st, 0, msg.op, sync=True)
+        except ProtocolError as e:
+            st.error = (e.code, e.message)
+            st.queue.append(_Sync(msg.req_id, []))
+            self._start_next(s, st)
+            return
+        work = EagerWork(st, [msg.op], [fn], [], 0, self.d.device.device)
+        work.reply, work.first_out, work.fetch = msg.req_id, msg.first_out, list(msg.fetch)
+        self._enqueue(s, st, self._job(s, st, work, 0.0, 0))
+
+    def _queue_free_only(self, st: EagerState, free: list) -> None:
+        if free:   # released in order, after what is queued
+            st.queue.append(list(free))
+
+    def _uploads(self, s, st: EagerState, msg: P.EagerOps, raw: list) -> None:
+        want = sum(u.frames for u in msg.uploads)
+        if want != len(raw):
+            raise ProtocolError(Code.BAD_INPUT, f"{len(msg.uploads)} uploads declare {want} "
+                                f"raw frames; {len(raw)} were sent")
+        lim = self.d.config.limits.max_tenant_bytes
+        at = 0
+        for u in msg.uploads:
+            parts, at = raw[at:at + u.frames], at + u.frames
+            lay = u.layout
+            if lay.dtype not in DTYPES:
+                raise ProtocolError(Code.BAD_INPUT, f"upload {u.id}: dtype {lay.dtype!r} cannot "
+                                    f"be sent; use one of {', '.join(DTYPES)}")
+            if len(lay.shape) != len(lay.stride):
+                raise ProtocolError(Code.BAD_INPUT, f"upload {u.id}: {len(lay.shape)} sizes but "
+                                    f"{len(lay.stride)} strides")
+            span = (1 + lay.offset + sum((n - 1) * st_ for n, st_ in zip(lay.shape, lay.stride))
+                    if all(lay.shape) else 0)
+            if u.nbytes != span * DTYPES[lay.dtype] or sum(len(f) for f in parts) != u.nbytes:
+                raise ProtocolError(Code.BAD_INPUT, f"upload {u.id}: layout {lay.shape}/"
+                                    f"{lay.stride}+{lay.offset} needs {span * DTYPES[lay.dtype]} "
+                                    f"bytes; {sum(len(f) for f in parts)} were sent")
+            if u.id in st.known:
+                raise ProtocolError(Code.DUPLICATE, f"upload {u.id}: that handle is in use")
+            if st.bytes + u.nbytes > lim:
+                raise ProtocolError(Code.TOO_LARGE, f"a tensor of {u.nbytes} bytes would take "
+                                    f"tenant {s.tenant.name!r}'s intercepted tensors to "
+                                    f"{st.bytes + u.nbytes} bytes, over its quota of {lim} "
+                                    "bytes: free tensors (del) or raise --max-tenant-bytes")
+            buf = parts[0].buffer if len(parts) == 1 else b"".join(f.buffer for f in parts)
+            st.table[u.id] = self.d.device.tensor_from(lay, buf)
+            st.sizes[u.id] = u.nbytes
+            st.bytes += u.nbytes
+            st.known.add(u.id)
+
+    def _check_op(self, st: EagerState, i: int, op: EagerOp, sync: bool = False):
+        fn = self._fns.get(op.op)
+        if fn is None:
+            name = op.op.partition("::")[2].partition(".")[0]
+            try:
+                if name in SYNC_OPS:
+                    import torch
+                    fn = getattr(getattr(torch.ops.aten, name),
+                                 op.op.partition(".")[2] or "default")
+                else:
+                    fn = resolve_op(op.op)
+            except (ValueError, AttributeError) as e:
+                raise ProtocolError(Code.BAD_MODEL, f"op {i}: {e}") from None
+            self._fns[op.op] = fn
+        refs: list[int] = []
+        for a in op.args:
+            _handles(a, refs)
+        for a in op.kwargs.values():
+            _handles(a, refs)
+        for h in refs:
+            if h not in st.known:
+                raise ProtocolError(Code.BAD_INPUT, f"op {i} ({op.op}) names tensor handle {h}, "
+                                    "which this client does not have (freed, never made, or "
+                                    "made by an op that failed)")
+        if not sync:
+            for h in op.outs:
+                if h:
+                    st.known.add(h)
+        return fn
+
+    def _job(self, s, st: EagerState, work: EagerWork, slo_ms: float, priority: int) -> Job:
+        names = tuple(op.op for op in work.ops)
+        key = (s.tenant.name, names)
+        model = self._models.get(key)
+        if model is None:
+            model = self.d.core.make_model(("eager",) + key, "eager",
+                                           [KernelSpec(name=n[:256], est_us=20.0) for n in names])
+            self._models[key] = model
+            if len(self._models) > MODEL_CACHE:
+                self._models.popitem(last=False)
+        else:
+            self._models.move_to_end(key)
+        return Job(f"{self.d.daemon_id}-{next(self.d._job_ids)}", s.tenant.name, model, slo_ms,
+                   self.d.env.now, priority, work, _Owner(s, st))
+
+    def _enqueue(self, s, st: EagerState, job: Job) -> None:
+        st.queue.append(job)
+        self._start_next(s, st)
+
+    def _start_next(self, s, st: EagerState) -> None:
+        """Run what is at the head of the queue until a batch is in the core."""
+        while st.running is None and st.queue and not st.dead:
+            item = st.queue.popleft()
+            if isinstance(item, Job):
+                if st.error is not None or self.d._draining:
+                    if st.error is None:
+                        st.error = (Code.DRAINING, "the daemon is shutting down")
+                    self._release(st, item.payload.free)
+                    if item.payload.reply:
+                        self._answer_error(s, st, item.payload.reply)
+                    continue
+                st.running = item
+                self.d.core.add(item, self.d.env.now)
+            elif isinstance(item, _Sync):
+                self._answer(s, st, item.req_id, item.fetch)
+            else:
+                self._release(st, item)
+
+    # -- jobs out -----------------------------------------------------------------------------
+    def finished(self, job: Job) -> None:
+        """A batch reached a terminal state (the daemon's ``_finish`` hands it here)."""
+        owner, work = job.owner, job.payload
+        s, st = owner.session, owner.state
+        if st.dead:
+            return
+        st.running = None
+        for h in work.created:
+            t = st.table.get(h)
+            if t is not None and t._base is None:
+                n = t.numel() * t.element_size()
+                st.sizes[h] = n
+                st.bytes += n
+        if job.state is not JobState.DONE and st.error is None:
+            i = min(job.done_kernels, len(work.ops) - 1)
+            what = (f"{work.ops[i].op} (op {i} of EAGER_OPS seq {work.seq})" if work.seq
+                    else work.ops[0].op)
+            code = Code.OP_FAILED if job.state is JobState.FAILED else Code.DRAINING
+            st.error = (code, f"{what}: {job.error or job.state.value}")
+            log.info("eager: tenant=%s %s", s.tenant.name, st.error[1])
+        lim = self.d.config.limits.max_tenant_bytes
+        if st.error is None and st.bytes > lim:
+            st.error = (Code.TOO_LARGE, f"tenant {s.tenant.name!r}'s intercepted tensors take "
+                        f"{st.bytes} bytes, over its quota of {lim} bytes: free tensors (del) "
+                        "or raise --max-tenant-bytes")
+        self._release(st, work.free)
+        if work.reply:
+            st.known.update(work.created)
+            if st.error is not None:
+                self._answer_error(s, st, work.reply)
+            else:
+                self._answer(s, st, work.reply, work.fetch,
+                             [layout_of(st.table[h]) for h in work.created], work.values)
+        work.ops = work.fns = None
+        job.payload = None
+        self._start_next(s, st)
+
+    def _release(self, st: EagerState, handles) -> None:
+        for h in handles:
+            st.table.pop(h, None)
+            st.bytes -= st.sizes.pop(h, 0)
+
+    def _answer_error(self, s, st: EagerState, req_id: int) -> None:
+        code, message = st.error
+        st.error = None
+        self.d._error(s.identity, req_id, code, message)
+
+    def _answer(self, s, st: EagerState, req_id: int, fetch: list, outs=(), values=()) -> None:
+        if st.error is not None:
+            self._answer_error(s, st, req_id)
+            return
+        metas, bufs = [], []
+        for h in fetch:
+            t = st.table.get(h)
+            if t is None:
+                self.d._error(s.identity, req_id, Code.BAD_INPUT, f"fetch: tensor handle {h} "
+                              "does not exist (freed, or made by an op that failed)")
+                return
+            t = t.detach().contiguous().cpu()
+            name = str(t.dtype).removeprefix("torch.")
+            if name not in DTYPES:
+                self.d._error(s.identity, req_id, Code.BAD_INPUT, f"fetch: dtype {name} cannot "
+                              f"be sent; convert it first (.float())")
+                return
+            metas.append(TensorMeta(dtype=name, shape=list(t.shape)))
+            bufs.append(t.numpy().reshape(-1).view("uint8").data if t.numel() else b"")
+        self.d._send(s.identity, P.EagerResult(req_id=req_id, fetched=metas, outs=list(outs),
+                                               values=[_scalar(v) for v in values]), bufs)
+
+    # -- sessions and draining ----------------------------------------------------------------
+    def drop(self, s) -> None:
+        st = s.eager
+        if st is None:
+            return
+        st.dead = True
+        if st.running is not None:
+            self.d.core.abort(st.running, self.d.env.now)
+        st.queue.clear()
+        st.table.clear()
+        st.sizes.clear()
+        st.bytes = 0
+
+    def busy(self, sessions) -> bool:
+        return any(s.eager is not None and (s.eager.running is not None or s.eager.queue)
+                   for s in sessions)
+
+    def abort_all(self, sessions, now: float) -> None:
+        for s in sessions:
+            st = s.eager
+            if st is not None and st.running is not None and self.d.core.abort(st.running, now):
+                st.running.error = "daemon stopped before the op finished"
+                self.finished(st.running)
+
+
+def _scalar(v):
+    if v is None or isinstance(v, (bool, int, float)):
+        return v
+    if isinstance(v, complex):
+        raise ValueError("complex values cannot be sent")
+    return float(v)
