@@ -17,7 +17,7 @@ import weakref
 from contextlib import contextmanager
 
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._python_dispatch import TorchDispatchMode, _disable_current_modes
 
 from scheduler_daemon import protocol as P
 from scheduler_daemon.devices.graph_exec import ALLOWED
@@ -136,6 +136,7 @@ class EagerSession:
         self.checked = False
         self.ops_sent = 0
         self.syncs = 0
+        self.uploaded_bytes = 0
 
     # -- handles --------------------------------------------------------------------------
     def _hid(self) -> int:
@@ -272,6 +273,7 @@ class EagerSession:
         self._uploads.append(Upload(hid, TensorLayout(name, shape, stride, 0), len(buf),
                                     len(parts)))
         self._frames.extend(parts)
+        self.uploaded_bytes += len(buf)
         key = id(t)
 
         def dead(_ref, key=key, hid=hid):
@@ -341,7 +343,8 @@ class EagerSession:
         reply, frames = self._sync(P.EagerSync(req_id=1, fetch=[hid]))
         meta = reply.fetched[0]
         arr = from_frame(meta, frames[0].buffer if hasattr(frames[0], "buffer") else frames[0])
-        return torch.from_numpy(arr.copy())
+        with _disable_current_modes():   # a local tensor, even inside client.intercept()
+            return torch.from_numpy(arr.copy())
 
     def fetch(self, t: RemoteTensor) -> torch.Tensor:
         with self.lock:

@@ -1,0 +1,177 @@
+"""The intercept path: an unmodified eager model under ``client.intercept()`` runs in a
+``--backend torch`` daemon, op by op, with outputs bit-identical to local execution; sync
+points, unsupported ops, failing ops, quotas and isolation each behave as documented."""
+import threading
+
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from client_lib import Client  # noqa: E402
+from client_lib.errors import RequestError  # noqa: E402
+from client_lib.intercept import InterceptError, RemoteTensor, UnsupportedOp  # noqa: E402
+from profilers.zoo_models import build  # noqa: E402
+
+
+def _mlp():
+    torch.manual_seed(1)
+    return torch.nn.Sequential(torch.nn.Linear(16, 32), torch.nn.ReLU(),
+                               torch.nn.Linear(32, 4)).eval()
+
+
+def _encoder():
+    torch.manual_seed(2)
+    return torch.nn.TransformerEncoder(
+        torch.nn.TransformerEncoderLayer(32, 4, 64, batch_first=True), 2).eval()
+
+
+def _local(module, *xs):
+    with torch.no_grad():
+        return module(*xs)
+
+
+@pytest.fixture
+def torch_daemon(daemon_factory):
+    _, ep = daemon_factory("--backend", "torch", "--torch-device", "cpu", "--client-timeout", "10")
+    return ep
+
+
+def test_two_tenants_intercepted_bit_identical(torch_daemon):
+    """MLP, ResNet-18 and a Transformer encoder from two processes' worth of clients at once."""
+    resnet, resnet_inputs = build("resnet18")
+    cases = {"a": [(_mlp(), lambda: [torch.randn(3, 16)]),
+                   (resnet, lambda: list(resnet_inputs(1)))],
+             "b": [(_encoder(), lambda: [torch.randn(2, 5, 32)]),
+                   (_mlp(), lambda: [torch.randn(5, 16)])]}
+    errors = []
+
+    def tenant(name):
+        try:
+            with Client(torch_daemon, tenant=name) as c:
+                for _ in range(2):
+                    for mod, mk in cases[name]:
+                        xs = mk()
+                        with c.intercept():
+                            y = mod(*xs)
+                        assert isinstance(y, RemoteTensor)
+                        got = y.cpu()
+                        assert type(got) is torch.Tensor
+                        assert torch.equal(got, _local(mod, *xs)), f"{name}: output differs"
+        except Exception as e:  # reported by the main thread
+            errors.append(e)
+    threads = [threading.Thread(target=tenant, args=(n,)) for n in cases]
+    [t.start() for t in threads]
+    [t.join(180) for t in threads]
+    assert not errors, errors
+
+
+def test_sync_points_values_and_control_flow(torch_daemon):
+    x = torch.randn(4, 8)
+    with Client(torch_daemon, tenant="t") as c:
+        with c.intercept() as sess:
+            y = torch.relu(x) * 2 + 1
+            sent_before = sess.syncs
+            assert y.shape == (4, 8) and y.dtype == torch.float32   # metadata: no sync
+            assert sess.syncs == sent_before
+            total = y.sum().item()                                  # a value: a sync
+            assert sess.syncs == sent_before + 1
+            branch = "pos" if (y > 1).any() else "neg"              # bool(): control flow
+            nz = torch.nonzero(y > 2)                               # data-dependent shape
+        ref = torch.relu(x) * 2 + 1
+        assert total == pytest.approx(ref.sum().item(), abs=0)
+        assert branch == ("pos" if (ref > 1).any() else "neg")
+        assert torch.equal(nz.cpu(), torch.nonzero(ref > 2))
+        assert repr(y) == repr(ref)                                  # printing fetches values
+        assert y.numpy().tolist() == ref.numpy().tolist()
+        # tensors outlive the block; ops on them outside it still go to the daemon
+        z = y + 1
+        assert isinstance(z, RemoteTensor) and torch.equal(z.cpu(), ref + 1)
+
+
+def test_in_place_op_on_a_local_tensor_is_written_back(torch_daemon):
+    with Client(torch_daemon, tenant="t") as c:
+        x = torch.zeros(3)
+        with c.intercept():
+            x.add_(2.5)
+            y = x * 2
+        assert type(x) is torch.Tensor and x.tolist() == [2.5, 2.5, 2.5]
+        assert y.cpu().tolist() == [5.0, 5.0, 5.0]
+
+
+def test_weights_are_uploaded_once_and_again_after_a_change(torch_daemon):
+    mlp = _mlp()
+    with Client(torch_daemon, tenant="t") as c:
+        x = torch.randn(2, 16)
+        with c.intercept() as sess:
+            mlp(x).cpu()
+        first = sess.uploaded_bytes
+        with c.intercept():
+            mlp(x).cpu()
+        assert sess.uploaded_bytes == first        # same weights, same input object
+        with torch.no_grad():
+            mlp[0].weight.mul_(2)                    # a new version of one weight
+        with c.intercept():
+            y = mlp(x)
+        assert sess.uploaded_bytes == first + mlp[0].weight.numel() * 4
+        assert torch.equal(y.cpu(), _local(mlp, x))
+
+
+def test_unsupported_op_fails_at_once_naming_it(torch_daemon):
+    with Client(torch_daemon, tenant="t") as c:
+        x = torch.randn(8)
+        with pytest.raises(UnsupportedOp, match=r"aten::_fft_r2c"):
+            with c.intercept():
+                torch.fft.rfft(x)
+        with c.intercept():                          # the client keeps working
+            assert torch.equal((x * 3).cpu(), x * 3)
+
+
+def test_failing_op_reported_at_the_next_sync_to_that_client_only(torch_daemon):
+    emb = torch.nn.Embedding(10, 4)
+    with Client(torch_daemon, tenant="bad") as bad, Client(torch_daemon, tenant="good") as good:
+        with bad.intercept():
+            y = emb(torch.tensor([3, 42]))           # index 42 out of range: only the daemon sees it
+        with pytest.raises(InterceptError, match=r"aten::embedding.*(index|out of range)") as e:
+            y.cpu()
+        assert e.value.code == "OP_FAILED"
+        x = torch.randn(3, 3)
+        with good.intercept():
+            assert torch.equal((x @ x).cpu(), x @ x)
+        with bad.intercept():                        # the failing client recovers too
+            assert torch.equal(emb(torch.tensor([1, 2])).cpu(), _local(emb, torch.tensor([1, 2])))
+
+
+def test_tensor_over_the_tenant_quota_is_refused(daemon_factory):
+    _, ep = daemon_factory("--backend", "torch", "--torch-device", "cpu",
+                           "--max-tenant-bytes", "100000", "--client-timeout", "10")
+    with Client(ep, tenant="small") as c:
+        big = torch.randn(100, 1000)                 # 400,000 bytes
+        with c.intercept():
+            y = big + 1
+        with pytest.raises(InterceptError, match=r"quota of 100000 bytes") as e:
+            y.cpu()
+        assert e.value.code == "TOO_LARGE"
+        with c.intercept():
+            assert torch.equal((torch.ones(10) * 2).cpu(), torch.full((10,), 2.0))
+
+
+def test_handles_are_per_client(torch_daemon):
+    """A client can only name its own tensors: a raw EAGER_OPS naming a handle it never made
+    is refused at its next sync."""
+    from scheduler_daemon import protocol as P
+    from scheduler_daemon.eager_spec import EagerOp, H
+    with Client(torch_daemon, tenant="a") as a, Client(torch_daemon, tenant="b") as b:
+        with a.intercept():
+            secret = torch.arange(5.0) * 7
+        b._send_raw(P.encode(P.EagerOps(seq=1, ops=[EagerOp("aten::neg.default",
+                                                            [H(secret._gs_hid)], {}, [99])])))
+        with pytest.raises(RequestError, match=r"handle .* does not have"):
+            b._call("eager", P.EagerSync(req_id=1, fetch=[99]), timeout=10)
+        assert torch.equal(secret.cpu(), torch.arange(5.0) * 7)
+
+
+def test_simulated_gpu_refuses_intercept_clearly(daemon):
+    with Client(daemon, tenant="t") as c:
+        with pytest.raises(RequestError, match=r"--backend torch"):
+            with c.intercept():
+                pass
