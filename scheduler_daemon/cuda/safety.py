@@ -1,0 +1,68 @@
+"""What a tenant's CUDA source and NVRTC options may contain.
+
+The daemon compiles tenants' source in its own process, so source must not read the daemon's
+files: every ``#include`` (and ``#include_next``, ``#import``, ``#embed``, ``__has_include``) is
+refused, since NVRTC opens any absolute path and its log would echo the file back. Kernels must
+be self-contained (inline what headers they need). Options come from an allow-list of code
+generation flags; include paths, pre-includes and output options are refused.
+"""
+from __future__ import annotations
+
+import re
+
+from .lex import mask, splice
+
+_DIRECTIVE = re.compile(r"(?m)^[ \t]*(?:#|%:)[ \t]*(include_next|include|import|embed)\b")
+_HAS_INCLUDE = re.compile(r"\b__has_include(?:_next)?\b")
+
+# exact flags, and prefixes of flags that take a value (--flag=value)
+_FLAGS = frozenset({
+    "-G", "--device-debug", "-lineinfo", "--generate-line-info", "-use_fast_math",
+    "--use_fast_math", "-extra-device-vectorization", "--extra-device-vectorization",
+    "-restrict", "--restrict", "-w", "--disable-warnings", "-default-device",
+    "--device-as-default-execution-space", "-dw",
+})
+_PREFIXES = ("-std=", "--std=", "-D", "--define-macro=", "-U", "--undefine-macro=",
+             "-ftz=", "--ftz=", "-prec-sqrt=", "--prec-sqrt=", "-prec-div=", "--prec-div=",
+             "-fmad=", "--fmad=", "-maxrregcount=", "--maxrregcount=", "-arch=",
+             "--gpu-architecture=", "-dopt=", "--dopt=")
+ARCH_PREFIXES = ("-arch=", "--gpu-architecture=")
+
+
+def check_source(source: str) -> None:
+    """Raise ``ValueError`` (naming the line) if the source would make NVRTC read a file."""
+    if "\0" in source:
+        raise ValueError("the CUDA source contains a NUL character")
+    text = mask(splice(source), strings=True)
+    m = _DIRECTIVE.search(text)
+    if m:
+        line = text.count("\n", 0, m.start()) + 1
+        raise ValueError(f"line {line}: #{m.group(1)} is not allowed: the daemon compiles "
+                         "tenants' source and reads no files for it; put what the header "
+                         "declares into the source")
+    m = _HAS_INCLUDE.search(text)
+    if m:
+        line = text.count("\n", 0, m.start()) + 1
+        raise ValueError(f"line {line}: __has_include is not allowed (the daemon's files are "
+                         "not the tenant's to probe)")
+
+
+def check_options(options: list[str]) -> None:
+    for opt in options:
+        if not isinstance(opt, str) or "\0" in opt or "\n" in opt:
+            raise ValueError(f"NVRTC option {opt!r} is not a one-line string")
+        if opt in _FLAGS or (opt.startswith(_PREFIXES) and len(opt) > 2):
+            continue
+        raise ValueError(f"NVRTC option {opt!r} is not allowed: use code generation options "
+                         "only (-std=, -D, -U, -arch=, -maxrregcount=, --use_fast_math, "
+                         "-ftz=, -prec-div=, -prec-sqrt=, -fmad=, -lineinfo, -G, ...); include "
+                         "paths and pre-includes are refused")
+
+
+def arch_option(options: list[str]) -> str | None:
+    """The architecture an option list asks for, if any (``compute_80``, ``sm_90a``)."""
+    for opt in options:
+        for p in ARCH_PREFIXES:
+            if opt.startswith(p):
+                return opt[len(p):]
+    return None
