@@ -10,7 +10,7 @@ from typing import Annotated, Literal, Optional
 import msgspec
 
 from .plan import Plan
-from .spec import Count, Job, Name, NonNeg
+from .spec import Count, Job, Name, Price
 
 GEO_PROTOCOL_VERSION = 1
 ReqId = Annotated[int, msgspec.Meta(ge=1, le=2**63 - 1)]
@@ -27,7 +27,7 @@ class Event(Msg):
     site: Optional[Name] = None
     gpu_type: Optional[Name] = None
     count: Optional[Count] = None
-    usd_per_hour: Optional[NonNeg] = None
+    usd_per_hour: Optional[Price] = None  # the spec's bound: the state must reload
     job: Optional[Name] = None
 
 

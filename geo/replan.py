@@ -236,7 +236,10 @@ def _make_room(model: Model, job: Job, kept: dict[str, Candidate],
                by_name: dict[str, Job]) -> Candidate | None:
     """A displaced job with no free place: shrink kept single-site jobs of no higher priority
     that run above their minimum, in one pool, just enough to fit the job at its minimum.
-    Shrinking restarts those jobs in place (no WAN move); the diff says so."""
+    Shrinking restarts those jobs in place (no WAN move); the diff says so. Only for a job
+    that may run in one site."""
+    if "single-site" not in job.modes:
+        return None
     by_pool: dict[tuple[str, str], list[tuple[int, str]]] = {}
     for n, c in kept.items():
         if len(c.alloc) == 1 and by_name[n].priority <= job.priority:

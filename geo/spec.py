@@ -21,6 +21,7 @@ Pos = Annotated[float, msgspec.Meta(gt=0, le=1e30)]
 NonNeg = Annotated[float, msgspec.Meta(ge=0, le=1e30)]
 Count = Annotated[int, msgspec.Meta(ge=0, le=10_000_000)]
 PosInt = Annotated[int, msgspec.Meta(ge=1, le=10_000_000_000)]
+Price = Annotated[float, msgspec.Meta(ge=0, le=1e6)]  # $/GPU-hour: a spec's and a price event's
 
 # Dense BF16 tensor TFLOP/s per GPU (vendor data sheets); a spec's gpu_tflops overrides them.
 DEFAULT_TFLOPS = {"H200": 989.0, "H100": 989.0, "A100": 312.0, "L40S": 362.0, "A10G": 70.0,
@@ -38,7 +39,7 @@ class S(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
 class GpuPool(S):
     type: Name
     count: Count
-    usd_per_hour: Annotated[float, msgspec.Meta(ge=0, le=1e6)]
+    usd_per_hour: Price
     spot_share: Annotated[float, msgspec.Meta(ge=0, le=1)] = 0.0  # the part that can be preempted
 
 
@@ -261,6 +262,23 @@ def check_job(job: Job, lines: dict[str, int], source: str, path: str) -> None:
                    "samples_per_iter needs flops_per_sample (FLOPs of forward+backward per sample)")
     if len(set(job.modes)) != len(job.modes):
         raise _err(lines, source, f"{path}.modes", "a mode is listed twice")
+    if len(set(job.gpu_types)) != len(job.gpu_types):
+        raise _err(lines, source, f"{path}.gpu_types", "a GPU type is listed twice")
+    # where the job runs now (the service's state): only what the job allows
+    if job.running_mode is not None and job.running_mode not in job.modes:
+        raise _err(lines, source, f"{path}.running_mode",
+                   f"running_mode {job.running_mode!r} is not one of the job's modes "
+                   f"({', '.join(job.modes)})")
+    for site, types in (job.running or {}).items():
+        for t in types:
+            if t not in job.gpu_types:
+                raise _err(lines, source, f"{path}.running",
+                           f"runs on {t} at {site}, not one of its gpu_types "
+                           f"({', '.join(job.gpu_types)})")
+    if len(job.running or {}) > 1 and job.running_mode in (None, "single-site"):
+        raise _err(lines, source, f"{path}.running",
+                   "runs at several sites: give running_mode (data-parallel, pipeline or "
+                   "local-sgd)")
     if job.done_iterations > job.iterations:
         raise _err(lines, source, f"{path}.done_iterations", "done_iterations is above iterations")
 
@@ -289,6 +307,9 @@ def check_spec(spec: Spec, lines: dict[str, int] | None = None, source: str = "<
             if getattr(ln, end) not in site_names:
                 raise _err(lines, source, f"$.links[{i}].{end}",
                            f"{getattr(ln, end)!r} is not a site")
+        if ln.src == ln.dst:
+            raise _err(lines, source, f"$.links[{i}].dst",
+                       f"a link from {ln.src!r} to itself (inside a site: defaults.intra_site_gbps)")
     ds_names = set()
     for i, d in enumerate(spec.datasets):
         if d.name in ds_names:
@@ -298,6 +319,10 @@ def check_spec(spec: Spec, lines: dict[str, int] | None = None, source: str = "<
             if site not in site_names:
                 raise _err(lines, source, f"$.datasets[{i}].replicas[{r}]",
                            f"{site!r} is not a site")
+            if site in d.replicas[:r]:
+                raise _err(lines, source, f"$.datasets[{i}].replicas[{r}]",
+                           f"{site!r} is listed twice")
+    pools_at = {s.name: {g.type for g in s.gpus} for s in spec.sites}
     names = set()
     for i, j in enumerate(spec.jobs):
         p = f"$.jobs[{i}]"
@@ -305,11 +330,11 @@ def check_spec(spec: Spec, lines: dict[str, int] | None = None, source: str = "<
             raise _err(lines, source, f"{p}.name", f"job {j.name!r} is listed twice")
         names.add(j.name)
         check_job(j, lines, source, p)
-        check_job_refs(spec, j, lines, source, p, tflops, ds_names, site_names)
+        check_job_refs(spec, j, lines, source, p, tflops, ds_names, site_names, pools_at)
 
 
 def check_job_refs(spec: Spec, j: Job, lines, source, p, tflops=None, ds_names=None,
-                   site_names=None) -> None:
+                   site_names=None, pools_at=None) -> None:
     tflops = tflops or {**DEFAULT_TFLOPS, **spec.gpu_tflops}
     ds_names = ds_names if ds_names is not None else {d.name for d in spec.datasets}
     site_names = site_names if site_names is not None else {s.name for s in spec.sites}
@@ -318,9 +343,14 @@ def check_job_refs(spec: Spec, j: Job, lines, source, p, tflops=None, ds_names=N
             raise _err(lines, source, f"{p}.gpu_types[{k}]", f"unknown GPU type {t!r}")
     if j.dataset is not None and j.dataset not in ds_names:
         raise _err(lines, source, f"{p}.dataset", f"{j.dataset!r} is not a dataset")
-    for site in (j.running or {}):
+    for site, types in (j.running or {}).items():
         if site not in site_names:
             raise _err(lines, source, f"{p}.running", f"{site!r} is not a site")
+        pools = pools_at[site] if pools_at is not None else {
+            g.type for s in spec.sites if s.name == site for g in s.gpus}
+        for t in types:
+            if t not in pools:
+                raise _err(lines, source, f"{p}.running", f"site {site} has no {t} GPUs")
 
 
 def job_work_flop(job: Job) -> float:

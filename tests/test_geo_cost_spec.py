@@ -207,3 +207,51 @@ def test_site_without_a_link_names_its_line():
                          "")
     with pytest.raises(GeoSpecError, match=r"^s.yaml:4: sites\[1\].name: no WAN link"):
         parse_spec(text, "s.yaml")
+
+
+# -- cross-field checks: every field a spec (or the service's state) can hold -----------------
+@pytest.mark.parametrize("old, new, needle", [
+    ("    gpu_types: [H100]", "    gpu_types: [H100, H100]", "jobs[0].gpu_types: a GPU type is listed twice"),
+    ("replicas: [a]", "replicas: [a, b, a]", "datasets[0].replicas[2]: 'a' is listed twice"),
+    ("{src: a, dst: b,", "{src: a, dst: a,", "links[0].dst: a link from 'a' to itself"),
+    ("    hidden_size: 1000", "    hidden_size: 1000\n    running: {a: {A100: 8}}",
+     "runs on A100 at a, not one of its gpu_types"),
+    ("    gpu_types: [H100]", "    gpu_types: [H100, A100]\n    running: {a: {A100: 8}}",
+     "site a has no A100 GPUs"),
+    ("    modes: [single-site, data-parallel, pipeline, local-sgd]",
+     "    modes: [single-site]\n    running: {a: {H100: 8}}\n    running_mode: pipeline",
+     "running_mode 'pipeline' is not one of the job's modes"),
+    ("    hidden_size: 1000", "    hidden_size: 1000\n    running: {a: {H100: 8}, b: {H100: 8}}",
+     "runs at several sites: give running_mode"),
+])
+def test_cross_field_mistakes_are_refused(old, new, needle):
+    assert old in SMALL
+    with pytest.raises(GeoSpecError) as e:
+        parse_spec(SMALL.replace(old, new, 1), "s.yaml")
+    assert needle in str(e.value) and str(e.value).startswith("s.yaml:"), str(e.value)
+
+
+def test_a_consistent_running_state_is_accepted():
+    spec = parse_spec(SMALL.replace("    hidden_size: 1000", "    hidden_size: 1000\n"
+                                    "    running: {a: {H100: 8}, b: {H100: 8}}\n"
+                                    "    running_mode: data-parallel", 1))
+    assert spec.jobs[0].running_mode == "data-parallel"
+
+
+def test_price_event_has_the_specs_bound_so_the_state_reloads(tmp_path):
+    import msgspec
+
+    from geo.protocol import REQUESTS, GeoProtocolError, decode, event_from_args
+    from geo.replan import apply_event
+    from geo.state import GeoState, load_state, save_state
+    # a price the spec would refuse is refused as an event too (it used to be accepted, and
+    # the saved state then failed to load after a restart: "geo state ... is damaged")
+    with pytest.raises(ValueError, match="usd_per_hour"):
+        event_from_args("price", ["a", "H100", "1e9"])
+    with pytest.raises(GeoProtocolError):
+        decode([b"EVENT", msgspec.msgpack.encode({"req_id": 1, "event": {
+            "kind": "price", "site": "a", "gpu_type": "H100", "usd_per_hour": 1e9}})], REQUESTS)
+    spec = parse_spec(SMALL)
+    apply_event(spec, event_from_args("price", ["a", "H100", "1e6"]), {})  # the largest allowed
+    save_state(GeoState(spec=spec), str(tmp_path / "st.json"))
+    assert load_state(str(tmp_path / "st.json")).spec.sites[0].gpus[0].usd_per_hour == 1e6

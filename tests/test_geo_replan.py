@@ -128,3 +128,31 @@ def test_submitted_job_with_unknown_dataset_names_the_job_not_a_fake_line():
                     "gpu_types: [A100]\nmin_gpus: 1\nmax_gpus: 2\ndataset: nope\n", "z.yaml")
     with pytest.raises(GeoSpecError, match=r"^job z: dataset: 'nope' is not a dataset$"):
         add_job(spec, job)
+
+
+def test_displaced_job_is_never_squeezed_into_a_mode_it_does_not_allow():
+    # 'pipe' may only run as a pipeline across sites; when site a fails it must wait, not be
+    # restarted single-site in b on GPUs taken from 'filler' (it used to be)
+    spec = parse_spec("""\
+sites:
+  - name: a
+    gpus: [{type: H100, count: 16, usd_per_hour: 3.0}]
+  - name: b
+    gpus: [{type: H100, count: 32, usd_per_hour: 3.0}]
+links:
+  - {src: a, dst: b, rtt_ms: 10, gbps: 10}
+jobs:
+  - {name: pipe, params: 7.0e+9, tokens_per_iter: 1.0e+6, iterations: 20000, gpu_types: [H100],
+     min_gpus: 16, max_gpus: 16, priority: 3, modes: [pipeline],
+     running: {a: {H100: 8}, b: {H100: 8}}, running_mode: pipeline}
+  - {name: filler, params: 1.0e+9, tokens_per_iter: 1.0e+6, iterations: 20000,
+     gpu_types: [H100], min_gpus: 4, max_gpus: 24, priority: 1, running: {b: {H100: 24}},
+     running_mode: single-site}
+""")
+    reason = apply_event(spec, Event("site-down", site="a"), {})
+    plan, diff = replan(spec, "throughput", reason, improve=False)
+    pipe = next(j for j in spec.jobs if j.name == "pipe")
+    assert pipe.running is None and pipe.running_mode is None
+    assert {(d.job, d.change) for d in diff} == {("pipe", "stopped")}
+    for j in spec.jobs:  # every running job runs in one of its own modes
+        assert j.running_mode is None or j.running_mode in j.modes
