@@ -3,7 +3,7 @@ import random
 
 from hypothesis import given, settings, strategies as st
 
-from gpusched.bench.fuzz import fuzz_message, run_fuzz
+from gpusched.bench.fuzz import answer_counts, fuzz_message, run_fuzz
 from gpusched.bench.soak import run_soak
 from scheduler_daemon import protocol as P
 
@@ -45,3 +45,9 @@ def test_soak_every_submit_answered_exactly_once():
     assert res["lost_answers"] == 0 and res["duplicate_answers"] == 0
     assert res["completed"] == res["messages"]  # answered as done, not cancelled
     assert res["p99_ms"] < res["slo_ms"]
+
+
+def test_answer_counts_are_never_negative():
+    assert answer_counts(10, 10) == {"lost_answers": 0, "extra_answers": 0}
+    assert answer_counts(10, 7) == {"lost_answers": 3, "extra_answers": 0}
+    assert answer_counts(10, 12) == {"lost_answers": 0, "extra_answers": 2}

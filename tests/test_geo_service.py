@@ -185,3 +185,36 @@ def test_client_without_service_fails_fast_exit_2(endpoint):
     assert r.returncode == 2, r.stderr
     assert "no geo service at" in r.stderr and "Traceback" not in r.stderr
     assert time.monotonic() - t0 < 8  # not the 30 s answer timeout
+
+
+def test_sigkill_loses_no_answered_change(service, tmp_path):
+    """An answer means the change is on disk: killed without a chance to clean up (SIGKILL),
+    the restarted service (on the stale socket path) still has every answered submit/event."""
+    proc, ep, state = service
+    with GeoClient(ep) as c:
+        with open(JOB) as f:
+            assert c.submit(parse_job(f.read())).events == 1
+        assert c.event(Event("price", site="aws:us-west-2", gpu_type="H100",
+                             usd_per_hour=1.5)).events == 2
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=20)
+    log = open(tmp_path / "serve.log", "a")
+    proc2 = subprocess.Popen([sys.executable, "-m", "gpusched.cli", "geo", "serve", "--endpoint",
+                              ep, "--state", str(state)], stdout=log, stderr=log, cwd=ROOT)
+    try:
+        deadline = time.time() + 60
+        while True:  # the old socket file is still there: poll until the new service answers
+            assert proc2.poll() is None, (tmp_path / "serve.log").read_text()
+            try:
+                with GeoClient(ep, timeout_s=1.0) as c:
+                    st = c.status()
+                break
+            except (TimeoutError, ValueError, OSError):
+                assert time.time() < deadline, "restarted geo service did not answer"
+                time.sleep(0.2)
+        assert st.events == 2 and st.plan.job("llm-3b-new")
+        site = next(s for s in json.loads(state.read_text())["spec"]["sites"]
+                    if s["name"] == "aws:us-west-2")
+        assert site["gpus"][0]["usd_per_hour"] == 1.5
+    finally:
+        stop(proc2)
