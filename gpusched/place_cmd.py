@@ -61,7 +61,13 @@ def run_place(args) -> int:
         pool = parse_pool(pool_text)
     except ValueError as e:
         raise ValueError(f"--pool: {e}" if args.pool else f"{args.models}: {e}") from None
-    plan = place(w.models, pool, args.solver, time_limit_s=args.time_limit)
+    try:
+        plan = place(w.models, pool, args.solver, time_limit_s=args.time_limit)
+    except spec.SpecError as e:  # "line 4: model 'x': ..." -> "models.yaml:4: model 'x': ..."
+        msg = str(e)
+        if msg.startswith("line "):
+            raise spec.SpecError(f"{args.models}:{msg[len('line '):]}") from None
+        raise
     out = report(plan, w.models)
     if args.validate:
         from rich.progress import Progress
