@@ -55,6 +55,8 @@ class Daemon:
                               "simulated GPU; with --backend torch use fifo, srpt, edf, paella, "
                               "slo or slo-srpt")
         self.core = SchedulerCore(policy, self.device.spec.capacity, config.max_extra, config.shed)
+        if hasattr(self.device, "alloc_limit"):  # no single op may allocate past the quota
+            self.device.alloc_limit = config.limits.max_tenant_bytes
         self.device.start(self.env, self._on_complete, self._on_fail)
         self.daemon_id = secrets.token_hex(8)
         # job ids name jobs in answers and logs; requests name jobs by the client's own req_id,

@@ -12,6 +12,7 @@ import logging
 from collections import OrderedDict, deque
 
 from . import protocol as P
+from .devices.alloc_guard import AllocGuard
 from .devices.graph_exec import _const, _dtype, resolve_op
 from .eager_spec import EL, EagerOp, H, S, TensorLayout
 from .devices.graph_spec import C, D
@@ -63,11 +64,11 @@ class EagerWork:
     """A batch's payload: its ops resolved, run one per kernel against the client's table."""
 
     __slots__ = ("state", "ops", "fns", "free", "seq", "device", "reply", "first_out", "values",
-                 "created", "fetch")
+                 "created", "fetch", "guard", "limit")
 
-    def __init__(self, state, ops, fns, free, seq, device):
+    def __init__(self, state, ops, fns, free, seq, device, guard, limit):
         self.state, self.ops, self.fns, self.free, self.seq = state, ops, fns, free, seq
-        self.device = device
+        self.device, self.guard, self.limit = device, guard, limit
         self.reply = 0          # req_id of the EAGER_SYNC this batch answers (a sync op)
         self.first_out = 0
         self.values: list = []
@@ -102,8 +103,10 @@ class EagerWork:
     def _run(self, i: int) -> None:
         import torch
         node = self.ops[i]
-        out = self.fns[i](*[self._arg(a) for a in node.args],
-                          **{k: self._arg(v) for k, v in node.kwargs.items()})
+        args = [self._arg(a) for a in node.args]
+        kwargs = {k: self._arg(v) for k, v in node.kwargs.items()}
+        self.guard.check(node.op, self.fns[i], args, kwargs, self.limit - self.state.bytes)
+        out = self.fns[i](*args, **kwargs)
         flat = _flatten(out)
         table = self.state.table
         if self.reply:   # a sync op: its tensor outputs are numbered from first_out
@@ -158,6 +161,7 @@ class EagerStreams:
         self.d = daemon
         self._fns: dict[str, object] = {}
         self._models: OrderedDict = OrderedDict()
+        self.guard = AllocGuard()
 
     # -- requests -----------------------------------------------------------------------------
     def _state(self, s) -> EagerState:
@@ -190,7 +194,8 @@ class EagerStreams:
         if not msg.ops:
             self._queue_free_only(st, msg.free)
             return
-        work = EagerWork(st, msg.ops, fns, list(msg.free), msg.seq, self.d.device.device)
+        work = EagerWork(st, msg.ops, fns, list(msg.free), msg.seq, self.d.device.device,
+                         self.guard, self.d.config.limits.max_tenant_bytes)
         self._enqueue(s, st, self._job(s, st, work, msg.slo_ms, msg.priority))
 
     def on_sync(self, s, msg: P.EagerSync, raw: list) -> None:
@@ -210,7 +215,8 @@ class EagerStreams:
             st.queue.append(_Sync(msg.req_id, []))
             self._start_next(s, st)
             return
-        work = EagerWork(st, [msg.op], [fn], [], 0, self.d.device.device)
+        work = EagerWork(st, [msg.op], [fn], [], 0, self.d.device.device, self.guard,
+                         self.d.config.limits.max_tenant_bytes)
         work.reply, work.first_out, work.fetch = msg.req_id, msg.first_out, list(msg.fetch)
         self._enqueue(s, st, self._job(s, st, work, 0.0, 0))
 
@@ -340,6 +346,8 @@ class EagerStreams:
             what = (f"{work.ops[i].op} (op {i} of EAGER_OPS seq {work.seq})" if work.seq
                     else work.ops[0].op)
             code = Code.OP_FAILED if job.state is JobState.FAILED else Code.DRAINING
+            if (job.error or "").startswith("TooLarge:"):
+                code = Code.TOO_LARGE
             st.error = (code, f"{what}: {job.error or job.state.value}")
             log.info("eager: tenant=%s %s", s.tenant.name, st.error[1])
         lim = self.d.config.limits.max_tenant_bytes

@@ -175,3 +175,16 @@ def test_simulated_gpu_refuses_intercept_clearly(daemon):
         with pytest.raises(RequestError, match=r"--backend torch"):
             with c.intercept():
                 pass
+
+
+def test_an_op_that_would_allocate_past_the_quota_is_refused_before_it_runs(daemon_factory):
+    _, ep = daemon_factory("--backend", "torch", "--torch-device", "cpu",
+                           "--max-tenant-bytes", "1000000", "--client-timeout", "10")
+    with Client(ep, tenant="t") as c:
+        col = torch.ones(20000, 1)                   # 80 KB each, an outer product of 1.6 GB
+        with c.intercept():
+            y = col @ col.T
+        with pytest.raises(InterceptError, match=r"aten::mm.*would allocate 1600000000 bytes"):
+            y.cpu()
+        with c.intercept():
+            assert torch.equal((col[:3] * 2).cpu(), torch.full((3, 1), 2.0))

@@ -1,8 +1,10 @@
 """``gpusched bench models``: local vs registered vs intercepted model latency (issue 4).
 
 Each zoo model at each batch: the local eager forward, the same module registered with a
-``--backend torch`` daemon (one schedulable kernel per aten op), medians over ``--reps``.
-The intercept path is not built yet: its columns are reported as null.
+``--backend torch`` daemon (one schedulable kernel per aten op), and the unmodified module
+run under ``client.intercept()`` (every aten op sent to the daemon as it is called, pipelined
+in batches, the output fetched at the end); medians over ``--reps`` after a warm-up (which
+uploads the weights). ``intercept_us_per_op`` = (intercept - local) / ops intercepted.
 """
 from __future__ import annotations
 
@@ -42,14 +44,32 @@ def _parse(args) -> tuple[list[str], list[int]]:
     return models, batches
 
 
-def _median_s(fn, reps: int) -> float:
-    fn()  # warm-up
-    ts = []
-    for _ in range(reps):
-        t0 = time.perf_counter()
+def _interleaved(client, module, handle, xs, reps: int):
+    """Medians (s) of local, registered and intercepted runs, interleaved rep by rep so that
+    the load of a shared machine falls on all three alike; and the ops one intercepted run
+    sends. A warm-up of each first (the intercept warm-up uploads the weights)."""
+    import torch
+
+    def local():
+        with torch.no_grad():
+            module(*xs)
+
+    def intercepted():
+        with client.intercept():
+            y = module(*xs)
+        (y[0] if isinstance(y, (tuple, list)) else y).cpu()
+    paths = (local, lambda: handle(*xs), intercepted)
+    for fn in paths:
         fn()
-        ts.append(time.perf_counter() - t0)
-    return statistics.median(ts)
+    sess = client._eager
+    before = sess.ops_sent
+    times: list[list[float]] = [[], [], []]
+    for _ in range(reps):
+        for fn, ts in zip(paths, times):
+            t0 = time.perf_counter()
+            fn()
+            ts.append(time.perf_counter() - t0)
+    return (*[statistics.median(ts) for ts in times], (sess.ops_sent - before) // reps)
 
 
 def _raw_rtt_us(rounds: int = 500) -> float:
@@ -77,15 +97,14 @@ def measure(models: list[str], batches: list[int], reps: int, progress=None) -> 
                 module, inputs = build(name)
                 for b in batches:
                     xs = list(inputs(b))
-                    with torch.no_grad():
-                        local = _median_s(lambda: module(*xs), reps)
                     h = c.register_model(f"{name}-b{b}", module, xs)
-                    reg = _median_s(lambda: h(*xs), reps)
+                    local, reg, icpt, n_ops = _interleaved(c, module, h, xs, reps)
                     rows.append({"model": name, "batch": b, "local_ms": local * 1e3,
                                  "registered_ms": reg * 1e3, "registered_ops": h.n_ops,
-                                 "intercept_ms": None, "intercept_us_per_op": None})
-                    log.info("bench models: %s b=%d local=%.2fms registered=%.2fms", name, b,
-                             local * 1e3, reg * 1e3)
+                                 "intercept_ms": icpt * 1e3, "intercept_ops": n_ops,
+                                 "intercept_us_per_op": (icpt - local) / n_ops * 1e6})
+                    log.info("bench models: %s b=%d local=%.2fms registered=%.2fms "
+                             "intercept=%.2fms", name, b, local * 1e3, reg * 1e3, icpt * 1e3)
                     if progress:
                         progress()
     finally:
@@ -106,11 +125,13 @@ def run_models_bench(args) -> int:
         res = measure(models, batches, args.reps, lambda: prog.advance(task))
     t = Table(title=f"model latency, medians of {res['reps']} (raw ZeroMQ RTT "
                     f"{res['zmq_rtt_us']:.1f} us)")
-    for col in ("model", "batch", "ops", "local ms", "registered ms", "ratio", "intercept ms"):
+    for col in ("model", "batch", "ops", "local ms", "registered ms", "ratio", "intercept ms",
+                "ratio", "us/op"):
         t.add_column(col, justify="right")
     for r in res["models"]:
         t.add_row(r["model"], str(r["batch"]), str(r["registered_ops"]), f"{r['local_ms']:.2f}",
                   f"{r['registered_ms']:.2f}", f"{r['registered_ms'] / r['local_ms']:.2f}x",
-                  "not built")
+                  f"{r['intercept_ms']:.2f}", f"{r['intercept_ms'] / r['local_ms']:.2f}x",
+                  f"{r['intercept_us_per_op']:.1f}")
     Console().print(t)
     return 0

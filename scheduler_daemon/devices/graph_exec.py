@@ -102,10 +102,15 @@ class LoadedGraph:
             return _dtype(a.name)
         return _const(a, self.device)
 
-    def run_op(self, i: int, env: list) -> None:
+    def run_op(self, i: int, env: list, guard=None, limit: int = 0) -> None:
+        """Run node ``i`` on ``env``; with a ``guard`` (alloc_guard.AllocGuard), first refuse
+        it if its outputs would need more than ``limit`` bytes."""
         node = self.graph.ops[i]
-        out = self.fns[i](*[self._arg(a, env) for a in node.args],
-                          **{k: self._arg(v, env) for k, v in node.kwargs.items()})
+        args = [self._arg(a, env) for a in node.args]
+        kwargs = {k: self._arg(v, env) for k, v in node.kwargs.items()}
+        if guard is not None:
+            guard.check(node.op, self.fns[i], args, kwargs, limit)
+        out = self.fns[i](*args, **kwargs)
         outs = list(out) if isinstance(out, (tuple, list)) else [out]
         if len(outs) != node.n_out:
             raise ValueError(f"op {node.op} gave {len(outs)} outputs, graph says {node.n_out}")

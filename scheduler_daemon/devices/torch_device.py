@@ -26,12 +26,16 @@ class TorchDevice(Device):
     name = "torch"
     runs_eager = True  # intercepted eager ops (scheduler_daemon/eager.py)
 
-    def __init__(self, spec: GpuSpec, device: str = "cpu", workers: int = 2):
+    def __init__(self, spec: GpuSpec, device: str = "cpu", workers: int | None = None):
         import torch
         self.torch = torch
         self.spec = spec
         self.device = torch.device(device)
         self.cuda = self.device.type == "cuda"
+        # CPU: one worker. torch already spreads an op over the cores, and ops alternating
+        # between two worker threads keep two OpenMP teams spinning against each other (it
+        # doubled compute-bound ops in `gpusched bench models`). CUDA: a worker per stream.
+        workers = workers or (4 if self.cuda else 1)
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="gpusched-torch")
         self._done: queue.SimpleQueue = queue.SimpleQueue()
         self._rsock, self._wsock = socket.socketpair()
@@ -39,6 +43,9 @@ class TorchDevice(Device):
         self._local = threading.local()
         self._busy = 0
         self._graphs: dict = {}  # model key -> LoadedGraph (registered torch models)
+        from .alloc_guard import AllocGuard
+        self.guard = AllocGuard()
+        self.alloc_limit = 1 << 62  # per op's outputs; the daemon sets its tenant quota
 
     def describe(self) -> str:
         return f"torch on {self.device} ({self.spec.name})"
@@ -125,7 +132,7 @@ class TorchDevice(Device):
         if kernel is not None:
             op = kernel(job.cur)
         elif graph is not None:
-            op = _graph_op(graph, job.cur)
+            op = _graph_op(graph, job.cur, self.guard, self.alloc_limit)
         else:
             op = torch_ops.resolve(job.model.kernels[job.cur].op)
         self._busy += 1
@@ -175,13 +182,13 @@ class TorchDevice(Device):
         self._wsock.close()
 
 
-def _graph_op(graph, i: int):
+def _graph_op(graph, i: int, guard=None, limit: int = 0):
     """Op ``i`` of a registered graph as a kernel: appends its outputs to the job's values."""
     def run(env):
         import torch
         if env is None:
             raise ValueError(f"the model takes {graph.graph.n_inputs} inputs; none were sent")
         with torch.no_grad():
-            graph.run_op(i, env)
+            graph.run_op(i, env, guard, limit)
         return env
     return run
