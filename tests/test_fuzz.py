@@ -1,9 +1,12 @@
 """Hostile input: the decoder and a live daemon under random and mutated frames, and load."""
 import random
+import subprocess
+import sys
 
+import pytest
 from hypothesis import given, settings, strategies as st
 
-from gpusched.bench.fuzz import answer_counts, fuzz_message, run_fuzz
+from gpusched.bench.fuzz import answer_counts, atheris_one_input, fuzz_message, run_fuzz
 from gpusched.bench.soak import run_soak
 from scheduler_daemon import protocol as P
 
@@ -51,3 +54,19 @@ def test_answer_counts_are_never_negative():
     assert answer_counts(10, 10) == {"lost_answers": 0, "extra_answers": 0}
     assert answer_counts(10, 7) == {"lost_answers": 3, "extra_answers": 0}
     assert answer_counts(10, 12) == {"lost_answers": 0, "extra_answers": 2}
+
+
+def test_atheris_harness_inputs_fail_only_with_protocol_errors():
+    """The atheris harness's own check, on random inputs (runs without atheris too)."""
+    rng = random.Random(5)
+    for i in range(5000):
+        head = rng.randrange(256) | (0x40 if i % 2 else 0)
+        atheris_one_input(bytes([head]) + rng.randbytes(rng.randrange(0, 48)))
+
+
+def test_atheris_coverage_guided_decoders():
+    pytest.importorskip("atheris")  # optional: pip install atheris (wheels for x86_64 Linux)
+    r = subprocess.run([sys.executable, "-m", "gpusched.bench.fuzz", "atheris", "30000"],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "Done 30000 runs" in r.stderr

@@ -175,6 +175,58 @@ def print_measures(res: dict, title: str) -> None:
     Console().print(t)
 
 
+# -- coverage-guided fuzzing of the decoders with atheris (where it installs) -------------------
+_TAGS = list(P.REQUESTS) + [b"", b"NOPE"]
+
+
+def atheris_one_input(data: bytes) -> None:
+    """One atheris input. The first byte picks the decoder (bit 7: the geo service's, else the
+    daemon's), and whether the body is the input's own bytes or (bit 6) a valid request made
+    from the next 8 bytes and XORed with the rest: so the fuzzer reaches the field checks, not
+    only the msgpack framing. A decoder may only answer with its protocol error."""
+    from geo import protocol as G
+
+    if not data:
+        return
+    pick, body = data[0], data[1:]
+    if pick & 0x40:
+        valid = P.encode(_valid(random.Random(body[:8])))
+        rest = body[8:]
+        tag = valid[0]
+        body = bytes(x ^ y for x, y in zip(valid[1], rest)) + valid[1][len(rest):]
+    else:
+        tag = _TAGS[pick % len(_TAGS)]
+    if pick & 0x80:  # the geo service's decoder
+        tags = list(G.REQUESTS) + [b"NOPE"]
+        try:
+            G.decode([tags[pick % len(tags)], body], G.REQUESTS)
+        except G.GeoProtocolError as e:
+            assert e.code in ("BAD_FRAME", "BAD_MESSAGE") and e.message
+        return
+    try:
+        msg = P.decode(tag, body, P.REQUESTS)
+    except P.ProtocolError as e:
+        assert e.code in (P.Code.BAD_FRAME, P.Code.BAD_MESSAGE) and e.message
+    else:
+        P.encode(msg)  # whatever decodes must encode again
+
+
+def run_atheris(runs: int, seed: int = 1) -> None:
+    """``python -m gpusched.bench.fuzz atheris RUNS``: coverage-guided (atheris/libFuzzer)
+    fuzzing of both decoders. Exits 0 when no input made a decoder raise anything but its
+    protocol error; otherwise atheris prints the exception and the input and exits non-zero."""
+    import sys
+
+    import atheris
+
+    atheris.Setup([sys.argv[0], f"-runs={runs}", f"-seed={seed}", "-max_len=512"],
+                  atheris.instrument_func(atheris_one_input))
+    atheris.Fuzz()
+
+
 if __name__ == "__main__":
     import json
+    import sys
+    if sys.argv[1:2] == ["atheris"]:
+        run_atheris(int(sys.argv[2]) if len(sys.argv) > 2 else 100_000)
     print(json.dumps(run_fuzz(int(os.environ.get("N", "20000"))), indent=2))
