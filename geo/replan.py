@@ -116,8 +116,9 @@ def initial_plan(spec: Spec, objective: str, solver: str = "auto", wan: Wan | No
     model = Model(spec, wan)
     p = full_plan(spec, objective, solver, model=model)
     diff = []
+    by_name = {j.name: j for j in spec.jobs}  # one dict, not a scan per job (10k jobs)
     for jp in p.jobs:
-        job = next(j for j in spec.jobs if j.name == jp.name)
+        job = by_name[jp.name]
         if jp.sites and jp.start_h == 0:
             job.running = {s: {jp.gpu_type: n} for s, n in jp.sites.items()}
             job.running_mode = jp.mode
@@ -162,7 +163,7 @@ def replan(spec: Spec, objective: str, reason: str, *, improve: bool, wan: Wan |
     if improve:
         _improve(model, objective, kept, free, diff, reason)
     for name, c in kept.items():
-        job = next(j for j in spec.jobs if j.name == name)
+        job = by_name[name]
         options[name] = JobOptions(job, candidates=[c], ref_speed=ideal_speed(model, job))
     all_chosen = {**kept, **chosen}
     for name, c in chosen.items():
@@ -191,8 +192,9 @@ def replan(spec: Spec, objective: str, reason: str, *, improve: bool, wan: Wan |
     p = build_plan(model, options, all_chosen, queued, objective=objective, solver="replan",
                    status="feasible", solve_time_s=time.perf_counter() - t0,
                    moved_reason={d.job: d.reason for d in diff})
+    moved = {d.job for d in diff if d.change == "moved"}  # a set: not a diff scan per job
     for jp in p.jobs:
-        jp.moved = any(d.job == jp.name and d.change == "moved" for d in diff)
+        jp.moved = jp.name in moved
     log.info("geo: replan (%s) kept %d, moved %d, placed %d, stopped %d in %.3fs", reason,
              len(kept), sum(d.change == "moved" for d in diff),
              sum(d.change == "placed" for d in diff), sum(d.change == "stopped" for d in diff),
@@ -203,9 +205,10 @@ def replan(spec: Spec, objective: str, reason: str, *, improve: bool, wan: Wan |
 def _improve(model: Model, objective: str, kept: dict[str, Candidate],
              free: dict[tuple[str, str], int], diff: list[Change], reason: str) -> None:
     """Move a kept job when its best candidate, migration penalty included, beats staying."""
+    by_name = {j.name: j for j in model.spec.jobs}
     for name in list(kept):
         stay = kept[name]
-        job = next(j for j in model.spec.jobs if j.name == name)
+        job = by_name[name]
         room = dict(free)
         for s, n in stay.alloc:
             room[(s, stay.gpu_type)] = room.get((s, stay.gpu_type), 0) + n
@@ -242,7 +245,10 @@ def _make_room(model: Model, job: Job, kept: dict[str, Candidate],
         return None
     by_pool: dict[tuple[str, str], list[tuple[int, str]]] = {}
     for n, c in kept.items():
-        if len(c.alloc) == 1 and by_name[n].priority <= job.priority:
+        # pools of a type the job cannot use are skipped below anyway: skip them cheaply first
+        if c.gpu_type not in job.gpu_types or len(c.alloc) != 1:
+            continue
+        if by_name[n].priority <= job.priority:
             surplus = c.gpus - by_name[n].min_gpus
             if surplus > 0:
                 by_pool.setdefault((c.alloc[0][0], c.gpu_type), []).append((surplus, n))

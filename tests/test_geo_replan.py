@@ -156,3 +156,24 @@ jobs:
     assert {(d.job, d.change) for d in diff} == {("pipe", "stopped")}
     for j in spec.jobs:  # every running job runs in one of its own modes
         assert j.running_mode is None or j.running_mode in j.modes
+
+
+class _CountingJobs(list):
+    scans = 0
+
+    def __iter__(self):
+        type(self).scans += 1
+        return super().__iter__()
+
+
+@pytest.mark.parametrize("improve", [False, True])
+def test_replan_reads_the_job_list_a_bounded_number_of_times(improve):
+    # a scan of all jobs per running job made re-planning quadratic (10k jobs: seconds)
+    spec = make_instance(300, 10, seed=3)
+    initial_plan(spec, "throughput", "decomposed")
+    reason = apply_event(spec, Event("price", site=spec.sites[0].name,
+                                     gpu_type=spec.sites[0].gpus[0].type, usd_per_hour=0.5), {})
+    spec.jobs = _CountingJobs(spec.jobs)
+    _CountingJobs.scans = 0
+    replan(spec, "throughput", reason, improve=improve)
+    assert _CountingJobs.scans < 30, _CountingJobs.scans
