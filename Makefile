@@ -11,7 +11,7 @@ STAMP := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
 $(STAMP): pyproject.toml
 	@echo "setting up $(VENV) (log: $(VENV)/install.log) ..."
 	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
-	@$(BIN)/python -m pip install --upgrade pip "$(TORCH)" -e ".[torch,plots,metrics,solver,dev]" \
+	@$(BIN)/python -m pip install --upgrade pip "$(TORCH)" -e ".[torch,cuda,plots,metrics,solver,dev]" \
 		> $(VENV)/install.log 2>&1 || { tail -30 $(VENV)/install.log; exit 1; }
 	@rm -f $(VENV)/.installed-*; touch $(STAMP)
 

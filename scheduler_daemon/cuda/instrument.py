@@ -96,7 +96,7 @@ def instrumented_kernels(source: str) -> list[str]:
 def _mask_directives(masked: str) -> str:
     """Blank preprocessor lines; a __global__ inside one (a macro-made kernel) is refused."""
     chars = list(masked)
-    for m in re.finditer(r"(?m)^[ \t]*#(?:[^\n\\]|\\.)*", masked, re.S):
+    for m in re.finditer(r"(?m)^[ \t]*#(?:[^\n\\]|\\.)*", masked, re.DOTALL):
         if re.search(r"\b__global__\b", m.group(0)):
             line = masked.count("\n", 0, m.start()) + 1
             raise ValueError(f"line {line}: a __global__ inside a preprocessor directive (a "

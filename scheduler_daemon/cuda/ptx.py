@@ -50,16 +50,16 @@ def entries(ptx: str) -> dict[str, tuple[PtxParam, ...]]:
 
 
 def _strip_comments(ptx: str) -> str:
-    ptx = re.sub(r"/\*.*?\*/", " ", ptx, flags=re.S)
+    ptx = re.sub(r"/\*.*?\*/", " ", ptx, flags=re.DOTALL)
     return re.sub(r"//[^\n]*", "", ptx)
 
 
 def check_text(ptx: str) -> None:
     """Raise ``ValueError`` unless this looks like a PTX module with kernels."""
     body = _strip_comments(ptx)
-    if not re.search(r"^\s*\.version\s+\d+\.\d+", body, re.M):
+    if not re.search(r"^\s*\.version\s+\d+\.\d+", body, re.MULTILINE):
         raise ValueError("the PTX has no '.version X.Y' directive: is it PTX text?")
-    if not re.search(r"^\s*\.target\s+\w+", body, re.M):
+    if not re.search(r"^\s*\.target\s+\w+", body, re.MULTILINE):
         raise ValueError("the PTX has no '.target' directive")
     if not _ENTRY.search(body):
         raise ValueError("the PTX defines no kernel (no '.entry')")

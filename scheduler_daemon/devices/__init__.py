@@ -2,13 +2,17 @@
 
 ``auto`` picks a real GPU through the torch backend when NVML sees one, and the embedded
 simulated GPU (``sim``: SMs, hardware queues, bandwidth) otherwise, and says which it chose.
+``cuda`` runs raw CUDA models (source or PTX) through the CUDA driver API (cuda-python) on the
+GPU the driver reports (ordinal from ``cuda_device``, or ``torch_device`` such as ``cuda:1``).
 ``fluid`` is the simplest stand-in: kernels share the GPU as a fluid (used to measure the
 daemon's own overhead with zero-duration kernels).
 """
 from __future__ import annotations
 
 import logging
+import re
 
+from ..cuda.detect import nvml_gpus, preset_for
 from ..gpu_specs import gpu_spec
 from .base import Device
 from .fluid import FluidDevice
@@ -16,50 +20,28 @@ from .simgpu import SimGpu
 
 log = logging.getLogger("gpusched.device")
 
-BACKENDS = ("auto", "sim", "fluid", "torch")
+BACKENDS = ("auto", "sim", "fluid", "torch", "cuda")
 
 
 def visible_gpus() -> list[str]:
     """Names of the NVIDIA GPUs NVML can see (empty without a driver or a GPU)."""
-    try:
-        import pynvml
-        pynvml.nvmlInit()
-    except Exception:
-        return []
-    try:
-        names = []
-        for i in range(pynvml.nvmlDeviceGetCount()):
-            n = pynvml.nvmlDeviceGetName(pynvml.nvmlDeviceGetHandleByIndex(i))
-            names.append(n.decode() if isinstance(n, bytes) else n)
-        return names
-    except Exception:
-        return []
-    finally:
-        try:
-            pynvml.nvmlShutdown()
-        except Exception:
-            pass
-
-
-def preset_for(gpu_name: str) -> str:
-    up = gpu_name.upper()
-    for key in ("H100", "A100", "V100", "T4"):
-        if key in up:
-            return key
-    return "A100"
+    return nvml_gpus()
 
 
 def make_device(backend: str = "auto", spec_name: str = "T4", speed: float = 1.0,
-                torch_device: str | None = None, hw_queues: int = 8) -> Device:
+                torch_device: str | None = None, hw_queues: int = 8,
+                cuda_device: int | None = None) -> Device:
     if backend not in BACKENDS:
         raise ValueError(f"unknown backend {backend!r}: choose one of {', '.join(BACKENDS)}")
+    if backend == "cuda":
+        return _cuda_device(_cuda_ordinal(cuda_device, torch_device))
     gpus = visible_gpus() if backend in ("auto", "torch") else []
     if backend == "auto":
         if gpus:
             backend = "torch"
         else:
-            log.info("device: no GPU visible (NVML found none): using the simulated GPU, %s preset",
-                     spec_name)
+            log.info("device: auto: no GPU visible (NVML found none): using the simulated GPU "
+                     "(sim backend, %s preset)", gpu_spec(spec_name).name)
             backend = "sim"
     if backend == "sim":
         return SimGpu(gpu_spec(spec_name), hw_queues=hw_queues, speed=speed)
@@ -71,8 +53,46 @@ def make_device(backend: str = "auto", spec_name: str = "T4", speed: float = 1.0
         raise ValueError(f"the torch backend needs torch: pip install 'gpusched[torch]' ({e})") from None
     dev = torch_device or ("cuda" if gpus else "cpu")
     spec = gpu_spec(preset_for(gpus[0])) if gpus else gpu_spec(spec_name)
-    log.info("device: torch backend on %s (%s)", dev, gpus[0] if gpus else "CPU worker pool")
+    log.info("device: torch backend on %s (%s), scheduler spec %s", dev,
+             gpus[0] if gpus else "CPU worker pool", spec.name)
     return TorchDevice(spec, dev)
 
 
-__all__ = ["Device", "FluidDevice", "SimGpu", "make_device", "visible_gpus", "BACKENDS"]
+def _cuda_ordinal(cuda_device: int | None, torch_device: str | None) -> int:
+    if cuda_device is not None:
+        return int(cuda_device)
+    m = re.fullmatch(r"cuda(?::(\d+))?", torch_device or "")
+    return int(m.group(1) or 0) if m else 0
+
+
+def _cuda_device(ordinal: int) -> Device:
+    from ..cuda.detect import cuda_gpus
+    from ..cuda.errors import CudaError, CudaUnavailable
+    gpus, version, reason = cuda_gpus()
+    if not gpus:
+        raise ValueError(f"no CUDA GPU visible ({reason}): the cuda backend needs an NVIDIA GPU "
+                         "and its driver; use --backend sim or torch")
+    if not 0 <= ordinal < len(gpus):
+        raise ValueError(f"CUDA device {ordinal} does not exist: the driver sees {len(gpus)} "
+                         f"({', '.join(f'{g.ordinal}: {g.name}' for g in gpus)})")
+    gpu = gpus[ordinal]
+    try:
+        from ..cuda.driver import CudaDriverDevice
+        dev = CudaDriverDevice(ordinal, gpu)
+    except (CudaUnavailable, CudaError) as e:
+        raise ValueError(f"the cuda backend could not open GPU {ordinal} ({gpu.name}): {e}") from None
+    log.info("device: cuda backend on GPU %d: %s (cc %d.%d, %d SMs, driver %s), scheduler spec "
+             "%s", ordinal, gpu.name, gpu.cc[0], gpu.cc[1], gpu.sms,
+             f"{version // 1000}.{version % 1000 // 10}" if version else "?", dev.spec.name)
+    return dev
+
+
+__all__ = [
+    "BACKENDS",
+    "Device",
+    "FluidDevice",
+    "SimGpu",
+    "make_device",
+    "preset_for",
+    "visible_gpus",
+]

@@ -1,0 +1,614 @@
+"""The CUDA driver backend: raw kernels (``CudaModel``) on one GPU through cuda-python.
+
+One primary context on device ``ordinal``; a pool of non-blocking streams, each with a waiter
+thread that blocks in ``cuEventSynchronize`` (the GIL is released) on the launches of its stream
+in order, times them with ``cuEventElapsedTime``, queues the completion and wakes the daemon
+through a socketpair, as the torch backend does (``wake_fd``/``collect``).
+
+A job is pinned to nothing: each launch goes on an idle stream of the pool, starting from
+``job.stream``, except that a job's kernels that overlap (the experiment baselines dispatch them
+all at once) stay on one stream, in order. A job's buffers are allocated and its inputs copied
+on a copy stream in ``prepare`` (stream-ordered ``cuMemAllocAsync`` where the GPU has memory
+pools, else ``cuMemAlloc``); its first launch waits on an event recorded after them. Outputs are
+copied back on their own stream. Memory of a job the daemon drops without asking for outputs
+(cancelled, failed, shed) is freed when the job's state is garbage collected: the free is
+queued and done on the daemon's thread, ordered after the job's kernels on their stream.
+
+A failing launch fails its job only (``on_fail``). A faulting kernel (illegal address and the
+like) leaves the context unusable, as on any CUDA process: that and every later job then fail
+with a message saying to restart the daemon.
+"""
+from __future__ import annotations
+
+import ctypes
+import logging
+import queue
+import socket
+import threading
+import weakref
+
+from ..devices.base import Device
+from ..gpu_specs import GpuSpec
+from ..jobs import Job
+from ..tensors import TensorMeta
+from .build import compile_model
+from .counters import CounterSlots
+from .detect import CudaGpu, query
+from .driverapi import driver_module, init
+from .errors import CudaError
+from .nvrtc import Compiled, arch_for
+from .spec import Buf, CudaModel, kernel_specs, validate_model
+
+log = logging.getLogger("gpusched.device.cuda")
+
+_CTYPES = {"int32": ctypes.c_int32, "uint32": ctypes.c_uint32, "int64": ctypes.c_int64,
+           "uint64": ctypes.c_uint64, "float32": ctypes.c_float, "float64": ctypes.c_double}
+# errors after which the context is unusable (a kernel faulted)
+_STICKY = frozenset({"CUDA_ERROR_ILLEGAL_ADDRESS", "CUDA_ERROR_LAUNCH_FAILED",
+                     "CUDA_ERROR_ILLEGAL_INSTRUCTION", "CUDA_ERROR_MISALIGNED_ADDRESS",
+                     "CUDA_ERROR_INVALID_ADDRESS_SPACE", "CUDA_ERROR_INVALID_PC",
+                     "CUDA_ERROR_HARDWARE_STACK_ERROR", "CUDA_ERROR_ASSERT",
+                     "CUDA_ERROR_ECC_UNCORRECTABLE", "CUDA_ERROR_CONTEXT_IS_DESTROYED"})
+_DEFAULT_SMEM = 48 * 1024
+
+
+class _Launch:
+    __slots__ = ("block", "blocks", "fn", "grid", "index", "kernel", "plan", "smem")
+
+    def __init__(self, index, launch, fn):
+        self.index, self.kernel, self.fn = index, launch.kernel, fn
+        self.grid, self.block = launch.dims()
+        self.smem = launch.smem
+        self.blocks = self.grid[0] * self.grid[1] * self.grid[2]
+        # per argument: a buffer index, or a ctypes scalar built once
+        self.plan = [a.index if isinstance(a, Buf) else _CTYPES[a.dtype](a.value)
+                     for a in launch.args]
+
+
+class _Loaded:
+    """A model loaded on the device: its module, functions and launches."""
+
+    __slots__ = ("dead", "instrumented", "jobs", "key", "launches", "model", "module", "specs")
+
+    def __init__(self, key, model, module, launches, specs, instrumented):
+        self.key, self.model, self.module = key, model, module
+        self.launches, self.specs, self.instrumented = launches, specs, instrumented
+        self.jobs = 0        # live job states using it
+        self.dead = False    # replaced or forgotten: unload when no job uses it
+
+
+class _Mem:
+    """A job's device allocations; ``stream`` is where their free is ordered."""
+
+    __slots__ = ("loaded", "ptrs", "ready", "stream")
+
+    def __init__(self, loaded, stream):
+        self.ptrs: list[int] = []
+        self.stream = stream
+        self.loaded = loaded
+        self.ready = None    # event after the inputs' copies, until the first launch waits
+
+
+class _JobState:
+    """What the device keeps for a job (it is the job's ``payload`` once prepared)."""
+
+    __slots__ = (
+        "__weakref__",
+        "inflight",
+        "loaded",
+        "mem",
+        "progress",
+        "release",
+        "slot",
+        "stream",
+    )
+
+    def __init__(self, mem: _Mem, frees: queue.SimpleQueue):
+        self.mem, self.loaded = mem, mem.loaded
+        self.stream = -1       # pool stream of its kernels in flight
+        self.inflight = 0
+        self.slot = None       # (counter slot, blocks) of the instrumented launch in flight
+        self.progress = None   # (blocks done, blocks) of the last instrumented launch
+        self.release = weakref.finalize(self, frees.put, mem)
+
+
+class _Record:
+    __slots__ = ("blocks_done", "end", "job", "launch", "slot", "start", "state", "stream")
+
+    def __init__(self, job, state, launch, start, end, stream, slot):
+        self.job, self.state, self.launch = job, state, launch
+        self.start, self.end, self.stream, self.slot = start, end, stream, slot
+        self.blocks_done = None
+
+
+class CudaDriverDevice(Device):
+    name = "cuda"
+
+    def __init__(self, ordinal: int = 0, gpu: CudaGpu | None = None, spec: GpuSpec | None = None,
+                 streams: int = 8, api=None):
+        self.api = api or driver_module()
+        self.chk = chk = init(self.api)
+        self.ordinal = ordinal
+        self.gpu = gpu or query(chk, ordinal)
+        self.spec = spec or self.gpu.spec()
+        self.limits = self.gpu.limits()
+        self.arch = arch_for(self.gpu.cc)
+        self._dev = chk.cuDeviceGet(ordinal)
+        self._ctx = chk.cuDevicePrimaryCtxRetain(self._dev)
+        chk.cuCtxSetCurrent(self._ctx)
+        flags = self.api.CUstream_flags.CU_STREAM_NON_BLOCKING
+        self._streams = [chk.cuStreamCreate(flags) for _ in range(max(1, streams))]
+        self._copy_in = chk.cuStreamCreate(flags)
+        self._copy_out = chk.cuStreamCreate(flags)
+        self._pending = [0] * len(self._streams)
+        self._rr = 0
+        self._events: list = []
+        self._models: dict = {}
+        self._frees: queue.SimpleQueue = queue.SimpleQueue()
+        self._done: queue.SimpleQueue = queue.SimpleQueue()
+        self._rsock, self._wsock = socket.socketpair()
+        self._rsock.setblocking(False)
+        self._counters = CounterSlots(chk)
+        self._broken: str | None = None
+        self._closed = False
+        self._async_alloc = self.gpu.memory_pools and hasattr(self.api, "cuMemAllocAsync")
+        if self._async_alloc:
+            self._keep_pool_memory()
+        self._nvml = _nvml_handle(self.gpu.pci_bus_id)
+        self._waiters = [_Waiter(self, i) for i in range(len(self._streams))]
+        for w in self._waiters:
+            w.start()
+        log.info("device: cuda driver on GPU %d: %s (cc %d.%d, %d SMs, %s), %d streams, "
+                 "compiling for %s, scheduled as %s", ordinal, self.gpu.name, *self.gpu.cc,
+                 self.gpu.sms, "memory pools" if self._async_alloc else "cuMemAlloc",
+                 len(self._streams), self.arch, self.spec.name)
+
+    # -- models ---------------------------------------------------------------------------
+    def describe(self) -> str:
+        g = self.gpu
+        return (f"cuda driver on GPU {self.ordinal}: {g.name} (cc {g.cc[0]}.{g.cc[1]}, "
+                f"{g.sms} SMs; scheduled as {self.spec.name})")
+
+    def validate(self, kernels: list) -> None:
+        raise ValueError("the cuda backend runs raw CUDA models (source or PTX with buffers "
+                         "and launches: register them as CUDA models); plain kernel lists "
+                         "need --backend sim or torch")
+
+    def compile(self, model: CudaModel) -> Compiled:
+        """The model's module for this GPU (cubin for its architecture where NVRTC can)."""
+        return compile_model(model, self.arch)
+
+    def load_cuda(self, key, model: CudaModel, compiled: Compiled | None = None) -> list:
+        """Load a model's module (compiling it if ``compiled`` is None) and return one
+        ``KernelSpec`` per launch. Raises ``ValueError`` for what this GPU cannot run."""
+        self._drain()
+        compiled = compiled if compiled is not None else self.compile(model)
+        validate_model(model, compiled, self.limits)
+        chk, api = self.chk, self.api
+        try:
+            module = chk.cuModuleLoadData(compiled.image)
+        except CudaError as e:
+            raise ValueError(f"the module does not load on {self.gpu.name}: {e.code} (built "
+                             f"for {compiled.arch or 'unknown target'})") from None
+        try:
+            fns, attrs = {}, {}
+            FA = api.CUfunction_attribute
+            for name in {ln.kernel for ln in model.launches}:
+                fn = chk.cuModuleGetFunction(module, name.encode())
+                fns[name] = fn
+                attrs[name] = (int(chk.cuFuncGetAttribute(FA.CU_FUNC_ATTRIBUTE_NUM_REGS, fn)),
+                               int(chk.cuFuncGetAttribute(FA.CU_FUNC_ATTRIBUTE_SHARED_SIZE_BYTES,
+                                                          fn)),
+                               int(chk.cuFuncGetAttribute(
+                                   FA.CU_FUNC_ATTRIBUTE_MAX_THREADS_PER_BLOCK, fn)))
+            self._check_functions(model, fns, attrs)
+        except BaseException:
+            self._unload(module)
+            raise
+        launches = [_Launch(i, ln, fns[ln.kernel]) for i, ln in enumerate(model.launches)]
+        specs = kernel_specs(model, {k: v[:2] for k, v in attrs.items()})
+        old = self._models.pop(key, None)
+        if old is not None:
+            self._retire(old)
+        self._models[key] = _Loaded(key, model, module, launches, specs, compiled.instrumented)
+        log.info("device: loaded CUDA model %s: kernels %s, %d launches per job%s", key,
+                 ", ".join(sorted(fns)), len(launches),
+                 ", instrumented" if compiled.instrumented else "")
+        return specs
+
+    def _check_functions(self, model: CudaModel, fns: dict, attrs: dict) -> None:
+        """Limits only the loaded function knows: registers cap the block size, static shared
+        memory adds to the dynamic; ask for opt-in shared memory where a launch needs it."""
+        lim, need = self.limits, {}
+        for i, ln in enumerate(model.launches):
+            regs, static, max_threads = attrs[ln.kernel]
+            _, block = ln.dims()
+            threads = block[0] * block[1] * block[2]
+            where = f"launch {i} ({ln.kernel})"
+            if threads > max_threads:
+                raise ValueError(f"{where}: block of {threads} threads, the kernel (using {regs} "
+                                 f"registers per thread) allows at most {max_threads} per block "
+                                 f"on {self.gpu.name}")
+            if static + ln.smem > lim.smem_optin:
+                raise ValueError(f"{where}: {static} bytes of static and {ln.smem} of dynamic "
+                                 f"shared memory, {self.gpu.name} allows at most "
+                                 f"{lim.smem_optin} per block")
+            if static + ln.smem > lim.smem_per_block or ln.smem > _DEFAULT_SMEM:
+                need[ln.kernel] = max(need.get(ln.kernel, 0), ln.smem)
+        attr = self.api.CUfunction_attribute.CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES
+        for name, smem in need.items():
+            try:
+                self.chk.cuFuncSetAttribute(fns[name], attr, smem)
+            except CudaError as e:
+                raise ValueError(f"kernel {name}: {smem} bytes of dynamic shared memory refused "
+                                 f"by the driver ({e.code})") from None
+
+    def forget_cuda(self, key) -> None:
+        """Drop a loaded model; its module is unloaded once no job uses it."""
+        old = self._models.pop(key, None)
+        if old is not None:
+            self._retire(old)
+
+    def _retire(self, loaded: _Loaded) -> None:
+        loaded.dead = True
+        if loaded.jobs == 0:
+            self._unload(loaded.module)
+
+    def _unload(self, module) -> None:
+        try:
+            self.chk.cuModuleUnload(module)
+        except CudaError as e:
+            log.warning("device: cuModuleUnload: %s", e)
+
+    # -- jobs -----------------------------------------------------------------------------
+    def _loaded_for(self, job: Job) -> _Loaded:
+        loaded = self._models.get(job.model.key)
+        if loaded is None:
+            raise ValueError(f"model {job.model.name!r} is not a CUDA model loaded on this "
+                             "device: register it as a CUDA model")
+        return loaded
+
+    def prepare(self, job: Job) -> None:
+        """Allocate the job's buffers and copy its input tensors in (asynchronously)."""
+        self._drain()
+        loaded = self._loaded_for(job)
+        job.payload = self._new_state(loaded, list(job.payload or []))
+
+    def _new_state(self, loaded: _Loaded, inputs: list) -> _JobState:
+        model = loaded.model
+        want = model.inputs()
+        if len(inputs) != len(want):
+            raise ValueError(f"the model takes {len(want)} input tensors "
+                             f"({', '.join(model.buffers[i].name for i in want) or 'none'}); "
+                             f"{len(inputs)} were sent")
+        for n, (i, (meta, buf)) in enumerate(zip(want, inputs)):
+            b = model.buffers[i]
+            if meta.dtype != b.dtype or list(meta.shape) != list(b.shape):
+                raise ValueError(f"input {n} ({b.name}): got {meta.dtype}{list(meta.shape)}, the "
+                                 f"model's buffer is {b.dtype}{list(b.shape)}")
+            if len(buf) != b.nbytes():
+                raise ValueError(f"input {n} ({b.name}): {len(buf)} bytes, expected {b.nbytes()}")
+        if self._broken:
+            raise ValueError(self._broken_message())
+        chk, s = self.chk, self._copy_in
+        mem = _Mem(loaded, s)
+        state = _JobState(mem, self._frees)   # from here on, a failure frees what was allocated
+        loaded.jobs += 1
+        try:
+            for b in model.buffers:
+                n = b.nbytes()
+                mem.ptrs.append(self._alloc(n, s) if n else 0)
+            feed = dict(zip(want, inputs))
+            for i, b in enumerate(model.buffers):
+                n = b.nbytes()
+                if not n:
+                    continue
+                if i in feed:
+                    src = feed[i][1]
+                    chk.cuMemcpyHtoDAsync(mem.ptrs[i], _host_addr(src), n, s)
+                else:
+                    chk.cuMemsetD8Async(mem.ptrs[i], 0, n, s)
+            mem.ready = self._event()
+            chk.cuEventRecord(mem.ready, s)
+        except CudaError as e:
+            state.release()
+            self._drain()
+            self._note_sticky(e)
+            raise ValueError(f"device memory for the job: {e}") from None
+        return state
+
+    def _alloc(self, n: int, stream) -> int:
+        if self._async_alloc:
+            return int(self.chk.cuMemAllocAsync(n, stream))
+        return int(self.chk.cuMemAlloc(n))
+
+    def launch(self, job: Job) -> None:
+        try:
+            self._drain()
+            if self._broken:
+                raise CudaError("launch", self._broken)
+            state = job.payload
+            if not isinstance(state, _JobState):
+                state = job.payload = self._new_state(self._loaded_for(job), [])
+            self._launch(job, state)
+        except (CudaError, ValueError) as e:
+            self._note_sticky(e)
+            self._done.put((None, job, 0.0, self._launch_message(job, e)))
+            self._wsock.send(b"\0")
+
+    def _launch(self, job: Job, state: _JobState) -> None:
+        chk, loaded = self.chk, state.loaded
+        if job.cur >= len(loaded.launches):
+            raise ValueError(f"kernel {job.cur} of a model with {len(loaded.launches)} launches")
+        ln = loaded.launches[job.cur]
+        si = state.stream if state.inflight else self._pick(job)
+        stream = self._streams[si]
+        mem = state.mem
+        if mem.ready is not None:
+            chk.cuStreamWaitEvent(stream, mem.ready, 0)
+            self._events.append(mem.ready)  # the wait is enqueued: the event may be re-recorded
+            mem.ready = None
+        values = [ctypes.c_uint64(mem.ptrs[p]) if isinstance(p, int) else p for p in ln.plan]
+        slot = None
+        if loaded.instrumented:
+            slot, dptr = self._counters.take()
+            values.append(ctypes.c_uint64(dptr))
+        argv = (ctypes.c_void_p * max(1, len(values)))(*[ctypes.addressof(v) for v in values])
+        start, end = self._event(), self._event()
+        try:
+            chk.cuEventRecord(start, stream)
+            chk.cuLaunchKernel(ln.fn, *ln.grid, *ln.block, ln.smem, stream,
+                               ctypes.addressof(argv), 0)
+            chk.cuEventRecord(end, stream)
+        except CudaError:
+            self._events += [start, end]
+            if slot is not None:
+                self._counters.give(slot)
+            raise
+        state.stream, mem.stream = si, stream
+        state.inflight += 1
+        if slot is not None:
+            state.slot = (slot, ln.blocks)
+        self._pending[si] += 1
+        self._waiters[si].q.put(_Record(job, state, ln, start, end, si, slot))
+
+    def _pick(self, job: Job) -> int:
+        """An idle stream, starting from the job's stream number (round robin)."""
+        n = len(self._streams)
+        if job.stream >= 0:
+            base = job.stream % n
+        else:
+            base = self._rr = (self._rr + 1) % n
+        for off in range(n):
+            if self._pending[(base + off) % n] == 0:
+                return (base + off) % n
+        return base
+
+    def _event(self):
+        if self._events:
+            return self._events.pop()
+        return self.chk.cuEventCreate(self.api.CUevent_flags.CU_EVENT_DEFAULT)
+
+    def wake_fd(self) -> int:
+        return self._rsock.fileno()
+
+    def collect(self) -> None:
+        try:
+            while self._rsock.recv(4096):
+                pass
+        except BlockingIOError:
+            pass
+        now = self.env.now
+        while True:
+            try:
+                rec, job, dur, err = self._done.get_nowait()
+            except queue.Empty:
+                break
+            if rec is not None:
+                self._finish_record(rec)
+            if err is None:
+                self.on_complete(job, now, dur)
+            else:
+                self.on_fail(job, now, err)
+        self._drain()
+
+    def _finish_record(self, rec: _Record) -> None:
+        self._pending[rec.stream] -= 1
+        self._events += [rec.start, rec.end]
+        st = rec.state
+        st.inflight -= 1
+        if rec.slot is not None:
+            st.progress = (rec.blocks_done, rec.launch.blocks)
+            if st.slot is not None and st.slot[0] == rec.slot:
+                st.slot = None
+            self._counters.give(rec.slot)
+
+    def progress(self, job: Job) -> tuple[int, int] | None:
+        """(blocks finished, blocks) of the job's instrumented launch in flight, else of its
+        last one; None for a job of an uninstrumented model or before its first launch."""
+        st = job.payload
+        if not isinstance(st, _JobState):
+            return None
+        if st.slot is not None:
+            slot, blocks = st.slot
+            return min(self._counters.read(slot), blocks), blocks
+        return st.progress
+
+    def outputs(self, job: Job) -> list:
+        """Copy the output buffers back and free the job's device memory."""
+        st = job.payload
+        if not isinstance(st, _JobState):
+            return []
+        model, chk, s = st.loaded.model, self.chk, self._copy_out
+        try:
+            res = []
+            for i in model.outputs():
+                b = model.buffers[i]
+                host = bytearray(b.nbytes())
+                if len(host):
+                    chk.cuMemcpyDtoHAsync(_host_addr(host), st.mem.ptrs[i], len(host), s)
+                res.append((TensorMeta(dtype=b.dtype, shape=list(b.shape)), host))
+            chk.cuStreamSynchronize(s)
+        except CudaError as e:
+            self._note_sticky(e)
+            raise
+        finally:
+            if not st.inflight:
+                st.mem.stream = s
+            st.release()
+            self._drain()
+        return res
+
+    def _drain(self) -> None:
+        """Free the memory of jobs that are gone (on this, the daemon's, thread)."""
+        while True:
+            try:
+                mem = self._frees.get_nowait()
+            except queue.Empty:
+                return
+            for p in mem.ptrs:
+                if not p:
+                    continue
+                try:
+                    if self._async_alloc:
+                        self.chk.cuMemFreeAsync(p, mem.stream)
+                    else:
+                        self.chk.cuMemFree(p)
+                except CudaError as e:
+                    log.warning("device: freeing job memory: %s", e)
+            mem.ptrs = []
+            if mem.ready is not None:
+                self._events.append(mem.ready)
+                mem.ready = None
+            loaded = mem.loaded
+            loaded.jobs -= 1
+            if loaded.dead and loaded.jobs == 0:
+                self._unload(loaded.module)
+
+    # -- errors ---------------------------------------------------------------------------
+    def _note_sticky(self, e: Exception) -> None:
+        code = getattr(e, "code", "")
+        if code in _STICKY and not self._broken:
+            self._broken = code
+            log.error("device: the CUDA context is unusable after %s (a kernel faulted): every "
+                      "later job fails; restart the daemon", code)
+
+    def _broken_message(self) -> str:
+        return (f"the GPU's CUDA context is unusable after {self._broken} (a kernel faulted "
+                "earlier): restart the daemon")
+
+    def _launch_message(self, job: Job, e: Exception) -> str:
+        kernels = job.model.kernels
+        name = kernels[job.cur].name if job.cur < len(kernels) else "?"
+        if self._broken and getattr(e, "code", "") == self._broken:
+            return f"kernel {job.cur} ({name}): {self._broken_message()}"
+        return f"kernel {job.cur} ({name}) could not launch: {e}"
+
+    # -- the rest -------------------------------------------------------------------------
+    def _keep_pool_memory(self) -> None:
+        """Let the default memory pool keep freed memory (up to a quarter of the GPU) instead
+        of returning it at every synchronisation."""
+        try:
+            pool = self.chk.cuDeviceGetDefaultMemPool(self._dev)
+            attr = self.api.CUmemPool_attribute.CU_MEMPOOL_ATTR_RELEASE_THRESHOLD
+            self.chk.cuMemPoolSetAttribute(pool, attr, self.api.cuuint64_t(self.gpu.total_mem // 4))
+        except Exception as e:
+            log.debug("device: memory pool release threshold not set: %s", e)
+
+    def utilisation(self) -> float:
+        if self._nvml is not None:
+            try:
+                import pynvml
+                return pynvml.nvmlDeviceGetUtilizationRates(self._nvml).gpu / 100.0
+            except Exception:
+                pass
+        return sum(1 for p in self._pending if p) / len(self._pending)
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        for w in self._waiters:
+            w.q.put(None)
+        for w in self._waiters:
+            w.join(timeout=10)
+        self._drain()
+        chk = self.chk
+        for loaded in list(self._models.values()):
+            self._unload(loaded.module)
+        self._models.clear()
+        self._counters.close()
+        for obj, fn in ([(e, chk.cuEventDestroy) for e in self._events]
+                        + [(s, chk.cuStreamDestroy) for s in
+                           self._streams + [self._copy_in, self._copy_out]]):
+            try:
+                fn(obj)
+            except CudaError as e:
+                log.debug("device: close: %s", e)
+        self._events.clear()
+        try:
+            chk.cuDevicePrimaryCtxRelease(self._dev)
+        except CudaError as e:
+            log.debug("device: close: %s", e)
+        self._rsock.close()
+        self._wsock.close()
+        if self._nvml is not None:
+            try:
+                import pynvml
+                pynvml.nvmlShutdown()
+            except Exception:
+                pass
+
+
+class _Waiter(threading.Thread):
+    """Waits for the launches of one stream, in order, and queues their completions."""
+
+    def __init__(self, dev: CudaDriverDevice, index: int):
+        super().__init__(name=f"gpusched-cuda-wait-{index}", daemon=True)
+        self.dev = dev
+        self.q: queue.SimpleQueue = queue.SimpleQueue()
+
+    def run(self) -> None:
+        dev, chk = self.dev, self.dev.chk
+        try:
+            chk.cuCtxSetCurrent(dev._ctx)
+        except CudaError as e:
+            log.error("device: waiter thread has no context: %s", e)
+        while True:
+            rec = self.q.get()
+            if rec is None:
+                return
+            err, dur = None, 0.0
+            try:
+                chk.cuEventSynchronize(rec.end)
+                dur = float(chk.cuEventElapsedTime(rec.start, rec.end)) / 1000.0
+            except CudaError as e:
+                dev._note_sticky(e)
+                err = (f"kernel {rec.launch.index} ({rec.launch.kernel}) failed: "
+                       + (dev._broken_message() if dev._broken else str(e)))
+            except Exception as e:  # never let the waiter die: the job would hang
+                err = f"kernel {rec.launch.index} ({rec.launch.kernel}): {type(e).__name__}: {e}"
+            if rec.slot is not None:
+                rec.blocks_done = dev._counters.read(rec.slot)
+            dev._done.put((rec, rec.job, dur, err))
+            try:
+                dev._wsock.send(b"\0")
+            except OSError:
+                return  # closed
+
+
+def _host_addr(buf) -> int:
+    """The address of a contiguous host buffer (read-only ones too: received frames)."""
+    import numpy as np
+    return int(np.frombuffer(buf, dtype=np.uint8).ctypes.data)
+
+
+def _nvml_handle(pci_bus_id: str):
+    if not pci_bus_id:
+        return None
+    try:
+        import pynvml
+        pynvml.nvmlInit()
+        return pynvml.nvmlDeviceGetHandleByPciBusId(pci_bus_id)
+    except Exception:
+        return None
