@@ -7,13 +7,13 @@ from __future__ import annotations
 import logging
 import os
 import tempfile
-from typing import Optional
+from typing import Literal, Optional
 
 import msgspec
 
 from .plan import Plan
 from .protocol import Change
-from .spec import GeoSpecError, Spec, check_spec
+from .spec import Count, GeoSpecError, Spec, check_spec
 
 log = logging.getLogger("geo.state")
 STATE_VERSION = 1
@@ -21,9 +21,9 @@ STATE_VERSION = 1
 
 class GeoState(msgspec.Struct, omit_defaults=False):
     spec: Spec
-    objective: str = "throughput"
-    solver: str = "auto"
-    down: dict[str, dict[str, int]] = {}  # site -> GPU type -> count before it went down
+    objective: Literal["throughput", "cost", "makespan", "balance"] = "throughput"
+    solver: Literal["auto", "cpsat", "decomposed"] = "auto"
+    down: dict[str, dict[str, Count]] = {}  # site -> GPU type -> count before it went down
     events: int = 0
     plan: Optional[Plan] = None
     diff: list[Change] = []
@@ -64,6 +64,10 @@ def load_state(path: str) -> GeoState | None:
     try:
         state = msgspec.json.decode(raw, type=GeoState)
         check_spec(state.spec, {}, path)
+        sites = {s.name: {g.type for g in s.gpus} for s in state.spec.sites}
+        for site, counts in state.down.items():  # what site-up will restore
+            if site not in sites or not set(counts) <= sites[site]:
+                raise GeoSpecError(f"down: {site!r} is not a site with GPU types {sorted(counts)}")
     except (msgspec.ValidationError, msgspec.DecodeError, GeoSpecError) as e:
         raise GeoSpecError(f"geo state {path} is damaged ({e}); move it away to start afresh "
                            f"with --spec") from None

@@ -255,3 +255,20 @@ def test_price_event_has_the_specs_bound_so_the_state_reloads(tmp_path):
     apply_event(spec, event_from_args("price", ["a", "H100", "1e6"]), {})  # the largest allowed
     save_state(GeoState(spec=spec), str(tmp_path / "st.json"))
     assert load_state(str(tmp_path / "st.json")).spec.sites[0].gpus[0].usd_per_hour == 1e6
+
+
+@pytest.mark.parametrize("field, value", [("objective", "fastest"), ("solver", "magic"),
+                                          ("down", {"zz": {"H100": 4}}),
+                                          ("down", {"a": {"B200": 4}}),
+                                          ("down", {"a": {"H100": -4}})])
+def test_damaged_state_fields_are_refused_on_load(tmp_path, field, value):
+    import json
+
+    from geo.state import GeoState, load_state, save_state
+    f = tmp_path / "st.json"
+    save_state(GeoState(spec=parse_spec(SMALL)), str(f))
+    d = json.loads(f.read_text())
+    d[field] = value
+    f.write_text(json.dumps(d))
+    with pytest.raises(GeoSpecError, match="is damaged"):
+        load_state(str(f))
