@@ -70,3 +70,10 @@ def test_atheris_coverage_guided_decoders():
                        capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
     assert "Done 30000 runs" in r.stderr
+
+
+def test_soak_client_past_its_grace_is_killed_and_counted_not_a_traceback():
+    # the clients need about a second to start; a 0.05 s grace kills them: reported, counted
+    res = run_soak(duration=0.2, clients=2, jobs=50, grace_s=0.05)
+    assert len(res["client_errors"]) == 2 and "killed" in res["client_errors"][0]
+    assert res["lost_answers"] == 100 and res["crashes"] == 0

@@ -75,30 +75,52 @@ def worker(endpoint: str, jobs: int, window: int, seconds: float, tenant: str) -
             "statuses": statuses, "latencies_ms": lat}
 
 
-def run_soak(duration: float = 60.0, clients: int = 64, jobs: int = 1000, window: int = 4) -> dict:
+def run_soak(duration: float = 60.0, clients: int = 64, jobs: int = 1000, window: int = 4,
+             grace_s: float = 180.0) -> dict:
+    """``grace_s``: how long after ``duration`` a client may still take; one that takes longer
+    is killed and reported in ``client_errors`` (its jobs in ``lost_answers``, as if none was
+    answered: it never said how many it sent). The daemon and every client are stopped
+    whatever happens."""
     proc, ep = start_daemon("--backend", "sim", "--gpu-spec", "H100")
-    rss_start = rss_mb(proc.pid)
-    procs = [subprocess.Popen([sys.executable, "-m", "gpusched.bench.soak", ep, str(jobs),
-                               str(window), str(duration), f"soak{i % 8}"],
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-             for i in range(clients)]
-    rows, errors = [], []
-    for p in procs:
-        out, err = p.communicate(timeout=duration + 180)
-        if p.returncode == 0:
-            rows.append(json.loads(out.strip().splitlines()[-1]))
-        else:
-            errors.append(err.strip().splitlines()[-1] if err.strip() else f"exit {p.returncode}")
-    alive = proc.poll() is None
-    rss_end = rss_mb(proc.pid) if alive else 0.0
-    stop_daemon(proc)
+    procs: list[subprocess.Popen] = []
+    rows, errors, failed = [], [], 0
+    try:
+        rss_start = rss_mb(proc.pid)
+        procs = [subprocess.Popen([sys.executable, "-m", "gpusched.bench.soak", ep, str(jobs),
+                                   str(window), str(duration), f"soak{i % 8}"],
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                 for i in range(clients)]
+        deadline = time.monotonic() + duration + grace_s
+        for p in procs:
+            try:
+                out, err = p.communicate(timeout=max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.communicate()
+                errors.append(f"client {p.pid} still running {grace_s:g} s after the end: killed")
+                failed += 1
+                continue
+            if p.returncode == 0:
+                rows.append(json.loads(out.strip().splitlines()[-1]))
+            else:
+                errors.append(err.strip().splitlines()[-1] if err.strip() else f"exit {p.returncode}")
+                failed += 1
+        alive = proc.poll() is None
+        rss_end = rss_mb(proc.pid) if alive else 0.0
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+        stop_daemon(proc)
     lat = np.array([x for r in rows for x in r["latencies_ms"]])
     submitted = sum(r["submitted"] for r in rows)
-    return {"clients": clients, "messages": submitted, "answered": sum(r["answered"] for r in rows),
+    answered = sum(r["answered"] for r in rows)
+    return {"clients": clients, "messages": submitted + failed * jobs, "answered": answered,
             "completed": sum(r["completed"] for r in rows),
             "statuses": {k: sum(r["statuses"].get(k, 0) for r in rows)
                          for k in sorted({k for r in rows for k in r["statuses"]})},
-            "lost_answers": submitted - sum(r["answered"] for r in rows),
+            "lost_answers": submitted - answered + failed * jobs,
             "duplicate_answers": sum(r["duplicates"] for r in rows),
             "crashes": int(not alive), "client_errors": errors,
             "p50_ms": float(np.percentile(lat, 50)) if lat.size else None,
