@@ -70,6 +70,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "whose connection closes, e.g. a killed process, is dropped within ~0.75 s)")
     d.add_argument("--token", default=None, help="require this token in HELLO "
                    "(default: $GPUSCHED_TOKEN if set)")
+    d.add_argument("--tenant-tokens", metavar="FILE", help="YAML 'tenant: token' lines: a "
+                   "client may say HELLO as a tenant only with that tenant's token, and STATUS "
+                   "shows it only its own tenant (instead of one shared --token)")
     d.add_argument("--max-queued", type=int, default=20_000,
                    help="unfinished jobs per tenant before submits are refused")
     d.add_argument("--max-tenant-bytes", type=int, default=1 << 30,
@@ -200,6 +203,16 @@ def build_parser() -> argparse.ArgumentParser:
     return ap
 
 
+
+def _tenant_tokens(path):
+    if not path:
+        return {}
+    from scheduler_daemon.config import load_tenant_tokens
+    try:
+        return load_tenant_tokens(path)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+
 def _daemon(args) -> int:
     import os
 
@@ -215,7 +228,8 @@ def _daemon(args) -> int:
                        hw_queues=args.hw_queues, metrics_port=args.metrics_port,
                        drain_grace_s=args.drain_grace,
                        curve_secret=read_key(args.curve_secret) if args.curve_secret else None,
-                       token=args.token if args.token is not None else os.environ.get("GPUSCHED_TOKEN", ""))
+                       token=args.token if args.token is not None else os.environ.get("GPUSCHED_TOKEN", ""),
+                       tenant_tokens=_tenant_tokens(args.tenant_tokens))
     if args.speed < 0 or args.max_extra < 0 or args.client_timeout <= 0:
         raise UsageError("--speed and --max-extra must be >= 0, --client-timeout > 0")
     if not 1 <= args.hw_queues <= 32:

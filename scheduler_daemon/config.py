@@ -1,6 +1,7 @@
 """Daemon options (one object, filled by the CLI or by tests)."""
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 
 from .sockets import DEFAULT_MAX_FRAME, default_endpoint
@@ -33,6 +34,33 @@ class DaemonConfig:
     disconnect_grace_s: float = 0.5  # its connection closed: gone unless it speaks within this
     drain_grace_s: float = 10.0    # on SIGTERM, how long started jobs may run on
     token: str = ""                # if set, clients must present it in HELLO
+    # tenant -> its own token: a client may say HELLO as a tenant only with that tenant's
+    # token (and STATUS shows it only its own tenant); empty: tenants are names, not identities
+    tenant_tokens: dict = field(default_factory=dict)
     curve_secret: bytes | None = None  # CURVE secret key: encrypt every connection
     metrics_port: int | None = None  # serve Prometheus metrics on 127.0.0.1:PORT (0: any)
     limits: DaemonLimits = field(default_factory=DaemonLimits)
+
+
+def load_tenant_tokens(path: str) -> dict[str, str]:
+    """A YAML mapping ``tenant: token``; ValueError naming the problem and the file."""
+    import yaml
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = yaml.safe_load(f)
+    except OSError as e:
+        raise ValueError(f"cannot read tenant tokens {path}: {e.strerror}") from None
+    except (yaml.YAMLError, UnicodeDecodeError) as e:
+        raise ValueError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
+    if not isinstance(data, dict) or not data:
+        raise ValueError(f"{path}: expected a mapping 'tenant: token', one line per tenant")
+    out = {}
+    for name, tok in data.items():
+        if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9_.:@/-]{1,128}", name):
+            raise ValueError(f"{path}: tenant name {name!r} is not [A-Za-z0-9_.:@/-]{{1,128}}")
+        if not isinstance(tok, str) or len(tok) < 16 or len(tok) > 256:
+            raise ValueError(f"{path}: tenant {name!r}: the token must be a string of 16-256 "
+                             "characters (make one with: python -c 'import secrets; "
+                             "print(secrets.token_urlsafe(24))')")
+        out[name] = tok
+    return out

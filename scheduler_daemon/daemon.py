@@ -331,7 +331,16 @@ class Daemon:
             raise ProtocolError(Code.VERSION, f"protocol version {msg.version} is not served; "
                                 f"this daemon speaks version {P.PROTOCOL_VERSION}: upgrade the "
                                 "client library to match the daemon")
-        if self.config.token and not hmac.compare_digest(msg.token, self.config.token):
+        tokens = self.config.tenant_tokens
+        if tokens:   # tenants are identities: each has its own token
+            want = tokens.get(msg.tenant)
+            if want is None or not hmac.compare_digest(msg.token.encode(), want.encode()):
+                raise ProtocolError(Code.AUTH, f"tenant {msg.tenant!r}: unknown tenant or wrong "
+                                    "token: pass that tenant's token from the daemon's "
+                                    "--tenant-tokens file (Client(..., token=...) or "
+                                    "GPUSCHED_TOKEN)")
+        elif self.config.token and not hmac.compare_digest(msg.token.encode(),
+                                                           self.config.token.encode()):
             raise ProtocolError(Code.AUTH, "wrong or missing token: pass the daemon's token "
                                 "(Client(..., token=...) or GPUSCHED_TOKEN)")
         old = self.sessions.get(identity)
@@ -499,7 +508,10 @@ class Daemon:
                              remaining_ms=job.remaining_s() * 1e3)
             self._send(s.identity, P.StatusReply(req_id=msg.req_id, job=js))
             return
-        self._send(s.identity, self.summary(msg.req_id))
+        reply = self.summary(msg.req_id)
+        if self.config.tenant_tokens:  # a tenant sees only itself
+            reply.tenants = [t for t in reply.tenants if t.tenant == s.tenant.name]
+        self._send(s.identity, reply)
 
     def summary(self, req_id: int = 0) -> P.StatusReply:
         running: dict[str, int] = {}
