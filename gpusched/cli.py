@@ -75,6 +75,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "shows it only its own tenant (instead of one shared --token)")
     d.add_argument("--max-queued", type=int, default=20_000,
                    help="unfinished jobs per tenant before submits are refused")
+    d.add_argument("--max-frame-bytes", type=int, default=64 << 20,
+                   help="largest frame accepted (libzmq drops a client that sends a larger one; "
+                   "the client library refuses to send it with a clear error)")
     d.add_argument("--max-tenant-bytes", type=int, default=1 << 30,
                    help="input bytes held for one tenant's unfinished jobs")
     d.add_argument("--curve-secret", metavar="FILE", help="encrypt connections with this CURVE "
@@ -242,6 +245,9 @@ def _daemon(args) -> int:
         raise UsageError("--max-queued and --max-tenant-bytes must be >= 1")
     cfg.limits.max_queued = args.max_queued
     cfg.limits.max_tenant_bytes = args.max_tenant_bytes
+    if not 1024 <= args.max_frame_bytes <= 1 << 31:
+        raise UsageError("--max-frame-bytes must be 1024..2147483648")
+    cfg.limits.max_frame_bytes = args.max_frame_bytes
     daemon = Daemon(cfg)
     daemon.install_signal_handlers()
     try:

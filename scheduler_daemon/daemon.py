@@ -520,11 +520,17 @@ class Daemon:
             for job in sess.jobs.values():
                 d = running if job.first_start is not None else queued
                 d[job.tenant] = d.get(job.tenant, 0) + 1
+        eager_bytes: dict[str, int] = {}
+        for sess in self.sessions.values():
+            if sess.eager is not None:
+                n = sess.tenant.name
+                eager_bytes[n] = eager_bytes.get(n, 0) + sess.eager.bytes
         tenants = [P.TenantStatus(tenant=t.name, clients=t.clients, queued=queued.get(t.name, 0),
                                   running=running.get(t.name, 0), completed=t.completed,
                                   cancelled=t.cancelled, failed=t.failed, shed=t.shed,
                                   slo_missed=t.slo_missed, p50_ms=t.percentile(0.5),
-                                  p99_ms=t.percentile(0.99))
+                                  p99_ms=t.percentile(0.99),
+                                  bytes_held=t.bytes_held + eager_bytes.get(t.name, 0))
                    for t in self.tenants.values()]
         return P.StatusReply(req_id=req_id, daemon_id=self.daemon_id,
                              device=self.device.describe(), policy=self.core.policy.name,

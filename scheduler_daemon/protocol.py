@@ -177,6 +177,7 @@ class TenantStatus(Msg, omit_defaults=False):
     slo_missed: int = 0
     p50_ms: float = 0.0
     p99_ms: float = 0.0
+    bytes_held: int = 0   # input bytes of unfinished jobs + intercepted tensors in the daemon
 
 
 class JobStatus(Msg, omit_defaults=False):

@@ -174,30 +174,41 @@ def test_bad_input_is_answered_and_daemon_survives(daemon):
 
 
 def test_client_disappearing_cancels_its_jobs(daemon_factory):
-    # default silence timeout (5 s): a killed client is seen at once by its closed connection
+    """A SIGKILLed client (default 5 s silence timeout): its closed connection is seen at once,
+    its jobs are cancelled and the input bytes held for them freed, while another tenant's jobs
+    run on untouched."""
     _, daemon = daemon_factory("--backend", "sim")
     code = (
         "import sys, time\n"
+        "import numpy as np\n"
         "from client_lib import Client, KernelSpec\n"
         f"c = Client({daemon!r}, tenant='doomed')\n"
         "c.register_model('long', [KernelSpec(name='k', est_us=20000, grid=40, block=1024)] * 20)\n"
-        "fs = [c.submit('long') for _ in range(50)]\n"
+        "x = np.zeros(1 << 18, dtype=np.float32)\n"
+        "fs = [c.submit('long', [x]) for _ in range(50)]\n"
+        "c.status()\n"
         "print('submitted', flush=True)\n"
         "time.sleep(60)\n")
     p = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
-    assert p.stdout.readline().strip() == "submitted"
-    time.sleep(0.3)
-    p.send_signal(signal.SIGKILL)
-    p.wait()
-    deadline = time.time() + 3  # well under the 5 s silence timeout
     with Client(daemon, tenant="observer") as c:
+        c.register_model("m", kernels(3, 200))
+        assert p.stdout.readline().strip() == "submitted"
+        doomed = {x.tenant: x for x in c.status().tenants}["doomed"]
+        assert doomed.bytes_held == 50 << 20            # 50 inputs of 1 MiB held
+        mine = [c.submit("m", slo_ms=0) for _ in range(20)]
+        p.send_signal(signal.SIGKILL)
+        p.wait()
+        t0 = time.time()
+        deadline = t0 + 3  # well under the 5 s silence timeout; typically ~0.1 s
         while time.time() < deadline:
             t = {x.tenant: x for x in c.status().tenants}["doomed"]
-            if t.queued == 0 and t.running == 0:
+            if t.queued == 0 and t.running == 0 and t.bytes_held == 0:
                 break
-            time.sleep(0.2)
-    assert t.queued == 0 and t.running == 0
-    assert t.cancelled + t.completed == 50 and t.cancelled >= 40  # its work was dropped
+            time.sleep(0.05)
+        print(f"killed client cleaned up in {time.time() - t0:.2f} s")
+        assert t.queued == 0 and t.running == 0 and t.bytes_held == 0
+        assert t.cancelled + t.completed == 50 and t.cancelled >= 40  # its work was dropped
+        assert all(f.result(10).exec_ms > 0 for f in mine)          # the other tenant's ran
 
 
 def test_daemon_death_fails_pending_futures(daemon_factory):

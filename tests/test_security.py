@@ -96,3 +96,28 @@ def test_bad_tenant_tokens_file_is_a_usage_error(tmp_path, text, match):
                        capture_output=True, text=True, timeout=60)
     assert r.returncode == 2 and "Traceback" not in r.stderr
     assert match in r.stderr
+
+
+def test_frame_size_limit(daemon_factory):
+    """A frame over --max-frame-bytes: the client library refuses to send it, naming the limit;
+    a raw peer that sends one anyway is disconnected by libzmq, and the daemon serves on."""
+    import numpy as np
+
+    from tests.wire import RawPeer
+    from scheduler_daemon import protocol as P
+    _, ep = daemon_factory("--backend", "sim", "--max-frame-bytes", "1048576",
+                           "--client-timeout", "10")
+    big = np.zeros(1 << 19, dtype=np.float32)          # 2 MiB
+    with Client(ep, tenant="t") as c:
+        assert c.welcome.limits.max_frame_bytes == 1 << 20
+        c.register_model("m", [KernelSpec(name="k", est_us=10)])
+        with pytest.raises(ValueError, match=r"1048576 bytes"):
+            c.submit("m", [big])
+        peer = RawPeer(ep)
+        peer.hello("raw")
+        peer.send_msg(P.Submit(req_id=1, model="m", inputs=[P.TensorMeta("float32", [1 << 19])]),
+                      big.tobytes())
+        with pytest.raises(TimeoutError):
+            peer.recv(timeout_ms=1000)                   # dropped, never answered
+        peer.close()
+        assert c.run("m", [big[:1000]], timeout=5).exec_ms >= 0
