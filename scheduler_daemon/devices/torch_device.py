@@ -79,25 +79,27 @@ class TorchDevice(Device):
     def _tensor(self, meta, buf):
         t = self.torch.frombuffer(bytearray(buf), dtype=getattr(self.torch, meta.dtype)) \
             if len(buf) else self.torch.empty(0, dtype=getattr(self.torch, meta.dtype))
-        return t.reshape(meta.shape).to(self.device)
+        return self._to_device(t.reshape(meta.shape))
+
+    def _to_device(self, t):
+        """CPU tensor -> the device; through pinned memory on CUDA (a DMA copy, no staging)."""
+        if not self.cuda:
+            return t
+        return t.pin_memory().to(self.device, non_blocking=False)
 
     def tensor_from(self, layout, buf):
         """An intercepted tensor's storage bytes viewed with the client's shape and strides."""
         torch = self.torch
         dt = getattr(torch, layout.dtype)
         flat = torch.frombuffer(bytearray(buf), dtype=dt) if len(buf) else torch.empty(0, dtype=dt)
-        return flat.to(self.device).as_strided(layout.shape, layout.stride, layout.offset)
+        return self._to_device(flat).as_strided(layout.shape, layout.stride, layout.offset)
 
     def prepare(self, job: Job) -> None:
         graph = self._graphs.get(job.model.key)
         if graph is not None:
             job.payload = graph.start([self._tensor(m, b) for m, b in job.payload or []])
             return
-        tensors = []
-        for meta, buf in job.payload or []:
-            t = self.torch.frombuffer(bytearray(buf), dtype=getattr(self.torch, meta.dtype))
-            tensors.append(t.reshape(meta.shape).to(self.device))
-        job.payload = tensors
+        job.payload = [self._tensor(m, b) for m, b in job.payload or []]
 
     def _stream(self):
         s = getattr(self._local, "stream", None)
