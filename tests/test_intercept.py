@@ -248,3 +248,42 @@ def test_random_eager_messages_never_kill_the_daemon_and_each_sync_is_answered_o
         with c.intercept():
             y = mlp(x)
         assert torch.equal(y.cpu(), _local(mlp, x))
+
+
+_PROC = r'''
+import sys, torch
+from client_lib import Client
+from profilers.zoo_models import build
+ep, tenant, name = sys.argv[1], sys.argv[2], sys.argv[3]
+if name == "encoder":
+    torch.manual_seed(2)
+    model = torch.nn.TransformerEncoder(
+        torch.nn.TransformerEncoderLayer(64, 4, 128, batch_first=True), 2).eval()
+    inputs = lambda b: (torch.randn(b, 12, 64),)
+else:
+    model, inputs = build(name)
+with Client(ep, tenant=tenant, timeout=30) as c:
+    h = c.register_model(name, model, list(inputs(1)))
+    for i in range(2):
+        xs = list(inputs(1))
+        first = lambda y: y[0] if isinstance(y, (tuple, list)) else y
+        with torch.no_grad():
+            want = first(model(*xs))
+        with c.intercept():
+            y = first(model(*xs))
+        assert torch.equal(y.cpu(), want), "intercepted output differs"
+        assert torch.equal(first(h(*xs)), want), "registered output differs"
+print("identical", flush=True)
+'''
+
+
+def test_unmodified_models_from_two_processes_identical(torch_daemon):
+    """The issue's 'done when': two model processes, both paths, one daemon, same outputs."""
+    import subprocess
+    import sys
+    procs = [subprocess.Popen([sys.executable, "-c", _PROC, torch_daemon, t, m],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for t, m in (("vision", "resnet18"), ("nlp", "encoder"))]
+    for p in procs:
+        out, err = p.communicate(timeout=300)
+        assert p.returncode == 0 and out.strip() == "identical", err[-2000:]
