@@ -88,6 +88,7 @@ class Client:
         self._models: dict[str, list] = {}  # replayed after a daemon restart
         self._graph_models: dict[str, tuple] = {}  # name -> (RegisterGraph, weight frames)
         self._eager = None  # the intercept path's session (client_lib/intercept.py), lazily
+        self._cuda_models: dict = {}  # name -> CudaModel, replayed after a daemon restart
         self._closed = False
         self._sock: zmq.Socket | None = None
         self._poller = zmq.Poller()
@@ -152,6 +153,11 @@ class Client:
             req = next(self._ids)
             self._pending[req] = _Pending("register", Future(), time.perf_counter())
             self._sock.send_multipart(P.encode(P.Register(req_id=req, model=name, kernels=specs)))
+        for name, model in self._cuda_models.items():
+            req = next(self._ids)
+            self._pending[req] = _Pending("register", Future(), time.perf_counter())
+            self._sock.send_multipart(P.encode(P.RegisterCuda(req_id=req, model=name,
+                                                              cuda=model)))
         for name, (msg, frames) in self._graph_models.items():
             msg.req_id = next(self._ids)
             self._pending[msg.req_id] = _Pending("register", Future(), time.perf_counter())
@@ -195,6 +201,7 @@ class Client:
         n = self._call("register", P.Register(req_id=0, model=name, kernels=specs)).kernels
         self._models[name] = specs
         self._graph_models.pop(name, None)
+        self._cuda_models.pop(name, None)
         return n
 
     def _register_module(self, name: str, module, example_inputs, slo_ms: float):
@@ -215,6 +222,32 @@ class Client:
         self._graph_models[name] = (msg, frames)   # replayed after a daemon restart
         self._models.pop(name, None)
         return ModelHandle(self, name, n_ops, slo_ms)
+
+    def register_cuda(self, name: str, source: str = "", buffers=(), launches=(), ptx: str = "",
+                      options=(), instrument: bool = False) -> int:
+        """Register raw CUDA kernels (CUDA C++ ``source`` or ``ptx``): the ``buffers`` one job
+        uses (``CudaBuffer`` or dicts: name, dtype, shape, role input/output/scratch) and its
+        ``launches`` in order (``CudaLaunch`` or dicts: kernel, grid, block, smem, args as
+        ``{"type": "buf", "index": i}`` / ``{"type": "scalar", "dtype": "int32", "value": n}``
+        or ``Buf``/``Scalar``). The daemon compiles with NVRTC
+        and checks every launch; a compile error raises ``RequestError`` with the compiler's
+        log. ``submit(name, inputs)`` then runs it; outputs are the output buffers. Returns
+        the number of launches."""
+        import msgspec
+
+        from scheduler_daemon.cuda.spec import CudaModel
+        try:
+            model = msgspec.convert(msgspec.to_builtins(
+                {"source": source, "ptx": ptx, "options": list(options), "instrument": instrument,
+                 "buffers": list(buffers), "launches": list(launches)}), CudaModel)
+        except msgspec.ValidationError as e:
+            raise ValueError(f"CUDA model {name!r}: {e}") from None
+        msg = P.RegisterCuda(req_id=0, model=name, cuda=model)
+        n = self._call("register", msg).kernels
+        self._cuda_models[name] = model
+        self._models.pop(name, None)
+        self._graph_models.pop(name, None)
+        return n
 
     def intercept(self, slo_ms: float = 0.0, priority: int = 0):
         """``with client.intercept(): y = model(x)``: every aten op of an unmodified eager

@@ -86,6 +86,7 @@ class Daemon:
                           P.Cancel: self._cancel, P.Status: self._status, P.Ping: self._ping,
                           P.Bye: self._bye, P.Admit: self._admit,
                           P.RegisterGraph: self._register_graph}
+        self._handlers[P.RegisterCuda] = self._register_cuda
         self.eager = EagerStreams(self)    # the intercept path's per-client op streams
         self._handlers[P.EagerOps] = self.eager.on_ops
         self._handlers[P.EagerSync] = self.eager.on_sync
@@ -424,6 +425,45 @@ class Daemon:
         tenant.models[msg.model] = self.core.make_model((tenant.name, msg.model), msg.model, kernels)
         log.info("daemon: registered graph tenant=%s model=%s ops=%d weight_bytes=%d",
                  tenant.name, msg.model, len(kernels), total)
+        self._send(s.identity, P.Registered(req_id=msg.req_id, model=msg.model,
+                                            kernels=len(kernels)))
+
+    def _register_cuda(self, s: Session, msg: P.RegisterCuda, raw: list) -> None:
+        """Raw CUDA kernels (issue 4): compiled and checked on every backend, so a compile
+        error or an impossible launch shape comes back here too; launched by --backend cuda."""
+        from .cuda import CudaUnavailable
+        from .cuda.build import build_model
+        from .cuda.limits import limits_for_spec
+        lim, tenant = self.config.limits, s.tenant
+        if msg.model not in tenant.models and len(tenant.models) >= lim.max_models:
+            raise ProtocolError(Code.LIMIT, f"tenant {tenant.name!r} already has "
+                                f"{len(tenant.models)} models (limit {lim.max_models})")
+        if len(msg.cuda.launches) > lim.max_kernels:
+            raise ProtocolError(Code.TOO_LARGE, f"model {msg.model!r} has "
+                                f"{len(msg.cuda.launches)} launches; the limit is "
+                                f"{lim.max_kernels}")
+        need = sum(b.nbytes() for b in msg.cuda.buffers)
+        if need > lim.max_tenant_bytes:
+            raise ProtocolError(Code.TOO_LARGE, f"model {msg.model!r}: one job's buffers take "
+                                f"{need} bytes, more than tenant {tenant.name!r}'s quota of "
+                                f"{lim.max_tenant_bytes} bytes")
+        load = getattr(self.device, "load_cuda", None)
+        try:
+            if load is None:
+                _, kernels = build_model(msg.cuda, limits_for_spec(self.device.spec))
+                raise ProtocolError(Code.BAD_MODEL, f"model {msg.model!r} compiled "
+                                    f"({len(kernels)} launches), but backend "
+                                    f"{self.device.name!r} cannot launch CUDA kernels: start "
+                                    "the daemon with --backend cuda on a GPU node")
+            kernels = load((tenant.name, msg.model), msg.cuda)
+        except CudaUnavailable as e:
+            raise ProtocolError(Code.BAD_MODEL, str(e)) from None
+        except ValueError as e:          # CudaCompileError (with the log) included
+            raise ProtocolError(Code.BAD_MODEL, f"model {msg.model!r}: {e}") from None
+        tenant.models[msg.model] = self.core.make_model((tenant.name, msg.model), msg.model,
+                                                        kernels)
+        log.info("daemon: registered CUDA model tenant=%s model=%s launches=%d", tenant.name,
+                 msg.model, len(kernels))
         self._send(s.identity, P.Registered(req_id=msg.req_id, model=msg.model,
                                             kernels=len(kernels)))
 

@@ -11,6 +11,7 @@ from typing import Annotated, Optional
 
 import msgspec
 
+from .cuda.spec import CudaModel
 from .eager_spec import EagerOp, HandleId, TensorLayout, Upload
 from .jobs import KernelSpec
 from .tensors import TensorMeta
@@ -48,6 +49,15 @@ class RegisterGraph(Msg):
     # raw frames per weight (empty: one each); a weight over the frame limit spans several
     weight_frames: Annotated[list[Annotated[int, msgspec.Meta(ge=1, le=4096)]],
                              msgspec.Meta(max_length=100_000)] = []
+
+
+class RegisterCuda(Msg):
+    """Raw CUDA kernels (cuda/spec.py): source or PTX, the buffers and launches of one job.
+    The daemon compiles with NVRTC (a compile error comes back with the compiler's log) and
+    checks every launch shape against its GPU; each launch is one schedulable kernel."""
+    req_id: ReqId
+    model: Name
+    cuda: CudaModel
 
 
 class Submit(Msg):
@@ -254,7 +264,8 @@ class Code:
 REQUESTS: dict[bytes, type] = {b"HELLO": Hello, b"REGISTER": Register, b"SUBMIT": Submit,
                                b"CANCEL": Cancel, b"STATUS": Status, b"PING": Ping, b"BYE": Bye,
                                b"ADMIT": Admit, b"REGISTER_GRAPH": RegisterGraph,
-                               b"EAGER_OPS": EagerOps, b"EAGER_SYNC": EagerSync}
+                               b"EAGER_OPS": EagerOps, b"EAGER_SYNC": EagerSync,
+                               b"REGISTER_CUDA": RegisterCuda}
 REPLIES: dict[bytes, type] = {b"WELCOME": Welcome, b"REGISTERED": Registered,
                               b"ACCEPTED": Accepted, b"DONE": Done, b"CANCEL_REPLY": CancelReply,
                               b"STATUS_REPLY": StatusReply, b"PONG": Pong, b"ERROR": Error,

@@ -44,10 +44,11 @@ def _parse(args) -> tuple[list[str], list[int]]:
     return models, batches
 
 
-def _interleaved(client, module, handle, xs, reps: int):
+def _interleaved(client, module, handle, xs, reps: int, settle_s: float = 0.3):
     """Medians (s) of local, registered and intercepted runs, interleaved rep by rep so that
-    the load of a shared machine falls on all three alike; and the ops one intercepted run
-    sends. A warm-up of each first (the intercept warm-up uploads the weights)."""
+    the load of a shared machine falls on all three alike, with a pause before each run (the
+    daemon's OpenMP threads spin for a while after its last op and would slow a local run
+    that starts at once); and the ops one intercepted run sends. A warm-up of each first (the intercept warm-up uploads the weights)."""
     import torch
 
     def local():
@@ -66,6 +67,7 @@ def _interleaved(client, module, handle, xs, reps: int):
     times: list[list[float]] = [[], [], []]
     for _ in range(reps):
         for fn, ts in zip(paths, times):
+            time.sleep(settle_s)   # the other process's spinning OpenMP threads go to sleep
             t0 = time.perf_counter()
             fn()
             ts.append(time.perf_counter() - t0)
@@ -125,8 +127,8 @@ def run_models_bench(args) -> int:
         res = measure(models, batches, args.reps, lambda: prog.advance(task))
     t = Table(title=f"model latency, medians of {res['reps']} (raw ZeroMQ RTT "
                     f"{res['zmq_rtt_us']:.1f} us)")
-    for col in ("model", "batch", "ops", "local ms", "registered ms", "ratio", "intercept ms",
-                "ratio", "us/op"):
+    for col in ("model", "batch", "ops", "local ms", "reg. ms", "ratio", "icpt ms", "ratio",
+                "us/op"):
         t.add_column(col, justify="right")
     for r in res["models"]:
         t.add_row(r["model"], str(r["batch"]), str(r["registered_ops"]), f"{r['local_ms']:.2f}",
