@@ -7,14 +7,23 @@ from client_lib import Client, KernelSpec
 pytestmark = pytest.mark.gpu
 
 
+def _torch_cuda():
+    torch = _torch_cuda()
+    if not torch.cuda.is_available():
+        pytest.skip("torch here is a CPU build: install a CUDA build of torch 2.13.0 for the "
+                    "torch-on-CUDA tests")
+    return torch
+
+
 def test_default_device_is_the_gpu(daemon_factory):
+    _torch_cuda()
     _, ep = daemon_factory()  # --backend auto: NVML sees the GPU
     with Client(ep, tenant="g") as c:
         assert "cuda" in c.welcome.device
 
 
 def test_torch_cuda_backend_matches_cpu(daemon_factory):
-    import torch
+    torch = _torch_cuda()
     from scheduler_daemon.devices.torch_ops import linear_weight
     _, ep = daemon_factory("--backend", "torch", "--torch-device", "cuda")
     ks = [KernelSpec(name="fc", est_us=20, op="linear:64,3"), KernelSpec(name="act", est_us=5, op="relu")]
@@ -33,7 +42,7 @@ def test_torch_cuda_backend_matches_cpu(daemon_factory):
 
 def test_registered_model_on_cuda_matches_local_cuda(daemon_factory):
     """A registered torch model runs op by op on the daemon's CUDA streams (issue 4)."""
-    torch = pytest.importorskip("torch")
+    torch = _torch_cuda()
     _, ep = daemon_factory("--backend", "torch", "--torch-device", "cuda")
     torch.manual_seed(0)
     mlp = torch.nn.Sequential(torch.nn.Linear(16, 32), torch.nn.ReLU(), torch.nn.Linear(32, 4)).eval()
@@ -48,7 +57,7 @@ def test_registered_model_on_cuda_matches_local_cuda(daemon_factory):
 
 def test_intercepted_model_on_cuda_matches_local_cuda(daemon_factory):
     """The intercept path with the daemon's tensors on the GPU (issue 4)."""
-    torch = pytest.importorskip("torch")
+    torch = _torch_cuda()
     _, ep = daemon_factory("--backend", "torch", "--torch-device", "cuda")
     torch.manual_seed(0)
     enc = torch.nn.TransformerEncoder(
@@ -66,7 +75,7 @@ def test_intercepted_model_on_cuda_matches_local_cuda(daemon_factory):
 def test_short_job_overtakes_long_one_on_real_hardware(daemon_factory):
     """Software scheduling on the GPU: under srpt a 2-op job submitted after a 400-op job of
     another tenant finishes first, because the daemon picks the next kernel."""
-    torch = pytest.importorskip("torch")
+    torch = _torch_cuda()
     _, ep = daemon_factory("--backend", "torch", "--torch-device", "cuda", "--policy", "srpt")
     long_model = torch.nn.Sequential(*[torch.nn.Linear(512, 512) for _ in range(200)]).eval()
     short_model = torch.nn.Sequential(torch.nn.Linear(512, 512)).eval()
