@@ -4,13 +4,14 @@ Every job that has a candidate is assigned one, capacity or not; a pool's (site 
 demand is the GPUs assigned to it. Over- and under-load are penalised asymmetrically:
   minimise  sum_p OVER * over_p + UNDER * under_p,
   over_p >= sum_{j,c} n[c,p] * x[j,c] - cap_p,   under_p >= cap_p - sum_{j,c} n[c,p] * x[j,c]
-with OVER > UNDER (a queue hurts more than an idle GPU). Then, highest priority first, a job
-starts now if its pools still have room; the others wait where they are assigned.
+with OVER > UNDER (a queue hurts more than an idle GPU). A second Boolean s[j,c] <= x[j,c]
+says the job starts now; what starts fits the capacity, and serving jobs comes first
+(geo/lexicographic.py): phase 1 maximises the priority-weighted jobs that start, phase 2 keeps
+that and minimises the penalty. The others wait where they are assigned.
 """
 from __future__ import annotations
 
 import logging
-import time
 
 from .candidates import Candidate, JobOptions, Model
 
@@ -38,20 +39,39 @@ def solve_balance(model: Model, options: dict[str, JobOptions], *, time_limit_s:
     """Returns (start now, wait, status, relative gap)."""
     from ortools.sat.python import cp_model
 
+    from .lexicographic import serve_weights, solve_two_phase
+
     m = cp_model.CpModel()
-    x = {}
+    x, start = {}, {}
     use: dict[tuple[str, str], list] = {}
+    run: dict[tuple[str, str], list] = {}
+    served = {}
+    weights = serve_weights({n: o.job.priority for n, o in options.items() if o.candidates})
     for name, o in options.items():
         if not o.candidates:
             continue
-        row = []
+        row, now = [], []
         for i, c in enumerate(o.candidates):
             v = m.NewBoolVar(f"x[{name},{i}]")
-            x[(name, i)] = v
+            r = m.NewBoolVar(f"s[{name},{i}]")
+            m.AddImplication(r, v)  # starts now only where it is assigned
+            x[(name, i)], start[(name, i)] = v, r
             row.append(v)
+            now.append(r)
             for s, n in c.alloc:
                 use.setdefault((s, c.gpu_type), []).append((n, v))
+                run.setdefault((s, c.gpu_type), []).append((n, r))
         m.AddExactlyOne(row)
+        served[name] = (weights[name], now)
+    for key, items in run.items():  # what starts now fits
+        cap = model.capacity(*key)
+        if sum(n for n, _ in items) > cap:
+            m.Add(sum(n * r for n, r in items) <= cap)
+    B = model.spec.planner.budget_usd_per_hour
+    if B is not None:  # and stays in the fleet's budget, as in solve_cpsat
+        B = round(B * 100)
+        m.Add(sum(min(round(o.candidates[i].cost_per_hour * 100), B + 1) * r
+                  for (name, i), r in start.items() for o in (options[name],)) <= B)
     terms = []
     for key, items in use.items():
         cap = model.capacity(*key)
@@ -63,32 +83,44 @@ def solve_balance(model: Model, options: dict[str, JobOptions], *, time_limit_s:
         m.Add(under >= cap - d)
         terms += [OVER * over, UNDER * under]
     idle = sum(cap for key, (cap, _) in model.pools.items() if key not in use)
-    m.Minimize(sum(terms) + UNDER * idle)
+    hint_lits = {}
     for name, c in (hint or {}).items():
         for i, cc in enumerate(options[name].candidates if name in options else []):
             if cc is c:
-                m.AddHint(x[(name, i)], 1)
-    solver = cp_model.CpSolver()
-    solver.parameters.max_time_in_seconds = time_limit_s
-    solver.parameters.num_workers = workers
-    solver.parameters.random_seed = 1
-    t0 = time.perf_counter()
-    st = solver.Solve(m)
+                hint_lits[x[(name, i)]] = 1
+                hint_lits[start[(name, i)]] = 1
+    solver, st, v1, ub, proven, wall = solve_two_phase(
+        m, served, lambda mm: mm.Minimize(sum(terms) + UNDER * idle), hint_lits,
+        [*x.values(), *start.values()], time_limit_s, workers)
     if st not in (cp_model.OPTIMAL, cp_model.FEASIBLE):
-        log.warning("geo: balance CP-SAT found no assignment in %.1fs", time.perf_counter() - t0)
+        log.warning("geo: balance CP-SAT found no assignment in %.1fs", wall)
         return {}, {}, "unknown", float("nan")
-    assigned = {name: options[name].candidates[i] for (name, i), v in x.items()
-                if solver.BooleanValue(v)}
     free = {k: v[0] for k, v in model.pools.items()}
     now, wait = {}, {}
-    for name in sorted(assigned, key=lambda n: -options[n].job.priority):
-        c = assigned[name]
+    for (name, i), v in x.items():
+        if solver.BooleanValue(v):
+            c = options[name].candidates[i]
+            if solver.BooleanValue(start[(name, i)]):
+                now[name] = c
+                for s, n in c.alloc:
+                    free[(s, c.gpu_type)] -= n
+            else:
+                wait[name] = c
+    # a job the solver left waiting that fits after all starts too (phase 1 stopped early)
+    spend = sum(c.cost_per_hour for c in now.values())
+    budget = model.spec.planner.budget_usd_per_hour
+    for name in sorted(wait, key=lambda n: -options[n].job.priority):
+        c = wait[name]
+        if budget is not None and spend + c.cost_per_hour > budget:
+            continue
         if all(free.get((s, c.gpu_type), 0) >= n for s, n in c.alloc):
+            spend += c.cost_per_hour
             for s, n in c.alloc:
                 free[(s, c.gpu_type)] -= n
-            now[name] = c
-        else:
-            wait[name] = c
+            now[name] = wait.pop(name)
     val, bound = solver.ObjectiveValue(), solver.BestObjectiveBound()
     gap = abs(val - bound) / max(abs(val), 1e-9) if val else 0.0
-    return now, wait, "optimal" if st == cp_model.OPTIMAL else "feasible", gap
+    ok = st == cp_model.OPTIMAL and proven
+    log.info("geo: balance %s served=%d/%d penalty=%.0f %.2fs", "optimal" if ok else "feasible",
+             v1, ub, val, wall)
+    return now, wait, "optimal" if ok else "feasible", gap

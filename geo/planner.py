@@ -8,6 +8,7 @@ import logging
 import time
 
 from .candidates import Candidate, JobOptions, Model, job_options, score
+from .lexicographic import serve_weights, solve_two_phase
 from .plan import Plan, build_plan
 from .spec import Spec
 
@@ -85,6 +86,10 @@ def solve_cpsat(model: Model, options: dict[str, JobOptions], objective: str, *,
                   so that placing a job always beats saving money on others
       makespan    sum P_j * x[j,c] - M,  M >= f_c * x[j,c];  P_j = p_j * (1 + max f)
       (balance, MAST's demand/supply objective, is its own model: geo/balance.py)
+    Serve first (geo/lexicographic.py): phase 1 maximises sum_j w_j * sum_c x[j,c],
+    w_j = round(1000 p_j) (skipped when the hint serves every job); phase 2 keeps that value,
+    sum_j w_j * sum_c x[j,c] >= V1, and maximises the objective above. No objective leaves a
+    job waiting that the GPUs could host, whatever it would gain for the others.
     Returns (chosen candidates, status, objective bound gap, wall seconds).
     """
     from ortools.sat.python import cp_model
@@ -142,18 +147,16 @@ def solve_cpsat(model: Model, options: dict[str, JobOptions], objective: str, *,
     obj = sum(w * v for w, v in terms)
     if M is not None:
         obj = obj - M
-    m.Maximize(obj)
+    hint_lits = {}
     for name, c in (hint or {}).items():
         for i, cc in enumerate(cands.get(name, [])):
             if cc is c:
-                m.AddHint(x[(name, i)], 1)
-    solver = cp_model.CpSolver()
-    solver.parameters.max_time_in_seconds = time_limit_s or spec.planner.time_limit_s
-    solver.parameters.num_workers = workers or spec.planner.workers
-    solver.parameters.random_seed = 1  # reproducible plans
-    t0 = time.perf_counter()
-    st = solver.Solve(m)
-    wall = time.perf_counter() - t0
+                hint_lits[x[(name, i)]] = 1
+    weights = serve_weights({name: options[name].job.priority for name in cands})
+    served = {name: (weights[name], [v for v, _, _ in row]) for name, row in rows}
+    solver, st, v1, ub, proven, wall = solve_two_phase(
+        m, served, lambda mm: mm.Maximize(obj), hint_lits, list(x.values()),
+        time_limit_s or spec.planner.time_limit_s, workers or spec.planner.workers)
     if st not in (cp_model.OPTIMAL, cp_model.FEASIBLE):
         # Every x = 0 satisfies the model; no answer means the time limit hit before any.
         log.warning("geo: CP-SAT found no solution (%s) in %.1fs", solver.StatusName(st), wall)
@@ -164,9 +167,9 @@ def solve_cpsat(model: Model, options: dict[str, JobOptions], objective: str, *,
             chosen[name] = cands[name][i]
     val, bound = solver.ObjectiveValue(), solver.BestObjectiveBound()
     gap = abs(bound - val) / max(abs(val), 1e-9) if val else (0.0 if bound == val else 1.0)
-    status = "optimal" if st == cp_model.OPTIMAL else "feasible"
-    log.info("geo: cpsat %s jobs=%d vars=%d obj=%.1f bound=%.1f %.2fs", status, len(cands),
-             len(x), val, bound, wall)
+    status = "optimal" if st == cp_model.OPTIMAL and proven else "feasible"
+    log.info("geo: cpsat %s jobs=%d vars=%d served=%d/%d obj=%.1f bound=%.1f %.2fs", status,
+             len(cands), len(x), v1, ub, val, bound, wall)
     return chosen, status, gap, wall
 
 

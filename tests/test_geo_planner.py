@@ -53,6 +53,33 @@ def test_cpsat_respects_capacity(objective):
     assert sum(1 for j in p.jobs if j.sites) == 30
 
 
+@pytest.mark.parametrize("objective", ["throughput", "cost", "makespan", "balance"])
+def test_cpsat_serves_every_job_before_its_objective(objective):
+    """The benchmark's 50 x 10 instance: supply hosts every job, so no objective may leave one
+    waiting (throughput used to leave 2 waiting to grow the others: demand/supply 2.11)."""
+    spec = make_instance(50, 10, seed=1)
+    p = plan(spec, objective, "cpsat", time_limit_s=20)
+    assert p.status == "optimal"
+    assert all(j.sites and j.start_h == 0 for j in p.jobs), \
+        [j.name for j in p.jobs if not (j.sites and j.start_h == 0)]
+    assert p.max_demand_supply <= 1.0
+    m = Model(spec)
+    for (s, t), n in used(p).items():
+        assert n <= m.capacity(s, t)
+
+
+@pytest.mark.parametrize("objective", ["throughput", "cost", "makespan", "balance"])
+def test_cpsat_serve_first_with_a_fleet_budget_the_hint_breaks(objective):
+    """The decomposed hint runs both jobs ($32/h) but the fleet budget is $20/h: serve-first
+    must not trust the hint's count; the priority-2 job runs, the other waits, in budget."""
+    text = TWO_SITES.replace("sites:", "planner: {budget_usd_per_hour: 20}\nsites:")
+    spec = parse_spec(text + job("x") + job("y", extra=", priority: 2"))
+    p = plan(spec, objective, "cpsat")
+    assert p.status == "optimal"
+    assert p.cost_per_hour <= 20
+    assert p.job("y").sites and p.job("y").start_h == 0
+
+
 @pytest.mark.parametrize("seed", [2, 3])
 def test_decomposed_close_to_cpsat(seed):
     spec = make_instance(20 + 10 * seed, 5 + seed, seed=seed)
