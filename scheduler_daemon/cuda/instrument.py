@@ -23,9 +23,11 @@ names); ``__grid_constant__`` (kept on the wrapper only); comments and string li
 Refused, with a ``ValueError`` naming the kernel: a ``__global__`` function without C linkage
 (templates, overloads: the wrapper must keep the name the launch uses), variadic parameters or
 packs, function-pointer parameters, forward declarations of a kernel, kernels made by macros
-(a ``__global__`` inside a ``#define``), a body that calls ``__trap``/``asm("exit")``-style
-early exits is not detected (its blocks are simply not counted), and source that already uses
-the ``__gpusched`` prefix. Not a C++ parser: a kernel whose header a macro produces is not seen.
+(a ``__global__`` inside a ``#define``), and source that already uses the ``__gpusched`` prefix.
+
+Not seen (this is no C++ parser): a kernel whose header a macro expands to; blocks whose threads
+leave through ``asm("exit;")`` or ``__trap()`` are not counted (the count then stays below the
+grid, which is what a host watching progress should see).
 """
 from __future__ import annotations
 

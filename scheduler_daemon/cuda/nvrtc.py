@@ -113,8 +113,9 @@ def compile_source(source: str, name: str = "kernel.cu", options: list[str] | No
         (res,) = nv.nvrtcCompileProgram(prog, len(opts), opts)
         text = _log(nv, prog)
         if res != nv.nvrtcResult.NVRTC_SUCCESS:
+            # the log starts on the first line: "... for compute_80: k.cu(3): error: ..."
             raise CudaCompileError(f"the CUDA source {name} did not compile "
-                                   f"({getattr(res, 'name', res)}) for {chosen}:\n"
+                                   f"({getattr(res, 'name', res)}) for {chosen}: "
                                    f"{truncate_log(text)}", text)
         ptx = _blob(nv, prog, nv.nvrtcGetPTXSize, nv.nvrtcGetPTX).rstrip(b"\0")
         cubin = None
