@@ -372,15 +372,21 @@ class Daemon:
             self.device.validate(msg.kernels)
         except ValueError as e:
             raise ProtocolError(Code.BAD_MODEL, f"model {msg.model!r}: {e}") from None
-        forget = getattr(self.device, "forget_graph", None)
-        if forget is not None:  # a kernel-list model replaces a registered graph of that name
-            forget((tenant.name, msg.model))
+        self._forget_loaded((tenant.name, msg.model))
         tenant.models[msg.model] = self.core.make_model((tenant.name, msg.model), msg.model,
                                                         msg.kernels)
         log.info("daemon: registered tenant=%s model=%s kernels=%d", tenant.name, msg.model,
                  len(msg.kernels))
         self._send(s.identity, P.Registered(req_id=msg.req_id, model=msg.model,
                                             kernels=len(msg.kernels)))
+
+    def _forget_loaded(self, key, keep: str = "") -> None:
+        """A model replaced by another kind: the device drops what it loaded for the old one
+        (a registered graph's weights, a CUDA module)."""
+        for kind in ("graph", "cuda"):
+            forget = getattr(self.device, f"forget_{kind}", None)
+            if forget is not None and kind != keep:
+                forget(key)
 
     def _register_graph(self, s: Session, msg: P.RegisterGraph, raw: list) -> None:
         """A captured torch model: each of its ops becomes one schedulable kernel (issue 4)."""
@@ -422,6 +428,7 @@ class Daemon:
         if len(kernels) > lim.max_kernels:
             raise ProtocolError(Code.TOO_LARGE, f"model {msg.model!r} has {len(kernels)} "
                                 f"ops; the limit is {lim.max_kernels}")
+        self._forget_loaded((tenant.name, msg.model), keep="graph")
         tenant.models[msg.model] = self.core.make_model((tenant.name, msg.model), msg.model, kernels)
         log.info("daemon: registered graph tenant=%s model=%s ops=%d weight_bytes=%d",
                  tenant.name, msg.model, len(kernels), total)
@@ -460,6 +467,7 @@ class Daemon:
             raise ProtocolError(Code.BAD_MODEL, str(e)) from None
         except ValueError as e:          # CudaCompileError (with the log) included
             raise ProtocolError(Code.BAD_MODEL, f"model {msg.model!r}: {e}") from None
+        self._forget_loaded((tenant.name, msg.model), keep="cuda")
         tenant.models[msg.model] = self.core.make_model((tenant.name, msg.model), msg.model,
                                                         kernels)
         log.info("daemon: registered CUDA model tenant=%s model=%s launches=%d", tenant.name,
