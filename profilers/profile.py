@@ -11,8 +11,16 @@ Three sources behind one function, ``profile(model, batch, device)``, with ``dev
 - ``sim:GPU`` - measured on the simulated GPU (virtual time): one job alone; the demands are the
   time averages of the simulator's arithmetic and bandwidth demand while it runs.
 - ``torch:DEVICE`` - measured for real: the zoo model's forward pass in torch on ``cpu`` or
-  ``cuda`` (median of timed runs; CUDA events on a GPU). Demands need hardware counters and are
-  left empty (``None``) here; the GPU path samples NVML utilisation where a GPU exists.
+  ``cuda`` (median of timed runs; CUDA events on a GPU). On the CPU the demands need hardware
+  counters and are left empty (``None``); on a GPU an NVML sampler thread runs beside the timed
+  runs (at least ``NVML_MIN_S`` of them) and its mean SM and memory-controller utilisation are
+  the demands (``util_samples`` says how many samples; 0 and ``None`` demands where NVML is
+  unavailable).
+
+Every profile carries its per-kernel rows (``ops``: one per aten op that launches a kernel, in
+launch order, with FLOPs, bytes and time): the roofline's estimates, the simulated GPU's
+kernel durations, or torch.profiler's measurement (``op_profile.py``). The store keeps them in
+their own table.
 
 ``footprint_mb``: weights (FP16 on a GPU preset, the tensors' own dtype in torch) plus the
 largest activation a kernel writes.
@@ -25,7 +33,10 @@ from typing import Optional
 
 import msgspec
 
-PROFILE_VERSION = 1
+from .op_profile import NvmlSampler, OpTiming, roofline_ops, sim_ops, torch_ops
+
+PROFILE_VERSION = 2
+NVML_MIN_S = 0.5   # timed runs go on at least this long while NVML samples (it averages ~1/6 s)
 SOURCES = ("roofline", "sim", "torch")
 
 
@@ -42,6 +53,8 @@ class ModelProfile(msgspec.Struct, frozen=True):
     occupancy: Optional[float]
     footprint_mb: float
     version: int = PROFILE_VERSION
+    ops: tuple[OpTiming, ...] = ()   # per-kernel rows (op_profile.py)
+    util_samples: int = 0            # NVML samples behind compute/memory demand (torch:cuda)
 
 
 def parse_device(device: str) -> tuple[str, str]:
@@ -85,7 +98,8 @@ def profile(model: str, batch: int, device: str) -> ModelProfile:
         return ModelProfile(model, batch, device, total / 1e3, len(kernels), flops, nbytes,
                             sum(k.comp_frac * k.est_us for k in kernels) / total,
                             sum(k.mem_frac * k.est_us for k in kernels) / total,
-                            min(1.0, occ), footprint)
+                            min(1.0, occ), footprint,
+                            ops=tuple(roofline_ops(model, batch, spec.name)))
     return _sim_profile(model, batch, device, spec, kernels, flops, nbytes, footprint)
 
 
@@ -99,11 +113,19 @@ def _sim_profile(model, batch, device, spec, kernels, flops, nbytes, footprint) 
     core = SchedulerCore(make_policy("fifo"), spec.capacity)
     dev = SimGpu(spec)
     run = VirtualRun(core, dev)
+    durations: list[float] = []
+    complete = dev.on_complete
+
+    def on_kernel(job, now, dur):  # one job alone: its kernels finish in launch order
+        durations.append(dur)
+        complete(job, now, dur)
+    dev.on_complete = on_kernel
     run.submit_at(Job(0, "p", core.make_model(model, model, kernels), 0.0, 0.0))
     job = run.run()[0]
     lat = job.total_s
     return ModelProfile(model, batch, device, lat * 1e3, len(kernels), flops, nbytes,
-                        dev.comp_s / lat, dev.mem_s / lat, dev.busy_s / lat, footprint)
+                        dev.comp_s / lat, dev.mem_s / lat, dev.busy_s / lat, footprint,
+                        ops=tuple(sim_ops(model, batch, durations)))
 
 
 def _torch_profile(model, batch, target, flops, nbytes, n_kernels, act_mb) -> ModelProfile:
@@ -116,35 +138,52 @@ def _torch_profile(model, batch, target, flops, nbytes, n_kernels, act_mb) -> Mo
     dev = torch.device(target)
     module, inputs = build(model, device=dev)
     x = inputs(batch)
-    times, util = [], []
     with torch.no_grad():
         module(*x)  # warm up
-        for _ in range(5):
-            if dev.type == "cuda":
-                start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-                start.record()
-                module(*x)
-                end.record()
-                end.synchronize()
-                times.append(start.elapsed_time(end))
-                util.append(_nvml_util(dev.index or 0))
-            else:
-                t = time.perf_counter()
-                module(*x)
-                times.append((time.perf_counter() - t) * 1e3)
+        if dev.type == "cuda":
+            torch.cuda.synchronize(dev)
+            times, comp, mem, n_util = _timed_with_nvml(
+                lambda: _cuda_time_ms(torch, module, x), NvmlSampler(dev.index or 0))
+        else:
+            times = _timed_runs(lambda: _cpu_time_ms(module, x), 0.0)
+            comp = mem = None
+            n_util = 0
+    ops = torch_ops(module, x, dev)
     weights = sum(p.numel() * p.element_size() for p in module.parameters()) / 2**20
-    comp = statistics.mean(u[0] for u in util) / 100 if util and util[0] else None
-    mem = statistics.mean(u[1] for u in util) / 100 if util and util[0] else None
-    return ModelProfile(model, batch, f"torch:{target}", statistics.median(times), n_kernels,
-                        flops, nbytes, comp, mem, None, weights + act_mb)
+    return ModelProfile(model, batch, f"torch:{target}", statistics.median(times), len(ops),
+                        flops, nbytes, comp, mem, None, weights + act_mb, ops=tuple(ops),
+                        util_samples=n_util)
 
 
-def _nvml_util(index: int):
-    """(SM %, memory-controller %) from NVML, or None where there is no GPU."""
-    try:
-        import pynvml
-        pynvml.nvmlInit()
-        u = pynvml.nvmlDeviceGetUtilizationRates(pynvml.nvmlDeviceGetHandleByIndex(index))
-        return (u.gpu, u.memory)
-    except Exception:
-        return None
+def _timed_with_nvml(run_once, sampler) -> tuple[list[float], Optional[float],
+                                                   Optional[float], int]:
+    """Timed runs while ``sampler`` (an ``NvmlSampler``) samples the GPU: the timings (ms), the
+    mean SM and memory utilisation as fractions (``None`` without samples), the sample count."""
+    with sampler:
+        times = _timed_runs(run_once, NVML_MIN_S if sampler.available else 0.0)
+    if not sampler.samples:
+        return times, None, None, 0
+    return times, sampler.sm_mean / 100, sampler.mem_mean / 100, len(sampler.samples)
+
+
+def _timed_runs(run_once, min_s: float, runs: int = 5, max_runs: int = 1000) -> list[float]:
+    """At least ``runs`` timings (ms), and more until ``min_s`` seconds have passed."""
+    times, start = [], time.perf_counter()
+    while len(times) < runs or (time.perf_counter() - start < min_s and len(times) < max_runs):
+        times.append(run_once())
+    return times
+
+
+def _cpu_time_ms(module, x) -> float:
+    t = time.perf_counter()
+    module(*x)
+    return (time.perf_counter() - t) * 1e3
+
+
+def _cuda_time_ms(torch, module, x) -> float:
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    module(*x)
+    end.record()
+    end.synchronize()
+    return start.elapsed_time(end)

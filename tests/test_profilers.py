@@ -121,3 +121,163 @@ def test_cpu_pairs_measure_fit_and_store(tmp_path):
     assert res["peak_gflops"] > 0 and res["peak_gbs"] > 0
     assert len(res["weights"]) == 7
     assert ProfileStore(str(db)).get_interference("torch:cpu")["weights"] == res["weights"]
+
+
+# --- per-kernel rows and NVML sampling ---------------------------------------------------
+@pytest.fixture
+def one_thread():
+    """One intra-op thread: on two shared cores two OpenMP teams spin against each other and
+    both the whole-model and the per-op timings turn to noise (seen: 0.25x-4.9x apart)."""
+    import torch
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def test_torch_per_op_profile_is_measured_on_cpu(one_thread):
+    """torch.profiler times every aten op of the real forward pass: one row per traced kernel,
+    same op names in the same order, positive times that add up to about the whole model."""
+    from profilers import zoo
+    for model in ("squeezenet1.1", "resnet18"):
+        p = profile(model, 1, "torch:cpu")
+        traced = zoo.load_profiles(model, 1)
+        assert len(p.ops) == len(traced) == p.kernels
+        assert [o.name for o in p.ops] == [k.name for k in traced]
+        assert [o.index for o in p.ops] == list(range(len(traced)))
+        assert all(o.time_us > 0 for o in p.ops)
+        assert {"convolution", "relu_"} <= {o.name for o in p.ops}
+        # counted on the real tensors: the same FLOPs as the meta-device trace
+        assert [o.flops for o in p.ops] == pytest.approx([float(k.flops) for k in traced])
+        total_ms = sum(o.time_us for o in p.ops) / 1e3
+        assert p.latency_ms / 3 < total_ms < p.latency_ms * 3, (model, total_ms, p.latency_ms)
+        convs = sum(o.time_us for o in p.ops if o.name == "convolution")
+        assert convs > 0.5 * sum(o.time_us for o in p.ops)  # a CNN's time is its convolutions
+        assert p.util_samples == 0 and p.compute_demand is None   # no GPU: NVML not used
+
+
+def test_torch_per_op_profile_of_a_transformer(one_thread):
+    from profilers import zoo
+    from profilers.op_profile import summarise
+    p = profile("bert-base", 1, "torch:cpu")
+    assert [o.name for o in p.ops] == [k.name for k in zoo.load_profiles("bert-base", 1)]
+    s = summarise(list(p.ops))
+    assert s["addmm"]["calls"] == 12 * 6 + 1      # q, k, v, out, ffn x2 per layer + pooler
+    assert s["bmm"]["calls"] == 24 and s["addmm"]["time_us"] > s["bmm"]["time_us"]
+
+
+def test_roofline_and_sim_profiles_have_per_kernel_rows():
+    r, s = profile("resnet50", 4, "roofline:T4"), profile("resnet50", 4, "sim:T4")
+    assert len(r.ops) == len(s.ops) == r.kernels
+    assert sum(o.time_us for o in r.ops) / 1e3 == pytest.approx(r.latency_ms, rel=1e-3)
+    assert sum(o.time_us for o in s.ops) / 1e3 == pytest.approx(s.latency_ms, rel=0.02)
+    assert sum(o.flops for o in s.ops) == pytest.approx(s.flops)
+    assert all(o.time_us > 0 for o in s.ops)
+
+
+def test_store_keeps_per_kernel_rows(tmp_path, one_thread):
+    db = str(tmp_path / "p.sqlite")
+    st = ProfileStore(db)
+    p = profile("squeezenet1.1", 1, "torch:cpu")
+    st.put(p)
+    st.put(profile("squeezenet1.1", 1, "sim:T4"))
+    st.put(p)                                     # replacing keeps one set of rows
+    assert st.get("squeezenet1.1", 1, "torch:cpu") == p
+    assert st.kernels("squeezenet1.1", 1, "torch:cpu") == list(p.ops)
+    st.close()
+    con = sqlite3.connect(db)
+    n = con.execute("SELECT COUNT(*), MIN(time_us) FROM kernels WHERE device='torch:cpu'").fetchone()
+    assert n[0] == len(p.ops) and n[1] > 0
+    assert con.execute("SELECT COUNT(DISTINCT device) FROM kernels").fetchone()[0] == 2
+    con.close()
+
+
+def test_store_upgrades_a_version_1_store(tmp_path):
+    db = str(tmp_path / "old.sqlite")
+    con = sqlite3.connect(db)
+    con.executescript("""
+        CREATE TABLE profiles (model TEXT, batch INTEGER, device TEXT, json TEXT NOT NULL,
+            created REAL, PRIMARY KEY (model, batch, device));
+        CREATE TABLE interference (device TEXT PRIMARY KEY, json TEXT NOT NULL, created REAL);
+        PRAGMA user_version = 1;""")
+    old = ('{"model":"resnet18","batch":1,"device":"roofline:T4","latency_ms":1.0,"kernels":3,'
+           '"flops":1.0,"bytes":1.0,"compute_demand":0.5,"memory_demand":0.5,"occupancy":0.5,'
+           '"footprint_mb":1.0,"version":1}')
+    con.execute("INSERT INTO profiles VALUES ('resnet18', 1, 'roofline:T4', ?, 0)", (old,))
+    con.commit()
+    con.close()
+    st = ProfileStore(db)
+    got = st.get("resnet18", 1, "roofline:T4")
+    assert got.latency_ms == 1.0 and got.ops == () and got.version == 1
+    st.put(profile("resnet18", 1, "roofline:T4"))
+    assert len(st.kernels("resnet18", 1, "roofline:T4")) > 10
+
+
+class _FakeNvml:
+    """pynvml's calls that the sampler makes, with utilisation figures that change over time."""
+
+    def __init__(self, figures, fail_init=False):
+        self.figures, self.fail_init, self.calls = list(figures), fail_init, 0
+        self.shut = False
+
+    def nvmlInit(self):
+        if self.fail_init:
+            raise RuntimeError("NVML Shared Library Not Found")
+
+    def nvmlDeviceGetHandleByIndex(self, i):
+        return ("gpu", i)
+
+    def nvmlDeviceGetUtilizationRates(self, handle):
+        from types import SimpleNamespace
+        gpu, mem = self.figures[min(self.calls, len(self.figures) - 1)]
+        self.calls += 1
+        return SimpleNamespace(gpu=gpu, memory=mem)
+
+    def nvmlShutdown(self):
+        self.shut = True
+
+
+def test_nvml_sampler_records_the_sampled_figures(monkeypatch):
+    import time as _time
+
+    import profilers.profile as pp
+    from profilers.op_profile import NvmlSampler
+    fake = _FakeNvml([(90, 40), (70, 20), (80, 30)])
+    monkeypatch.setattr(pp, "NVML_MIN_S", 0.15)
+    runs = []
+
+    def run_once():
+        _time.sleep(0.01)
+        runs.append(1)
+        return 10.0
+    times, comp, mem, n = pp._timed_with_nvml(run_once, NvmlSampler(0, interval_s=0.01, nvml=fake))
+    assert n >= 3 and n == fake.calls and fake.shut      # sampled on its thread, then shut down
+    assert len(times) == len(runs) >= 10                  # runs went on while it sampled
+    want = [(90, 40), (70, 20)] + [(80, 30)] * (n - 2)
+    assert comp == pytest.approx(sum(g for g, _ in want) / n / 100)
+    assert mem == pytest.approx(sum(m for _, m in want) / n / 100)
+    assert 0.7 < comp < 0.9 and 0.2 < mem < 0.4
+
+
+def test_nvml_sampler_without_nvml_is_skipped_cleanly(monkeypatch):
+    import sys as _sys
+
+    import profilers.profile as pp
+    from profilers.op_profile import NvmlSampler
+    s = NvmlSampler(0, nvml=_FakeNvml([(1, 1)], fail_init=True))
+    times, comp, mem, n = pp._timed_with_nvml(lambda: 1.0, s)
+    assert (comp, mem, n) == (None, None, 0) and len(times) == 5   # no waiting for samples
+    assert not s.available and "NVML Shared Library Not Found" in s.error
+    monkeypatch.setitem(_sys.modules, "pynvml", None)             # pynvml not installed
+    with NvmlSampler(0) as s:
+        pass
+    assert s.samples == [] and not s.available and "pynvml" in s.error
+
+
+@pytest.mark.gpu
+def test_torch_cuda_profile_per_op_and_nvml():
+    p = profile("resnet50", 8, "torch:cuda")
+    assert len(p.ops) == p.kernels > 50 and all(o.time_us > 0 for o in p.ops)
+    total_ms = sum(o.time_us for o in p.ops) / 1e3
+    assert p.latency_ms / 3 < total_ms < p.latency_ms * 3
+    assert p.util_samples > 0 and 0 < p.compute_demand <= 1 and 0 <= p.memory_demand <= 1
