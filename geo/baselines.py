@@ -34,6 +34,9 @@ class _Fleet:
                 self.free[t][self.idx[s]] = n
         self.max_cap = {t: float(v.max()) if len(v) else 0.0 for t, v in self.cap.items()}
         self._read: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+        # _site_vectors per (job, type, GPUs): the fleet's prices and links do not change
+        # during one solve (copies of a fleet share it); read-only arrays
+        self._sv: dict[tuple[str, str, int], tuple] = {}
 
     def read(self, dataset: str) -> tuple[np.ndarray, np.ndarray]:
         """(best bytes/s, $/GB) to each site from the dataset's nearest replica; inf/0 at one."""
@@ -53,6 +56,10 @@ class _Fleet:
 
 def _site_vectors(fleet: _Fleet, job: Job, t: str, n: int):
     """(iteration s, hours, total $) per site for n GPUs of type t (single-site mode)."""
+    key = (job.name, t, n)
+    got = fleet._sv.get(key)
+    if got is not None:
+        return got
     m = fleet.model
     left = job.iterations - job.done_iterations
     step = step_single_s(m, job, t, n)
@@ -65,7 +72,11 @@ def _site_vectors(fleet: _Fleet, job: Job, t: str, n: int):
         it = np.full(len(fleet.idx), step)
         read_usd = 0.0
     hours = left * it / 3600
-    return it, hours, n * fleet.price[t] * hours + read_usd
+    got = (it, hours, n * fleet.price[t] * hours + read_usd)
+    for v in got:
+        v.setflags(write=False)
+    fleet._sv[key] = got
+    return got
 
 
 def solve_fast(model: Model, objective: str, method: str, *, jobs: list[Job] | None = None,

@@ -1,6 +1,8 @@
 """Regional packing for ``decomposed``: hand the GPUs left after placement to the jobs where
-they gain the most (``grow``), and the exchange pass (``polish``). Both work on a fleet's free
-GPU vectors and a ``placed`` map job -> (site index, GPU type, GPUs), changed in place.
+they gain the most (``grow``), the exchange pass (``polish``) and the local improvement of the
+plan kept (``relocate``: exact sizes per pool, jobs moved between pools). All work on a
+fleet's free GPU vectors and a ``placed`` map job -> (site index, GPU type, GPUs), changed in
+place.
 """
 from __future__ import annotations
 
@@ -9,7 +11,7 @@ import heapq
 import numpy as np
 
 from .baselines import _Fleet, _site_vectors
-from .candidates import PLACED, JobOptions, Model, gpu_sizes
+from .candidates import PLACED, JobOptions, Model, gpu_sizes, step_single_s
 from .spec import Job
 
 
@@ -169,5 +171,220 @@ def polish(fleet: _Fleet, objective: str, placed: dict, jobs: dict[str, Job],
                 fleet.free[qt][qi] -= n2 - qn
                 placed[q] = (qi, qt, n2)
             moved = True
+        if not moved:
+            break
+
+
+def _at(fleet: _Fleet, job: Job, i: int, t: str, n: int) -> tuple[float, float, float]:
+    """``_site_vectors`` at one site: (iteration s, hours, total $) of n GPUs of type t at i."""
+    m = fleet.model
+    left = job.iterations - job.done_iterations
+    it = step_single_s(m, job, t, n)
+    read_usd = 0.0
+    if job.dataset is not None and m.datasets[job.dataset].size_gb > 0:
+        beta, usd = fleet.read(job.dataset)
+        gb = m.datasets[job.dataset].size_gb * (1 - job.done_iterations / job.iterations)
+        if np.isfinite(beta[i]):
+            it = max(it, gb * 1e9 / max(1, left) / float(beta[i]))
+            read_usd = gb * float(usd[i])
+    hours = left * it / 3600
+    return it, hours, n * float(fleet.price[t][i]) * hours + read_usd
+
+
+
+RELOCATE_MAX_JOBS = 2000  # like polish: the pass costs jobs x pools per round
+
+
+class _Pools:
+    """Jobs per pool (site x GPU type) with each pool's exact best sizes (``_dp``): the state
+    of ``relocate``. ``best[(i, t)][c]`` = the best value of the pool's jobs within c GPUs,
+    every job at one of its sizes (-inf when c cannot hold their minimums)."""
+
+    def __init__(self, fleet: _Fleet, placed: dict, jobs: dict[str, Job],
+                 options: dict[str, JobOptions]):
+        self.fleet, self.placed, self.jobs, self.options = fleet, placed, jobs, options
+        self.members: dict[tuple[int, str], list[str]] = {}
+        for name, (i, t, n) in placed.items():
+            self.members.setdefault((i, t), []).append(name)
+        self.cap = {(i, t): int(fleet.free[t][i]) for t in fleet.free
+                    for i in range(len(fleet.free[t]))}
+        for name, (i, t, n) in placed.items():
+            self.cap[(i, t)] += n
+        self.tables: dict[str, dict[str, tuple[list[int], np.ndarray]]] = {}
+        self.best: dict[tuple[int, str], np.ndarray] = {}
+        self.version: dict[tuple[int, str], int] = {}
+        self._without: dict[str, tuple[int, float]] = {}
+        self._items: dict[tuple[str, int, str], tuple[list[int], list[float]]] = {}
+        self.rows = {t: np.full((len(fleet.free[t]), max(self.cap[(i, t)] for i in
+                                 range(len(fleet.free[t]))) + 1), -np.inf)
+                     for t in fleet.free if len(fleet.free[t])}
+        for key in self.cap:
+            self.refresh(key, apply=False)
+
+    def table(self, name: str) -> dict[str, tuple[list[int], np.ndarray]]:
+        """Per GPU type: (sizes, value per size and site; -inf where the size misses the
+        deadline or budget or exceeds the site's pool)."""
+        if name not in self.tables:
+            job, fl = self.jobs[name], self.fleet
+            ref = self.options[name].ref_speed
+            out = {}
+            for t in job.gpu_types:
+                if t not in fl.cap:
+                    continue
+                sizes = gpu_sizes(job, int(fl.max_cap[t]))
+                if not sizes:
+                    continue
+                vals = np.empty((len(sizes), len(fl.cap[t])))
+                for k, n in enumerate(sizes):
+                    it, h, tot = _site_vectors(fl, job, t, n)
+                    ok = fl.cap[t] >= n
+                    if job.deadline_h is not None:
+                        ok &= h <= job.deadline_h
+                    if job.budget_usd is not None:
+                        ok &= tot <= job.budget_usd
+                    vals[k] = np.where(ok, job.priority * (PLACED + 1 / it / ref), -np.inf)
+                out[t] = (sizes, vals)
+            self.tables[name] = out
+        return self.tables[name]
+
+    def items(self, name: str, i: int, t: str) -> tuple[list[int], list[float]]:
+        """The sizes job ``name`` may take in pool (i, t), with values; its current size
+        there always among them (a DP can always keep the plan as it is)."""
+        got = self._items.get((name, i, t))
+        if got is None:
+            sizes, vals = self.table(name).get(t, ([], None))
+            ns = [n for k, n in enumerate(sizes) if np.isfinite(vals[k, i])]
+            vs = [float(vals[k, i]) for k, n in enumerate(sizes) if np.isfinite(vals[k, i])]
+            got = self._items[(name, i, t)] = (ns, vs)
+        pi, pt, pn = self.placed.get(name, (None, None, None))
+        if (pi, pt) == (i, t) and pn not in got[0]:
+            job = self.jobs[name]
+            it = _at(self.fleet, job, i, t, pn)[0]
+            return [*got[0], pn], [*got[1], job.priority * (PLACED + 1 / it /
+                                                          self.options[name].ref_speed)]
+        return got
+
+    def dp(self, key: tuple[int, str], names: list[str], track: bool = False):
+        i, t = key
+        C = self.cap[key]
+        best = np.zeros(C + 1)
+        args = []
+        stack = np.empty((4, C + 1))
+        for q in names:
+            sizes, vals = self.items(q, i, t)
+            K = len(sizes)
+            if K > len(stack):
+                stack = np.empty((K, C + 1))
+            st = stack[:max(K, 1)]
+            st.fill(-np.inf)
+            for k, (n, v) in enumerate(zip(sizes, vals)):
+                if n <= C:
+                    st[k, n:] = best[:C + 1 - n] + v
+            if track:
+                args.append((q, sizes, st.argmax(axis=0)))
+            best = st.max(axis=0)
+        return best, args
+
+    def refresh(self, key: tuple[int, str], apply: bool = True) -> None:
+        """Re-solve one pool's sizes exactly; with ``apply``, give its jobs those sizes."""
+        names = self.members.get(key, [])
+        best, args = self.dp(key, names, track=apply)
+        self.best[key] = best
+        self.version[key] = self.version.get(key, 0) + 1
+        i, t = key
+        row = self.rows[t][i]
+        row[:] = -np.inf
+        row[:len(best)] = best
+        if not apply or not names:
+            return
+        c = self.cap[key]
+        if not np.isfinite(best[c]):  # never (every job may keep its size): keep the plan
+            return
+        used = 0
+        for q, sizes, arg in reversed(args):
+            n = sizes[int(arg[c])]
+            self.placed[q] = (i, t, n)
+            c -= n
+            used += n
+        self.fleet.free[t][i] = self.cap[key] - used
+
+    def without(self, name: str) -> float:
+        """The best value of the other jobs of ``name``'s pool, in the whole pool."""
+        i, t, _ = self.placed[name]
+        key = (i, t)
+        got = self._without.get(name)
+        if got is None or got[0] != self.version[key]:
+            best, _ = self.dp(key, [q for q in self.members[key] if q != name])
+            got = (self.version[key], float(best[self.cap[key]]))
+            self._without[name] = got
+        return got[1]
+
+    def best_move(self, name: str, exclude: tuple[int, str] | None):
+        """(gain for the pools it joins, pool) of the best pool for ``name`` but ``exclude``:
+        its value there plus the best of that pool's jobs in what is left, minus theirs now."""
+        best = None
+        for t, (sizes, vals) in self.table(name).items():
+            rows = self.rows[t]
+            S = rows.shape[0]
+            caps = np.array([self.cap[(i, t)] for i in range(S)])
+            now = rows[np.arange(S), caps]
+            top = np.full(S, -np.inf)
+            for k, n in enumerate(sizes):
+                idx = caps - n
+                got = np.where(idx >= 0, rows[np.arange(S), np.maximum(idx, 0)], -np.inf)
+                top = np.maximum(top, got + vals[k])
+            gain = top - now
+            if exclude is not None and exclude[1] == t:
+                gain[exclude[0]] = -np.inf
+            s = int(np.argmax(gain))
+            if np.isfinite(gain[s]) and (best is None or gain[s] > best[0]):
+                best = (float(gain[s]), (s, t))
+        return best
+
+    def move(self, name: str, to: tuple[int, str]) -> None:
+        frm = None
+        if name in self.placed:
+            i, t, _ = self.placed.pop(name)  # sized again by the refresh of its new pool
+            frm = (i, t)
+            self.members[frm].remove(name)
+        self.members.setdefault(to, []).append(name)
+        if frm is not None:
+            self.refresh(frm)
+        self.refresh(to)
+
+
+def relocate(fleet: _Fleet, objective: str, placed: dict, jobs: dict[str, Job],
+             options: dict[str, JobOptions], waiting: list[str] = (), passes: int = 3) -> None:
+    """Local improvement (throughput only): sizes exact per pool, and jobs moved between pools.
+
+    Each pool's sizes are chosen together by dynamic programming over its GPUs (a
+    multiple-choice knapsack: every job takes one of its sizes that meets its deadline and
+    budget; value = its throughput term): one size step at a time (``grow``) stops where two
+    jobs would have to trade sizes. Then, job by job, the best other pool for it: its value
+    there plus the best re-sizing of that pool's jobs in what is left, plus the best re-sizing
+    of the jobs it leaves behind, against both pools now; a move is made when it gains. Jobs
+    that wait (``waiting``, single-site jobs nothing placed) are tried first, highest priority
+    first, in any pool that can still hold them with its jobs at their minimums: serving comes
+    before the objective. Up to ``passes`` rounds, until no move gains."""
+    if objective != "throughput" or not 1 < len(placed) + len(waiting) <= RELOCATE_MAX_JOBS:
+        return  # one job (an arrival): grow has sized and placed it exactly already
+    pools = _Pools(fleet, placed, jobs, options)
+    for key in list(pools.members):
+        pools.refresh(key)
+    for name in sorted(waiting, key=lambda n: -jobs[n].priority):
+        mv = pools.best_move(name, None)
+        if mv is not None:
+            pools.move(name, mv[1])
+    for _ in range(passes):
+        moved = False
+        for name in list(placed):
+            i, t, _ = placed[name]
+            mv = pools.best_move(name, (i, t))
+            if mv is None:
+                continue
+            gain = mv[0] + pools.without(name) - float(pools.best[(i, t)][pools.cap[(i, t)]])
+            if gain > 1e-9 * max(1.0, jobs[name].priority):
+                pools.move(name, mv[1])
+                moved = True
         if not moved:
             break

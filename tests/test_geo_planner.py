@@ -86,12 +86,28 @@ def test_decomposed_close_to_cpsat(seed):
     exact = plan(spec, "throughput", "cpsat", time_limit_s=20)
     fast = plan(spec, "throughput", "decomposed")
     assert exact.status == "optimal"
-    assert fast.objective_value >= exact.objective_value * 0.96
+    assert fast.objective_value >= exact.objective_value * 0.98  # issue 6: gap <= 2%
     assert fast.objective_value <= exact.objective_value * 1.0001  # CP-SAT is the optimum
     m = Model(spec)
     for (s, t), n in used(fast).items():
         assert n <= m.capacity(s, t)
     assert fast.max_demand_supply <= 1.0  # supply allows every job: none waits
+
+
+@pytest.mark.parametrize("size", [(60, 8, 6), (80, 10, 6)])
+def test_decomposed_local_improvement_closes_the_gap(size):
+    """Seeds where decomposed without its local improvement (exact sizes per pool, jobs moved
+    between pools) was 1.8% / 0.7% below CP-SAT: a flexible 13B job must step down to A100s so
+    that priority-3 fine-tunes can grow on the H100s. Now within 0.5%; no job waits."""
+    spec = make_instance(*size[:2], seed=size[2])
+    exact = plan(spec, "throughput", "cpsat", time_limit_s=30)
+    fast = plan(spec, "throughput", "decomposed")
+    assert exact.status == "optimal"
+    assert exact.objective_value * 0.995 <= fast.objective_value <= exact.objective_value * 1.0001
+    assert all(j.sites and j.start_h == 0 for j in fast.jobs)
+    m = Model(spec)
+    for (s, t), n in used(fast).items():
+        assert n <= m.capacity(s, t)
 
 
 def test_baselines_run_and_are_worse_than_decomposed():
