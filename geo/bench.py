@@ -88,10 +88,83 @@ def _arrival_case(n_jobs: int, n_sites: int, seed: int, arrivals: int = 50) -> d
             "max_ms": round(times[-1] * 1e3, 3)}
 
 
+def _service_arrival_case(n_jobs: int, n_sites: int, seed: int, arrivals: int = 50) -> dict:
+    """The same arrivals as ``_arrival_case``, submitted to a running geo service over its
+    ZeroMQ socket: each timing is the client's round trip (decode, checks, placement, the
+    state on disk, the whole plan in the answer). ``path`` per answer: "arrival" (fast path)
+    or "replan" (the job did not fit in the free GPUs, or others wait where it would go)."""
+    import gc
+    import os
+    import shutil
+    import signal
+    import subprocess
+    import sys
+    import tempfile
+
+    from .replan import replan as _replan
+    from .service import GeoClient
+    from .state import GeoState, save_state
+
+    spec = make_instance(n_jobs + arrivals, n_sites, seed=seed)
+    late = spec.jobs[n_jobs:]
+    spec.jobs = spec.jobs[:n_jobs]
+    initial_plan(spec, "throughput", "decomposed")
+    spec.jobs = spec.jobs[n_jobs // 10:]  # finished: their GPUs are free
+    plan, diff = _replan(spec, "throughput", f"{n_jobs // 10} jobs finished", improve=False)
+    folder = tempfile.mkdtemp(prefix="geo-bench-")
+    proc = None
+    try:
+        path = os.path.join(folder, "state.json")
+        save_state(GeoState(spec=spec, objective="throughput", solver="decomposed", plan=plan,
+                            diff=diff), path)
+        ep = f"ipc://{folder}/geo.sock"
+        # the service in its own process, as it runs (`gpusched geo serve`)
+        proc = subprocess.Popen([sys.executable, "-m", "gpusched.cli", "--log-level", "WARNING",
+                                 "geo", "serve", "--endpoint", ep, "--state", path],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 120
+        while not os.path.exists(f"{folder}/geo.sock"):
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError("geo bench: the geo service did not start")
+            time.sleep(0.02)
+        times: dict[str, list[float]] = {"arrival": [], "replan": []}
+        placed = 0
+        gc.collect()
+        gc.freeze()  # this process's instances are long-lived: no full collection mid-timing
+        with GeoClient(ep, timeout_s=60) as c:
+            c.status()  # connected
+            for job in late:
+                t0 = time.perf_counter()
+                r = c.submit(job)
+                times.setdefault(r.path, []).append(time.perf_counter() - t0)
+                jp = r.plan.job(job.name)
+                placed += bool(jp.sites) and jp.start_h == 0
+    finally:
+        if proc is not None and proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        shutil.rmtree(folder, ignore_errors=True)
+
+    def stats(v):
+        if not v:
+            return {"n": 0}
+        v = sorted(v)
+        return {"n": len(v), "median_ms": round(statistics.median(v) * 1e3, 3),
+                "p99_ms": round(v[min(len(v) - 1, int(len(v) * 0.99))] * 1e3, 3),
+                "max_ms": round(v[-1] * 1e3, 3)}
+    return {"running_jobs": len(spec.jobs), "sites": n_sites, "arrivals": arrivals,
+            "placed_now": placed, "fast_path": stats(times["arrival"]),
+            "replan": stats(times["replan"])}
+
+
 def run_bench(quick: bool = False, sizes: str | None = None, cpsat_max_jobs: int = 200,
               time_limit_s: float = 30.0, seed: int = 1, progress: bool = True) -> dict:
     todo = parse_sizes(sizes) if sizes else list(QUICK_SIZES if quick else DEFAULT_SIZES)
-    steps = sum(len(METHODS) if j <= cpsat_max_jobs else len(METHODS) - 1 for j, _ in todo) + 2
+    steps = sum(len(METHODS) if j <= cpsat_max_jobs else len(METHODS) - 1 for j, _ in todo) + 3
     cases = []
     if progress:
         from rich.progress import Progress
@@ -123,5 +196,8 @@ def run_bench(quick: bool = False, sizes: str | None = None, cpsat_max_jobs: int
         tick("re-plan")
         arrival = _arrival_case(*rp, seed)
         tick("arrivals")
+        service_arrival = _service_arrival_case(*rp, seed)
+        tick("service arrivals")
     return {"cases": cases, "replan": replan_case, "arrival": arrival,
-            "objective": "throughput", "seed": seed, "cpsat_time_limit_s": time_limit_s}
+            "service_arrival": service_arrival, "objective": "throughput", "seed": seed,
+            "cpsat_time_limit_s": time_limit_s}

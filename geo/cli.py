@@ -209,6 +209,10 @@ def _show_reply(args, reply) -> int:
         return 0
     for d in getattr(reply, "diff", []) or []:
         print(f"{d.job}: {d.change} {d.before or '-'} -> {d.after or '-'}  ({d.reason})")
+    path = getattr(reply, "path", "")
+    if path:
+        print({"arrival": "planned by the arrival fast path (placed in free GPUs, nobody else "
+                          "moved)", "replan": "planned by a full re-plan"}.get(path, path))
     if getattr(reply, "plan", None) is not None:
         _print_plan(reply.plan)
     return 0

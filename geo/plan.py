@@ -30,7 +30,8 @@ class SitePlan(msgspec.Struct, omit_defaults=False):
     name: str
     gpus_used: int
     gpus_total: int
-    demand_supply_ratio: float
+    demand_supply_ratio: float  # GPUs wanted here (running + waiting) / GPUs here (MAST)
+    gpus_wanted: int = -1  # the ratio's numerator; -1: not known (a state saved before it)
 
 
 class Infeasible(msgspec.Struct):
@@ -147,7 +148,7 @@ def build_plan(model: Model, options: dict[str, JobOptions], chosen: dict[str, C
         used = sum(min(v, model.capacity(site, t)) for (site, t), v in demand.items() if site == s)
         ratio = want / total if total else (0.0 if want == 0 else float("inf"))
         max_ds = max(max_ds, ratio)
-        sites.append(SitePlan(s, used, total, round(ratio, 4)))
+        sites.append(SitePlan(s, used, total, round(ratio, 4), want))
     cost_h = sum(c.cost_per_hour for c, _ in started)
     return Plan(status="infeasible" if infeasible else status, objective=objective,
                 solve_time_s=solve_time_s, jobs=jobs, sites=sites, solver=solver,
@@ -155,3 +156,46 @@ def build_plan(model: Model, options: dict[str, JobOptions], chosen: dict[str, C
                                                 balance_penalty(model, demand)),
                 cost_per_hour=cost_h, makespan_h=makespan, max_demand_supply=max_ds,
                 infeasible=infeasible)
+
+
+def add_arrival(plan: Plan, model: Model, c: Candidate, ref_speed: float, priority: float, *,
+                reason: str, solve_time_s: float) -> Plan | None:
+    """``plan`` with one more job starting now on ``c``, without a re-plan (the service's fast
+    path for a submitted job). Exact only when nobody else's numbers change: every pool of
+    ``c`` holds running jobs only (no job waits there, checked by the caller) and every site of
+    ``c`` has no demand above its supply (``gpus_used == gpus_wanted``); None otherwise, and
+    for a plan saved without ``gpus_wanted``. Then each site of ``c`` gains c's GPUs in use and
+    in demand, and the objective gains c's term."""
+    from .balance import UNDER
+
+    at = dict(c.alloc)
+    by_name = {sp.name: sp for sp in plan.sites}
+    for s in at:
+        sp = by_name.get(s)
+        if sp is None or sp.gpus_wanted < 0 or sp.gpus_used != sp.gpus_wanted:
+            return None
+    sites, max_ds = [], plan.max_demand_supply
+    for sp in plan.sites:
+        n = at.get(sp.name, 0)
+        if n:
+            want = sp.gpus_wanted + n
+            ratio = want / sp.gpus_total if sp.gpus_total else float("inf")
+            max_ds = max(max_ds, ratio)
+            sp = SitePlan(sp.name, sp.gpus_used + n, sp.gpus_total, round(ratio, 4), want)
+        sites.append(sp)
+    value = plan.objective_value
+    if plan.objective == "throughput":
+        value += priority * (PLACED + c.speed / ref_speed)
+    elif plan.objective == "cost":
+        value += c.total_usd
+    elif plan.objective == "balance":  # c takes idle GPUs of pools that are not overloaded
+        value -= UNDER * c.gpus / (sum(n for n, _ in model.pools.values()) or 1)
+    makespan = max(plan.makespan_h, c.finish_h)
+    if plan.objective == "makespan":
+        value = makespan
+    jp = JobPlan(c.job, c.mode, c.sites, c.iteration_s, c.cost_per_hour, c.finish_h, c.gpu_type,
+                 0.0, False, reason)
+    return msgspec.structs.replace(
+        plan, jobs=[*plan.jobs, jp], sites=sites, solver="arrival", solve_time_s=solve_time_s,
+        objective_value=value, gap=None, cost_per_hour=plan.cost_per_hour + c.cost_per_hour,
+        makespan_h=makespan, max_demand_supply=max_ds)

@@ -101,6 +101,9 @@ class Reply(Msg, omit_defaults=False):
     plan: Optional[Plan] = None
     diff: list[Change] = []
     events: int = 0  # events applied since the state was created
+    # how the change was planned: "arrival" (a submit's fast path: the job placed in free
+    # GPUs, nobody else moved) or "replan" (a full re-plan); "" for a status
+    path: str = ""
 
 
 class Error(Msg, omit_defaults=False):

@@ -18,9 +18,11 @@ import logging
 import time
 
 import msgspec
+import numpy as np
 
-from .candidates import (Candidate, JobOptions, Model, ideal_speed, job_options, multi_site,
-                         score, single_site)
+from .baselines import _Fleet, _site_vectors
+from .candidates import (PLACED, Candidate, JobOptions, Model, gpu_sizes, ideal_speed,
+                         job_options, multi_site, score, single_site)
 from .decomposed import solve_decomposed
 from .plan import Plan, build_plan
 from .planner import plan as full_plan
@@ -87,11 +89,17 @@ def apply_event(spec: Spec, ev: Event, saved: dict[str, dict[str, int]]) -> str:
     return what[ev.kind]
 
 
-def add_job(spec: Spec, job: Job) -> str:
+def check_new_job(spec: Spec, job: Job) -> None:
+    """A submitted job's checks against the fleet (a new name, GPU types, dataset, ...); it
+    arrives waiting (no ``running``)."""
     if any(j.name == job.name for j in spec.jobs):
         raise GeoSpecError(f"job {job.name!r} exists already")
     check_job_refs(spec, job, {}, f"job {job.name}", "$")
     job.running, job.running_mode = None, None
+
+
+def add_job(spec: Spec, job: Job) -> str:
+    check_new_job(spec, job)
     spec.jobs.append(job)
     return f"job {job.name} arrived"
 
@@ -127,10 +135,12 @@ def initial_plan(spec: Spec, objective: str, solver: str = "auto", wan: Wan | No
 
 
 def replan(spec: Spec, objective: str, reason: str, *, improve: bool, wan: Wan | None = None,
-           affected_site: str | None = None) -> tuple[Plan, list[Change]]:
-    """Re-plan after the spec changed (see the module docstring); updates ``running``."""
+           affected_site: str | None = None, model: Model | None = None
+           ) -> tuple[Plan, list[Change]]:
+    """Re-plan after the spec changed (see the module docstring); updates ``running``.
+    ``model``: a Model of ``spec`` as it is now (the service keeps it for its next arrival)."""
     t0 = time.perf_counter()
-    model = Model(spec, wan)
+    model = model if model is not None and model.spec is spec else Model(spec, wan)
     free = {k: v[0] for k, v in model.pools.items()}
     kept: dict[str, Candidate] = {}
     displaced: list[Job] = []
@@ -282,22 +292,71 @@ def _make_room(model: Model, job: Job, kept: dict[str, Candidate],
     return c
 
 
-def place_arrival(model: Model, job: Job, objective: str) -> tuple[Candidate | None, Change]:
-    """The fast path for one arriving job (MAST's real-time placement): the GPUs the running
-    jobs leave free, then the decomposed method on this job alone; nobody else moves.
-    ``model`` may be reused between arrivals (the fleet has not changed)."""
+def free_gpus(model: Model) -> dict[tuple[str, str], int]:
+    """GPUs per pool (site, type) that the running jobs of ``model.spec`` leave free."""
     free = {k: v[0] for k, v in model.pools.items()}
     for j in model.spec.jobs:
         for s, ts in (j.running or {}).items():
             for t, n in ts.items():
                 free[(s, t)] = free.get((s, t), 0) - n
-    options, chosen, queued = solve_decomposed(model, objective, jobs=[job], free=free)
-    c = chosen.get(job.name)
-    if c is None:
-        why = options[job.name].reason or "no free GPUs for it now"
-        return None, Change(job.name, "waiting", "", "", why)
+    return free
+
+
+def place_arrival(model: Model, job: Job, objective: str,
+                  free: dict[tuple[str, str], int] | None = None
+                  ) -> tuple[Candidate | None, Change]:
+    """The fast path for one arriving job (MAST's real-time placement): the GPUs the running
+    jobs leave free (``free``, else counted from the spec), then the decomposed method on this
+    job alone; nobody else moves. ``model`` may be reused between arrivals (the fleet has not
+    changed)."""
+    free = dict(free) if free is not None else free_gpus(model)
+    c = _place_one(model, job, objective, free)
+    if c is None:  # no single site has room (or the job spans sites): the decomposed method
+        options, chosen, queued = solve_decomposed(model, objective, jobs=[job], free=free)
+        c = chosen.get(job.name)
+        if c is None:
+            why = options[job.name].reason or "no free GPUs for it now"
+            return None, Change(job.name, "waiting", "", "", why)
     job.running = {}
     for s, n in c.alloc:
         job.running.setdefault(s, {})[c.gpu_type] = n
     job.running_mode = c.mode
     return c, Change(job.name, "placed", "", alloc_str(c), "job arrived")
+
+
+def _place_one(model: Model, job: Job, objective: str, free: dict[tuple[str, str], int]
+               ) -> Candidate | None:
+    """One job's best single-site candidate in the free GPUs, by exhaustive search (MAST's
+    "each eligible region builds a plan, the plans are compared"): every allowed GPU type and
+    size at every site at once (numpy over sites), deadline and budget met, scored by the
+    objective as ``decomposed`` scores it; None when none fits."""
+    if "single-site" not in job.modes:
+        return None
+    fleet = _Fleet(model, free)
+    ref = ideal_speed(model, job)
+    best = None  # (score, site index, type, GPUs)
+    for t in job.gpu_types:
+        if t not in fleet.cap:
+            continue
+        for n in gpu_sizes(job, int(fleet.max_cap[t])):
+            it, hours, total = _site_vectors(fleet, job, t, n)
+            ok = fleet.free[t] >= n
+            if job.deadline_h is not None:
+                ok &= hours <= job.deadline_h
+            if job.budget_usd is not None:
+                ok &= total <= job.budget_usd
+            if not ok.any():
+                continue
+            if objective in ("throughput", "balance"):
+                sc = job.priority * (PLACED + 1 / it / ref)
+            elif objective == "cost":
+                sc = -total
+            else:
+                sc = -hours
+            i = int(np.argmax(np.where(ok, sc, -np.inf)))
+            if best is None or sc[i] > best[0]:
+                best = (float(sc[i]), i, t, n)
+    if best is None:
+        return None
+    _, i, t, n = best
+    return single_site(model, job, model.sites[i], t, n)

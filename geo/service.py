@@ -3,11 +3,14 @@
 One thread owns the socket and the state: each request is decoded into its typed struct
 (geo/protocol.py), checked (token, every job field), applied to a copy of the state, re-planned,
 saved to disk, and only then swapped in and answered - so an error leaves the state as it was,
-and an answer means the change is on disk. Every request gets exactly one answer; a frame that
+and an answer means the change is on disk. A submitted job that fits in the free GPUs, where
+nobody waits, takes the arrival fast path instead (``_arrive``: placed alone, the plan updated,
+the change appended to the state's journal); the answer's ``path`` says which was used. Every request gets exactly one answer; a frame that
 does not decode gets an ERROR, never a crash. SIGTERM sets a flag; the loop exits cleanly.
 """
 from __future__ import annotations
 
+import gc
 import hmac
 import itertools
 import logging
@@ -23,13 +26,18 @@ from scheduler_daemon.sockets import make_socket, runtime_dir
 
 from .protocol import (REPLIES, REQUESTS, Error, EventReq, GeoProtocolError, Reply, StatusReq,
                        Submit, check_event, decode, encode)
-from .replan import IMPROVING, add_job, apply_event, clone, initial_plan, replan
+from .candidates import Model, ideal_speed
+from .plan import add_arrival
+from .replan import (IMPROVING, add_job, apply_event, check_new_job, clone, free_gpus,
+                     initial_plan, place_arrival, replan)
 from .spec import GeoSpecError, check_job, load_spec
-from .state import GeoState, default_state_path, load_state, save_state
+from .state import (GeoState, append_arrival, apply_arrival, arrival_record, default_state_path,
+                    journal_path, load_state, save_state)
 from .wan import Wan
 
 log = logging.getLogger("geo.service")
 MAX_FRAME = 4 * 1024 * 1024  # a job or an event is small; bigger frames are refused by libzmq
+JOURNAL_MAX = 1000  # arrivals journaled before a submit saves the whole state (idle saves too)
 
 __all__ = ["GeoService", "GeoClient", "default_geo_endpoint", "default_state_path"]
 
@@ -59,8 +67,15 @@ class GeoService:
         elif spec_path is not None:
             log.warning("geo: %s holds a state already; --spec %s is ignored", state_path,
                         spec_path)
+        if os.path.exists(journal_path(state_path)) and os.path.getsize(journal_path(state_path)):
+            save_state(state, state_path)  # the journal's arrivals into the state file
         self.state = state
         self.wan = Wan(state.spec)  # sites and links never change: events change GPUs, prices
+        self._model: Model | None = None  # of the state's fleet, for the arrival fast path
+        self._free: tuple[GeoState, dict] | None = None  # free GPUs of that state
+        self._journal = 0  # arrivals in the journal, not yet in the state file
+        self._dirty = True  # requests since the last idle moment
+        self._serving = False  # serve_forever runs: this process is the service's own
 
     def install_signal_handlers(self) -> None:
         def stop(signum, frame):
@@ -83,10 +98,15 @@ class GeoService:
             if isinstance(msg, StatusReq):
                 return encode(Reply(req_id, plan=self.state.plan, diff=self.state.diff,
                                     events=self.state.events))
+            if isinstance(msg, Submit):
+                check_job(msg.job, {}, f"job {msg.job.name}", "$")
+                check_new_job(self.state.spec, msg.job)
+                fast = self._arrive(msg)
+                if fast is not None:
+                    return fast
             new = msgspec.structs.replace(self.state, spec=clone(self.state.spec),
                                           down={k: dict(v) for k, v in self.state.down.items()})
             if isinstance(msg, Submit):
-                check_job(msg.job, {}, f"job {msg.job.name}", "$")
                 reason = add_job(new.spec, msg.job)
                 improve = False
             else:
@@ -94,12 +114,17 @@ class GeoService:
                 reason = apply_event(new.spec, check_event(msg.event), new.down)
                 improve = msg.event.kind in IMPROVING
             t0 = time.perf_counter()
-            plan, diff = replan(new.spec, new.objective, reason, improve=improve, wan=self.wan)
+            model = Model(new.spec, self.wan)  # kept for the next arrival's fast path
+            plan, diff = replan(new.spec, new.objective, reason, improve=improve, wan=self.wan,
+                                model=model)
             new.plan, new.diff, new.events = plan, diff, new.events + 1
             save_state(new, self.state_path)  # on disk before the answer says it happened
-            self.state = new
+            self.state, self._journal, self._model = new, 0, model
+            self._free = (new, free_gpus(model))  # here, not in the next arrival's answer
+            if self._serving:  # the new state is long-lived: no full collection of the
+                gc.freeze()  # garbage collector walks it in the middle of a later request
             log.info("geo: %s -> %d changes in %.3fs", reason, len(diff), time.perf_counter() - t0)
-            return encode(Reply(req_id, plan=plan, diff=diff, events=new.events))
+            return encode(Reply(req_id, plan=plan, diff=diff, events=new.events, path="replan"))
         except GeoProtocolError as e:
             return encode(Error(req_id, e.code, e.message))
         except (GeoSpecError, ValueError) as e:
@@ -108,15 +133,95 @@ class GeoService:
             log.exception("geo: request %d failed", req_id)
             return encode(Error(req_id, "INTERNAL", f"{type(e).__name__}: {e}"))
 
+    def _fleet_model(self) -> Model:
+        """A Model of the state's fleet, kept while the sites are the same objects: the fast
+        path shares them (a new jobs list only); every event works on a copy, so a new one."""
+        spec = self.state.spec
+        if self._model is None or self._model.spec.sites is not spec.sites:
+            self._model = Model(spec, self.wan)
+        self._model.spec = spec
+        return self._model
+
+    def _arrive(self, msg: Submit) -> list[bytes] | None:
+        """The fast path for a submitted job (MAST's real-time placement, ``place_arrival``):
+        it starts now in GPUs the running jobs leave free, nobody else moves or waits longer,
+        and the plan is updated in place of a re-plan; the change goes to the state's journal
+        (``geo/state.py``). None (then: a full re-plan) when it does not fit in the free GPUs,
+        or when a job waits in a pool it would take (the re-plan decides who goes first), or
+        when the plan cannot be updated exactly."""
+        t0 = time.perf_counter()
+        st = self.state
+        if st.plan is None:
+            return None
+        model = self._fleet_model()
+        if self._free is None or self._free[0] is not st:
+            self._free = (st, free_gpus(model))
+        free = self._free[1]
+        job = msgspec.structs.replace(msg.job)  # running is set on this copy only
+        c, change = place_arrival(model, job, st.objective, free)
+        if c is None:
+            return None
+        pools = {(s, c.gpu_type) for s, _ in c.alloc}
+        wanted = dict.fromkeys(pools, 0)
+        for jp in st.plan.jobs:
+            for s, n in jp.sites.items():
+                if (s, jp.gpu_type) in wanted:
+                    wanted[(s, jp.gpu_type)] += n
+        for (s, t), n in wanted.items():  # demand there is only what runs there: none waits
+            if n != model.capacity(s, t) - free.get((s, t), 0):
+                return None
+        plan = add_arrival(st.plan, model, c, ideal_speed(model, job), job.priority,
+                           reason=change.reason, solve_time_s=time.perf_counter() - t0)
+        if plan is None:
+            return None
+        rec = arrival_record(st, job, plan, [change])
+        new = apply_arrival(st, rec)
+        if self._journal >= JOURNAL_MAX:
+            save_state(new, self.state_path)
+            self._journal = 0
+        else:
+            append_arrival(rec, self.state_path)  # on disk before the answer says it happened
+            self._journal += 1
+        self.state = new
+        left = dict(free)
+        for s, n in c.alloc:
+            left[(s, c.gpu_type)] -= n
+        self._free = (new, left)
+        log.info("geo: job %s placed on arrival (fast path) in %.2f ms", job.name,
+                 (time.perf_counter() - t0) * 1e3)
+        return encode(Reply(msg.req_id, plan=new.plan, diff=[change], events=new.events,
+                            path="arrival"))
+
+    def compact(self) -> None:
+        """Fold the journal into the state file (when idle, and at stop); on a disk error the
+        journal stays, valid, and the next idle moment tries again."""
+        if self._journal:
+            try:
+                save_state(self.state, self.state_path)
+            except OSError:
+                log.exception("geo: could not fold the journal into %s (it is kept)",
+                              self.state_path)
+                return
+            self._journal = 0
+
     def serve_forever(self, poll_ms: int = 200) -> None:
         ctx = zmq.Context()
         sock = make_socket(ctx, zmq.ROUTER, self.endpoint, bind=True, max_frame=MAX_FRAME,
                            curve_secret=self.curve_secret)
         log.info("geo: serving on %s (state %s)", self.endpoint, self.state_path)
+        self._serving = True
+        gc.collect()
+        gc.freeze()  # the state is long-lived (see handle)
         try:
             while not self._stop:
                 if not sock.poll(poll_ms):
+                    if self._dirty:  # idle: the journal's arrivals into the state file, and
+                        self.compact()  # the garbage collected now rather than mid-request
+                        gc.collect()
+                        gc.freeze()
+                        self._dirty = False
                     continue
+                self._dirty = True
                 frames = sock.recv_multipart(copy=True)
                 ident, body = frames[0], frames[1:]
                 if body and body[0] == b"":  # a REQ peer's empty delimiter
@@ -125,6 +230,7 @@ class GeoService:
                     reply = self.handle(body)
                 sock.send_multipart([ident, *reply])
         finally:
+            self.compact()
             sock.close(0)
             ctx.term()
             if self.endpoint.startswith("ipc://"):

@@ -218,3 +218,134 @@ def test_sigkill_loses_no_answered_change(service, tmp_path):
         assert site["gpus"][0]["usd_per_hour"] == 1.5
     finally:
         stop(proc2)
+
+
+def _fleet_state(tmp_path, objective="throughput"):
+    """A state file: 60 jobs planned on 10 sites, then 10 finished (free GPUs), re-planned;
+    and 10 more jobs of the same kind to submit."""
+    from geo.instances import make_instance
+    from geo.replan import initial_plan, replan
+    from geo.state import GeoState, save_state
+
+    spec = make_instance(70, 10, seed=2)
+    late = spec.jobs[60:]
+    spec.jobs = spec.jobs[:60]
+    initial_plan(spec, objective, "decomposed")
+    spec.jobs = spec.jobs[10:]
+    plan, diff = replan(spec, objective, "10 jobs finished", improve=False)
+    path = str(tmp_path / "state.json")
+    save_state(GeoState(spec=spec, objective=objective, solver="decomposed", plan=plan,
+                        diff=diff), path)
+    return path, late
+
+
+def _submit(svc, req_id, job):
+    from geo.protocol import Submit, encode
+    return decode(svc.handle(encode(Submit(req_id, job))), REPLIES)
+
+
+@pytest.mark.parametrize("objective", ["throughput", "cost", "makespan", "balance"])
+def test_submit_takes_the_arrival_fast_path_and_its_plan_is_exact(tmp_path, objective):
+    """A job that fits in the free GPUs is placed alone (path "arrival", no re-plan); the plan
+    the answer carries is the one a full evaluation of the same placement gives: site rows,
+    demand/supply, objective, cost, makespan. A job that does not fit gets a re-plan."""
+    from geo.replan import clone, replan
+    from geo.service import GeoService
+    from geo.state import load_state
+
+    path, late = _fleet_state(tmp_path, objective)
+    svc = GeoService(f"ipc://{tmp_path}/unused.sock", path)
+    paths = []
+    for k, job in enumerate(late[:6]):
+        before = {j.name: j.running for j in svc.state.spec.jobs}
+        r = _submit(svc, k + 1, job)
+        assert not isinstance(r, Error), r
+        paths.append(r.path)
+        assert r.events == k + 1 and r.plan.job(job.name)
+        if r.path != "arrival":
+            continue
+        assert [d.job for d in r.diff] == [job.name] and r.diff[0].change == "placed"
+        assert r.plan.solver == "arrival"
+        # nobody else moved
+        assert {j.name: j.running for j in svc.state.spec.jobs if j.name != job.name} == before
+        # the same placement evaluated from scratch: every job kept where it runs
+        ref = clone(svc.state.spec)
+        full, diff = replan(ref, objective, "check", improve=False)
+        assert not [d for d in diff if d.change != "waiting"], diff
+        assert [(s.name, s.gpus_used, s.gpus_total, s.gpus_wanted, s.demand_supply_ratio)
+                for s in r.plan.sites] == \
+            [(s.name, s.gpus_used, s.gpus_total, s.gpus_wanted, s.demand_supply_ratio)
+             for s in full.sites]
+        assert r.plan.max_demand_supply == pytest.approx(full.max_demand_supply)
+        assert r.plan.objective_value == pytest.approx(full.objective_value, rel=1e-9)
+        assert r.plan.cost_per_hour == pytest.approx(full.cost_per_hour, rel=1e-9)
+        assert r.plan.makespan_h == pytest.approx(full.makespan_h, rel=1e-9)
+        jp, fj = r.plan.job(job.name), full.job(job.name)
+        assert (jp.sites, jp.gpu_type, jp.start_h) == (fj.sites, fj.gpu_type, 0.0)
+    assert paths.count("arrival") >= 3
+    # on disk before the answer: the journal replays into the state
+    disk = load_state(path)
+    assert disk.events == svc.state.events
+    assert [j.name for j in disk.spec.jobs] == [j.name for j in svc.state.spec.jobs]
+    assert disk.plan == svc.state.plan
+    # a job bigger than any free pool of its type (not than the pools): a full re-plan
+    free, m = svc._free[1], svc._fleet_model()
+    t = next(t for t in ("H100", "A100", "L4") if max(m.capacity(s, t) for s in m.sites) >
+             max(n for (s, tt), n in free.items() if tt == t))
+    n = max(n for (s, tt), n in free.items() if tt == t) + 1
+    big = msgspec.structs.replace(late[6], name="big", gpu_types=[t], min_gpus=n, max_gpus=n,
+                                  deadline_h=None, modes=["single-site"])
+    r = _submit(svc, 50, big)
+    assert r.path == "replan" and r.plan.job("big")
+
+
+def test_journal_replay_skips_what_the_state_holds_and_drops_a_torn_record(tmp_path):
+    from geo.service import GeoService
+    from geo.state import journal_path, load_state
+
+    path, late = _fleet_state(tmp_path)
+    svc = GeoService(f"ipc://{tmp_path}/unused.sock", path)
+    trail = 0  # arrivals since the last re-plan (which saves the whole state)
+    for k, job in enumerate(late[:6]):
+        trail = trail + 1 if _submit(svc, k + 1, job).path == "arrival" else 0
+    assert trail and svc._journal == trail
+    assert len(open(journal_path(path), "rb").read().splitlines()) == trail
+    with open(journal_path(path), "ab") as f:
+        f.write(b'{"events": 99, "job": {"na')  # a crash mid-write: never answered
+    disk = load_state(path)
+    assert disk.events == svc.state.events and disk.plan == svc.state.plan
+    svc.compact()  # the state file holds everything; the journal is emptied
+    assert os.path.getsize(journal_path(path)) == 0 and load_state(path) == disk
+    # a restart finds its jobs; a record the state holds already is skipped, not applied twice
+    with open(journal_path(path), "wb") as f:
+        f.write(b"")
+    svc2 = GeoService(f"ipc://{tmp_path}/unused.sock", path)
+    assert [j.name for j in svc2.state.spec.jobs] == [j.name for j in svc.state.spec.jobs]
+    r = _submit(svc2, 99, late[7])
+    assert not isinstance(r, Error)
+    if r.path == "arrival":
+        rec = open(journal_path(path), "rb").read()
+        svc2.compact()
+        with open(journal_path(path), "wb") as f:
+            f.write(rec)  # left by a crash between the state's save and the journal's reset
+        again = load_state(path)
+        assert [j.name for j in again.spec.jobs].count(late[7].name) == 1
+        assert again.events == svc2.state.events
+
+
+def test_sigkill_after_a_fast_path_submit_loses_nothing(service, tmp_path):
+    proc, ep, state = service
+    with GeoClient(ep) as c:
+        with open(JOB) as f:
+            r = c.submit(parse_job(f.read()))
+    assert r.path == "arrival" and r.events == 1
+    proc.send_signal(signal.SIGKILL)  # before the idle save folds the journal in (likely)
+    proc.wait(timeout=20)
+    os.unlink(f"{tmp_path}/geo.sock")
+    proc2, ep, _ = start(tmp_path)
+    try:
+        with GeoClient(ep) as c:
+            st = c.status()
+        assert st.events == 1 and st.plan.job("llm-3b-new").sites == r.plan.job("llm-3b-new").sites
+    finally:
+        stop(proc2)
