@@ -19,6 +19,9 @@ log = logging.getLogger("geo.bench")
 
 DEFAULT_SIZES = ((50, 10), (200, 20), (1000, 50), (10000, 50))
 QUICK_SIZES = ((30, 6), (100, 10), (1000, 50))
+# the gap sweep: more seeds at <= 200 jobs, CP-SAT vs decomposed (seed = 2, 3, ...)
+SWEEP_SIZES = ((30, 6), (40, 7), (50, 8), (60, 9), (80, 10), (100, 10), (120, 12), (150, 15),
+               (200, 20))
 METHODS = ("cpsat", "decomposed", "greedy", "single-region")
 
 
@@ -161,10 +164,31 @@ def _service_arrival_case(n_jobs: int, n_sites: int, seed: int, arrivals: int = 
             "replan": stats(times["replan"])}
 
 
+def _sweep_case(n_jobs: int, n_sites: int, seed: int, time_limit_s: float) -> dict:
+    """CP-SAT and decomposed on one more seed: the gap where CP-SAT proves its optimum."""
+    spec = make_instance(n_jobs, n_sites, seed=seed, time_limit_s=time_limit_s)
+    model = Model(spec)
+    exact = plan(spec, "throughput", "cpsat", model=model, time_limit_s=time_limit_s)
+    fast = plan(spec, "throughput", "decomposed", model=model)
+    gap = round((exact.objective_value - fast.objective_value) / exact.objective_value, 5) \
+        if exact.status == "optimal" else None
+    return {"jobs": n_jobs, "sites": n_sites, "seed": seed, "cpsat_status": exact.status,
+            "cpsat_s": round(exact.solve_time_s, 3),
+            "cpsat_objective": round(exact.objective_value, 3),
+            "decomposed_s": round(fast.solve_time_s, 4),
+            "decomposed_objective": round(fast.objective_value, 3), "gap": gap,
+            "max_demand_supply": [round(exact.max_demand_supply, 3),
+                                  round(fast.max_demand_supply, 3)]}
+
+
 def run_bench(quick: bool = False, sizes: str | None = None, cpsat_max_jobs: int = 200,
-              time_limit_s: float = 30.0, seed: int = 1, progress: bool = True) -> dict:
+              time_limit_s: float = 30.0, seed: int = 1, progress: bool = True,
+              sweep: int | None = None) -> dict:
     todo = parse_sizes(sizes) if sizes else list(QUICK_SIZES if quick else DEFAULT_SIZES)
-    steps = sum(len(METHODS) if j <= cpsat_max_jobs else len(METHODS) - 1 for j, _ in todo) + 3
+    sweep = (3 if quick else len(SWEEP_SIZES)) if sweep is None else sweep
+    sweep_todo = [(j, n, seed + 1 + k) for k, (j, n) in enumerate(SWEEP_SIZES[:sweep])]
+    steps = sum(len(METHODS) if j <= cpsat_max_jobs else len(METHODS) - 1 for j, _ in todo) + 3 \
+        + len(sweep_todo)
     cases = []
     if progress:
         from rich.progress import Progress
@@ -191,6 +215,10 @@ def run_bench(quick: bool = False, sizes: str | None = None, cpsat_max_jobs: int
                 cases.append(_case(p, n_jobs, n_sites, method, cpsat_obj))
                 log.info("geo: bench %dx%d %s %.3fs", n_jobs, n_sites, method, p.solve_time_s)
                 tick(f"{n_jobs}x{n_sites} {method}")
+        gap_sweep = []
+        for j, n, sd in sweep_todo:
+            gap_sweep.append(_sweep_case(j, n, sd, time_limit_s))
+            tick(f"sweep {j}x{n} seed {sd}")
         rp = (200, 20) if quick else (1000, 50)
         replan_case = _replan_case(*rp, seed)
         tick("re-plan")
@@ -199,5 +227,6 @@ def run_bench(quick: bool = False, sizes: str | None = None, cpsat_max_jobs: int
         service_arrival = _service_arrival_case(*rp, seed)
         tick("service arrivals")
     return {"cases": cases, "replan": replan_case, "arrival": arrival,
-            "service_arrival": service_arrival, "objective": "throughput", "seed": seed,
+            "service_arrival": service_arrival, "gap_sweep": gap_sweep,
+            "objective": "throughput", "seed": seed,
             "cpsat_time_limit_s": time_limit_s}

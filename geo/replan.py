@@ -310,8 +310,10 @@ def place_arrival(model: Model, job: Job, objective: str,
     job alone; nobody else moves. ``model`` may be reused between arrivals (the fleet has not
     changed)."""
     free = dict(free) if free is not None else free_gpus(model)
-    c = _place_one(model, job, objective, free)
-    if c is None:  # no single site has room (or the job spans sites): the decomposed method
+    c, could = _place_one(model, job, objective, free)
+    if c is None and could and job.modes == ["single-site"]:
+        return None, Change(job.name, "waiting", "", "", "no free GPUs for it now")
+    if c is None:  # it may span sites, or no site can ever host it: the decomposed method
         options, chosen, queued = solve_decomposed(model, objective, jobs=[job], free=free)
         c = chosen.get(job.name)
         if c is None:
@@ -325,26 +327,30 @@ def place_arrival(model: Model, job: Job, objective: str,
 
 
 def _place_one(model: Model, job: Job, objective: str, free: dict[tuple[str, str], int]
-               ) -> Candidate | None:
+               ) -> tuple[Candidate | None, bool]:
     """One job's best single-site candidate in the free GPUs, by exhaustive search (MAST's
     "each eligible region builds a plan, the plans are compared"): every allowed GPU type and
     size at every site at once (numpy over sites), deadline and budget met, scored by the
-    objective as ``decomposed`` scores it; None when none fits."""
+    objective as ``decomposed`` scores it; None when none fits. The flag: some site could host
+    it if its GPUs were free (so it waits for GPUs, not for a constraint)."""
     if "single-site" not in job.modes:
-        return None
+        return None, False
     fleet = _Fleet(model, free)
     ref = ideal_speed(model, job)
     best = None  # (score, site index, type, GPUs)
+    could = False
     for t in job.gpu_types:
         if t not in fleet.cap:
             continue
         for n in gpu_sizes(job, int(fleet.max_cap[t])):
             it, hours, total = _site_vectors(fleet, job, t, n)
-            ok = fleet.free[t] >= n
+            ok = fleet.cap[t] >= n
             if job.deadline_h is not None:
                 ok &= hours <= job.deadline_h
             if job.budget_usd is not None:
                 ok &= total <= job.budget_usd
+            could = could or bool(ok.any())
+            ok &= fleet.free[t] >= n
             if not ok.any():
                 continue
             if objective in ("throughput", "balance"):
@@ -357,6 +363,6 @@ def _place_one(model: Model, job: Job, objective: str, free: dict[tuple[str, str
             if best is None or sc[i] > best[0]:
                 best = (float(sc[i]), i, t, n)
     if best is None:
-        return None
+        return None, could
     _, i, t, n = best
-    return single_site(model, job, model.sites[i], t, n)
+    return single_site(model, job, model.sites[i], t, n), True
