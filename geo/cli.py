@@ -266,7 +266,7 @@ def run_geo_bench(args: argparse.Namespace) -> int:
     if result.get("gap_sweep"):
         sw = Table(title="gap sweep: decomposed vs CP-SAT on more seeds")
         scols = ("jobs", "sites", "seed", "cpsat_status", "cpsat_s", "cpsat_objective",
-                 "decomposed_s", "decomposed_objective", "gap")
+                 "decomposed_s", "decomposed_objective", "gap", "gap_to_bound")
         for c in scols:
             sw.add_column(c, justify="right")
         for case in result["gap_sweep"]:

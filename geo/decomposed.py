@@ -42,15 +42,17 @@ STEP = 0.2  # first step, as a share of the median score per GPU
 
 
 def _job_rows(fleet: _Fleet, job: Job, objective: str, ref: float, pools: np.ndarray,
-              types: list[str], bonus: float, all_sizes: bool = False):
-    """(scores, GPUs, pool ids, site ids, type ids) of one job's single-site candidates: per
-    GPU type, its smallest size that meets the deadline and budget, at every site that can
-    (``all_sizes``: every size, at its best PRICE_SITES sites: for pricing)."""
-    parts = []
+              types: list[str], bonus: float):
+    """Two views of one job's single-site candidates, each (scores, GPUs, pool ids, site ids,
+    type ids) or None: for placement, per GPU type its smallest size that meets the deadline
+    and budget, at every site that can; for pricing, every size at its best PRICE_SITES sites.
+    One pass over the sizes builds both."""
+    place, bid = [], []
     if "single-site" in job.modes:
         for ti, t in enumerate(types):
             if t not in job.gpu_types:
                 continue
+            first = True
             for n in gpu_sizes(job, int(fleet.max_cap[t])):
                 it, hours, total = _site_vectors(fleet, job, t, n)
                 ok = fleet.cap[t] >= n
@@ -67,15 +69,18 @@ def _job_rows(fleet: _Fleet, job: Job, objective: str, ref: float, pools: np.nda
                     sc = job.priority * bonus - total[idx]
                 else:
                     sc = job.priority * bonus - hours[idx]
-                if all_sizes and len(idx) > PRICE_SITES:
-                    top = np.argsort(-sc)[:PRICE_SITES]
-                    sc, idx = sc[top], idx[top]
-                parts.append((sc, np.full(len(idx), n), pools[ti, idx], idx, np.full(len(idx), ti)))
-                if not all_sizes:
-                    break  # the smallest size that works: step 3 grows jobs into what is left
-    if not parts:
-        return None
-    return tuple(np.concatenate(x) for x in zip(*parts))
+                row = (sc, np.full(len(idx), n), pools[ti, idx], idx, np.full(len(idx), ti))
+                if first:  # the smallest size that works: step 3 grows jobs into what is left
+                    place.append(row)
+                    first = False
+                if len(idx) > PRICE_SITES:
+                    top = np.argpartition(-sc, PRICE_SITES)[:PRICE_SITES]
+                    row = tuple(x[top] for x in row)
+                bid.append(row)
+    if not place:
+        return None, None
+    return tuple(np.concatenate(x) for x in zip(*place)), \
+        tuple(np.concatenate(x) for x in zip(*bid))
 
 
 def solve_decomposed(model: Model, objective: str, *, jobs: list[Job] | None = None,
@@ -96,8 +101,9 @@ def solve_decomposed(model: Model, objective: str, *, jobs: list[Job] | None = N
         options[job.name] = JobOptions(job, ref_speed=ref)
         # cost, makespan: placing a job pays more than anything saved on others
         b = _bonus(fleet, job, objective) if objective != "throughput" else 0.0
-        data.append(_job_rows(fleet, job, objective, ref, pools, types, b))
-        bids.append(_job_rows(fleet, job, objective, ref, pools, types, b, all_sizes=True))
+        d, bd = _job_rows(fleet, job, objective, ref, pools, types, b)
+        data.append(d)
+        bids.append(bd)
     S, N, P = _matrix(data)
     lam, dual = _prices(*_matrix(bids), cap)
     # regional packing at the balancing prices and at zero prices: keep the better plan
