@@ -5,8 +5,9 @@ One thread owns the socket and the state: each request is decoded into its typed
 saved to disk, and only then swapped in and answered - so an error leaves the state as it was,
 and an answer means the change is on disk. A submitted job that fits in the free GPUs, where
 nobody waits, takes the arrival fast path instead (``_arrive``: placed alone, the plan updated,
-the change appended to the state's journal); the answer's ``path`` says which was used. Every request gets exactly one answer; a frame that
-does not decode gets an ERROR, never a crash. SIGTERM sets a flag; the loop exits cleanly.
+the change appended to the state's journal); the answer's ``path`` says which was used.
+Every request gets exactly one answer; a frame that does not decode gets an ERROR, never a
+crash. SIGTERM sets a flag; the loop exits cleanly.
 """
 from __future__ import annotations
 
