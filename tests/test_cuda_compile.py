@@ -405,3 +405,18 @@ def test_presets_for_detected_gpus():
     assert preset_for("NVIDIA L4", (8, 9)) == "A100"
     assert preset_for("Some GPU", (7, 5)) == "T4"
     assert preset_for("Some GPU") == "A100"
+
+
+def test_auto_on_a_gpu_node_with_a_cpu_torch_runs_torch_on_the_cpu(monkeypatch, caplog):
+    """A GPU NVML sees is only used through torch when this torch build has CUDA; otherwise the
+    daemon says so and runs torch on the CPU instead of failing on its first kernel."""
+    import scheduler_daemon.devices as devices
+    monkeypatch.setattr(devices, "visible_gpus", lambda: ["NVIDIA H200"])
+    monkeypatch.setattr(devices, "_torch_has_cuda", lambda: False)
+    with caplog.at_level("WARNING", logger="gpusched.device"):
+        dev = devices.make_device("auto")
+    try:
+        assert dev.name == "torch" and str(dev.device) == "cpu"
+        assert "no CUDA" in caplog.text and "--backend cuda" in caplog.text
+    finally:
+        dev.close()

@@ -51,11 +51,21 @@ def make_device(backend: str = "auto", spec_name: str = "T4", speed: float = 1.0
         from .torch_device import TorchDevice
     except ImportError as e:
         raise ValueError(f"the torch backend needs torch: pip install 'gpusched[torch]' ({e})") from None
-    dev = torch_device or ("cuda" if gpus else "cpu")
+    dev = torch_device or ("cuda" if gpus and _torch_has_cuda() else "cpu")
+    if gpus and dev == "cpu" and not torch_device:
+        log.warning("device: NVML sees %s but this torch build has no CUDA: the torch backend "
+                    "runs on the CPU (install a CUDA build of torch for the GPU, or use "
+                    "--backend cuda for raw CUDA kernels)", gpus[0])
+        gpus = []
     spec = gpu_spec(preset_for(gpus[0])) if gpus else gpu_spec(spec_name)
     log.info("device: torch backend on %s (%s), scheduler spec %s", dev,
              gpus[0] if gpus else "CPU worker pool", spec.name)
     return TorchDevice(spec, dev)
+
+
+def _torch_has_cuda() -> bool:
+    import torch
+    return bool(torch.backends.cuda.is_built()) and torch.cuda.is_available()
 
 
 def _cuda_ordinal(cuda_device: int | None, torch_device: str | None) -> int:
