@@ -79,6 +79,18 @@ def _site_vectors(fleet: _Fleet, job: Job, t: str, n: int):
     return got
 
 
+def _site_options(fleet: _Fleet, job: Job, t: str, n: int):
+    """``_site_vectors`` plus ``ok`` per site: the pool has n GPUs of type t, and the job's
+    deadline and budget hold there (free GPUs are the caller's business)."""
+    it, hours, total = _site_vectors(fleet, job, t, n)
+    ok = fleet.cap[t] >= n
+    if job.deadline_h is not None:
+        ok &= hours <= job.deadline_h
+    if job.budget_usd is not None:
+        ok &= total <= job.budget_usd
+    return it, hours, total, ok
+
+
 def solve_fast(model: Model, objective: str, method: str, *, jobs: list[Job] | None = None,
                free: dict[tuple[str, str], int] | None = None
                ) -> tuple[dict[str, JobOptions], dict[str, Candidate], dict[str, Candidate]]:

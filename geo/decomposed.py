@@ -27,7 +27,7 @@ import logging
 
 import numpy as np
 
-from .baselines import _Fleet, _multi_site, _site_vectors
+from .baselines import _Fleet, _multi_site, _site_options, _site_vectors
 from .packing import grow, polish, relocate
 from .candidates import (PLACED, Candidate, JobOptions, Model, gpu_sizes, ideal_speed,
                          job_options, single_site)
@@ -54,12 +54,7 @@ def _job_rows(fleet: _Fleet, job: Job, objective: str, ref: float, pools: np.nda
                 continue
             first = True
             for n in gpu_sizes(job, int(fleet.max_cap[t])):
-                it, hours, total = _site_vectors(fleet, job, t, n)
-                ok = fleet.cap[t] >= n
-                if job.deadline_h is not None:
-                    ok &= hours <= job.deadline_h
-                if job.budget_usd is not None:
-                    ok &= total <= job.budget_usd
+                it, hours, total, ok = _site_options(fleet, job, t, n)
                 idx = np.flatnonzero(ok)
                 if not len(idx):
                     continue  # too slow or dear at this size: try the next

@@ -10,7 +10,7 @@ import heapq
 
 import numpy as np
 
-from .baselines import _Fleet, _site_vectors
+from .baselines import _Fleet, _site_options, _site_vectors
 from .candidates import PLACED, JobOptions, Model, gpu_sizes, step_single_s
 from .spec import Job
 
@@ -236,12 +236,7 @@ class _Pools:
                     continue
                 vals = np.empty((len(sizes), len(fl.cap[t])))
                 for k, n in enumerate(sizes):
-                    it, h, tot = _site_vectors(fl, job, t, n)
-                    ok = fl.cap[t] >= n
-                    if job.deadline_h is not None:
-                        ok &= h <= job.deadline_h
-                    if job.budget_usd is not None:
-                        ok &= tot <= job.budget_usd
+                    it, _, _, ok = _site_options(fl, job, t, n)
                     vals[k] = np.where(ok, job.priority * (PLACED + 1 / it / ref), -np.inf)
                 out[t] = (sizes, vals)
             self.tables[name] = out

@@ -20,7 +20,7 @@ import time
 import msgspec
 import numpy as np
 
-from .baselines import _Fleet, _site_vectors
+from .baselines import _Fleet, _site_options
 from .candidates import (PLACED, Candidate, JobOptions, Model, gpu_sizes, ideal_speed,
                          job_options, multi_site, score, single_site)
 from .decomposed import solve_decomposed
@@ -343,12 +343,7 @@ def _place_one(model: Model, job: Job, objective: str, free: dict[tuple[str, str
         if t not in fleet.cap:
             continue
         for n in gpu_sizes(job, int(fleet.max_cap[t])):
-            it, hours, total = _site_vectors(fleet, job, t, n)
-            ok = fleet.cap[t] >= n
-            if job.deadline_h is not None:
-                ok &= hours <= job.deadline_h
-            if job.budget_usd is not None:
-                ok &= total <= job.budget_usd
+            it, hours, total, ok = _site_options(fleet, job, t, n)
             could = could or bool(ok.any())
             ok &= fleet.free[t] >= n
             if not ok.any():

@@ -10,21 +10,10 @@ from client_lib import Client  # noqa: E402
 from client_lib.errors import RequestError  # noqa: E402
 from profilers.zoo_models import build  # noqa: E402
 
-
-def _mlp():
-    torch.manual_seed(1)
-    return torch.nn.Sequential(torch.nn.Linear(16, 32), torch.nn.ReLU(), torch.nn.Linear(32, 4)).eval()
+import tiny_models  # noqa: E402
 
 
-def _encoder():
-    torch.manual_seed(2)
-    return torch.nn.TransformerEncoder(
-        torch.nn.TransformerEncoderLayer(32, 4, 64, batch_first=True), 2).eval()
-
-
-def _local(module, *xs):
-    with torch.no_grad():
-        return module(*xs)
+_mlp, _encoder, _local = tiny_models.mlp, tiny_models.encoder, tiny_models.local
 
 
 def test_two_tenants_concurrently_bit_identical(daemon_factory):
