@@ -27,6 +27,8 @@ largest activation a kernel writes.
 """
 from __future__ import annotations
 
+import functools
+
 import statistics
 import time
 from typing import Optional
@@ -65,8 +67,9 @@ def parse_device(device: str) -> tuple[str, str]:
     return source, target
 
 
+@functools.lru_cache(maxsize=None)
 def _weights_mb(model: str, bytes_per_param: int | None = 2) -> float:
-
+    # cached: building the module on meta tensors is ~0.1 s, and placement asks per batch size
     from .zoo_models import build
     module, _ = build(model, device="meta")
     return sum(p.numel() * (bytes_per_param or p.element_size()) for p in module.parameters()) / 2**20
