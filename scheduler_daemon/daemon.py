@@ -224,7 +224,7 @@ class Daemon:
 
     def _advance(self) -> None:
         """Run due device events, dispatch, answer finished jobs, until nothing is due."""
-        env, core, launch, ready = self.env, self.core, self.device.launch, self.device.ready
+        env, core, launch = self.env, self.core, self.device.launch
         while True:
             now = env.now
             if env.peek() <= now:
@@ -241,10 +241,6 @@ class Daemon:
                 for job in core.drain_finished():
                     self._finish(job)
                 continue  # finishing can queue more work (an eager stream's next batch)
-            if ready():  # kernels the device ran on this thread: their successors go now
-                env.tick()
-                self.device.collect()
-                continue
             if env.peek() > now:
                 return
 

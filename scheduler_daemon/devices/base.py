@@ -47,11 +47,6 @@ class Device(ABC):
     def collect(self) -> None:
         """Deliver completions that worker threads have queued."""
 
-    def ready(self) -> bool:
-        """Completions to ``collect`` now, without waiting for ``wake_fd`` (work the device
-        ran on the caller's thread). False tells the loop to look at its sockets first."""
-        return False
-
     def utilisation(self) -> float:
         return 0.0
 

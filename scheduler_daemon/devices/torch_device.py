@@ -3,16 +3,6 @@
 On a CUDA device every worker owns a CUDA stream and times kernels with CUDA events; on the CPU
 the workers are a thread pool (torch releases the GIL inside its operators). Completions are
 queued by the workers and the daemon is woken through a socketpair it polls.
-
-On the CPU an op expected to take less than ``INLINE_S`` runs on the daemon's own thread when
-no worker is busy: handing it to a worker and being woken back costs two thread wake-ups per
-op, and the ops themselves ran slower on a worker that sleeps between them (bert-base batch 1,
-668 ops: 1.36x local through the worker, 1.19x with the op run in the loop's thread, on this
-project's 2-core machine). Its completion is delivered by ``ready``/``collect`` without a trip
-through poll. An op's first run goes to the worker: it can take seconds (lazy imports and
-initialisation in torch, the allocation guard's first meta run), and the loop must keep
-answering meanwhile. After ``INLINE_BUDGET_S`` of inline work the loop is sent back to its sockets, so
-another tenant's job gets in within about that budget plus one op.
 """
 from __future__ import annotations
 
@@ -31,20 +21,12 @@ from .base import Device
 
 log = logging.getLogger("gpusched.device.torch")
 
-# CPU ops expected to be shorter than this run on the daemon's thread; longer ones go to the
-# worker (the loop keeps reading its sockets meanwhile). High, so that ops rarely alternate
-# between the two threads' OpenMP teams. ``TorchDevice(inline_s=0)`` turns inlining off.
-INLINE_S = 0.02
-INLINE_BUDGET_S = 2e-3    # inline work between two looks at the sockets
-WARM_MODELS = 4096        # models whose ops' first runs are remembered
-
 
 class TorchDevice(Device):
     name = "torch"
     runs_eager = True  # intercepted eager ops (scheduler_daemon/eager.py)
 
-    def __init__(self, spec: GpuSpec, device: str = "cpu", workers: int | None = None,
-                 inline_s: float | None = None):
+    def __init__(self, spec: GpuSpec, device: str = "cpu", workers: int | None = None):
         import torch
         self.torch = torch
         self.spec = spec
@@ -60,11 +42,6 @@ class TorchDevice(Device):
         self._rsock.setblocking(False)
         self._local = threading.local()
         self._busy = 0
-        self._ready: list = []      # completions of inline ops (the daemon's thread only)
-        self._inline_spent = 0.0
-        self._warm: dict = {}       # model key -> (model, bytearray: op ran once already)
-        # CUDA ops are asynchronous and timed on their worker's stream: never inline
-        self.inline_s = 0.0 if self.cuda else (INLINE_S if inline_s is None else inline_s)
         self._graphs: dict = {}  # model key -> LoadedGraph (registered torch models)
         from .alloc_guard import AllocGuard
         self.guard = AllocGuard()
@@ -160,43 +137,8 @@ class TorchDevice(Device):
             op = _graph_op(graph, job.cur, self.guard, self.alloc_limit)
         else:
             op = torch_ops.resolve(job.model.kernels[job.cur].op)
-        if self._busy == 0 and job.model.estimates.get(job.cur) < self.inline_s \
-                and self._ran_before(job.model, job.cur):
-            self._run_inline(job, op)   # nothing in a worker: the job's order is kept
-            return
         self._busy += 1
         self._pool.submit(self._run, job, op)
-
-    def _ran_before(self, model, i: int) -> bool:
-        """Whether op ``i`` of ``model`` was launched before; marks it launched."""
-        entry = self._warm.get(model.key)
-        if entry is None or entry[0] is not model:
-            if len(self._warm) >= WARM_MODELS:
-                self._warm.clear()
-            entry = self._warm[model.key] = (model, bytearray(len(model.kernels)))
-        seen = entry[1]
-        if seen[i]:
-            return True
-        seen[i] = 1
-        return False
-
-    def _run_inline(self, job: Job, op) -> None:
-        t0 = time.perf_counter()
-        try:
-            job.payload = op(job.payload)
-            self._ready.append((job, time.perf_counter() - t0, None))
-        except Exception as e:  # a failing kernel fails its job only
-            self._ready.append((job, 0.0, f"{type(e).__name__}: {e}"))
-        self._inline_spent += time.perf_counter() - t0
-
-    def ready(self) -> bool:
-        if not self._ready:
-            return False
-        if self._inline_spent < INLINE_BUDGET_S:
-            return True
-        self._inline_spent = 0.0
-        self._wsock.send(b"\0")  # delivered after the loop has looked at its sockets
-        return False
 
     def wake_fd(self) -> int:
         return self._rsock.fileno()
@@ -208,12 +150,6 @@ class TorchDevice(Device):
         except BlockingIOError:
             pass
         now = self.env.now
-        ready, self._ready = self._ready, []
-        for job, dur, err in ready:
-            if err is None:
-                self.on_complete(job, now, dur)
-            else:
-                self.on_fail(job, now, err)
         while True:
             try:
                 job, dur, err = self._done.get_nowait()
