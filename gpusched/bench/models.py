@@ -92,6 +92,9 @@ def measure(models: list[str], batches: list[int], reps: int, progress=None) -> 
 
     from ..procs import start_daemon, stop_daemon
     rows = []
+    # first, before torch runs here: its OpenMP threads spinning after an op slowed the echo
+    # thread's round trip 10x when it was measured last
+    rtt_us = _raw_rtt_us()
     proc, ep = start_daemon("--backend", "torch", "--torch-device", "cpu")
     try:
         with Client(ep, tenant="bench") as c:
@@ -111,7 +114,7 @@ def measure(models: list[str], batches: list[int], reps: int, progress=None) -> 
                         progress()
     finally:
         stop_daemon(proc)
-    return {"models": rows, "zmq_rtt_us": _raw_rtt_us(), "reps": reps}
+    return {"models": rows, "zmq_rtt_us": rtt_us, "reps": reps}
 
 
 def run_models_bench(args) -> int:
