@@ -4,7 +4,9 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import signal
 import sys
+import threading
 
 EXAMPLES = """examples:
   gpusched daemon                               # serve on the default ipc socket
@@ -525,6 +527,10 @@ def _geo(args) -> int:
     return run_geo(args)
 
 
+def _raise_interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = build_parser()
     args = ap.parse_args(argv)
@@ -539,6 +545,9 @@ def main(argv: list[str] | None = None) -> int:
 
     from client_lib.errors import GpuschedError
     from scheduler_daemon.daemon import DaemonError
+    if args.cmd in ("bench", "demo", "submit") and threading.current_thread() is threading.main_thread():
+        # SIGTERM unwinds like Ctrl-C, so the daemons these commands started are stopped
+        signal.signal(signal.SIGTERM, _raise_interrupt)
     try:
         return {"daemon": _daemon, "submit": _submit, "status": _status, "top": _top,
                 "keys": _keys, "profile": _profile, "bench": _bench, "demo": _demo,

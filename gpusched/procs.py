@@ -50,7 +50,7 @@ def start_daemon(*args: str, endpoint: str | None = None, log_level: str = "WARN
         key = zmq.curve_public(read_key(args[list(args).index("--curve-secret") + 1]))
     try:
         wait_ready(endpoint, proc, server_key=key)
-    except Exception:
+    except BaseException:  # Ctrl-C or SIGTERM while it starts: it must not outlive us
         proc.kill()
         raise
     return proc, endpoint

@@ -79,3 +79,41 @@ def test_daemon_refuses_paths_and_ports_it_cannot_use(tmp_path):
     r = run("daemon", "--backend", "torch", "--policy", "cuda-ms",
             "--endpoint", f"ipc://{tmp_path}/t.sock", timeout=60)
     assert r.returncode == 2 and "baseline" in r.stderr
+
+
+def test_sigterm_to_a_bench_stops_the_daemon_it_started():
+    """A benchmark killed with SIGTERM unwinds like Ctrl-C: the daemon it started goes too
+    (it used to be left running, reparented to init)."""
+    import os
+    import signal
+    import time
+    bench = subprocess.Popen(GPUSCHED + ["bench", "fuzz", "--messages", "100000000"],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    children_file = f"/proc/{bench.pid}/task/{bench.pid}/children"
+    try:
+        deadline, kids = time.monotonic() + 60, []
+        while not kids and time.monotonic() < deadline:   # its daemon is up
+            time.sleep(0.2)
+            with open(children_file) as f:
+                kids = [int(p) for p in f.read().split()]
+        assert kids, "the bench started no daemon"
+        time.sleep(1.0)
+        bench.send_signal(signal.SIGTERM)
+        assert bench.wait(30) != 0
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and any(os.path.exists(f"/proc/{k}") and
+                                                  _not_zombie(k) for k in kids):
+            time.sleep(0.2)
+        assert not any(os.path.exists(f"/proc/{k}") and _not_zombie(k) for k in kids), \
+            "the bench's daemon outlived it"
+    finally:
+        if bench.poll() is None:
+            bench.kill()
+
+
+def _not_zombie(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False

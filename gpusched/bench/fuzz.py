@@ -87,8 +87,14 @@ def fuzz_message(rng: random.Random) -> tuple[list[bytes], int]:
 
 
 def run_fuzz(messages: int = 100_000, seed: int = 0, batch: int = 256) -> dict:
-    rng = random.Random(seed)
     proc, ep = start_daemon("--backend", "fluid", "--speed", "0")
+    try:
+        return _fuzz(proc, ep, messages, random.Random(seed), batch)
+    finally:  # interrupted too: the daemon goes with the bench
+        stop_daemon(proc)
+
+
+def _fuzz(proc, ep: str, messages: int, rng: random.Random, batch: int) -> dict:
     ctx = zmq.Context.instance()
     peers = []
     for i in range(3):
