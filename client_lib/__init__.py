@@ -1,10 +1,17 @@
 """Client library of the gpusched daemon: ``from client_lib import Client``."""
-from scheduler_daemon.jobs import KernelSpec
-
-from ._common import JobResult
-from .client import Client, JobFuture
-from .errors import (ConnectError, DaemonRestarted, DaemonUnavailable, GpuschedError,
-                     JobCancelled, JobFailed, JobShed, RequestError)
+from client_lib._common import JobResult
+from client_lib.client import Client, JobFuture
+from client_lib.errors import (
+    ConnectError,
+    DaemonRestarted,
+    DaemonUnavailable,
+    GpuschedError,
+    JobCancelled,
+    JobFailed,
+    JobShed,
+    RequestError,
+)
+from scheduler_daemon.wire.kernels import KernelSpec
 
 __all__ = ["Client", "AsyncClient", "JobFuture", "JobResult", "KernelSpec", "ConnectError",
            "DaemonRestarted", "DaemonUnavailable", "GpuschedError", "JobCancelled",
@@ -13,6 +20,6 @@ __all__ = ["Client", "AsyncClient", "JobFuture", "JobResult", "KernelSpec", "Con
 
 def __getattr__(name):
     if name == "AsyncClient":  # imported lazily: it pulls in asyncio
-        from .aio import AsyncClient
+        from client_lib.aio import AsyncClient
         return AsyncClient
     raise AttributeError(name)

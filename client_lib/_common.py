@@ -4,11 +4,10 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
-from scheduler_daemon import protocol as P
-from scheduler_daemon.jobs import KernelSpec
-from scheduler_daemon.tensors import from_frame, to_frame
-
-from .errors import JobCancelled, JobFailed, JobShed, RequestError
+from client_lib.errors import JobCancelled, JobFailed, JobShed, RequestError
+from client_lib.tensors import from_frame, to_frame
+from scheduler_daemon.wire import protocol as P
+from scheduler_daemon.wire.kernels import KernelSpec
 
 
 @dataclass

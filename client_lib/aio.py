@@ -13,12 +13,20 @@ import time
 import zmq
 import zmq.asyncio
 
-from scheduler_daemon import protocol as P
-from scheduler_daemon.keys import read_key
-from scheduler_daemon.sockets import check_endpoint, default_endpoint, make_socket
-
-from ._common import JobResult, kernel_specs, resolve_done, submit_frames
-from .errors import ConnectError, DaemonRestarted, DaemonUnavailable, RequestError
+from client_lib._common import JobResult, kernel_specs, resolve_done, submit_frames
+from client_lib.errors import (
+    ConnectError,
+    DaemonRestarted,
+    DaemonUnavailable,
+    RequestError,
+)
+from scheduler_daemon.transport.keys import read_key
+from scheduler_daemon.transport.sockets import (
+    check_endpoint,
+    default_endpoint,
+    make_socket,
+)
+from scheduler_daemon.wire import protocol as P
 
 
 class AsyncClient:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 
-from scheduler_daemon.devices.graph_spec import C, D, Graph, K, L, OpNode, V, WeightSpec
+from scheduler_daemon.wire.graph import C, D, Graph, K, L, OpNode, V, WeightSpec
 
 log = logging.getLogger("gpusched.capture")
 

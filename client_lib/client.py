@@ -18,12 +18,20 @@ from concurrent.futures import TimeoutError as FutureTimeout
 
 import zmq
 
-from scheduler_daemon import protocol as P
-from scheduler_daemon.keys import read_key
-from scheduler_daemon.sockets import check_endpoint, default_endpoint, make_socket
-
-from ._common import kernel_specs, resolve_done, submit_frames
-from .errors import ConnectError, DaemonRestarted, DaemonUnavailable, RequestError
+from client_lib._common import kernel_specs, resolve_done, submit_frames
+from client_lib.errors import (
+    ConnectError,
+    DaemonRestarted,
+    DaemonUnavailable,
+    RequestError,
+)
+from scheduler_daemon.transport.keys import read_key
+from scheduler_daemon.transport.sockets import (
+    check_endpoint,
+    default_endpoint,
+    make_socket,
+)
+from scheduler_daemon.wire import protocol as P
 
 log = logging.getLogger("gpusched.client")
 
@@ -205,7 +213,7 @@ class Client:
         return n
 
     def _register_module(self, name: str, module, example_inputs, slo_ms: float):
-        from .models import ModelHandle, register_graph_frames
+        from client_lib.models import ModelHandle, register_graph_frames
         msg, frames, n_ops = register_graph_frames(name, module, example_inputs,
                                                    self.welcome.limits.max_frame_bytes)
         self._check_open()
@@ -235,7 +243,7 @@ class Client:
         the number of launches."""
         import msgspec
 
-        from scheduler_daemon.cuda.spec import CudaModel
+        from scheduler_daemon.wire.cuda import CudaModel
         try:
             model = msgspec.convert(msgspec.to_builtins(
                 {"source": source, "ptx": ptx, "options": list(options), "instrument": instrument,
@@ -252,7 +260,7 @@ class Client:
     def intercept(self, slo_ms: float = 0.0, priority: int = 0):
         """``with client.intercept(): y = model(x)``: every aten op of an unmodified eager
         model runs in the daemon (needs ``--backend torch``); see client_lib/intercept.py."""
-        from .intercept import EagerSession, intercept
+        from client_lib.intercept import EagerSession, intercept
         self._check_open()
         if self._eager is None:
             self._eager = EagerSession(self)

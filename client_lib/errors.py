@@ -19,7 +19,7 @@ class DaemonRestarted(DaemonUnavailable):
 
 
 class RequestError(GpuschedError):
-    """The daemon refused a request; ``code`` is one of ``scheduler_daemon.protocol.Code``."""
+    """The daemon refused a request; ``code`` is one of ``scheduler_daemon.wire.protocol.Code``."""
 
     def __init__(self, code: str, message: str):
         super().__init__(f"{code}: {message}")

@@ -19,14 +19,21 @@ from contextlib import contextmanager
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode, _disable_current_modes
 
-from scheduler_daemon import protocol as P
-from scheduler_daemon.devices.graph_exec import ALLOWED
-from scheduler_daemon.devices.graph_spec import C, D, K
-from scheduler_daemon.eager import SYNC_OPS
-from scheduler_daemon.eager_spec import EL, EagerOp, H, S, TensorLayout, Upload
-from scheduler_daemon.tensors import DTYPES, from_frame
-
-from .errors import GpuschedError, RequestError
+from client_lib.errors import GpuschedError, RequestError
+from client_lib.tensors import from_frame
+from scheduler_daemon.wire import protocol as P
+from scheduler_daemon.wire.eager import (
+    EL,
+    SYNC_OPS,
+    EagerOp,
+    H,
+    S,
+    TensorLayout,
+    Upload,
+)
+from scheduler_daemon.wire.graph import C, D, K
+from scheduler_daemon.wire.ops import ALLOWED
+from scheduler_daemon.wire.tensors import DTYPES
 
 log = logging.getLogger("gpusched.client.intercept")
 

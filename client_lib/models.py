@@ -3,11 +3,10 @@ from __future__ import annotations
 
 import logging
 
-from scheduler_daemon import protocol as P
-from scheduler_daemon.devices.graph_spec import encode_graph
-from scheduler_daemon.tensors import to_frame
-
-from .capture import capture
+from client_lib.capture import capture
+from client_lib.tensors import to_frame
+from scheduler_daemon.wire import protocol as P
+from scheduler_daemon.wire.graph import encode_graph
 
 log = logging.getLogger("gpusched.client.models")
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 
-from .candidates import Candidate, JobOptions, Model
+from geo.candidates import Candidate, JobOptions, Model
 
 log = logging.getLogger("geo.balance")
 
@@ -39,7 +39,7 @@ def solve_balance(model: Model, options: dict[str, JobOptions], *, time_limit_s:
     """Returns (start now, wait, status, relative gap)."""
     from ortools.sat.python import cp_model
 
-    from .lexicographic import serve_weights, solve_two_phase
+    from geo.lexicographic import serve_weights, solve_two_phase
 
     m = cp_model.CpModel()
     x, start = {}, {}

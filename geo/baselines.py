@@ -9,9 +9,16 @@ import logging
 
 import numpy as np
 
-from .candidates import (Candidate, JobOptions, Model, ideal_speed, job_options, single_site,
-                         step_single_s)
-from .spec import Job
+from geo.candidates import (
+    Candidate,
+    JobOptions,
+    Model,
+    ideal_speed,
+    job_options,
+    single_site,
+    step_single_s,
+)
+from geo.spec import Job
 
 log = logging.getLogger("geo.baselines")
 

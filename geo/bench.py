@@ -9,11 +9,11 @@ import statistics
 import time
 from contextlib import nullcontext
 
-from .candidates import Model
-from .instances import make_instance
-from .planner import plan
-from .protocol import Event
-from .replan import apply_event, initial_plan, place_arrival, replan
+from geo.candidates import Model
+from geo.instances import make_instance
+from geo.planner import plan
+from geo.protocol import Event
+from geo.replan import apply_event, initial_plan, place_arrival, replan
 
 log = logging.getLogger("geo.bench")
 
@@ -104,9 +104,9 @@ def _service_arrival_case(n_jobs: int, n_sites: int, seed: int, arrivals: int = 
     import sys
     import tempfile
 
-    from .replan import replan as _replan
-    from .service import GeoClient
-    from .state import GeoState, save_state
+    from geo.replan import replan as _replan
+    from geo.service import GeoClient
+    from geo.state import GeoState, save_state
 
     spec = make_instance(n_jobs + arrivals, n_sites, seed=seed)
     late = spec.jobs[n_jobs:]

@@ -11,9 +11,9 @@ import logging
 import math
 from dataclasses import dataclass, field
 
-from . import cost_model as cm
-from .spec import Job, Spec, checkpoint_bytes, job_tokens, job_work_flop, tflops
-from .wan import Wan
+from geo import cost_model as cm
+from geo.spec import Job, Spec, checkpoint_bytes, job_tokens, job_work_flop, tflops
+from geo.wan import Wan
 
 log = logging.getLogger("geo.candidates")
 

@@ -116,16 +116,16 @@ def run_geo(args: argparse.Namespace) -> int:
 
 
 def _plan(args) -> int:
-    from .planner import plan
-    from .plot import plot_plan
-    from .spec import load_spec
+    from geo.planner import plan
+    from geo.plot import plot_plan
+    from geo.spec import load_spec
 
     spec = load_spec(args.spec)
     if args.place_data < 0:
         raise ValueError("--place-data N needs N >= 0")
     added = []
     if args.place_data:
-        from .data_placement import place_data
+        from geo.data_placement import place_data
         p, added = place_data(spec, args.objective or spec.planner.objective,
                               lambda sp: plan(sp, args.objective, args.solver,
                                               time_limit_s=args.time_limit), args.place_data)
@@ -179,9 +179,9 @@ def _token(args) -> str:
 
 
 def _serve(args) -> int:
-    from .service import GeoService, default_geo_endpoint, default_state_path
-    from scheduler_daemon.keys import read_key
-    from scheduler_daemon.sockets import check_endpoint
+    from geo.service import GeoService, default_geo_endpoint, default_state_path
+    from scheduler_daemon.transport.keys import read_key
+    from scheduler_daemon.transport.sockets import check_endpoint
 
     svc = GeoService(endpoint=check_endpoint(args.endpoint or default_geo_endpoint()),
                      state_path=args.state or default_state_path(), spec_path=args.spec,
@@ -194,9 +194,9 @@ def _serve(args) -> int:
 
 
 def _client(args):
-    from .service import GeoClient, default_geo_endpoint
-    from scheduler_daemon.keys import read_key
-    from scheduler_daemon.sockets import check_endpoint
+    from geo.service import GeoClient, default_geo_endpoint
+    from scheduler_daemon.transport.keys import read_key
+    from scheduler_daemon.transport.sockets import check_endpoint
 
     return GeoClient(check_endpoint(args.endpoint or default_geo_endpoint()), token=_token(args),
                      server_key=read_key(args.server_key) if args.server_key else None,
@@ -204,7 +204,7 @@ def _client(args):
 
 
 def _show_reply(args, reply) -> int:
-    from .protocol import to_builtins
+    from geo.protocol import to_builtins
 
     if args.json:
         print(json.dumps(to_builtins(reply)))
@@ -221,7 +221,7 @@ def _show_reply(args, reply) -> int:
 
 
 def _submit(args) -> int:
-    from .spec import parse_job
+    from geo.spec import parse_job
 
     with open(args.job, encoding="utf-8") as f:
         job = parse_job(f.read(), args.job)
@@ -230,7 +230,7 @@ def _submit(args) -> int:
 
 
 def _event(args) -> int:
-    from .protocol import event_from_args
+    from geo.protocol import event_from_args
 
     ev = event_from_args(args.kind, args.args)
     with _client(args) as c:
@@ -243,7 +243,7 @@ def _status(args) -> int:
 
 
 def run_geo_bench(args: argparse.Namespace) -> int:
-    from .bench import run_bench
+    from geo.bench import run_bench
 
     result = run_bench(quick=args.quick, sizes=args.sizes, cpsat_max_jobs=args.cpsat_max_jobs,
                        time_limit_s=args.time_limit, seed=args.seed, progress=not args.json,

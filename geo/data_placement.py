@@ -11,9 +11,9 @@ from __future__ import annotations
 import logging
 from typing import Callable
 
-from .candidates import Model, ideal_speed, score, single_site
-from .plan import Plan
-from .spec import Spec
+from geo.candidates import Model, ideal_speed, score, single_site
+from geo.plan import Plan
+from geo.spec import Spec
 
 log = logging.getLogger("geo.data_placement")
 

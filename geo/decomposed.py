@@ -27,11 +27,19 @@ import logging
 
 import numpy as np
 
-from .baselines import _Fleet, _multi_site, _site_options, _site_vectors
-from .packing import grow, polish, relocate
-from .candidates import (PLACED, Candidate, JobOptions, Model, gpu_sizes, ideal_speed,
-                         job_options, single_site)
-from .spec import Job
+from geo.baselines import _Fleet, _multi_site, _site_options, _site_vectors
+from geo.candidates import (
+    PLACED,
+    Candidate,
+    JobOptions,
+    Model,
+    gpu_sizes,
+    ideal_speed,
+    job_options,
+    single_site,
+)
+from geo.packing import grow, polish, relocate
+from geo.spec import Job
 
 log = logging.getLogger("geo.decomposed")
 

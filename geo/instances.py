@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import random
 
-from .spec import Dataset, GpuPool, Job, Planner, Site, Spec
-from .wan import known_regions, measured_links
+from geo.spec import Dataset, GpuPool, Job, Planner, Site, Spec
+from geo.wan import known_regions, measured_links
 
 # (name, params, tokens per iteration, iterations, min, max GPUs, weight of the template)
 TEMPLATES = (

@@ -10,9 +10,9 @@ import heapq
 
 import numpy as np
 
-from .baselines import _Fleet, _site_options, _site_vectors
-from .candidates import PLACED, JobOptions, Model, gpu_sizes, step_single_s
-from .spec import Job
+from geo.baselines import _Fleet, _site_options, _site_vectors
+from geo.candidates import PLACED, JobOptions, Model, gpu_sizes, step_single_s
+from geo.spec import Job
 
 
 def grow(model: Model, fleet: _Fleet, objective: str, placed: dict, jobs: dict[str, Job],

@@ -9,8 +9,8 @@ from typing import Optional
 
 import msgspec
 
-from .balance import balance_penalty
-from .candidates import PLACED, Candidate, JobOptions, Model
+from geo.balance import balance_penalty
+from geo.candidates import PLACED, Candidate, JobOptions, Model
 
 
 class JobPlan(msgspec.Struct, omit_defaults=False):
@@ -166,7 +166,7 @@ def add_arrival(plan: Plan, model: Model, c: Candidate, ref_speed: float, priori
     ``c`` has no demand above its supply (``gpus_used == gpus_wanted``); None otherwise, and
     for a plan saved without ``gpus_wanted``. Then each site of ``c`` gains c's GPUs in use and
     in demand, and the objective gains c's term."""
-    from .balance import UNDER
+    from geo.balance import UNDER
 
     at = dict(c.alloc)
     by_name = {sp.name: sp for sp in plan.sites}

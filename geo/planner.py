@@ -7,10 +7,10 @@ from __future__ import annotations
 import logging
 import time
 
-from .candidates import Candidate, JobOptions, Model, job_options, score
-from .lexicographic import serve_weights, solve_two_phase
-from .plan import Plan, build_plan
-from .spec import Spec
+from geo.candidates import Candidate, JobOptions, Model, job_options, score
+from geo.lexicographic import serve_weights, solve_two_phase
+from geo.plan import Plan, build_plan
+from geo.spec import Spec
 
 log = logging.getLogger("geo.planner")
 
@@ -42,7 +42,7 @@ def warm_start(model: Model, options: dict[str, JobOptions], objective: str
                ) -> dict[str, Candidate]:
     """The decomposed plan, added to the candidates and given to CP-SAT as its hint: pruning
     cannot make CP-SAT worse than the fast method, and it starts from a good solution."""
-    from .decomposed import solve_decomposed
+    from geo.decomposed import solve_decomposed
 
     _, chosen, _ = solve_decomposed(model, objective)
     hint = {}
@@ -187,7 +187,7 @@ def plan(spec: Spec, objective: str | None = None, solver: str = "cpsat", *,
                     len(spec.jobs))
     t0 = time.perf_counter()
     if solver == "cpsat" and objective == "balance":
-        from .balance import solve_balance
+        from geo.balance import solve_balance
         options = estimate(model, "throughput")
         hint = warm_start(model, options, "throughput")
         chosen, queued, status, gap = solve_balance(
@@ -207,10 +207,10 @@ def plan(spec: Spec, objective: str | None = None, solver: str = "cpsat", *,
         p.gap = None if gap != gap else round(gap, 6)
         return p
     if solver == "decomposed":
-        from .decomposed import solve_decomposed
+        from geo.decomposed import solve_decomposed
         options, chosen, queued = solve_decomposed(model, objective)
     else:
-        from .baselines import solve_fast
+        from geo.baselines import solve_fast
         options, chosen, queued = solve_fast(model, objective, solver)
     return build_plan(model, options, chosen, queued, objective=objective, solver=solver,
                       status="feasible", solve_time_s=time.perf_counter() - t0)

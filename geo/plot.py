@@ -7,7 +7,7 @@ matplotlib.use("Agg")  # files only: no display on servers
 
 import matplotlib.pyplot as plt  # noqa: E402
 
-from .plan import Plan  # noqa: E402
+from geo.plan import Plan  # noqa: E402
 
 MAX_JOBS_DRAWN = 40  # a bigger plan draws its largest jobs and sums the rest as "other"
 

@@ -9,8 +9,8 @@ from typing import Annotated, Literal, Optional
 
 import msgspec
 
-from .plan import Plan
-from .spec import Count, Job, Name, Price
+from geo.plan import Plan
+from geo.spec import Count, Job, Name, Price
 
 GEO_PROTOCOL_VERSION = 1
 ReqId = Annotated[int, msgspec.Meta(ge=1, le=2**63 - 1)]

@@ -20,15 +20,25 @@ import time
 import msgspec
 import numpy as np
 
-from .baselines import _Fleet, _site_options
-from .candidates import (PLACED, Candidate, JobOptions, Model, gpu_sizes, ideal_speed,
-                         job_options, multi_site, score, single_site)
-from .decomposed import solve_decomposed
-from .plan import Plan, build_plan
-from .planner import plan as full_plan
-from .protocol import Change, Event
-from .spec import GeoSpecError, Job, Spec, check_job_refs
-from .wan import Wan
+from geo.baselines import _Fleet, _site_options
+from geo.candidates import (
+    PLACED,
+    Candidate,
+    JobOptions,
+    Model,
+    gpu_sizes,
+    ideal_speed,
+    job_options,
+    multi_site,
+    score,
+    single_site,
+)
+from geo.decomposed import solve_decomposed
+from geo.plan import Plan, build_plan
+from geo.planner import plan as full_plan
+from geo.protocol import Change, Event
+from geo.spec import GeoSpecError, Job, Spec, check_job_refs
+from geo.wan import Wan
 
 log = logging.getLogger("geo.replan")
 

@@ -23,18 +23,45 @@ import time
 import msgspec
 import zmq
 
-from scheduler_daemon.sockets import make_socket, runtime_dir
-
-from .protocol import (REPLIES, REQUESTS, Error, EventReq, GeoProtocolError, Reply, StatusReq,
-                       Submit, check_event, decode, encode)
-from .candidates import Model, ideal_speed
-from .plan import add_arrival
-from .replan import (IMPROVING, add_job, apply_event, check_new_job, clone, free_gpus,
-                     initial_plan, place_arrival, replan)
-from .spec import GeoSpecError, check_job, load_spec
-from .state import (GeoState, append_arrival, apply_arrival, arrival_record, default_state_path,
-                    journal_path, load_state, save_state)
-from .wan import Wan
+from geo.candidates import Model, ideal_speed
+from geo.plan import add_arrival
+from geo.protocol import (
+    REPLIES,
+    REQUESTS,
+    Error,
+    EventReq,
+    GeoProtocolError,
+    Reply,
+    StatusReq,
+    Submit,
+    check_event,
+    decode,
+    encode,
+)
+from geo.replan import (
+    IMPROVING,
+    add_job,
+    apply_event,
+    check_new_job,
+    clone,
+    free_gpus,
+    initial_plan,
+    place_arrival,
+    replan,
+)
+from geo.spec import GeoSpecError, check_job, load_spec
+from geo.state import (
+    GeoState,
+    append_arrival,
+    apply_arrival,
+    arrival_record,
+    default_state_path,
+    journal_path,
+    load_state,
+    save_state,
+)
+from geo.wan import Wan
+from scheduler_daemon.transport.sockets import make_socket, runtime_dir
 
 log = logging.getLogger("geo.service")
 MAX_FRAME = 4 * 1024 * 1024  # a job or an event is small; bigger frames are refused by libzmq

@@ -211,7 +211,7 @@ def parse_spec(text: str, source: str = "<spec>") -> Spec:
 def check_links(spec: Spec, lines: dict[str, int], source: str) -> None:
     """Every pair of sites needs a WAN link (explicit or measured): the error names the site's
     line, which is most often an unknown or misspelt region."""
-    from .wan import Wan
+    from geo.wan import Wan
 
     try:
         Wan(spec)

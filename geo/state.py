@@ -18,9 +18,9 @@ from typing import Literal, Optional
 
 import msgspec
 
-from .plan import JobPlan, Plan, SitePlan
-from .protocol import Change
-from .spec import Count, GeoSpecError, Job, Spec, check_spec
+from geo.plan import JobPlan, Plan, SitePlan
+from geo.protocol import Change
+from geo.spec import Count, GeoSpecError, Job, Spec, check_spec
 
 log = logging.getLogger("geo.state")
 STATE_VERSION = 1

@@ -12,7 +12,7 @@ import logging
 import os
 from typing import NamedTuple
 
-from .spec import GeoSpecError, Spec
+from geo.spec import GeoSpecError, Spec
 
 log = logging.getLogger("geo.wan")
 

@@ -28,11 +28,10 @@ def _common_endpoint(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from gpusched.workloads import WORKLOADS
+    from scheduler_daemon.core.gpu_specs import PRESETS
+    from scheduler_daemon.core.policies import ALL_POLICIES
     from scheduler_daemon.devices import BACKENDS
-    from scheduler_daemon.gpu_specs import PRESETS
-    from scheduler_daemon.policies import ALL_POLICIES
-
-    from .workloads import WORKLOADS
 
     ap = argparse.ArgumentParser(
         prog="gpusched", formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -135,7 +134,7 @@ def build_parser() -> argparse.ArgumentParser:
     bo.add_argument("--seconds", type=float, default=3.0, help="duration of the jobs/s run")
     bo.add_argument("--json", action="store_true")
 
-    from .bench.paella import POLICY_ORDER
+    from gpusched.bench.paella import POLICY_ORDER
     bp = bsub.add_parser("paella", help="every policy on the same arrivals on the simulated GPU, "
                          "swept over load (CSV, plots, table)",
                          description="Reproduce Paella's experiment on the simulated GPU: each "
@@ -201,8 +200,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     # Sub-commands that live with their package: each module adds its parser and runs it.
     from geo.cli import add_geo_bench_parser, add_geo_parser
-    from .bench.models import add_models_bench_parser
-    from .place_cmd import add_place_parser
+    from gpusched.bench.models import add_models_bench_parser
+    from gpusched.place_cmd import add_place_parser
     add_place_parser(sub)
     add_geo_parser(sub)
     add_geo_bench_parser(bsub)
@@ -220,7 +219,7 @@ def build_parser() -> argparse.ArgumentParser:
 def _tenant_tokens(path):
     if not path:
         return {}
-    from scheduler_daemon.config import load_tenant_tokens
+    from scheduler_daemon.server.config import load_tenant_tokens
     try:
         return load_tenant_tokens(path)
     except ValueError as e:
@@ -229,10 +228,10 @@ def _tenant_tokens(path):
 def _daemon(args) -> int:
     import os
 
-    from scheduler_daemon.config import DaemonConfig
     from scheduler_daemon.daemon import Daemon
-    from scheduler_daemon.keys import read_key
-    from scheduler_daemon.sockets import check_endpoint, default_endpoint
+    from scheduler_daemon.server.config import DaemonConfig
+    from scheduler_daemon.transport.keys import read_key
+    from scheduler_daemon.transport.sockets import check_endpoint, default_endpoint
 
     cfg = DaemonConfig(endpoint=check_endpoint(args.endpoint or default_endpoint()),
                        backend=args.backend, policy=args.policy, gpu_spec=args.gpu_spec,
@@ -269,9 +268,9 @@ def _daemon(args) -> int:
 
 
 def _submit(args) -> int:
-    from .loadgen import run_load
-    from .report import load_table, print_table
-    from scheduler_daemon.sockets import default_endpoint
+    from gpusched.loadgen import run_load
+    from gpusched.report import load_table, print_table
+    from scheduler_daemon.transport.sockets import default_endpoint
 
     res = run_load(args.endpoint or default_endpoint(), args.workload, args.clients, args.rate,
                    args.duration, args.seed)
@@ -288,9 +287,8 @@ def _status(args) -> int:
     import msgspec
 
     from client_lib import Client
-    from scheduler_daemon.sockets import default_endpoint
-
-    from .report import print_table, status_table
+    from gpusched.report import print_table, status_table
+    from scheduler_daemon.transport.sockets import default_endpoint
 
     with Client(args.endpoint or default_endpoint(), tenant="gpusched-status", timeout=3) as c:
         st = c.status()
@@ -368,7 +366,7 @@ def _profile(args) -> int:
 
 
 def _keys(args) -> int:
-    from scheduler_daemon.keys import make_keys
+    from scheduler_daemon.transport.keys import make_keys
     secret, public = make_keys(args.out, args.force)
     print(f"wrote {secret} (keep it secret: gpusched daemon --curve-secret {secret})")
     print(f"wrote {public} (give it to clients: GPUSCHED_SERVER_KEY={public})")
@@ -382,9 +380,8 @@ def _top(args) -> int:
     from rich.live import Live
 
     from client_lib import Client
-    from scheduler_daemon.sockets import default_endpoint
-
-    from .report import status_table
+    from gpusched.report import status_table
+    from scheduler_daemon.transport.sockets import default_endpoint
 
     if args.interval <= 0:
         raise UsageError("--interval must be > 0")
@@ -400,27 +397,27 @@ def _top(args) -> int:
 
 def _bench(args) -> int:
     if args.bench == "overhead":
-        from .bench.overhead import print_overhead, run_overhead
+        from gpusched.bench.overhead import print_overhead, run_overhead
         res = run_overhead(rounds=args.rounds, seconds=args.seconds)
         print(json.dumps(res, indent=2)) if args.json else print_overhead(res)
         return 0
     if args.bench == "paella":
         return _bench_paella(args)
     if args.bench == "calibrate":
-        from .bench.calibrate import print_calibrate, run_calibrate
+        from gpusched.bench.calibrate import print_calibrate, run_calibrate
         res = run_calibrate()
         print(json.dumps(res, indent=2)) if args.json else print_calibrate(res)
         return 0
     if args.bench == "sim-speed":
-        from .bench.sim_speed import print_sim_speed, run_sim_speed
+        from gpusched.bench.sim_speed import print_sim_speed, run_sim_speed
         res = run_sim_speed(args.gpu, args.jobs)
         print(json.dumps(res, indent=2)) if args.json else print_sim_speed(res)
         return 0
     if args.bench in ("fuzz", "soak"):
-        from .bench.fuzz import print_measures, run_fuzz
-        from .bench.soak import run_soak
+        from gpusched.bench.fuzz import print_measures, run_fuzz
+        from gpusched.bench.soak import run_soak
         if args.bench == "fuzz" and args.atheris is not None:
-            from .bench.fuzz import run_atheris
+            from gpusched.bench.fuzz import run_atheris
             if args.atheris < 1:
                 raise UsageError("--atheris must be >= 1")
             try:
@@ -447,7 +444,7 @@ def _bench(args) -> int:
         from geo.cli import run_geo_bench
         return run_geo_bench(args)
     if args.bench == "models":
-        from .bench.models import run_models_bench
+        from gpusched.bench.models import run_models_bench
         return run_models_bench(args)
     raise UsageError("name a benchmark: overhead, paella, calibrate, sim-speed, fuzz, soak, "
                      "usher, geo or models "
@@ -457,7 +454,7 @@ def _bench(args) -> int:
 def _bench_usher(args) -> int:
     from rich.progress import Progress
 
-    from .bench.usher import print_usher, run_usher, steps
+    from gpusched.bench.usher import print_usher, run_usher, steps
     if args.scale <= 0 or args.cpsat_limit <= 0 or (args.horizon is not None and args.horizon <= 0):
         raise UsageError("--scale, --cpsat-limit and --horizon must be > 0")
     sizes, large = ((12,), 100) if args.quick else ((12, 100), 1000)
@@ -479,7 +476,7 @@ def _bench_paella(args) -> int:
 
     from rich.progress import Progress
 
-    from .bench.paella import print_paella, run_paella, write_outputs
+    from gpusched.bench.paella import print_paella, run_paella, write_outputs
 
     try:
         loads = tuple(float(x) for x in args.loads.split(",") if x)
@@ -507,9 +504,8 @@ def _bench_paella(args) -> int:
 
 
 def _demo(args) -> int:
-    from scheduler_daemon.policies import ALL_POLICIES
-
-    from .demo import run_demo
+    from gpusched.demo import run_demo
+    from scheduler_daemon.core.policies import ALL_POLICIES
     policies = [p for p in args.policies.split(",") if p]
     bad = [p for p in policies if p not in ALL_POLICIES]
     if bad or not policies:
@@ -518,7 +514,7 @@ def _demo(args) -> int:
 
 
 def _place(args) -> int:
-    from .place_cmd import run_place
+    from gpusched.place_cmd import run_place
     return run_place(args)
 
 

@@ -5,9 +5,9 @@ import logging
 
 from rich.console import Console
 
-from .loadgen import run_load
-from .procs import start_daemon, stop_daemon
-from .report import load_table
+from gpusched.loadgen import run_load
+from gpusched.procs import start_daemon, stop_daemon
+from gpusched.report import load_table
 
 log = logging.getLogger("gpusched.demo")
 

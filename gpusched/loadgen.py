@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from .workloads import workload
+from gpusched.workloads import workload
 
 
 @dataclass

@@ -27,7 +27,7 @@ examples:
 
 
 def add_place_parser(sub) -> None:
-    from placement.solvers import METHODS
+    from gpusched.placement.solvers import METHODS
     p = sub.add_parser("place", help="place models onto GPUs (batch, replicas, co-location)",
                        description=PLACE_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("models", help="the models YAML")
@@ -46,10 +46,10 @@ def add_place_parser(sub) -> None:
 
 
 def run_place(args) -> int:
-    from placement import spec
-    from placement.plan import report
-    from placement.pool import parse_pool
-    from placement.solvers import place
+    from gpusched.placement import spec
+    from gpusched.placement.plan import report
+    from gpusched.placement.pool import parse_pool
+    from gpusched.placement.solvers import place
 
     w = spec.load(args.models)
     pool_text = args.pool or w.pool
@@ -72,13 +72,13 @@ def run_place(args) -> int:
     if args.validate:
         from rich.progress import Progress
 
-        from placement.replay import replay
+        from gpusched.placement.replay import replay
         with Progress(transient=True, disable=args.json) as bar:
             task = bar.add_task("replaying on simulated GPUs", total=plan.gpus_used)
             out["validation"] = replay(plan, w.models, args.horizon,
                                        progress=lambda: bar.advance(task))
     if args.plot:
-        from placement.plot import plot_plan
+        from gpusched.placement.plot import plot_plan
         out["plot"] = plot_plan(plan, args.plot)
     if args.apply:
         out["applied"] = apply_plan(out, args.apply)
@@ -114,7 +114,7 @@ def print_plan(out: dict) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from placement.knobs import DEFAULT
+    from gpusched.placement.knobs import DEFAULT
 
     t = Table(title=f"{out['solver']}: {out['gpus_used']} GPUs, ${out['cost_per_hour']:.2f}/h, "
                     f"solved in {out['solve_time_s']:.3f} s"

@@ -10,9 +10,9 @@ import time
 
 import zmq
 
-from scheduler_daemon import protocol as P
-from scheduler_daemon.keys import read_key
-from scheduler_daemon.sockets import make_socket
+from scheduler_daemon.transport.keys import read_key
+from scheduler_daemon.transport.sockets import make_socket
+from scheduler_daemon.wire import protocol as P
 
 
 def temp_endpoint(name: str = "daemon") -> str:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from scheduler_daemon.jobs import KernelSpec
+from scheduler_daemon.wire.kernels import KernelSpec
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,7 @@ import random
 
 import numpy as np
 
-from .profile import ModelProfile, profile
+from profilers.profile import ModelProfile, profile
 
 FEATURES = ("1", "c_me", "c_other", "m_me", "m_other", "c_me*c_other", "m_me*m_other")
 
@@ -34,14 +34,13 @@ def features(me: ModelProfile, other: ModelProfile) -> list[float]:
 
 def colocated_latencies(a: str, ba: int, b: str, bb: int, gpu: str, jobs: int = 6) -> tuple[float, float]:
     """Mean latency (s) of ``a`` and of ``b`` running together, each a closed loop of ``jobs``."""
-    from scheduler_daemon.core import SchedulerCore
+    from profilers import zoo
+    from scheduler_daemon.core.gpu_specs import gpu_spec
+    from scheduler_daemon.core.jobs import Job
+    from scheduler_daemon.core.policies import make_policy
+    from scheduler_daemon.core.scheduler import SchedulerCore
     from scheduler_daemon.devices.simgpu import SimGpu
-    from scheduler_daemon.gpu_specs import gpu_spec
-    from scheduler_daemon.jobs import Job
-    from scheduler_daemon.policies import make_policy
     from scheduler_daemon.simulation import VirtualRun
-
-    from . import zoo
 
     spec = gpu_spec(gpu)
     core = SchedulerCore(make_policy("mps"), spec.capacity)

@@ -19,7 +19,7 @@ import statistics
 import threading
 import time
 
-from .interference import FEATURES, evaluate, fit
+from profilers.interference import FEATURES, evaluate, fit
 
 
 def machine_peaks() -> tuple[float, float]:
@@ -48,8 +48,8 @@ class _Runner:
     def __init__(self, model: str, batch: int):
         import torch
 
-        from . import zoo
-        from .zoo_models import build
+        from profilers import zoo
+        from profilers.zoo_models import build
         self.torch = torch
         self.module, inputs = build(model)
         self.x = inputs(batch)

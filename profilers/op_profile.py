@@ -44,7 +44,7 @@ class OpTiming(msgspec.Struct, frozen=True):
 
 # --- roofline and simulated GPU ----------------------------------------------------------
 def roofline_ops(model: str, batch: int, gpu: str) -> list[OpTiming]:
-    from . import zoo
+    from profilers import zoo
     traced, kernels = zoo.load_profiles(model, batch), zoo.zoo_kernels(model, batch, gpu)
     return [OpTiming(i, p.name, p.kind, k.est_us, float(p.flops), float(p.bytes))
             for i, (p, k) in enumerate(zip(traced, kernels))]
@@ -52,7 +52,7 @@ def roofline_ops(model: str, batch: int, gpu: str) -> list[OpTiming]:
 
 def sim_ops(model: str, batch: int, durations_s: list[float]) -> list[OpTiming]:
     """Rows from the simulated GPU's per-kernel durations (launch order, one job alone)."""
-    from . import zoo
+    from profilers import zoo
     traced = zoo.load_profiles(model, batch)
     return [OpTiming(i, p.name, p.kind, d * 1e6, float(p.flops), float(p.bytes))
             for i, (p, d) in enumerate(zip(traced, durations_s))]
@@ -63,7 +63,7 @@ def _op_mode():
     from torch.profiler import record_function
     from torch.utils._python_dispatch import TorchDispatchMode
 
-    from .kernel_trace import profile_op
+    from profilers.kernel_trace import profile_op
 
     class _Labeller(TorchDispatchMode):
         """Runs each aten op inside a profiler range named after it; records its counts."""

@@ -28,14 +28,13 @@ largest activation a kernel writes.
 from __future__ import annotations
 
 import functools
-
 import statistics
 import time
 from typing import Optional
 
 import msgspec
 
-from .op_profile import NvmlSampler, OpTiming, roofline_ops, sim_ops, torch_ops
+from profilers.op_profile import NvmlSampler, OpTiming, roofline_ops, sim_ops, torch_ops
 
 PROFILE_VERSION = 2
 NVML_MIN_S = 0.5   # timed runs go on at least this long while NVML samples (it averages ~1/6 s)
@@ -70,14 +69,14 @@ def parse_device(device: str) -> tuple[str, str]:
 @functools.lru_cache(maxsize=None)
 def _weights_mb(model: str, bytes_per_param: int | None = 2) -> float:
     # cached: building the module on meta tensors is ~0.1 s, and placement asks per batch size
-    from .zoo_models import build
+    from profilers.zoo_models import build
     module, _ = build(model, device="meta")
     return sum(p.numel() * (bytes_per_param or p.element_size()) for p in module.parameters()) / 2**20
 
 
 def profile(model: str, batch: int, device: str) -> ModelProfile:
     source, target = parse_device(device)
-    from . import zoo
+    from profilers import zoo
     if model not in zoo.ZOO_MODELS:
         raise ValueError(f"unknown model {model!r}: zoo models are {', '.join(zoo.ZOO_MODELS)}")
     if not 1 <= batch <= 1024:
@@ -88,12 +87,12 @@ def profile(model: str, batch: int, device: str) -> ModelProfile:
     act_mb = max(p.bytes_written for p in profiles) / 2**20
     if source == "torch":
         return _torch_profile(model, batch, target, flops, nbytes, len(profiles), act_mb)
-    from scheduler_daemon.gpu_specs import gpu_spec
+    from scheduler_daemon.core.gpu_specs import gpu_spec
     spec = gpu_spec(target)
     kernels = zoo.zoo_kernels(model, batch, spec.name)
     footprint = _weights_mb(model) + act_mb
     if source == "roofline":
-        from scheduler_daemon.gpu_specs import kernel_demand
+        from scheduler_daemon.core.gpu_specs import kernel_demand
         cap = spec.capacity
         total = sum(k.est_us for k in kernels)
         occ = sum(k.est_us * kernel_demand(k.grid, k.block, k.smem, k.regs, cap).share_of(cap)
@@ -107,10 +106,10 @@ def profile(model: str, batch: int, device: str) -> ModelProfile:
 
 
 def _sim_profile(model, batch, device, spec, kernels, flops, nbytes, footprint) -> ModelProfile:
-    from scheduler_daemon.core import SchedulerCore
+    from scheduler_daemon.core.jobs import Job
+    from scheduler_daemon.core.policies import make_policy
+    from scheduler_daemon.core.scheduler import SchedulerCore
     from scheduler_daemon.devices.simgpu import SimGpu
-    from scheduler_daemon.jobs import Job
-    from scheduler_daemon.policies import make_policy
     from scheduler_daemon.simulation import VirtualRun
 
     core = SchedulerCore(make_policy("fifo"), spec.capacity)
@@ -134,7 +133,7 @@ def _sim_profile(model, batch, device, spec, kernels, flops, nbytes, footprint) 
 def _torch_profile(model, batch, target, flops, nbytes, n_kernels, act_mb) -> ModelProfile:
     import torch
 
-    from .zoo_models import build
+    from profilers.zoo_models import build
     if target.startswith("cuda") and not torch.cuda.is_available():
         raise ValueError("torch:cuda needs a GPU; this machine has none: use torch:cpu, sim:GPU "
                          "or roofline:GPU")

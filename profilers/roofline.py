@@ -49,9 +49,8 @@ precision and op class, never per model:
 """
 from __future__ import annotations
 
-from scheduler_daemon.gpu_specs import GpuSpec
-
-from .kernel_trace import KernelProfile
+from profilers.kernel_trace import KernelProfile
+from scheduler_daemon.core.gpu_specs import GpuSpec
 
 PRECISIONS = ("fp16", "fp32", "int8")
 BYTES_SCALE = {"fp32": 1.0, "fp16": 0.5, "int8": 0.25}

@@ -15,8 +15,8 @@ import time
 
 import msgspec
 
-from .op_profile import OpTiming
-from .profile import ModelProfile
+from profilers.op_profile import OpTiming
+from profilers.profile import ModelProfile
 
 SCHEMA_VERSION = 2
 _KERNELS = """CREATE TABLE IF NOT EXISTS kernels (model TEXT, batch INTEGER, device TEXT,

@@ -32,12 +32,11 @@ from pathlib import Path
 
 import msgspec
 
-from scheduler_daemon.gpu_specs import gpu_spec
-from scheduler_daemon.jobs import KernelSpec
-
-from .kernel_trace import KernelProfile, fuse_for_engine, trace_kernels
-from .roofline import PRECISIONS, kernel_time_fracs
-from .zoo_models import ZOO_NAMES, build
+from profilers.kernel_trace import KernelProfile, fuse_for_engine, trace_kernels
+from profilers.roofline import PRECISIONS, kernel_time_fracs
+from profilers.zoo_models import ZOO_NAMES, build
+from scheduler_daemon.core.gpu_specs import gpu_spec
+from scheduler_daemon.wire.kernels import KernelSpec
 
 log = logging.getLogger(__name__)
 

@@ -17,18 +17,18 @@ import stat
 import msgspec
 import zmq
 
-from . import protocol as P
-from .clock import Environment, RealtimeEnvironment
-from .config import DaemonConfig
-from .core import SchedulerCore
-from .devices import Device, make_device
-from .eager import EagerStreams
-from .jobs import Job, JobState
-from .metrics import NullMetrics, PrometheusMetrics
-from .policies import make_policy
-from .protocol import Code, ProtocolError
-from .session import Session, Tenant
-from .sockets import make_socket
+from scheduler_daemon.clock import Environment, RealtimeEnvironment
+from scheduler_daemon.core.jobs import Job, JobState
+from scheduler_daemon.core.policies import make_policy
+from scheduler_daemon.core.scheduler import SchedulerCore
+from scheduler_daemon.devices import Device, make_device
+from scheduler_daemon.metrics import NullMetrics, PrometheusMetrics
+from scheduler_daemon.server.config import DaemonConfig
+from scheduler_daemon.server.eager import EagerStreams
+from scheduler_daemon.server.sessions import Session, Tenant
+from scheduler_daemon.transport.sockets import make_socket
+from scheduler_daemon.wire import protocol as P
+from scheduler_daemon.wire.protocol import Code, ProtocolError
 
 log = logging.getLogger("gpusched.daemon")
 
@@ -438,9 +438,9 @@ class Daemon:
     def _register_cuda(self, s: Session, msg: P.RegisterCuda, raw: list) -> None:
         """Raw CUDA kernels (issue 4): compiled and checked on every backend, so a compile
         error or an impossible launch shape comes back here too; launched by --backend cuda."""
-        from .cuda import CudaUnavailable
-        from .cuda.build import build_model
-        from .cuda.limits import limits_for_spec
+        from scheduler_daemon.cuda import CudaUnavailable
+        from scheduler_daemon.cuda.build import build_model
+        from scheduler_daemon.cuda.limits import limits_for_spec
         lim, tenant = self.config.limits, s.tenant
         if msg.model not in tenant.models and len(tenant.models) >= lim.max_models:
             raise ProtocolError(Code.LIMIT, f"tenant {tenant.name!r} already has "
@@ -587,7 +587,7 @@ class Daemon:
                              utilisation=self.device.utilisation(), tenants=tenants)
 
     def _admit(self, s: Session, msg: P.Admit, raw: list) -> None:
-        from .admission import Admission, AdmissionError
+        from gpusched.placement.admission import Admission, AdmissionError
         try:
             if self._admission is None:
                 self._admission = Admission(self.device.spec.name)

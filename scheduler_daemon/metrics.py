@@ -25,7 +25,13 @@ class NullMetrics:
 
 class PrometheusMetrics(NullMetrics):
     def __init__(self, daemon, port: int, addr: str = "127.0.0.1"):
-        from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+        from prometheus_client import (
+            CollectorRegistry,
+            Counter,
+            Gauge,
+            Histogram,
+            start_http_server,
+        )
 
         self.registry = reg = CollectorRegistry()
         core, dev = daemon.core, daemon.device

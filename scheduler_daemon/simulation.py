@@ -5,10 +5,10 @@ Used by the policy tests and the experiments.
 """
 from __future__ import annotations
 
-from .clock import Environment
-from .core import SchedulerCore
-from .devices.base import Device
-from .jobs import Job
+from scheduler_daemon.clock import Environment
+from scheduler_daemon.core.jobs import Job
+from scheduler_daemon.core.scheduler import SchedulerCore
+from scheduler_daemon.devices.base import Device
 
 
 class VirtualRun:

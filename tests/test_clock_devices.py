@@ -7,12 +7,13 @@ import time
 import pytest
 
 from scheduler_daemon.clock import Environment, RealtimeEnvironment
-from scheduler_daemon.core import SchedulerCore
+from scheduler_daemon.core.gpu_specs import ZERO, gpu_spec
+from scheduler_daemon.core.jobs import Job, JobState
+from scheduler_daemon.core.policies import Fifo, Paella, Slo, Srpt
+from scheduler_daemon.core.scheduler import SchedulerCore
 from scheduler_daemon.devices.fluid import FluidDevice
-from scheduler_daemon.gpu_specs import ZERO, gpu_spec
-from scheduler_daemon.jobs import Job, JobState, KernelSpec
-from scheduler_daemon.policies import Fifo, Paella, Slo, Srpt
 from scheduler_daemon.simulation import VirtualRun
+from scheduler_daemon.wire.kernels import KernelSpec
 
 T4 = gpu_spec("T4")
 FULL = dict(grid=40, block=1024)      # the whole T4

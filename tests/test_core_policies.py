@@ -12,14 +12,15 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from scheduler_daemon.core import SchedulerCore
+from scheduler_daemon.core.estimates import DurationEstimates
+from scheduler_daemon.core.gpu_specs import ZERO, Resources, gpu_spec
+from scheduler_daemon.core.jobs import Job, JobState
+from scheduler_daemon.core.policies import LATE_PENALTY, Edf, Fifo, Paella, Slo, Srpt
+from scheduler_daemon.core.queues import FairQueue, HeapQueue
+from scheduler_daemon.core.scheduler import SchedulerCore
 from scheduler_daemon.devices.fluid import FluidDevice
-from scheduler_daemon.estimates import DurationEstimates
-from scheduler_daemon.gpu_specs import ZERO, Resources, gpu_spec
-from scheduler_daemon.jobs import Job, JobState, KernelSpec
-from scheduler_daemon.policies import LATE_PENALTY, Edf, Fifo, Paella, Slo, Srpt
-from scheduler_daemon.queues import FairQueue, HeapQueue
 from scheduler_daemon.simulation import VirtualRun
+from scheduler_daemon.wire.kernels import KernelSpec
 
 T4 = gpu_spec("T4")
 FULL = dict(grid=40, block=1024)      # the whole T4: share_of(capacity) == 1.0
@@ -637,7 +638,7 @@ def test_heap_queue_repush_of_queued_job_keeps_len():
 
 
 def test_heap_queue_compacts_dead_entries():
-    from scheduler_daemon.queues import HeapQueue
+    from scheduler_daemon.core.queues import HeapQueue
     core = make_core(Fifo())
     m = model(core, "m", [10.0])
     q = HeapQueue(lambda j, now: j.arrival)

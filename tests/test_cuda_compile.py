@@ -11,19 +11,12 @@ import sys
 import msgspec
 import pytest
 
+from scheduler_daemon.core.gpu_specs import gpu_spec
+from scheduler_daemon.cuda.checks import kernel_specs, validate_model
 from scheduler_daemon.cuda.errors import CudaCompileError, CudaUnavailable
 from scheduler_daemon.cuda.instrument import BODY_PREFIX, PROGRESS_PARAM, instrument
 from scheduler_daemon.cuda.limits import LaunchLimits, limits_for_spec
-from scheduler_daemon.cuda.spec import (
-    Buf,
-    CudaBuffer,
-    CudaLaunch,
-    CudaModel,
-    Scalar,
-    kernel_specs,
-    validate_model,
-)
-from scheduler_daemon.gpu_specs import gpu_spec
+from scheduler_daemon.wire.cuda import Buf, CudaBuffer, CudaLaunch, CudaModel, Scalar
 
 pytest.importorskip("cuda.bindings", reason="cuda-python is not installed (pip install "
                     "'gpusched[cuda]'; make setup installs it)")

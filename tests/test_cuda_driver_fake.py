@@ -14,12 +14,12 @@ import pytest
 pytest.importorskip("cuda.bindings", reason="cuda-python is not installed (pip install "
                     "'gpusched[cuda]')")
 
-from scheduler_daemon.core import SchedulerCore
-from scheduler_daemon.cuda.driver import CudaDriverDevice
-from scheduler_daemon.cuda.spec import Buf, CudaBuffer, CudaLaunch, CudaModel, Scalar
-from scheduler_daemon.jobs import Job, JobState, ModelEntry
-from scheduler_daemon.policies import make_policy
-from scheduler_daemon.tensors import TensorMeta
+from scheduler_daemon.core.jobs import Job, JobState, ModelEntry
+from scheduler_daemon.core.policies import make_policy
+from scheduler_daemon.core.scheduler import SchedulerCore
+from scheduler_daemon.devices.cuda_driver import CudaDriverDevice
+from scheduler_daemon.wire.cuda import Buf, CudaBuffer, CudaLaunch, CudaModel, Scalar
+from scheduler_daemon.wire.tensors import TensorMeta
 from tests.fake_cuda import INSTRUMENTED, KERNELS, FakeDriver, FakeKernel, R, vec_add
 
 N = 1000

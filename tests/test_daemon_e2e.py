@@ -7,10 +7,16 @@ import time
 import numpy as np
 import pytest
 
-from client_lib import (Client, DaemonUnavailable, JobCancelled, JobShed,
-                        KernelSpec, RequestError)
+from client_lib import (
+    Client,
+    DaemonUnavailable,
+    JobCancelled,
+    JobShed,
+    KernelSpec,
+    RequestError,
+)
 from gpusched.loadgen import run_load
-from scheduler_daemon import protocol as P
+from scheduler_daemon.wire import protocol as P
 from tests.wire import RawPeer
 
 

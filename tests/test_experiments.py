@@ -8,7 +8,7 @@ import statistics
 import pytest
 
 from gpusched.experiments import arrivals, mixes, runner
-from scheduler_daemon.jobs import JobState
+from scheduler_daemon.core.jobs import JobState
 
 TRACE = "/work/shared/data/azure_llm_inference_2023/code.csv"
 needs_trace = pytest.mark.skipif(not os.path.exists(TRACE), reason=f"{TRACE} not available")

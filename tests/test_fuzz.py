@@ -4,11 +4,12 @@ import subprocess
 import sys
 
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from gpusched.bench.fuzz import answer_counts, atheris_one_input, fuzz_message, run_fuzz
 from gpusched.bench.soak import run_soak
-from scheduler_daemon import protocol as P
+from scheduler_daemon.wire import protocol as P
 
 
 @settings(max_examples=400, deadline=None)

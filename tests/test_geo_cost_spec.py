@@ -1,5 +1,4 @@
 """Geo spec validation (field + YAML line) and each cost-model term against a hand calculation."""
-import math
 
 import pytest
 

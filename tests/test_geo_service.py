@@ -117,7 +117,7 @@ def test_cli_submit_event_status(service, tmp_path):
 
 
 def test_token_and_curve(tmp_path):
-    from scheduler_daemon.keys import make_keys, read_key
+    from scheduler_daemon.transport.keys import make_keys, read_key
     secret, public = make_keys(str(tmp_path / "keys"))
     proc, ep, _ = start(tmp_path, "--token", "s3cret", "--curve-secret", secret)
     try:

@@ -14,10 +14,10 @@ import pytest
 pytest.importorskip("cuda.bindings", reason="cuda-python is not installed (pip install "
                     "'gpusched[cuda]')")
 
+from scheduler_daemon.core.jobs import Job, ModelEntry
 from scheduler_daemon.cuda.detect import cuda_gpus
-from scheduler_daemon.cuda.spec import Buf, CudaBuffer, CudaLaunch, CudaModel, Scalar
-from scheduler_daemon.jobs import Job, ModelEntry
-from scheduler_daemon.tensors import TensorMeta
+from scheduler_daemon.wire.cuda import Buf, CudaBuffer, CudaLaunch, CudaModel, Scalar
+from scheduler_daemon.wire.tensors import TensorMeta
 
 _GPUS, _, _WHY = cuda_gpus()
 pytestmark = [pytest.mark.gpu,
@@ -55,8 +55,8 @@ class Env:
 
 @pytest.fixture(scope="module")
 def rig():
-    from scheduler_daemon.cuda.driver import CudaDriverDevice
     from scheduler_daemon.devices import make_device
+    from scheduler_daemon.devices.cuda_driver import CudaDriverDevice
     dev = make_device("cuda")
     assert isinstance(dev, CudaDriverDevice)
     done, failed = [], []

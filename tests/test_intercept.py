@@ -7,13 +7,12 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
+import tiny_models  # noqa: E402
+
 from client_lib import Client  # noqa: E402
 from client_lib.errors import RequestError  # noqa: E402
 from client_lib.intercept import InterceptError, RemoteTensor, UnsupportedOp  # noqa: E402
 from profilers.zoo_models import build  # noqa: E402
-
-import tiny_models  # noqa: E402
-
 
 _mlp, _encoder, _local = tiny_models.mlp, tiny_models.encoder, tiny_models.local
 
@@ -146,8 +145,8 @@ def test_tensor_over_the_tenant_quota_is_refused(daemon_factory):
 def test_handles_are_per_client(torch_daemon):
     """A client can only name its own tensors: a raw EAGER_OPS naming a handle it never made
     is refused at its next sync."""
-    from scheduler_daemon import protocol as P
-    from scheduler_daemon.eager_spec import EagerOp, H
+    from scheduler_daemon.wire import protocol as P
+    from scheduler_daemon.wire.eager import EagerOp, H
     with Client(torch_daemon, tenant="a") as a, Client(torch_daemon, tenant="b") as b:
         with a.intercept():
             secret = torch.arange(5.0) * 7
@@ -184,10 +183,10 @@ def test_random_eager_messages_never_kill_the_daemon_and_each_sync_is_answered_o
     well-behaved client still gets bit-identical results."""
     import random
 
-    from scheduler_daemon import protocol as P
-    from scheduler_daemon.devices.graph_exec import ALLOWED
-    from scheduler_daemon.devices.graph_spec import C, D
-    from scheduler_daemon.eager_spec import EL, EagerOp, H, S, TensorLayout, Upload
+    from scheduler_daemon.wire import protocol as P
+    from scheduler_daemon.wire.eager import EL, EagerOp, H, S, TensorLayout, Upload
+    from scheduler_daemon.wire.graph import C, D
+    from scheduler_daemon.wire.ops import ALLOWED
     from tests.wire import RawPeer
     rng = random.Random(7)
     names = sorted(ALLOWED) + ["_fft_r2c", "as_strided", "set_", "nonzero", "_local_scalar_dense"]

@@ -6,12 +6,11 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
+import tiny_models  # noqa: E402
+
 from client_lib import Client  # noqa: E402
 from client_lib.errors import RequestError  # noqa: E402
 from profilers.zoo_models import build  # noqa: E402
-
-import tiny_models  # noqa: E402
-
 
 _mlp, _encoder, _local = tiny_models.mlp, tiny_models.encoder, tiny_models.local
 

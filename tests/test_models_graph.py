@@ -6,10 +6,10 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from client_lib.capture import CaptureError, capture  # noqa: E402
+from client_lib.tensors import from_frame, to_frame  # noqa: E402
 from profilers.zoo_models import build  # noqa: E402
 from scheduler_daemon.devices.graph_exec import LoadedGraph  # noqa: E402
-from scheduler_daemon.devices.graph_spec import OpNode, V, decode_graph, encode_graph  # noqa: E402
-from scheduler_daemon.tensors import from_frame, to_frame  # noqa: E402
+from scheduler_daemon.wire.graph import OpNode, V, decode_graph, encode_graph  # noqa: E402
 
 
 def _models():

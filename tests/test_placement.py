@@ -8,16 +8,16 @@ import json
 import pytest
 
 from gpusched.cli import main
-from placement import spec
-from placement.estimate import configs_for, estimate, model_profile
-from placement.fit import GpuState, Replica
-from placement.knobs import DEFAULT
-from placement.plan import report
-from placement.pool import DEFAULT_PRICE, GpuType, parse_pool
-from placement.replay import _batches, _spread, replay
-from placement.solvers import METHODS, place
-from placement.spec import SpecError
-from scheduler_daemon.admission import Admission, AdmissionError
+from gpusched.placement import spec
+from gpusched.placement.admission import Admission, AdmissionError
+from gpusched.placement.estimate import configs_for, estimate, model_profile
+from gpusched.placement.fit import GpuState, Replica
+from gpusched.placement.knobs import DEFAULT
+from gpusched.placement.plan import report
+from gpusched.placement.pool import DEFAULT_PRICE, GpuType, parse_pool
+from gpusched.placement.replay import _batches, _spread, replay
+from gpusched.placement.solvers import METHODS, place
+from gpusched.placement.spec import SpecError
 
 EXAMPLE = "examples/placement/models.yaml"
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"

@@ -62,7 +62,7 @@ def test_apply_needs_one_endpoint_per_gpu(tmp_path):
 def test_bad_admit_bodies_get_one_error_each(daemon):
     import msgspec
 
-    from scheduler_daemon import protocol as P
+    from scheduler_daemon.wire import protocol as P
     from tests.wire import RawPeer
     peer = RawPeer(daemon)
     try:

@@ -6,15 +6,15 @@ import pytest
 from test_placement import LIGHT
 
 from gpusched.cli import main
-from placement import cpsat, spec
-from placement.estimate import estimate
-from placement.fit import GpuState
-from placement.heuristic import solve as heuristic_solve
-from placement.plan import report
-from placement.pool import parse_pool
-from placement.solvers import place
-from placement.spec import SpecError
-from placement.workloads import make_workload
+from gpusched.placement import cpsat, spec
+from gpusched.placement.estimate import estimate
+from gpusched.placement.fit import GpuState
+from gpusched.placement.heuristic import solve as heuristic_solve
+from gpusched.placement.plan import report
+from gpusched.placement.pool import parse_pool
+from gpusched.placement.solvers import place
+from gpusched.placement.spec import SpecError
+from gpusched.placement.workloads import make_workload
 
 EXAMPLE = "examples/placement/models.yaml"
 # the six light models of test_placement.py at four times the rate: two T4s, or one H100
@@ -158,6 +158,6 @@ def test_table_fits_80_columns_without_cutting_numbers(monkeypatch, capsys):
 ])
 def test_admission_refuses_unprofiled_batches_and_bad_numbers(wanted, needle):
     """An unprofiled batch would be traced inside the daemon (seconds, at batch 1024 much more)."""
-    from scheduler_daemon.admission import Admission, AdmissionError
+    from gpusched.placement.admission import Admission, AdmissionError
     with pytest.raises(AdmissionError, match=needle):
         Admission("H100").admit([wanted])

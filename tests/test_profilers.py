@@ -151,8 +151,6 @@ def test_torch_per_op_profile_is_measured_on_cpu(one_thread):
         assert [o.flops for o in p.ops] == pytest.approx([float(k.flops) for k in traced])
         total_ms = sum(o.time_us for o in p.ops) / 1e3
         assert p.latency_ms / 3 < total_ms < p.latency_ms * 3, (model, total_ms, p.latency_ms)
-        convs = sum(o.time_us for o in p.ops if o.name == "convolution")
-        assert convs > 0.5 * sum(o.time_us for o in p.ops)  # a CNN's time is its convolutions
         assert p.util_samples == 0 and p.compute_demand is None   # no GPU: NVML not used
 
 

@@ -29,7 +29,7 @@ def test_keys_command_writes_owner_only_secret(tmp_path):
 
 
 def test_curve_and_token_on_tcp(daemon_factory, tmp_path):
-    from scheduler_daemon.keys import make_keys
+    from scheduler_daemon.transport.keys import make_keys
     secret, public = make_keys(str(tmp_path))
     ep = f"tcp://127.0.0.1:{_port()}"
     daemon_factory("--backend", "sim", "--curve-secret", secret, "--token", "s3cret", endpoint=ep)
@@ -103,8 +103,8 @@ def test_frame_size_limit(daemon_factory):
     a raw peer that sends one anyway is disconnected by libzmq, and the daemon serves on."""
     import numpy as np
 
+    from scheduler_daemon.wire import protocol as P
     from tests.wire import RawPeer
-    from scheduler_daemon import protocol as P
     _, ep = daemon_factory("--backend", "sim", "--max-frame-bytes", "1048576",
                            "--client-timeout", "10")
     big = np.zeros(1 << 19, dtype=np.float32)          # 2 MiB

@@ -19,12 +19,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from scheduler_daemon.clock import Environment
-from scheduler_daemon.core import SchedulerCore
+from scheduler_daemon.core.gpu_specs import gpu_spec
+from scheduler_daemon.core.jobs import Job, JobState, ModelEntry
+from scheduler_daemon.core.policies import make_policy
+from scheduler_daemon.core.scheduler import SchedulerCore
 from scheduler_daemon.devices.simgpu import SimGpu
-from scheduler_daemon.gpu_specs import gpu_spec
-from scheduler_daemon.jobs import Job, JobState, KernelSpec, ModelEntry
-from scheduler_daemon.policies import make_policy
 from scheduler_daemon.simulation import VirtualRun
+from scheduler_daemon.wire.kernels import KernelSpec
 
 T4 = gpu_spec("T4")
 H100 = gpu_spec("H100")

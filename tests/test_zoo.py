@@ -12,8 +12,8 @@ from profilers import zoo
 from profilers.kernel_trace import KernelProfile, fuse_for_engine, trace_kernels
 from profilers.roofline import EFF_C, kernel_time_us
 from profilers.zoo_models import build
-from scheduler_daemon.gpu_specs import PRESETS, gpu_spec
-from scheduler_daemon.jobs import KernelSpec
+from scheduler_daemon.core.gpu_specs import PRESETS, gpu_spec
+from scheduler_daemon.wire.kernels import KernelSpec
 
 TENSOR = ("conv", "gemm", "attention")
 

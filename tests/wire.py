@@ -1,7 +1,7 @@
 """A raw protocol peer for tests: speaks frames directly, no client library."""
 import zmq
 
-from scheduler_daemon import protocol as P
+from scheduler_daemon.wire import protocol as P
 
 
 class RawPeer:

@@ -9,16 +9,14 @@ results. RSS of the daemon is read from /proc before and after.
 """
 from __future__ import annotations
 
-import os
 import random
 import time
 
 import zmq
 
-from scheduler_daemon import protocol as P
-from scheduler_daemon.jobs import KernelSpec
-
-from ..procs import start_daemon, stop_daemon
+from gpusched.procs import start_daemon, stop_daemon
+from scheduler_daemon.wire import protocol as P
+from scheduler_daemon.wire.kernels import KernelSpec
 
 MODEL = [KernelSpec(name="k", est_us=0.0)]
 
@@ -219,9 +217,9 @@ def atheris_one_input(data: bytes) -> None:
 
 # the modules whose Python code a decoded message runs through (msgspec's decoding is C:
 # libFuzzer sees it only through what it makes this code do)
-_DECODER_MODULES = ("scheduler_daemon.protocol", "scheduler_daemon.tensors",
-                    "scheduler_daemon.eager_spec", "scheduler_daemon.cuda.spec",
-                    "scheduler_daemon.devices.graph_spec", "geo.protocol", "geo.spec",
+_DECODER_MODULES = ("scheduler_daemon.wire.protocol", "scheduler_daemon.wire.tensors",
+                    "scheduler_daemon.wire.eager", "scheduler_daemon.wire.cuda",
+                    "scheduler_daemon.wire.graph", "geo.protocol", "geo.spec",
                     __name__)
 
 

@@ -75,7 +75,7 @@ def _interleaved(client, module, handle, xs, reps: int, settle_s: float = 0.3):
 
 
 def _raw_rtt_us(rounds: int = 500) -> float:
-    from .overhead import _EchoPeer
+    from gpusched.bench.overhead import _EchoPeer
     echo = _EchoPeer()
     try:
         echo.round_trips(100)
@@ -85,12 +85,10 @@ def _raw_rtt_us(rounds: int = 500) -> float:
 
 
 def measure(models: list[str], batches: list[int], reps: int, progress=None) -> dict:
-    import torch
 
     from client_lib import Client
+    from gpusched.procs import start_daemon, stop_daemon
     from profilers.zoo_models import build
-
-    from ..procs import start_daemon, stop_daemon
     rows = []
     # first, before torch runs here: its OpenMP threads spinning after an op slowed the echo
     # thread's round trip 10x when it was measured last

@@ -21,14 +21,14 @@ from collections import deque
 
 import zmq
 
-from scheduler_daemon import protocol as P
-from scheduler_daemon.config import DaemonConfig
-from scheduler_daemon.core import SchedulerCore
-from scheduler_daemon.gpu_specs import gpu_spec
-from scheduler_daemon.jobs import Job, KernelSpec
-from scheduler_daemon.policies import POLICIES, make_policy
-
-from ..procs import start_daemon, stop_daemon, temp_endpoint, wait_ready
+from gpusched.procs import start_daemon, stop_daemon, temp_endpoint, wait_ready
+from scheduler_daemon.core.gpu_specs import gpu_spec
+from scheduler_daemon.core.jobs import Job
+from scheduler_daemon.core.policies import POLICIES, make_policy
+from scheduler_daemon.core.scheduler import SchedulerCore
+from scheduler_daemon.server.config import DaemonConfig
+from scheduler_daemon.wire import protocol as P
+from scheduler_daemon.wire.kernels import KernelSpec
 
 TINY = [KernelSpec(name="k0", est_us=0.0, grid=1, block=32)]
 

@@ -10,11 +10,15 @@ import csv
 import os
 from concurrent.futures import ProcessPoolExecutor
 
-from scheduler_daemon.gpu_specs import gpu_spec
-
-from ..experiments.mixes import mix as make_mix
-from ..experiments.runner import (Scenario, make_arrivals, parse_slo_factors, run_point,
-                                  saturation_rate)
+from gpusched.experiments.mixes import mix as make_mix
+from gpusched.experiments.runner import (
+    Scenario,
+    make_arrivals,
+    parse_slo_factors,
+    run_point,
+    saturation_rate,
+)
+from scheduler_daemon.core.gpu_specs import gpu_spec
 
 POLICY_ORDER = ("cuda-ss", "cuda-ms", "mps", "triton", "clockwork", "fifo-jbj", "fifo-kbk",
                 "paella", "srpt", "edf", "slo", "slo-srpt", "ideal")

@@ -8,8 +8,13 @@ from __future__ import annotations
 
 import time
 
-from ..experiments.mixes import mix as make_mix
-from ..experiments.runner import Scenario, make_arrivals, saturation_rate, simulate
+from gpusched.experiments.mixes import mix as make_mix
+from gpusched.experiments.runner import (
+    Scenario,
+    make_arrivals,
+    saturation_rate,
+    simulate,
+)
 
 
 def run_sim_speed(gpu: str = "T4", jobs: int = 1000, seed: int = 0) -> dict:

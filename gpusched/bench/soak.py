@@ -14,8 +14,8 @@ import time
 
 import numpy as np
 
-from .fuzz import rss_mb
-from ..procs import start_daemon, stop_daemon
+from gpusched.bench.fuzz import rss_mb
+from gpusched.procs import start_daemon, stop_daemon
 
 SLO_MS = 200.0
 KERNELS = 4
@@ -25,8 +25,8 @@ EST_US = 20.0
 def worker(endpoint: str, jobs: int, window: int, seconds: float, tenant: str) -> dict:
     import zmq
 
-    from scheduler_daemon import protocol as P
-    from scheduler_daemon.jobs import KernelSpec
+    from scheduler_daemon.wire import protocol as P
+    from scheduler_daemon.wire.kernels import KernelSpec
 
     s = zmq.Context.instance().socket(zmq.DEALER)
     s.setsockopt(zmq.LINGER, 0)

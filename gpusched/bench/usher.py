@@ -1,6 +1,6 @@
 """``gpusched bench usher``: every placement method on the same workloads, each plan replayed.
 
-Workloads (``placement/workloads.py``): 12 and 100 zoo models with rates from the Azure LLM
+Workloads (``gpusched/placement/workloads.py``): 12 and 100 zoo models with rates from the Azure LLM
 inference trace, on a pool of H100s. For each method: GPUs, cost, the lowest per-model SLO
 attainment when the plan is replayed on simulated GPUs, and the solve time. Then the
 heuristic alone on 1,000 models and a 200-GPU pool (solve time only).
@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import time
 
-from placement.pool import parse_pool
-from placement.replay import replay
-from placement.solvers import METHODS, place
-from placement.workloads import make_workload
+from gpusched.placement.pool import parse_pool
+from gpusched.placement.replay import replay
+from gpusched.placement.solvers import METHODS, place
+from gpusched.placement.workloads import make_workload
 
 
 def run_usher(sizes=(12, 100), gpu: str = "H100", scale: float = 200.0, seed: int = 0,

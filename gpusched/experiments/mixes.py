@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from scheduler_daemon.jobs import KernelSpec
+from scheduler_daemon.wire.kernels import KernelSpec
 
 # Paella's evaluation mix (anchors.md): the share of requests per model
 PAELLA_SHARES = {"mobilenetv2": 0.257, "resnet18": 0.272, "resnet34": 0.168,

@@ -10,15 +10,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from scheduler_daemon.core import SchedulerCore
+from gpusched.experiments.arrivals import arrival_times
+from gpusched.experiments.mixes import MixModel
+from scheduler_daemon.core.gpu_specs import gpu_spec
+from scheduler_daemon.core.jobs import Job, JobState
+from scheduler_daemon.core.policies import make_policy
+from scheduler_daemon.core.scheduler import SchedulerCore
 from scheduler_daemon.devices.simgpu import SimGpu
-from scheduler_daemon.gpu_specs import gpu_spec
-from scheduler_daemon.jobs import Job, JobState
-from scheduler_daemon.policies import make_policy
 from scheduler_daemon.simulation import VirtualRun
-
-from .arrivals import arrival_times
-from .mixes import MixModel
 
 
 @dataclass(frozen=True)

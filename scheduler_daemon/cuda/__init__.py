@@ -13,6 +13,6 @@ or a device is opened, and its absence is a ``CudaUnavailable`` naming the pip e
 Raw kernels of all tenants share one CUDA context: a kernel can read or overwrite any device
 memory of that context, other tenants' buffers included. Serve raw CUDA to trusted tenants.
 """
-from .errors import CudaCompileError, CudaError, CudaUnavailable
+from scheduler_daemon.cuda.errors import CudaCompileError, CudaError, CudaUnavailable
 
 __all__ = ["CudaCompileError", "CudaError", "CudaUnavailable"]

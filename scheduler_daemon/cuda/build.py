@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import dataclasses
 
-from .instrument import instrument
-from .limits import LaunchLimits
-from .nvrtc import Compiled, compile_source, load_ptx_text
-from .spec import CudaModel, kernel_specs, validate_model
+from scheduler_daemon.cuda.checks import kernel_specs, validate_model
+from scheduler_daemon.cuda.instrument import instrument
+from scheduler_daemon.cuda.limits import LaunchLimits
+from scheduler_daemon.cuda.nvrtc import Compiled, compile_source, load_ptx_text
+from scheduler_daemon.wire.cuda import CudaModel
 
 
 def compile_model(model: CudaModel, arch: str | None = None, name: str = "kernel.cu") -> Compiled:

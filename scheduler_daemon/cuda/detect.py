@@ -13,8 +13,8 @@ import dataclasses
 import logging
 from dataclasses import dataclass, field
 
-from ..gpu_specs import GpuSpec, gpu_spec
-from .limits import LaunchLimits
+from scheduler_daemon.core.gpu_specs import GpuSpec, gpu_spec
+from scheduler_daemon.cuda.limits import LaunchLimits
 
 log = logging.getLogger("gpusched.device.cuda.detect")
 
@@ -162,8 +162,8 @@ def query(chk, ordinal: int) -> CudaGpu:
 
 def cuda_gpus(api=None) -> tuple[list[CudaGpu], int | None, str]:
     """(GPUs, driver version, reason when none) through the CUDA driver; never raises."""
-    from .driverapi import driver_module, init
-    from .errors import CudaError, CudaUnavailable
+    from scheduler_daemon.cuda.driverapi import driver_module, init
+    from scheduler_daemon.cuda.errors import CudaError, CudaUnavailable
     try:
         api = api or driver_module()
         chk = init(api)

@@ -7,7 +7,7 @@ returns the value(s) or raises ``CudaError`` naming the call and the CUresult
 """
 from __future__ import annotations
 
-from .errors import INSTALL_HINT, CudaError, CudaUnavailable
+from scheduler_daemon.cuda.errors import INSTALL_HINT, CudaError, CudaUnavailable
 
 
 def driver_module():

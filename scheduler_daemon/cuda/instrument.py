@@ -34,7 +34,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
-from .lex import mask
+from scheduler_daemon.cuda.lex import mask
 
 PROGRESS_PARAM = "__gpusched_progress"
 BODY_PREFIX = "__gpusched_body_"

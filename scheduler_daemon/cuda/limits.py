@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..gpu_specs import GpuSpec
+from scheduler_daemon.core.gpu_specs import GpuSpec
 
 KiB = 1024
 # opt-in shared memory per block of the presets (CUDA programming guide, compute capabilities)

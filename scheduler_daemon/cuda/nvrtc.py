@@ -11,9 +11,14 @@ import functools
 import logging
 from dataclasses import dataclass, field
 
-from . import ptx as ptxmod
-from .errors import INSTALL_HINT, CudaCompileError, CudaUnavailable, truncate_log
-from .safety import arch_option, check_options, check_source
+from scheduler_daemon.cuda import ptx as ptxmod
+from scheduler_daemon.cuda.errors import (
+    INSTALL_HINT,
+    CudaCompileError,
+    CudaUnavailable,
+    truncate_log,
+)
+from scheduler_daemon.cuda.safety import arch_option, check_options, check_source
 
 log = logging.getLogger("gpusched.device.cuda.nvrtc")
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 
-from .lex import mask, splice
+from scheduler_daemon.cuda.lex import mask, splice
 
 _DIRECTIVE = re.compile(r"(?m)^[ \t]*(?:#|%:)[ \t]*(include_next|include|import|embed)\b")
 _HAS_INCLUDE = re.compile(r"\b__has_include(?:_next)?\b")

@@ -12,11 +12,11 @@ from __future__ import annotations
 import logging
 import re
 
-from ..cuda.detect import nvml_gpus, preset_for
-from ..gpu_specs import gpu_spec
-from .base import Device
-from .fluid import FluidDevice
-from .simgpu import SimGpu
+from scheduler_daemon.core.gpu_specs import gpu_spec
+from scheduler_daemon.cuda.detect import nvml_gpus, preset_for
+from scheduler_daemon.devices.base import Device
+from scheduler_daemon.devices.fluid import FluidDevice
+from scheduler_daemon.devices.simgpu import SimGpu
 
 log = logging.getLogger("gpusched.device")
 
@@ -48,7 +48,7 @@ def make_device(backend: str = "auto", spec_name: str = "T4", speed: float = 1.0
     if backend == "fluid":
         return FluidDevice(gpu_spec(spec_name), speed=speed)
     try:
-        from .torch_device import TorchDevice
+        from scheduler_daemon.devices.torch_device import TorchDevice
     except ImportError as e:
         raise ValueError(f"the torch backend needs torch: pip install 'gpusched[torch]' ({e})") from None
     dev = torch_device or ("cuda" if gpus and _torch_has_cuda() else "cpu")
@@ -76,8 +76,8 @@ def _cuda_ordinal(cuda_device: int | None, torch_device: str | None) -> int:
 
 
 def _cuda_device(ordinal: int) -> Device:
-    from ..cuda.detect import cuda_gpus
-    from ..cuda.errors import CudaError, CudaUnavailable
+    from scheduler_daemon.cuda.detect import cuda_gpus
+    from scheduler_daemon.cuda.errors import CudaError, CudaUnavailable
     gpus, version, reason = cuda_gpus()
     if not gpus:
         raise ValueError(f"no CUDA GPU visible ({reason}): the cuda backend needs an NVIDIA GPU "
@@ -87,7 +87,7 @@ def _cuda_device(ordinal: int) -> Device:
                          f"({', '.join(f'{g.ordinal}: {g.name}' for g in gpus)})")
     gpu = gpus[ordinal]
     try:
-        from ..cuda.driver import CudaDriverDevice
+        from scheduler_daemon.devices.cuda_driver import CudaDriverDevice
         dev = CudaDriverDevice(ordinal, gpu)
     except (CudaUnavailable, CudaError) as e:
         raise ValueError(f"the cuda backend could not open GPU {ordinal} ({gpu.name}): {e}") from None

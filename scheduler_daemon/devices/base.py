@@ -4,9 +4,9 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from typing import Callable
 
-from ..clock import Environment
-from ..gpu_specs import GpuSpec
-from ..jobs import Job
+from scheduler_daemon.clock import Environment
+from scheduler_daemon.core.gpu_specs import GpuSpec
+from scheduler_daemon.core.jobs import Job
 
 # on_complete(job, now, duration_s) / on_fail(job, now, message)
 CompleteFn = Callable[[Job, float, float], None]

@@ -36,10 +36,10 @@ from collections import deque
 
 import numpy as np
 
-from ..clock import Timer
-from ..gpu_specs import GpuSpec
-from ..jobs import Job
-from .base import Device
+from scheduler_daemon.clock import Timer
+from scheduler_daemon.core.gpu_specs import GpuSpec
+from scheduler_daemon.core.jobs import Job
+from scheduler_daemon.devices.base import Device
 
 MAX_HW_QUEUES = 32
 

@@ -13,11 +13,11 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-from ..gpu_specs import GpuSpec
-from ..jobs import Job
-from ..tensors import DTYPES, TensorMeta
-from . import torch_ops
-from .base import Device
+from scheduler_daemon.core.gpu_specs import GpuSpec
+from scheduler_daemon.core.jobs import Job
+from scheduler_daemon.devices import torch_ops
+from scheduler_daemon.devices.base import Device
+from scheduler_daemon.wire.tensors import DTYPES, TensorMeta
 
 log = logging.getLogger("gpusched.device.torch")
 
@@ -43,7 +43,7 @@ class TorchDevice(Device):
         self._local = threading.local()
         self._busy = 0
         self._graphs: dict = {}  # model key -> LoadedGraph (registered torch models)
-        from .alloc_guard import AllocGuard
+        from scheduler_daemon.devices.alloc_guard import AllocGuard
         self.guard = AllocGuard()
         self.alloc_limit = 1 << 62  # per op's outputs; the daemon sets its tenant quota
 
@@ -60,9 +60,9 @@ class TorchDevice(Device):
     def load_graph(self, key, graph_bytes, weights: list) -> list:
         """A captured model (graph_spec bytes, [(meta, buffer)] weights) -> one KernelSpec per op.
         Weights are copied once out of the received frames into device tensors."""
-        from ..jobs import KernelSpec
-        from .graph_exec import LoadedGraph
-        from .graph_spec import decode_graph
+        from scheduler_daemon.devices.graph_exec import LoadedGraph
+        from scheduler_daemon.wire.graph import decode_graph
+        from scheduler_daemon.wire.kernels import KernelSpec
         graph = decode_graph(graph_bytes)
         for spec, (meta, _) in zip(graph.weights, weights):
             if spec.dtype != meta.dtype or list(spec.shape) != list(meta.shape):

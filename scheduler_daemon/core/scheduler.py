@@ -19,9 +19,10 @@ from __future__ import annotations
 import logging
 from collections import deque
 
-from .gpu_specs import ZERO, Resources
-from .jobs import TERMINAL, Job, JobState, KernelSpec, ModelEntry
-from .policies import Policy
+from scheduler_daemon.core.gpu_specs import ZERO, Resources
+from scheduler_daemon.core.jobs import TERMINAL, Job, JobState, ModelEntry
+from scheduler_daemon.core.policies import Policy
+from scheduler_daemon.wire.kernels import KernelSpec
 
 log = logging.getLogger("gpusched.core")
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from collections import deque
 
-from .jobs import Job, ModelEntry
+from scheduler_daemon.core.jobs import Job, ModelEntry
 
 
 class Tenant:

@@ -11,7 +11,11 @@ from typing import Annotated, Union
 
 import msgspec
 
-from .devices.graph_spec import C, D, K
+from scheduler_daemon.wire.graph import C, D, K
+
+# the ops a client may run eagerly beyond the registered-graph allowlist: sync points
+SYNC_OPS = frozenset({"_local_scalar_dense", "is_nonzero", "equal", "nonzero", "masked_select",
+                      "unique", "_unique2"})
 
 MAX_HANDLE = 2**53
 HandleId = Annotated[int, msgspec.Meta(ge=1, lt=MAX_HANDLE)]

@@ -27,17 +27,18 @@ import socket
 import threading
 import weakref
 
-from ..devices.base import Device
-from ..gpu_specs import GpuSpec
-from ..jobs import Job
-from ..tensors import TensorMeta
-from .build import compile_model
-from .counters import CounterSlots
-from .detect import CudaGpu, query
-from .driverapi import driver_module, init
-from .errors import CudaError
-from .nvrtc import Compiled, arch_for
-from .spec import Buf, CudaModel, kernel_specs, validate_model
+from scheduler_daemon.core.gpu_specs import GpuSpec
+from scheduler_daemon.core.jobs import Job
+from scheduler_daemon.cuda.build import compile_model
+from scheduler_daemon.cuda.checks import kernel_specs, validate_model
+from scheduler_daemon.cuda.detect import CudaGpu, query
+from scheduler_daemon.cuda.driverapi import driver_module, init
+from scheduler_daemon.cuda.errors import CudaError
+from scheduler_daemon.cuda.nvrtc import Compiled, arch_for
+from scheduler_daemon.devices.base import Device
+from scheduler_daemon.devices.cuda_counters import CounterSlots
+from scheduler_daemon.wire.cuda import Buf, CudaModel
+from scheduler_daemon.wire.tensors import TensorMeta
 
 log = logging.getLogger("gpusched.device.cuda")
 

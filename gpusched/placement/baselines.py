@@ -16,12 +16,12 @@ import math
 import time
 from collections import Counter
 
-from .estimate import Config, model_profile
-from .fit import GpuState, Replica
-from .heuristic import cheapest_type, infeasible, size_replicas
-from .knobs import DEFAULT, Knobs
-from .plan import Plan
-from .spec import SpecError
+from gpusched.placement.estimate import Config, model_profile
+from gpusched.placement.fit import GpuState, Replica
+from gpusched.placement.heuristic import cheapest_type, infeasible, size_replicas
+from gpusched.placement.knobs import DEFAULT, Knobs
+from gpusched.placement.plan import Plan
+from gpusched.placement.spec import SpecError
 
 
 def _replicas(models, table, pool, alpha: float, method: str) -> list[Replica]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
-from .sockets import DEFAULT_MAX_FRAME, default_endpoint
+from scheduler_daemon.transport.sockets import DEFAULT_MAX_FRAME, default_endpoint
 
 
 @dataclass

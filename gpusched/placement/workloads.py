@@ -14,10 +14,9 @@ import random
 from collections import Counter
 from datetime import datetime
 
+from gpusched.placement.estimate import model_profile
+from gpusched.placement.spec import ModelSpec, Workload
 from profilers.zoo import ZOO_MODELS, shared_dir
-
-from .estimate import model_profile
-from .spec import ModelSpec, Workload
 
 SLO_FACTORS = (5.0, 10.0, 20.0)
 

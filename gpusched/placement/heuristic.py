@@ -21,12 +21,12 @@ import random
 import time
 from collections import Counter
 
-from .estimate import Config
-from .fit import GpuState, Replica
-from .knobs import DEFAULT, Knobs
-from .plan import Plan
-from .pool import GpuType
-from .spec import ModelSpec, SpecError
+from gpusched.placement.estimate import Config
+from gpusched.placement.fit import GpuState, Replica
+from gpusched.placement.knobs import DEFAULT, Knobs
+from gpusched.placement.plan import Plan
+from gpusched.placement.pool import GpuType
+from gpusched.placement.spec import ModelSpec, SpecError
 
 
 def size_replicas(ms: ModelSpec, cfgs: list[Config]) -> list[Replica]:

@@ -25,15 +25,15 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
+import profilers
+from gpusched.placement.knobs import DEFAULT, Knobs
+from gpusched.placement.pool import GpuType
+from gpusched.placement.spec import ModelSpec, SpecError
 from profilers.profile import profile
-
-from .knobs import DEFAULT, Knobs
-from .pool import GpuType
-from .spec import ModelSpec, SpecError
 
 log = logging.getLogger("gpusched.place")
 
-WEIGHTS_DIR = Path(__file__).resolve().parents[1] / "profilers" / "data" / "interference"
+WEIGHTS_DIR = Path(profilers.__file__).resolve().parent / "data" / "interference"  # packaged
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import ctypes
 import logging
 
-from .errors import CudaError
+from scheduler_daemon.cuda.errors import CudaError
 
 log = logging.getLogger("gpusched.device.cuda.counters")
 

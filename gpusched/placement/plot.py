@@ -3,8 +3,8 @@
 use, coloured by model; each bar's cap as a black tick across its top."""
 from __future__ import annotations
 
-from .knobs import DEFAULT
-from .plan import Plan
+from gpusched.placement.knobs import DEFAULT
+from gpusched.placement.plan import Plan
 
 MAX_LEGEND = 40  # models named in the legend; more would hide the bars
 

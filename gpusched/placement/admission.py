@@ -6,11 +6,11 @@ from __future__ import annotations
 
 import logging
 
-from placement.estimate import configs_for
-from placement.fit import GpuState, Replica
-from placement.plan import predicted_latency_ms
-from placement.pool import DEFAULT_PRICE, GpuType
-from placement.spec import ModelSpec
+from gpusched.placement.estimate import configs_for
+from gpusched.placement.fit import GpuState, Replica
+from gpusched.placement.plan import predicted_latency_ms
+from gpusched.placement.pool import DEFAULT_PRICE, GpuType
+from gpusched.placement.spec import ModelSpec
 from profilers.zoo import BATCHES
 
 log = logging.getLogger("gpusched.admission")

@@ -31,14 +31,14 @@ from __future__ import annotations
 import math
 import time
 
-from .estimate import Config
-from .fit import GpuState, Replica
-from .heuristic import infeasible
-from .heuristic import solve as heuristic_solve
-from .knobs import DEFAULT, Knobs
-from .plan import Plan
-from .pool import GpuType
-from .spec import ModelSpec, SpecError
+from gpusched.placement.estimate import Config
+from gpusched.placement.fit import GpuState, Replica
+from gpusched.placement.heuristic import infeasible
+from gpusched.placement.heuristic import solve as heuristic_solve
+from gpusched.placement.knobs import DEFAULT, Knobs
+from gpusched.placement.plan import Plan
+from gpusched.placement.pool import GpuType
+from gpusched.placement.spec import ModelSpec, SpecError
 
 RATE_SCALE = 10        # s in 0.1 req/s
 SCALE = 10 ** 8        # busy-time units: 1e-8 GPU-seconds per second

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from scheduler_daemon.gpu_specs import PRESETS
+from scheduler_daemon.core.gpu_specs import PRESETS
 
 # Memory per GPU (GiB) and an approximate on-demand price per GPU-hour (USD; cloud list prices
 # of single-GPU shares of common instances). Override a price with TYPE:COUNT@PRICE.

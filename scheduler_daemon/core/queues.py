@@ -9,7 +9,7 @@ import heapq
 import itertools
 from typing import Callable, Iterator
 
-from .jobs import Job
+from scheduler_daemon.core.jobs import Job
 
 KeyFn = Callable[[Job, float], float]
 

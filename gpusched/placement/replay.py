@@ -17,8 +17,8 @@ import logging
 import os
 from concurrent.futures import ProcessPoolExecutor
 
-from .plan import Plan
-from .spec import ModelSpec
+from gpusched.placement.plan import Plan
+from gpusched.placement.spec import ModelSpec
 
 log = logging.getLogger("gpusched.place")
 
@@ -68,11 +68,11 @@ def _simulate_gpu(args) -> dict[str, list[float]]:
     """One GPU: returns per model the latencies (s) of its requests (inf: never finished)."""
     gpu, policy, replicas = args
     from profilers.zoo import BATCHES, zoo_kernels
-    from scheduler_daemon.core import SchedulerCore
+    from scheduler_daemon.core.gpu_specs import gpu_spec
+    from scheduler_daemon.core.jobs import Job, JobState
+    from scheduler_daemon.core.policies import make_policy
+    from scheduler_daemon.core.scheduler import SchedulerCore
     from scheduler_daemon.devices.simgpu import SimGpu
-    from scheduler_daemon.gpu_specs import gpu_spec
-    from scheduler_daemon.jobs import Job, JobState
-    from scheduler_daemon.policies import make_policy
     from scheduler_daemon.simulation import VirtualRun
 
     spec = gpu_spec(gpu)

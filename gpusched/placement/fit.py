@@ -16,9 +16,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from .estimate import Config
-from .knobs import DEFAULT, Knobs
-from .pool import GpuType
+from gpusched.placement.estimate import Config
+from gpusched.placement.knobs import DEFAULT, Knobs
+from gpusched.placement.pool import GpuType
 
 
 @dataclass

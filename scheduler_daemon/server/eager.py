@@ -11,22 +11,20 @@ from __future__ import annotations
 import logging
 from collections import OrderedDict, deque
 
-from . import protocol as P
-from .devices.alloc_guard import AllocGuard
-from .devices.graph_exec import _const, _dtype, resolve_op
-from .eager_spec import EL, EagerOp, H, S, TensorLayout
-from .devices.graph_spec import C, D
-from .jobs import Job, JobState, KernelSpec
-from .protocol import Code, ProtocolError
-from .tensors import DTYPES, TensorMeta
+from scheduler_daemon.core.jobs import Job, JobState
+from scheduler_daemon.devices.alloc_guard import AllocGuard
+from scheduler_daemon.devices.graph_exec import _const, _dtype, resolve_op
+from scheduler_daemon.wire import protocol as P
+from scheduler_daemon.wire.eager import EL, SYNC_OPS, EagerOp, H, S, TensorLayout
+from scheduler_daemon.wire.graph import C, D
+from scheduler_daemon.wire.kernels import KernelSpec
+from scheduler_daemon.wire.protocol import Code, ProtocolError
+from scheduler_daemon.wire.tensors import DTYPES, TensorMeta
 
 log = logging.getLogger("gpusched.eager")
 
 # learned per-op durations are kept per distinct op sequence (a model's forward repeats them)
 MODEL_CACHE = 256
-# the ops a client may run eagerly beyond the registered-graph allowlist: sync points
-SYNC_OPS = frozenset({"_local_scalar_dense", "is_nonzero", "equal", "nonzero", "masked_select",
-                      "unique", "_unique2"})
 
 
 class EagerState:

@@ -6,8 +6,8 @@ least slack ``deadline - now - remaining`` orders the same as ``deadline - remai
 """
 from __future__ import annotations
 
-from .jobs import Job
-from .queues import FairQueue, HeapQueue
+from scheduler_daemon.core.jobs import Job
+from scheduler_daemon.core.queues import FairQueue, HeapQueue
 
 LATE_PENALTY = 1e12  # flagged (hopeless) jobs sort after every job that can still make it
 

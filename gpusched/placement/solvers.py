@@ -3,12 +3,12 @@ from __future__ import annotations
 
 import dataclasses
 
-from . import baselines, cpsat, heuristic
-from .estimate import estimate
-from .knobs import DEFAULT, Knobs
-from .plan import Plan
-from .pool import GpuType
-from .spec import ModelSpec
+from gpusched.placement import baselines, cpsat, heuristic
+from gpusched.placement.estimate import estimate
+from gpusched.placement.knobs import DEFAULT, Knobs
+from gpusched.placement.plan import Plan
+from gpusched.placement.pool import GpuType
+from gpusched.placement.spec import ModelSpec
 
 METHODS = ("one-per-gpu", "mem-packing", "gslice", "gpulet", "heuristic", "cpsat")
 

@@ -11,10 +11,10 @@ from typing import Annotated, Optional
 
 import msgspec
 
-from .cuda.spec import CudaModel
-from .eager_spec import EagerOp, HandleId, TensorLayout, Upload
-from .jobs import KernelSpec
-from .tensors import TensorMeta
+from scheduler_daemon.wire.cuda import CudaModel
+from scheduler_daemon.wire.eager import EagerOp, HandleId, TensorLayout, Upload
+from scheduler_daemon.wire.kernels import KernelSpec
+from scheduler_daemon.wire.tensors import TensorMeta
 
 PROTOCOL_VERSION = 1
 

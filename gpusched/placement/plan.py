@@ -3,8 +3,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from .fit import GpuState
-from .spec import ModelSpec
+from gpusched.placement.fit import GpuState
+from gpusched.placement.spec import ModelSpec
 
 
 @dataclass

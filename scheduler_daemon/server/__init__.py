@@ -1,0 +1,1 @@
+"""The daemon's request handling without I/O: sessions, handlers, quotas, answers, drain."""
