@@ -2,11 +2,13 @@
 
 Counters and histograms are updated by the daemon's loop when a job ends; gauges (queue depth,
 kernels in flight, device utilisation, clients) are read when Prometheus scrapes. Without a
-port the daemon uses ``NullMetrics`` and pays nothing.
+port the server keeps its ``NullMetrics`` and pays nothing.
 """
 from __future__ import annotations
 
 import logging
+
+from scheduler_daemon.server.server import NullMetrics
 
 log = logging.getLogger("gpusched.metrics")
 
@@ -14,17 +16,8 @@ LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5,
                    10.0)
 
 
-class NullMetrics:
-    def job_finished(self, tenant: str, model: str, status: str, total_s: float,
-                     slo_missed: bool) -> None:
-        pass
-
-    def request_error(self, code: str) -> None:
-        pass
-
-
 class PrometheusMetrics(NullMetrics):
-    def __init__(self, daemon, port: int, addr: str = "127.0.0.1"):
+    def __init__(self, server, port: int, addr: str = "127.0.0.1"):
         from prometheus_client import (
             CollectorRegistry,
             Counter,
@@ -34,7 +27,7 @@ class PrometheusMetrics(NullMetrics):
         )
 
         self.registry = reg = CollectorRegistry()
-        core, dev = daemon.core, daemon.device
+        core, dev = server.core, server.device
         Gauge("gpusched_queue_depth", "jobs queued in the scheduler core",
               registry=reg).set_function(lambda: len(core))
         Gauge("gpusched_inflight_kernels", "kernels dispatched to the device, not yet complete",
@@ -42,7 +35,7 @@ class PrometheusMetrics(NullMetrics):
         Gauge("gpusched_device_utilisation", "device utilisation (simulated: thread slots in use; "
               "torch: busy workers)", registry=reg).set_function(dev.utilisation)
         Gauge("gpusched_clients", "connected client sessions",
-              registry=reg).set_function(lambda: len(daemon.sessions))
+              registry=reg).set_function(lambda: len(server.sessions))
         self.jobs = Counter("gpusched_jobs", "jobs ended, by tenant and status",
                             ["tenant", "status"], registry=reg)
         self.latency = Histogram("gpusched_job_latency_seconds",

@@ -1,7 +1,7 @@
 """Drive the scheduler core and a device in virtual time (no sockets, no wall clock).
 
-This is the same core and the same device code the daemon runs; only the environment differs.
-Used by the policy tests and the experiments.
+This is the same core, device and dispatch pump the daemon runs; only the environment differs.
+Used by the policy tests, the experiments, placement replay and profiling.
 """
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from scheduler_daemon.clock import Environment
 from scheduler_daemon.core.jobs import Job
 from scheduler_daemon.core.scheduler import SchedulerCore
 from scheduler_daemon.devices.base import Device
+from scheduler_daemon.pump import Pump
 
 
 class VirtualRun:
@@ -16,6 +17,7 @@ class VirtualRun:
         self.core = core
         self.device = device
         self.env = env or Environment()
+        self.pump = Pump(core, device, self.env)
         self.finished: list[Job] = []
         device.start(self.env, self._complete, self._fail)
 
@@ -28,12 +30,8 @@ class VirtualRun:
         self._pump()
 
     def _pump(self) -> None:
-        core, now = self.core, self.env.now
-        job = core.next_dispatch(now)
-        while job is not None:
-            self.device.launch(job)
-            job = core.next_dispatch(now)
-        self.finished.extend(core.drain_finished())
+        self.pump.dispatch(self.env.now)
+        self.finished.extend(self.core.drain_finished())
 
     def submit_at(self, job: Job) -> None:
         """Schedule ``job`` to arrive at ``job.arrival``."""

@@ -255,7 +255,7 @@ def test_forgotten_model_is_unloaded_when_its_jobs_are_gone(rig):
     entry = register(dev, model())
     j = job(entry, inputs()[2])
     dev.prepare(j)
-    dev.forget_cuda(entry.key)
+    dev.forget(entry.key)
     assert len(fake.modules) == 1                    # a job still uses it
     dev.launch(j)
     wait(dev, done, failed, 1)

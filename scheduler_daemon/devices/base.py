@@ -1,7 +1,14 @@
-"""The device interface every backend implements: launch a kernel, report its completion."""
+"""The device interface every backend implements: launch a kernel, report its completion.
+
+What a backend can run beyond kernel lists is declared in ``Capabilities``, a typed value the
+daemon reads, never probed with ``hasattr``: registered torch graphs, intercepted eager ops, raw
+CUDA modules, and whether a job's kernels may be on the device at once (the experiment
+baselines hand a job's whole kernel list to the hardware queues).
+"""
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from dataclasses import dataclass
 from typing import Callable
 
 from scheduler_daemon.clock import Environment
@@ -13,6 +20,19 @@ CompleteFn = Callable[[Job, float, float], None]
 FailFn = Callable[[Job, float, str], None]
 
 
+@dataclass(frozen=True)
+class Capabilities:
+    graphs: bool = False        # REGISTER_GRAPH: captured torch models (load_graph)
+    eager: bool = False         # EAGER_OPS: intercepted aten ops (tensor_from, torch_device)
+    cuda: bool = False          # REGISTER_CUDA launched for real (load_cuda)
+    # a job's kernels may run concurrently (false where they share tensors: torch)
+    concurrent_kernels: bool = True
+
+
+class Unsupported(ValueError):
+    """The backend cannot do what was asked (the message names the backend to use)."""
+
+
 class Device(ABC):
     """A place to run kernels. ``launch`` must not block; completions are reported through the
     callbacks given to ``start``: from environment events (simulated devices) or from
@@ -20,6 +40,7 @@ class Device(ABC):
 
     name: str = "device"
     spec: GpuSpec
+    caps: Capabilities = Capabilities()
 
     def start(self, env: Environment, on_complete: CompleteFn, on_fail: FailFn) -> None:
         self.env = env
@@ -38,9 +59,32 @@ class Device(ABC):
         ``ValueError`` with a message for the client)."""
 
     def outputs(self, job: Job) -> list:
-        """Output tensors of a finished job, as (TensorMeta-like dict, buffer) pairs."""
+        """Output tensors of a finished job, as (TensorMeta, buffer) pairs."""
         return []
 
+    # -- what only some backends do (see ``caps``) ---------------------------------------------
+    def load_graph(self, key, graph_bytes: bytes, weights: list) -> list:
+        """A captured torch model -> one KernelSpec per op (``caps.graphs``)."""
+        raise Unsupported(f"backend {self.name!r} cannot run registered torch models: start "
+                          "the daemon with --backend torch")
+
+    def load_cuda(self, key, model) -> list:
+        """A raw CUDA model -> one KernelSpec per launch (``caps.cuda``)."""
+        raise Unsupported(f"backend {self.name!r} cannot launch CUDA kernels: start the daemon "
+                          "with --backend cuda on a GPU node")
+
+    def tensor_from(self, layout, buf):
+        """An intercepted tensor's bytes as a tensor on this device (``caps.eager``)."""
+        raise Unsupported(f"backend {self.name!r} cannot run intercepted torch ops: start the "
+                          "daemon with --backend torch")
+
+    def forget(self, key) -> None:
+        """Drop whatever was loaded for model ``key`` (a graph's weights, a CUDA module)."""
+
+    def set_alloc_limit(self, nbytes: int) -> None:
+        """No single op may allocate more than this (a tenant's quota)."""
+
+    # -- completions from worker threads -------------------------------------------------------
     def wake_fd(self) -> int | None:
         return None
 

@@ -2,8 +2,8 @@
 
 One primary context on device ``ordinal``; a pool of non-blocking streams, each with a waiter
 thread that blocks in ``cuEventSynchronize`` (the GIL is released) on the launches of its stream
-in order, times them with ``cuEventElapsedTime``, queues the completion and wakes the daemon
-through a socketpair, as the torch backend does (``wake_fd``/``collect``).
+in order, times them with ``cuEventElapsedTime`` and posts the completion to the ``Mailbox`` the
+daemon polls, as the torch backend does (``wake_fd``/``collect``).
 
 A job is pinned to nothing: each launch goes on an idle stream of the pool, starting from
 ``job.stream``, except that a job's kernels that overlap (the experiment baselines dispatch them
@@ -23,7 +23,6 @@ from __future__ import annotations
 import ctypes
 import logging
 import queue
-import socket
 import threading
 import weakref
 
@@ -35,8 +34,9 @@ from scheduler_daemon.cuda.detect import CudaGpu, query
 from scheduler_daemon.cuda.driverapi import driver_module, init
 from scheduler_daemon.cuda.errors import CudaError
 from scheduler_daemon.cuda.nvrtc import Compiled, arch_for
-from scheduler_daemon.devices.base import Device
+from scheduler_daemon.devices.base import Capabilities, Device
 from scheduler_daemon.devices.cuda_counters import CounterSlots
+from scheduler_daemon.devices.mailbox import Mailbox
 from scheduler_daemon.wire.cuda import Buf, CudaModel
 from scheduler_daemon.wire.tensors import TensorMeta
 
@@ -124,6 +124,7 @@ class _Record:
 
 class CudaDriverDevice(Device):
     name = "cuda"
+    caps = Capabilities(cuda=True)
 
     def __init__(self, ordinal: int = 0, gpu: CudaGpu | None = None, spec: GpuSpec | None = None,
                  streams: int = 8, api=None):
@@ -146,9 +147,7 @@ class CudaDriverDevice(Device):
         self._events: list = []
         self._models: dict = {}
         self._frees: queue.SimpleQueue = queue.SimpleQueue()
-        self._done: queue.SimpleQueue = queue.SimpleQueue()
-        self._rsock, self._wsock = socket.socketpair()
-        self._rsock.setblocking(False)
+        self._mailbox = Mailbox()
         self._counters = CounterSlots(chk)
         self._broken: str | None = None
         self._closed = False
@@ -244,7 +243,7 @@ class CudaDriverDevice(Device):
                 raise ValueError(f"kernel {name}: {smem} bytes of dynamic shared memory refused "
                                  f"by the driver ({e.code})") from None
 
-    def forget_cuda(self, key) -> None:
+    def forget(self, key) -> None:
         """Drop a loaded model; its module is unloaded once no job uses it."""
         old = self._models.pop(key, None)
         if old is not None:
@@ -334,8 +333,7 @@ class CudaDriverDevice(Device):
             self._launch(job, state)
         except (CudaError, ValueError) as e:
             self._note_sticky(e)
-            self._done.put((None, job, 0.0, self._launch_message(job, e)))
-            self._wsock.send(b"\0")
+            self._mailbox.post((None, job, 0.0, self._launch_message(job, e)))
 
     def _launch(self, job: Job, state: _JobState) -> None:
         chk, loaded = self.chk, state.loaded
@@ -391,20 +389,11 @@ class CudaDriverDevice(Device):
         return self.chk.cuEventCreate(self.api.CUevent_flags.CU_EVENT_DEFAULT)
 
     def wake_fd(self) -> int:
-        return self._rsock.fileno()
+        return self._mailbox.fileno()
 
     def collect(self) -> None:
-        try:
-            while self._rsock.recv(4096):
-                pass
-        except BlockingIOError:
-            pass
         now = self.env.now
-        while True:
-            try:
-                rec, job, dur, err = self._done.get_nowait()
-            except queue.Empty:
-                break
+        for rec, job, dur, err in self._mailbox.drain():
             if rec is not None:
                 self._finish_record(rec)
             if err is None:
@@ -551,8 +540,7 @@ class CudaDriverDevice(Device):
             chk.cuDevicePrimaryCtxRelease(self._dev)
         except CudaError as e:
             log.debug("device: close: %s", e)
-        self._rsock.close()
-        self._wsock.close()
+        self._mailbox.close()
         if self._nvml is not None:
             try:
                 import pynvml
@@ -591,11 +579,7 @@ class _Waiter(threading.Thread):
                 err = f"kernel {rec.launch.index} ({rec.launch.kernel}): {type(e).__name__}: {e}"
             if rec.slot is not None:
                 rec.blocks_done = dev._counters.read(rec.slot)
-            dev._done.put((rec, rec.job, dur, err))
-            try:
-                dev._wsock.send(b"\0")
-            except OSError:
-                return  # closed
+            dev._mailbox.post((rec, rec.job, dur, err))
 
 
 def _host_addr(buf) -> int:

@@ -2,13 +2,11 @@
 
 On a CUDA device every worker owns a CUDA stream and times kernels with CUDA events; on the CPU
 the workers are a thread pool (torch releases the GIL inside its operators). Completions are
-queued by the workers and the daemon is woken through a socketpair it polls.
+posted by the workers to a ``Mailbox`` whose socket the daemon polls.
 """
 from __future__ import annotations
 
 import logging
-import queue
-import socket
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -16,7 +14,8 @@ from concurrent.futures import ThreadPoolExecutor
 from scheduler_daemon.core.gpu_specs import GpuSpec
 from scheduler_daemon.core.jobs import Job
 from scheduler_daemon.devices import torch_ops
-from scheduler_daemon.devices.base import Device
+from scheduler_daemon.devices.base import Capabilities, Device
+from scheduler_daemon.devices.mailbox import Mailbox
 from scheduler_daemon.wire.tensors import DTYPES, TensorMeta
 
 log = logging.getLogger("gpusched.device.torch")
@@ -24,7 +23,8 @@ log = logging.getLogger("gpusched.device.torch")
 
 class TorchDevice(Device):
     name = "torch"
-    runs_eager = True  # intercepted eager ops (scheduler_daemon/eager.py)
+    # one job's ops share its tensors: they must run one after the other
+    caps = Capabilities(graphs=True, eager=True, concurrent_kernels=False)
 
     def __init__(self, spec: GpuSpec, device: str = "cpu", workers: int | None = None):
         import torch
@@ -37,9 +37,7 @@ class TorchDevice(Device):
         # doubled compute-bound ops in `gpusched bench models`). CUDA: a worker per stream.
         workers = workers or (4 if self.cuda else 1)
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="gpusched-torch")
-        self._done: queue.SimpleQueue = queue.SimpleQueue()
-        self._rsock, self._wsock = socket.socketpair()
-        self._rsock.setblocking(False)
+        self._mailbox = Mailbox()
         self._local = threading.local()
         self._busy = 0
         self._graphs: dict = {}  # model key -> LoadedGraph (registered torch models)
@@ -73,8 +71,11 @@ class TorchDevice(Device):
         # a first estimate per op; measured durations replace it (DurationEstimates)
         return [KernelSpec(name=n.op[:256], est_us=20.0) for n in graph.ops]
 
-    def forget_graph(self, key) -> None:
+    def forget(self, key) -> None:
         self._graphs.pop(key, None)
+
+    def set_alloc_limit(self, nbytes: int) -> None:
+        self.alloc_limit = nbytes
 
     def _tensor(self, meta, buf):
         t = self.torch.frombuffer(bytearray(buf), dtype=getattr(self.torch, meta.dtype)) \
@@ -123,10 +124,9 @@ class TorchDevice(Device):
                 out = op(job.payload)
                 dur = time.perf_counter() - t0
             job.payload = out
-            self._done.put((job, dur, None))
+            self._mailbox.post((job, dur, None))
         except Exception as e:  # a failing kernel fails its job only
-            self._done.put((job, 0.0, f"{type(e).__name__}: {e}"))
-        self._wsock.send(b"\0")
+            self._mailbox.post((job, 0.0, f"{type(e).__name__}: {e}"))
 
     def launch(self, job: Job) -> None:
         kernel = getattr(job.payload, "kernel", None)  # an intercepted op batch (EagerWork)
@@ -141,20 +141,11 @@ class TorchDevice(Device):
         self._pool.submit(self._run, job, op)
 
     def wake_fd(self) -> int:
-        return self._rsock.fileno()
+        return self._mailbox.fileno()
 
     def collect(self) -> None:
-        try:
-            while self._rsock.recv(4096):
-                pass
-        except BlockingIOError:
-            pass
         now = self.env.now
-        while True:
-            try:
-                job, dur, err = self._done.get_nowait()
-            except queue.Empty:
-                return
+        for job, dur, err in self._mailbox.drain():
             self._busy -= 1
             if err is None:
                 self.on_complete(job, now, dur)
@@ -180,8 +171,7 @@ class TorchDevice(Device):
 
     def close(self) -> None:
         self._pool.shutdown(wait=True, cancel_futures=True)
-        self._rsock.close()
-        self._wsock.close()
+        self._mailbox.close()
 
 
 def _graph_op(graph, i: int, guard=None, limit: int = 0):

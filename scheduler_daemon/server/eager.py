@@ -14,6 +14,7 @@ from collections import OrderedDict, deque
 from scheduler_daemon.core.jobs import Job, JobState
 from scheduler_daemon.devices.alloc_guard import AllocGuard
 from scheduler_daemon.devices.graph_exec import _const, _dtype, resolve_op
+from scheduler_daemon.server.registration import buffer_of
 from scheduler_daemon.wire import protocol as P
 from scheduler_daemon.wire.eager import EL, SYNC_OPS, EagerOp, H, S, TensorLayout
 from scheduler_daemon.wire.graph import C, D
@@ -153,17 +154,17 @@ def layout_of(t) -> TensorLayout:
 
 
 class EagerStreams:
-    """The daemon's handlers for EAGER_OPS / EAGER_SYNC and the bookkeeping of their jobs."""
+    """The server's handlers for EAGER_OPS / EAGER_SYNC and the bookkeeping of their jobs."""
 
-    def __init__(self, daemon):
-        self.d = daemon
+    def __init__(self, server):
+        self.d = server
         self._fns: dict[str, object] = {}
         self._models: OrderedDict = OrderedDict()
         self.guard = AllocGuard()
 
     # -- requests -----------------------------------------------------------------------------
     def _state(self, s) -> EagerState:
-        if not getattr(self.d.device, "runs_eager", False):
+        if not self.d.device.caps.eager:
             raise ProtocolError(Code.BAD_MODEL, f"backend {self.d.device.name!r} cannot run "
                                 "intercepted torch ops: start the daemon with --backend torch")
         if s.eager is None:
@@ -172,7 +173,7 @@ class EagerStreams:
 
     def on_ops(self, s, msg: P.EagerOps, raw: list) -> None:
         st = self._state(s)
-        if self.d._draining:
+        if self.d.draining:
             st.error = st.error or (Code.DRAINING, "the daemon is shutting down and runs no "
                                     "new ops")
         try:
@@ -193,7 +194,7 @@ class EagerStreams:
             self._queue_free_only(st, msg.free)
             return
         work = EagerWork(st, msg.ops, fns, list(msg.free), msg.seq, self.d.device.device,
-                         self.guard, self.d.config.limits.max_tenant_bytes)
+                         self.guard, self.d.limits.max_tenant_bytes)
         self._enqueue(s, st, self._job(s, st, work, msg.slo_ms, msg.priority))
 
     def on_sync(self, s, msg: P.EagerSync, raw: list) -> None:
@@ -214,7 +215,7 @@ class EagerStreams:
             self._start_next(s, st)
             return
         work = EagerWork(st, [msg.op], [fn], [], 0, self.d.device.device, self.guard,
-                         self.d.config.limits.max_tenant_bytes)
+                         self.d.limits.max_tenant_bytes)
         work.reply, work.first_out, work.fetch = msg.req_id, msg.first_out, list(msg.fetch)
         self._enqueue(s, st, self._job(s, st, work, 0.0, 0))
 
@@ -227,7 +228,7 @@ class EagerStreams:
         if want != len(raw):
             raise ProtocolError(Code.BAD_INPUT, f"{len(msg.uploads)} uploads declare {want} "
                                 f"raw frames; {len(raw)} were sent")
-        lim = self.d.config.limits.max_tenant_bytes
+        lim = self.d.limits.max_tenant_bytes
         at = 0
         for u in msg.uploads:
             parts, at = raw[at:at + u.frames], at + u.frames
@@ -251,7 +252,7 @@ class EagerStreams:
                                     f"tenant {s.tenant.name!r}'s intercepted tensors to "
                                     f"{st.bytes + u.nbytes} bytes, over its quota of {lim} "
                                     "bytes: free tensors (del) or raise --max-tenant-bytes")
-            buf = parts[0].buffer if len(parts) == 1 else b"".join(f.buffer for f in parts)
+            buf = buffer_of(parts[0]) if len(parts) == 1 else b"".join(map(buffer_of, parts))
             st.table[u.id] = self.d.device.tensor_from(lay, buf)
             st.sizes[u.id] = u.nbytes
             st.bytes += u.nbytes
@@ -299,7 +300,7 @@ class EagerStreams:
                 self._models.popitem(last=False)
         else:
             self._models.move_to_end(key)
-        return Job(f"{self.d.daemon_id}-{next(self.d._job_ids)}", s.tenant.name, model, slo_ms,
+        return Job(self.d.new_job_id(), s.tenant.name, model, slo_ms,
                    self.d.env.now, priority, work, _Owner(s, st))
 
     def _enqueue(self, s, st: EagerState, job: Job) -> None:
@@ -311,7 +312,7 @@ class EagerStreams:
         while st.running is None and st.queue and not st.dead:
             item = st.queue.popleft()
             if isinstance(item, Job):
-                if st.error is not None or self.d._draining:
+                if st.error is not None or self.d.draining:
                     if st.error is None:
                         st.error = (Code.DRAINING, "the daemon is shutting down")
                     self._release(st, item.payload.free)
@@ -327,7 +328,7 @@ class EagerStreams:
 
     # -- jobs out -----------------------------------------------------------------------------
     def finished(self, job: Job) -> None:
-        """A batch reached a terminal state (the daemon's ``_finish`` hands it here)."""
+        """A batch reached a terminal state (the server's ``_finish`` hands it here)."""
         owner, work = job.owner, job.payload
         s, st = owner.session, owner.state
         if st.dead:
@@ -348,7 +349,7 @@ class EagerStreams:
                 code = Code.TOO_LARGE
             st.error = (code, f"{what}: {job.error or job.state.value}")
             log.info("eager: tenant=%s %s", s.tenant.name, st.error[1])
-        lim = self.d.config.limits.max_tenant_bytes
+        lim = self.d.limits.max_tenant_bytes
         if st.error is None and st.bytes > lim:
             st.error = (Code.TOO_LARGE, f"tenant {s.tenant.name!r}'s intercepted tensors take "
                         f"{st.bytes} bytes, over its quota of {lim} bytes: free tensors (del) "
@@ -373,7 +374,7 @@ class EagerStreams:
     def _answer_error(self, s, st: EagerState, req_id: int) -> None:
         code, message = st.error
         st.error = None
-        self.d._error(s.identity, req_id, code, message)
+        self.d.error(s.identity, req_id, code, message)
 
     def _answer(self, s, st: EagerState, req_id: int, fetch: list, outs=(), values=()) -> None:
         if st.error is not None:
@@ -383,18 +384,18 @@ class EagerStreams:
         for h in fetch:
             t = st.table.get(h)
             if t is None:
-                self.d._error(s.identity, req_id, Code.BAD_INPUT, f"fetch: tensor handle {h} "
+                self.d.error(s.identity, req_id, Code.BAD_INPUT, f"fetch: tensor handle {h} "
                               "does not exist (freed, or made by an op that failed)")
                 return
             t = t.detach().contiguous().cpu()
             name = str(t.dtype).removeprefix("torch.")
             if name not in DTYPES:
-                self.d._error(s.identity, req_id, Code.BAD_INPUT, f"fetch: dtype {name} cannot "
+                self.d.error(s.identity, req_id, Code.BAD_INPUT, f"fetch: dtype {name} cannot "
                               f"be sent; convert it first (.float())")
                 return
             metas.append(TensorMeta(dtype=name, shape=list(t.shape)))
             bufs.append(t.numpy().reshape(-1).view("uint8").data if t.numel() else b"")
-        self.d._send(s.identity, P.EagerResult(req_id=req_id, fetched=metas, outs=list(outs),
+        self.d.reply(s.identity, P.EagerResult(req_id=req_id, fetched=metas, outs=list(outs),
                                                values=[_scalar(v) for v in values]), bufs)
 
     # -- sessions and draining ----------------------------------------------------------------

@@ -1,0 +1,50 @@
+"""The one dispatch pump: what turns the core's decisions into device launches.
+
+The live daemon (real time) and every virtual-time run (``simulation.VirtualRun``, the
+experiments, placement replay, profiling) drive the core through this class, so a launch error
+is handled the same everywhere: it fails that job, never the loop.
+"""
+from __future__ import annotations
+
+import logging
+from typing import Callable
+
+from scheduler_daemon.clock import Environment
+from scheduler_daemon.core.jobs import Job
+from scheduler_daemon.core.scheduler import SchedulerCore
+from scheduler_daemon.devices.base import Device
+
+log = logging.getLogger("gpusched.pump")
+
+
+class Pump:
+    def __init__(self, core: SchedulerCore, device: Device, env: Environment):
+        self.core, self.device, self.env = core, device, env
+
+    def dispatch(self, now: float) -> None:
+        """Launch every kernel the core picks at ``now``."""
+        core, launch = self.core, self.device.launch
+        job = core.next_dispatch(now)
+        while job is not None:
+            try:
+                launch(job)
+            except Exception as e:  # a device error fails that job, not the loop
+                log.exception("pump: launch failed job=%s", job.id)
+                core.on_fail(job, now, f"launch failed: {type(e).__name__}: {e}")
+            job = core.next_dispatch(now)
+
+    def advance(self, on_finished: Callable[[Job], None]) -> None:
+        """Run due device events, dispatch, hand finished jobs to ``on_finished``, until
+        nothing more is due at the current time (finishing can queue more work)."""
+        env, core = self.env, self.core
+        while True:
+            now = env.now
+            if env.peek() <= now:
+                env.run_due()
+            self.dispatch(now)
+            if core.has_finished():
+                for job in core.drain_finished():
+                    on_finished(job)
+                continue
+            if env.peek() > now:
+                return

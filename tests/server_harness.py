@@ -1,0 +1,97 @@
+"""The daemon's ``Server`` driven in-process on a virtual clock: requests in, replies out.
+
+No sockets and no subprocess: a test sends decoded messages as peer ``b"a"``, ``b"b"``, ...,
+lets virtual time run (``run``), and reads the replies each peer got. The same Server, core,
+device and pump as the live daemon; only the frames are not on a socket.
+"""
+from __future__ import annotations
+
+import select
+from collections import defaultdict
+
+from scheduler_daemon.clock import Environment
+from scheduler_daemon.core.gpu_specs import gpu_spec
+from scheduler_daemon.devices.simgpu import SimGpu
+from scheduler_daemon.server.config import DaemonConfig, DaemonLimits
+from scheduler_daemon.server.server import Server
+from scheduler_daemon.wire import protocol as P
+
+
+class Harness:
+    def __init__(self, device=None, admission=None, **options):
+        limits = {k: options.pop(k) for k in list(options) if hasattr(DaemonLimits, k)}
+        self.config = DaemonConfig(endpoint="ipc:///nonexistent/harness.sock",
+                                   limits=DaemonLimits(**limits), **options)
+        self.env = Environment()
+        self.device = device or SimGpu(gpu_spec(self.config.gpu_spec))
+        self.server = Server(self.config, self.device, self.env, admission)
+        self.inbox: dict[bytes, list] = defaultdict(list)
+
+    # -- requests -----------------------------------------------------------------------------
+    def send(self, peer: bytes, msg, *raw, conn: int = -1) -> list:
+        """One request of ``peer``; returns the replies it got at once."""
+        self._deliver(self.server.handle(peer, msg, list(raw), self.env.now, conn))
+        self._deliver(self.server.advance())
+        return self.take(peer)
+
+    def send_frames(self, peer: bytes, *frames) -> list:
+        self._deliver(self.server.handle_frames(peer, list(frames), self.env.now))
+        return self.take(peer)
+
+    def hello(self, peer: bytes, tenant: str = "t", token: str = "") -> P.Welcome:
+        (msg, _), = self.send(peer, P.Hello(version=P.PROTOCOL_VERSION, tenant=tenant,
+                                            token=token))
+        assert isinstance(msg, P.Welcome), msg
+        return msg
+
+    def call(self, peer: bytes, msg, *raw):
+        """A request answered at once: its one reply (message only). Other replies the peer
+        got meanwhile (DONEs of jobs that ended) stay in its inbox."""
+        rid = getattr(msg, "req_id", None)
+
+        def answers(m) -> bool:
+            return rid is None or (getattr(m, "req_id", None) == rid
+                                   and not isinstance(m, P.Done))
+        replies = self.send(peer, msg, *raw)
+        mine = [m for m, _ in replies if answers(m)]
+        self.inbox[peer][:0] = [(m, r) for m, r in replies if not answers(m)]
+        assert len(mine) == 1, replies
+        return mine[0]
+
+    # -- time ---------------------------------------------------------------------------------
+    def run(self, until: float | None = None, wall_timeout: float = 30.0) -> None:
+        """Let virtual time run until nothing is left to do (or ``until``). Devices with worker
+        threads (torch) are waited for on their wake fd."""
+        env, fd = self.env, self.device.wake_fd()
+        while True:
+            self._deliver(self.server.advance())
+            if fd is not None and self._busy():
+                ready, _, _ = select.select([fd], [], [], wall_timeout)
+                assert ready, "the device's workers did not finish in time"
+                self.device.collect()
+                continue
+            nxt = env.peek()
+            if nxt == float("inf") or (until is not None and nxt > until):
+                break
+            env.step()
+        if until is not None and until > env.now:
+            env.now = until
+        self._deliver(self.server.advance())
+
+    def _busy(self) -> bool:
+        return self.server.core.inflight > 0
+
+    # -- replies ------------------------------------------------------------------------------
+    def _deliver(self, replies) -> None:
+        for identity, msg, raw in replies:
+            # a reply is encoded and decoded as on the wire, so what a test reads is what a
+            # client would (and an unencodable reply fails here)
+            tag, body = P.encode(msg)
+            self.inbox[identity].append((P.decode(tag, body, P.REPLIES), [bytes(b) for b in raw]))
+
+    def take(self, peer: bytes) -> list:
+        out, self.inbox[peer] = self.inbox[peer], []
+        return out
+
+    def close(self) -> None:
+        self.server.close()
