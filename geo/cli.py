@@ -1,6 +1,8 @@
 """``gpusched geo ...`` and ``gpusched bench geo``: parsers and entry points (issue 6).
 
 The only module of the package that prints; mistakes raise ValueError (exit 2 in gpusched.cli).
+Building the parsers imports nothing but the standard library (every ``gpusched`` command
+builds them): the planner, solver, service and rich are imported by the functions that run.
 """
 from __future__ import annotations
 
@@ -8,6 +10,12 @@ import argparse
 import json
 import os
 import sys
+
+# the choices, as plain names (tests/test_cli_startup.py checks them against geo's own)
+OBJECTIVES = ("throughput", "cost", "makespan", "balance")    # geo.spec.Planner.objective
+PLAN_SOLVERS = ("cpsat", "decomposed", "greedy", "single-region")  # geo.bench.METHODS
+SERVE_SOLVERS = ("auto", "cpsat", "decomposed")
+EVENT_KINDS = ("site-down", "site-up", "capacity", "preempt", "price", "job-finished")
 
 EVENT_HELP = ("site-down SITE | site-up SITE | capacity SITE TYPE COUNT | preempt SITE [TYPE] | "
               "price SITE TYPE USD_PER_HOUR | job-finished JOB")
@@ -28,7 +36,7 @@ def _client_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--server-key", default=None, metavar="KEY",
                    help="the service's CURVE public key (40 characters or a file)")
     p.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for the answer")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help="print JSON instead of text and tables")
 
 
 def add_geo_parser(sub) -> None:
@@ -44,13 +52,14 @@ def add_geo_parser(sub) -> None:
                       "exit 2: a bad spec (file:line: field: problem) or an infeasible job "
                       "(the constraint that rules it out)")
     p.add_argument("spec", help="spec YAML (see examples/geo/spec.yaml)")
-    p.add_argument("--objective", choices=("throughput", "cost", "makespan", "balance"),
+    p.add_argument("--objective", choices=OBJECTIVES,
                    default=None, help="default: the spec's planner.objective (throughput); "
                    "balance: MAST's asymmetric demand/supply penalty (CP-SAT)")
-    p.add_argument("--solver", choices=("cpsat", "decomposed", "greedy", "single-region"),
+    p.add_argument("--solver", choices=PLAN_SOLVERS,
                    default="cpsat", help="cpsat (default): optimal up to a few hundred jobs; "
                    "decomposed: MAST-style, for thousands; greedy, single-region: baselines")
-    p.add_argument("--time-limit", type=float, default=None, help="CP-SAT seconds")
+    p.add_argument("--time-limit", type=float, default=None,
+                   help="CP-SAT seconds (default: the spec's planner.time_limit_s)")
     p.add_argument("--json", action="store_true", help="print the plan as JSON")
     p.add_argument("--out", default=".", help="folder for the PNG (default: here)")
     p.add_argument("--place-data", type=int, default=0, metavar="N",
@@ -64,13 +73,15 @@ def add_geo_parser(sub) -> None:
                       "a restart with the same --state resumes where it stopped")
     s.add_argument("--spec", default=None, help="the fleet (sites/links/datasets) to start from; "
                    "ignored when --state already holds one")
-    s.add_argument("--endpoint", default=None)
+    s.add_argument("--endpoint", default=None, help="serve here: ipc:///path or "
+                   "tcp://HOST:PORT (default: $GPUSCHED_GEO_ENDPOINT or "
+                   "ipc://<runtime dir>/geo.sock)")
     s.add_argument("--state", default=None, help="state file (default: $XDG_STATE_HOME or ~/.local/state, "
                    "then gpusched/geo-state.json)")
     s.add_argument("--token", default=None, help="require this token (default $GPUSCHED_TOKEN)")
     s.add_argument("--curve-secret", default=None, metavar="FILE",
                    help="encrypt with this CURVE secret key (see 'gpusched keys')")
-    s.add_argument("--solver", choices=("auto", "cpsat", "decomposed"), default="auto",
+    s.add_argument("--solver", choices=SERVE_SOLVERS, default="auto",
                    help="auto: CP-SAT up to 200 jobs, decomposed above")
     su = gs.add_parser("submit", help="submit a job YAML to the geo service",
                        formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -83,8 +94,7 @@ def add_geo_parser(sub) -> None:
                        "  gpusched geo event capacity gcp:europe-west4-a A100 32\n"
                        "  gpusched geo event price aws:us-west-2 H100 2.9\n"
                        "  gpusched geo event job-finished llm-7b")
-    ev.add_argument("kind", choices=("site-down", "site-up", "capacity", "preempt", "price",
-                                     "job-finished"))
+    ev.add_argument("kind", choices=EVENT_KINDS, help="what changed")
     ev.add_argument("args", nargs="*", help=EVENT_HELP)
     _client_args(ev)
     st = gs.add_parser("status", help="the geo service's current plan",
@@ -96,13 +106,14 @@ def add_geo_parser(sub) -> None:
 def add_geo_bench_parser(bsub) -> None:
     b = bsub.add_parser("geo", help="geo planner: CP-SAT vs decomposed vs baselines on instances "
                         "built from the measured cloud regions")
-    b.add_argument("--json", action="store_true")
+    b.add_argument("--json", action="store_true", help="print JSON instead of tables")
     b.add_argument("--quick", action="store_true", help="small sizes only (about a minute)")
-    b.add_argument("--sizes", default=None, help="JOBSxSITES list, e.g. 50x10,200x20,10000x50")
+    b.add_argument("--sizes", default=None, help="JOBSxSITES list, e.g. 50x10,200x20,10000x50 "
+                   "(default: 50x10,200x20,1000x50,10000x50; --quick 30x6,100x10,1000x50)")
     b.add_argument("--cpsat-max-jobs", type=int, default=200,
                    help="run CP-SAT on instances up to this many jobs")
     b.add_argument("--time-limit", type=float, default=30.0, help="CP-SAT seconds per case")
-    b.add_argument("--seed", type=int, default=1)
+    b.add_argument("--seed", type=int, default=1, help="random seed of the instances")
     b.add_argument("--sweep", type=int, default=None,
                    help="more seeds (at <= 200 jobs) for the CP-SAT gap; default 9, --quick 3")
 

@@ -1,5 +1,5 @@
-"""The geo service's wire protocol: frames ``(type, body)`` like the daemon's (docs/protocol.md),
-``body`` msgpack of exactly that type's ``msgspec.Struct``; nothing is pickled. A ROUTER sees the
+"""The geo service's wire protocol: frames ``(type, body)`` of the daemon's codec
+(``scheduler_daemon/wire/codec.py``, docs/protocol.md); nothing is pickled. A ROUTER sees the
 peer identity as an extra first frame. Every request carries ``req_id`` and gets one answer:
 ``REPLY`` or ``ERROR`` with the same ``req_id`` (0 when the request could not be decoded).
 """
@@ -11,6 +11,7 @@ import msgspec
 
 from geo.plan import Plan
 from geo.spec import Count, Job, Name, Price
+from scheduler_daemon.wire.codec import Codec, ProtocolError
 
 GEO_PROTOCOL_VERSION = 1
 ReqId = Annotated[int, msgspec.Meta(ge=1, le=2**63 - 1)]
@@ -114,36 +115,16 @@ class Error(Msg, omit_defaults=False):
 
 REQUESTS = {b"SUBMIT": Submit, b"EVENT": EventReq, b"STATUS": StatusReq}
 REPLIES = {b"REPLY": Reply, b"ERROR": Error}
-TAGS = {v: k for k, v in {**REQUESTS, **REPLIES}.items()}
-_enc = msgspec.msgpack.Encoder()
-_dec = {tag: msgspec.msgpack.Decoder(t) for tag, t in {**REQUESTS, **REPLIES}.items()}
-
-
-class GeoProtocolError(Exception):
-    def __init__(self, code: str, message: str):
-        super().__init__(message)
-        self.code, self.message = code, message
-
-
-def encode(msg: Msg) -> list[bytes]:
-    return [TAGS[type(msg)], _enc.encode(msg)]
+_codec = Codec(REQUESTS, REPLIES)
+encode = _codec.encode
+GeoProtocolError = ProtocolError
 
 
 def decode(frames: list, table: dict[bytes, type]) -> Msg:
-    """[type, body] -> struct; raises GeoProtocolError naming the problem."""
+    """[type, body] -> struct; raises ProtocolError naming the problem."""
     if len(frames) != 2:
-        raise GeoProtocolError("BAD_FRAME", f"expected 2 frames (type, body), got {len(frames)}")
-    tag, body = bytes(frames[0]), frames[1]
-    if tag not in table:
-        raise GeoProtocolError("BAD_FRAME", f"unknown message type {tag[:32]!r}; expected one of "
-                               f"{', '.join(t.decode() for t in table)}")
-    try:
-        return _dec[tag].decode(body)
-    except msgspec.ValidationError as e:
-        raise GeoProtocolError("BAD_MESSAGE", f"{tag.decode()}: {e}") from None
-    except (msgspec.DecodeError, UnicodeDecodeError) as e:
-        raise GeoProtocolError("BAD_MESSAGE", f"{tag.decode()}: body is not valid msgpack "
-                               f"({e})") from None
+        raise ProtocolError("BAD_FRAME", f"expected 2 frames (type, body), got {len(frames)}")
+    return _codec.decode(frames[0], frames[1], table)
 
 
 def to_builtins(msg) -> object:

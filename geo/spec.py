@@ -13,6 +13,8 @@ from typing import Annotated, Literal, Optional
 import msgspec
 import yaml
 
+from geo.errors import GeoSpecError
+
 MODES = ("single-site", "data-parallel", "pipeline", "local-sgd")
 Mode = Literal["single-site", "data-parallel", "pipeline", "local-sgd"]
 
@@ -26,10 +28,6 @@ Price = Annotated[float, msgspec.Meta(ge=0, le=1e6)]  # $/GPU-hour: a spec's and
 # Dense BF16 tensor TFLOP/s per GPU (vendor data sheets); a spec's gpu_tflops overrides them.
 DEFAULT_TFLOPS = {"H200": 989.0, "H100": 989.0, "A100": 312.0, "L40S": 362.0, "A10G": 70.0,
                   "L4": 121.0, "V100": 125.0, "T4": 65.0, "MI300X": 1307.0}
-
-
-class GeoSpecError(ValueError):
-    """A mistake in a spec: the message names the file, line and field."""
 
 
 class S(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):

@@ -10,9 +10,12 @@ import csv
 import functools
 import logging
 import os
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
-from geo.spec import GeoSpecError, Spec
+from geo.errors import GeoSpecError
+
+if TYPE_CHECKING:  # the spec's structs, for the annotation only
+    from geo.spec import Spec
 
 log = logging.getLogger("geo.wan")
 
@@ -64,7 +67,7 @@ def known_regions() -> list[str]:
 class Wan:
     """Link lookup for one spec's sites; built eagerly so a missing link is an error at load."""
 
-    def __init__(self, spec: Spec):
+    def __init__(self, spec: "Spec"):
         self.links: dict[tuple[str, str], LinkInfo] = {}
         scale = spec.defaults.wan_scale
         explicit = {}

@@ -15,15 +15,8 @@ import time
 
 log = logging.getLogger("gpusched.bench.models")
 
-DEFAULT_MODELS = "resnet18,bert-base"
-
-
-def add_models_bench_parser(bsub) -> None:
-    p = bsub.add_parser("models", help="model latency: local vs registered through the daemon")
-    p.add_argument("--models", default=DEFAULT_MODELS, help="comma-separated zoo model names")
-    p.add_argument("--batches", default="1,8", help="comma-separated batch sizes")
-    p.add_argument("--reps", type=int, default=5, help="timed runs per path (median reported)")
-    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+# its parser (--models, --batches, --reps, --json) is with the other benchmarks' parsers, in
+# gpusched/cli/bench.py
 
 
 def _parse(args) -> tuple[list[str], list[int]]:

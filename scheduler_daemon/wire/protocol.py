@@ -1,9 +1,9 @@
 """The wire protocol: one ``msgspec.Struct`` per message type (see docs/protocol.md).
 
-A message is the frames ``(type, body, *raw)``: ``type`` a short ASCII tag, ``body`` msgpack of
-that type's struct, ``raw`` zero-copy payload frames (tensors), as many as the body declares.
-The ROUTER side sees the peer identity as an extra first frame. Nothing is pickled: a body is
-decoded into exactly its declared struct or rejected with a ``BAD_MESSAGE`` error.
+A message is the frames ``(type, body, *raw)`` of ``wire/codec.py``: ``raw`` are zero-copy
+payload frames (tensors), as many as the body declares. The ROUTER side sees the peer identity
+as an extra first frame. A body decodes into exactly its declared struct or is rejected with a
+``BAD_MESSAGE`` error; nothing is pickled.
 """
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from typing import Annotated, Optional
 
 import msgspec
 
+from scheduler_daemon.wire.codec import Codec, ProtocolError  # noqa: F401 (re-exported)
 from scheduler_daemon.wire.cuda import CudaModel
 from scheduler_daemon.wire.eager import EagerOp, HandleId, TensorLayout, Upload
 from scheduler_daemon.wire.kernels import KernelSpec
@@ -270,34 +271,7 @@ REPLIES: dict[bytes, type] = {b"WELCOME": Welcome, b"REGISTERED": Registered,
                               b"ACCEPTED": Accepted, b"DONE": Done, b"CANCEL_REPLY": CancelReply,
                               b"STATUS_REPLY": StatusReply, b"PONG": Pong, b"ERROR": Error,
                               b"ADMITTED": Admitted, b"EAGER_RESULT": EagerResult}
-TAGS: dict[type, bytes] = {cls: tag for tag, cls in (REQUESTS | REPLIES).items()}
-
-_encoder = msgspec.msgpack.Encoder()
-_decoders = {tag: msgspec.msgpack.Decoder(cls) for tag, cls in (REQUESTS | REPLIES).items()}
-
-
-def encode(msg: Msg) -> list:
-    """Struct -> [type, body] frames (append raw frames after)."""
-    return [TAGS[type(msg)], _encoder.encode(msg)]
-
-
-def decode(tag: bytes, body, table: dict[bytes, type]) -> Msg:
-    """Decode one body; raises ``ProtocolError`` naming the problem."""
-    if tag not in table:
-        raise ProtocolError(Code.BAD_FRAME, f"unknown message type {bytes(tag)[:32]!r}; "
-                            f"expected one of {', '.join(t.decode() for t in table)}")
-    try:
-        return _decoders[tag].decode(body)
-    except msgspec.ValidationError as e:
-        raise ProtocolError(Code.BAD_MESSAGE, f"{tag.decode()}: {e}") from None
-    except msgspec.DecodeError as e:
-        raise ProtocolError(Code.BAD_MESSAGE, f"{tag.decode()}: body is not valid msgpack ({e})") from None
-    except UnicodeDecodeError as e:  # a str field that is not UTF-8 (found by fuzzing)
-        raise ProtocolError(Code.BAD_MESSAGE, f"{tag.decode()}: a string is not UTF-8 ({e})") from None
-
-
-class ProtocolError(Exception):
-    def __init__(self, code: str, message: str):
-        super().__init__(message)
-        self.code = code
-        self.message = message
+_codec = Codec(REQUESTS, REPLIES)
+TAGS = _codec.tags
+encode = _codec.encode   # Struct -> [type, body] frames (append raw frames after)
+decode = _codec.decode   # (tag, body, REQUESTS or REPLIES) -> Struct, or ProtocolError

@@ -4,6 +4,8 @@ from __future__ import annotations
 import argparse
 import json
 
+from gpusched.cli import choices
+
 PLACE_HELP = """\
 Plan batch sizes, replica counts and GPUs for a list of models (USHER-style: compute and
 memory demand from profiles on the simulated GPU, co-location slowdown from the fitted
@@ -26,13 +28,12 @@ examples:
 """
 
 
-def add_place_parser(sub) -> None:
-    from gpusched.placement.solvers import METHODS
+def add_parser(sub) -> None:
     p = sub.add_parser("place", help="place models onto GPUs (batch, replicas, co-location)",
                        description=PLACE_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("models", help="the models YAML")
     p.add_argument("--pool", help="GPU pool TYPE:COUNT[@PRICE],... (default: the file's pool:)")
-    p.add_argument("--solver", default="heuristic", choices=METHODS,
+    p.add_argument("--solver", default="heuristic", choices=choices.PLACE_SOLVERS,
                    help="heuristic (USHER, fast), cpsat (exact, OR-Tools) or a baseline")
     p.add_argument("--time-limit", type=float, default=60.0, help="cpsat: seconds")
     p.add_argument("--validate", action="store_true",
@@ -42,10 +43,10 @@ def add_place_parser(sub) -> None:
     p.add_argument("--apply", metavar="ENDPOINTS",
                    help="send GPU i's replicas to the i-th daemon (comma-separated endpoints); "
                    "each daemon admits them only if its interference model predicts every SLO holds")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
 
-def run_place(args) -> int:
+def run(args) -> int:
     from gpusched.placement import spec
     from gpusched.placement.plan import report
     from gpusched.placement.pool import parse_pool

@@ -1,0 +1,216 @@
+"""``gpusched bench ...``: the benchmarks; each prints a table, or JSON with --json."""
+from __future__ import annotations
+
+import json
+
+from geo.cli import add_geo_bench_parser
+from gpusched.cli import choices
+from gpusched.cli.common import UsageError
+
+
+def add_parser(sub) -> None:
+    b = sub.add_parser("bench", help="benchmarks (print a table, or JSON with --json)")
+    bsub = b.add_subparsers(dest="bench", metavar="BENCH")
+    bo = bsub.add_parser("overhead", help="ZeroMQ vs daemon round trip, jobs/s, decision time")
+    bo.add_argument("--rounds", type=int, default=2000, help="round trips per RTT figure")
+    bo.add_argument("--seconds", type=float, default=3.0, help="duration of the jobs/s run")
+    bo.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    _add_paella(bsub)
+    bc = bsub.add_parser("calibrate", help="simulated vs published / measured latencies")
+    bc.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    _add_fuzz_soak(bsub)
+    _add_usher(bsub)
+    bs = bsub.add_parser("sim-speed", help="simulated kernel completions per second")
+    bs.add_argument("--gpu", default="T4", choices=choices.GPU_PRESETS,
+                    help="GPU preset simulated")
+    bs.add_argument("--jobs", type=int, default=1000, help="jobs simulated")
+    bs.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    add_geo_bench_parser(bsub)
+    _add_models(bsub)
+
+
+def _add_paella(bsub) -> None:
+    bp = bsub.add_parser("paella", help="every policy on the same arrivals on the simulated GPU, "
+                         "swept over load (CSV, plots, table)",
+                         description="Reproduce Paella's experiment on the simulated GPU: each "
+                         "load is a fraction of the GPU's measured saturation rate; every policy "
+                         "runs the same arrival sequence in virtual time.")
+    bp.add_argument("--gpu", default="T4", choices=choices.GPU_PRESETS,
+                    help="GPU preset simulated")
+    bp.add_argument("--workload", default="paella-mix", choices=choices.PAELLA_WORKLOADS,
+                    help="paella-mix: Paella's model mix; orion-v100: the five measured V100 "
+                    "traces, equal shares")
+    bp.add_argument("--arrivals", default="lognormal:2",
+                    help="lognormal:SIGMA, poisson, or trace:PATH (a CSV with TIMESTAMP)")
+    bp.add_argument("--loads", default="0.5,0.7,0.9",
+                    help="fractions of the saturation load, comma-separated")
+    bp.add_argument("--jobs", type=int, default=1000, help="jobs per load point")
+    bp.add_argument("--seed", type=int, default=0, help="random seed of the arrivals")
+    bp.add_argument("--policies", default=",".join(choices.PAELLA_POLICIES),
+                    help=f"comma-separated, from: {', '.join(choices.PAELLA_POLICIES)} "
+                    "(default: all of them)")
+    bp.add_argument("--slo-factor", default="5",
+                    help="each model's SLO is this many times its solo latency; A,B makes the "
+                    "models (in mix order) alternate between A and B, so SLOs differ")
+    bp.add_argument("--shed", action="store_true",
+                    help="the slo policy drops jobs that can no longer make their SLO")
+    bp.add_argument("--hw-queues", type=int, default=8,
+                    help="simulated GPU: hardware queues, CUDA_DEVICE_MAX_CONNECTIONS (1-32)")
+    bp.add_argument("--out", default="out/paella", help="folder for points.csv and the PNGs")
+    bp.add_argument("--json", action="store_true", help="print JSON instead of a table")
+
+
+def _add_fuzz_soak(bsub) -> None:
+    bf = bsub.add_parser("fuzz", help="random and mutated frames against a live daemon")
+    bf.add_argument("--messages", type=int, default=100_000,
+                    help="frames to throw at the daemon (random, mutated, well-formed but wrong)")
+    bf.add_argument("--seed", type=int, default=0, help="random seed (a run is reproducible)")
+    bf.add_argument("--atheris", type=int, metavar="RUNS",
+                    help="instead: coverage-guided fuzzing of both decoders for RUNS inputs "
+                         "with atheris (dev extra, x86_64 CPython 3.11); exits non-zero with "
+                         "the input if a decoder raises anything but its protocol error")
+    bf.add_argument("--json", action="store_true",
+                    help="print {messages, crashes, lost_answers, rss_start_mb, rss_end_mb, ...}")
+
+    bk = bsub.add_parser("soak", help="many client processes against one daemon")
+    bk.add_argument("--duration", type=float, default=60.0,
+                    help="seconds of submitting at most (each client stops after --jobs)")
+    bk.add_argument("--clients", type=int, default=64, help="client processes")
+    bk.add_argument("--jobs", type=int, default=1000, help="jobs per client")
+    bk.add_argument("--json", action="store_true",
+                    help="print {messages, crashes, lost_answers, rss_start_mb, rss_end_mb, ...}")
+
+
+def _add_usher(bsub) -> None:
+    bu = bsub.add_parser("usher", help="placement methods on Azure-rate workloads, replayed")
+    bu.add_argument("--quick", action="store_true",
+                    help="12 models only, 0.5 s replay, 100-model heuristic scale case")
+    bu.add_argument("--gpu", default="H100", choices=choices.GPU_PRESETS,
+                    help="the pool's GPU type")
+    bu.add_argument("--scale", type=float, default=200.0,
+                    help="request rates = the trace's per-minute rates x this")
+    bu.add_argument("--horizon", type=float, default=None,
+                    help="seconds replayed per plan (default 1 for 12 models, 0.5 for 100)")
+    bu.add_argument("--cpsat-limit", type=float, default=60.0, help="CP-SAT seconds per workload")
+    bu.add_argument("--seed", type=int, default=0, help="random seed of the workloads")
+    bu.add_argument("--json", action="store_true", help="print JSON instead of a table")
+
+
+def _add_models(bsub) -> None:
+    p = bsub.add_parser("models", help="model latency: local vs registered through the daemon")
+    p.add_argument("--models", default="resnet18,bert-base", help="comma-separated zoo model names")
+    p.add_argument("--batches", default="1,8", help="comma-separated batch sizes")
+    p.add_argument("--reps", type=int, default=5, help="timed runs per path (median reported)")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+
+
+def run(args) -> int:
+    if args.bench == "overhead":
+        from gpusched.bench.overhead import print_overhead, run_overhead
+        res = run_overhead(rounds=args.rounds, seconds=args.seconds)
+        print(json.dumps(res, indent=2)) if args.json else print_overhead(res)
+        return 0
+    if args.bench == "paella":
+        return _paella(args)
+    if args.bench == "calibrate":
+        from gpusched.bench.calibrate import print_calibrate, run_calibrate
+        res = run_calibrate()
+        print(json.dumps(res, indent=2)) if args.json else print_calibrate(res)
+        return 0
+    if args.bench == "sim-speed":
+        from gpusched.bench.sim_speed import print_sim_speed, run_sim_speed
+        res = run_sim_speed(args.gpu, args.jobs)
+        print(json.dumps(res, indent=2)) if args.json else print_sim_speed(res)
+        return 0
+    if args.bench in ("fuzz", "soak"):
+        return _fuzz_soak(args)
+    if args.bench == "usher":
+        return _usher(args)
+    if args.bench == "geo":
+        from geo.cli import run_geo_bench
+        return run_geo_bench(args)
+    if args.bench == "models":
+        from gpusched.bench.models import run_models_bench
+        return run_models_bench(args)
+    raise UsageError("name a benchmark: overhead, paella, calibrate, sim-speed, fuzz, soak, "
+                     "usher, geo or models "
+                     "(see gpusched bench --help)")
+
+
+def _fuzz_soak(args) -> int:
+    from gpusched.bench.fuzz import print_measures, run_fuzz
+    from gpusched.bench.soak import run_soak
+    if args.bench == "fuzz" and args.atheris is not None:
+        from gpusched.bench.fuzz import run_atheris
+        if args.atheris < 1:
+            raise UsageError("--atheris must be >= 1")
+        try:
+            import atheris  # noqa: F401
+        except ImportError:
+            raise UsageError("atheris is not installed: it comes with the dev extra "
+                             "(pip install -e '.[dev]') on x86_64 CPython 3.11") from None
+        run_atheris(args.atheris, args.seed or 1)  # libFuzzer ends the process itself
+        return 0
+    if args.bench == "fuzz":
+        if args.messages < 1:
+            raise UsageError("--messages must be >= 1")
+        res = run_fuzz(args.messages, args.seed)
+    else:
+        if args.clients < 1 or args.jobs < 1 or args.duration <= 0:
+            raise UsageError("--clients and --jobs must be >= 1, --duration > 0")
+        res = run_soak(args.duration, args.clients, args.jobs)
+    print(json.dumps(res, indent=2)) if args.json else print_measures(
+        res, f"gpusched bench {args.bench}")
+    return 0
+
+
+def _usher(args) -> int:
+    from rich.progress import Progress
+
+    from gpusched.bench.usher import print_usher, run_usher, steps
+    if args.scale <= 0 or args.cpsat_limit <= 0 or (args.horizon is not None and args.horizon <= 0):
+        raise UsageError("--scale, --cpsat-limit and --horizon must be > 0")
+    sizes, large = ((12,), 100) if args.quick else ((12, 100), 1000)
+    horizons = {12: 0.5} if args.quick else None
+    if args.horizon:
+        horizons = {n: args.horizon for n in sizes}
+    with Progress(transient=True, disable=args.json) as bar:
+        task = bar.add_task("placing and replaying", total=steps(sizes, large))
+        res = run_usher(sizes, gpu=args.gpu, scale=args.scale, seed=args.seed,
+                        horizons=horizons, cpsat_limit_s=args.cpsat_limit, large=large,
+                        large_pool=400 if args.quick else 200,
+                        progress=lambda: bar.advance(task))
+    print(json.dumps(res, indent=2)) if args.json else print_usher(res)
+    return 0
+
+
+def _paella(args) -> int:
+    import os
+
+    from rich.progress import Progress
+
+    from gpusched.bench.paella import print_paella, run_paella, write_outputs
+
+    try:
+        loads = tuple(float(x) for x in args.loads.split(",") if x)
+    except ValueError:
+        raise UsageError(f"--loads {args.loads!r}: give fractions like 0.5,0.7,0.9") from None
+    policies = tuple(p for p in args.policies.split(",") if p)
+    if not 1 <= args.hw_queues <= 32:
+        raise UsageError("--hw-queues must be 1..32")
+    try:
+        os.makedirs(args.out, exist_ok=True)
+    except OSError as e:
+        raise UsageError(f"--out {args.out}: {e}") from None
+    with Progress(transient=True, disable=args.json) as bar:
+        task = bar.add_task("simulating", total=len(loads) * len(policies))
+        res = run_paella(args.gpu, args.workload, args.arrivals, loads, args.jobs, args.seed,
+                         policies, args.slo_factor, args.hw_queues,
+                         progress=lambda: bar.advance(task), shed=args.shed)
+    paths = write_outputs(res, args.out)  # --out was checked before the simulation ran
+    if args.json:
+        print(json.dumps(res, indent=2))
+    else:
+        print_paella(res)
+        print("wrote " + ", ".join(paths))
+    return 0

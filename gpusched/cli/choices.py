@@ -1,0 +1,31 @@
+"""The names the parser offers as choices, as plain tuples.
+
+The registries they come from live in modules that import torch, numpy or the simulated GPU;
+the parser needs only their names. tests/test_cli_startup.py asserts each tuple equals its
+registry, so a new backend, preset or policy fails a test until it is added here.
+"""
+
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+
+# scheduler_daemon.devices.BACKENDS
+BACKENDS = ("auto", "sim", "fluid", "torch", "cuda")
+
+# sorted(scheduler_daemon.core.gpu_specs.PRESETS)
+GPU_PRESETS = ("A100", "H100", "T4", "V100")
+
+# sorted(scheduler_daemon.core.policies.ALL_POLICIES)
+POLICIES = ("clockwork", "cuda-ms", "cuda-ss", "edf", "fifo", "fifo-jbj", "fifo-kbk", "mps",
+            "paella", "slo", "slo-srpt", "srpt", "triton")
+
+# sorted(gpusched.workloads.WORKLOADS)
+WORKLOADS = ("mixed", "tiny")
+
+# gpusched.bench.paella.POLICY_ORDER (also the default of --policies, in this order)
+PAELLA_POLICIES = ("cuda-ss", "cuda-ms", "mps", "triton", "clockwork", "fifo-jbj", "fifo-kbk",
+                   "paella", "srpt", "edf", "slo", "slo-srpt", "ideal")
+
+# gpusched.experiments.mixes.WORKLOADS
+PAELLA_WORKLOADS = ("paella-mix", "orion-v100")
+
+# gpusched.placement.solvers.METHODS
+PLACE_SOLVERS = ("one-per-gpu", "mem-packing", "gslice", "gpulet", "heuristic", "cpsat")

@@ -1,0 +1,114 @@
+"""``gpusched daemon``: run the scheduler daemon in the foreground."""
+from __future__ import annotations
+
+import os
+
+from gpusched.cli import choices
+from gpusched.cli.common import UsageError, add_endpoint
+
+
+def add_parser(sub) -> None:
+    d = sub.add_parser("daemon", help="run the scheduler daemon in the foreground",
+                       description="Run the scheduler daemon. SIGTERM/SIGINT drain it: queued "
+                       "jobs are answered as cancelled, started ones get --drain-grace seconds "
+                       "to finish; a second signal stops at once.")
+    add_endpoint(d)
+    d.add_argument("--backend", default="auto", choices=choices.BACKENDS,
+                   help="auto: a GPU through torch if NVML sees one, else the simulated GPU")
+    d.add_argument("--policy", default="slo-srpt", choices=choices.POLICIES,
+                   help="scheduling policy (default: slo-srpt, shortest remaining first among jobs "
+                   "that can still meet their SLO); the baselines "
+                   "(cuda-ss, cuda-ms, mps, triton, clockwork, fifo-jbj, fifo-kbk) are for "
+                   "experiments")
+    d.add_argument("--gpu-spec", default="T4", choices=choices.GPU_PRESETS,
+                   help="GPU preset of the simulated device (default T4)")
+    d.add_argument("--hw-queues", type=int, default=8,
+                   help="simulated GPU: hardware queues, CUDA_DEVICE_MAX_CONNECTIONS (1-32)")
+    d.add_argument("--shed", action="store_true",
+                   help="slo policy: drop jobs that can no longer meet their SLO (default: flag "
+                   "them and run them after the others)")
+    d.add_argument("--max-extra", type=int, default=2,
+                   help="kernels dispatched beyond free SM resources (Paella: 2)")
+    d.add_argument("--speed", type=float, default=1.0,
+                   help="sim and fluid devices: kernel duration multiplier (0 = zero-duration)")
+    d.add_argument("--drain-grace", type=float, default=10.0,
+                   help="seconds started jobs may run on after SIGTERM")
+    d.add_argument("--torch-device", help="torch backend device, e.g. cpu, cuda, cuda:1 "
+                   "(default: cuda if NVML sees a GPU and torch has CUDA, else cpu)")
+    d.add_argument("--client-timeout", type=float, default=5.0,
+                   help="seconds of silence after which a client's jobs are cancelled (a client "
+                   "whose connection closes, e.g. a killed process, is dropped within ~0.75 s)")
+    d.add_argument("--token", default=None, help="require this token in HELLO "
+                   "(default: $GPUSCHED_TOKEN if set)")
+    d.add_argument("--tenant-tokens", metavar="FILE", help="YAML 'tenant: token' lines: a "
+                   "client may say HELLO as a tenant only with that tenant's token, and STATUS "
+                   "shows it only its own tenant (instead of one shared --token)")
+    d.add_argument("--max-queued", type=int, default=20_000,
+                   help="unfinished jobs per tenant before submits are refused")
+    d.add_argument("--max-frame-bytes", type=int, default=64 << 20,
+                   help="largest frame accepted (libzmq drops a client that sends a larger one; "
+                   "the client library refuses to send it with a clear error)")
+    d.add_argument("--max-tenant-bytes", type=int, default=1 << 30,
+                   help="input bytes held for one tenant's unfinished jobs")
+    d.add_argument("--curve-secret", metavar="FILE", help="encrypt connections with this CURVE "
+                   "secret key (make one with 'gpusched keys'); clients need daemon.key")
+    d.add_argument("--metrics-port", type=int, default=None,
+                   help="serve Prometheus metrics on http://127.0.0.1:PORT/metrics "
+                   "(default: none served)")
+
+
+def _tenant_tokens(path):
+    if not path:
+        return {}
+    from scheduler_daemon.server.config import load_tenant_tokens
+    try:
+        return load_tenant_tokens(path)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+
+
+def _admission(gpu: str):
+    """The daemon's ADMIT check for a GPU type: imported only when a plan is first admitted
+    (it loads the profiles and the interference model)."""
+    from gpusched.placement.admission import Admission
+    return Admission(gpu)
+
+
+def run(args) -> int:
+    from scheduler_daemon.daemon import Daemon
+    from scheduler_daemon.server.config import DaemonConfig
+    from scheduler_daemon.transport.keys import read_key
+    from scheduler_daemon.transport.sockets import check_endpoint, default_endpoint
+
+    cfg = DaemonConfig(endpoint=check_endpoint(args.endpoint or default_endpoint()),
+                       backend=args.backend, policy=args.policy, gpu_spec=args.gpu_spec,
+                       shed=args.shed, max_extra=args.max_extra, speed=args.speed,
+                       torch_device=args.torch_device, client_timeout_s=args.client_timeout,
+                       hw_queues=args.hw_queues, metrics_port=args.metrics_port,
+                       drain_grace_s=args.drain_grace,
+                       curve_secret=read_key(args.curve_secret) if args.curve_secret else None,
+                       token=args.token if args.token is not None else os.environ.get("GPUSCHED_TOKEN", ""),
+                       tenant_tokens=_tenant_tokens(args.tenant_tokens))
+    if args.speed < 0 or args.max_extra < 0 or args.client_timeout <= 0:
+        raise UsageError("--speed and --max-extra must be >= 0, --client-timeout > 0")
+    if not 1 <= args.hw_queues <= 32:
+        raise UsageError("--hw-queues must be 1..32 (CUDA_DEVICE_MAX_CONNECTIONS)")
+    if args.metrics_port is not None and not 0 <= args.metrics_port <= 65535:
+        raise UsageError("--metrics-port must be 0..65535")
+    if args.drain_grace < 0:
+        raise UsageError("--drain-grace must be >= 0")
+    if args.max_queued < 1 or args.max_tenant_bytes < 1:
+        raise UsageError("--max-queued and --max-tenant-bytes must be >= 1")
+    cfg.limits.max_queued = args.max_queued
+    cfg.limits.max_tenant_bytes = args.max_tenant_bytes
+    if not 1024 <= args.max_frame_bytes <= 1 << 31:
+        raise UsageError("--max-frame-bytes must be 1024..2147483648")
+    cfg.limits.max_frame_bytes = args.max_frame_bytes
+    daemon = Daemon(cfg, admission=_admission)
+    daemon.install_signal_handlers()
+    try:
+        daemon.bind()
+        daemon.serve()
+    finally:
+        daemon.close()
+    return 0
