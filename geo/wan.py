@@ -1,6 +1,6 @@
 """WAN links between sites: explicit links in the spec, else the measured cloud-region data.
 
-The measurements are Skyplane's published profiles (../shared/data/wan/wan_links.csv; see
+The measurements are Skyplane's published profiles (geo/data/wan_links.csv.gz; see
 docs/geo-cost-model.md for attribution): RTT, best iperf3 throughput between two VMs, and the
 source cloud's egress price.
 """
@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import functools
+import gzip
 import logging
 import os
 from typing import TYPE_CHECKING, NamedTuple
@@ -19,12 +20,8 @@ if TYPE_CHECKING:  # the spec's structs, for the annotation only
 
 log = logging.getLogger("geo.wan")
 
-_HERE = os.path.dirname(os.path.abspath(__file__))
-WAN_CSV_CANDIDATES = (
-    os.environ.get("GPUSCHED_WAN_CSV", ""),
-    os.path.join(_HERE, "..", "..", "shared", "data", "wan", "wan_links.csv"),
-    "/work/shared/data/wan/wan_links.csv",
-)
+# packaged with geo (geo/data/README.md has its source); GPUSCHED_WAN_CSV names another file
+PACKAGED_CSV = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "wan_links.csv.gz")
 
 
 class LinkInfo(NamedTuple):
@@ -33,26 +30,25 @@ class LinkInfo(NamedTuple):
     egress_usd_per_gb: float
 
 
-def wan_csv_path() -> str | None:
-    for p in WAN_CSV_CANDIDATES:
-        if p and os.path.exists(p):
-            return os.path.normpath(p)
-    return None
+def wan_csv_path() -> str:
+    return os.environ.get("GPUSCHED_WAN_CSV") or PACKAGED_CSV
 
 
 @functools.lru_cache(maxsize=1)
 def measured_links() -> dict[tuple[str, str], tuple[float | None, float | None, float | None]]:
     """(src, dst) -> (rtt_ms, gbps, usd_per_gb), None where a cell was not measured."""
     path = wan_csv_path()
-    if path is None:
-        log.warning("geo: wan_links.csv not found; only explicit links are known")
-        return {}
+    if not os.path.exists(path):
+        raise GeoSpecError(f"WAN measurements {path} not found: unset GPUSCHED_WAN_CSV or point "
+                           "it at a CSV of src_region,dst_region,rtt_ms,throughput_gbps,"
+                           "egress_usd_per_gb")
     out = {}
 
     def num(x):
         return float(x) if x not in ("", None) else None
 
-    with open(path, newline="") as f:
+    opener = gzip.open if path.endswith(".gz") else open
+    with opener(path, "rt", newline="") as f:
         for row in csv.DictReader(f):
             out[(row["src_region"], row["dst_region"])] = (
                 num(row["rtt_ms"]), num(row["throughput_gbps"]), num(row["egress_usd_per_gb"]))

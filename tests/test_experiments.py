@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import math
-import os
 import statistics
 
 import pytest
@@ -10,8 +9,7 @@ import pytest
 from gpusched.experiments import arrivals, mixes, runner
 from scheduler_daemon.core.jobs import JobState
 
-TRACE = "/work/shared/data/azure_llm_inference_2023/code.csv"
-needs_trace = pytest.mark.skipif(not os.path.exists(TRACE), reason=f"{TRACE} not available")
+TRACE = str(arrivals.PACKAGED_TRACES["azure-code"])
 
 KEYS = {"completed", "jobs", "p50_ms", "p99_ms", "slo_attainment", "jain", "per_model_p99_ms",
         "throughput_rps", "kernels"}
@@ -70,7 +68,6 @@ def test_arrivals_are_seeded():
     assert b == pytest.approx([x / 2 for x in c], rel=1e-12)
 
 
-@needs_trace
 def test_trace_rescaled_to_rate():
     src = arrivals.trace_gaps(TRACE)
     assert len(src) > 1000

@@ -14,6 +14,7 @@ from profilers.roofline import EFF_C, kernel_time_us
 from profilers.zoo_models import build
 from scheduler_daemon.core.gpu_specs import PRESETS, gpu_spec
 from scheduler_daemon.wire.kernels import KernelSpec
+from tests.shared_data import needs_shared
 
 TENSOR = ("conv", "gemm", "attention")
 
@@ -171,6 +172,7 @@ def test_lower_precision_is_not_slower():
 
 
 # --- trace replay ------------------------------------------------------------------------
+@needs_shared
 def test_replay_resnet50_v100_trace():
     kernels = zoo.trace_kernels_v100("resnet50-v100")
     assert len(kernels) == 175
@@ -180,6 +182,7 @@ def test_replay_resnet50_v100_trace():
     assert zoo.trace_kernels_v100("resnet50_4_fwd") == kernels
 
 
+@needs_shared
 def test_every_orion_trace_replays():
     for name in zoo.ORION_TRACES:
         assert len(zoo.trace_kernels_v100(name)) > 100
@@ -192,6 +195,7 @@ def test_missing_shared_dir_names_the_env_var(tmp_path, monkeypatch):
 
 
 # --- the calibration bench ---------------------------------------------------------------
+@needs_shared
 def test_calibrate_returns_rows_with_ratios():
     res = run_calibrate()
     rows = res["rows"]

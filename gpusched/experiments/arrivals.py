@@ -3,16 +3,24 @@
 - ``poisson``: exponential inter-arrival times, mean ``1/rate``.
 - ``lognormal:SIGMA``: log-normal inter-arrival times with the same mean ``1/rate``:
   ``mu = ln(1/rate) - SIGMA^2 / 2`` (Paella uses SIGMA 1.5 and 2: bursty).
-- ``trace:PATH``: the inter-arrival times of a CSV trace with a ``TIMESTAMP`` column (e.g. the
-  Azure LLM inference trace), rescaled so their mean is ``1/rate``, cycled if too short.
+- ``trace:PATH``: the inter-arrival times of a CSV trace (``.csv`` or ``.csv.gz``) with a
+  ``TIMESTAMP`` column, rescaled so their mean is ``1/rate``, cycled if too short;
+  ``trace:azure-conv`` and ``trace:azure-code`` are the packaged Azure LLM inference traces
+  (gpusched/experiments/data/README.md).
 """
 from __future__ import annotations
 
 import csv
+import gzip
 import math
 import random
 from datetime import datetime
 from functools import lru_cache
+from pathlib import Path
+
+DATA = Path(__file__).resolve().parent / "data"
+PACKAGED_TRACES = {"azure-conv": DATA / "azure_llm_2023_conv.csv.gz",
+                   "azure-code": DATA / "azure_llm_2023_code.csv.gz"}
 
 
 def parse(spec: str) -> tuple[str, object]:
@@ -27,14 +35,15 @@ def parse(spec: str) -> tuple[str, object]:
             raise ValueError(f"bad arrivals {spec!r}: use lognormal:SIGMA with 0 < SIGMA <= 5")
         return "lognormal", sigma
     if spec.startswith("trace:"):
-        return "trace", spec.split(":", 1)[1]
+        name = spec.split(":", 1)[1]
+        return "trace", str(PACKAGED_TRACES.get(name, name))
     raise ValueError(f"bad arrivals {spec!r}: use poisson, lognormal:SIGMA or trace:PATH")
 
 
 @lru_cache(maxsize=8)
 def trace_gaps(path: str) -> tuple[float, ...]:
     try:
-        with open(path, newline="") as f:
+        with (gzip.open if path.endswith(".gz") else open)(path, "rt", newline="") as f:
             rows = list(csv.DictReader(f))
     except OSError as e:
         raise ValueError(f"cannot read arrival trace {path!r}: {e}") from None

@@ -3,7 +3,7 @@
 Every GPU of the plan is its own simulated GPU running the daemon's scheduler core (the same
 code as ``gpusched daemon``; policy ``slo``, deadline-aware, unless told: under ``slo-srpt``
 shortest-first starves the long models of a busy GPU - measured, see docs/placement.md). Each
-model's requests arrive with the Azure LLM inference trace's inter-arrival times (shared data)
+model's requests arrive with the Azure LLM inference trace's inter-arrival times (packaged)
 rescaled to its rate, and are spread over its replicas by smooth weighted round robin. A
 replica batches like a serving frontend: a batch closes when it holds ``b`` requests or its
 oldest has waited the configured timeout ``T``; it runs the kernels of the smallest profiled
@@ -22,19 +22,13 @@ from gpusched.placement.spec import ModelSpec
 
 log = logging.getLogger("gpusched.place")
 
-TRACE = "azure_llm_inference_2023/conv.csv"
+TRACE = "trace:azure-conv"   # packaged (gpusched/experiments/data)
 
 
 def _arrivals(rate: float, horizon_s: float, seed: int) -> list[float]:
     from gpusched.experiments.arrivals import arrival_times
-    from profilers.zoo import shared_dir
-    try:
-        spec = f"trace:{shared_dir() / 'data' / TRACE}"
-    except FileNotFoundError:
-        log.warning("place: shared data not found; replaying Poisson arrivals")
-        spec = "poisson"
     n = int(rate * horizon_s * 1.5) + 20
-    return [t for t in arrival_times(spec, rate, n, seed) if t <= horizon_s]
+    return [t for t in arrival_times(TRACE, rate, n, seed) if t <= horizon_s]
 
 
 def _spread(times: list[float], weights: list[float]) -> list[list[float]]:

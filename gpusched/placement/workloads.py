@@ -10,21 +10,22 @@ from __future__ import annotations
 
 import csv
 import functools
+import gzip
 import random
 from collections import Counter
 from datetime import datetime
 
+from gpusched.experiments.arrivals import PACKAGED_TRACES
 from gpusched.placement.estimate import model_profile
 from gpusched.placement.spec import ModelSpec, Workload
-from profilers.zoo import ZOO_MODELS, shared_dir
+from profilers.zoo import ZOO_MODELS
 
 SLO_FACTORS = (5.0, 10.0, 20.0)
 
 
 @functools.cache
 def minute_counts(name: str) -> tuple[int, ...]:
-    path = shared_dir() / "data" / "azure_llm_inference_2023" / f"{name}.csv"
-    with open(path, newline="") as f:
+    with gzip.open(PACKAGED_TRACES[f"azure-{name}"], "rt", newline="") as f:
         ts = [datetime.fromisoformat(r["TIMESTAMP"][:26]).timestamp() for r in csv.DictReader(f)]
     t0 = min(ts)
     c = Counter(int((t - t0) // 60) for t in ts)
