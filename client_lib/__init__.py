@@ -13,13 +13,13 @@ from client_lib.errors import (
 )
 from scheduler_daemon.wire.kernels import KernelSpec
 
-__all__ = ["Client", "AsyncClient", "JobFuture", "JobResult", "KernelSpec", "ConnectError",
-           "DaemonRestarted", "DaemonUnavailable", "GpuschedError", "JobCancelled",
-           "JobFailed", "JobShed", "RequestError"]
+__all__ = ["AsyncClient", "AsyncJobFuture", "Client", "ConnectError", "DaemonRestarted",
+           "DaemonUnavailable", "GpuschedError", "JobCancelled", "JobFailed", "JobFuture",
+           "JobResult", "JobShed", "KernelSpec", "RequestError"]
 
 
 def __getattr__(name):
-    if name == "AsyncClient":  # imported lazily: it pulls in asyncio
-        from client_lib.aio import AsyncClient
-        return AsyncClient
+    if name in ("AsyncClient", "AsyncJobFuture"):  # imported lazily: they pull in asyncio
+        from client_lib import aio
+        return getattr(aio, name)
     raise AttributeError(name)

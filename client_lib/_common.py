@@ -40,6 +40,31 @@ def kernel_specs(kernels) -> list[KernelSpec]:
     return out
 
 
+def cuda_model(name: str, source: str, buffers, launches, ptx: str, options,
+               instrument: bool):
+    """The arguments of ``register_cuda`` -> a ``CudaModel`` (ValueError naming the mistake)."""
+    import msgspec
+
+    from scheduler_daemon.wire.cuda import CudaModel
+    try:
+        return msgspec.convert(msgspec.to_builtins(
+            {"source": source, "ptx": ptx, "options": list(options), "instrument": instrument,
+             "buffers": list(buffers), "launches": list(launches)}), CudaModel)
+    except msgspec.ValidationError as e:
+        raise ValueError(f"CUDA model {name!r}: {e}") from None
+
+
+def admit_msg(replicas, replace: bool) -> P.Admit:
+    """``(name, zoo model, batch, rate, slo_ms)`` tuples -> an ADMIT request."""
+    return P.Admit(req_id=0, replicas=[P.AdmitReplica(n, m, int(b), float(r), float(slo))
+                                       for n, m, b, r, slo in replicas], replace=replace)
+
+
+def admitted(reply: P.Admitted) -> list[dict]:
+    return [{"name": r.name, "predicted_slowdown": r.predicted_slowdown,
+             "predicted_latency_ms": r.predicted_latency_ms} for r in reply.replicas]
+
+
 def submit_frames(req_id: int, model: str, inputs, slo_ms: float, priority: int,
                   ack: bool, max_frame: int) -> list:
     metas, bufs = [], []
@@ -55,15 +80,16 @@ def submit_frames(req_id: int, model: str, inputs, slo_ms: float, priority: int,
     return P.encode(msg) + bufs
 
 
-def resolve_done(msg: P.Done, raw: list, t0: float):
-    """DONE -> (result, None) or (None, exception)."""
+def resolve_done(msg: P.Done, raw: list, t0: float, now: float | None = None):
+    """DONE -> (result, None) or (None, exception); ``t0``/``now`` are perf_counter seconds
+    (the request's send and this answer) for the client-measured latency."""
     if msg.status == "done":
         if len(raw) != len(msg.outputs):
             return None, RequestError("BAD_FRAME", "output frames do not match their headers")
         outs = [from_frame(m, f.buffer if hasattr(f, "buffer") else f)
                 for m, f in zip(msg.outputs, raw)]
         return JobResult(msg.job_id, msg.queue_ms, msg.exec_ms, msg.total_ms, msg.slo_met,
-                         (time.perf_counter() - t0) * 1e3, outs), None
+                         ((time.perf_counter() if now is None else now) - t0) * 1e3, outs), None
     if msg.status == "cancelled":
         return None, JobCancelled(f"job {msg.job_id} was cancelled"
                                   + (f": {msg.error}" if msg.error else ""))

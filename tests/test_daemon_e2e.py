@@ -362,3 +362,72 @@ def test_sigterm_cancels_jobs_parked_behind_a_gate(daemon_factory):
     # the jobs parked behind the model's running one are queued work: cancelled at once, not
     # started during the grace period
     assert cancelled >= 5
+
+
+def test_async_client_cancel_status_admit_and_register_cuda(daemon_factory):
+    """What the sync client could do and the async one could not (issue "One house")."""
+    import asyncio
+
+    from client_lib import AsyncClient
+
+    _, ep = daemon_factory("--backend", "sim", "--gpu-spec", "H100", "--policy", "slo")
+    try:
+        import cuda.bindings  # noqa: F401  (NVRTC compiles REGISTER_CUDA on every backend)
+        nvrtc = True
+    except ImportError:
+        nvrtc = False
+
+    async def go():
+        async with AsyncClient(ep, tenant="aio") as c:
+            await c.register_model("long", kernels(50, 2000))
+            f = c.submit_nowait("long", slo_ms=10_000)
+            await asyncio.sleep(0.05)
+            assert (await c.status(f)).state in ("queued", "running")
+            assert await c.cancel(f) is True
+            with pytest.raises(JobCancelled):
+                await asyncio.wait_for(f, 5)
+            assert await c.cancel(f) is False  # already ended: nothing happens
+            got = await c.admit([("tiny", "squeezenet1.1", 1, 5.0, 20.0)])
+            assert [g["name"] for g in got] == ["tiny"] and got[0]["predicted_latency_ms"] > 0
+            if nvrtc:
+                src = 'extern "C" __global__ void f(float* a) { a[threadIdx.x] = 1.0f; }'
+                with pytest.raises(RequestError, match="cannot launch CUDA kernels"):
+                    await c.register_cuda(
+                        "va", src, [{"name": "a", "dtype": "float32", "shape": [4],
+                                     "role": "output"}],
+                        [{"kernel": "f", "grid": [1], "block": [4],
+                          "args": [{"type": "buf", "index": 0}]}])
+    asyncio.run(go())
+
+
+def test_async_client_replays_a_torch_module_after_daemon_restart(daemon_factory):
+    """The async client registers a captured module too, and sends graph and weights again
+    to a restarted daemon, like the sync one (tests/test_models_daemon.py)."""
+    import asyncio
+
+    torch = pytest.importorskip("torch")
+    from client_lib import AsyncClient
+    from tests import tiny_models
+
+    args = ("--backend", "torch", "--torch-device", "cpu")
+    proc, ep = daemon_factory(*args)
+    mlp, x = tiny_models.mlp(), torch.randn(2, 16)
+    want = tiny_models.local(mlp, x).numpy()
+
+    async def go():
+        async with AsyncClient(ep, tenant="aio", timeout=1.0) as c:
+            assert await c.register_model("mlp", mlp, [x]) >= 3
+            assert np.array_equal((await c.submit("mlp", [x])).outputs[0], want)
+            proc.send_signal(signal.SIGKILL)
+            await asyncio.get_running_loop().run_in_executor(None, proc.wait)
+            await asyncio.get_running_loop().run_in_executor(
+                None, lambda: daemon_factory(*args, endpoint=ep))
+            deadline = time.time() + 15
+            while True:  # it says HELLO again and re-sends graph and weights
+                try:
+                    return await asyncio.wait_for(c.submit("mlp", [x]), 3)
+                except (DaemonUnavailable, RequestError, TimeoutError):
+                    if time.time() > deadline:
+                        raise
+                    await asyncio.sleep(0.2)
+    assert np.array_equal(asyncio.run(go()).outputs[0], want)
