@@ -145,11 +145,6 @@ def zoo_kernels(name: str, batch: int, gpu: str, precision: str = "fp16", *,
     return profiles_to_kernels(load_profiles(name, batch), gpu, precision, engine)
 
 
-def solo_latency_ms(name: str, batch: int, gpu: str, precision: str = "fp16", *,
-                    engine: str = "eager") -> float:
-    """Alone on the simulated GPU a job's kernels run back to back: ``sum(est_us) / 1000``."""
-    return sum(k.est_us for k in zoo_kernels(name, batch, gpu, precision, engine=engine)) / 1e3
-
 
 # --- measured V100 traces ----------------------------------------------------------------
 def shared_dir() -> Path:

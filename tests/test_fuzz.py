@@ -26,13 +26,49 @@ def test_decoder_rejects_garbage_with_protocol_errors_only(tag, body):
 
 def test_mutated_valid_messages_decode_or_fail_cleanly():
     rng = random.Random(3)
+    accepted, rejected = 0, 0
     for _ in range(5000):
         frames, _ = fuzz_message(rng)
-        if len(frames) >= 2:
-            try:
-                P.decode(frames[0], frames[1], P.REQUESTS)
-            except P.ProtocolError:
-                pass
+        if len(frames) < 2:
+            continue
+        try:
+            msg = P.decode(frames[0], frames[1], P.REQUESTS)
+        except P.ProtocolError as e:
+            assert e.code in (P.Code.BAD_FRAME, P.Code.BAD_MESSAGE) and e.message
+            rejected += 1
+        else:
+            assert type(msg) is P.REQUESTS[bytes(frames[0])]
+            assert P.decode(*P.encode(msg), P.REQUESTS) == msg   # what decodes round-trips
+            accepted += 1
+    # the mix reaches both sides of every check, not only the msgpack framing
+    assert accepted > 1000 and rejected > 1000, (accepted, rejected)
+
+
+def test_server_answers_every_fuzzed_message_exactly_once_in_process():
+    """The same fuzzed messages through the daemon's Server (no socket): one answer each
+    (DONE for a submit that was queued; ACCEPTED notices aside), never INTERNAL."""
+    from scheduler_daemon.core.gpu_specs import gpu_spec
+    from scheduler_daemon.devices.fluid import FluidDevice
+    from tests.server_harness import Harness
+    rng = random.Random(7)
+    h = Harness(device=FluidDevice(gpu_spec("T4"), speed=0.0))
+    peers = [b"hello", b"stranger", b"rehello"]
+    for p in (b"hello", b"rehello"):
+        h.hello(p, p.decode())
+        h.call(p, P.Register(req_id=1, model="m", kernels=[P.KernelSpec(name="k", est_us=0.0)]))
+    expected, got = 0, []
+    for _ in range(3000):
+        peer = rng.choice(peers)
+        frames, answers = fuzz_message(rng)
+        expected += answers
+        got += h.send_frames(peer, *frames)
+    h.run()
+    got += [r for p in peers for r in h.take(p)]
+    replies = [m for m, _ in got if not isinstance(m, P.Accepted)]
+    errors = [m for m in replies if isinstance(m, P.Error)]
+    assert len(replies) == expected
+    assert not [m for m in errors if m.code == P.Code.INTERNAL]
+    assert 0 < len(errors) < len(replies)         # both refused and served requests
 
 
 def test_live_daemon_answers_every_fuzzed_message_and_keeps_serving():
@@ -60,9 +96,11 @@ def test_answer_counts_are_never_negative():
 def test_atheris_harness_inputs_fail_only_with_protocol_errors():
     """The atheris harness's own check, on random inputs (runs without atheris too)."""
     rng = random.Random(5)
+    seen = {True: 0, False: 0}
     for i in range(5000):
         head = rng.randrange(256) | (0x40 if i % 2 else 0)
-        atheris_one_input(bytes([head]) + rng.randbytes(rng.randrange(0, 48)))
+        seen[atheris_one_input(bytes([head]) + rng.randbytes(rng.randrange(0, 48)))] += 1
+    assert seen[True] > 100 and seen[False] > 100, seen
 
 
 def test_atheris_coverage_guided_decoders():
@@ -74,7 +112,18 @@ def test_atheris_coverage_guided_decoders():
 
 
 def test_soak_client_past_its_grace_is_killed_and_counted_not_a_traceback():
-    # the clients need about a second to start; a 0.05 s grace kills them: reported, counted
-    res = run_soak(duration=0.2, clients=2, jobs=50, grace_s=0.05)
-    assert len(res["client_errors"]) == 2 and "killed" in res["client_errors"][0]
-    assert res["lost_answers"] == 100 and res["crashes"] == 0
+    """Clients still running at the deadline are killed and reported; the others' rows kept.
+    (Processes that sleep stand in for slow clients: no timing race with their start-up.)"""
+    import time
+
+    from gpusched.bench.soak import collect_clients
+    slow = [subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            for _ in range(2)]
+    quick = subprocess.Popen([sys.executable, "-c", "print('{\"submitted\": 3}')"],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    quick.wait(30)
+    rows, errors, failed = collect_clients([quick] + slow, time.monotonic() + 0.5, 0.5)
+    assert rows == [{"submitted": 3}] and failed == 2
+    assert len(errors) == 2 and all("killed" in e for e in errors)
+    assert all(p.poll() is not None for p in slow)

@@ -183,15 +183,16 @@ def print_measures(res: dict, title: str) -> None:
 _TAGS = list(P.REQUESTS) + [b"", b"NOPE"]
 
 
-def atheris_one_input(data: bytes) -> None:
+def atheris_one_input(data: bytes) -> bool | None:
     """One atheris input. The first byte picks the decoder (bit 7: the geo service's, else the
     daemon's), and whether the body is the input's own bytes or (bit 6) a valid request made
     from the next 8 bytes and XORed with the rest: so the fuzzer reaches the field checks, not
-    only the msgpack framing. A decoder may only answer with its protocol error."""
+    only the msgpack framing. A decoder may only answer with its protocol error. Returns
+    whether the input decoded (None for an empty input)."""
     from geo import protocol as G
 
     if not data:
-        return
+        return None
     pick, body = data[0], data[1:]
     if pick & 0x40:
         valid = P.encode(_valid(random.Random(body[:8])))
@@ -206,13 +207,15 @@ def atheris_one_input(data: bytes) -> None:
             G.decode([tags[pick % len(tags)], body], G.REQUESTS)
         except G.GeoProtocolError as e:
             assert e.code in ("BAD_FRAME", "BAD_MESSAGE") and e.message
-        return
+            return False
+        return True
     try:
         msg = P.decode(tag, body, P.REQUESTS)
     except P.ProtocolError as e:
         assert e.code in (P.Code.BAD_FRAME, P.Code.BAD_MESSAGE) and e.message
-    else:
-        P.encode(msg)  # whatever decodes must encode again
+        return False
+    P.encode(msg)  # whatever decodes must encode again
+    return True
 
 
 # the modules whose Python code a decoded message runs through (msgspec's decoding is C:

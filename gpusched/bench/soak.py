@@ -83,28 +83,14 @@ def run_soak(duration: float = 60.0, clients: int = 64, jobs: int = 1000, window
     whatever happens."""
     proc, ep = start_daemon("--backend", "sim", "--gpu-spec", "H100")
     procs: list[subprocess.Popen] = []
-    rows, errors, failed = [], [], 0
     try:
         rss_start = rss_mb(proc.pid)
         procs = [subprocess.Popen([sys.executable, "-m", "gpusched.bench.soak", ep, str(jobs),
                                    str(window), str(duration), f"soak{i % 8}"],
                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
                  for i in range(clients)]
-        deadline = time.monotonic() + duration + grace_s
-        for p in procs:
-            try:
-                out, err = p.communicate(timeout=max(0.0, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.communicate()
-                errors.append(f"client {p.pid} still running {grace_s:g} s after the end: killed")
-                failed += 1
-                continue
-            if p.returncode == 0:
-                rows.append(json.loads(out.strip().splitlines()[-1]))
-            else:
-                errors.append(err.strip().splitlines()[-1] if err.strip() else f"exit {p.returncode}")
-                failed += 1
+        rows, errors, failed = collect_clients(procs, time.monotonic() + duration + grace_s,
+                                               grace_s)
         alive = proc.poll() is None
         rss_end = rss_mb(proc.pid) if alive else 0.0
     finally:
@@ -126,6 +112,27 @@ def run_soak(duration: float = 60.0, clients: int = 64, jobs: int = 1000, window
             "p50_ms": float(np.percentile(lat, 50)) if lat.size else None,
             "p99_ms": float(np.percentile(lat, 99)) if lat.size else None,
             "slo_ms": SLO_MS, "rss_start_mb": rss_start, "rss_end_mb": rss_end}
+
+
+def collect_clients(procs: list, deadline: float, grace_s: float) -> tuple[list, list, int]:
+    """Each client's JSON row; a client still running at ``deadline`` is killed and reported.
+    Returns (rows, errors, failed clients)."""
+    rows, errors, failed = [], [], 0
+    for p in procs:
+        try:
+            out, err = p.communicate(timeout=max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.communicate()
+            errors.append(f"client {p.pid} still running {grace_s:g} s after the end: killed")
+            failed += 1
+            continue
+        if p.returncode == 0:
+            rows.append(json.loads(out.strip().splitlines()[-1]))
+        else:
+            errors.append(err.strip().splitlines()[-1] if err.strip() else f"exit {p.returncode}")
+            failed += 1
+    return rows, errors, failed
 
 
 if __name__ == "__main__":

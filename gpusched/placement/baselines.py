@@ -45,10 +45,6 @@ def _check_counts(gpus: list[GpuState], models, table, pool, method: str) -> lis
     return gpus
 
 
-def _alone(knobs: Knobs) -> Knobs:
-    return dataclasses.replace(knobs, alphas=(1.0,) + knobs.alphas)
-
-
 def one_per_gpu(models, table_alone, pool, knobs: Knobs = DEFAULT) -> Plan:
     t0 = time.perf_counter()
     by = {t.name: t for t in pool}

@@ -90,11 +90,6 @@ def instrument(source: str) -> str:
     return "".join(out)
 
 
-def instrumented_kernels(source: str) -> list[str]:
-    """Names of the kernels ``instrument`` would wrap (raises what it would raise)."""
-    return [k.name for k in _find_kernels(source, _mask_directives(mask(source)))]
-
-
 def _mask_directives(masked: str) -> str:
     """Blank preprocessor lines; a __global__ inside one (a macro-made kernel) is refused."""
     chars = list(masked)

@@ -6,7 +6,6 @@ Ops are resolved once when the model is registered; an op outside ALLOWED is ref
 from __future__ import annotations
 
 import logging
-import math
 
 from scheduler_daemon.wire.graph import C, D, Graph, K, L, V
 from scheduler_daemon.wire.ops import ALLOWED
@@ -113,11 +112,3 @@ class LoadedGraph:
         return [env[o] for o in self.graph.outputs]
 
 
-def weight_nbytes(graph: Graph) -> int:
-    from scheduler_daemon.wire.tensors import DTYPES
-    total = 0
-    for w in graph.weights:
-        if w.dtype not in DTYPES:
-            raise ValueError(f"weight {w.name}: unsupported dtype {w.dtype!r}")
-        total += math.prod(w.shape) * DTYPES[w.dtype]
-    return total
