@@ -16,7 +16,7 @@ import stat
 import zmq
 
 from scheduler_daemon.clock import Environment, RealtimeEnvironment
-from scheduler_daemon.devices import make_device
+from scheduler_daemon.devices.factory import make_device
 from scheduler_daemon.devices.base import Device
 from scheduler_daemon.server.config import DaemonConfig
 from scheduler_daemon.server.server import AdmissionFactory, ConfigError, Server

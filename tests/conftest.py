@@ -13,7 +13,7 @@ from gpusched.procs import start_daemon, stop_daemon  # noqa: E402
 def _has_gpu() -> bool:
     """An NVIDIA GPU NVML sees (torch may be a CPU build: tests that need torch on CUDA say
     so themselves)."""
-    from scheduler_daemon.devices import visible_gpus
+    from scheduler_daemon.devices.factory import visible_gpus
     return bool(visible_gpus())
 
 

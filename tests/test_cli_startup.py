@@ -72,7 +72,7 @@ def test_choices_equal_the_registries():
     from gpusched.workloads import WORKLOADS
     from scheduler_daemon.core.gpu_specs import PRESETS
     from scheduler_daemon.core.policies import ALL_POLICIES
-    from scheduler_daemon.devices import BACKENDS
+    from scheduler_daemon.devices.factory import BACKENDS
 
     assert choices.BACKENDS == tuple(BACKENDS)
     assert choices.GPU_PRESETS == tuple(sorted(PRESETS))

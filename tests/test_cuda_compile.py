@@ -384,14 +384,14 @@ def test_detection_without_a_gpu_says_why():
 def test_cuda_backend_without_a_gpu_is_a_clear_error():
     if _cuda_gpu_here():
         pytest.skip("this machine has a CUDA GPU")
-    from scheduler_daemon.devices import BACKENDS, make_device
+    from scheduler_daemon.devices.factory import BACKENDS, make_device
     assert "cuda" in BACKENDS
     with pytest.raises(ValueError, match=r"no CUDA GPU visible \(.*\).*use --backend sim or torch"):
         make_device("cuda")
 
 
 def test_presets_for_detected_gpus():
-    from scheduler_daemon.devices import preset_for
+    from scheduler_daemon.devices.factory import preset_for
     assert preset_for("NVIDIA H200") == "H100"
     assert preset_for("NVIDIA H100 80GB HBM3") == "H100"
     assert preset_for("Tesla T4") == "T4"
@@ -403,7 +403,7 @@ def test_presets_for_detected_gpus():
 def test_auto_on_a_gpu_node_with_a_cpu_torch_runs_torch_on_the_cpu(monkeypatch, caplog):
     """A GPU NVML sees is only used through torch when this torch build has CUDA; otherwise the
     daemon says so and runs torch on the CPU instead of failing on its first kernel."""
-    import scheduler_daemon.devices as devices
+    import scheduler_daemon.devices.factory as devices
     monkeypatch.setattr(devices, "visible_gpus", lambda: ["NVIDIA H200"])
     monkeypatch.setattr(devices, "_torch_has_cuda", lambda: False)
     with caplog.at_level("WARNING", logger="gpusched.device"):

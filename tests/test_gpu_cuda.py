@@ -55,7 +55,7 @@ class Env:
 
 @pytest.fixture(scope="module")
 def rig():
-    from scheduler_daemon.devices import make_device
+    from scheduler_daemon.devices.factory import make_device
     from scheduler_daemon.devices.cuda_driver import CudaDriverDevice
     dev = make_device("cuda")
     assert isinstance(dev, CudaDriverDevice)

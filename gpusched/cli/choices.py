@@ -7,7 +7,7 @@ registry, so a new backend, preset or policy fails a test until it is added here
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 
-# scheduler_daemon.devices.BACKENDS
+# scheduler_daemon.devices.factory.BACKENDS
 BACKENDS = ("auto", "sim", "fluid", "torch", "cuda")
 
 # sorted(scheduler_daemon.core.gpu_specs.PRESETS)
