@@ -15,7 +15,7 @@ before any later SUBMIT.
 Futures: anything with ``done()``, ``set_result()`` and ``set_exception()`` (concurrent.futures
 and asyncio futures alike); ``job_id`` is set on them when the daemon names the job. Each is
 resolved at most once: an entry leaves the pending table before its future is resolved, and a
-future already done (an asyncio waiter gave up) is left alone. Replayed registrations have no
+future already done (an asyncio waiter gave up) is left as it is. Replayed registrations have no
 future; a failed replay is logged. Not thread-safe: the sync front end calls it under its lock.
 """
 from __future__ import annotations
@@ -239,12 +239,15 @@ def _settle(p: Pending, result, exc: Exception | None) -> None:
         if exc is not None and not isinstance(exc, DaemonUnavailable):
             log.warning("client: replaying a model after a reconnect failed: %s", exc)
         return
-    if f.done():  # an asyncio waiter gave up (cancelled it)
-        return
-    if exc is None:
-        f.set_result(result)
-    else:
-        f.set_exception(exc)
+    try:  # no done() check first: a concurrent.futures one takes a lock, on every reply
+        if exc is None:
+            f.set_result(result)
+        else:
+            f.set_exception(exc)
+    except Exception:
+        if not f.done():
+            raise
+        # InvalidStateError: an asyncio waiter gave up and cancelled it
 
 
 # frames arrive as zmq frames (received with copy=False) or as bytes (tests)

@@ -38,26 +38,32 @@ def frames(msg, *raw):
 
 
 class Fut:
-    """A future that fails the test when resolved twice."""
+    """A future that counts every resolution attempt; a second one is refused like a real
+    future's (InvalidStateError)."""
 
     def __init__(self, cancelled=False):
         self.outcomes = [("cancelled", None)] if cancelled else []
+        self.attempts = 0
         self.job_id = None
 
     def done(self):
         return bool(self.outcomes)
 
+    def _set(self, kind, value):
+        self.attempts += 1
+        if self.outcomes:
+            raise RuntimeError(f"already {self.outcomes[0][0]}")
+        self.outcomes.append((kind, value))
+
     def set_result(self, r):
-        assert not self.outcomes, f"resolved twice: {self.outcomes} then result {r}"
-        self.outcomes.append(("result", r))
+        self._set("result", r)
 
     def set_exception(self, e):
-        assert not self.outcomes, f"resolved twice: {self.outcomes} then exception {e!r}"
-        self.outcomes.append(("exception", e))
+        self._set("exception", e)
 
     @property
     def value(self):
-        assert len(self.outcomes) == 1, self.outcomes
+        assert len(self.outcomes) == 1 and self.attempts == 1, (self.outcomes, self.attempts)
         return self.outcomes[0][1]
 
 
@@ -150,9 +156,9 @@ def test_each_request_is_resolved_exactly_once():
     s.on_reply(done, 0.1)
     s.on_reply(done, 0.2)                                      # a duplicate answer: dropped
     s.on_reply(frames(P.Error(req_id=rid, code="INTERNAL", message="late")), 0.3)
-    assert len(fut.outcomes) == 1 and fut.outcomes[0][0] == "result"
+    assert fut.attempts == 1 and fut.outcomes[0][0] == "result"
     s.fail_all(DaemonUnavailable("closed"))                   # it is no longer pending
-    assert len(fut.outcomes) == 1
+    assert fut.attempts == 1
 
     rid2, gave_up = submit(s, 0.0, Fut(cancelled=True))       # an asyncio waiter gave up
     s.on_reply(frames(P.Done(req_id=rid2, job_id="j2", status="done")), 0.1)
@@ -161,11 +167,29 @@ def test_each_request_is_resolved_exactly_once():
     rid3, forgotten = submit(s, 0.0)
     s.forget(rid3)                                              # a sync waiter timed out
     s.on_reply(frames(P.Done(req_id=rid3, job_id="j3", status="done")), 0.1)
-    assert not forgotten.done()
+    assert not forgotten.done() and forgotten.attempts == 0
 
     s.on_reply([b"NOPE", b""], 0.4)                             # undecodable: logged, dropped
     s.on_reply([b"DONE", b"\xc1"], 0.4)
     assert s.last_heard == 0.4
+
+
+def test_real_futures_already_done_are_left_as_they_are():
+    from concurrent.futures import Future
+
+    async def go():
+        s = session()
+        gave_up = asyncio.get_running_loop().create_future()
+        gave_up.cancel()
+        rid, _ = submit(s, 0.0, gave_up)
+        s.on_reply(frames(P.Done(req_id=rid, job_id="j", status="done")), 0.1)
+        assert gave_up.cancelled()
+        done = Future()
+        done.set_result("already")
+        submit(s, 0.0, done)
+        s.fail_all(DaemonUnavailable("closed"))
+        assert done.result() == "already" and not s.pending
+    asyncio.run(go())
 
 
 def test_failed_job_statuses_become_their_exceptions():
