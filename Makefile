@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 TORCH := torch==2.13.0
 STAMP := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
 
-.PHONY: setup demo test test-gpu bench clean
+.PHONY: setup demo test test-fast test-gpu bench clean
 
 $(STAMP): pyproject.toml
 	@echo "setting up $(VENV) (log: $(VENV)/install.log) ..."
@@ -26,6 +26,11 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
+
+# In-process tests only (no daemon or CLI processes; a test that starts one fails, naming the
+# marker): under a minute on 2 cores.
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -q -m "not slow and not gpu"
 
 # On a GPU machine: the tests marked gpu (they skip elsewhere), then the rest.
 test-gpu: $(STAMP)

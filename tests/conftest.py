@@ -17,13 +17,35 @@ def _has_gpu() -> bool:
     return bool(visible_gpus())
 
 
+# tests that start daemons as processes are end-to-end tests: marked slow wherever they are
+PROCESS_FIXTURES = {"daemon", "daemon_factory", "service"}
+
+
 def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if PROCESS_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
     if _has_gpu():
         return
     skip = pytest.mark.skip(reason="needs an NVIDIA GPU (run 'make test-gpu' on a GPU machine)")
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
+
+
+@pytest.fixture(autouse=True)
+def _fast_tests_start_no_process(request, monkeypatch):
+    """Under ``-m "not slow"`` (make test-fast) a test that starts a process fails, naming the
+    fix, so the fast suite stays free of subprocesses without anyone having to remember."""
+    if "not slow" not in (request.config.option.markexpr or "") or \
+            request.node.get_closest_marker("slow"):
+        return
+    import subprocess
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("this test starts a process: mark it @pytest.mark.slow (the fast "
+                             "suite runs in-process only)")
+    monkeypatch.setattr(subprocess.Popen, "__init__", refuse)
 
 
 @pytest.fixture

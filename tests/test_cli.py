@@ -12,6 +12,7 @@ def run(*args, timeout=120):
     return subprocess.run([*GPUSCHED, *args], capture_output=True, text=True, timeout=timeout)
 
 
+@pytest.mark.slow
 def test_help_lists_commands():
     r = run("--help")
     assert r.returncode == 0
@@ -29,6 +30,7 @@ def test_help_lists_commands():
     (["demo", "--policies", "bogus"], "unknown policies"),
     (["daemon", "--metrics-port", "99999"], "--metrics-port"),
 ])
+@pytest.mark.slow
 def test_mistakes_exit_2_without_traceback(args, needle):
     r = run(*args)
     assert r.returncode == 2, r
@@ -63,6 +65,7 @@ def test_second_daemon_on_same_endpoint_is_refused(daemon):
     assert s.returncode == 0, s.stderr
 
 
+@pytest.mark.slow
 def test_daemon_refuses_paths_and_ports_it_cannot_use(tmp_path):
     f = tmp_path / "notes.txt"
     f.write_text("keep me")
@@ -81,6 +84,7 @@ def test_daemon_refuses_paths_and_ports_it_cannot_use(tmp_path):
     assert r.returncode == 2 and "baseline" in r.stderr
 
 
+@pytest.mark.slow
 def test_sigterm_to_a_bench_stops_the_daemon_it_started():
     """A benchmark killed with SIGTERM unwinds like Ctrl-C: the daemon it started goes too
     (it used to be left running, reparented to init)."""

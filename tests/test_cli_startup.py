@@ -34,6 +34,7 @@ def _heavy(modules: list[str], heavy=HEAVY) -> list[str]:
     return [m for m in modules if any(m == h or m.startswith(h + ".") for h in heavy)]
 
 
+@pytest.mark.slow
 def test_building_the_parser_imports_nothing_heavy():
     rc, mods = _loaded_after("from gpusched.cli import build_parser\nbuild_parser()")
     assert rc == 0
@@ -44,12 +45,14 @@ def test_building_the_parser_imports_nothing_heavy():
 @pytest.mark.parametrize("argv", [["--help"], ["status", "--help"], ["place", "--help"],
                                   ["geo", "plan", "--help"], ["bench", "paella", "--help"],
                                   ["daemon", "--help"], ["status", "--log-level", "DEBUG", "-h"]])
+@pytest.mark.slow
 def test_help_imports_nothing_heavy(argv):
     rc, mods = _loaded_after(f"from gpusched.cli import main\nmain({argv!r})")
     assert rc == 0
     assert _heavy(mods) == []
 
 
+@pytest.mark.slow
 def test_status_loads_the_client_but_not_torch_or_numpy():
     # a bad endpoint fails fast, after the command imported what it needs
     rc, mods = _loaded_after("import sys\nfrom gpusched.cli import main\n"
@@ -59,6 +62,7 @@ def test_status_loads_the_client_but_not_torch_or_numpy():
     assert _heavy(mods, NOT_FOR_STATUS) == []
 
 
+@pytest.mark.slow
 def test_client_lib_does_not_import_torch():
     rc, mods = _loaded_after("import client_lib")
     assert rc == 0

@@ -71,6 +71,7 @@ def test_server_answers_every_fuzzed_message_exactly_once_in_process():
     assert 0 < len(errors) < len(replies)         # both refused and served requests
 
 
+@pytest.mark.slow
 def test_live_daemon_answers_every_fuzzed_message_and_keeps_serving():
     res = run_fuzz(messages=4000, seed=11)
     assert res["crashes"] == 0
@@ -78,6 +79,7 @@ def test_live_daemon_answers_every_fuzzed_message_and_keeps_serving():
     assert res["served_after"] is True
 
 
+@pytest.mark.slow
 def test_soak_every_submit_answered_exactly_once():
     res = run_soak(duration=4.0, clients=6, jobs=150)
     assert res["client_errors"] == [] and res["crashes"] == 0
@@ -103,6 +105,7 @@ def test_atheris_harness_inputs_fail_only_with_protocol_errors():
     assert seen[True] > 100 and seen[False] > 100, seen
 
 
+@pytest.mark.slow
 def test_atheris_coverage_guided_decoders():
     pytest.importorskip("atheris")  # optional: pip install atheris (wheels for x86_64 Linux)
     r = subprocess.run([sys.executable, "-m", "gpusched.bench.fuzz", "atheris", "30000"],
@@ -111,6 +114,7 @@ def test_atheris_coverage_guided_decoders():
     assert "Done 30000 runs" in r.stderr
 
 
+@pytest.mark.slow
 def test_soak_client_past_its_grace_is_killed_and_counted_not_a_traceback():
     """Clients still running at the deadline are killed and reported; the others' rows kept.
     (Processes that sleep stand in for slow clients: no timing race with their start-up.)"""

@@ -168,6 +168,7 @@ def gpusched(*args, cwd=ROOT):
                           text=True, timeout=120, cwd=cwd)
 
 
+@pytest.mark.slow
 def test_cli_plan_example_prints_and_writes_png(tmp_path):
     r = gpusched("geo", "plan", EXAMPLE, "--out", str(tmp_path), "--json")
     assert r.returncode == 0, r.stderr
@@ -179,6 +180,7 @@ def test_cli_plan_example_prints_and_writes_png(tmp_path):
     assert r.returncode == 0 and "llm-7b" in r.stdout
 
 
+@pytest.mark.slow
 def test_cli_bad_yaml_exits_2_with_line(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text(TWO_SITES + job("x").replace("min_gpus: 8", "min_gpus: lots"))
@@ -190,6 +192,7 @@ def test_cli_bad_yaml_exits_2_with_line(tmp_path):
     assert r.returncode == 2 and "malformed YAML" in r.stderr and f"{bad}:2" in r.stderr
 
 
+@pytest.mark.slow
 def test_cli_infeasible_spec_exits_2_naming_the_constraint(tmp_path):
     spec = tmp_path / "inf.yaml"
     spec.write_text(TWO_SITES + job("huge", min_gpus=64, max_gpus=64))

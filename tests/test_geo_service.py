@@ -116,6 +116,7 @@ def test_cli_submit_event_status(service, tmp_path):
     assert r.returncode == 2 and "'nowhere:1' is not a site" in r.stderr
 
 
+@pytest.mark.slow
 def test_token_and_curve(tmp_path):
     from scheduler_daemon.transport.keys import make_keys, read_key
     secret, public = make_keys(str(tmp_path / "keys"))
@@ -135,11 +136,13 @@ def test_token_and_curve(tmp_path):
         stop(proc)
 
 
+@pytest.mark.slow
 def test_no_service_is_a_clear_error(tmp_path):
     r = cli("status", "--endpoint", f"ipc://{tmp_path}/none.sock", "--timeout", "0.5")
     assert r.returncode == 2 and "no geo service" in r.stderr
 
 
+@pytest.mark.slow
 def test_fuzzed_frames_always_get_one_answer(tmp_path):
     """Random and half-valid frames straight into the request handler: every one gets a REPLY
     or an ERROR, nothing raises, and the state only changes through valid requests."""
@@ -178,6 +181,7 @@ def test_fuzzed_frames_always_get_one_answer(tmp_path):
     assert not isinstance(ans, Error) and len(ans.plan.jobs) == 7
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("endpoint", ["ipc:///nonexistent-dir/geo.sock", "tcp://127.0.0.1:1"])
 def test_client_without_service_fails_fast_exit_2(endpoint):
     t0 = time.monotonic()
@@ -187,6 +191,7 @@ def test_client_without_service_fails_fast_exit_2(endpoint):
     assert time.monotonic() - t0 < 8  # not the 30 s answer timeout
 
 
+@pytest.mark.slow
 def test_sigkill_loses_no_answered_change(service, tmp_path):
     """An answer means the change is on disk: killed without a chance to clean up (SIGKILL),
     the restarted service (on the stale socket path) still has every answered submit/event."""
@@ -333,6 +338,7 @@ def test_journal_replay_skips_what_the_state_holds_and_drops_a_torn_record(tmp_p
         assert again.events == svc2.state.events
 
 
+@pytest.mark.slow
 def test_sigkill_after_a_fast_path_submit_loses_nothing(service, tmp_path):
     proc, ep, state = service
     with GeoClient(ep) as c:

@@ -55,8 +55,8 @@ class Env:
 
 @pytest.fixture(scope="module")
 def rig():
-    from scheduler_daemon.devices.factory import make_device
     from scheduler_daemon.devices.cuda_driver import CudaDriverDevice
+    from scheduler_daemon.devices.factory import make_device
     dev = make_device("cuda")
     assert isinstance(dev, CudaDriverDevice)
     done, failed = [], []

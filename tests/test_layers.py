@@ -7,6 +7,8 @@ import sys
 from collections import defaultdict
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("scheduler_daemon", "client_lib", "geo", "profilers", "gpusched")
 
@@ -149,6 +151,7 @@ def _loaded_by(code: str) -> list[str]:
     return r.stdout.split()
 
 
+@pytest.mark.slow
 def test_importing_the_client_loads_no_daemon_code_and_no_torch():
     loaded = _loaded_by("import client_lib, client_lib.aio")
     ours = [m for m in loaded if m.split(".")[0] == "scheduler_daemon"]
@@ -158,6 +161,7 @@ def test_importing_the_client_loads_no_daemon_code_and_no_torch():
     assert not [m for m in loaded if m.split(".")[0] in ("torch", "gpusched", "profilers", "geo")]
 
 
+@pytest.mark.slow
 def test_the_geo_service_uses_only_the_wire_and_transport_of_the_daemon():
     loaded = _loaded_by("import geo.service, geo.cli")
     daemon = [m for m in loaded if m.startswith("scheduler_daemon.")

@@ -46,6 +46,7 @@ def test_top_once_shows_tenants(daemon):
     assert "watched" in r.stdout and "policy" in r.stdout
 
 
+@pytest.mark.slow
 def test_debug_log_has_one_line_per_job_event_with_ids(tmp_path):
     from gpusched.procs import start_daemon, stop_daemon
     log = open(tmp_path / "debug.log", "w")

@@ -19,6 +19,7 @@ def _plan():
     return json.loads(r.stdout)
 
 
+@pytest.mark.slow
 def test_apply_plan_to_daemons_then_refuse_an_overload(daemon_factory):
     plan = _plan()
     eps = [daemon_factory("--backend", "sim", "--gpu-spec", "H100", "--policy", "slo")[1]
@@ -51,6 +52,7 @@ def test_apply_plan_to_daemons_then_refuse_an_overload(daemon_factory):
             c.admit([("fast", "gpt2", 1, 10.0, 0.5)])
 
 
+@pytest.mark.slow
 def test_apply_needs_one_endpoint_per_gpu(tmp_path):
     r = subprocess.run([sys.executable, "-m", "gpusched.cli", "place", EXAMPLE,
                         "--apply", f"ipc://{tmp_path}/only-one.sock"],
@@ -59,6 +61,7 @@ def test_apply_needs_one_endpoint_per_gpu(tmp_path):
     assert "one endpoint per GPU" in r.stderr and "Traceback" not in r.stderr
 
 
+@pytest.mark.slow
 def test_bad_admit_bodies_get_one_error_each(daemon):
     import msgspec
 

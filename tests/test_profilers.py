@@ -89,6 +89,7 @@ def test_fit_recovers_a_known_linear_model():
     assert evaluate(w, samples)["mape"] < 1e-9
 
 
+@pytest.mark.slow
 def test_profile_cli_json_and_errors(tmp_path):
     db = str(tmp_path / "p.sqlite")
     r = subprocess.run([sys.executable, "-m", "gpusched.cli", "profile", "resnet18",
@@ -103,6 +104,7 @@ def test_profile_cli_json_and_errors(tmp_path):
     assert bad.returncode == 2 and "unknown model" in bad.stderr and "Traceback" not in bad.stderr
 
 
+@pytest.mark.slow
 def test_cpu_pairs_measure_fit_and_store(tmp_path):
     """--pairs on the real device of these machines: torch on the CPU, two models at once."""
     import json
