@@ -60,17 +60,22 @@ class AsyncJobFuture(asyncio.Future):
 class AsyncClient:
     """``timeout`` bounds the handshake and how long the daemon may stay silent while requests
     are pending before they fail with ``DaemonUnavailable`` (the client then reconnects).
+    ``client_key`` (or ``GPUSCHED_CLIENT_KEY``): the tenant's CURVE secret key (a file from
+    ``gpusched keys --client TENANT``) where the daemon lists tenants' keys (--tenant-keys).
     ``server_key`` (or ``GPUSCHED_SERVER_KEY``): the daemon's CURVE public key, or a file
     holding it, when the daemon encrypts its connections."""
 
     def __init__(self, endpoint: str | None = None, tenant: str = "default",
-                 timeout: float = 5.0, token: str | None = None, server_key: str | None = None):
+                 timeout: float = 5.0, token: str | None = None, server_key: str | None = None,
+                 client_key: str | None = None):
         self.endpoint = check_endpoint(endpoint or default_endpoint())
         self.tenant = tenant
         self.timeout = timeout
         self.token = token if token is not None else os.environ.get("GPUSCHED_TOKEN", "")
         server_key = server_key or os.environ.get("GPUSCHED_SERVER_KEY")
         self.server_key = read_key(server_key) if server_key else None
+        client_key = client_key or os.environ.get("GPUSCHED_CLIENT_KEY")
+        self.client_key = read_key(client_key) if client_key else None   # the tenant's secret
         self._s = ClientSession(self.endpoint, tenant, self.token, timeout, time.perf_counter(),
                                 encrypted=self.server_key is not None)
         self._ctx: zmq.asyncio.Context | None = None
@@ -97,7 +102,8 @@ class AsyncClient:
         if self._sock is not None:
             self._sock.close(0)  # cancels its pending sends and receive (see _reader)
         self._sock = make_socket(self._ctx, zmq.DEALER, self.endpoint, bind=False, max_frame=0,
-                                 curve_server_key=self.server_key)
+                                 curve_server_key=self.server_key,
+                                 curve_client_secret=self.client_key)
 
     async def connect(self) -> None:
         """HELLO and wait for WELCOME (``ConnectError`` saying why not)."""

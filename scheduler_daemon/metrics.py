@@ -2,11 +2,15 @@
 
 Counters and histograms are updated by the daemon's loop when a job ends; gauges (queue depth,
 kernels in flight, device utilisation, clients) are read when Prometheus scrapes. Without a
-port the server keeps its ``NullMetrics`` and pays nothing.
+port the server keeps its ``NullMetrics`` and pays nothing. The endpoint has no credentials:
+it listens on localhost unless told otherwise (``--metrics-addr``), and ``--metrics-redact``
+replaces tenant and model names by keyed hashes.
 """
 from __future__ import annotations
 
+import hashlib
 import logging
+import secrets
 
 from scheduler_daemon.server.server import NullMetrics
 
@@ -17,7 +21,7 @@ LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5,
 
 
 class PrometheusMetrics(NullMetrics):
-    def __init__(self, server, port: int, addr: str = "127.0.0.1"):
+    def __init__(self, server, port: int, addr: str = "127.0.0.1", redact: bool = False):
         from prometheus_client import (
             CollectorRegistry,
             Counter,
@@ -26,6 +30,9 @@ class PrometheusMetrics(NullMetrics):
             start_http_server,
         )
 
+        # redact: series carry a keyed hash of each tenant/model name, so whoever can read the
+        # endpoint learns counts and latencies but not who the tenants are or what they run
+        self._key = secrets.token_bytes(16) if redact else None
         self.registry = reg = CollectorRegistry()
         core, dev = server.core, server.device
         Gauge("gpusched_queue_depth", "jobs queued in the scheduler core",
@@ -54,7 +61,13 @@ class PrometheusMetrics(NullMetrics):
     def port(self) -> int:
         return self.server.server_port
 
+    def _name(self, name: str) -> str:
+        if self._key is None:
+            return name
+        return hashlib.blake2b(name.encode(), key=self._key, digest_size=6).hexdigest()
+
     def job_finished(self, tenant, model, status, total_s, slo_missed):
+        tenant, model = self._name(tenant), self._name(model)
         self.jobs.labels(tenant, status).inc()
         if status == "done":
             self.latency.labels(tenant, model).observe(total_s)

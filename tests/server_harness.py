@@ -6,6 +6,7 @@ device and pump as the live daemon; only the frames are not on a socket.
 """
 from __future__ import annotations
 
+import hashlib
 import select
 from collections import defaultdict
 
@@ -28,23 +29,45 @@ class Harness:
         self.inbox: dict[bytes, list] = defaultdict(list)
 
     # -- requests -----------------------------------------------------------------------------
-    def send(self, peer: bytes, msg, *raw, conn: int = -1) -> list:
+    # A peer is named by a short bytes string (b"a"); on the wire it has the routing id libzmq
+    # would give it (``routing_id``) and a connection of its own (its name, unless ``conn=``).
+    @staticmethod
+    def routing_id(peer: bytes) -> bytes:
+        if len(peer) == 5 and peer[0] == 0:
+            return peer        # already one (attack tests choose their own)
+        return b"\x00" + hashlib.blake2b(peer, digest_size=4).digest()
+
+    def send(self, peer: bytes, msg, *raw, conn: str | None = None,
+             key_tenant: str | None = None) -> list:
         """One request of ``peer``; returns the replies it got at once."""
-        self._deliver(self.server.handle(peer, msg, list(raw), self.env.now, conn))
+        ident = self.routing_id(peer)
+        self._deliver(self.server.handle(ident, msg, list(raw), self.env.now,
+                                         peer.hex() if conn is None else conn, key_tenant))
         self._deliver(self.server.advance())
         return self.take(peer)
 
-    def send_frames(self, peer: bytes, *frames) -> list:
-        self._deliver(self.server.handle_frames(peer, list(frames), self.env.now))
+    def send_frames(self, peer: bytes, *frames, conn: str | None = None) -> list:
+        self._deliver(self.server.handle_frames(self.routing_id(peer), list(frames),
+                                                self.env.now,
+                                                peer.hex() if conn is None else conn))
         return self.take(peer)
 
-    def hello(self, peer: bytes, tenant: str = "t", token: str = "") -> P.Welcome:
+    def send_as(self, identity: bytes, msg, conn: str = "raw") -> list:
+        """A request under a routing id given as it is (a peer-chosen one included)."""
+        replies = self.server.handle(identity, msg, [], self.env.now, conn)
+        return [r[1] for r in replies if r[0] == identity]
+
+    def close_connection(self, peer: bytes, conn: str | None = None) -> None:
+        self._deliver(self.server.connection_closed(peer.hex() if conn is None else conn,
+                                                    self.env.now))
+
+    def hello(self, peer: bytes, tenant: str = "t", token: str = "", **kw) -> P.Welcome:
         (msg, _), = self.send(peer, P.Hello(version=P.PROTOCOL_VERSION, tenant=tenant,
-                                            token=token))
+                                            token=token), **kw)
         assert isinstance(msg, P.Welcome), msg
         return msg
 
-    def call(self, peer: bytes, msg, *raw):
+    def call(self, peer: bytes, msg, *raw, **kw):
         """A request answered at once: its one reply (message only). Other replies the peer
         got meanwhile (DONEs of jobs that ended) stay in its inbox."""
         rid = getattr(msg, "req_id", None)
@@ -52,9 +75,9 @@ class Harness:
         def answers(m) -> bool:
             return rid is None or (getattr(m, "req_id", None) == rid
                                    and not isinstance(m, P.Done))
-        replies = self.send(peer, msg, *raw)
+        replies = self.send(peer, msg, *raw, **kw)
         mine = [m for m, _ in replies if answers(m)]
-        self.inbox[peer][:0] = [(m, r) for m, r in replies if not answers(m)]
+        self.inbox[self.routing_id(peer)][:0] = [(m, r) for m, r in replies if not answers(m)]
         assert len(mine) == 1, replies
         return mine[0]
 
@@ -90,7 +113,8 @@ class Harness:
             self.inbox[identity].append((P.decode(tag, body, P.REPLIES), [bytes(b) for b in raw]))
 
     def take(self, peer: bytes) -> list:
-        out, self.inbox[peer] = self.inbox[peer], []
+        ident = self.routing_id(peer)
+        out, self.inbox[ident] = self.inbox[ident], []
         return out
 
     def close(self) -> None:

@@ -205,18 +205,26 @@ def test_silent_client_is_dropped_and_its_jobs_answered_as_cancelled():
         h.inbox[ident].append((m, raw))
     d = done_of(h.take(b"s"))
     assert d[2].status == "cancelled" and "silent" in d[2].error
-    assert b"s" not in h.server.sessions and b"w" in h.server.sessions
+    assert h.routing_id(b"s") not in h.server.sessions
+    assert h.routing_id(b"w") in h.server.sessions
     assert h.call(b"s", P.Ping(seq=2)).code == "NOT_CONNECTED"
 
 
-def test_closed_connection_drops_its_session_within_the_grace():
-    h = Harness(client_timeout_s=5.0, disconnect_grace_s=0.5)
-    h.send(b"k", P.Hello(version=P.PROTOCOL_VERSION, tenant="k"), conn=17)
-    h.send(b"l", P.Hello(version=P.PROTOCOL_VERSION, tenant="l"), conn=18)
-    h.server.connection_closed(17, h.env.now)
-    h.run(until=0.6)
-    h.server.reap_silent(h.env.now)
-    assert b"k" not in h.server.sessions and b"l" in h.server.sessions
+def test_closed_connection_ends_its_session_at_once_and_cancels_its_jobs():
+    h = Harness(client_timeout_s=5.0)
+    h.hello(b"k", "k")
+    h.hello(b"l", "l")
+    h.call(b"k", P.Register(req_id=1, model="long", kernels=kernels(200, 10_000)))
+    h.send(b"k", P.Submit(req_id=2, model="long"))
+    h.close_connection(b"k")
+    assert h.routing_id(b"k") not in h.server.sessions
+    assert h.routing_id(b"l") in h.server.sessions
+    # nobody reads answers on a closed connection: none are sent (its routing id may be
+    # someone else's by now); the jobs are cancelled and counted
+    assert h.take(b"k") == []
+    st = {t.tenant: t for t in h.call(b"l", P.Status(req_id=1)).tenants}
+    assert st["k"].queued == st["k"].running == 0 and st["k"].clients == 0
+    assert st["k"].cancelled == 1
 
 
 def test_tenant_tokens_make_tenants_identities_and_status_shows_only_itself():

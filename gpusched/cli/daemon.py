@@ -1,6 +1,7 @@
 """``gpusched daemon``: run the scheduler daemon in the foreground."""
 from __future__ import annotations
 
+import logging
 import os
 
 from gpusched.cli import choices
@@ -53,8 +54,23 @@ def add_parser(sub) -> None:
     d.add_argument("--curve-secret", metavar="FILE", help="encrypt connections with this CURVE "
                    "secret key (make one with 'gpusched keys'); clients need daemon.key")
     d.add_argument("--metrics-port", type=int, default=None,
-                   help="serve Prometheus metrics on http://127.0.0.1:PORT/metrics "
+                   help="serve Prometheus metrics on http://ADDR:PORT/metrics "
                    "(default: none served)")
+    d.add_argument("--metrics-addr", default="127.0.0.1",
+                   help="address the metrics listen on; the endpoint has no credentials, so "
+                   "anything but localhost shows every tenant's counts to that network")
+    d.add_argument("--metrics-redact", action="store_true",
+                   help="label metrics with keyed hashes of tenant and model names, not the names")
+    d.add_argument("--tenant-keys", metavar="FILE", help="YAML 'tenant: CURVE public key' "
+                   "lines (needs --curve-secret): only these keys may connect, and each only as "
+                   "its tenant (make a tenant's pair with 'gpusched keys --client NAME')")
+    d.add_argument("--max-connections", type=int, default=1024,
+                   help="live connections; more are refused at the handshake")
+    d.add_argument("--max-unauthenticated", type=int, default=64,
+                   help="connections that have not said HELLO; more are refused at the handshake")
+    d.add_argument("--max-tenants", type=int, default=1024,
+                   help="distinct tenant names when tenants are not fixed by --tenant-tokens or "
+                   "--tenant-keys")
 
 
 def _tenant_tokens(path):
@@ -65,6 +81,23 @@ def _tenant_tokens(path):
         return load_tenant_tokens(path)
     except ValueError as e:
         raise UsageError(str(e)) from None
+
+
+def _tenant_keys(path, curve_secret):
+    if not path:
+        return {}
+    if not curve_secret:
+        raise UsageError("--tenant-keys needs --curve-secret: client keys are CURVE keys")
+    from scheduler_daemon.server.config import load_tenant_keys
+    try:
+        return load_tenant_keys(path)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+
+
+def _loopback(endpoint: str) -> bool:
+    host = endpoint[len("tcp://"):].rpartition(":")[0].strip("[]")
+    return host in ("127.0.0.1", "localhost", "::1") or host.startswith("127.")
 
 
 def _admission(gpu: str):
@@ -88,7 +121,21 @@ def run(args) -> int:
                        drain_grace_s=args.drain_grace,
                        curve_secret=read_key(args.curve_secret) if args.curve_secret else None,
                        token=args.token if args.token is not None else os.environ.get("GPUSCHED_TOKEN", ""),
-                       tenant_tokens=_tenant_tokens(args.tenant_tokens))
+                       tenant_tokens=_tenant_tokens(args.tenant_tokens),
+                       tenant_keys=_tenant_keys(args.tenant_keys, args.curve_secret),
+                       metrics_addr=args.metrics_addr, metrics_redact=args.metrics_redact,
+                       max_connections=args.max_connections,
+                       max_unauthenticated=args.max_unauthenticated,
+                       max_tenants=args.max_tenants)
+    if min(args.max_connections, args.max_unauthenticated, args.max_tenants) < 1:
+        raise UsageError("--max-connections, --max-unauthenticated and --max-tenants must be "
+                         ">= 1")
+    if cfg.endpoint.startswith("tcp://") and not cfg.curve_secret and \
+            not _loopback(cfg.endpoint):
+        logging.getLogger("gpusched.daemon").warning(
+            "daemon: %s serves the network without encryption or client keys: anyone who can "
+            "reach it can act as any tenant%s; pass --curve-secret (and --tenant-keys)",
+            cfg.endpoint, "" if cfg.token or cfg.tenant_tokens else " (no token either)")
     if args.speed < 0 or args.max_extra < 0 or args.client_timeout <= 0:
         raise UsageError("--speed and --max-extra must be >= 0, --client-timeout > 0")
     if not 1 <= args.hw_queues <= 32:

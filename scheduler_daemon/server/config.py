@@ -15,7 +15,11 @@ class DaemonLimits:
     max_kernels: int = 100_000                 # kernels per model
     max_models: int = 256                      # models per tenant
     max_queued: int = 20_000                   # unfinished jobs per tenant
-    max_tenant_bytes: int = 1024 * 1024 * 1024  # input bytes held for a tenant's unfinished jobs
+    max_tenant_bytes: int = 1024 * 1024 * 1024  # bytes a tenant holds in the daemon, all kinds
+    # a whole message (all its frames) and its frame count; checked as it is read (libzmq has
+    # buffered it by then: what bounds memory before that is the connection caps below)
+    max_message_bytes: int = 2 * 1024 * 1024 * 1024
+    max_message_parts: int = 65_536
 
 
 @dataclass
@@ -37,8 +41,16 @@ class DaemonConfig:
     # tenant -> its own token: a client may say HELLO as a tenant only with that tenant's
     # token (and STATUS shows it only its own tenant); empty: tenants are names, not identities
     tenant_tokens: dict = field(default_factory=dict)
+    # tenant -> its CURVE public key (z85): with curve_secret, only these keys connect, and a
+    # connection may say HELLO only as the tenant its key belongs to
+    tenant_keys: dict = field(default_factory=dict)
     curve_secret: bytes | None = None  # CURVE secret key: encrypt every connection
-    metrics_port: int | None = None  # serve Prometheus metrics on 127.0.0.1:PORT (0: any)
+    metrics_port: int | None = None  # serve Prometheus metrics on metrics_addr:PORT (0: any)
+    metrics_addr: str = "127.0.0.1"  # where the metrics listen (localhost only by default)
+    metrics_redact: bool = False   # label series by hashed tenant/model names, not the names
+    max_connections: int = 1024    # live connections; more are refused at the handshake
+    max_unauthenticated: int = 64  # connections that have not said HELLO; more are refused
+    max_tenants: int = 1024        # distinct tenant names under a shared token (or none)
     limits: DaemonLimits = field(default_factory=DaemonLimits)
 
 
@@ -63,4 +75,35 @@ def load_tenant_tokens(path: str) -> dict[str, str]:
                              "characters (make one with: python -c 'import secrets; "
                              "print(secrets.token_urlsafe(24))')")
         out[name] = tok
+    return out
+
+
+def load_tenant_keys(path: str) -> dict[str, str]:
+    """A YAML mapping ``tenant: CURVE public key`` (z85, 40 characters, or a file holding one
+    as written by ``gpusched keys --client NAME``); ValueError naming the problem and the file."""
+    import os
+
+    import yaml
+
+    from scheduler_daemon.transport.keys import read_key
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = yaml.safe_load(f)
+    except OSError as e:
+        raise ValueError(f"cannot read tenant keys {path}: {e.strerror}") from None
+    except (yaml.YAMLError, UnicodeDecodeError) as e:
+        raise ValueError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
+    if not isinstance(data, dict) or not data:
+        raise ValueError(f"{path}: expected a mapping 'tenant: public key', one line per tenant")
+    out = {}
+    for name, key in data.items():
+        if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9_.:@/-]{1,128}", name):
+            raise ValueError(f"{path}: tenant name {name!r} is not [A-Za-z0-9_.:@/-]{{1,128}}")
+        if not isinstance(key, str):
+            raise ValueError(f"{path}: tenant {name!r}: the key must be a string")
+        if len(key.strip()) != 40:   # a file holding it, relative to the keys file
+            key = os.path.join(os.path.dirname(path), key)
+        out[name] = read_key(key).decode()
+    if len(set(out.values())) != len(out):
+        raise ValueError(f"{path}: two tenants share a key: give each tenant its own key pair")
     return out

@@ -97,8 +97,8 @@ class Server:
                           P.EagerSync: self.eager.on_sync}
 
     # -- the public face of the server ----------------------------------------------------------
-    def handle_frames(self, identity: bytes, frames: list, now: float, conn: int = -1
-                      ) -> list[Reply]:
+    def handle_frames(self, identity: bytes, frames: list, now: float, conn: str = "",
+                      key_tenant: str | None = None) -> list[Reply]:
         """One message as received, ``frames`` = (type, body, *raw); replies due."""
         msg = None
         try:
@@ -107,18 +107,24 @@ class Server:
                                     f"got {len(frames)} frame(s)")
             msg = P.decode(frames[0], frames[1], P.REQUESTS)
         except ProtocolError as e:
+            if self._session_of(identity, conn) is None:   # strangers learn nothing more
+                e = ProtocolError(Code.NOT_CONNECTED, f"send a valid HELLO first ({e.message})")
             self.error(identity, _req_id(msg, frames), e.code, e.message)
             return self.take_replies()
-        return self.handle(identity, msg, frames[2:], now, conn)
+        return self.handle(identity, msg, frames[2:], now, conn, key_tenant)
 
-    def handle(self, identity: bytes, msg: P.Msg, raw: list, now: float, conn: int = -1
-               ) -> list[Reply]:
-        """One decoded request of peer ``identity`` (``conn``: the connection it came on)."""
+    def handle(self, identity: bytes, msg: P.Msg, raw: list, now: float, conn: str = "",
+               key_tenant: str | None = None) -> list[Reply]:
+        """One decoded request of peer ``identity`` that came on connection ``conn`` (the
+        process's id for it; ``key_tenant``: the tenant its CURVE key belongs to)."""
         try:
+            if not _auto_id(identity):
+                raise ProtocolError(Code.AUTH, "client-chosen routing ids (ZMQ_ROUTING_ID) are "
+                                    "refused: leave it unset so the daemon assigns one")
             if type(msg) is P.Hello:
-                self._hello(identity, msg, now, conn)
+                self._hello(identity, msg, now, conn, key_tenant)
             else:
-                session = self.sessions.get(identity)
+                session = self._session_of(identity, conn)
                 if session is None:
                     raise ProtocolError(Code.NOT_CONNECTED, "this client has not said HELLO (or "
                                         "the daemon restarted or dropped it as silent): send "
@@ -132,6 +138,16 @@ class Server:
             self.error(identity, _req_id(msg, None), Code.INTERNAL,
                        f"internal error ({type(e).__name__}); the daemon logged it")
         return self.take_replies()
+
+    def _session_of(self, identity: bytes, conn: str) -> Session | None:
+        """The session of this routing id, if it is the connection that said HELLO."""
+        s = self.sessions.get(identity)
+        if s is not None and s.conn != conn:
+            # the id now names another connection: the one that said HELLO is gone (and its
+            # answers must not go to whoever holds the id now)
+            self.drop_session(s, "its connection closed", self.env.now, gone=True)
+            return None
+        return s
 
     def advance(self) -> list[Reply]:
         """Run due device events, dispatch, answer finished jobs; the replies due."""
@@ -157,14 +173,16 @@ class Server:
     def new_job_id(self) -> str:
         return f"{self.daemon_id}-{next(self._job_ids)}"
 
-    def connection_closed(self, conn: int, now: float) -> None:
-        """A connection closed (a killed client): its session is gone unless it speaks within
-        the grace (connection numbers are reused, so a live client that got this one
-        afterwards survives by its next heartbeat)."""
-        limit = now - self.config.client_timeout_s + self.config.disconnect_grace_s
-        for s in self.sessions.values():
-            if s.fd == conn and s.last_seen > limit:
-                s.last_seen = limit
+    def connection_closed(self, conn: str, now: float) -> list[Reply]:
+        """A connection closed (a killed client, BYE, a network error): its session ends at
+        once, its jobs are cancelled and their bytes freed."""
+        for s in [s for s in self.sessions.values() if s.conn == conn]:
+            self.drop_session(s, "its connection closed", now, gone=True)
+        return self.take_replies()
+
+    def unauthenticated(self, live_connections: int) -> int:
+        """Connections that have not said HELLO (of ``live_connections``)."""
+        return max(0, live_connections - len(self.sessions))
 
     def reap_silent(self, now: float) -> list[Reply]:
         limit = now - self.config.client_timeout_s
@@ -230,11 +248,16 @@ class Server:
                              utilisation=self.device.utilisation(), tenants=tenants)
 
     # -- handlers -----------------------------------------------------------------------------
-    def _hello(self, identity: bytes, msg: P.Hello, now: float, conn: int) -> None:
+    def _hello(self, identity: bytes, msg: P.Hello, now: float, conn: str,
+               key_tenant: str | None) -> None:
         if msg.version != P.PROTOCOL_VERSION:
             raise ProtocolError(Code.VERSION, f"protocol version {msg.version} is not served; "
                                 f"this daemon speaks version {P.PROTOCOL_VERSION}: upgrade the "
                                 "client library to match the daemon")
+        if self.config.tenant_keys and msg.tenant != key_tenant:
+            raise ProtocolError(Code.AUTH, f"tenant {msg.tenant!r}: this connection's CURVE key "
+                                "is not that tenant's: connect with the tenant's own key pair "
+                                "(Client(..., client_key=...) or GPUSCHED_CLIENT_KEY)")
         tokens = self.config.tenant_tokens
         if tokens:   # tenants are identities: each has its own token
             want = tokens.get(msg.tenant)
@@ -247,6 +270,12 @@ class Server:
                                                            self.config.token.encode()):
             raise ProtocolError(Code.AUTH, "wrong or missing token: pass the daemon's token "
                                 "(Client(..., token=...) or GPUSCHED_TOKEN)")
+        if msg.tenant not in self.tenants and len(self.tenants) >= self.config.max_tenants:
+            self._forget_idle_tenants()
+            if len(self.tenants) >= self.config.max_tenants:
+                raise ProtocolError(Code.LIMIT, f"the daemon serves {len(self.tenants)} tenants "
+                                    f"(limit {self.config.max_tenants}): use an existing tenant "
+                                    "name or give tenants their own tokens (--tenant-tokens)")
         old = self.sessions.get(identity)
         if old is not None:
             self.drop_session(old, "re-HELLO", now)
@@ -345,7 +374,7 @@ class Server:
             self.reply(s.identity, P.StatusReply(req_id=msg.req_id, job=js))
             return
         reply = self.summary(msg.req_id)
-        if self.config.tenant_tokens:  # a tenant sees only itself
+        if self.config.tenant_tokens or self.config.tenant_keys:  # a tenant sees only itself
             reply.tenants = [t for t in reply.tenants if t.tenant == s.tenant.name]
         self.reply(s.identity, reply)
 
@@ -384,7 +413,7 @@ class Server:
             return
         session, req_id = job.owner
         if session.jobs.pop(req_id, None) is None:
-            return  # already answered, or its client is gone
+            return  # already answered
         state = job.state
         metas, bufs = [], []
         if state is JobState.DONE and job.payload is not None:
@@ -398,10 +427,11 @@ class Server:
         job.payload = None
         total = job.total_s
         met = state is JobState.DONE and (job.slo_s <= 0 or total <= job.slo_s)
-        self.reply(session.identity, P.Done(
-            req_id=req_id, job_id=job.id, status=state.value, queue_ms=job.queue_s * 1e3,
-            exec_ms=job.exec_s * 1e3, total_ms=total * 1e3, slo_met=met, outputs=metas,
-            error=job.error or ""), bufs)
+        if not session.gone:
+            self.reply(session.identity, P.Done(
+                req_id=req_id, job_id=job.id, status=state.value, queue_ms=job.queue_s * 1e3,
+                exec_ms=job.exec_s * 1e3, total_ms=total * 1e3, slo_met=met, outputs=metas,
+                error=job.error or ""), bufs)
         tenant = session.tenant
         tenant.unfinished -= 1
         tenant.bytes_held -= job.nbytes
@@ -423,9 +453,11 @@ class Server:
                       "slo_met=%s", state.value, job.id, tenant.name, job.model.name, total * 1e3,
                       job.exec_s * 1e3, met)
 
-    def drop_session(self, s: Session, why: str, now: float) -> None:
-        """End a client's session: each unfinished job is cancelled and still answered (a
-        client that is gone never reads it; one that said HELLO again does)."""
+    def drop_session(self, s: Session, why: str, now: float, gone: bool = False) -> None:
+        """End a client's session: each unfinished job is cancelled and answered on the same
+        connection (one that says HELLO again reads it), or not at all when the connection is
+        ``gone`` (its routing id may be someone else's by now)."""
+        s.gone = gone
         n = 0
         for job in list(s.jobs.values()):
             if self.core.abort(job, now):
@@ -438,6 +470,17 @@ class Server:
         self.sessions.pop(s.identity, None)
         log.info("daemon: dropped client=%s tenant=%s (%s), cancelled %d job(s)",
                  s.identity.hex(), s.tenant.name, why, n)
+
+    def _forget_idle_tenants(self) -> None:
+        """Tenants with no client, no job and no model are only a name: let them go."""
+        for name in [n for n, t in self.tenants.items()
+                     if t.clients == 0 and t.unfinished == 0 and not t.models]:
+            del self.tenants[name]
+
+
+def _auto_id(identity: bytes) -> bool:
+    """A routing id libzmq assigned (5 bytes, a zero byte first): a peer-chosen one is not."""
+    return len(identity) == 5 and identity[0] == 0
 
 
 def _req_id(msg, frames) -> int:

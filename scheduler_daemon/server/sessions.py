@@ -29,14 +29,19 @@ class Tenant:
 
 
 class Session:
-    """One connected client (a DEALER identity) and its unfinished jobs."""
+    """One client connection that said HELLO, and its unfinished jobs.
 
-    __slots__ = ("identity", "tenant", "last_seen", "jobs", "fd", "eager")
+    Bound to the connection it said HELLO on (``conn``, the daemon's own id for it): a message
+    from another connection under the same routing id is not this session's, and the session
+    ends the moment its connection closes."""
 
-    def __init__(self, identity: bytes, tenant: Tenant, now: float, fd: int = -1):
+    __slots__ = ("identity", "tenant", "last_seen", "jobs", "conn", "eager", "gone")
+
+    def __init__(self, identity: bytes, tenant: Tenant, now: float, conn: str = ""):
         self.identity = identity
         self.tenant = tenant
         self.last_seen = now
-        self.fd = fd  # the connection's file descriptor in the daemon (ZMQ_SRCFD)
+        self.conn = conn
+        self.gone = False  # its connection closed: nothing more is sent to its routing id
         self.jobs: dict[int, Job] = {}  # SUBMIT req_id -> unfinished job
         self.eager = None  # its intercepted tensors and op batches (eager.EagerState)

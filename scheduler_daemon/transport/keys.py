@@ -1,12 +1,14 @@
 """ZeroMQ CURVE keys: the daemon's key pair, kept in two files (``gpusched keys``).
 
 With a key the daemon's socket encrypts every connection and proves the daemon's identity;
-clients need the daemon's *public* key (``daemon.key``) and make an ephemeral pair of their own.
-Who may talk to it is still decided by the shared token (``--token``), checked in HELLO.
+clients need the daemon's *public* key (``daemon.key``) and make an ephemeral pair of their own,
+or, with ``--tenant-keys``, use their tenant's pair (``gpusched keys --client NAME``): then only
+listed keys connect, each as its own tenant.
 """
 from __future__ import annotations
 
 import os
+import re
 
 import zmq
 import zmq.utils.z85
@@ -14,12 +16,16 @@ import zmq.utils.z85
 SECRET_NAME, PUBLIC_NAME = "daemon.key_secret", "daemon.key"
 
 
-def make_keys(folder: str, force: bool = False) -> tuple[str, str]:
-    """Write a new key pair; the secret file is owner-only. Returns (secret, public) paths."""
+def make_keys(folder: str, force: bool = False, name: str = "daemon") -> tuple[str, str]:
+    """Write a new key pair ``NAME.key_secret`` (owner-only) and ``NAME.key``. Returns (secret,
+    public) paths. The daemon's pair is ``daemon``; a tenant's is its name."""
     if not zmq.has("curve"):
         raise ValueError("this libzmq has no CURVE support; install pyzmq's wheels")
+    if not re.fullmatch(r"[A-Za-z0-9_.@-]{1,128}", name) or name.startswith("."):
+        raise ValueError(f"key name {name!r}: use letters, digits and _.@- (a tenant's name)")
     os.makedirs(folder, exist_ok=True)
-    secret_path, public_path = os.path.join(folder, SECRET_NAME), os.path.join(folder, PUBLIC_NAME)
+    secret_path = os.path.join(folder, f"{name}.key_secret")
+    public_path = os.path.join(folder, f"{name}.key")
     if os.path.exists(secret_path) and not force:
         raise ValueError(f"{secret_path} exists: pass --force to replace it (clients holding the "
                          "old public key will no longer connect)")

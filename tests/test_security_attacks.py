@@ -1,0 +1,289 @@
+"""The attacks of issue 14, as tests: each would succeed against the daemon before its fix.
+Hostile peers know the protocol; they must not reach another tenant's data, outlive their
+quotas, block others or abort the daemon (docs/security.md has the threat model)."""
+import os
+import re
+import signal
+import stat
+import subprocess
+import sys
+import time
+
+import pytest
+import zmq
+
+from client_lib import Client, KernelSpec
+from scheduler_daemon.wire import protocol as P
+from tests.server_harness import Harness
+
+SLOW_MODEL = [KernelSpec(name=f"k{i}", est_us=20_000, grid=40, block=1024) for i in range(50)]
+
+
+def _peer(ep: str, routing_id: bytes | None = None) -> zmq.Socket:
+    s = zmq.Context.instance().socket(zmq.DEALER)
+    s.linger = 0
+    if routing_id is not None:
+        s.routing_id = routing_id
+    s.connect(ep)
+    return s
+
+
+def _ask(s: zmq.Socket, msg, timeout_ms: int = 3000):
+    s.send_multipart(P.encode(msg))
+    assert s.poll(timeout_ms), "no answer"
+    f = s.recv_multipart()
+    return P.decode(f[0], f[1], P.REPLIES)
+
+
+# -- 1. sessions belong to connections, not to routing ids ----------------------------------------
+def test_a_routing_id_reused_by_another_connection_gets_nothing_of_the_session():
+    """The victim's session is bound to the connection that said HELLO: a peer that arrives
+    under the same routing id (after the victim's process died, or by claiming it) gets
+    NOT_CONNECTED, never PONG, STATUS or the victim's job."""
+    h = Harness()
+    h.hello(b"victim", "victim")
+    h.call(b"victim", P.Register(req_id=1, model="m", kernels=SLOW_MODEL))
+    h.send(b"victim", P.Submit(req_id=2, model="m"))
+    for msg in (P.Ping(seq=1), P.Status(req_id=3), P.Status(req_id=4, target=2),
+                P.Submit(req_id=5, model="m"), P.EagerSync(req_id=6, fetch=[1])):
+        m = h.call(b"victim", msg, conn="attacker")
+        assert isinstance(m, P.Error) and m.code == "NOT_CONNECTED", m
+    assert h.routing_id(b"victim") not in h.server.sessions   # the old connection's is gone
+    assert not [m for m, _ in h.take(b"victim") if isinstance(m, P.Done)]  # nor its answers
+
+
+def test_client_chosen_routing_ids_are_refused():
+    h = Harness()
+    for ident in (b"victim", b"\x00\x00", b"\x01abcd", b"\x00" * 6):
+        m, = h.send_as(ident, P.Hello(version=P.PROTOCOL_VERSION, tenant="x"))
+        assert m.code == "AUTH" and "routing id" in m.message
+    assert h.server.sessions == {}
+
+
+def test_nothing_but_auth_or_not_connected_before_hello():
+    h = Harness()
+    for frames in ([b"STATUS", b"\x81\xa6req_id\x07"], [b"NOPE", b"\x80"], [b"SUBMIT"],
+                   P.encode(P.Submit(req_id=9, model="m"))):
+        (m, _), = h.send_frames(b"stranger", *frames)
+        assert m.code == "NOT_CONNECTED", (frames, m)
+
+
+@pytest.mark.slow
+def test_a_dead_victims_session_cannot_be_taken_over_on_a_live_daemon(daemon_factory):
+    """The reviewer's attack: the victim's process dies, a peer connects with the victim's
+    (predictable) routing id and sends PING/STATUS without HELLO."""
+    _, ep = daemon_factory("--backend", "sim", "--client-timeout", "30")
+    victim = _peer(ep)
+    assert isinstance(_ask(victim, P.Hello(version=P.PROTOCOL_VERSION, tenant="victim")),
+                      P.Welcome)
+    victim.send_multipart(P.encode(P.Register(req_id=1, model="m", kernels=SLOW_MODEL)))
+    victim.recv_multipart()
+    victim.close(0)
+    # the ids an unseeded libzmq hands out first, and the predictable ones after them
+    start = 0x6B8B4567
+    for k in range(16):
+        s = _peer(ep, b"\x00" + ((start + k) % 2**32).to_bytes(4, "big"))
+        m = _ask(s, P.Status(req_id=1))
+        assert isinstance(m, P.Error) and m.code in ("NOT_CONNECTED", "AUTH"), m
+        s.close(0)
+
+
+def _first_ids(log_path, n):
+    ids = re.findall(r"hello client=([0-9a-f]{10})", open(log_path).read())
+    return ids[:n]
+
+
+@pytest.mark.slow
+def test_routing_ids_are_not_the_same_in_every_daemon(tmp_path):
+    """libzmq numbers connections from C rand(); unseeded, every daemon gives the same ids in
+    the same order, so a peer can predict (and pre-claim) them."""
+    from gpusched.procs import start_daemon, stop_daemon
+    firsts = []
+    for i in range(2):
+        log = tmp_path / f"d{i}.log"
+        with open(log, "w") as f:
+            proc, ep = start_daemon("--backend", "sim", endpoint=f"ipc://{tmp_path}/d{i}.sock",
+                                    log_level="INFO", stderr=f)
+        try:
+            with Client(ep, tenant="t"):
+                pass
+        finally:
+            stop_daemon(proc)
+        firsts += _first_ids(log, 1)
+    assert len(firsts) == 2 and firsts[0] != firsts[1], firsts
+
+
+UNSEEDED = ("import sys\n"
+            "import scheduler_daemon.daemon as d\n"
+            "d._seed_routing_ids = lambda: None\n"       # the daemon as it was before the fix
+            "from gpusched.cli import main\n"
+            "sys.exit(main(sys.argv[1:]))\n")
+
+
+@pytest.mark.slow
+def test_peers_claiming_the_next_routing_ids_cannot_abort_the_daemon(tmp_path):
+    """Claim the ids libzmq would give the next connections; then an honest client connects.
+    Before the fix libzmq hit 'Assertion failed' and the daemon died with SIGABRT; the test
+    shows that on an unseeded daemon first, then that the daemon survives the same attack."""
+    from gpusched.procs import stop_daemon, wait_ready
+
+    def start(seeded: bool, name: str):
+        ep = f"ipc://{tmp_path}/{name}.sock"
+        log = open(tmp_path / f"{name}.log", "w")
+        cmd = ([sys.executable, "-m", "gpusched.cli"] if seeded else
+               [sys.executable, "-c", UNSEEDED])
+        proc = subprocess.Popen(cmd + ["--log-level", "INFO", "daemon", "--backend", "sim",
+                                       "--endpoint", ep], stderr=log, text=True)
+        wait_ready(ep, proc)
+        return proc, ep
+
+    def attack(ep: str, claimed: list[int]) -> list:
+        peers = [_peer(ep, b"\x00" + x.to_bytes(4, "big")) for x in claimed]
+        for s in peers:                        # make sure each claim is registered
+            s.send_multipart(P.encode(P.Ping(seq=0)))
+            s.poll(2000) and s.recv_multipart()
+        return peers
+
+    proc, ep = start(False, "unseeded")
+    try:
+        with Client(ep, tenant="probe"):
+            pass
+        probe = int(_first_ids(tmp_path / "unseeded.log", 1)[0], 16)
+        claimed = [(probe + k) % 2**32 for k in range(1, 48)]
+        peers = attack(ep, claimed)
+        for _ in range(3):
+            try:
+                Client(ep, tenant="honest", timeout=1).close()
+            except Exception:
+                break
+        assert proc.wait(10) == -signal.SIGABRT     # the attack is real
+        for s in peers:
+            s.close(0)
+    finally:
+        stop_daemon(proc)
+    proc, ep = start(True, "seeded")
+    try:
+        peers = attack(ep, claimed)
+        for i in range(20):
+            with Client(ep, tenant=f"honest{i}", timeout=3) as c:
+                c.register_model("m", [KernelSpec(name="k", est_us=10)])
+                assert c.run("m", timeout=5).exec_ms > 0
+        assert proc.poll() is None
+        for s in peers:
+            s.close(0)
+    finally:
+        stop_daemon(proc)
+
+
+@pytest.mark.slow
+def test_connections_over_the_caps_are_refused_at_the_handshake(daemon_factory):
+    """A peer that opens connections and never says HELLO gets no more than
+    --max-unauthenticated of them; honest clients still connect once those close."""
+    _, ep = daemon_factory("--backend", "sim", "--max-unauthenticated", "4")
+    idle = [_peer(ep) for _ in range(8)]
+    time.sleep(0.5)
+    with pytest.raises(Exception, match="no daemon answered"):
+        Client(ep, tenant="late", timeout=1)
+    for s in idle:
+        s.close(0)
+    time.sleep(0.5)
+    with Client(ep, tenant="honest", timeout=3) as c:
+        c.register_model("m", [KernelSpec(name="k", est_us=10)])
+        assert c.run("m", timeout=5).exec_ms > 0
+
+
+@pytest.mark.slow
+def test_a_message_over_the_whole_message_limits_is_refused_and_the_daemon_serves_on(
+        daemon_factory):
+    _, ep = daemon_factory("--backend", "sim", "--max-frame-bytes", "1048576")
+    s = _peer(ep)
+    _ask(s, P.Hello(version=P.PROTOCOL_VERSION, tenant="big"))
+    msg = P.encode(P.Submit(req_id=3, model="m"))
+    s.send_multipart(msg + [b"\0" * 1024] * 70_000)      # 70,000 frames > 65,536
+    assert s.poll(10_000)
+    f = s.recv_multipart()
+    m = P.decode(f[0], f[1], P.REPLIES)
+    assert m.code == "TOO_LARGE" and "70002 frames" in m.message
+    with Client(ep, tenant="honest", timeout=3) as c:
+        c.register_model("m", [KernelSpec(name="k", est_us=10)])
+        assert c.run("m", timeout=5).exec_ms > 0
+
+
+# -- tenant keys: a connection is its key's tenant ------------------------------------------------
+@pytest.mark.slow
+def test_tenant_keys_admit_only_listed_keys_each_as_its_tenant(tmp_path):
+    import socket
+
+    from scheduler_daemon.transport.keys import make_keys
+    secret, public = make_keys(str(tmp_path))
+    keys = {t: make_keys(str(tmp_path), name=t) for t in ("alice", "bob", "mallory")}
+    (tmp_path / "tenants.yaml").write_text("alice: alice.key\nbob: bob.key\n")
+    with socket.socket() as so:
+        so.bind(("127.0.0.1", 0))
+        port = so.getsockname()[1]
+    ep = f"tcp://127.0.0.1:{port}"
+    proc = subprocess.Popen([sys.executable, "-m", "gpusched.cli", "daemon", "--backend", "sim",
+                             "--endpoint", ep, "--curve-secret", secret, "--tenant-keys",
+                             str(tmp_path / "tenants.yaml")], stderr=subprocess.DEVNULL)
+    try:
+        _keyed_daemon_checks(ep, public, keys)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(20)
+
+
+def _keyed_daemon_checks(ep, public, keys):
+    from client_lib import ConnectError
+    deadline = time.monotonic() + 20
+    while True:   # started: only a listed key gets an answer, so wait with one
+        try:
+            Client(ep, tenant="alice", server_key=public, client_key=keys["alice"][0],
+                   timeout=0.5).close()
+            break
+        except ConnectError:
+            assert time.monotonic() < deadline, "the daemon did not start"
+    with Client(ep, tenant="alice", server_key=public, client_key=keys["alice"][0]) as a:
+        a.register_model("m", [KernelSpec(name="k", est_us=10)])
+        assert a.run("m", timeout=5).exec_ms > 0
+    with pytest.raises(ConnectError, match="AUTH.*CURVE key"):   # bob's key, alice's name
+        Client(ep, tenant="alice", server_key=public, client_key=keys["bob"][0], timeout=2)
+    with pytest.raises(ConnectError):                            # not listed: no handshake
+        Client(ep, tenant="mallory", server_key=public, client_key=keys["mallory"][0],
+               timeout=1)
+    with pytest.raises(ConnectError):                            # ephemeral key: likewise
+        Client(ep, tenant="alice", server_key=public, timeout=1)
+
+
+# -- 9. the default endpoint's directory ----------------------------------------------------------
+def test_runtime_dir_planted_as_a_symlink_or_by_another_owner_is_refused(tmp_path, monkeypatch):
+    from scheduler_daemon.transport.sockets import RuntimeDirError, runtime_dir
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path))
+    elsewhere = tmp_path / "attacker"
+    elsewhere.mkdir()
+    (tmp_path / "gpusched").symlink_to(elsewhere)
+    with pytest.raises(RuntimeDirError, match="symlink"):
+        runtime_dir()
+    (tmp_path / "gpusched").unlink()
+    if os.getuid() == 0:   # root can make a directory that is someone else's
+        (tmp_path / "gpusched").mkdir()
+        os.chown(tmp_path / "gpusched", 12345, 12345)
+        with pytest.raises(RuntimeDirError, match="belongs to uid 12345"):
+            runtime_dir()
+        (tmp_path / "gpusched").rmdir()
+    path = runtime_dir()
+    assert stat.S_IMODE(os.lstat(path).st_mode) == 0o700
+    os.chmod(path, 0o755)                 # ours but loosened: tightened again
+    assert stat.S_IMODE(os.lstat(runtime_dir()).st_mode) == 0o700
+
+
+# -- 10. metrics, tenant names, STATUS -----------------------------------------------------------
+def test_tenant_names_under_a_shared_token_are_capped_and_idle_ones_forgotten():
+    h = Harness(token="shared-token-0123456789", max_tenants=3)
+    for i in range(3):
+        h.hello(b"p%d" % i, f"t{i}", "shared-token-0123456789")
+    m = h.call(b"p9", P.Hello(version=P.PROTOCOL_VERSION, tenant="t9",
+                              token="shared-token-0123456789"))
+    assert m.code == "LIMIT" and "tenants" in m.message
+    assert h.send(b"p0", P.Bye()) == []    # t0 is now only a name: it makes room
+    h.hello(b"p9", "t9", "shared-token-0123456789")
+    assert set(h.server.tenants) == {"t1", "t2", "t9"}
