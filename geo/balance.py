@@ -12,6 +12,7 @@ that and minimises the penalty. The others wait where they are assigned.
 from __future__ import annotations
 
 import logging
+import math
 
 from geo.candidates import Candidate, JobOptions, Model
 
@@ -69,8 +70,8 @@ def solve_balance(model: Model, options: dict[str, JobOptions], *, time_limit_s:
             m.Add(sum(n * r for n, r in items) <= cap)
     B = model.spec.planner.budget_usd_per_hour
     if B is not None:  # and stays in the fleet's budget, as in solve_cpsat
-        B = round(B * 100)
-        m.Add(sum(min(round(o.candidates[i].cost_per_hour * 100), B + 1) * r
+        B = math.floor(B * 100 + 1e-6)  # cents: the budget rounded down, the costs up
+        m.Add(sum(min(math.ceil(o.candidates[i].cost_per_hour * 100 - 1e-6), B + 1) * r
                   for (name, i), r in start.items() for o in (options[name],)) <= B)
     terms = []
     for key, items in use.items():

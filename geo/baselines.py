@@ -14,10 +14,11 @@ from geo.candidates import (
     JobOptions,
     Model,
     ideal_speed,
-    job_options,
     single_site,
     step_single_s,
 )
+from geo.feasibility import fleet_budget, meets, within_budget
+from geo.options import job_options
 from geo.spec import Job
 
 log = logging.getLogger("geo.baselines")
@@ -40,10 +41,13 @@ class _Fleet:
             for (s, t), n in free.items():
                 self.free[t][self.idx[s]] = n
         self.max_cap = {t: float(v.max()) if len(v) else 0.0 for t, v in self.cap.items()}
+        self.budget = fleet_budget(model)  # $/h for the jobs that run, or None
+        self.spend = 0.0  # $/h of the jobs placed in this fleet (and those it started with)
         self._read: dict[str, tuple[np.ndarray, np.ndarray]] = {}
         # _site_vectors per (job, type, GPUs): the fleet's prices and links do not change
         # during one solve (copies of a fleet share it); read-only arrays
         self._sv: dict[tuple[str, str, int], tuple] = {}
+        self._so: dict[tuple[str, str, int], tuple] = {}  # _site_options, likewise
 
     def read(self, dataset: str) -> tuple[np.ndarray, np.ndarray]:
         """(best bytes/s, $/GB) to each site from the dataset's nearest replica; inf/0 at one."""
@@ -87,21 +91,25 @@ def _site_vectors(fleet: _Fleet, job: Job, t: str, n: int):
 
 
 def _site_options(fleet: _Fleet, job: Job, t: str, n: int):
-    """``_site_vectors`` plus ``ok`` per site: the pool has n GPUs of type t, and the job's
-    deadline and budget hold there (free GPUs are the caller's business)."""
+    """``_site_vectors`` plus ``ok`` per site: the pool has n GPUs of type t, and the rule
+    (geo/feasibility.py: deadline, budget, $/h within the fleet budget) holds there (free GPUs
+    and the fleet's spend are the caller's business)."""
+    key = (job.name, t, n)
+    got = fleet._so.get(key)
+    if got is not None:
+        return got
     it, hours, total = _site_vectors(fleet, job, t, n)
-    ok = fleet.cap[t] >= n
-    if job.deadline_h is not None:
-        ok &= hours <= job.deadline_h
-    if job.budget_usd is not None:
-        ok &= total <= job.budget_usd
-    return it, hours, total, ok
+    ok = (fleet.cap[t] >= n) & meets(job, hours, total, n * fleet.price[t], fleet.budget)
+    ok.setflags(write=False)
+    got = fleet._so[key] = (it, hours, total, ok)
+    return got
 
 
 def solve_fast(model: Model, objective: str, method: str, *, jobs: list[Job] | None = None,
-               free: dict[tuple[str, str], int] | None = None
+               free: dict[tuple[str, str], int] | None = None, spend: float = 0.0
                ) -> tuple[dict[str, JobOptions], dict[str, Candidate], dict[str, Candidate]]:
-    """Returns (options, chosen, queued) as ``build_plan`` takes them."""
+    """Returns (options, chosen, queued) as ``build_plan`` takes them. ``spend``: $/h the
+    fleet runs already (a re-plan's kept jobs), counted against the fleet budget."""
     jobs = list(model.spec.jobs if jobs is None else jobs)
     fleet = _Fleet(model, free)
     allowed = np.ones(len(model.sites), bool)
@@ -121,16 +129,14 @@ def solve_fast(model: Model, objective: str, method: str, *, jobs: list[Job] | N
             if t not in fleet.cap or fleet.max_cap[t] < job.min_gpus or "single-site" not in job.modes:
                 continue
             n = job.min_gpus
-            it, hours, total = _site_vectors(fleet, job, t, n)
-            ok = allowed & (fleet.cap[t] >= n)
-            if job.deadline_h is not None:
-                ok &= hours <= job.deadline_h
-            if job.budget_usd is not None:
-                ok &= total <= job.budget_usd
+            it, hours, total, ok = _site_options(fleet, job, t, n)
+            ok = ok & allowed
             if not ok.any():
                 continue
             key = np.asarray(total, float)  # both baselines take the cheapest place
             fits = ok & (fleet.free[t] >= n)
+            if fleet.budget is not None:  # the fleet's $/h: what does not fit in it waits
+                fits &= within_budget(spend, n * fleet.price[t], fleet.budget)
             for mask, f in ((fits, True), (ok, False)):
                 if mask.any():
                     i = int(np.argmin(np.where(mask, key, np.inf)))
@@ -144,6 +150,7 @@ def solve_fast(model: Model, objective: str, method: str, *, jobs: list[Job] | N
             (waits if waiting else placed)[job.name] = (i, t, n)
             if not waiting:
                 fleet.free[t][i] -= n
+                spend += n * float(fleet.price[t][i])
             continue
         o = job_options(model, job, objective)  # the exact reason (rare path)
         if o.candidates and method == "single-region":
@@ -167,10 +174,14 @@ def solve_fast(model: Model, objective: str, method: str, *, jobs: list[Job] | N
     return options, chosen, queued
 
 
-def _multi_site(model: Model, fleet: _Fleet, job: Job, objective: str) -> Candidate | None:
+def _multi_site(model: Model, fleet: _Fleet, job: Job, objective: str,
+                spend: float | None = None) -> Candidate | None:
+    """The best multi-site candidate of ``job`` in the fleet's free GPUs (and, with ``spend``,
+    within what the fleet budget leaves); its GPUs are taken from the fleet."""
     free = {(s, t): int(fleet.free[t][i]) for t in fleet.free for s, i in fleet.idx.items()}
     o = job_options(model, job, objective, capacity=free, max_candidates=1000)
-    fits = [c for c in o.candidates if len(c.alloc) > 1]
+    fits = [c for c in o.candidates if len(c.alloc) > 1 and
+            (spend is None or within_budget(spend, c.cost_per_hour, fleet.budget))]
     if not fits:
         return None
     c = max(fits, key=lambda c: c.score)

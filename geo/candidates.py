@@ -1,9 +1,8 @@
-"""Estimate: candidate configurations per job (sites x GPUs x mode), scored by the cost model and
-pruned so that the solver's model stays small.
+"""Estimate: one candidate configuration of a job (sites x GPUs x mode) priced by the cost model.
 
-A candidate uses one GPU type, the same number of GPUs ``m`` at each of its ``k`` sites, and one
-mode. Deadlines and budgets are enforced here, by dropping candidates that miss them; a job left
-with no candidate gets a reason saying which constraint removed the last one.
+A candidate uses one GPU type, ``m_s`` GPUs at each of its ``k`` sites (sizes may differ), and
+one mode. Which candidates a job gets, filtered by the feasibility rule (geo/feasibility.py),
+scored and pruned, is geo/options.py.
 """
 from __future__ import annotations
 
@@ -165,29 +164,40 @@ def single_site(model: Model, job: Job, site: str, gtype: str, n: int) -> Candid
     return _finish(model, job, "single-site", gtype, ((site, n),), step, read_s, 0.0, read_usd)
 
 
-def multi_site(model: Model, job: Job, mode: str, sites: list[str], gtype: str, m: int) -> Candidate:
-    """data-parallel / local-sgd: hierarchical all-reduce; pipeline: one stage per site."""
+def multi_site(model: Model, job: Job, mode: str, sites: list[str], gtype: str,
+               m: int | list[int] | tuple[int, ...]) -> Candidate:
+    """data-parallel / local-sgd: hierarchical all-reduce; pipeline: one stage per site.
+
+    ``m``: GPUs per site, one number for all or one per site (in ``sites`` order; sizes may
+    differ). The batch (data-parallel, local-SGD) or the layers (pipeline) are split in
+    proportion to the GPUs, so every site's compute share takes W / (n F mfu)
+    (``cost_model.split_compute_s``); the all-reduce inside a site is paced by the largest
+    site, the WAN ring moves the whole gradient whatever a site's size, and each site reads
+    its share m_s / n of the data (docs/geo-cost-model.md)."""
     k = len(sites)
+    ms = [m] * k if isinstance(m, int) else list(m)
+    n = sum(ms)
     F = tflops(model.spec, gtype) * 1e12
     mfu = model.spec.defaults.mfu
     G = job.params * job.grad_bytes_per_param
     W = job_work_flop(job)
     egress_iter = 0.0
+    t_comp = cm.split_compute_s(W, ms, F, mfu)
     if mode in ("data-parallel", "local-sgd"):
         H = job.local_sgd_h if mode == "local-sgd" else 1
         beta, alpha = model.wan.ring(sites)
-        step = cm.compute_s(W, k * m, F, mfu) + cm.hierarchical_allreduce_s(
-            G, [m] * k, model.beta_intra, model.alpha_intra, beta, alpha, H)
+        step = t_comp + cm.hierarchical_allreduce_s(
+            G, ms, model.beta_intra, model.alpha_intra, beta, alpha, H)
         per_site = cm.allreduce_wan_bytes_per_site(G, k) / H
         for i, s in enumerate(sites):
             egress_iter += per_site / 1e9 * model.wan.get(s, sites[(i + 1) % k]).egress_usd_per_gb
-        reads = [_read(model, job, s, 1.0 / k) for s in sites]
-    else:  # pipeline: k stages, m GPUs data-parallel inside each stage
+        reads = [_read(model, job, s, ms[i] / n) for i, s in enumerate(sites)]
+    else:  # pipeline: k stages, m_s GPUs data-parallel inside stage s
         mb = job.microbatches
         act_total = job_tokens(job) * job.hidden_size * 2.0  # bf16 activations per iteration
         act_mb = act_total / mb
-        step = cm.compute_s(W, k * m, F, mfu) * cm.pipeline_bubble_factor(k, mb) + \
-            cm.ring_allreduce_s(G / k, m, model.beta_intra, model.alpha_intra)
+        step = t_comp * cm.pipeline_bubble_factor(k, mb) + \
+            cm.pipeline_stage_allreduce_s(G, ms, model.beta_intra, model.alpha_intra)
         for a, b in zip(sites, sites[1:]):
             fwd, back = model.wan.get(a, b), model.wan.get(b, a)
             step += cm.pipeline_boundary_s(act_mb, mb, min(fwd.beta_Bps, back.beta_Bps),
@@ -196,8 +206,65 @@ def multi_site(model: Model, job: Job, mode: str, sites: list[str], gtype: str, 
         reads = [_read(model, job, sites[0], 1.0)]
     read_s = max(r[0] for r in reads)
     read_usd = sum(r[1] for r in reads)
-    return _finish(model, job, mode, gtype, tuple((s, m) for s in sites), step, read_s,
+    return _finish(model, job, mode, gtype, tuple(zip(sites, ms)), step, read_s,
                    egress_iter, read_usd)
+
+
+def fill(total: int, caps: list[int], prices: list[float], M: int | None = None
+         ) -> tuple[int, ...] | None:
+    """GPUs per site for ``total`` over sites with ``caps``: one at every site, the rest to the
+    cheapest sites first, none above min(cap, M); None when that cannot hold ``total``."""
+    lim = [min(c, M) if M is not None else c for c in caps]
+    if not lim or min(lim) < 1 or not len(lim) <= total <= sum(lim):
+        return None
+    out = [1] * len(lim)
+    rest = total - len(lim)
+    for i in sorted(range(len(lim)), key=lambda i: (prices[i], i)):
+        add = min(rest, lim[i] - 1)
+        out[i] += add
+        rest -= add
+    return tuple(out)
+
+
+def level(total: int, caps: list[int]) -> int:
+    """The smallest largest site: min M with sum_s min(cap_s, M) >= total (water-filling)."""
+    lo, hi = 1, max(caps)
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if sum(min(c, mid) for c in caps) >= total:
+            hi = mid
+        else:
+            lo = mid + 1
+    return lo
+
+
+def group_sizes(job: Job, caps: list[int], prices: list[float]) -> list[tuple[int, ...]]:
+    """Per-site GPUs to try on one site group: totals min, max and powers of two between (at
+    most 4, as ``gpu_sizes``), each as evenly as the pools allow (the smallest largest site:
+    the intra-site all-reduce is paced by the largest), cheapest sites first at that level;
+    and the smallest total with the cheapest sites filled first (the cheapest candidate)."""
+    k = len(caps)
+    lo, hi = max(job.min_gpus, k), min(job.max_gpus, sum(caps))
+    if hi < lo:
+        return []
+    totals = {lo, hi}
+    p = 1
+    while p < hi:
+        if p > lo:
+            totals.add(p)
+        p *= 2
+    ts = sorted(totals)
+    if len(ts) > 4:
+        ts = [ts[0], ts[len(ts) // 3], ts[2 * len(ts) // 3], ts[-1]]
+    out = []
+    for t in ts:
+        a = fill(t, caps, prices, level(t, caps))
+        if a is not None and a not in out:
+            out.append(a)
+    a = fill(lo, caps, prices)
+    if a is not None and a not in out:
+        out.append(a)
+    return out
 
 
 def step_single_s(model: Model, job: Job, gtype: str, n: int) -> float:
@@ -223,98 +290,3 @@ def score(c: Candidate, objective: str, ref_speed: float, priority: float) -> fl
     if objective == "cost":
         return -c.total_usd
     return -c.finish_h
-
-
-def job_options(model: Model, job: Job, objective: str = "throughput", *,
-                max_candidates: int | None = None, multi_site_modes: bool = True,
-                capacity: dict[tuple[str, str], int] | None = None) -> JobOptions:
-    """All candidates of one job, filtered by deadline and budget, scored and pruned.
-
-    ``capacity`` (default: the spec's pools) bounds the GPUs a candidate may ask of a pool.
-    """
-    spec = model.spec
-    K = max_candidates or spec.planner.max_candidates
-    cap = capacity if capacity is not None else {k: v[0] for k, v in model.pools.items()}
-    types = [t for t in job.gpu_types if any(cap.get((s, t), 0) > 0 for s in model.sites)]
-    cands: list[Candidate] = []
-    if "single-site" in job.modes:
-        for s in model.sites:
-            for t in job.gpu_types:
-                c_st = cap.get((s, t), 0)
-                for n in gpu_sizes(job, c_st):
-                    cands.append(single_site(model, job, s, t, n))
-    if multi_site_modes:
-        kmax = min(spec.planner.max_sites_per_job, len(model.sites))
-        for mode in ("data-parallel", "local-sgd", "pipeline"):
-            if mode not in job.modes:
-                continue
-            for t in types:
-                for k in range(2, kmax + 1):
-                    for anchor in model.sites:
-                        if cap.get((anchor, t), 0) <= 0:
-                            continue
-                        group = [anchor] + [b for b in model.near[anchor]
-                                            if cap.get((b, t), 0) > 0][:k - 1]
-                        if len(group) < k:
-                            continue
-                        m_cap = min(cap.get((s, t), 0) for s in group)
-                        for m in gpu_sizes(job, m_cap, k):
-                            if m * k < job.min_gpus:
-                                continue
-                            cands.append(multi_site(model, job, mode, group, t, m))
-    opts = JobOptions(job)
-    if not cands:
-        pools = [f"{s}/{t}={cap.get((s, t), 0)}" for s in model.sites for t in job.gpu_types
-                 if cap.get((s, t), 0) > 0]
-        opts.reason = (f"capacity: no site can host job {job.name!r}: it needs {job.min_gpus} "
-                       f"GPUs of {'/'.join(job.gpu_types)} in modes {', '.join(job.modes)}; "
-                       f"available: {', '.join(pools[:6]) or 'none of those types'}")
-        return opts
-    if job.deadline_h is not None:
-        ok = [c for c in cands if c.finish_h <= job.deadline_h]
-        if not ok:
-            best = min(cands, key=lambda c: c.finish_h)
-            opts.reason = (f"deadline: job {job.name!r} has deadline_h {job.deadline_h:g} but its "
-                           f"fastest plan ({best.mode} on {best.gpus} {best.gpu_type}) finishes "
-                           f"in {best.finish_h:.3g} h")
-            return opts
-        cands = ok
-    if job.budget_usd is not None:
-        ok = [c for c in cands if c.total_usd <= job.budget_usd]
-        if not ok:
-            best = min(cands, key=lambda c: c.total_usd)
-            opts.reason = (f"budget: job {job.name!r} has budget_usd {job.budget_usd:g} but its "
-                           f"cheapest plan costs ${best.total_usd:,.0f}")
-            return opts
-        cands = ok
-    opts.ref_speed = ideal_speed(model, job)
-    for c in cands:
-        c.score = score(c, objective, opts.ref_speed, job.priority)
-        if not c.moved and job.running:
-            c.score += abs(c.score) * 1e-3 + 1e-9  # ties keep a running job where it is
-    opts.candidates = prune(cands, K)
-    return opts
-
-
-def prune(cands: list[Candidate], K: int) -> list[Candidate]:
-    """Keep the K best by score, but first the best and the smallest per site set, so that the
-    solver can still spread jobs over sites when the best sites fill up."""
-    by_set: dict[tuple, list[Candidate]] = {}
-    for c in cands:
-        by_set.setdefault((c.mode, tuple(s for s, _ in c.alloc)), []).append(c)
-    keep: list[Candidate] = []
-    seen = set()
-    firsts = sorted((max(g, key=lambda c: c.score) for g in by_set.values()),
-                    key=lambda c: -c.score)
-    smalls = sorted((min(g, key=lambda c: (c.gpus, -c.score)) for g in by_set.values()),
-                    key=lambda c: -c.score)
-    rest = sorted(cands, key=lambda c: -c.score)
-    mixed = [c for pair in zip(firsts, smalls) for c in pair]
-    for pool in (mixed, rest):
-        for c in pool:
-            if len(keep) >= K:
-                return keep
-            if id(c) not in seen:
-                seen.add(id(c))
-                keep.append(c)
-    return keep

@@ -16,6 +16,20 @@ def compute_s(work_flop: float, n_gpus: int, flops_per_gpu: float, mfu: float) -
     return work_flop / (n_gpus * flops_per_gpu * mfu)
 
 
+def split_compute_s(work_flop: float, gpus_per_site: list[int], flops_per_gpu: float, mfu: float,
+                    shares: list[float] | None = None) -> float:
+    """One iteration's work split over sites: site s does ``shares[s]`` of W on its m_s GPUs and
+    the slowest site paces the step, max_s shares_s * W / (m_s * F * mfu) (data-parallel: the
+    synchronous all-reduce waits for the last site; pipeline: the slowest stage sets the beat).
+    Default shares m_s / n (the same batch per GPU; layers in proportion to GPUs), which gives
+    W / (n * F * mfu) whatever the sizes."""
+    n = sum(gpus_per_site)
+    if n <= 0 or min(gpus_per_site) <= 0:
+        raise ValueError("every site needs at least one GPU")
+    shares = shares or [m / n for m in gpus_per_site]
+    return max(w * work_flop / (m * flops_per_gpu * mfu) for w, m in zip(shares, gpus_per_site))
+
+
 def transformer_work_flop(params: float, tokens: float) -> float:
     """Forward + backward FLOPs of one iteration: 6 * P * T (Kaplan et al. 2020)."""
     return 6.0 * params * tokens
@@ -50,6 +64,15 @@ def pipeline_boundary_s(act_bytes_per_microbatch: float, microbatches: int,
     each micro-batch paying alpha + A/beta per direction: 2 * m * (alpha + A/beta).
     Not overlapped with compute: an upper bound (docs/geo-cost-model.md)."""
     return 2 * microbatches * (alpha + act_bytes_per_microbatch / beta)
+
+
+def pipeline_stage_allreduce_s(nbytes: float, gpus_per_site: list[int], beta: float,
+                               alpha: float) -> float:
+    """Each pipeline stage all-reduces its own gradients inside its site: stage s holds the
+    share m_s / n of the layers (so of the G bytes) on m_s GPUs; the slowest stage counts:
+    max_s t_ar(G * m_s / n, m_s, beta, alpha)."""
+    n = sum(gpus_per_site)
+    return max(ring_allreduce_s(nbytes * m / n, m, beta, alpha) for m in gpus_per_site)
 
 
 def pipeline_bubble_factor(stages: int, microbatches: int) -> float:

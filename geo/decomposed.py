@@ -35,9 +35,10 @@ from geo.candidates import (
     Model,
     gpu_sizes,
     ideal_speed,
-    job_options,
     single_site,
 )
+from geo.feasibility import within_budget
+from geo.options import job_options
 from geo.packing import grow, polish, relocate
 from geo.spec import Job
 
@@ -87,12 +88,15 @@ def _job_rows(fleet: _Fleet, job: Job, objective: str, ref: float, pools: np.nda
 
 
 def solve_decomposed(model: Model, objective: str, *, jobs: list[Job] | None = None,
-                     free: dict[tuple[str, str], int] | None = None
+                     free: dict[tuple[str, str], int] | None = None, spend: float = 0.0
                      ) -> tuple[dict[str, JobOptions], dict[str, Candidate], dict[str, Candidate]]:
+    """``free``: GPUs per pool left (default: all); ``spend``: $/h already running (a
+    re-plan's kept jobs), both counted against the fleet's limits."""
     jobs = list(model.spec.jobs if jobs is None else jobs)
     if objective == "balance":
         objective = "throughput"  # its prices balance demand and supply already
     fleet = _Fleet(model, free)
+    fleet.spend = spend
     types = sorted(fleet.cap)
     S_ = len(model.sites)
     pools = np.arange(len(types) * S_).reshape(len(types), S_)  # pool id = type * sites + site
@@ -113,19 +117,21 @@ def solve_decomposed(model: Model, objective: str, *, jobs: list[Job] | None = N
     best = None
     jobs_by_name = {j.name: j for j in jobs}
     for prices in (lam, 0.5 * lam, np.zeros_like(lam)):
-        placed_k, fr = _round(jobs, data, S - prices[P] * N, fleet, types)
+        placed_k, fr, sp = _round(jobs, data, S - prices[P] * N, fleet, types)
         trial = _Fleet.__new__(_Fleet)
         trial.__dict__.update(fleet.__dict__)
-        trial.free = fr
+        trial.free, trial.spend = fr, sp
         placed = {name: v[:3] for name, v in placed_k.items()}
         multi = {}
         for r, job in enumerate(jobs):  # jobs that only fit across sites, before growth
             if data[r] is None and job.name not in placed:
-                c = _multi_site(model, trial, job, objective)
+                c = _multi_site(model, trial, job, objective, trial.spend)
                 if c is not None:
                     multi[job.name] = c
+                    trial.spend += c.cost_per_hour
         grow(model, trial, objective, placed, jobs_by_name, options)
-        polish(trial, objective, placed, jobs_by_name, options)
+        within_fleet_budget(trial, placed, lambda tr=trial, pl=placed: polish(
+            tr, objective, pl, jobs_by_name, options))
         grow(model, trial, objective, placed, jobs_by_name, options)
         # serving jobs comes first (by priority), then the objective
         val = (sum(jobs_by_name[n].priority for n in [*placed, *multi]),
@@ -136,8 +142,9 @@ def solve_decomposed(model: Model, objective: str, *, jobs: list[Job] | None = N
     # local improvement of the plan kept: exact sizes per pool, jobs moved between pools
     waiting = [job.name for r, job in enumerate(jobs) if data[r] is not None
                and job.name not in placed and job.name not in multi]
-    relocate(trial, objective, placed, jobs_by_name, options, waiting)
-    fleet.free = trial.free
+    within_fleet_budget(trial, placed, lambda: relocate(trial, objective, placed, jobs_by_name,
+                                                        options, waiting))
+    fleet.free, fleet.spend = trial.free, trial.spend
     waits: dict[str, tuple[int, str, int]] = {}
     multi_waits: dict[str, Candidate] = {}
     for r, job in enumerate(jobs):
@@ -145,9 +152,10 @@ def solve_decomposed(model: Model, objective: str, *, jobs: list[Job] | None = N
             continue
         d = data[r]
         if len(job.modes) > 1 or d is None:
-            c = _multi_site(model, fleet, job, objective)
+            c = _multi_site(model, fleet, job, objective, fleet.spend)
             if c is not None:
                 multi[job.name] = c
+                fleet.spend += c.cost_per_hour
                 continue
         if d is not None:
             k = int(np.argmax(d[0]))
@@ -244,8 +252,10 @@ def _bonus(fleet: _Fleet, job: Job, objective: str) -> float:
 
 
 def _round(jobs, data, adj, fleet: _Fleet, types):
-    """Jobs in priority order take their best candidate by ``adj`` that fits."""
+    """Jobs in priority order take their best candidate by ``adj`` that fits (in the free
+    GPUs and what the fleet budget leaves). Returns (placed, free, spend)."""
     free = {t: v.copy() for t, v in fleet.free.items()}
+    spend, B = fleet.spend, fleet.budget
     placed = {}
     # priority first; then jobs with fewer GPU types (they have fewer places to go), then big
     order = sorted(range(len(jobs)), key=lambda r: (-jobs[r].priority, len(jobs[r].gpu_types),
@@ -257,8 +267,29 @@ def _round(jobs, data, adj, fleet: _Fleet, types):
         m = len(d[0])
         for k in np.argsort(-adj[r, :m]):
             i, t, n = int(d[3][k]), types[int(d[4][k])], int(d[1][k])
-            if free[t][i] >= n:
+            h = n * float(fleet.price[t][i])
+            if free[t][i] >= n and within_budget(spend, h, B):
                 free[t][i] -= n
+                spend += h
                 placed[jobs[r].name] = (i, t, n, int(k))
                 break
-    return placed, free
+    return placed, free, spend
+
+
+def within_fleet_budget(fleet: _Fleet, placed: dict, step) -> None:
+    """Run ``step`` (an exchange pass, the local improvement: they trade GPUs, not dollars)
+    and undo it when the single-site jobs of ``placed`` then cost more than the fleet budget
+    leaves; recounts ``fleet.spend``."""
+    if fleet.budget is None:
+        step()
+        return
+    before = dict(placed), {t: v.copy() for t, v in fleet.free.items()}
+    old = sum(n * float(fleet.price[t][i]) for i, t, n in placed.values())
+    step()
+    new = sum(n * float(fleet.price[t][i]) for i, t, n in placed.values())
+    if within_budget(fleet.spend - old, new, fleet.budget):
+        fleet.spend += new - old
+        return
+    placed.clear()
+    placed.update(before[0])
+    fleet.free = before[1]

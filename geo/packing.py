@@ -12,6 +12,7 @@ import numpy as np
 
 from geo.baselines import _Fleet, _site_options, _site_vectors
 from geo.candidates import PLACED, JobOptions, Model, gpu_sizes, step_single_s
+from geo.feasibility import within_budget
 from geo.spec import Job
 
 
@@ -40,12 +41,11 @@ def grow(model: Model, fleet: _Fleet, objective: str, placed: dict, jobs: dict[s
             if not nxt:
                 continue
             n2 = nxt[0]
-            it, h, tot = _site_vectors(fleet, job, t2, n2)
-            ok = room >= n2
-            if job.deadline_h is not None:
-                ok &= h <= job.deadline_h
-            if job.budget_usd is not None:
-                ok &= tot <= job.budget_usd
+            it, h, tot, ok = _site_options(fleet, job, t2, n2)
+            ok = ok & (room >= n2)
+            if fleet.budget is not None:  # the fleet's $/h after the step
+                ok &= within_budget(fleet.spend - n * float(fleet.price[t][i]),
+                                    n2 * fleet.price[t2], fleet.budget)
             if not ok.any():
                 continue
             key = np.where(ok, it, np.inf)
@@ -70,10 +70,12 @@ def grow(model: Model, fleet: _Fleet, objective: str, placed: dict, jobs: dict[s
             continue  # stale entry
         i, t, n = was
         fleet.free[t][i] += n
-        if fleet.free[t2][k] >= n2:
+        dh = n2 * float(fleet.price[t2][k]) - n * float(fleet.price[t][i])
+        if fleet.free[t2][k] >= n2 and within_budget(fleet.spend, dh, fleet.budget):
             fleet.free[t2][k] -= n2
+            fleet.spend += dh
             placed[name] = (k, t2, n2)
-        else:  # others took those GPUs meanwhile: look again
+        else:  # others took those GPUs (or that budget) meanwhile: look again
             fleet.free[t][i] -= n
         if objective == "makespan" and heap and stuck and max(stuck)[0] >= -heap[0][0]:
             break  # a job that cannot grow finishes last: the makespan is fixed
@@ -110,8 +112,7 @@ def polish(fleet: _Fleet, objective: str, placed: dict, jobs: dict[str, Job],
             n2 = min(nxt[0], n + budget)
             if n2 <= n:
                 continue
-            h = float(_site_vectors(fleet, jq, t, n2)[1][i])
-            if jq.deadline_h is not None and h > jq.deadline_h:
+            if not _site_options(fleet, jq, t, n2)[3][i]:  # the rule at the grown size
                 continue
             g = val(jq, i, t, n2) - val(jq, i, t, n)
             if g > 0:
@@ -142,14 +143,10 @@ def polish(fleet: _Fleet, objective: str, placed: dict, jobs: dict[str, Job],
                 if not sizes:
                     continue
                 m = sizes[0]
-                it, h, tot = _site_vectors(fleet, job, t2, m)
-                ok = fleet.free[t2] >= m
+                it, h, tot, ok = _site_options(fleet, job, t2, m)
+                ok = ok & (fleet.free[t2] >= m)
                 if t2 == t:
                     ok[i] = False
-                if job.deadline_h is not None:
-                    ok &= h <= job.deadline_h
-                if job.budget_usd is not None:
-                    ok &= tot <= job.budget_usd
                 if not ok.any():
                     continue
                 k = int(np.argmin(np.where(ok, it, np.inf)))

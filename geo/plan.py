@@ -5,12 +5,14 @@ all methods share so their numbers compare.
 from __future__ import annotations
 
 import heapq
+import math
 from typing import Optional
 
 import msgspec
 
 from geo.balance import balance_penalty
 from geo.candidates import PLACED, Candidate, JobOptions, Model
+from geo.feasibility import job_violations
 
 
 class JobPlan(msgspec.Struct, omit_defaults=False):
@@ -24,6 +26,9 @@ class JobPlan(msgspec.Struct, omit_defaults=False):
     start_h: float = 0.0  # > 0: waits for GPUs held by others (demand above supply)
     moved: bool = False
     reason: str = ""
+    running: bool = False  # starts now (else it waits: for GPUs, or for the fleet budget)
+    total_usd: float = 0.0  # over the remaining run (GPU-hours, egress, reads, migration)
+    at_risk: str = ""  # "constraint: why" when the plan cannot keep its deadline or budget
 
 
 class SitePlan(msgspec.Struct, omit_defaults=False):
@@ -36,7 +41,14 @@ class SitePlan(msgspec.Struct, omit_defaults=False):
 
 class Infeasible(msgspec.Struct):
     job: str
-    constraint: str  # capacity | deadline | budget
+    constraint: str  # capacity | deadline | budget | fleet-budget
+    reason: str
+
+
+class Risk(msgspec.Struct):
+    """A job whose deadline or budget the plan cannot keep (geo/feasibility.py)."""
+    job: str
+    constraint: str  # deadline | budget
     reason: str
 
 
@@ -53,6 +65,7 @@ class Plan(msgspec.Struct, omit_defaults=False):
     makespan_h: float = 0.0
     max_demand_supply: float = 0.0
     infeasible: list[Infeasible] = []
+    at_risk: list[Risk] = []  # the jobs whose JobPlan.at_risk is set, in one list
 
     def job(self, name: str) -> JobPlan:
         return next(j for j in self.jobs if j.name == name)
@@ -97,12 +110,49 @@ def _list_schedule(cap: int, items: list[tuple[int, float, str]], busy: list[tup
     return starts
 
 
+def _budget_starts(B: float, chosen: dict[str, Candidate], queued: dict[str, Candidate],
+                   gpu_start: dict[str, float]) -> dict[str, float]:
+    """Start times under the fleet budget B ($/h): the waiting jobs, in the order their GPUs
+    free up, list-scheduled on B as on a pool whose units are cents per hour."""
+    cents = lambda c: math.ceil(c.cost_per_hour * 100 - 1e-6)  # noqa: E731
+    busy = [(c.finish_h, cents(c)) for c in chosen.values()]
+    order = sorted((n for n in queued if n in gpu_start), key=lambda n: gpu_start[n])
+    items = [(cents(queued[n]), queued[n].finish_h, n) for n in order]
+    return _list_schedule(math.floor(B * 100 + 1e-6), items, busy)
+
+
+def risks(job, c: Candidate | None, start_h: float | None, running: bool,
+          budget: float | None) -> list[tuple[str, str]]:
+    """(constraint, why) for each promise the plan cannot keep for ``job``: a running job whose
+    candidate breaks its deadline or budget (a re-plan kept it: nothing that keeps them was
+    left), or a waiting job that would finish after its deadline, or that has no start."""
+    out = []
+    if running and c is not None:
+        for v in job_violations(job, c, budget):
+            if v.constraint in ("deadline", "budget"):
+                out.append((v.constraint, v.reason))
+        return out
+    if job.deadline_h is None:
+        return out
+    if c is None or start_h is None:
+        out.append(("deadline", f"waits with no start in sight: its deadline_h "
+                                f"{job.deadline_h:g} cannot be promised"))
+    elif start_h + c.finish_h > job.deadline_h * (1 + 1e-9):
+        out.append(("deadline", f"waits {start_h:.3g} h for GPUs or budget and would finish at "
+                                f"{start_h + c.finish_h:.3g} h, after its deadline_h "
+                                f"{job.deadline_h:g}"))
+    return out
+
+
 def build_plan(model: Model, options: dict[str, JobOptions], chosen: dict[str, Candidate],
                queued: dict[str, Candidate], *, objective: str, solver: str, status: str,
-               solve_time_s: float, moved_reason: dict[str, str] | None = None) -> Plan:
-    """``chosen``: jobs that start now (within capacity); ``queued``: jobs that wait at a
-    candidate's place behind them (demand above supply). Jobs in neither are unplaced."""
+               solve_time_s: float, moved_reason: dict[str, str] | None = None,
+               risk_note: dict[str, str] | None = None) -> Plan:
+    """``chosen``: jobs that start now (within capacity and the fleet budget); ``queued``: jobs
+    that wait at a candidate's place behind them (demand above supply, or the budget). Jobs in
+    neither are unplaced. ``risk_note``: more words for a job at risk (a re-plan's why)."""
     jobs: list[JobPlan] = []
+    B = model.spec.planner.budget_usd_per_hour
     infeasible = [Infeasible(o.job.name, o.reason.split(":", 1)[0], o.reason)
                   for o in options.values() if not o.candidates]
     demand: dict[tuple[str, str], int] = {}
@@ -125,21 +175,38 @@ def build_plan(model: Model, options: dict[str, JobOptions], chosen: dict[str, C
             starts[name] = max(starts.get(name, 0.0), t)
     for name in never:
         starts.pop(name, None)
+    if B is not None and queued:
+        got = _budget_starts(B, chosen, queued, starts)
+        for name in list(starts):
+            if name in got:
+                starts[name] = max(starts[name], got[name])
+            else:
+                del starts[name]  # dearer than the whole budget: never
     makespan = 0.0
     started = []
+    at_risk: list[Risk] = []
+    notes = risk_note or {}
     for name, o in options.items():
         c = chosen.get(name) or queued.get(name)
-        if c is None or (name in queued and name not in starts):
+        run = name in chosen
+        start = 0.0 if run else starts.get(name)
+        if o.candidates or run:
+            for con, why in risks(o.job, c, start, run, B):
+                why = f"{why}; {notes[name]}" if name in notes else why
+                at_risk.append(Risk(name, con, f"{con}: job {name!r} {why}"))
+        risk = "; ".join(r.reason for r in at_risk if r.job == name)
+        if c is None or (not run and start is None):
             why = o.reason or "capacity: waiting for GPUs (no candidate fits the free capacity)"
-            jobs.append(JobPlan(name, "unplaced", {}, None, 0.0, None, reason=why))
+            jobs.append(JobPlan(name, "unplaced", {}, None, 0.0, None, reason=why,
+                                at_risk=risk))
             continue
-        start = starts.get(name, 0.0) if name in queued else 0.0
-        if name in chosen:
+        if run:
             started.append((c, o))
         fin = start + c.finish_h
         makespan = max(makespan, fin)
         jobs.append(JobPlan(name, c.mode, c.sites, c.iteration_s, c.cost_per_hour, fin,
-                            c.gpu_type, start, c.moved, (moved_reason or {}).get(name, "")))
+                            c.gpu_type, start, c.moved, (moved_reason or {}).get(name, ""),
+                            running=run, total_usd=c.total_usd, at_risk=risk))
     sites = []
     max_ds = 0.0
     for s in model.sites:
@@ -155,7 +222,7 @@ def build_plan(model: Model, options: dict[str, JobOptions], chosen: dict[str, C
                 objective_value=objective_value(objective, started, makespan,
                                                 balance_penalty(model, demand)),
                 cost_per_hour=cost_h, makespan_h=makespan, max_demand_supply=max_ds,
-                infeasible=infeasible)
+                infeasible=infeasible, at_risk=at_risk)
 
 
 def add_arrival(plan: Plan, model: Model, c: Candidate, ref_speed: float, priority: float, *,
@@ -194,7 +261,7 @@ def add_arrival(plan: Plan, model: Model, c: Candidate, ref_speed: float, priori
     if plan.objective == "makespan":
         value = makespan
     jp = JobPlan(c.job, c.mode, c.sites, c.iteration_s, c.cost_per_hour, c.finish_h, c.gpu_type,
-                 0.0, False, reason)
+                 0.0, False, reason, running=True, total_usd=c.total_usd)
     return msgspec.structs.replace(
         plan, jobs=[*plan.jobs, jp], sites=sites, solver="arrival", solve_time_s=solve_time_s,
         objective_value=value, gap=None, cost_per_hour=plan.cost_per_hour + c.cost_per_hour,

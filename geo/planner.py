@@ -5,10 +5,13 @@
 from __future__ import annotations
 
 import logging
+import math
 import time
 
-from geo.candidates import Candidate, JobOptions, Model, job_options, score
+from geo.candidates import Candidate, JobOptions, Model, score
+from geo.feasibility import trim_to_budget
 from geo.lexicographic import serve_weights, solve_two_phase
+from geo.options import job_options
 from geo.plan import Plan, build_plan
 from geo.spec import Spec
 
@@ -121,7 +124,7 @@ def solve_cpsat(model: Model, options: dict[str, JobOptions], objective: str, *,
             else:
                 w = p * max_f * SCALE
             row.append((v, w, c.finish_h * SCALE))
-            budget_terms.append((c.cost_per_hour * 100, v))
+            budget_terms.append((math.ceil(c.cost_per_hour * 100 - 1e-6), v))  # cents, up
         rows.append((name, row))
     top = sum(max(abs(w) for _, w, _ in row) for _, row in rows) + max_f * SCALE
     k = min(1.0, MAX_OBJECTIVE / top) if top > 0 else 1.0
@@ -141,9 +144,9 @@ def solve_cpsat(model: Model, options: dict[str, JobOptions], objective: str, *,
         if sum(n for n, _ in items) > cap:
             m.Add(sum(n * v for n, v in items) <= cap)
     if spec.planner.budget_usd_per_hour is not None:
-        B = round(spec.planner.budget_usd_per_hour * 100)
+        B = math.floor(spec.planner.budget_usd_per_hour * 100 + 1e-6)  # cents, down
         # a candidate dearer than B alone stays excluded at B + 1; the sum stays in 64 bits
-        m.Add(sum(min(round(w), B + 1) * v for w, v in budget_terms) <= B)
+        m.Add(sum(min(w, B + 1) * v for w, v in budget_terms) <= B)
     obj = sum(w * v for w, v in terms)
     if M is not None:
         obj = obj - M
@@ -202,7 +205,10 @@ def plan(spec: Spec, objective: str | None = None, solver: str = "cpsat", *,
         hint = warm_start(model, options, objective)
         chosen, status, gap, _ = solve_cpsat(model, options, objective, time_limit_s=time_limit_s,
                                              hint=hint)
-        p = build_plan(model, options, chosen, queue_rest(options, chosen), objective=objective,
+        queued = queue_rest(options, chosen)
+        if _over_budget(model, options, chosen, queued):
+            status = "feasible"
+        p = build_plan(model, options, chosen, queued, objective=objective,
                        solver=solver, status=status, solve_time_s=time.perf_counter() - t0)
         p.gap = None if gap != gap else round(gap, 6)
         return p
@@ -212,5 +218,18 @@ def plan(spec: Spec, objective: str | None = None, solver: str = "cpsat", *,
     else:
         from geo.baselines import solve_fast
         options, chosen, queued = solve_fast(model, objective, solver)
+    _over_budget(model, options, chosen, queued)
     return build_plan(model, options, chosen, queued, objective=objective, solver=solver,
                       status="feasible", solve_time_s=time.perf_counter() - t0)
+
+
+def _over_budget(model: Model, options: dict[str, JobOptions], chosen: dict[str, Candidate],
+                 queued: dict[str, Candidate]) -> dict[str, Candidate]:
+    """The fleet budget as every method's last word (geo/feasibility.py ``trim_to_budget``):
+    jobs a solver started beyond it wait instead. None does by construction; this keeps the
+    rule whatever a solver does."""
+    stopped = trim_to_budget(model, chosen, {n: o.job.priority for n, o in options.items()})
+    for name, c in stopped.items():
+        log.warning("geo: %s would break the fleet budget: it waits", name)
+        queued[name] = c
+    return stopped

@@ -3,14 +3,21 @@ when they must (their GPUs are gone) or when moving pays after the migration pen
 (checkpoint bytes over the WAN plus the restart, in the candidates' time and money).
 
 The spec is the state: each ``Job`` says where it runs now (``running``, ``running_mode``).
-Steps of ``replan``:
+Steps of ``replan``, every one within the feasibility rule (geo/feasibility.py):
   1. keep every running job whose GPUs are still there (highest priority first); the others
-     are displaced, with the reason (the event that took their GPUs);
-  2. place displaced and waiting jobs in the GPUs left, with the decomposed method (fast);
-  3. only for events that add options (price cut, capacity up, site up, a job finished):
+     are displaced, with the reason (the event that took their GPUs); if the kept jobs cost
+     more than the fleet budget (a price rose), those worth least per $/h stop too;
+  2. place displaced and waiting jobs in the GPUs and budget left, with the decomposed method
+     (fast); a displaced job that fits nowhere may shrink kept jobs of no higher priority in
+     one pool, as long as each still meets its deadline and budget (geo/room.py);
+  3. a kept job whose own deadline or budget the event broke (a price rose) moves to the best
+     place that keeps them; with none it stays and the plan reports it at risk;
+  4. only for events that add options (price cut, capacity up, site up, a job finished):
      each kept job moves if its best candidate, migration included, beats staying.
-A site failure only removes options, so step 3 is skipped there: no job off the failed site
-can gain from moving that did not gain before.
+A site failure only removes options, so step 4 is skipped there: no job off the failed site
+can gain from moving that did not gain before. Jobs whose deadline or budget the plan cannot
+keep are named in ``Plan.at_risk`` (and each job's ``at_risk``), and for the jobs that ran
+before the event, in the diff (``at-risk``).
 """
 from __future__ import annotations
 
@@ -28,15 +35,15 @@ from geo.candidates import (
     Model,
     gpu_sizes,
     ideal_speed,
-    job_options,
     multi_site,
-    score,
     single_site,
 )
 from geo.decomposed import solve_decomposed
+from geo.feasibility import fleet_budget, trim_to_budget, within_budget
 from geo.plan import Plan, build_plan
 from geo.planner import plan as full_plan
 from geo.protocol import Change, Event
+from geo.room import Room, alloc_str
 from geo.spec import GeoSpecError, Job, Spec, check_job_refs
 from geo.wan import Wan
 
@@ -53,10 +60,6 @@ def where(job: Job) -> str:
     if not job.running:
         return ""
     return ", ".join(f"{s}:{n}x{t}" for s, ts in job.running.items() for t, n in ts.items())
-
-
-def alloc_str(c: Candidate) -> str:
-    return ", ".join(f"{s}:{n}x{c.gpu_type}" for s, n in c.alloc)
 
 
 def apply_event(spec: Spec, ev: Event, saved: dict[str, dict[str, int]]) -> str:
@@ -114,8 +117,8 @@ def add_job(spec: Spec, job: Job) -> str:
     return f"job {job.name} arrived"
 
 
-def _current(model: Model, job: Job) -> Candidate | None:
-    """The candidate a running job is on now (no migration)."""
+def current(model: Model, job: Job) -> Candidate | None:
+    """The candidate a running job is on now (no migration); sizes per site as it runs."""
     items = [(s, t, n) for s, ts in job.running.items() for t, n in ts.items() if n > 0]
     if not items:
         return None
@@ -123,12 +126,14 @@ def _current(model: Model, job: Job) -> Candidate | None:
     if len(items) == 1 or job.running_mode in (None, "single-site"):
         s, t, n = items[0]
         return single_site(model, job, s, t, n)
-    return multi_site(model, job, job.running_mode, [s for s, _, _ in items], t, items[0][2])
+    return multi_site(model, job, job.running_mode, [s for s, _, _ in items], t,
+                      [n for _, _, n in items])
 
 
 def initial_plan(spec: Spec, objective: str, solver: str = "auto", wan: Wan | None = None
                  ) -> tuple[Plan, list[Change]]:
-    """Plan from scratch and mark the started jobs running."""
+    """Plan from scratch and mark the jobs that start now running (not those that wait, for
+    GPUs or for the fleet budget)."""
     if solver == "auto":
         solver = "cpsat" if len(spec.jobs) <= 200 else "decomposed"
     model = Model(spec, wan)
@@ -137,10 +142,12 @@ def initial_plan(spec: Spec, objective: str, solver: str = "auto", wan: Wan | No
     by_name = {j.name: j for j in spec.jobs}  # one dict, not a scan per job (10k jobs)
     for jp in p.jobs:
         job = by_name[jp.name]
-        if jp.sites and jp.start_h == 0:
+        if jp.running:
             job.running = {s: {jp.gpu_type: n} for s, n in jp.sites.items()}
             job.running_mode = jp.mode
             diff.append(Change(job.name, "placed", "", where(job), "initial plan"))
+        else:
+            job.running, job.running_mode = None, None
     return p, diff
 
 
@@ -151,6 +158,7 @@ def replan(spec: Spec, objective: str, reason: str, *, improve: bool, wan: Wan |
     ``model``: a Model of ``spec`` as it is now (the service keeps it for its next arrival)."""
     t0 = time.perf_counter()
     model = model if model is not None and model.spec is spec else Model(spec, wan)
+    B = fleet_budget(model)
     free = {k: v[0] for k, v in model.pools.items()}
     kept: dict[str, Candidate] = {}
     displaced: list[Job] = []
@@ -161,27 +169,38 @@ def replan(spec: Spec, objective: str, reason: str, *, improve: bool, wan: Wan |
         if all(free.get((s, t), 0) >= n for s, t, n in need):
             for s, t, n in need:
                 free[(s, t)] -= n
-            kept[job.name] = _current(model, job)
+            kept[job.name] = current(model, job)
         else:
             displaced.append(job)
             why[job.name] = reason
+    by_name = {j.name: j for j in spec.jobs}
+    # the fleet budget (a price rose): the kept jobs worth least per $/h stop until it holds
+    for name, c in trim_to_budget(model, kept, {n: by_name[n].priority for n in kept}).items():
+        for s, n in c.alloc:
+            free[(s, c.gpu_type)] += n
+        displaced.append(by_name[name])
+        why[name] = f"{reason}; the fleet's ${B:g}/h budget no longer holds it"
+    spend = sum(c.cost_per_hour for c in kept.values())
     waiting = [j for j in spec.jobs if not j.running]
     pending = displaced + waiting
-    options, chosen, queued = solve_decomposed(model, objective, jobs=pending, free=free)
+    options, chosen, queued = solve_decomposed(model, objective, jobs=pending, free=free,
+                                               spend=spend)
     for name, c in chosen.items():
         for s, n in c.alloc:
             free[(s, c.gpu_type)] -= n
+        spend += c.cost_per_hour
     diff: list[Change] = []
-    by_name = {j.name: j for j in spec.jobs}
+    room = Room(model, kept, free, spend, diff, by_name)
     for job in sorted(displaced, key=lambda j: -j.priority):
         if job.name not in chosen:
-            c = _make_room(model, job, kept, free, diff, by_name)
+            c = room.make_room(job)
             if c is not None:
                 chosen[job.name] = c
                 queued.pop(job.name, None)
                 options[job.name] = JobOptions(job, candidates=[c], ref_speed=ideal_speed(model, job))
+    notes = room.keep_promises(objective, reason)  # kept jobs an event pushed past the rule
     if improve:
-        _improve(model, objective, kept, free, diff, reason)
+        room.improve(objective, reason)
     for name, c in kept.items():
         job = by_name[name]
         options[name] = JobOptions(job, candidates=[c], ref_speed=ideal_speed(model, job))
@@ -195,7 +214,9 @@ def replan(spec: Spec, objective: str, reason: str, *, improve: bool, wan: Wan |
     for job in displaced:
         if job.name not in chosen:
             diff.append(Change(job.name, "stopped", where(job), "",
-                               f"{why[job.name]}; no free GPUs elsewhere: waits"))
+                               f"{why[job.name]}; no free GPUs elsewhere that keep its "
+                               f"deadline, budget and the fleet budget: waits"))
+    was_running = {j.name for j in running}
     for name, c in all_chosen.items():
         job = by_name[name]
         job.running = {}
@@ -211,95 +232,19 @@ def replan(spec: Spec, objective: str, reason: str, *, improve: bool, wan: Wan |
             job.running, job.running_mode = None, None
     p = build_plan(model, options, all_chosen, queued, objective=objective, solver="replan",
                    status="feasible", solve_time_s=time.perf_counter() - t0,
-                   moved_reason={d.job: d.reason for d in diff})
+                   moved_reason={d.job: d.reason for d in diff}, risk_note=notes)
+    for r in p.at_risk:  # said in the diff too: the promises this re-plan cannot keep
+        if r.job in was_running:
+            diff.append(Change(r.job, "at-risk", where(by_name[r.job]),
+                               where(by_name[r.job]), r.reason))
     moved = {d.job for d in diff if d.change == "moved"}  # a set: not a diff scan per job
     for jp in p.jobs:
         jp.moved = jp.name in moved
-    log.info("geo: replan (%s) kept %d, moved %d, placed %d, stopped %d in %.3fs", reason,
-             len(kept), sum(d.change == "moved" for d in diff),
+    log.info("geo: replan (%s) kept %d, moved %d, placed %d, stopped %d, at risk %d in %.3fs",
+             reason, len(kept), sum(d.change == "moved" for d in diff),
              sum(d.change == "placed" for d in diff), sum(d.change == "stopped" for d in diff),
-             p.solve_time_s)
+             len(p.at_risk), p.solve_time_s)
     return p, diff
-
-
-def _improve(model: Model, objective: str, kept: dict[str, Candidate],
-             free: dict[tuple[str, str], int], diff: list[Change], reason: str) -> None:
-    """Move a kept job when its best candidate, migration penalty included, beats staying."""
-    by_name = {j.name: j for j in model.spec.jobs}
-    for name in list(kept):
-        stay = kept[name]
-        job = by_name[name]
-        room = dict(free)
-        for s, n in stay.alloc:
-            room[(s, stay.gpu_type)] = room.get((s, stay.gpu_type), 0) + n
-        o = job_options(model, job, objective, capacity=room, max_candidates=1000)
-        if not o.candidates:
-            continue
-        best = max(o.candidates, key=lambda c: c.score)
-        if not best.moved:
-            continue  # staying (or a resize in place) is best
-        stay_score = score(stay, objective, o.ref_speed, job.priority)
-        if best.score <= stay_score:
-            continue
-        for s, n in stay.alloc:
-            free[(s, stay.gpu_type)] += n
-        for s, n in best.alloc:
-            free[(s, best.gpu_type)] -= n
-        kept[name] = best
-        gain = {"throughput": f"speed x{best.speed / stay.speed:.2f}",
-                "cost": f"saves ${stay.total_usd - best.total_usd:,.0f}",
-                "makespan": f"finishes {stay.finish_h - best.finish_h:.2f} h earlier"}[objective]
-        diff.append(Change(name, "moved", alloc_str(stay), alloc_str(best),
-                           f"{reason}: moving pays ({gain} after {best.migration_s:.0f} s "
-                           f"migration)"))
-
-
-def _make_room(model: Model, job: Job, kept: dict[str, Candidate],
-               free: dict[tuple[str, str], int], diff: list[Change],
-               by_name: dict[str, Job]) -> Candidate | None:
-    """A displaced job with no free place: shrink kept single-site jobs of no higher priority
-    that run above their minimum, in one pool, just enough to fit the job at its minimum.
-    Shrinking restarts those jobs in place (no WAN move); the diff says so. Only for a job
-    that may run in one site."""
-    if "single-site" not in job.modes:
-        return None
-    by_pool: dict[tuple[str, str], list[tuple[int, str]]] = {}
-    for n, c in kept.items():
-        # pools of a type the job cannot use are skipped below anyway: skip them cheaply first
-        if c.gpu_type not in job.gpu_types or len(c.alloc) != 1:
-            continue
-        if by_name[n].priority <= job.priority:
-            surplus = c.gpus - by_name[n].min_gpus
-            if surplus > 0:
-                by_pool.setdefault((c.alloc[0][0], c.gpu_type), []).append((surplus, n))
-    best = None  # (GPUs to take, site, type)
-    for (s, t), donors in by_pool.items():
-        if t not in job.gpu_types or model.capacity(s, t) < job.min_gpus:
-            continue
-        need = job.min_gpus - free.get((s, t), 0)
-        if need <= 0 or sum(x for x, _ in donors) < need:
-            continue
-        if best is None or need < best[0]:
-            best = (need, s, t)
-    if best is None:
-        return None
-    need, s, t = best
-    donors = sorted(by_pool[(s, t)])
-    for surplus, n in reversed(donors):
-        if need <= 0:
-            break
-        if surplus <= 0:
-            continue
-        take = min(surplus, need)
-        old = kept[n]
-        kept[n] = single_site(model, by_name[n], s, t, old.gpus - take)
-        free[(s, t)] = free.get((s, t), 0) + take
-        need -= take
-        diff.append(Change(n, "resized", alloc_str(old), alloc_str(kept[n]),
-                           f"gives {take} GPUs to displaced job {job.name}"))
-    c = single_site(model, job, s, t, job.min_gpus)
-    free[(s, t)] -= job.min_gpus
-    return c
 
 
 def free_gpus(model: Model) -> dict[tuple[str, str], int]:
@@ -312,22 +257,32 @@ def free_gpus(model: Model) -> dict[tuple[str, str], int]:
     return free
 
 
+def running_spend(model: Model) -> float:
+    """$/h of the jobs of ``model.spec`` that run now (their candidates as they run)."""
+    return sum(c.cost_per_hour for j in model.spec.jobs if j.running
+               for c in (current(model, j),) if c is not None)
+
+
 def place_arrival(model: Model, job: Job, objective: str,
-                  free: dict[tuple[str, str], int] | None = None
+                  free: dict[tuple[str, str], int] | None = None, spend: float | None = None
                   ) -> tuple[Candidate | None, Change]:
     """The fast path for one arriving job (MAST's real-time placement): the GPUs the running
-    jobs leave free (``free``, else counted from the spec), then the decomposed method on this
-    job alone; nobody else moves. ``model`` may be reused between arrivals (the fleet has not
-    changed)."""
+    jobs leave free (``free``, else counted from the spec) and what they leave of the fleet
+    budget (``spend``: their $/h, else counted), then the decomposed method on this job alone;
+    nobody else moves. ``model`` may be reused between arrivals (the fleet has not changed)."""
     free = dict(free) if free is not None else free_gpus(model)
-    c, could = _place_one(model, job, objective, free)
+    if spend is None:
+        spend = running_spend(model) if fleet_budget(model) is not None else 0.0
+    c, could = _place_one(model, job, objective, free, spend)
     if c is None and could and job.modes == ["single-site"]:
-        return None, Change(job.name, "waiting", "", "", "no free GPUs for it now")
+        return None, Change(job.name, "waiting", "", "", "no free GPUs (or fleet budget) for "
+                                                           "it now")
     if c is None:  # it may span sites, or no site can ever host it: the decomposed method
-        options, chosen, queued = solve_decomposed(model, objective, jobs=[job], free=free)
+        options, chosen, queued = solve_decomposed(model, objective, jobs=[job], free=free,
+                                                   spend=spend)
         c = chosen.get(job.name)
         if c is None:
-            why = options[job.name].reason or "no free GPUs for it now"
+            why = options[job.name].reason or "no free GPUs (or fleet budget) for it now"
             return None, Change(job.name, "waiting", "", "", why)
     job.running = {}
     for s, n in c.alloc:
@@ -336,13 +291,14 @@ def place_arrival(model: Model, job: Job, objective: str,
     return c, Change(job.name, "placed", "", alloc_str(c), "job arrived")
 
 
-def _place_one(model: Model, job: Job, objective: str, free: dict[tuple[str, str], int]
-               ) -> tuple[Candidate | None, bool]:
+def _place_one(model: Model, job: Job, objective: str, free: dict[tuple[str, str], int],
+               spend: float = 0.0) -> tuple[Candidate | None, bool]:
     """One job's best single-site candidate in the free GPUs, by exhaustive search (MAST's
     "each eligible region builds a plan, the plans are compared"): every allowed GPU type and
-    size at every site at once (numpy over sites), deadline and budget met, scored by the
-    objective as ``decomposed`` scores it; None when none fits. The flag: some site could host
-    it if its GPUs were free (so it waits for GPUs, not for a constraint)."""
+    size at every site at once (numpy over sites), the rule met (geo/feasibility.py: deadline,
+    budget, and the fleet budget after ``spend``), scored by the objective as ``decomposed``
+    scores it; None when none fits. The flag: some site could host it if its GPUs (and the
+    budget) were free (so it waits for them, not for a constraint)."""
     if "single-site" not in job.modes:
         return None, False
     fleet = _Fleet(model, free)
@@ -355,7 +311,8 @@ def _place_one(model: Model, job: Job, objective: str, free: dict[tuple[str, str
         for n in gpu_sizes(job, int(fleet.max_cap[t])):
             it, hours, total, ok = _site_options(fleet, job, t, n)
             could = could or bool(ok.any())
-            ok &= fleet.free[t] >= n
+            ok = ok & (fleet.free[t] >= n) & within_budget(spend, n * fleet.price[t],
+                                                           fleet.budget)
             if not ok.any():
                 continue
             if objective in ("throughput", "balance"):

@@ -186,7 +186,7 @@ class GeoService:
             self._free = (st, free_gpus(model))
         free = self._free[1]
         job = msgspec.structs.replace(msg.job)  # running is set on this copy only
-        c, change = place_arrival(model, job, st.objective, free)
+        c, change = place_arrival(model, job, st.objective, free, st.plan.cost_per_hour)
         if c is None:
             return None
         pools = {(s, c.gpu_type) for s, _ in c.alloc}
