@@ -6,7 +6,12 @@ BIN := $(VENV)/bin
 TORCH := torch==2.13.0
 STAMP := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
 
-.PHONY: setup demo test test-fast test-gpu bench clean
+.PHONY: setup stub-cuda demo test test-fast test-gpu bench clean
+
+# The strict stand-in CUDA driver (tests/stubs/cuda_stub.c) that the driver-backend tests load as
+# libcuda.so.1 in a subprocess (LD_LIBRARY_PATH=build/stubs), built with the system compiler.
+STUB_CUDA := build/stubs/libcuda.so.1
+CC ?= cc
 
 $(STAMP): pyproject.toml
 	@echo "setting up $(VENV) (log: $(VENV)/install.log) ..."
@@ -15,7 +20,14 @@ $(STAMP): pyproject.toml
 		> $(VENV)/install.log 2>&1 || { tail -30 $(VENV)/install.log; exit 1; }
 	@rm -f $(VENV)/.installed-*; touch $(STAMP)
 
-setup: $(STAMP)
+$(STUB_CUDA): tests/stubs/cuda_stub.c
+	@mkdir -p $(dir $@)
+	$(CC) -O1 -g -Wall -Wextra -Wno-unused-parameter -shared -fPIC -fvisibility=hidden -pthread \
+		-Wl,-soname,libcuda.so.1 -o $@ $<
+
+stub-cuda: $(STUB_CUDA)
+
+setup: $(STAMP) $(STUB_CUDA)
 
 # The daemon against its baseline, then a placement and a geo training plan (pictures in out/demo).
 demo: $(STAMP)
@@ -24,7 +36,7 @@ demo: $(STAMP)
 	$(BIN)/gpusched place examples/placement/models.yaml --plot out/demo/placement.png
 	$(BIN)/gpusched geo plan examples/geo/spec.yaml --out out/demo
 
-test: $(STAMP)
+test: $(STAMP) $(STUB_CUDA)
 	$(BIN)/python -m pytest -q
 
 # In-process tests only (no daemon or CLI processes; a test that starts one fails, naming the
@@ -33,7 +45,7 @@ test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q -m "not slow and not gpu"
 
 # On a GPU machine: the tests marked gpu (they skip elsewhere), then the rest.
-test-gpu: $(STAMP)
+test-gpu: $(STAMP) $(STUB_CUDA)
 	$(BIN)/python -m pytest -q -m gpu -rs
 	$(BIN)/python -m pytest -q
 

@@ -89,10 +89,15 @@ def _op_mode():
 
 
 def _range_times_us(prof, cuda: bool) -> dict[int, float]:
-    """index -> time (us) of each ``gpusched.op/<i>/...`` range in one profiled pass."""
+    """index -> time (us) of each ``gpusched.op/<i>/...`` range in one profiled pass.
+
+    Only the CPU-side event of a range counts: on CUDA, Kineto also reports each range as a
+    device-side ``gpu_user_annotation`` event of the same name (pytorch#144613), and adding both
+    doubled every op's time. The CPU-side event's device time is that of the kernels launched
+    inside the range."""
     out = {}
     for ev in prof.events():
-        if not ev.name.startswith(RANGE_PREFIX):
+        if not ev.name.startswith(RANGE_PREFIX) or not _cpu_side(ev):
             continue
         i = int(ev.name[len(RANGE_PREFIX):].split("/", 1)[0])
         if cuda:
@@ -103,6 +108,15 @@ def _range_times_us(prof, cuda: bool) -> dict[int, float]:
             t = ev.cpu_time_total
         out[i] = out.get(i, 0.0) + float(t)
     return out
+
+
+def _cpu_side(ev) -> bool:
+    """Whether a profiler event is the CPU-side record of a range (not Kineto's device-side
+    ``gpu_user_annotation`` copy of it)."""
+    dt = getattr(ev, "device_type", None)
+    if dt is None:
+        return True
+    return getattr(dt, "name", str(dt)).upper().endswith("CPU")
 
 
 def torch_ops(module, inputs: tuple, device, runs: int = 3) -> list[OpTiming]:
@@ -155,14 +169,23 @@ class NvmlSampler:
     """Samples a GPU's SM and memory-controller utilisation (%) on a thread while in use.
 
     ``with NvmlSampler(0) as s: ...`` then ``s.samples`` ([(t, sm %, mem %)]), ``s.sm_mean``,
-    ``s.mem_mean`` (None without samples) and ``s.error`` (why nothing was sampled)."""
+    ``s.mem_mean`` (None without samples) and ``s.error`` (why nothing was sampled).
 
-    def __init__(self, index: int = 0, interval_s: float = 0.02, nvml=None):
+    ``index`` is the CUDA device (``cuda:N``, numbered as CUDA numbers it, after
+    ``CUDA_VISIBLE_DEVICES``); NVML numbers GPUs in PCI order and ignores
+    ``CUDA_VISIBLE_DEVICES``, so the GPU is found in NVML by its PCI bus id (``bus_id``, or
+    asked of the CUDA driver, else of torch), never by that index. Only where no bus id can be
+    had (no CUDA driver: nothing to disagree with) is NVML asked by index."""
+
+    def __init__(self, index: int = 0, interval_s: float = 0.02, nvml=None,
+                 bus_id: Optional[str] = None):
         self.index, self.interval_s = index, interval_s
+        self.bus_id = bus_id
         self.samples: list[tuple[float, float, float]] = []
         self.error: Optional[str] = None
         self._nvml, self._handle, self._thread = nvml, None, None
         self._stop = threading.Event()
+        self._inited = False
         self.available = False  # NVML opened and the GPU found
 
     def _open(self) -> None:
@@ -171,7 +194,13 @@ class NvmlSampler:
                 import pynvml
                 self._nvml = pynvml
             self._nvml.nvmlInit()
-            self._handle = self._nvml.nvmlDeviceGetHandleByIndex(self.index)
+            self._inited = True
+            bus = self.bus_id if self.bus_id is not None else cuda_bus_id_of(self.index)
+            by_bus = getattr(self._nvml, "nvmlDeviceGetHandleByPciBusId", None)
+            if bus and by_bus is not None:
+                self._handle = by_bus(bus)
+            else:
+                self._handle = self._nvml.nvmlDeviceGetHandleByIndex(self.index)
             self.available = True
         except Exception as e:  # no pynvml, no driver, no such GPU: profile without it
             self.error = f"NVML unavailable: {type(e).__name__}: {e}"
@@ -203,12 +232,13 @@ class NvmlSampler:
             self._stop.set()
             self._thread.join()
             self._thread = None
-        if self._handle is not None:
+        self._handle = None
+        if self._inited:   # every nvmlInit that succeeded is matched, found GPU or not
+            self._inited = False
             try:
                 self._nvml.nvmlShutdown()
             except Exception:
                 pass
-            self._handle = None
 
     @property
     def sm_mean(self) -> Optional[float]:
@@ -217,3 +247,21 @@ class NvmlSampler:
     @property
     def mem_mean(self) -> Optional[float]:
         return statistics.mean(s[2] for s in self.samples) if self.samples else None
+
+
+def cuda_bus_id_of(index: int) -> str:
+    """PCI bus id of CUDA device ``index``: from the CUDA driver (cuda-python), else from torch's
+    device properties; "" when neither knows (no GPU)."""
+    from scheduler_daemon.cuda.detect import cuda_bus_id
+    bus = cuda_bus_id(index)
+    if bus:
+        return bus
+    try:
+        import torch
+        if not torch.cuda.is_available():
+            return ""
+        p = torch.cuda.get_device_properties(index)
+        return (f"{int(p.pci_domain_id):04x}:{int(p.pci_bus_id):02x}:"
+                f"{int(p.pci_device_id):02x}.0")
+    except Exception:
+        return ""

@@ -145,7 +145,8 @@ def _torch_profile(model, batch, target, flops, nbytes, n_kernels, act_mb) -> Mo
         if dev.type == "cuda":
             torch.cuda.synchronize(dev)
             times, comp, mem, n_util = _timed_with_nvml(
-                lambda: _cuda_time_ms(torch, module, x), NvmlSampler(dev.index or 0))
+                lambda: _cuda_time_ms(torch, module, x),
+                NvmlSampler(dev.index if dev.index is not None else torch.cuda.current_device()))
         else:
             times = _timed_runs(lambda: _cpu_time_ms(module, x), 0.0)
             comp = mem = None

@@ -1,5 +1,11 @@
 """A stand-in for cuda-python's driver module, to test ``CudaDriverDevice`` without a GPU.
 
+A pure-Python double, for the device's own bookkeeping (buffers, argument packing, failures,
+freeing). It is not strict: kernels run synchronously, stream waits are no-ops, there is no
+per-thread context and any image loads. What a real driver would punish is checked against the
+strict stand-in driver instead (tests/stubs/cuda_stub.c, loaded as libcuda.so.1 under the real
+``cuda.bindings``: tests/test_cuda_stub.py).
+
 Device memory is host memory (ctypes buffers), so copies are memmoves; ``cuLaunchKernel`` reads
 the argument array the device built (as the real driver does) and runs a Python emulation of
 the kernel at once; events are timestamps. Enums, flags and ``CUresult`` come from the real
@@ -128,6 +134,12 @@ class FakeDriver:
 
     def cuStreamWaitEvent(self, s, ev, flags):
         return (OK,)
+
+    def cuStreamQuery(self, s):      # kernels run at once here: every stream is idle
+        return (self.sticky or OK,)
+
+    def cuCtxSynchronize(self):
+        return (self.sticky or OK,)
 
     def cuEventCreate(self, flags):
         return OK, Obj("event")

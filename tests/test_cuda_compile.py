@@ -190,18 +190,52 @@ def test_instrumented_kernel_takes_the_counter_and_bumps_it_atomically():
 
 
 def test_early_return_still_counts_the_block():
+    """Issue 18, finding 4: the wrapper has no barrier after the body (threads that returned
+    early must not wait at a second __syncthreads while the others are at the body's), the
+    last thread out of the block counts it, and the fence comes before the atomic."""
     out = instrument(VEC_ADD)
     wrapper = next(ln for ln in out.splitlines() if 'extern "C" __global__ void vec_add(' in ln)
     wrapper = wrapper[wrapper.index('extern "C"'):]
     assert "return" not in wrapper                              # the body's return ends the body
     i_call = wrapper.index(f"{BODY_PREFIX}vec_add(a, b, c, n);")
-    i_sync = wrapper.index("__syncthreads();")
-    i_add = wrapper.index(f"atomicAdd({PROGRESS_PARAM}, 1ULL);")
-    i_fence = wrapper.index("__threadfence_system();")
-    assert i_call < i_sync < i_add < i_fence
-    assert "threadIdx.x == 0 && threadIdx.y == 0 && threadIdx.z == 0" in wrapper
+    prologue, epilogue = wrapper[:i_call], wrapper[i_call:]
+    assert prologue.count("__syncthreads();") == 1              # before the body: every thread
+    assert "__syncthreads" not in epilogue and "__syncwarp" not in epilogue
+    i_fence = epilogue.index("__threadfence_system();")
+    i_add = epilogue.index(f"atomicAdd({PROGRESS_PARAM}, 1ULL);")
+    assert i_fence < i_add                                      # the fence before the atomic
+    last = epilogue.index("if (atomicSub(&__gpusched_left, 1u) == 1u)")
+    assert epilogue.index("__threadfence();") < last < i_fence  # the last thread out does it
+    assert "blockDim.x * blockDim.y * blockDim.z" in prologue
     body = out[out.index(f"void {BODY_PREFIX}vec_add("):out.index('extern "C" __global__')]
     assert "__device__ __forceinline__" in out and "return;" in body
+
+
+TAIL = """\
+extern "C" __global__ void tail(const float* x, float* y, int n) {
+    int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= n) return;
+    __shared__ float s[256];
+    s[threadIdx.x] = x[i];
+    __syncthreads();
+    y[i] = s[threadIdx.x] * 2.0f;
+}
+"""
+
+
+def test_instrumented_tail_kernel_has_no_barrier_after_its_body_in_the_ptx():
+    """The same in what NVRTC makes of an early-return kernel that uses __syncthreads: one
+    barrier more than the kernel's own (the prologue's), the system fence before the counter's
+    atomic, and no barrier between the body's last one and the count."""
+    plain, inst = _ptx(compile_source(TAIL)), _ptx(compile_source(instrument(TAIL)))
+    bars = re.compile(r"^\s*(?:bar|barrier)\.sync", re.MULTILINE)
+    assert len(bars.findall(inst)) == len(bars.findall(plain)) + 1
+    first_bar = bars.search(inst).start()
+    assert inst.index("st.shared.u32", inst.index(".entry")) < first_bar   # the prologue
+    add = ATOM.search(inst).start()
+    fence = inst.rindex("membar.sys;", 0, add)
+    assert bars.search(inst, fence) is None                    # nothing waits after the body
+    assert "atom.shared.add.u32" in inst[inst.rindex("bar.sync", 0, fence):fence]
 
 
 def test_instrumentation_keeps_line_numbers():

@@ -3,6 +3,9 @@
 NVML (``nvidia-ml-py``) gives names without a CUDA context; the driver (``cuInit``,
 ``cuDeviceGetCount`` and the device attributes) gives what launching needs: compute
 capability, SM count and per-SM resources, shared memory per block with and without opt-in.
+The two number GPUs differently (NVML in PCI order, blind to ``CUDA_VISIBLE_DEVICES``; CUDA
+fastest first, after ``CUDA_VISIBLE_DEVICES``): a CUDA device is found in NVML by its PCI bus
+id (``cuda_bus_id``, ``nvml_handle``), never by its index.
 Neither raises: a machine without a driver, a GPU or cuda-python reports none, and ``reason``
 says why. The scheduler's ``GpuSpec`` of a detected GPU is the nearest preset's throughput
 figures with the SM resources the driver reports.
@@ -116,6 +119,25 @@ def nvml_gpus() -> list[str]:
             pynvml.nvmlShutdown()
         except Exception:
             pass
+
+
+def cuda_bus_id(ordinal: int, api=None) -> str:
+    """The PCI bus id ("0000:41:00.0") of CUDA device ``ordinal`` as the CUDA driver numbers it
+    (after ``CUDA_VISIBLE_DEVICES`` and ``CUDA_DEVICE_ORDER``); "" without a driver or such a
+    device. NVML numbers GPUs its own way (PCI order, ignoring ``CUDA_VISIBLE_DEVICES``), so a
+    CUDA device is found in NVML by this id, never by its index."""
+    from scheduler_daemon.cuda.driverapi import driver_module, init
+    try:
+        chk = init(api or driver_module())
+        bus = chk.cuDeviceGetPCIBusId(64, chk.cuDeviceGet(ordinal))
+    except Exception:
+        return ""
+    return (bus.split(b"\0", 1)[0].decode() if isinstance(bus, bytes) else str(bus)).strip()
+
+
+def nvml_handle(nvml, bus_id: str):
+    """The NVML handle of the GPU at PCI ``bus_id`` (``nvml``: the pynvml module, initialised)."""
+    return nvml.nvmlDeviceGetHandleByPciBusId(bus_id)
 
 
 def query(chk, ordinal: int) -> CudaGpu:

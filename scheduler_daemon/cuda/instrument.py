@@ -4,12 +4,23 @@ Each ``extern "C" __global__ void NAME(PARAMS) { BODY }`` becomes
 
     static __device__ __forceinline__ void __gpusched_body_NAME(PARAMS) { BODY }
     extern "C" __global__ void NAME(PARAMS, unsigned long long* __gpusched_progress) {
-        __gpusched_body_NAME(args...); __syncthreads();
-        if (threadIdx.x == 0 && threadIdx.y == 0 && threadIdx.z == 0) {
-            atomicAdd(__gpusched_progress, 1ULL); __threadfence_system(); } }
+        __shared__ unsigned int __gpusched_left;
+        if (threadIdx.x == 0 && threadIdx.y == 0 && threadIdx.z == 0)
+            __gpusched_left = blockDim.x * blockDim.y * blockDim.z;
+        __syncthreads();                                   // prologue: every thread, uniform
+        __gpusched_body_NAME(args...);
+        __threadfence();                                   // epilogue: no barrier
+        if (atomicSub(&__gpusched_left, 1u) == 1u) {       // the last thread out of the block
+            __threadfence_system(); atomicAdd(__gpusched_progress, 1ULL); } }
 
-so every block, however its body returns (early ``return`` included), bumps the counter once
-after all its threads are done. The driver backend passes a pointer into host-mapped pinned
+so every block, however its threads leave the body (early ``return`` included), bumps the
+counter once, when its last thread is done. The epilogue has no barrier: a kernel that returns
+early for some threads (``if (i >= n) return;``) and then calls ``__syncthreads()`` has its
+returned threads leave the kernel as before instead of waiting at a second barrier (threads of a
+block at two different barriers is undefined: a hang, or the block counted before its other
+threads are done). The only barrier is the prologue's, before the body, where every thread is.
+Each thread fences its writes before it counts itself out, and the last one fences at system
+scope before the atomic, so a host that reads N from the counter sees N blocks' writes. The driver backend passes a pointer into host-mapped pinned
 memory as the extra last argument, so the host reads how many blocks have finished while the
 kernel runs. The body function keeps the original lines (its header is rewritten in place and
 the wrapper is one line after its closing brace), so compiler messages keep their line numbers.
@@ -38,6 +49,7 @@ from scheduler_daemon.cuda.lex import mask
 
 PROGRESS_PARAM = "__gpusched_progress"
 BODY_PREFIX = "__gpusched_body_"
+LEFT = "__gpusched_left"   # threads of the block still in the body (shared)
 
 _TOKEN = re.compile(r"[A-Za-z_]\w*|\S")
 _EXTERN_C = re.compile(r'extern\s*"C"\s*\{?')
@@ -314,7 +326,9 @@ def _wrapper(k: _Kernel, params: list[_Param]) -> str:
     plist = ", ".join([p.decl for p in params] + [f"unsigned long long* {PROGRESS_PARAM}"])
     attrs = "".join(f" {a}" for a in k.attrs)
     call = ", ".join(p.name for p in params)
-    return (f'extern "C" __global__ void{attrs} {k.name}({plist}) {{ {BODY_PREFIX}{k.name}('
-            f"{call}); __syncthreads(); if (threadIdx.x == 0 && threadIdx.y == 0 && "
-            f"threadIdx.z == 0) {{ atomicAdd({PROGRESS_PARAM}, 1ULL); __threadfence_system(); "
-            "} }")
+    return (f'extern "C" __global__ void{attrs} {k.name}({plist}) {{ '
+            f"__shared__ unsigned int {LEFT}; if (threadIdx.x == 0 && threadIdx.y == 0 && "
+            f"threadIdx.z == 0) {LEFT} = blockDim.x * blockDim.y * blockDim.z; "
+            f"__syncthreads(); {BODY_PREFIX}{k.name}({call}); __threadfence(); "
+            f"if (atomicSub(&{LEFT}, 1u) == 1u) {{ __threadfence_system(); "
+            f"atomicAdd({PROGRESS_PARAM}, 1ULL); }} }}")

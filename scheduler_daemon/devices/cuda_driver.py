@@ -1,9 +1,15 @@
 """The CUDA driver backend: raw kernels (``CudaModel``) on one GPU through cuda-python.
 
-One primary context on device ``ordinal``; a pool of non-blocking streams, each with a waiter
-thread that blocks in ``cuEventSynchronize`` (the GIL is released) on the launches of its stream
-in order, times them with ``cuEventElapsedTime`` and posts the completion to the ``Mailbox`` the
-daemon polls, as the torch backend does (``wake_fd``/``collect``).
+One primary context on device ``ordinal``, made current on every thread that calls the driver
+(the current context is per thread: the daemon's, each waiter's, whoever closes the device); a
+pool of non-blocking streams, each with a waiter thread that blocks in ``cuEventSynchronize``
+(the GIL is released) on the launches of its stream in order, times them with
+``cuEventElapsedTime`` and posts the completion to the ``Mailbox`` the daemon polls, as the
+torch backend does (``wake_fd``/``collect``). The events are blocking-sync
+(``CU_EVENT_BLOCKING_SYNC``): a waiter sleeps in the driver until its kernel is done instead of
+spinning a CPU core for the kernel's whole duration (8 streams would otherwise keep up to 8
+cores busy); the price is the OS wake-up, typically some tens of microseconds per kernel,
+added to the completion latency.
 
 A job is pinned to nothing: each launch goes on an idle stream of the pool, starting from
 ``job.stream``, except that a job's kernels that overlap (the experiment baselines dispatch them
@@ -13,6 +19,16 @@ pools, else ``cuMemAlloc``); its first launch waits on an event recorded after t
 copied back on their own stream. Memory of a job the daemon drops without asking for outputs
 (cancelled, failed, shed) is freed when the job's state is garbage collected: the free is
 queued and done on the daemon's thread, ordered after the job's kernels on their stream.
+``job_device_bytes`` tells the daemon what a job will hold (all its buffers, allocated at
+submit or at its first launch), which it counts against the tenant's quota.
+
+A module whose cubin does not run on this GPU (a tenant's ``-arch=sm_80`` on an H100:
+``CUDA_ERROR_NO_BINARY_FOR_GPU``) is loaded again from its PTX, which the driver JIT-compiles.
+
+``close`` stops the waiters, waits until the GPU has finished everything queued (kernels,
+copies, frees) and only then unloads modules, frees the mapped counters and the jobs' memory
+and releases the context; kernels still running after ``close_grace_s`` keep their memory (the
+driver reclaims it at exit) rather than have it freed under them.
 
 A failing launch fails its job only (``on_fail``). A faulting kernel (illegal address and the
 like) leaves the context unusable, as on any CUDA process: that and every later job then fail
@@ -24,13 +40,14 @@ import ctypes
 import logging
 import queue
 import threading
+import time
 import weakref
 
 from scheduler_daemon.core.gpu_specs import GpuSpec
 from scheduler_daemon.core.jobs import Job
 from scheduler_daemon.cuda.build import compile_model
 from scheduler_daemon.cuda.checks import kernel_specs, validate_model
-from scheduler_daemon.cuda.detect import CudaGpu, query
+from scheduler_daemon.cuda.detect import CudaGpu, nvml_handle, query
 from scheduler_daemon.cuda.driverapi import driver_module, init
 from scheduler_daemon.cuda.errors import CudaError
 from scheduler_daemon.cuda.nvrtc import Compiled, arch_for
@@ -51,6 +68,8 @@ _STICKY = frozenset({"CUDA_ERROR_ILLEGAL_ADDRESS", "CUDA_ERROR_LAUNCH_FAILED",
                      "CUDA_ERROR_HARDWARE_STACK_ERROR", "CUDA_ERROR_ASSERT",
                      "CUDA_ERROR_ECC_UNCORRECTABLE", "CUDA_ERROR_CONTEXT_IS_DESTROYED"})
 _DEFAULT_SMEM = 48 * 1024
+# a cubin for another architecture: the module's PTX may still JIT for this GPU
+_NO_BINARY = frozenset({"CUDA_ERROR_NO_BINARY_FOR_GPU", "CUDA_ERROR_INVALID_IMAGE"})
 
 
 class _Launch:
@@ -125,6 +144,7 @@ class _Record:
 class CudaDriverDevice(Device):
     name = "cuda"
     caps = Capabilities(cuda=True)
+    close_grace_s = 10.0   # how long close waits for kernels still running
 
     def __init__(self, ordinal: int = 0, gpu: CudaGpu | None = None, spec: GpuSpec | None = None,
                  streams: int = 8, api=None):
@@ -137,7 +157,9 @@ class CudaDriverDevice(Device):
         self.arch = arch_for(self.gpu.cc)
         self._dev = chk.cuDeviceGet(ordinal)
         self._ctx = chk.cuDevicePrimaryCtxRetain(self._dev)
-        chk.cuCtxSetCurrent(self._ctx)
+        self._tls = threading.local()
+        self._bind()
+        self._event_flags = self.api.CUevent_flags.CU_EVENT_BLOCKING_SYNC
         flags = self.api.CUstream_flags.CU_STREAM_NON_BLOCKING
         self._streams = [chk.cuStreamCreate(flags) for _ in range(max(1, streams))]
         self._copy_in = chk.cuStreamCreate(flags)
@@ -146,6 +168,7 @@ class CudaDriverDevice(Device):
         self._rr = 0
         self._events: list = []
         self._models: dict = {}
+        self._mems: set = set()   # job memory not freed yet (close frees what is left)
         self._frees: queue.SimpleQueue = queue.SimpleQueue()
         self._mailbox = Mailbox()
         self._counters = CounterSlots(chk)
@@ -162,6 +185,13 @@ class CudaDriverDevice(Device):
                  "compiling for %s, scheduled as %s", ordinal, self.gpu.name, *self.gpu.cc,
                  self.gpu.sms, "memory pools" if self._async_alloc else "cuMemAlloc",
                  len(self._streams), self.arch, self.spec.name)
+
+    def _bind(self) -> None:
+        """Make the context current on the calling thread (the CUDA driver's current context is
+        per thread; the daemon may build, run and close the device on different threads)."""
+        if not getattr(self._tls, "bound", False):
+            self.chk.cuCtxSetCurrent(self._ctx)
+            self._tls.bound = True
 
     # -- models ---------------------------------------------------------------------------
     def describe(self) -> str:
@@ -181,15 +211,12 @@ class CudaDriverDevice(Device):
     def load_cuda(self, key, model: CudaModel, compiled: Compiled | None = None) -> list:
         """Load a model's module (compiling it if ``compiled`` is None) and return one
         ``KernelSpec`` per launch. Raises ``ValueError`` for what this GPU cannot run."""
+        self._bind()
         self._drain()
         compiled = compiled if compiled is not None else self.compile(model)
         validate_model(model, compiled, self.limits)
         chk, api = self.chk, self.api
-        try:
-            module = chk.cuModuleLoadData(compiled.image)
-        except CudaError as e:
-            raise ValueError(f"the module does not load on {self.gpu.name}: {e.code} (built "
-                             f"for {compiled.arch or 'unknown target'})") from None
+        module = self._load_module(compiled)
         try:
             fns, attrs = {}, {}
             FA = api.CUfunction_attribute
@@ -215,6 +242,29 @@ class CudaDriverDevice(Device):
                  ", ".join(sorted(fns)), len(launches),
                  ", instrumented" if compiled.instrumented else "")
         return specs
+
+    def _load_module(self, compiled: Compiled):
+        """``cuModuleLoadData`` of the cubin, and of the PTX when the cubin is for another
+        architecture (the driver JIT-compiles PTX for this GPU)."""
+        chk = self.chk
+        try:
+            return chk.cuModuleLoadData(compiled.image)
+        except CudaError as e:
+            first = e
+        if compiled.cubin and first.code in _NO_BINARY:
+            try:
+                module = chk.cuModuleLoadData(compiled.ptx + b"\0")
+            except CudaError as e:
+                raise ValueError(f"the module does not load on {self.gpu.name} (cc "
+                                 f"{self.gpu.cc[0]}.{self.gpu.cc[1]}): its cubin for "
+                                 f"{compiled.arch} gave {first.code} and its PTX {e.code}; "
+                                 f"compile for sm_{self.gpu.cc[0]}{self.gpu.cc[1]} or an older "
+                                 "compute_XY") from None
+            log.info("device: the cubin for %s does not run on %s (%s): loaded its PTX "
+                     "(JIT-compiled by the driver)", compiled.arch, self.gpu.name, first.code)
+            return module
+        raise ValueError(f"the module does not load on {self.gpu.name}: {first.code} (built "
+                         f"for {compiled.arch or 'unknown target'})") from None
 
     def _check_functions(self, model: CudaModel, fns: dict, attrs: dict) -> None:
         """Limits only the loaded function knows: registers cap the block size, static shared
@@ -245,6 +295,7 @@ class CudaDriverDevice(Device):
 
     def forget(self, key) -> None:
         """Drop a loaded model; its module is unloaded once no job uses it."""
+        self._bind()
         old = self._models.pop(key, None)
         if old is not None:
             self._retire(old)
@@ -268,8 +319,15 @@ class CudaDriverDevice(Device):
                              "device: register it as a CUDA model")
         return loaded
 
+    def job_device_bytes(self, job: Job) -> int:
+        """Device memory the job holds from its submit (or first launch) until its outputs are
+        taken or it is dropped: every buffer of its model. 0 for a model not loaded here."""
+        loaded = self._models.get(job.model.key)
+        return sum(b.nbytes() for b in loaded.model.buffers) if loaded is not None else 0
+
     def prepare(self, job: Job) -> None:
         """Allocate the job's buffers and copy its input tensors in (asynchronously)."""
+        self._bind()
         self._drain()
         loaded = self._loaded_for(job)
         job.payload = self._new_state(loaded, list(job.payload or []))
@@ -293,6 +351,7 @@ class CudaDriverDevice(Device):
         chk, s = self.chk, self._copy_in
         mem = _Mem(loaded, s)
         state = _JobState(mem, self._frees)   # from here on, a failure frees what was allocated
+        self._mems.add(mem)
         loaded.jobs += 1
         try:
             for b in model.buffers:
@@ -324,6 +383,7 @@ class CudaDriverDevice(Device):
 
     def launch(self, job: Job) -> None:
         try:
+            self._bind()
             self._drain()
             if self._broken:
                 raise CudaError("launch", self._broken)
@@ -386,12 +446,13 @@ class CudaDriverDevice(Device):
     def _event(self):
         if self._events:
             return self._events.pop()
-        return self.chk.cuEventCreate(self.api.CUevent_flags.CU_EVENT_DEFAULT)
+        return self.chk.cuEventCreate(self._event_flags)
 
     def wake_fd(self) -> int:
         return self._mailbox.fileno()
 
     def collect(self) -> None:
+        self._bind()
         now = self.env.now
         for rec, job, dur, err in self._mailbox.drain():
             if rec is not None:
@@ -429,6 +490,7 @@ class CudaDriverDevice(Device):
         st = job.payload
         if not isinstance(st, _JobState):
             return []
+        self._bind()
         model, chk, s = st.loaded.model, self.chk, self._copy_out
         try:
             res = []
@@ -456,6 +518,8 @@ class CudaDriverDevice(Device):
                 mem = self._frees.get_nowait()
             except queue.Empty:
                 return
+            if mem not in self._mems:   # already freed (close frees what is left at once)
+                continue
             for p in mem.ptrs:
                 if not p:
                     continue
@@ -467,6 +531,7 @@ class CudaDriverDevice(Device):
                 except CudaError as e:
                     log.warning("device: freeing job memory: %s", e)
             mem.ptrs = []
+            self._mems.discard(mem)
             if mem.ready is not None:
                 self._events.append(mem.ready)
                 mem.ready = None
@@ -518,11 +583,56 @@ class CudaDriverDevice(Device):
         if self._closed:
             return
         self._closed = True
+        self._bind()
         for w in self._waiters:
             w.q.put(None)
+        deadline = time.monotonic() + self.close_grace_s
         for w in self._waiters:
-            w.join(timeout=10)
+            w.join(timeout=max(0.0, deadline - time.monotonic()))
+        for rec, _job, _dur, _err in self._mailbox.drain():   # completions nobody will collect
+            if rec is not None:
+                self._finish_record(rec)
         self._drain()
+        if self._quiet(deadline):
+            for mem in list(self._mems):   # jobs still referenced somewhere: freed now
+                self._frees.put(mem)
+            self._drain()
+            self._quiet(deadline + 1.0)     # the frees just queued
+            self._teardown()
+        else:
+            log.error("device: close: kernels still running after %.0f s: their memory, "
+                      "modules and counters are left to the driver's clean-up at exit (freeing "
+                      "them under a running kernel would corrupt it)", self.close_grace_s)
+        self._mailbox.close()
+        if self._nvml is not None:
+            try:
+                import pynvml
+                pynvml.nvmlShutdown()
+            except Exception:
+                pass
+
+    def _quiet(self, deadline: float) -> bool:
+        """Wait (until ``deadline``) for every stream to finish its work, then synchronise the
+        context: True when nothing queued on the GPU can touch what close frees next."""
+        chk = self.chk
+        streams = self._streams + [self._copy_in, self._copy_out]
+        while True:
+            try:
+                busy = [s for s in streams if not _idle(chk, s)]
+            except CudaError:   # a faulted context: nothing runs any more
+                return True
+            if not busy:
+                break
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.001)
+        try:
+            chk.cuCtxSynchronize()
+        except CudaError as e:
+            log.debug("device: close: cuCtxSynchronize: %s", e)
+        return True
+
+    def _teardown(self) -> None:
         chk = self.chk
         for loaded in list(self._models.values()):
             self._unload(loaded.module)
@@ -540,13 +650,6 @@ class CudaDriverDevice(Device):
             chk.cuDevicePrimaryCtxRelease(self._dev)
         except CudaError as e:
             log.debug("device: close: %s", e)
-        self._mailbox.close()
-        if self._nvml is not None:
-            try:
-                import pynvml
-                pynvml.nvmlShutdown()
-            except Exception:
-                pass
 
 
 class _Waiter(threading.Thread):
@@ -582,6 +685,17 @@ class _Waiter(threading.Thread):
             dev._mailbox.post((rec, rec.job, dur, err))
 
 
+def _idle(chk, stream) -> bool:
+    """Whether a stream has finished its work (``cuStreamQuery``)."""
+    try:
+        chk.cuStreamQuery(stream)
+    except CudaError as e:
+        if e.code == "CUDA_ERROR_NOT_READY":
+            return False
+        raise
+    return True
+
+
 def _host_addr(buf) -> int:
     """The address of a contiguous host buffer (read-only ones too: received frames)."""
     import numpy as np
@@ -589,11 +703,21 @@ def _host_addr(buf) -> int:
 
 
 def _nvml_handle(pci_bus_id: str):
+    """This GPU in NVML, by PCI bus id (NVML's indices are not CUDA's); None without NVML.
+    An ``nvmlInit`` that found no such GPU is undone at once (close shuts NVML down only when
+    a handle was kept)."""
     if not pci_bus_id:
         return None
     try:
         import pynvml
         pynvml.nvmlInit()
-        return pynvml.nvmlDeviceGetHandleByPciBusId(pci_bus_id)
     except Exception:
+        return None
+    try:
+        return nvml_handle(pynvml, pci_bus_id)
+    except Exception:
+        try:
+            pynvml.nvmlShutdown()
+        except Exception:
+            pass
         return None

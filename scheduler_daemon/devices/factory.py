@@ -2,6 +2,8 @@
 
 ``auto`` picks a real GPU through the torch backend when NVML sees one, and the embedded
 simulated GPU (``sim``: SMs, hardware queues, bandwidth) otherwise, and says which it chose.
+The scheduler's spec of a torch device on ``cuda:N`` is that CUDA device's (named by the CUDA
+driver, so ``CUDA_VISIBLE_DEVICES`` is honoured), not NVML's GPU N.
 ``cuda`` runs raw CUDA models (source or PTX) through the CUDA driver API (cuda-python) on the
 GPU the driver reports (ordinal from ``cuda_device``, or ``torch_device`` such as ``cuda:1``).
 ``fluid`` is the simplest stand-in: kernels share the GPU as a fluid (used to measure the
@@ -57,10 +59,27 @@ def make_device(backend: str = "auto", spec_name: str = "T4", speed: float = 1.0
                     "runs on the CPU (install a CUDA build of torch for the GPU, or use "
                     "--backend cuda for raw CUDA kernels)", gpus[0])
         gpus = []
-    spec = gpu_spec(preset_for(gpus[0])) if gpus else gpu_spec(spec_name)
+    name = cuda_device_name(_cuda_ordinal(None, dev)) if dev.startswith("cuda") else ""
+    spec = gpu_spec(preset_for(name)) if name else gpu_spec(spec_name)
     log.info("device: torch backend on %s (%s), scheduler spec %s", dev,
-             gpus[0] if gpus else "CPU worker pool", spec.name)
+             name or ("a GPU" if dev.startswith("cuda") else "CPU worker pool"), spec.name)
     return TorchDevice(spec, dev)
+
+
+def cuda_device_name(ordinal: int) -> str:
+    """The name of CUDA device ``ordinal`` as CUDA numbers it (``cuda:N`` after
+    ``CUDA_VISIBLE_DEVICES``): from the CUDA driver, else from torch; "" if neither knows.
+    Never NVML's GPU ``ordinal``: NVML numbers GPUs in PCI order and ignores
+    ``CUDA_VISIBLE_DEVICES``."""
+    from scheduler_daemon.cuda.detect import cuda_gpus
+    gpus, _, _ = cuda_gpus()
+    if 0 <= ordinal < len(gpus):
+        return gpus[ordinal].name
+    try:
+        import torch
+        return str(torch.cuda.get_device_name(ordinal))
+    except Exception:
+        return ""
 
 
 def _torch_has_cuda() -> bool:

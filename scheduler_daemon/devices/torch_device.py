@@ -3,6 +3,14 @@
 On a CUDA device every worker owns a CUDA stream and times kernels with CUDA events; on the CPU
 the workers are a thread pool (torch releases the GIL inside its operators). Completions are
 posted by the workers to a ``Mailbox`` whose socket the daemon polls.
+
+On CUDA the device (``cuda:N``) is made current on the thread that builds the backend (the
+daemon's) and on every worker, so nothing touches another GPU (an unset thread would open a
+context on GPU 0). A worker waits for its kernel on a blocking-sync event: it sleeps in the
+driver instead of spinning a CPU core for the kernel's whole duration, at the cost of a
+thread wake-up (tens of microseconds) per kernel. Inputs are copied straight from the received
+bytes (pageable): pinning them first cost a second host copy and bought nothing, since the
+copy is synchronous anyway (the worker's stream must see the data).
 """
 from __future__ import annotations
 
@@ -26,17 +34,22 @@ class TorchDevice(Device):
     # one job's ops share its tensors: they must run one after the other
     caps = Capabilities(graphs=True, eager=True, concurrent_kernels=False)
 
-    def __init__(self, spec: GpuSpec, device: str = "cpu", workers: int | None = None):
-        import torch
-        self.torch = torch
+    def __init__(self, spec: GpuSpec, device: str = "cpu", workers: int | None = None,
+                 torch_module=None):
+        if torch_module is None:
+            import torch as torch_module
+        torch = self.torch = torch_module   # a stand-in in tests of the CUDA paths
         self.spec = spec
         self.device = torch.device(device)
         self.cuda = self.device.type == "cuda"
+        if self.cuda:
+            torch.cuda.set_device(self.device)   # the daemon's thread: prepare, outputs
         # CPU: one worker. torch already spreads an op over the cores, and ops alternating
         # between two worker threads keep two OpenMP teams spinning against each other (it
         # doubled compute-bound ops in `gpusched bench models`). CUDA: a worker per stream.
         workers = workers or (4 if self.cuda else 1)
-        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="gpusched-torch")
+        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="gpusched-torch",
+                                        initializer=self._worker_init)
         self._mailbox = Mailbox()
         self._local = threading.local()
         self._busy = 0
@@ -44,6 +57,10 @@ class TorchDevice(Device):
         from scheduler_daemon.devices.alloc_guard import AllocGuard
         self.guard = AllocGuard()
         self.alloc_limit = 1 << 62  # per op's outputs; the daemon sets its tenant quota
+
+    def _worker_init(self) -> None:
+        if self.cuda:
+            self.torch.cuda.set_device(self.device)
 
     def describe(self) -> str:
         return f"torch on {self.device} ({self.spec.name})"
@@ -83,10 +100,13 @@ class TorchDevice(Device):
         return self._to_device(t.reshape(meta.shape))
 
     def _to_device(self, t):
-        """CPU tensor -> the device; through pinned memory on CUDA (a DMA copy, no staging)."""
+        """CPU tensor -> the device. On CUDA a synchronous copy from the pageable tensor: it is
+        complete on return, so a worker's stream may use it at once (no pinning: a pinned
+        staging copy would be a second host copy, and ``pin_memory()`` on a thread whose
+        current device is not ours opens a context on GPU 0)."""
         if not self.cuda:
             return t
-        return t.pin_memory().to(self.device, non_blocking=False)
+        return t.to(self.device, non_blocking=False)
 
     def tensor_from(self, layout, buf):
         """An intercepted tensor's storage bytes viewed with the client's shape and strides."""
@@ -112,7 +132,9 @@ class TorchDevice(Device):
         try:
             if self.cuda:
                 torch = self.torch
-                start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                # blocking: the worker sleeps until the kernel is done instead of spinning
+                start = torch.cuda.Event(enable_timing=True)
+                end = torch.cuda.Event(enable_timing=True, blocking=True)
                 with torch.cuda.stream(self._stream()):
                     start.record()
                     out = op(job.payload)
