@@ -19,7 +19,7 @@ from geo.candidates import (
 )
 from geo.feasibility import fleet_budget, meets, within_budget
 from geo.options import job_options
-from geo.spec import Job
+from geo.spec import Job, checkpoint_bytes
 
 log = logging.getLogger("geo.baselines")
 
@@ -48,6 +48,35 @@ class _Fleet:
         # during one solve (copies of a fleet share it); read-only arrays
         self._sv: dict[tuple[str, str, int], tuple] = {}
         self._so: dict[tuple[str, str, int], tuple] = {}  # _site_options, likewise
+        self._mig: dict[str, tuple[np.ndarray, np.ndarray]] = {}  # per running job
+
+    def migration(self, job: Job, n: int) -> tuple[np.ndarray | float, np.ndarray | float]:
+        """(seconds, egress $) per site for a running job to take n GPUs there, as
+        ``candidates._migration`` prices one site: its checkpoint from the site it runs at
+        most GPUs on, plus the restart; nothing where it would run exactly as now."""
+        if not job.running:
+            return 0.0, 0.0
+        now = {s: sum(t.values()) for s, t in job.running.items() if sum(t.values()) > 0}
+        if not now:
+            return 0.0, 0.0
+        src = max(now, key=now.get)
+        got = self._mig.get(job.name)
+        if got is None:
+            m = self.model
+            ck = checkpoint_bytes(job)
+            wire = np.zeros(len(self.idx))
+            usd = np.zeros(len(self.idx))
+            for s, i in self.idx.items():
+                if s != src:
+                    ln = m.wan.get(src, s)
+                    wire[i] = ln.alpha_s + ck / ln.beta_Bps
+                    usd[i] = ck / 1e9 * ln.egress_usd_per_gb
+            got = self._mig[job.name] = (wire + m.spec.defaults.restart_s, usd)
+        secs, usd = got
+        if len(now) == 1 and now[src] == n:  # as it runs now at src: no move
+            secs = secs.copy()
+            secs[self.idx[src]] = 0.0
+        return secs, usd
 
     def read(self, dataset: str) -> tuple[np.ndarray, np.ndarray]:
         """(best bytes/s, $/GB) to each site from the dataset's nearest replica; inf/0 at one."""
@@ -82,8 +111,9 @@ def _site_vectors(fleet: _Fleet, job: Job, t: str, n: int):
     else:
         it = np.full(len(fleet.idx), step)
         read_usd = 0.0
-    hours = left * it / 3600
-    got = (it, hours, n * fleet.price[t] * hours + read_usd)
+    mig_s, mig_usd = fleet.migration(job, n)
+    hours = (left * it + mig_s) / 3600
+    got = (it, hours, n * fleet.price[t] * hours + read_usd + mig_usd)
     for v in got:
         v.setflags(write=False)
     fleet._sv[key] = got

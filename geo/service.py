@@ -67,11 +67,69 @@ log = logging.getLogger("geo.service")
 MAX_FRAME = 4 * 1024 * 1024  # a job or an event is small; bigger frames are refused by libzmq
 JOURNAL_MAX = 1000  # arrivals journaled before a submit saves the whole state (idle saves too)
 
-__all__ = ["GeoService", "GeoClient", "default_geo_endpoint", "default_state_path"]
+__all__ = ["GeoService", "GeoClient", "GeoServiceError", "claim_endpoint", "default_geo_endpoint",
+           "default_state_path"]
 
 
 def default_geo_endpoint() -> str:
     return os.environ.get("GPUSCHED_GEO_ENDPOINT") or f"ipc://{runtime_dir()}/geo.sock"
+
+
+class GeoServiceError(ValueError):
+    """The service cannot start: its endpoint or its state is taken (the message names the
+    fix)."""
+
+
+def lock_state(state_path: str) -> int:
+    """An exclusive lock (fcntl.flock) on ``STATE.lock`` for as long as the service runs: a
+    second service on the same state is refused. The lock is a file of its own because every
+    save replaces the state file (a new inode). Returns the lock's file descriptor."""
+    import fcntl
+
+    folder = os.path.dirname(os.path.abspath(state_path))
+    os.makedirs(folder, mode=0o700, exist_ok=True)
+    lock = state_path + ".lock"
+    fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise GeoServiceError(f"another geo service uses the state {state_path} (it holds "
+                              f"{lock}): stop it first, or pass another --state") from None
+    return fd
+
+
+def _unix_listening(path: str) -> bool:
+    """Something accepts connections on the unix socket ``path`` (whatever its auth)."""
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        s.settimeout(1.0)
+        s.connect(path)
+        return True
+    except (ConnectionRefusedError, FileNotFoundError):
+        return False
+    except OSError:
+        return True  # e.g. a full backlog: someone is there
+    finally:
+        s.close()
+
+
+def claim_endpoint(endpoint: str) -> None:
+    """Refuse an endpoint another process serves (as the daemon's ``bind`` does), before any
+    work: for ipc, a socket file something still accepts on (a stale one, of a service that
+    died, is removed); for tcp, the bind itself fails with "address in use"."""
+    if not endpoint.startswith("ipc://"):
+        return
+    path = endpoint[len("ipc://"):]
+    if not os.path.lexists(path):
+        return
+    import stat
+    if not stat.S_ISSOCK(os.lstat(path).st_mode):
+        raise GeoServiceError(f"{path} exists and is not a socket: pass another --endpoint")
+    if _unix_listening(path):
+        raise GeoServiceError(f"a geo service (or another program) is already serving "
+                              f"{endpoint}: stop it first, or pass another --endpoint")
+    os.unlink(path)  # the socket file of a service that died
 
 
 class GeoService:
@@ -81,6 +139,20 @@ class GeoService:
         self.endpoint, self.state_path, self.token = endpoint, state_path, token
         self.curve_secret = curve_secret
         self._stop = False
+        self._lock = lock_state(state_path)  # before the state is read: one service per state
+        try:
+            self._load(state_path, spec_path, solver, objective)
+        except BaseException:
+            self.close()
+            raise
+
+    def close(self) -> None:
+        """Release the state's lock (serve_forever does at its end)."""
+        if self._lock is not None:
+            os.close(self._lock)
+            self._lock = None
+
+    def _load(self, state_path, spec_path, solver, objective) -> None:
         state = load_state(state_path)
         if state is None:
             if spec_path is None:
@@ -233,9 +305,18 @@ class GeoService:
             self._journal = 0
 
     def serve_forever(self, poll_ms: int = 200) -> None:
+        claim_endpoint(self.endpoint)
         ctx = zmq.Context()
-        sock = make_socket(ctx, zmq.ROUTER, self.endpoint, bind=True, max_frame=MAX_FRAME,
-                           curve_secret=self.curve_secret)
+        try:
+            sock = make_socket(ctx, zmq.ROUTER, self.endpoint, bind=True, max_frame=MAX_FRAME,
+                               curve_secret=self.curve_secret)
+        except zmq.ZMQError as e:
+            ctx.term()
+            self.close()
+            raise GeoServiceError(f"cannot serve {self.endpoint}: {e.strerror}: stop what "
+                                  f"serves it, or pass another --endpoint") from None
+        ipc = self.endpoint[len("ipc://"):] if self.endpoint.startswith("ipc://") else None
+        mine = os.stat(ipc).st_ino if ipc and os.path.exists(ipc) else None
         log.info("geo: serving on %s (state %s)", self.endpoint, self.state_path)
         self._serving = True
         gc.collect()
@@ -261,11 +342,12 @@ class GeoService:
             self.compact()
             sock.close(0)
             ctx.term()
-            if self.endpoint.startswith("ipc://"):
-                try:
-                    os.unlink(self.endpoint[len("ipc://"):])
-                except OSError:
-                    pass
+            try:  # only our own socket file: never one another process bound since
+                if ipc and mine is not None and os.stat(ipc).st_ino == mine:
+                    os.unlink(ipc)
+            except OSError:
+                pass
+            self.close()
             log.info("geo: stopped")
 
 

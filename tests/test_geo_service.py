@@ -324,6 +324,7 @@ def test_journal_replay_skips_what_the_state_holds_and_drops_a_torn_record(tmp_p
     # a restart finds its jobs; a record the state holds already is skipped, not applied twice
     with open(journal_path(path), "wb") as f:
         f.write(b"")
+    svc.close()  # a restart: the first service let go of the state
     svc2 = GeoService(f"ipc://{tmp_path}/unused.sock", path)
     assert [j.name for j in svc2.state.spec.jobs] == [j.name for j in svc.state.spec.jobs]
     r = _submit(svc2, 99, late[7])
