@@ -24,7 +24,6 @@ from client_lib.tensors import from_frame
 from scheduler_daemon.wire import protocol as P
 from scheduler_daemon.wire.eager import (
     EL,
-    SYNC_OPS,
     EagerOp,
     H,
     S,
@@ -32,7 +31,7 @@ from scheduler_daemon.wire.eager import (
     Upload,
 )
 from scheduler_daemon.wire.graph import C, D, K
-from scheduler_daemon.wire.ops import ALLOWED
+from scheduler_daemon.wire.ops import Facts
 from scheduler_daemon.wire.tensors import DTYPES
 
 log = logging.getLogger("gpusched.client.intercept")
@@ -104,21 +103,18 @@ def _session_of(args, kwargs) -> "EagerSession":
 
 
 class _OpInfo:
-    """What the client needs to know of an aten overload, computed once."""
-    __slots__ = ("name", "sync", "writes", "returns")
+    """What the client needs to know of an aten overload, computed once: the daemon's own rules
+    (wire/ops.py) applied to torch's schema, so a refused op fails here before anything is
+    sent."""
+    __slots__ = ("name", "sync", "writes", "returns", "refused", "facts")
 
     def __init__(self, func):
-        self.name = f"{func.namespace}::{func._opname}.{func._overloadname}"
-        base = func._opname
-        schema = func._schema
-        rets = [str(r.type) for r in schema.returns]
-        self.returns = rets
-        tensor_only = all(r in ("Tensor", "Tensor[]", "Tensor?") for r in rets)
-        if func.namespace != "aten" or (base not in ALLOWED and base not in SYNC_OPS):
-            self.sync = None                    # unsupported
-        else:
-            self.sync = base in SYNC_OPS or not tensor_only
-        self.writes = [(i, a.name) for i, a in enumerate(schema.arguments)
+        self.facts = facts = Facts(func)
+        self.name = facts.full_name
+        self.returns = facts.return_types
+        self.refused = facts.refusal()
+        self.sync = facts.sync
+        self.writes = [(i, a.name) for i, a in enumerate(func._schema.arguments)
                        if a.alias_info is not None and a.alias_info.is_write]
 
 
@@ -167,11 +163,15 @@ class EagerSession:
         info = self._info.get(func)
         if info is None:
             info = self._info[func] = _OpInfo(func)
-        if info.sync is None:
-            raise UnsupportedOp(f"operator {info.name} is not supported by the gpusched daemon's "
-                                "intercept path (not in its allowed aten ops); nothing was run. "
-                                "Run it outside client.intercept(), or register the model "
-                                "instead")
+        if info.refused is not None:
+            raise UnsupportedOp(f"operator {info.name} is refused by the gpusched daemon: "
+                                f"{info.refused}; nothing was run. Run it outside "
+                                "client.intercept()")
+        if info.facts.seeded and not info.facts.randomness_off(args, kwargs):
+            raise UnsupportedOp(f"operator {info.name} draws random numbers, and the daemon's "
+                                "generator is not this process's: make the random tensor "
+                                "outside client.intercept() and pass it in, or switch the "
+                                "randomness off (model.eval())")
         with self.lock:
             if info.sync:
                 return self._sync_op(func, info, args, kwargs)
@@ -314,7 +314,7 @@ class EagerSession:
         values = list(reply.values)
         res = []
         for r in info.returns:
-            if r == "Tensor[]":
+            if r == "List[Tensor]":
                 res.append(tensors)
                 tensors = []
             elif r.startswith("Tensor"):

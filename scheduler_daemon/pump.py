@@ -44,7 +44,10 @@ class Pump:
             self.dispatch(now)
             if core.has_finished():
                 for job in core.drain_finished():
-                    on_finished(job)
+                    try:
+                        on_finished(job)
+                    except Exception:  # one job's answer failing must not lose the others'
+                        log.exception("pump: answering job=%s failed", job.id)
                 continue
             if env.peek() > now:
                 return

@@ -42,10 +42,15 @@ def test_replay_is_bit_identical(case):
     assert torch.equal(loaded.run(fresh)[0], want2)   # a new request, not a cached value
 
 
-def test_unknown_op_is_refused_by_name():
+@pytest.mark.parametrize("op,why", [("aten::set_.source_Storage", "another storage"),
+                                    ("aten::relu.__setattr__", "no overload '__setattr__'"),
+                                    ("aten::no_such_op.default", "no aten operator"),
+                                    ("aten::relu.bogus", "no overload 'bogus'"),
+                                    ("prims::add.default", "aten operators only")])
+def test_refused_op_is_refused_by_name_and_reason(op, why):
     g, ws = capture(torch.nn.Linear(4, 4).eval(), [torch.randn(2, 4)])
-    bad = msgspec.structs.replace(g, ops=[OpNode(op="aten::_fft_r2c.default", args=[V(id=0)])] + g.ops)
-    with pytest.raises(ValueError, match="aten::_fft_r2c"):
+    bad = msgspec.structs.replace(g, ops=[OpNode(op=op, args=[V(id=0)])] + g.ops)
+    with pytest.raises(ValueError, match=why):
         LoadedGraph(decode_graph(encode_graph(bad)), ws)
 
 

@@ -287,3 +287,181 @@ def test_tenant_names_under_a_shared_token_are_capped_and_idle_ones_forgotten():
     assert h.send(b"p0", P.Bye()) == []    # t0 is now only a name: it makes room
     h.hello(b"p9", "t9", "shared-token-0123456789")
     assert set(h.server.tenants) == {"t1", "t2", "t9"}
+
+
+# -- 4, 6, 7, 8: what tenants' tensors can do, in-process on the torch backend -------------------
+torch = pytest.importorskip("torch")
+from scheduler_daemon.core.gpu_specs import gpu_spec  # noqa: E402
+from scheduler_daemon.wire.eager import EL, EagerOp, H, TensorLayout, Upload  # noqa: E402
+from scheduler_daemon.wire.graph import C, D  # noqa: E402
+
+MiB = 1 << 20
+
+
+def _torch_harness(**options):
+    from scheduler_daemon.devices.torch_device import TorchDevice
+    return Harness(device=TorchDevice(gpu_spec("T4"), "cpu"), **options)
+
+
+class Eager:
+    """A hostile intercept client speaking EAGER_OPS / EAGER_SYNC directly."""
+
+    def __init__(self, h: Harness, peer: bytes, tenant: str):
+        self.h, self.peer, self.seq, self.rid = h, peer, 0, 0
+        h.hello(peer, tenant)
+
+    def ops(self, *ops, uploads=(), frames=(), free=()):
+        self.seq += 1
+        return self.h.send(self.peer, P.EagerOps(seq=self.seq, ops=list(ops),
+                                                 uploads=list(uploads), free=list(free)),
+                           *frames)
+
+    def upload(self, hid: int, arr=None, layout=None, data=b""):
+        if arr is not None:
+            data = arr.tobytes()
+            layout = TensorLayout(str(arr.dtype), list(arr.shape), [s // arr.itemsize
+                                                                    for s in arr.strides], 0)
+        return self.ops(uploads=[Upload(hid, layout, len(data), 1)], frames=[data])
+
+    def sync(self, fetch=(), op=None, first_out=0):
+        self.rid += 1
+        replies = self.h.send(self.peer, P.EagerSync(req_id=self.rid, fetch=list(fetch), op=op,
+                                                     first_out=first_out))
+        self.h.run()
+        replies += self.h.take(self.peer)
+        got = [(m, r) for m, r in replies if getattr(m, "req_id", 0) == self.rid]
+        assert len(got) == 1, got
+        return got[0]
+
+    def held(self) -> int:
+        return self.h.server.tenants[self._tenant()].bytes_held
+
+    def _tenant(self):
+        return self.h.server.sessions[self.h.routing_id(self.peer)].tenant.name
+
+
+def test_4_an_empty_tensor_never_shows_another_tenants_freed_data():
+    import numpy as np
+    h = _torch_harness()
+    try:
+        alice, bob = Eager(h, b"alice", "alice"), Eager(h, b"bob", "bob")
+        secret = np.full(1 << 16, 1234.5, np.float32)
+        alice.upload(1, secret)
+        alice.ops(EagerOp("aten::mul.Tensor", [H(1), C(2.0)], {}, [2]))
+        alice.ops(free=[1, 2])
+        alice.sync()
+        bob.ops(EagerOp("aten::empty.memory_format", [EL([C(1 << 16)])],
+                        {"dtype": D("float32")}, [1]),
+                EagerOp("aten::empty_like.default", [H(1)], {}, [2]))
+        for hid in (1, 2):
+            m, raw = bob.sync(fetch=[hid])
+            got = np.frombuffer(raw[0], np.float32)
+            assert not np.isin(got, [1234.5, 2469.0]).any() and not got.any()
+    finally:
+        h.close()
+
+
+def test_6_quotas_hold_per_tenant_per_op_per_storage():
+    import numpy as np
+    h = _torch_harness(max_tenant_bytes=MiB)
+    try:
+        a = Eager(h, b"a1", "a")
+        # (a) counted as each op runs: the op that would pass the quota is refused, not kept
+        zeros = [EagerOp("aten::zeros.default", [EL([C(32 * 1024)])], {}, [10 + i])
+                 for i in range(24)]                           # 24 x 128 KiB under 1 MiB
+        a.ops(*zeros)
+        m, _ = a.sync()
+        assert m.code == "TOO_LARGE" and "aten::zeros" in m.message
+        assert a.held() <= MiB
+        a.ops(free=list(range(10, 34)))
+        a.sync()
+        assert a.held() == 0
+        # (b) one quota per tenant, not per connection
+        a2 = Eager(h, b"a2", "a")
+        a.upload(1, np.zeros(150_000, np.float32))             # 600 KB
+        a2.upload(1, np.zeros(150_000, np.float32))            # 600 KB more: refused
+        m, _ = a2.sync()
+        assert m.code == "TOO_LARGE" and "quota" in m.message
+        # (c, d) a view keeps its storage counted after its base is freed
+        a.ops(EagerOp("aten::slice.Tensor", [H(1), C(0), C(0), C(10)], {}, [2]), free=[1])
+        a.sync()
+        assert a.held() >= 600_000
+        a.ops(free=[2])
+        a.sync()
+        assert a.held() == 0
+        # (e) a few stored bytes viewed as 2**28 elements: the fetch would build a GiB
+        lay = TensorLayout("float32", [1 << 28], [0], 0)
+        a.upload(3, layout=lay, data=b"\0" * 4)
+        m, _ = a.sync(fetch=[3])
+        assert m.code == "TOO_LARGE" and "view" in m.message
+        # (f) data-dependent outputs are bounded before they run
+        a.upload(4, np.ones(100_000, np.float32))              # 400 KB, nonzero -> 800 KB
+        m, _ = a.sync(op=EagerOp("aten::nonzero.default", [H(4)], {}, []), first_out=50)
+        assert m.code == "TOO_LARGE" and "nonzero" in m.message
+    finally:
+        h.close()
+
+
+def test_6i_model_weights_count_against_the_quota():
+    from client_lib.capture import capture
+    from client_lib.models import register_graph_frames
+    h = _torch_harness(max_tenant_bytes=100_000)
+    try:
+        h.hello(b"a", "a")
+        model = torch.nn.Linear(100, 120).eval()             # 48 KB of weights
+        msg, frames, _ = register_graph_frames("m1", model, [torch.randn(1, 100)], 1 << 30)
+        assert isinstance(h.call(b"a", msg, *[bytes(f) for f in frames]), P.Registered)
+        msg.model, msg.req_id = "m2", 2
+        assert isinstance(h.call(b"a", msg, *[bytes(f) for f in frames]), P.Registered)
+        msg.model, msg.req_id = "m3", 3                       # 3 x 48 KB > 100 KB
+        m = h.call(b"a", msg, *[bytes(f) for f in frames])
+        assert m.code == "TOO_LARGE" and "quota" in m.message
+        assert h.server.tenants["a"].bytes_held == 2 * 48_480
+        del capture
+    finally:
+        h.close()
+
+
+def test_7_an_op_over_the_work_bound_is_refused_before_it_runs():
+    import numpy as np
+    h = _torch_harness()
+    try:
+        a, b = Eager(h, b"a", "a"), Eager(h, b"b", "b")
+        a.upload(1, np.ones(1, np.float32))
+        a.ops(EagerOp("aten::expand.default", [H(1), EL([C(1 << 38)])], {}, [2]),
+              EagerOp("aten::sum.default", [H(2)], {}, [3]))
+        m, _ = a.sync()
+        assert m.code == "TOO_LARGE" and "operations" in m.message
+        b.upload(1, np.ones(4, np.float32))                    # another tenant is served
+        m, raw = b.sync(fetch=[1])
+        assert isinstance(m, P.EagerResult)
+        huge = TensorLayout("float32", [1 << 40], [0], 0)       # refused as an upload too
+        a.upload(9, layout=huge, data=b"\0" * 4)
+        m, _ = a.sync()
+        assert m.code == "TOO_LARGE" and "view of" in m.message
+    finally:
+        h.close()
+
+
+def test_8_op_names_cannot_reach_torch_internals_and_a_complex_item_is_answered():
+    import numpy as np
+    h = _torch_harness()
+    try:
+        a, b = Eager(h, b"a", "a"), Eager(h, b"b", "b")
+        a.upload(1, np.ones(4, np.float32))
+        a.ops(EagerOp("aten::relu.__setattr__", [C("default"), C(1)], {}, [0]))
+        m, _ = a.sync()
+        assert m.code == "BAD_MODEL" and "__setattr__" in m.message
+        b.upload(1, -np.ones(4, np.float32))                   # relu still works for everyone
+        b.ops(EagerOp("aten::relu.default", [H(1)], {}, [2]))
+        m, raw = b.sync(fetch=[2])
+        assert np.frombuffer(raw[0], np.float32).tolist() == [0.0] * 4
+        a.ops(EagerOp("aten::view_as_complex.default", [H(3)], {}, [4]),
+              uploads=[Upload(3, TensorLayout("float32", [2], [1], 0), 8, 1)],
+              frames=[np.array([1.0, 2.0], np.float32).tobytes()])
+        m, _ = a.sync(op=EagerOp("aten::_local_scalar_dense.default", [H(4)], {}, []))
+        assert m.code == "OP_FAILED" and "complex" in m.message
+        m, _ = a.sync()                                        # and the stream goes on
+        assert isinstance(m, P.EagerResult)
+    finally:
+        h.close()

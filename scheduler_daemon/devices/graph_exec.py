@@ -1,31 +1,19 @@
-"""Run a captured Graph (graph_spec) with torch: resolve and allowlist ops at load, replay per request.
+"""Run a captured Graph (wire/graph.py) with torch: resolve its ops at load, replay per request.
 
-Ops are resolved once when the model is registered; an op outside ALLOWED is refused naming it.
-``run_op`` executes one node so that the scheduler can treat each op as one kernel.
+Ops are resolved once when the model is registered (``op_policy.resolve``: torch's registry and
+the refusal rules of wire/ops.py); a refused op fails the registration naming it. ``run_op``
+executes one node so that the scheduler can treat each op as one kernel.
 """
 from __future__ import annotations
 
 import logging
 
+from scheduler_daemon.devices.op_policy import resolve
 from scheduler_daemon.wire.graph import C, D, Graph, K, L, V
-from scheduler_daemon.wire.ops import ALLOWED
 
 log = logging.getLogger("gpusched.graph")
 
 MAX_WEIGHT_BYTES = 4 << 30
-
-
-def resolve_op(name: str):
-    """'aten::addmm.default' -> OpOverload; ValueError naming the op when refused."""
-    import torch
-    ns, _, rest = name.partition("::")
-    opname, _, overload = rest.partition(".")
-    if ns != "aten" or opname not in ALLOWED:
-        raise ValueError(f"unsupported op {name!r}: not in the daemon's allowed aten ops")
-    try:
-        return getattr(getattr(torch.ops.aten, opname), overload or "default")
-    except AttributeError:
-        raise ValueError(f"unsupported op {name!r}: no such aten overload") from None
 
 
 def _dtype(name: str):
@@ -52,7 +40,14 @@ class LoadedGraph:
     def __init__(self, graph: Graph, weights: list, device=None):
         self.graph = graph
         self.device = device
-        self.fns = [resolve_op(n.op) for n in graph.ops]
+        self.fns = [resolve(n.op) for n in graph.ops]
+        for node, op in zip(graph.ops, self.fns):
+            if op.seeded and not op.facts.randomness_off(
+                    [a.value if isinstance(a, C) else None for a in node.args],
+                    {k: v.value for k, v in node.kwargs.items() if isinstance(v, C)}):
+                raise ValueError(f"{op.name} draws random numbers from the daemon's generator, "
+                                 "which is not the client's: capture the model in eval mode, "
+                                 "or make the random tensor an input")
         if len(weights) != len(graph.weights):
             raise ValueError(f"graph declares {len(graph.weights)} weights, got {len(weights)}")
         self.weights = weights
@@ -96,7 +91,7 @@ class LoadedGraph:
         args = [self._arg(a, env) for a in node.args]
         kwargs = {k: self._arg(v, env) for k, v in node.kwargs.items()}
         if guard is not None:
-            guard.check(node.op, self.fns[i], args, kwargs, limit)
+            guard.check(self.fns[i], args, kwargs, limit)
         out = self.fns[i](*args, **kwargs)
         outs = list(out) if isinstance(out, (tuple, list)) else [out]
         if len(outs) != node.n_out:

@@ -51,6 +51,7 @@ class DaemonConfig:
     max_connections: int = 1024    # live connections; more are refused at the handshake
     max_unauthenticated: int = 64  # connections that have not said HELLO; more are refused
     max_tenants: int = 1024        # distinct tenant names under a shared token (or none)
+    max_op_work: float = 0.0       # one intercepted/graph op's FLOPs or elements (0: by device)
     limits: DaemonLimits = field(default_factory=DaemonLimits)
 
 

@@ -1,22 +1,29 @@
-"""The intercept path in the daemon: each client's stream of eager aten ops (issue 4).
+"""The intercept path in the daemon: each client's stream of eager aten ops.
 
 A client's ``EAGER_OPS`` batches run in order, one batch at a time in the scheduler core as one
 job whose kernels are its ops, so other tenants' kernels interleave at op boundaries under the
 daemon's policy. The tensors live here, in one table per client session, named by the client's
 handles; ``EAGER_SYNC`` is answered once every earlier batch has run (CUDA semantics: launches
 return at once, errors and values come back at the next sync point).
+
+Every tensor in a table is counted in its tenant's ``Ledger`` by the storage it lives in, as
+each op runs (not after the batch): an op whose outputs would pass the tenant's room, or whose
+work would pass the daemon's bound per op, is refused before it allocates (``OpGuard``).
 """
 from __future__ import annotations
 
 import logging
+import math
 from collections import OrderedDict, deque
 
 from scheduler_daemon.core.jobs import Job, JobState
-from scheduler_daemon.devices.alloc_guard import AllocGuard
-from scheduler_daemon.devices.graph_exec import _const, _dtype, resolve_op
+from scheduler_daemon.core.ledger import Ledger, storage_key
+from scheduler_daemon.devices.graph_exec import _const, _dtype
+from scheduler_daemon.devices.op_guard import OpGuard, TooLarge
+from scheduler_daemon.devices.op_policy import OpRefused, resolve
 from scheduler_daemon.server.registration import buffer_of
 from scheduler_daemon.wire import protocol as P
-from scheduler_daemon.wire.eager import EL, SYNC_OPS, EagerOp, H, S, TensorLayout
+from scheduler_daemon.wire.eager import EL, EagerOp, H, S, TensorLayout
 from scheduler_daemon.wire.graph import C, D
 from scheduler_daemon.wire.kernels import KernelSpec
 from scheduler_daemon.wire.protocol import Code, ProtocolError
@@ -31,17 +38,35 @@ MODEL_CACHE = 256
 class EagerState:
     """One client's intercepted tensors and its queue of batches and syncs."""
 
-    __slots__ = ("table", "sizes", "known", "queue", "running", "error", "bytes", "dead")
+    __slots__ = ("table", "known", "queue", "running", "error", "dead", "ledger")
 
-    def __init__(self):
+    def __init__(self, ledger: Ledger):
         self.table: dict = {}            # handle -> tensor on the daemon's device
-        self.sizes: dict[int, int] = {}  # handle -> bytes it owns (views own none)
         self.known: set[int] = set()     # handles that exist once the queued batches have run
         self.queue: deque = deque()      # Jobs and pure syncs, in arrival order
         self.running: Job | None = None  # the one batch of this client in the core
         self.error: tuple[str, str] | None = None  # reported at the next sync
-        self.bytes = 0
         self.dead = False
+        self.ledger = ledger             # the tenant's, shared with its other connections
+
+    def put(self, h: int, t) -> None:
+        """Keep ``t`` as handle ``h``, counted by its storage."""
+        if self.dead:           # the session ended while its batch ran: nothing to keep
+            return
+        old = self.table.get(h)
+        self.table[h] = t
+        self.ledger.hold(*storage_key(t))
+        if old is not None:
+            self.ledger.release(storage_key(old)[0])
+
+    def pop(self, h: int) -> None:
+        t = self.table.pop(h, None)
+        if t is not None:
+            self.ledger.release(storage_key(t)[0])
+
+    def clear(self) -> None:
+        for h in list(self.table):
+            self.pop(h)
 
 
 class _Owner:
@@ -63,11 +88,11 @@ class EagerWork:
     """A batch's payload: its ops resolved, run one per kernel against the client's table."""
 
     __slots__ = ("state", "ops", "fns", "free", "seq", "device", "reply", "first_out", "values",
-                 "created", "fetch", "guard", "limit")
+                 "created", "fetch", "guard")
 
-    def __init__(self, state, ops, fns, free, seq, device, guard, limit):
+    def __init__(self, state, ops, fns, free, seq, device, guard):
         self.state, self.ops, self.fns, self.free, self.seq = state, ops, fns, free, seq
-        self.device, self.guard, self.limit = device, guard, limit
+        self.device, self.guard = device, guard
         self.reply = 0          # req_id of the EAGER_SYNC this batch answers (a sync op)
         self.first_out = 0
         self.values: list = []
@@ -101,33 +126,49 @@ class EagerWork:
 
     def _run(self, i: int) -> None:
         import torch
-        node = self.ops[i]
+        node, op, st = self.ops[i], self.fns[i], self.state
         args = [self._arg(a) for a in node.args]
         kwargs = {k: self._arg(v) for k, v in node.kwargs.items()}
-        self.guard.check(node.op, self.fns[i], args, kwargs, self.limit - self.state.bytes)
-        out = self.fns[i](*args, **kwargs)
+        self.guard.check(op, args, kwargs, st.ledger.room())
+        regrown = _storage_sharers(st, args[0]) if op.facts.name.startswith("resize") else []
+        for h in regrown:   # a resize can move the storage: count it again afterwards
+            st.ledger.release(storage_key(st.table[h])[0])
+        out = op(*args, **kwargs)
+        for h in regrown:
+            st.ledger.hold(*storage_key(st.table[h]))
         flat = _flatten(out)
-        table = self.state.table
+        made: list[int] = []
         if self.reply:   # a sync op: its tensor outputs are numbered from first_out
             h = self.first_out
             for o in flat:
                 if isinstance(o, torch.Tensor):
                     if not h:
                         raise ValueError(f"{node.op} gave a tensor; the sync named no handle")
-                    table[h] = o
-                    self.created.append(h)
+                    st.put(h, o)
+                    made.append(h)
                     h += 1
                 else:
                     self.values.append(o)
-            return
-        tensors = [o for o in flat if isinstance(o, torch.Tensor)]
-        if len(tensors) != len(node.outs):
-            raise ValueError(f"{node.op} gave {len(tensors)} tensors, the client expected "
-                             f"{len(node.outs)}")
-        for h, o in zip(node.outs, tensors):
-            if h:
-                table[h] = o
-                self.created.append(h)
+        else:
+            tensors = [o for o in flat if isinstance(o, torch.Tensor)]
+            if len(tensors) != len(node.outs):
+                raise ValueError(f"{node.op} gave {len(tensors)} tensors, the client expected "
+                                 f"{len(node.outs)}")
+            for h, o in zip(node.outs, tensors):
+                if h:
+                    st.put(h, o)
+                    made.append(h)
+        self.created += made
+        if st.ledger.room() < 0:   # only a data-dependent op can get here: undo it, refuse
+            for h in made:
+                st.pop(h)
+            raise TooLarge(f"{node.op} allocated past the tenant's quota of {st.ledger.quota} "
+                           "bytes (--max-tenant-bytes): its outputs were dropped")
+
+
+def _storage_sharers(st: EagerState, t) -> list[int]:
+    key = storage_key(t)[0]
+    return [h for h, x in st.table.items() if storage_key(x)[0] == key]
 
 
 def _flatten(out) -> list:
@@ -156,11 +197,10 @@ def layout_of(t) -> TensorLayout:
 class EagerStreams:
     """The server's handlers for EAGER_OPS / EAGER_SYNC and the bookkeeping of their jobs."""
 
-    def __init__(self, server):
+    def __init__(self, server, max_op_work: float = float("inf")):
         self.d = server
-        self._fns: dict[str, object] = {}
         self._models: OrderedDict = OrderedDict()
-        self.guard = AllocGuard()
+        self.guard = OpGuard(max_op_work)
 
     # -- requests -----------------------------------------------------------------------------
     def _state(self, s) -> EagerState:
@@ -168,7 +208,7 @@ class EagerStreams:
             raise ProtocolError(Code.BAD_MODEL, f"backend {self.d.device.name!r} cannot run "
                                 "intercepted torch ops: start the daemon with --backend torch")
         if s.eager is None:
-            s.eager = EagerState()
+            s.eager = EagerState(s.tenant.ledger)
         return s.eager
 
     def on_ops(self, s, msg: P.EagerOps, raw: list) -> None:
@@ -194,7 +234,7 @@ class EagerStreams:
             self._queue_free_only(st, msg.free)
             return
         work = EagerWork(st, msg.ops, fns, list(msg.free), msg.seq, self.d.device.device,
-                         self.guard, self.d.limits.max_tenant_bytes)
+                         self.guard)
         self._enqueue(s, st, self._job(s, st, work, msg.slo_ms, msg.priority))
 
     def on_sync(self, s, msg: P.EagerSync, raw: list) -> None:
@@ -214,8 +254,7 @@ class EagerStreams:
             st.queue.append(_Sync(msg.req_id, []))
             self._start_next(s, st)
             return
-        work = EagerWork(st, [msg.op], [fn], [], 0, self.d.device.device, self.guard,
-                         self.d.limits.max_tenant_bytes)
+        work = EagerWork(st, [msg.op], [fn], [], 0, self.d.device.device, self.guard)
         work.reply, work.first_out, work.fetch = msg.req_id, msg.first_out, list(msg.fetch)
         self._enqueue(s, st, self._job(s, st, work, 0.0, 0))
 
@@ -228,7 +267,6 @@ class EagerStreams:
         if want != len(raw):
             raise ProtocolError(Code.BAD_INPUT, f"{len(msg.uploads)} uploads declare {want} "
                                 f"raw frames; {len(raw)} were sent")
-        lim = self.d.limits.max_tenant_bytes
         at = 0
         for u in msg.uploads:
             parts, at = raw[at:at + u.frames], at + u.frames
@@ -245,33 +283,27 @@ class EagerStreams:
                 raise ProtocolError(Code.BAD_INPUT, f"upload {u.id}: layout {lay.shape}/"
                                     f"{lay.stride}+{lay.offset} needs {span * DTYPES[lay.dtype]} "
                                     f"bytes; {sum(len(f) for f in parts)} were sent")
+            logical = math.prod(lay.shape)
+            if logical > self.guard.max_work:   # a stride-0 view of a few bytes, 2**38 long
+                raise ProtocolError(Code.TOO_LARGE, f"upload {u.id}: a view of {logical} "
+                                    f"elements over {span} stored ones; the daemon's bound per "
+                                    f"op is {self.guard.max_work:.3g}: send it materialised")
             if u.id in st.known:
                 raise ProtocolError(Code.DUPLICATE, f"upload {u.id}: that handle is in use")
-            if st.bytes + u.nbytes > lim:
+            if u.nbytes > st.ledger.room():
                 raise ProtocolError(Code.TOO_LARGE, f"a tensor of {u.nbytes} bytes would take "
-                                    f"tenant {s.tenant.name!r}'s intercepted tensors to "
-                                    f"{st.bytes + u.nbytes} bytes, over its quota of {lim} "
-                                    "bytes: free tensors (del) or raise --max-tenant-bytes")
+                                    f"tenant {s.tenant.name!r} past its quota of "
+                                    f"{st.ledger.quota} bytes ({st.ledger.used} held): free "
+                                    "tensors (del) or raise --max-tenant-bytes")
             buf = buffer_of(parts[0]) if len(parts) == 1 else b"".join(map(buffer_of, parts))
-            st.table[u.id] = self.d.device.tensor_from(lay, buf)
-            st.sizes[u.id] = u.nbytes
-            st.bytes += u.nbytes
+            st.put(u.id, self.d.device.tensor_from(lay, buf))
             st.known.add(u.id)
 
     def _check_op(self, st: EagerState, i: int, op: EagerOp, sync: bool = False):
-        fn = self._fns.get(op.op)
-        if fn is None:
-            name = op.op.partition("::")[2].partition(".")[0]
-            try:
-                if name in SYNC_OPS:
-                    import torch
-                    fn = getattr(getattr(torch.ops.aten, name),
-                                 op.op.partition(".")[2] or "default")
-                else:
-                    fn = resolve_op(op.op)
-            except (ValueError, AttributeError) as e:
-                raise ProtocolError(Code.BAD_MODEL, f"op {i}: {e}") from None
-            self._fns[op.op] = fn
+        try:
+            fn = resolve(op.op)
+        except OpRefused as e:
+            raise ProtocolError(Code.BAD_MODEL, f"op {i}: {e}") from None
         refs: list[int] = []
         for a in op.args:
             _handles(a, refs)
@@ -334,26 +366,18 @@ class EagerStreams:
         if st.dead:
             return
         st.running = None
-        for h in work.created:
-            t = st.table.get(h)
-            if t is not None and t._base is None:
-                n = t.numel() * t.element_size()
-                st.sizes[h] = n
-                st.bytes += n
         if job.state is not JobState.DONE and st.error is None:
             i = min(job.done_kernels, len(work.ops) - 1)
             what = (f"{work.ops[i].op} (op {i} of EAGER_OPS seq {work.seq})" if work.seq
                     else work.ops[0].op)
+            err = job.error or job.state.value
             code = Code.OP_FAILED if job.state is JobState.FAILED else Code.DRAINING
-            if (job.error or "").startswith("TooLarge:"):
+            if err.startswith(("TooLarge:", "TooMuchWork:")):
                 code = Code.TOO_LARGE
-            st.error = (code, f"{what}: {job.error or job.state.value}")
+            elif err.startswith("OpRefused:"):
+                code = Code.BAD_MODEL
+            st.error = (code, f"{what}: {err}")
             log.info("eager: tenant=%s %s", s.tenant.name, st.error[1])
-        lim = self.d.limits.max_tenant_bytes
-        if st.error is None and st.bytes > lim:
-            st.error = (Code.TOO_LARGE, f"tenant {s.tenant.name!r}'s intercepted tensors take "
-                        f"{st.bytes} bytes, over its quota of {lim} bytes: free tensors (del) "
-                        "or raise --max-tenant-bytes")
         self._release(st, work.free)
         if work.reply:
             st.known.update(work.created)
@@ -368,8 +392,7 @@ class EagerStreams:
 
     def _release(self, st: EagerState, handles) -> None:
         for h in handles:
-            st.table.pop(h, None)
-            st.bytes -= st.sizes.pop(h, 0)
+            st.pop(h)
 
     def _answer_error(self, s, st: EagerState, req_id: int) -> None:
         code, message = st.error
@@ -385,18 +408,30 @@ class EagerStreams:
             t = st.table.get(h)
             if t is None:
                 self.d.error(s.identity, req_id, Code.BAD_INPUT, f"fetch: tensor handle {h} "
-                              "does not exist (freed, or made by an op that failed)")
+                             "does not exist (freed, or made by an op that failed)")
                 return
-            t = t.detach().contiguous().cpu()
             name = str(t.dtype).removeprefix("torch.")
             if name not in DTYPES:
                 self.d.error(s.identity, req_id, Code.BAD_INPUT, f"fetch: dtype {name} cannot "
-                              f"be sent; convert it first (.float())")
+                             f"be sent; convert it first (.float())")
                 return
+            n = math.prod(t.shape) * t.element_size()
+            if not t.is_contiguous() and n > st.ledger.room():
+                # a view materialised for sending: a few stored bytes may view gigabytes
+                self.d.error(s.identity, req_id, Code.TOO_LARGE, f"fetch: tensor handle {h} "
+                             f"is a view of {n} bytes, more than the {st.ledger.room()} bytes "
+                             "left in the tenant's quota: fetch a slice of it")
+                return
+            t = t.detach().contiguous().cpu()
             metas.append(TensorMeta(dtype=name, shape=list(t.shape)))
             bufs.append(t.numpy().reshape(-1).view("uint8").data if t.numel() else b"")
+        try:
+            vals = [_scalar(v) for v in values]
+        except ValueError as e:
+            self.d.error(s.identity, req_id, Code.OP_FAILED, str(e))
+            return
         self.d.reply(s.identity, P.EagerResult(req_id=req_id, fetched=metas, outs=list(outs),
-                                               values=[_scalar(v) for v in values]), bufs)
+                                               values=vals), bufs)
 
     # -- sessions and draining ----------------------------------------------------------------
     def drop(self, s) -> None:
@@ -407,9 +442,7 @@ class EagerStreams:
         if st.running is not None:
             self.d.core.abort(st.running, self.d.env.now)
         st.queue.clear()
-        st.table.clear()
-        st.sizes.clear()
-        st.bytes = 0
+        st.clear()
 
     def busy(self, sessions) -> bool:
         return any(s.eager is not None and (s.eager.running is not None or s.eager.queue)
@@ -427,5 +460,6 @@ def _scalar(v):
     if v is None or isinstance(v, (bool, int, float)):
         return v
     if isinstance(v, complex):
-        raise ValueError("complex values cannot be sent")
+        raise ValueError("a complex value cannot be sent: take .real and .imag (or .abs()) "
+                         "before .item()")
     return float(v)

@@ -28,6 +28,7 @@ def register_kernels(server, s: Session, msg: P.Register, raw: list) -> None:
     # a graph or CUDA module loaded under this name before is no longer wanted (loads of a
     # graph or module replace the earlier one of the same name themselves)
     server.device.forget((s.tenant.name, msg.model))
+    s.tenant.ledger.refund(("model", msg.model))
     _install(server, s, msg, msg.kernels, "kernels")
 
 
@@ -44,13 +45,15 @@ def register_graph(server, s: Session, msg: P.RegisterGraph, raw: list) -> None:
                             f"{len(counts)} frame counts")
     bufs = tensors_from_frames(msg.weights, counts, raw, "weight")
     total = sum(len(b) for b in bufs)
-    _check_quota(server, s, msg.model, total, "its weights take")
+    _check_quota(server, s, msg.model, total, "its weights take",
+                 replaces=s.tenant.ledger.charged(("model", msg.model)))
     try:
         kernels = server.device.load_graph((s.tenant.name, msg.model), msg.graph,
                                            list(zip(msg.weights, bufs)))
     except (ValueError, TypeError, msgspec.ValidationError, msgspec.DecodeError) as e:
         raise ProtocolError(Code.BAD_MODEL, f"model {msg.model!r}: {e}") from None
     _check_kernel_count(server, msg.model, len(kernels), "ops")
+    s.tenant.ledger.charge(("model", msg.model), total)   # the weights live while it does
     _install(server, s, msg, kernels, f"ops weight_bytes={total}")
 
 
@@ -72,6 +75,7 @@ def register_cuda(server, s: Session, msg: P.RegisterCuda, raw: list) -> None:
                                 f"{server.device.name!r} cannot launch CUDA kernels: start "
                                 "the daemon with --backend cuda on a GPU node")
         kernels = server.device.load_cuda((s.tenant.name, msg.model), msg.cuda)
+        s.tenant.ledger.refund(("model", msg.model))
     except CudaUnavailable as e:
         raise ProtocolError(Code.BAD_MODEL, str(e)) from None
     except ValueError as e:          # CudaCompileError (with the log) included
@@ -119,11 +123,14 @@ def _check_kernel_count(server, model: str, n: int, what: str) -> None:
                             f"{server.limits.max_kernels}")
 
 
-def _check_quota(server, s: Session, model: str, nbytes: int, what: str) -> None:
-    quota = server.limits.max_tenant_bytes
-    if nbytes > quota:
-        raise ProtocolError(Code.TOO_LARGE, f"model {model!r}: {what} {nbytes} bytes, more "
-                            f"than tenant {s.tenant.name!r}'s quota of {quota} bytes")
+def _check_quota(server, s: Session, model: str, nbytes: int, what: str,
+                 replaces: int = 0) -> None:
+    """``nbytes`` must fit the tenant's room (plus what the model being replaced frees)."""
+    ledger = s.tenant.ledger
+    if nbytes > ledger.room() + replaces:
+        raise ProtocolError(Code.TOO_LARGE, f"model {model!r}: {what} {nbytes} bytes; tenant "
+                            f"{s.tenant.name!r} holds {ledger.used} of its quota of "
+                            f"{ledger.quota} bytes: free some, or raise --max-tenant-bytes")
 
 
 def _install(server, s: Session, msg, kernels: list, what: str) -> None:

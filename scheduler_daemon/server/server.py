@@ -87,7 +87,8 @@ class Server:
                                         lim.max_tenant_bytes)
         self._admission_factory = admission
         self._admission = None  # built at the first ADMIT (it loads profiles)
-        self.eager = EagerStreams(self)    # the intercept path's per-client op streams
+        # the intercept path's per-client op streams
+        self.eager = EagerStreams(self, config.max_op_work or _default_work(device))
         self._handlers = {P.Register: partial(registration.register_kernels, self),
                           P.RegisterGraph: partial(registration.register_graph, self),
                           P.RegisterCuda: partial(registration.register_cuda, self),
@@ -229,17 +230,12 @@ class Server:
             for job in sess.jobs.values():
                 d = running if job.first_start is not None else queued
                 d[job.tenant] = d.get(job.tenant, 0) + 1
-        eager_bytes: dict[str, int] = {}
-        for sess in self.sessions.values():
-            if sess.eager is not None:
-                n = sess.tenant.name
-                eager_bytes[n] = eager_bytes.get(n, 0) + sess.eager.bytes
         tenants = [P.TenantStatus(tenant=t.name, clients=t.clients, queued=queued.get(t.name, 0),
                                   running=running.get(t.name, 0), completed=t.completed,
                                   cancelled=t.cancelled, failed=t.failed, shed=t.shed,
                                   slo_missed=t.slo_missed, p50_ms=t.percentile(0.5),
                                   p99_ms=t.percentile(0.99),
-                                  bytes_held=t.bytes_held + eager_bytes.get(t.name, 0))
+                                  bytes_held=t.bytes_held)
                    for t in self.tenants.values()]
         return P.StatusReply(req_id=req_id, daemon_id=self.daemon_id,
                              device=self.device.describe(), policy=self.core.policy.name,
@@ -281,7 +277,7 @@ class Server:
             self.drop_session(old, "re-HELLO", now)
         tenant = self.tenants.get(msg.tenant)
         if tenant is None:
-            tenant = self.tenants[msg.tenant] = Tenant(msg.tenant)
+            tenant = self.tenants[msg.tenant] = Tenant(msg.tenant, self.limits.max_tenant_bytes)
         tenant.clients += 1
         self.sessions[identity] = Session(identity, tenant, now, conn)
         log.info("daemon: hello client=%s tenant=%s", identity.hex(), msg.tenant)
@@ -309,11 +305,24 @@ class Server:
         if msg.inputs or raw:
             payload = self._inputs(msg, raw)
             nbytes = sum(len(b) for _, b in payload)
-            if tenant.bytes_held + nbytes > lim.max_tenant_bytes:
+            if nbytes > tenant.ledger.room():
                 raise ProtocolError(Code.LIMIT, f"tenant {tenant.name!r} holds "
-                                    f"{tenant.bytes_held} input bytes in unfinished jobs; "
-                                    f"{nbytes} more would pass the limit of "
-                                    f"{lim.max_tenant_bytes}: wait for jobs to finish")
+                                    f"{tenant.bytes_held} bytes (input bytes of unfinished "
+                                    f"jobs, models, intercepted tensors); {nbytes} more would "
+                                    f"pass the limit of {lim.max_tenant_bytes}: wait for jobs "
+                                    "to finish")
+        # -- issue 18: device memory quota. Where the device allocates per job (the cuda
+        # backend: every buffer, at submit), what it holds is counted against the tenant's
+        # quota in place of the input bytes (which it includes), from submit to the answer.
+        dev_bytes = self.device.job_device_bytes(model)
+        if dev_bytes > nbytes:
+            if tenant.bytes_held + dev_bytes > lim.max_tenant_bytes:
+                raise ProtocolError(Code.LIMIT, f"tenant {tenant.name!r} holds "
+                                    f"{tenant.bytes_held} bytes in unfinished jobs; this job's "
+                                    f"{dev_bytes} bytes of device memory would pass the limit "
+                                    f"of {lim.max_tenant_bytes}: wait for jobs to finish")
+            nbytes = dev_bytes
+        # -- end issue 18
         now = self.env.now
         job = Job(self.new_job_id(), tenant.name, model, msg.slo_ms, now, msg.priority, payload,
                   (s, msg.req_id))
@@ -326,7 +335,8 @@ class Server:
         self.core.add(job, now)
         s.jobs[msg.req_id] = job
         tenant.unfinished += 1
-        tenant.bytes_held += nbytes
+        if nbytes:
+            tenant.ledger.charge(("job", job.id), nbytes)
         if msg.ack:
             self.reply(s.identity, P.Accepted(req_id=msg.req_id, job_id=job.id))
         if self._debug:  # per-job lines: read once, so they cost nothing when off
@@ -370,13 +380,24 @@ class Server:
                                     f"req_id {msg.target} (finished jobs were already answered)")
             js = P.JobStatus(job_id=job.id, model=job.model.name, state=job.state.value,
                              kernels_done=job.done_kernels, kernels=len(job.model.kernels),
-                             remaining_ms=job.remaining_s() * 1e3)
+                             remaining_ms=self._remaining_s(job) * 1e3)
             self.reply(s.identity, P.StatusReply(req_id=msg.req_id, job=js))
             return
         reply = self.summary(msg.req_id)
         if self.config.tenant_tokens or self.config.tenant_keys:  # a tenant sees only itself
             reply.tenants = [t for t in reply.tenants if t.tenant == s.tenant.name]
         self.reply(s.identity, reply)
+
+    def _remaining_s(self, job: Job) -> float:
+        """Estimated time left: the kernels not started, plus (issue 18) what the device's block
+        counter says is left of the kernel in flight (instrumented CUDA kernels)."""
+        left = job.remaining_s()
+        if job.outstanding and job.done_kernels < len(job.model.kernels):
+            prog = self.device.progress(job)
+            if prog is not None and prog[1] > 0:
+                done = min(max(prog[0], 0), prog[1])
+                left += job.model.estimates.get(job.done_kernels) * (1 - done / prog[1])
+        return left
 
     def _admit(self, s: Session, msg: P.Admit, raw: list) -> None:
         if self._admission_factory is None:
@@ -434,7 +455,8 @@ class Server:
                 error=job.error or ""), bufs)
         tenant = session.tenant
         tenant.unfinished -= 1
-        tenant.bytes_held -= job.nbytes
+        if job.nbytes:
+            tenant.ledger.refund(("job", job.id))
         if state is JobState.DONE:
             tenant.completed += 1
             tenant.latencies_ms.append(total * 1e3)
@@ -476,6 +498,13 @@ class Server:
         for name in [n for n, t in self.tenants.items()
                      if t.clients == 0 and t.unfinished == 0 and not t.models]:
             del self.tenants[name]
+
+
+def _default_work(device: Device) -> float:
+    """The bound on one op's work (FLOPs, or elements touched) where none was configured:
+    about a second of a CPU core (1e11) or of a GPU (1e14), so one tenant's op cannot hold
+    the device for long (a running CPU op or GPU kernel cannot be pre-empted)."""
+    return 1e14 if "cuda" in str(getattr(device, "device", "")) else 1e11
 
 
 def _auto_id(identity: bytes) -> bool:

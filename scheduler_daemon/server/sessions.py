@@ -4,22 +4,28 @@ from __future__ import annotations
 from collections import deque
 
 from scheduler_daemon.core.jobs import Job, ModelEntry
+from scheduler_daemon.core.ledger import Ledger
 
 
 class Tenant:
     """A tenant's registered models (shared by its client processes) and its counters."""
 
-    __slots__ = ("name", "models", "clients", "unfinished", "bytes_held", "completed",
+    __slots__ = ("name", "models", "clients", "unfinished", "ledger", "completed",
                  "cancelled", "failed", "shed", "slo_missed", "latencies_ms")
 
-    def __init__(self, name: str, window: int = 10_000):
+    def __init__(self, name: str, quota: int = 1 << 62, window: int = 10_000):
         self.name = name
         self.models: dict[str, ModelEntry] = {}
         self.clients = 0
         self.unfinished = 0
-        self.bytes_held = 0  # input bytes of its unfinished jobs
+        # every byte it holds in the daemon: job inputs, models' weights, intercepted tensors
+        self.ledger = Ledger(quota)
         self.completed = self.cancelled = self.failed = self.shed = self.slo_missed = 0
         self.latencies_ms: deque[float] = deque(maxlen=window)
+
+    @property
+    def bytes_held(self) -> int:
+        return self.ledger.used
 
     def percentile(self, q: float) -> float:
         if not self.latencies_ms:

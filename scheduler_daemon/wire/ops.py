@@ -1,15 +1,126 @@
-"""The aten ops the daemon runs, known to both sides: the client refuses others before sending."""
+"""Which aten operators the daemon runs, as rules both sides apply to torch's own schemas.
+
+Not a list of allowed ops: the daemon runs every operator of torch's dispatcher registry in the
+``aten`` namespace except those these rules refuse, so a new torch version needs no new list.
+The rules read an operator's schema (argument types and names, return types) and tags, given
+here as plain strings so that this module needs no torch; ``refusal`` returns why an operator
+is refused, or None. Refused, and why:
+
+- an argument of type ``Storage`` (``set_.source_Storage``): it views raw storage, so a tenant
+  could alias memory the quota does not see; ``set``/``set_``/``set_data`` of any overload
+  re-point a tensor at another storage likewise;
+- an argument of type ``Stream`` (``record_stream``): CUDA stream state is the daemon's;
+- a ``str`` argument named ``filename`` (``from_file``, ``save``): it reaches the filesystem;
+- ``_print``: it writes to the daemon's output; ``pin_memory``/``_pin_memory``: page-locked
+  host memory is outside any quota;
+- no tensor argument and no tensor result (``_cufft_set_plan_cache_max_size``): it can only
+  change process-wide state;
+- tagged ``nondeterministic_seeded`` (random ops: ``rand``, ``normal``, ``bernoulli``, ...): the
+  daemon's generator is not the client's, so results would differ silently. The same ops with
+  their randomness switched off by an argument (``dropout(train=False)``,
+  ``scaled_dot_product_attention(dropout_p=0)``) run: ``seeded_is_off`` decides per call.
+
+Allocations that would return uninitialised memory (another tenant's freed data) are run and
+then zero-filled: ``empty*``, ``new_empty*``, ``resize_``/``resize_as_`` (``ZERO_FILL``).
+Ops whose output shape depends on data (tags ``dynamic_output_shape``,
+``data_dependent_output``) and those returning a Python value run as sync points.
+"""
 from __future__ import annotations
 
-# aten ops a registered graph may use: pure tensor math, no I/O, no storage aliasing tricks.
-ALLOWED = frozenset("""
-addmm mm bmm matmul linear t transpose permute view reshape _unsafe_view expand clone contiguous
-relu relu_ gelu tanh sigmoid silu softmax _softmax log_softmax _log_softmax add add_ sub mul mul_
-div div_ neg rsqrt sqrt pow exp mean sum layer_norm native_layer_norm convolution
-_native_batch_norm_legit_no_training native_batch_norm max_pool2d_with_indices max_pool2d
-adaptive_avg_pool2d avg_pool2d _adaptive_avg_pool2d flatten cat stack split split_with_sizes
-chunk unsqueeze squeeze slice select embedding dropout native_dropout detach alias scaled_dot_product_attention
-_scaled_dot_product_flash_attention_for_cpu _transformer_encoder_layer_fwd _native_multi_head_attention
-masked_fill baddbmm arange zeros ones full empty_like zeros_like ones_like where eq ne lt gt
-_to_copy to copy_ lift_fresh empty rsub erf tanh_ gelu_ index_select gather embedding_dense_backward bitwise_not logical_not any all max min amax argmax sort topk full_like new_zeros new_ones expand_as unbind hardtanh hardtanh_ clamp
-""".split())
+REFUSED_TYPES = {"Storage": "it views raw storage, outside the tenant's quota",
+                 "Stream": "CUDA stream state belongs to the daemon"}
+REFUSED_NAMES = {"set": "it re-points a tensor at another storage",
+                 "set_": "it re-points a tensor at another storage",
+                 "set_data": "it re-points a tensor at another storage",
+                 "_print": "it writes to the daemon's output",
+                 "pin_memory": "page-locked host memory is outside any quota",
+                 "_pin_memory": "page-locked host memory is outside any quota"}
+FILE_ARGS = frozenset({"filename", "path", "file"})
+SEEDED_TAG = "nondeterministic_seeded"
+DATA_DEPENDENT_TAGS = frozenset({"dynamic_output_shape", "data_dependent_output"})
+# run, then zero the outputs (empty*) or the storage they grew into (resize*)
+ZERO_FILL = frozenset({"empty", "empty_like", "empty_strided", "empty_permuted", "new_empty",
+                       "new_empty_strided", "resize_", "resize_as_", "resize", "resize_as"})
+# arguments whose value switches a seeded op's randomness off
+SEEDED_OFF = {"train": False, "dropout_p": 0.0, "p": 0.0, "dropout": 0.0}
+# beyond the tags: ops that answer a Python value
+SYNC_NAMES = frozenset({"_local_scalar_dense", "is_nonzero", "equal", "item"})
+
+
+def refusal(namespace: str, name: str, arg_types: list[str], arg_names: list[str],
+            return_types: list[str], tags: set[str]) -> str | None:
+    """Why the operator ``namespace::name`` is refused, or None (see the module docstring)."""
+    if namespace != "aten":
+        return f"namespace {namespace!r}: the daemon runs aten operators only"
+    if name in REFUSED_NAMES:
+        return REFUSED_NAMES[name]
+    for t, n in zip(arg_types, arg_names):
+        for bad, why in REFUSED_TYPES.items():
+            if bad in t:
+                return why
+        if "str" in t and n in FILE_ARGS:
+            return "it reaches the filesystem"
+    if not any("Tensor" in t for t in arg_types + return_types):
+        return "it only changes process-wide state"
+    return None
+
+
+def seeded_is_off(arg_names: list[str], values: dict) -> bool:
+    """A random op whose call switches its randomness off (``values``: argument name -> value
+    as passed, missing where defaulted)."""
+    return any(n in values and values[n] == off for n, off in SEEDED_OFF.items()
+               if n in arg_names)
+
+
+TENSOR_RETURNS = frozenset({"Tensor", "List[Tensor]", "Optional[Tensor]"})
+
+
+def is_sync(name: str, return_types: list[str], tags: set[str]) -> bool:
+    """Whether the op must run at a sync point (its result is data the client needs now)."""
+    return (name in SYNC_NAMES or bool(DATA_DEPENDENT_TAGS & tags)
+            or not all(r in TENSOR_RETURNS for r in return_types))
+
+
+class Facts:
+    """What the rules read of one operator (an ``OpOverload``, read by attribute: this module
+    imports no torch)."""
+
+    __slots__ = ("namespace", "name", "overload", "arg_types", "arg_names", "defaults",
+                 "return_types", "tags")
+
+    def __init__(self, op):
+        schema = op._schema
+        self.namespace, self.name, self.overload = op.namespace, op._opname, op._overloadname
+        self.arg_types = [str(a.type) for a in schema.arguments]
+        self.arg_names = [a.name for a in schema.arguments]
+        self.defaults = {a.name: a.default_value for a in schema.arguments
+                         if a.default_value is not None}
+        self.return_types = [str(r.type) for r in schema.returns]
+        self.tags = {t.name for t in op.tags}
+
+    @property
+    def full_name(self) -> str:
+        return f"{self.namespace}::{self.name}.{self.overload}"
+
+    def refusal(self) -> str | None:
+        return refusal(self.namespace, self.name, self.arg_types, self.arg_names,
+                       self.return_types, self.tags)
+
+    @property
+    def seeded(self) -> bool:
+        return SEEDED_TAG in self.tags
+
+    @property
+    def sync(self) -> bool:
+        return is_sync(self.name, self.return_types, self.tags)
+
+    def values(self, args, kwargs) -> dict:
+        """Argument name -> value of one call, defaults filled in."""
+        out = dict(self.defaults)
+        out.update(zip(self.arg_names, args))
+        out.update(kwargs)
+        return out
+
+    def randomness_off(self, args, kwargs) -> bool:
+        """A seeded op whose call switches its randomness off."""
+        return seeded_is_off(self.arg_names, self.values(args, kwargs))
