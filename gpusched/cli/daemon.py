@@ -68,6 +68,10 @@ def add_parser(sub) -> None:
                    help="live connections; more are refused at the handshake")
     d.add_argument("--max-unauthenticated", type=int, default=64,
                    help="connections that have not said HELLO; more are refused at the handshake")
+    d.add_argument("--max-op-work", type=float, default=0.0,
+                   help="the most work one intercepted or registered-graph op may do (FLOPs, "
+                   "or elements read and written); more is refused before it runs, since a "
+                   "running op cannot be stopped (0: 1e11 on a CPU, 1e14 on a GPU)")
     d.add_argument("--max-tenants", type=int, default=1024,
                    help="distinct tenant names when tenants are not fixed by --tenant-tokens or "
                    "--tenant-keys")
@@ -126,7 +130,9 @@ def run(args) -> int:
                        metrics_addr=args.metrics_addr, metrics_redact=args.metrics_redact,
                        max_connections=args.max_connections,
                        max_unauthenticated=args.max_unauthenticated,
-                       max_tenants=args.max_tenants)
+                       max_tenants=args.max_tenants, max_op_work=args.max_op_work)
+    if args.max_op_work < 0:
+        raise UsageError("--max-op-work must be >= 0 (0: the device's default)")
     if min(args.max_connections, args.max_unauthenticated, args.max_tenants) < 1:
         raise UsageError("--max-connections, --max-unauthenticated and --max-tenants must be "
                          ">= 1")
