@@ -84,6 +84,17 @@ class Device(ABC):
     def set_alloc_limit(self, nbytes: int) -> None:
         """No single op may allocate more than this (a tenant's quota)."""
 
+    def job_device_bytes(self, model) -> int:
+        """Device memory one job of ``model`` (a ``ModelEntry``) holds from its submit until it
+        is answered, where the backend allocates it per job (the cuda backend: every buffer);
+        the daemon counts it against the tenant's quota. 0 where memory is per op."""
+        return 0
+
+    def progress(self, job: Job) -> tuple[int, int] | None:
+        """(blocks finished, blocks) of the job's kernel in flight where the backend counts
+        them (instrumented CUDA kernels); None elsewhere."""
+        return None
+
     # -- completions from worker threads -------------------------------------------------------
     def wake_fd(self) -> int | None:
         return None

@@ -319,10 +319,10 @@ class CudaDriverDevice(Device):
                              "device: register it as a CUDA model")
         return loaded
 
-    def job_device_bytes(self, job: Job) -> int:
-        """Device memory the job holds from its submit (or first launch) until its outputs are
-        taken or it is dropped: every buffer of its model. 0 for a model not loaded here."""
-        loaded = self._models.get(job.model.key)
+    def job_device_bytes(self, model) -> int:
+        """Device memory a job of ``model`` holds from its submit (or first launch) until its
+        outputs are taken or it is dropped: every buffer. 0 for a model not loaded here."""
+        loaded = self._models.get(model.key)
         return sum(b.nbytes() for b in loaded.model.buffers) if loaded is not None else 0
 
     def prepare(self, job: Job) -> None:
@@ -476,7 +476,8 @@ class CudaDriverDevice(Device):
 
     def progress(self, job: Job) -> tuple[int, int] | None:
         """(blocks finished, blocks) of the job's instrumented launch in flight, else of its
-        last one; None for a job of an uninstrumented model or before its first launch."""
+        last one; None for a job of an uninstrumented model or before its first launch. The
+        daemon reads it for STATUS (what is left of the kernel in flight)."""
         st = job.payload
         if not isinstance(st, _JobState):
             return None
@@ -589,11 +590,13 @@ class CudaDriverDevice(Device):
         deadline = time.monotonic() + self.close_grace_s
         for w in self._waiters:
             w.join(timeout=max(0.0, deadline - time.monotonic()))
-        for rec, _job, _dur, _err in self._mailbox.drain():   # completions nobody will collect
-            if rec is not None:
-                self._finish_record(rec)
         self._drain()
         if self._quiet(deadline):
+            for w in self._waiters:        # the GPU is idle: they return at once
+                w.join(timeout=1.0)
+            for rec, _job, _dur, _err in self._mailbox.drain():   # completions nobody collects
+                if rec is not None:
+                    self._finish_record(rec)
             for mem in list(self._mems):   # jobs still referenced somewhere: freed now
                 self._frees.put(mem)
             self._drain()
@@ -683,6 +686,9 @@ class _Waiter(threading.Thread):
             if rec.slot is not None:
                 rec.blocks_done = dev._counters.read(rec.slot)
             dev._mailbox.post((rec, rec.job, dur, err))
+            # not kept while this thread waits for the next launch: a cancelled job's state
+            # (and its device memory) must go when the daemon drops the completion
+            rec = None
 
 
 def _idle(chk, stream) -> bool:

@@ -295,7 +295,7 @@ static __thread Ctx *t_cur;
 /* report counters */
 static char *g_viol[512];
 static int g_nviol;
-static long g_spin_waits, g_event_syncs, g_launches, g_unknown_kernels, g_faults, g_loads;
+static long g_spin_waits, g_spin_syncs, g_event_syncs, g_launches, g_unknown_kernels, g_faults, g_loads;
 static long g_leaks[6]; /* allocs, pool allocs, host allocs, modules, streams, events */
 static long g_ctx_released;
 static char g_loadlog[4096];
@@ -1344,8 +1344,10 @@ EXPORT CUresult cuEventSynchronize(CUevent h) {
     Ctx *c = ev->ctx;
     uint64_t target = ev->issued;
     g_event_syncs++;
-    if (ev->done < target && !(ev->flags & EV_BLOCKING_SYNC) && !(c->flags & CTX_SCHED_BLOCKING_SYNC))
-        g_spin_waits++; /* a real driver would spin a CPU core here */
+    if (!(ev->flags & EV_BLOCKING_SYNC) && !(c->flags & CTX_SCHED_BLOCKING_SYNC)) {
+        g_spin_syncs++;                       /* a real driver spins a core while it waits */
+        if (ev->done < target) g_spin_waits++; /* ... and here it did wait */
+    }
     while (ev->done < target && c->alive && !c->sticky) pthread_cond_wait(&cv, &mu);
     if (!c->alive) RET(E_CONTEXT_IS_DESTROYED);
     RET(c->sticky ? c->sticky : OK);
@@ -1906,9 +1908,9 @@ EXPORT const char *gpuschedStubReport(void) {
     appendf(r, cap, "\"leaks_at_release\": {\"allocs\": %ld, \"pool_allocs\": %ld, \"host_allocs\": "
             "%ld, \"modules\": %ld, \"streams\": %ld, \"events\": %ld}, \"contexts_released\": %ld, ",
             g_leaks[0], g_leaks[1], g_leaks[2], g_leaks[3], g_leaks[4], g_leaks[5], g_ctx_released);
-    appendf(r, cap, "\"spin_waits\": %ld, \"event_syncs\": %ld, \"launches\": %ld, "
+    appendf(r, cap, "\"spin_syncs\": %ld, \"spin_waits\": %ld, \"event_syncs\": %ld, \"launches\": %ld, "
             "\"unknown_kernels\": %ld, \"faults\": %ld, \"sticky\": %d, \"pending_ops\": %d, "
-            "\"devices\": [", g_spin_waits, g_event_syncs, g_launches, g_unknown_kernels, g_faults,
+            "\"devices\": [", g_spin_syncs, g_spin_waits, g_event_syncs, g_launches, g_unknown_kernels, g_faults,
             sticky, pending);
     for (int i = 0; i < g_ndev; i++) {
         appendf(r, cap, "%s{\"name\": ", i ? ", " : "");
@@ -1924,7 +1926,7 @@ EXPORT void gpuschedStubClear(void) {
     LOCK();
     for (int i = 0; i < g_nviol && i < 512; i++) free(g_viol[i]);
     g_nviol = 0;
-    g_spin_waits = g_event_syncs = g_launches = g_unknown_kernels = g_faults = g_loads = 0;
+    g_spin_waits = g_spin_syncs = g_event_syncs = g_launches = g_unknown_kernels = g_faults = g_loads = 0;
     memset(g_leaks, 0, sizeof g_leaks);
     g_ctx_released = 0;
     g_loadlog[0] = g_launchlog[0] = 0;
