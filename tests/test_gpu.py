@@ -8,7 +8,7 @@ pytestmark = pytest.mark.gpu
 
 
 def _torch_cuda():
-    torch = _torch_cuda()
+    import torch
     if not torch.cuda.is_available():
         pytest.skip("torch here is a CPU build: install a CUDA build of torch 2.13.0 for the "
                     "torch-on-CUDA tests")
