@@ -25,8 +25,8 @@ import stat
 import zmq
 
 from scheduler_daemon.clock import Environment, RealtimeEnvironment
-from scheduler_daemon.devices.factory import make_device
 from scheduler_daemon.devices.base import Device
+from scheduler_daemon.devices.factory import make_device
 from scheduler_daemon.server.config import DaemonConfig
 from scheduler_daemon.server.server import AdmissionFactory, ConfigError, Server
 from scheduler_daemon.transport.sockets import make_socket

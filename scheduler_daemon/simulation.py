@@ -14,16 +14,23 @@ from scheduler_daemon.pump import Pump
 
 class VirtualRun:
     def __init__(self, core: SchedulerCore, device: Device, env: Environment | None = None):
+        if core.fits is None:   # the core sees what the device observes per SM
+            core.fits = device.fits_now
         self.core = core
         self.device = device
         self.env = env or Environment()
         self.pump = Pump(core, device, self.env)
         self.finished: list[Job] = []
-        device.start(self.env, self._complete, self._fail)
+        device.start(self.env, self._complete, self._fail, self._started)
 
     def _complete(self, job: Job, now: float, duration_s: float) -> None:
         self.core.on_complete(job, now, duration_s)
         self._pump()
+
+    def _started(self, job: Job, now: float) -> None:
+        if job.extra:   # only a freed extra slot can let more work go
+            self.core.on_started(job, now)
+            self._pump()
 
     def _fail(self, job: Job, now: float, message: str) -> None:
         self.core.on_fail(job, now, message)

@@ -59,7 +59,7 @@ class CheckedDevice(FluidDevice):
         self.max_extra_seen = 0
         self.max_inflight = 0
 
-    def start(self, env, on_complete, on_fail):
+    def start(self, env, on_complete, on_fail, on_started=None):
         def complete(j, now, d):
             self.outstanding.remove(id(j))
             on_complete(j, now, d)
@@ -67,7 +67,7 @@ class CheckedDevice(FluidDevice):
         def fail(j, now, msg):
             self.outstanding.remove(id(j))
             on_fail(j, now, msg)
-        super().start(env, complete, fail)
+        super().start(env, complete, fail, on_started)
 
     def launch(self, j):
         core = self.core

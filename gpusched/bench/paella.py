@@ -32,7 +32,7 @@ def _task(args):
 
 def run_paella(gpu: str = "T4", workload: str = "paella-mix", arrivals: str = "lognormal:2",
                loads=(0.5, 0.7, 0.9), jobs: int = 1000, seed: int = 0, policies=POLICY_ORDER,
-               slo_factor: str = "5", hw_queues: int = 8, workers: int | None = None,
+               slo_factor: str = "5", hw_queues: int = 32, workers: int | None = None,
                progress=None, shed: bool = False) -> dict:
     gpu_spec(gpu)  # validates the name
     unknown = [p for p in policies if p not in POLICY_ORDER]

@@ -54,7 +54,7 @@ def _add_paella(bsub) -> None:
                     "models (in mix order) alternate between A and B, so SLOs differ")
     bp.add_argument("--shed", action="store_true",
                     help="the slo policy drops jobs that can no longer make their SLO")
-    bp.add_argument("--hw-queues", type=int, default=8,
+    bp.add_argument("--hw-queues", type=int, default=32,
                     help="simulated GPU: hardware queues, CUDA_DEVICE_MAX_CONNECTIONS (1-32)")
     bp.add_argument("--out", default="out/paella", help="folder for points.csv and the PNGs")
     bp.add_argument("--json", action="store_true", help="print JSON instead of a table")

@@ -23,7 +23,7 @@ def add_parser(sub) -> None:
                    "experiments")
     d.add_argument("--gpu-spec", default="T4", choices=choices.GPU_PRESETS,
                    help="GPU preset of the simulated device (default T4)")
-    d.add_argument("--hw-queues", type=int, default=8,
+    d.add_argument("--hw-queues", type=int, default=32,
                    help="simulated GPU: hardware queues, CUDA_DEVICE_MAX_CONNECTIONS (1-32)")
     d.add_argument("--shed", action="store_true",
                    help="slo policy: drop jobs that can no longer meet their SLO (default: flag "

@@ -26,7 +26,7 @@ class Scenario:
     mix: tuple[MixModel, ...]
     arrivals: tuple[tuple[float, int], ...]  # (time, index into mix)
     slo_factors: tuple[float, ...] = (5.0,)  # per model, cycled in mix order
-    hw_queues: int = 8
+    hw_queues: int = 32
     max_extra: int = 2
     shed: bool = False
 

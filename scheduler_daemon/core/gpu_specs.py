@@ -22,6 +22,8 @@ class GpuSpec:
     fp32_tflops: float = 0.0  # non-tensor FP32 throughput
     int8_tops: float = 0.0    # dense INT8 throughput
     launch_floor_us: float = 4.5  # smallest forward kernels take ~4-5 us (calibration.md)
+    # resident grids per device: 128 for compute capability 7.0-9.0 (CUDA programming guide)
+    max_grids: int = 128
 
     @property
     def capacity(self) -> "Resources":

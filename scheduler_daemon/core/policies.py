@@ -26,6 +26,10 @@ class Policy:
     def key(self, job: Job, now: float) -> float:
         raise NotImplementedError
 
+    def instances(self, model: str) -> int:
+        """Jobs of one model that may run at once behind a ``model`` gate."""
+        return 1
+
     @staticmethod
     def hopeless(job: Job, now: float) -> bool:
         """Even started now and run alone, the job would miss its deadline."""
@@ -63,10 +67,11 @@ class Edf(Policy):
 
 
 class Paella(Srpt):
-    """SRPT with Paella's deficit-counter fairness threshold."""
+    """SRPT with Paella's deficit-counter fairness threshold (1e6, i.e. off, as in Paella's
+    Figs. 11 and 12; its Fig. 13 sweeps it)."""
     name = "paella"
 
-    def __init__(self, threshold: float = 8.0):
+    def __init__(self, threshold: float = 1e6):
         self.threshold = threshold
 
     def make_queue(self):
@@ -127,10 +132,18 @@ class Mps(HardwareOrder):
 
 
 class Triton(HardwareOrder):
-    """Triton-like: per-model FIFO, one request at a time per model instance (no batching)."""
+    """Triton-like: per-model FIFO, one request at a time per model instance, each instance on
+    its own stream (no batching). ``instance_groups``: model name -> instances (Triton's
+    ``instance_group count``; Paella ran it equal to the client's per-model caps)."""
     name = "triton"
     stream = "model"
     gate = "model"
+
+    def __init__(self, instance_groups: dict | None = None):
+        self.instance_groups = dict(instance_groups or {})
+
+    def instances(self, model: str) -> int:
+        return self.instance_groups.get(model, 1)
 
 
 class FifoJobByJob(HardwareOrder):

@@ -73,7 +73,9 @@ class FairQueue:
     counter has passed ``threshold``; then that type's best job goes first.
 
     Each dispatch credits every type with queued work 1/#types and debits the dispatched type 1,
-    so a type that keeps losing to shorter jobs accumulates credit until it must be served.
+    so a type that keeps losing to shorter jobs accumulates credit until it must be served. A
+    type whose queue empties starts again from zero (its old credit or debt was for jobs that
+    are gone).
     """
 
     def __init__(self, key: KeyFn, threshold: float):
@@ -127,6 +129,8 @@ class FairQueue:
         for t in active:
             self.deficit[t] += credit
         self.deficit[job.model.type_id] -= 1.0
+        if not len(q):
+            self.deficit[job.model.type_id] = 0.0
         return job
 
     def discard(self, job: Job) -> None:
@@ -134,6 +138,8 @@ class FairQueue:
         if q is not None and job.in_queue:
             q.discard(job)
             self._live -= 1
+            if not len(q):
+                self.deficit[job.model.type_id] = 0.0
 
     def jobs(self) -> Iterator[Job]:
         for q in self._by_type.values():

@@ -4,15 +4,19 @@ The live daemon and the simulator both drive this class, passing ``now`` in:
 ``add`` a job, ``next_dispatch`` to get the next kernel to launch (or None), ``on_complete``
 when the device reports it finished, ``abort`` to cancel (idempotent).
 
-Paella's dispatch rule (``policy.bounded``): at most one kernel per job is outstanding; the head
-job's next kernel is dispatched when its SM demand fits in the free SM resources (summed over
-SMs), or, if it does not, as one of at most ``max_extra`` kernels beyond them, so the device's
+Paella's dispatch rule (``policy.bounded``), as its artifact does it: at most one kernel per
+job is outstanding; the head job's next kernel is dispatched when it fits (its SM demand fits
+in what the core's dispatched kernels leave free, and, where the device can tell, its blocks
+fit on the SMs as they are: ``fits``, the per-SM test Paella makes from its block notices), or,
+if it does not, as one of at most ``max_extra`` kernels beyond them; an extra slot is freed when
+all blocks of that kernel have started (``on_started``), not when it completes. So the device's
 own queues stay short and the software policy, not the hardware, decides the order.
 
 The baselines are policies of this same core that give the decision back to the hardware
 (``bounded = False``): every queued kernel is dispatched at once onto the policy's stream
-(one stream, one per job, per tenant or per model), optionally behind a gate that lets one job
-at a time run on the GPU or per model (``policy.gate``).
+(one stream, one per job, per tenant or per model instance), optionally behind a gate that lets
+one job at a time run on the GPU, or ``policy.instances(model)`` per model, each instance on
+its own stream (``policy.gate``: Triton's instance groups).
 """
 from __future__ import annotations
 
@@ -31,8 +35,9 @@ STREAM_POOL = 500  # Paella gives each kernel its own stream from a pool of 500
 
 class SchedulerCore:
     def __init__(self, policy: Policy, capacity: Resources, max_extra: int = 2,
-                 shed: bool = False):
+                 shed: bool = False, fits=None):
         self.policy = policy
+        self.fits = fits   # kernel spec -> bool | None: the device's per-SM fit test
         self.capacity = capacity
         self.max_extra = max_extra
         self.shed = shed or policy.sheds
@@ -46,7 +51,7 @@ class SchedulerCore:
         self._type_ids: dict[str, int] = {}
         self._streams = 0
         self._tenant_streams: dict[str, int] = {}
-        self._holders: dict = {}                 # gate key -> job holding it
+        self._holders: dict = {}                 # gate key -> [job or None] per instance
         self._parked: dict = {}                  # gate key -> deque of jobs waiting for it
 
     # -- models -----------------------------------------------------------------------------
@@ -88,8 +93,8 @@ class SchedulerCore:
     def next_dispatch(self, now: float) -> Job | None:
         """The job whose kernel ``job.cur`` should launch now on ``job.stream``, or None."""
         queue, policy = self.queue, self.policy
-        if policy.gate == "gpu" and self._holders:  # one job on the GPU: only it may go on
-            job = self._holders["gpu"]
+        if policy.gate == "gpu" and self._holders.get("gpu", [None])[0] is not None:
+            job = self._holders["gpu"][0]   # one job on the GPU: only it may go on
             if not job.in_queue:
                 return None
             queue.discard(job)
@@ -109,13 +114,13 @@ class SchedulerCore:
                 continue
             if policy.gate is not None and job.first_start is None:
                 gate = self._gate(job)
-                if gate in self._holders:  # its model is busy: wait for it, in pop order
+                if None not in self._slots(gate, job):  # all busy: wait, in pop order
                     queue.pop()
                     self._parked.setdefault(gate, deque()).append(job)
                     continue
             if self.bounded:
                 demand = job.model.demands[job.next_kernel]
-                if demand.fits_with(self.used, self.capacity):
+                if demand.fits_with(self.used, self.capacity) and self._fits_sms(job):
                     job.extra = False
                 elif self.extra < self.max_extra:
                     job.extra = True
@@ -126,6 +131,24 @@ class SchedulerCore:
             queue.pop()
             return self._dispatch(job, now)
 
+    def _slots(self, gate, job: Job) -> list:
+        slots = self._holders.get(gate)
+        if slots is None:
+            n = 1 if gate == "gpu" else self.policy.instances(job.model.name)
+            slots = self._holders[gate] = [None] * n
+        return slots
+
+    def _fits_sms(self, job: Job) -> bool:
+        fits = self.fits
+        return fits is None or fits(job.model.kernels[job.next_kernel]) is not False
+
+    def on_started(self, job: Job, now: float) -> None:
+        """All blocks of ``job``'s outstanding kernel have been dispatched: an extra slot it
+        held is free (Paella frees it here, not at completion)."""
+        if job.extra:
+            self.extra -= 1
+            job.extra = False
+
     def _dispatch(self, job: Job, now: float) -> Job:
         job.cur = job.next_kernel
         job.next_kernel += 1
@@ -135,7 +158,11 @@ class SchedulerCore:
         if job.first_start is None:
             job.first_start = now
             if self.policy.gate is not None:
-                self._holders[self._gate(job)] = job
+                slots = self._slots(self._gate(job), job)
+                i = slots.index(None)
+                slots[i] = job
+                if self.policy.stream == "model":   # each instance has its own stream
+                    job.stream = job.model.type_id * 4096 + i
         job.stream = self._stream(job)
         if job.outstanding < self.max_out and job.next_kernel < len(job.model.kernels):
             self.queue.push(job, now)  # the hardware will order its next kernel too
@@ -155,7 +182,7 @@ class SchedulerCore:
             return 0
         if mode == "tenant":
             return self._tenant_streams.setdefault(job.tenant, len(self._tenant_streams))
-        return job.model.type_id  # "model"
+        return job.model.type_id * 4096  # "model" without a gate: one stream per model
 
     def on_complete(self, job: Job, now: float, duration_s: float) -> None:
         """The device finished ``job``'s oldest outstanding kernel after ``duration_s``."""
@@ -203,9 +230,10 @@ class SchedulerCore:
         if self.policy.gate is None or job.first_start is None:
             return
         gate = self._gate(job)
-        if self._holders.get(gate) is not job:
+        slots = self._holders.get(gate, [])
+        if job not in slots:
             return
-        del self._holders[gate]
+        slots[slots.index(job)] = None
         parked = self._parked.get(gate)
         while parked:  # the next job that waited for this gate goes back to the queue
             nxt = parked.popleft()

@@ -15,9 +15,10 @@ from scheduler_daemon.clock import Environment
 from scheduler_daemon.core.gpu_specs import GpuSpec
 from scheduler_daemon.core.jobs import Job
 
-# on_complete(job, now, duration_s) / on_fail(job, now, message)
+# on_complete(job, now, duration_s) / on_fail(job, now, message) / on_started(job, now)
 CompleteFn = Callable[[Job, float, float], None]
 FailFn = Callable[[Job, float, str], None]
+StartedFn = Callable[[Job, float], None]
 
 
 @dataclass(frozen=True)
@@ -42,10 +43,20 @@ class Device(ABC):
     spec: GpuSpec
     caps: Capabilities = Capabilities()
 
-    def start(self, env: Environment, on_complete: CompleteFn, on_fail: FailFn) -> None:
+    def start(self, env: Environment, on_complete: CompleteFn, on_fail: FailFn,
+              on_started: StartedFn | None = None) -> None:
+        """``on_started``: all blocks of the job's kernel have been dispatched (devices that
+        cannot tell never call it: completion implies it)."""
         self.env = env
         self.on_complete = on_complete
         self.on_fail = on_fail
+        self.on_started = on_started
+
+    def fits_now(self, kernel) -> bool | None:
+        """Whether all blocks of ``kernel`` (a KernelSpec; a full wave of a multi-wave one)
+        could start now, from what the device observes per SM; None where it cannot tell
+        (the core then counts resources summed over the GPU)."""
+        return None
 
     @abstractmethod
     def launch(self, job: Job) -> None:

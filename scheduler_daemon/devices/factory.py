@@ -31,7 +31,7 @@ def visible_gpus() -> list[str]:
 
 
 def make_device(backend: str = "auto", spec_name: str = "T4", speed: float = 1.0,
-                torch_device: str | None = None, hw_queues: int = 8,
+                torch_device: str | None = None, hw_queues: int = 32,
                 cuda_device: int | None = None) -> Device:
     if backend not in BACKENDS:
         raise ValueError(f"unknown backend {backend!r}: choose one of {', '.join(BACKENDS)}")

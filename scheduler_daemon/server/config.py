@@ -31,7 +31,7 @@ class DaemonConfig:
     shed: bool = False             # slo policy: drop (True) or flag (False) hopeless jobs
     max_extra: int = 2             # kernels dispatched beyond free SM resources
     speed: float = 1.0             # simulated device: duration multiplier (0 = zero-duration)
-    hw_queues: int = 8             # simulated GPU: hardware queues (CUDA_DEVICE_MAX_CONNECTIONS)
+    hw_queues: int = 32            # simulated GPU: hardware queues (CUDA_DEVICE_MAX_CONNECTIONS)
     torch_device: str | None = None  # torch backend: cpu, cuda, cuda:1 (default: auto)
     heartbeat_s: float = 0.25      # clients ping this often
     client_timeout_s: float = 5.0  # silent this long (20 missed heartbeats): the client is gone

@@ -65,10 +65,11 @@ class Server:
                               f"simulated GPU: it puts a job's kernels on the device at once, "
                               f"which backend {device.name!r} cannot do; use fifo, srpt, edf, "
                               "paella, slo or slo-srpt")
-        self.core = SchedulerCore(policy, device.spec.capacity, config.max_extra, config.shed)
+        self.core = SchedulerCore(policy, device.spec.capacity, config.max_extra, config.shed,
+                                  device.fits_now)
         self.pump = Pump(self.core, device, env)
         device.set_alloc_limit(config.limits.max_tenant_bytes)
-        device.start(env, self.core.on_complete, self._on_fail)
+        device.start(env, self.core.on_complete, self._on_fail, self.core.on_started)
         self.daemon_id = secrets.token_hex(8)
         # job ids name jobs in answers and logs; requests name jobs by the client's own req_id,
         # so ids need to be unique, not secret
