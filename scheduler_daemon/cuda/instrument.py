@@ -20,10 +20,11 @@ returned threads leave the kernel as before instead of waiting at a second barri
 block at two different barriers is undefined: a hang, or the block counted before its other
 threads are done). The only barrier is the prologue's, before the body, where every thread is.
 Each thread fences its writes before it counts itself out, and the last one fences at system
-scope before the atomic, so a host that reads N from the counter sees N blocks' writes. The driver backend passes a pointer into host-mapped pinned
-memory as the extra last argument, so the host reads how many blocks have finished while the
-kernel runs. The body function keeps the original lines (its header is rewritten in place and
-the wrapper is one line after its closing brace), so compiler messages keep their line numbers.
+scope before the atomic, so a host that reads N from the counter sees N blocks' writes.
+The driver backend passes a pointer into host-mapped pinned memory as the extra last argument,
+so the host reads how many blocks have finished while the kernel runs. The body function keeps
+the original lines (its header is rewritten in place and the wrapper is one line after its
+closing brace), so compiler messages keep their line numbers.
 
 Handled: kernels declared ``extern "C" __global__ void`` (or inside an ``extern "C" { }``
 block), also inside namespaces; ``__launch_bounds__``/``__maxnreg__``/``__cluster_dims__``

@@ -339,7 +339,7 @@ def test_finding2_device_memory_quota_per_tenant_and_back_to_baseline(rig):
     _synchronize()                                       # the frees are stream-ordered
     base = stub_env.report()["live"]
     assert base["pool_bytes"] == 0
-    rid, cancelled = 100, 0
+    rid = 100
     for i in range(100):
         for _ in range(3):
             rid += 1

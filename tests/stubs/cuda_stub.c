@@ -541,6 +541,19 @@ static CUresult r_spin(Op *o) {
     return OK;
 }
 static double w_spin(Op *o) { return (double)(int64_t)arg_u(o, 1) / g_clock_khz * 1e3; }
+static void u_tail(Op *o) {
+    size_t n = (size_t)(arg_i32(o, 2) > 0 ? arg_i32(o, 2) : 0) * 4;
+    add_use(o, arg_u(o, 0), n, 0);
+    add_use(o, arg_u(o, 1), n, 1);
+}
+static CUresult r_tail(Op *o) { /* y[i] = 2 x[i] for i < n (the rest return early) */
+    int n = arg_i32(o, 2);
+    if (n <= 0) return OK;
+    float *x = (float *)host_of(arg_u(o, 0), 4 * (size_t)n), *y = (float *)host_of(arg_u(o, 1), 4 * (size_t)n);
+    if (!x || !y) return E_ILLEGAL_ADDRESS;
+    for (int i = 0; i < n; i++) y[i] = x[i] * 2.0f;
+    return OK;
+}
 static void u_fault(Op *o) { (void)o; }
 static CUresult r_fault(Op *o) { (void)o; return E_ILLEGAL_ADDRESS; }
 
@@ -548,6 +561,7 @@ static const Known KNOWN[] = {
     {"vec_add", 4, {8, 8, 8, 4}, u_vec_add, r_vec_add, NULL},
     {"scale", 3, {8, 4, 4}, u_scale, r_scale, NULL},
     {"spin", 2, {8, 8}, u_spin, r_spin, w_spin},
+    {"tail", 3, {8, 8, 4}, u_tail, r_tail, NULL},
     {"fault", 1, {8}, u_fault, r_fault, NULL},
 };
 
@@ -1074,6 +1088,7 @@ EXPORT CUresult cuDeviceGetAttribute(int *v, int attr, CUdevice dev) {
     case 8: val = 48 * 1024; break;             /* MAX_SHARED_MEMORY_PER_BLOCK */
     case 10: val = 32; break;                   /* WARP_SIZE */
     case 12: val = 65536; break;                /* MAX_REGISTERS_PER_BLOCK */
+    case 13: val = (int)g_clock_khz; break;     /* CLOCK_RATE (kHz): what spin's cycles run at */
     case 16: val = d->sms; break;               /* MULTIPROCESSOR_COUNT */
     case 19: val = 1; break;                    /* CAN_MAP_HOST_MEMORY */
     case 31: val = 1; break;                    /* CONCURRENT_KERNELS */
