@@ -2,6 +2,11 @@
 
 This is the same core, device and dispatch pump the daemon runs; only the environment differs.
 Used by the policy tests, the experiments, placement replay and profiling.
+
+``notice_s`` is the software dispatcher's own cost per kernel: a device's notice (a kernel's
+blocks started, a kernel completed) reaches the core that long after it happened, one notice
+at a time (one dispatcher thread), and the launches the core then decides go out at that
+moment. Zero for the hardware-queue baselines, whose kernels are all launched up front.
 """
 from __future__ import annotations
 
@@ -13,24 +18,47 @@ from scheduler_daemon.pump import Pump
 
 
 class VirtualRun:
-    def __init__(self, core: SchedulerCore, device: Device, env: Environment | None = None):
+    def __init__(self, core: SchedulerCore, device: Device, env: Environment | None = None,
+                 notice_s: float = 0.0):
         if core.fits is None:   # the core sees what the device observes per SM
             core.fits = device.fits_now
         self.core = core
         self.device = device
         self.env = env or Environment()
         self.pump = Pump(core, device, self.env)
+        self.notice_s = notice_s
+        self._host_free = 0.0   # when the dispatcher thread is next idle
         self.finished: list[Job] = []
+        self.on_finished = None  # called with each finished job, when the core learns of it
         device.start(self.env, self._complete, self._fail, self._started)
 
+    # device notices -> the core (after the dispatcher's cost, one at a time) --------------
+    def _later(self, fn) -> None:
+        at = max(self.env.now, self._host_free) + self.notice_s
+        self._host_free = at
+        self.env.schedule_at(at, fn)
+
     def _complete(self, job: Job, now: float, duration_s: float) -> None:
-        self.core.on_complete(job, now, duration_s)
+        if self.notice_s:
+            self._later(lambda: self._on_complete(job, duration_s))
+        else:
+            self._on_complete(job, duration_s)
+
+    def _on_complete(self, job: Job, duration_s: float) -> None:
+        self.core.on_complete(job, self.env.now, duration_s)
         self._pump()
 
     def _started(self, job: Job, now: float) -> None:
-        if job.extra:   # only a freed extra slot can let more work go
-            self.core.on_started(job, now)
-            self._pump()
+        if not job.extra:   # only a freed extra slot can let more work go
+            return
+        if self.notice_s:
+            self._later(lambda: self._on_started(job))
+        else:
+            self._on_started(job)
+
+    def _on_started(self, job: Job) -> None:
+        self.core.on_started(job, self.env.now)
+        self._pump()
 
     def _fail(self, job: Job, now: float, message: str) -> None:
         self.core.on_fail(job, now, message)
@@ -38,14 +66,22 @@ class VirtualRun:
 
     def _pump(self) -> None:
         self.pump.dispatch(self.env.now)
-        self.finished.extend(self.core.drain_finished())
+        done = self.core.drain_finished()
+        if done:
+            self.finished.extend(done)
+            if self.on_finished is not None:
+                for job in done:
+                    self.on_finished(job)
+
+    # arrivals -----------------------------------------------------------------------------
+    def submit(self, job: Job) -> None:
+        """``job`` arrives now."""
+        self.core.add(job, self.env.now)
+        self._pump()
 
     def submit_at(self, job: Job) -> None:
         """Schedule ``job`` to arrive at ``job.arrival``."""
-        def arrive(job=job):
-            self.core.add(job, self.env.now)
-            self._pump()
-        self.env.schedule_at(job.arrival, arrive)
+        self.env.schedule_at(job.arrival, lambda job=job: self.submit(job))
 
     def run(self, until: float | None = None) -> list[Job]:
         self.env.run(until)
