@@ -4,8 +4,9 @@ a Python pynvml), on any machine: no GPU needed.
 
 The dynamic loader picks libcuda.so.1 once per process, so the cases run in a child process
 started with ``LD_LIBRARY_PATH=build/stubs`` (tests/stubs/stub_env.py): one child per
-environment (the default GPUs, then ``CUDA_VISIBLE_DEVICES`` set to a UUID, then the GPU tests
-of issue 18 rehearsed), and one test here per case, which fails with that case's own report.
+environment (the default GPUs, with the GPU tests of issue 18 rehearsed too; then
+``CUDA_VISIBLE_DEVICES`` set to a UUID), and one test here per case, which fails with that
+case's own report.
 The parent process never loads the stand-in, so on a GPU machine the real driver is untouched
 (tests/test_gpu*.py use it).
 """
@@ -23,12 +24,12 @@ pytest.importorskip("cuda.bindings", reason="cuda-python is installed by 'make s
 pytestmark = pytest.mark.slow   # each environment is one child process
 
 TESTS = Path(__file__).resolve().parent
-# run -> (file of cases, the child's extra environment). "gpu-rehearsal" is the five GPU tests
-# of tests/test_gpu_paths.py on the stand-ins: their code and their calls through the real
-# bindings, not a GPU's behaviour (the torch half of (a) skips: torch here has no CUDA).
-RUNS = {"driver": (TESTS / "stubs" / "cases_driver.py", {}),
-        "visible": (TESTS / "stubs" / "cases_visible.py", {"CUDA_VISIBLE_DEVICES": "GPU-a1"}),
-        "gpu-rehearsal": (TESTS / "test_gpu_paths.py", {})}
+# child -> (files of cases, the child's extra environment). test_gpu_paths.py is the five GPU
+# tests of issue 18 rehearsed on the stand-ins: their code and their calls through the real
+# bindings, not a GPU's behaviour (the torch half of (a) skips there).
+CHILDREN = {"default": ([TESTS / "stubs" / "cases_driver.py", TESTS / "test_gpu_paths.py"], {}),
+            "visible": ([TESTS / "stubs" / "cases_visible.py"],
+                        {"CUDA_VISIBLE_DEVICES": "GPU-a1"})}
 
 
 def _cases(path: Path) -> list[str]:
@@ -37,19 +38,20 @@ def _cases(path: Path) -> list[str]:
             and n.name.startswith("test_")]
 
 
-CASES = [(run, name) for run, (file, _) in RUNS.items() for name in _cases(file)]
+CASES = [(child, f.stem, name) for child, (files, _) in CHILDREN.items() for f in files
+         for name in _cases(f)]
 _results: dict = {}
 
 
-def _run(run: str) -> dict:
-    if run not in _results:
+def _run(child: str) -> dict:
+    if child not in _results:
         why = stub_env.build()
         if why:
             pytest.skip(f"the stand-in driver could not be built ({why}): it needs a C "
                         "compiler (make stub-cuda)")
-        file, env = RUNS[run]
-        _results[run] = stub_env.run_cases(file, **env)
-    return _results[run]
+        files, env = CHILDREN[child]
+        _results[child] = stub_env.run_cases(*files, **env)
+    return _results[child]
 
 
 def _outcomes(results: dict, case: str) -> dict:
@@ -57,9 +59,9 @@ def _outcomes(results: dict, case: str) -> dict:
     return {k: v for k, v in results.items() if k == case or k.startswith(case + "[")}
 
 
-@pytest.mark.parametrize("run,case", CASES, ids=[f"{r}:{c}" for r, c in CASES])
-def test_on_the_stand_in_driver(run, case):
-    results = _run(run)
+@pytest.mark.parametrize("child,file,case", CASES, ids=[f"{f}:{c}" for _, f, c in CASES])
+def test_on_the_stand_in_driver(child, file, case):
+    results = _run(child)
     got = _outcomes(results, case)
     if not got:
         crash = results.get("<child>", ("failed", "the case did not run"))[1]
@@ -72,8 +74,8 @@ def test_on_the_stand_in_driver(run, case):
 
 def test_every_case_file_ran_cleanly():
     """The child processes themselves: no crash, no case missing from their reports."""
-    for run, (file, _) in RUNS.items():
-        results = _run(run)
+    for child, (files, _) in CHILDREN.items():
+        results = _run(child)
         assert "<child>" not in results or results["<child>"][0] == "passed", \
             results["<child>"][1]
-        assert all(_outcomes(results, c) for c in _cases(file)), run
+        assert all(_outcomes(results, c) for f in files for c in _cases(f)), child

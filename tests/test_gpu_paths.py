@@ -127,6 +127,9 @@ def test_a_two_tenants_long_kernels_overlap(daemon_factory, backend):
         for r in results:
             assert np.all(r.outputs[0] == 1.0)
     else:
+        if os.environ.get("GPUSCHED_STUB"):
+            pytest.skip("the torch half needs a real GPU (torch's CUDA runtime is not run on "
+                        "the stand-in driver)")
         torch = pytest.importorskip("torch")
         if not torch.cuda.is_available():
             pytest.skip("torch here is a CPU build: the torch half needs a CUDA build")
@@ -322,7 +325,8 @@ def test_d_device_memory_quota_and_the_pool_back_to_baseline():
         (done_b,) = [raw for m, raw in rb + h.take(b"b") if isinstance(m, P.Done)]
         assert np.array_equal(np.frombuffer(done_b[0], np.float32), want_b)
         rid, statuses = 100, []
-        for _ in range(334):                               # 1,002 jobs, a third cancelled
+        rounds = 100 if os.environ.get("GPUSCHED_STUB") else 334   # a rehearsal: 300 jobs
+        for _ in range(rounds):                            # 1,002 jobs, a third cancelled
             for _ in range(3):
                 rid += 1
                 statuses += [m.status for m, _ in submit(b"a", rid)[1] if isinstance(m, P.Done)]
@@ -331,7 +335,7 @@ def test_d_device_memory_quota_and_the_pool_back_to_baseline():
                          if isinstance(m, P.Done)]
             h.run()
             statuses += [m.status for m, _ in h.take(b"a") if isinstance(m, P.Done)]
-        assert len(statuses) == 1002 and statuses.count("done") >= 668
+        assert len(statuses) == 3 * rounds and statuses.count("done") >= 2 * rounds
         end = time.monotonic() + 10
         while True:                                        # in-flight cancels free after
             gc.collect()                                   # their kernel completes

@@ -57,14 +57,14 @@ def child_env(**extra: str) -> dict:
     return env
 
 
-def run_cases(cases: Path, timeout: float = 240.0, **extra: str) -> dict:
-    """Run the cases in ``cases`` in a child process on the stand-ins: case name -> (outcome,
-    text), outcome "passed", "failed", "error" or "skipped"; a crashed child is one entry
-    ``"<child>"`` with its output."""
+def run_cases(*files: Path, timeout: float = 240.0, **extra: str) -> dict:
+    """Run the cases in ``files`` in one child process on the stand-ins: case name ->
+    (outcome, text), outcome "passed", "failed", "error" or "skipped"; a crashed child is one
+    entry ``"<child>"`` with its output."""
     with tempfile.TemporaryDirectory() as tmp:
         xml = Path(tmp) / "cases.xml"
         cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-o",
-               "python_files=cases_*.py", f"--junitxml={xml}", str(cases)]
+               "python_files=cases_*.py", f"--junitxml={xml}", *map(str, files)]
         try:
             r = subprocess.run(cmd, cwd=ROOT, env=child_env(**extra), capture_output=True,
                                text=True, timeout=timeout)
