@@ -70,7 +70,8 @@ def test_client_lib_does_not_import_torch():
 
 
 def test_choices_equal_the_registries():
-    from gpusched.bench.paella import POLICY_ORDER
+    from gpusched.bench.fig11 import POLICIES as FIG11_POLICIES
+    from gpusched.cli.bench_fig11 import FIG11_POLICIES as CLI_FIG11
     from gpusched.experiments.mixes import WORKLOADS as PAELLA_WORKLOADS
     from gpusched.placement.solvers import METHODS
     from gpusched.workloads import WORKLOADS
@@ -82,7 +83,7 @@ def test_choices_equal_the_registries():
     assert choices.GPU_PRESETS == tuple(sorted(PRESETS))
     assert choices.POLICIES == tuple(sorted(ALL_POLICIES))
     assert choices.WORKLOADS == tuple(sorted(WORKLOADS))
-    assert choices.PAELLA_POLICIES == tuple(POLICY_ORDER)
+    assert CLI_FIG11 == FIG11_POLICIES
     assert choices.PAELLA_WORKLOADS == tuple(PAELLA_WORKLOADS)
     assert choices.PLACE_SOLVERS == tuple(METHODS)
     assert choices.LOG_LEVELS == ("DEBUG", "INFO", "WARNING", "ERROR")

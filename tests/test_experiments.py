@@ -12,7 +12,7 @@ from scheduler_daemon.core.jobs import JobState
 TRACE = str(arrivals.PACKAGED_TRACES["azure-code"])
 
 KEYS = {"completed", "jobs", "p50_ms", "p99_ms", "slo_attainment", "jain", "per_model_p99_ms",
-        "throughput_rps", "kernels"}
+        "throughput_rps", "offered_rps", "kernels"}
 
 
 def gaps_of(times):
@@ -269,3 +269,88 @@ def test_saturation_rate_positive(t4_mix):
     assert math.isfinite(rate) and rate > 0
     # a T4 runs these CNNs (0.7-4.2 ms alone) at hundreds to a few thousand per second
     assert 100 < rate < 20_000
+
+
+# -- what Paella's experiment adds: caps, host costs, the absolute axis ----------------------
+from gpusched.experiments.host import HostCosts  # noqa: E402
+from scheduler_daemon.wire.kernels import KernelSpec  # noqa: E402
+
+K = KernelSpec("k", est_us=100.0, grid=4, block=256)
+
+
+def _mix(n_kernels=5, name="m"):
+    return (mixes.MixModel(name, 1.0, tuple(K for _ in range(n_kernels))),)
+
+
+def test_client_caps_hold_extra_jobs_in_the_client_and_latency_counts_from_arrival():
+    mix = _mix(1)
+    sc = runner.Scenario("T4", mix, tuple((0.0, 0) for _ in range(10)), caps={"m": 2})
+    out = runner.run_scenario(sc, "cuda-ms")
+    starts = sorted(j.first_start for j in out.jobs)
+    # two at a time: pairs start together, 100 us apart
+    assert starts == pytest.approx([i // 2 * 100e-6 for i in range(10)])
+    res = runner.run_point(sc, "cuda-ms")
+    assert res["p99_ms"] == pytest.approx(0.5, rel=0.05)   # the last pair waited 400 us
+
+
+def test_our_dispatcher_pays_a_notice_and_a_launch_per_kernel():
+    mix = _mix(5)
+    free = runner.run_point(runner.Scenario("T4", mix, ((0.0, 0),)), "srpt")
+    costs = HostCosts(launch_us=4.0, notice_us=10.0, rpc_us=0.0, poll_us=0.0)
+    paid = runner.run_point(runner.Scenario("T4", mix, ((0.0, 0),), costs=costs), "srpt")
+    # each kernel waits a launch (4 us); each kernel after the first also its predecessor's
+    # completion notice (10 us); the last completion's notice ends the job
+    assert free["p50_ms"] == pytest.approx(0.5)
+    assert paid["p50_ms"] == pytest.approx(0.5 + (5 * 4 + 5 * 10) / 1e3)
+    # the hardware baseline launches everything at once: one launch, no notices
+    hw = runner.run_point(runner.Scenario("T4", mix, ((0.0, 0),), costs=costs), "cuda-ms")
+    assert hw["p50_ms"] == pytest.approx(0.5 + 4 / 1e3)
+
+
+def test_the_stream_baselines_notice_a_finished_job_at_their_next_poll():
+    mix = _mix(1)
+    costs = HostCosts(launch_us=0.0, notice_us=0.0, rpc_us=0.0, poll_us=30.0)
+    res = runner.run_point(runner.Scenario("T4", mix, ((0.0, 0),), costs=costs), "cuda-ms")
+    assert res["p50_ms"] == pytest.approx(0.12)          # done at 100 us, seen at 120 us
+    assert costs.for_policy("srpt").poll_us == 0.0 and costs.for_policy("cuda-ms").notice_us == 0
+
+
+def test_triton_runs_as_many_instances_as_the_caps_each_on_its_own_stream():
+    mix = _mix(3)
+    sc = runner.Scenario("T4", mix, tuple((0.0, 0) for _ in range(6)), caps={"m": 3})
+    out = runner.run_scenario(sc, "triton")
+    starts = sorted(j.first_start for j in out.jobs)
+    assert starts[:3] == [0.0, 0.0, 0.0] and starts[3] > 0      # three instances at once
+    assert len({j.stream for j in out.jobs}) == 3
+
+
+def test_rates_scale_one_arrival_draw():
+    unit = runner.make_arrivals(_mix(), "lognormal:2", 1.0, 50, seed=3)
+    for rate in (10.0, 1234.0):
+        fast = runner.scaled(unit, rate)
+        assert [m for _, m in fast] == [m for _, m in unit]
+        assert [t for t, _ in fast] == pytest.approx([t / rate for t, _ in unit])
+
+
+def test_knee_is_the_most_throughput_within_the_p99_limit():
+    from gpusched.bench.fig11 import _headline, knee
+    rows = [{"throughput_rps": 100, "p99_ms": 10, "slo_attainment": 1.0},
+            {"throughput_rps": 500, "p99_ms": 60, "slo_attainment": 0.995},
+            {"throughput_rps": 800, "p99_ms": 90, "slo_attainment": 0.5},
+            {"throughput_rps": 700, "p99_ms": None, "slo_attainment": 0.0}]
+    assert knee(rows, lambda r: r["p99_ms"] is not None and r["p99_ms"] <= 75) == 500
+    h = _headline({"x": rows}, ["x"])
+    assert h == {"knee_rps": {"x": 500}, "slo99_rps": {"x": 500}}
+
+
+def test_fig11_end_to_end_small():
+    from gpusched.bench.fig11 import run_fig11
+    res = run_fig11(("T4",), (2.0,), 1, 60, 3, ("cuda-ms", "srpt"), workers=1,
+                    costs=HostCosts(4.5, 12.0, 175.0, 20.0))
+    (case,) = res["cases"]
+    assert {"gpu", "sigma", "seeds", "knee_rps", "slo99_rps", "p99_ratio_at_80pct"} <= set(case)
+    assert set(case["knee_rps"]) == {"cuda-ms", "srpt"}
+    rates = case["rates_rps"]
+    assert rates == sorted(rates) and rates[-1] == pytest.approx(15 * rates[0])
+    for rows in case["curves"].values():
+        assert [r["offered_rps"] for r in rows] == rates

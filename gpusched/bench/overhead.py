@@ -133,6 +133,29 @@ def client_rtt(endpoint: str, rounds: int) -> float:
     return statistics.median(ts) * 1e6
 
 
+def kernel_overhead(endpoint: str, kernels: int = 2000, runs: int = 7) -> float:
+    """The daemon's own cost per kernel: a model of ``kernels`` zero-duration kernels (the
+    daemon dispatches them one at a time, each after the previous one's completion), its job
+    time over its kernel count, less one request's round trip. The simulated experiments use
+    it as our dispatcher's cost per kernel notice (gpusched/experiments/host.py)."""
+    from client_lib import Client
+    with Client(endpoint, tenant="bench-kernels") as c:
+        c.register_model("long-net", [KernelSpec(name=f"k{i}", est_us=0.0) for i in
+                                      range(kernels)])
+        c.register_model("tiny-net", TINY)
+        c.run("long-net")
+        per = []
+        for _ in range(runs):
+            t = time.perf_counter()
+            c.run("long-net")
+            long_s = time.perf_counter() - t
+            t = time.perf_counter()
+            c.run("tiny-net")
+            tiny_s = time.perf_counter() - t
+            per.append((long_s - tiny_s) / (kernels - len(TINY)))
+    return statistics.median(per) * 1e6
+
+
 def _throughput_worker(endpoint: str, seconds: float, window: int) -> int:
     from client_lib import Client
     with Client(endpoint, tenant="bench-tput") as c:
@@ -194,6 +217,7 @@ def run_overhead(rounds: int = 2000, seconds: float = 3.0, clients: int = 4) -> 
     try:
         res["zmq_rtt_us"], res["daemon_rtt_us"] = paired_rtts(ep, rounds)
         res["client_rtt_us"] = client_rtt(ep, rounds)
+        res["kernel_overhead_us"] = kernel_overhead(ep)
         res["jobs_per_s"] = jobs_per_s(ep, clients, seconds)
     finally:
         stop_daemon(proc)
@@ -220,6 +244,8 @@ def print_overhead(res: dict) -> None:
     t.add_row("same through client_lib.Client.run", f"{res['client_rtt_us']:.1f} us "
               f"({res['client_rtt_ratio']:.2f}x)", "")
     t.add_row("sustained jobs/s, 4 client processes", f"{res['jobs_per_s']:.0f}", "")
+    t.add_row("daemon cost per kernel (notice, decision, launch)",
+              f"{res['kernel_overhead_us']:.1f} us", "")
     for n, v in res["decision_us"].items():
         t.add_row(f"decision time, {int(n):,} queued jobs ({DaemonConfig.policy})", f"{v:.2f} us",
                   "<= 10 us" if n == "10000" else "")

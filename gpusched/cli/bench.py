@@ -5,6 +5,8 @@ import json
 
 from geo.cli import add_geo_bench_parser
 from gpusched.cli import choices
+from gpusched.cli.bench_fig11 import add_parsers as add_fig11_parsers
+from gpusched.cli.bench_fig11 import run_fig11_cmd, run_fig13_cmd
 from gpusched.cli.common import UsageError
 
 
@@ -15,7 +17,7 @@ def add_parser(sub) -> None:
     bo.add_argument("--rounds", type=int, default=2000, help="round trips per RTT figure")
     bo.add_argument("--seconds", type=float, default=3.0, help="duration of the jobs/s run")
     bo.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    _add_paella(bsub)
+    add_fig11_parsers(bsub)
     bc = bsub.add_parser("calibrate", help="simulated vs published / measured latencies")
     bc.add_argument("--json", action="store_true", help="print JSON instead of a table")
     _add_fuzz_soak(bsub)
@@ -27,37 +29,6 @@ def add_parser(sub) -> None:
     bs.add_argument("--json", action="store_true", help="print JSON instead of a table")
     add_geo_bench_parser(bsub)
     _add_models(bsub)
-
-
-def _add_paella(bsub) -> None:
-    bp = bsub.add_parser("paella", help="every policy on the same arrivals on the simulated GPU, "
-                         "swept over load (CSV, plots, table)",
-                         description="Reproduce Paella's experiment on the simulated GPU: each "
-                         "load is a fraction of the GPU's measured saturation rate; every policy "
-                         "runs the same arrival sequence in virtual time.")
-    bp.add_argument("--gpu", default="T4", choices=choices.GPU_PRESETS,
-                    help="GPU preset simulated")
-    bp.add_argument("--workload", default="paella-mix", choices=choices.PAELLA_WORKLOADS,
-                    help="paella-mix: Paella's model mix; orion-v100: the five measured V100 "
-                    "traces, equal shares")
-    bp.add_argument("--arrivals", default="lognormal:2",
-                    help="lognormal:SIGMA, poisson, or trace:PATH (a CSV with TIMESTAMP)")
-    bp.add_argument("--loads", default="0.5,0.7,0.9",
-                    help="fractions of the saturation load, comma-separated")
-    bp.add_argument("--jobs", type=int, default=1000, help="jobs per load point")
-    bp.add_argument("--seed", type=int, default=0, help="random seed of the arrivals")
-    bp.add_argument("--policies", default=",".join(choices.PAELLA_POLICIES),
-                    help=f"comma-separated, from: {', '.join(choices.PAELLA_POLICIES)} "
-                    "(default: all of them)")
-    bp.add_argument("--slo-factor", default="5",
-                    help="each model's SLO is this many times its solo latency; A,B makes the "
-                    "models (in mix order) alternate between A and B, so SLOs differ")
-    bp.add_argument("--shed", action="store_true",
-                    help="the slo policy drops jobs that can no longer make their SLO")
-    bp.add_argument("--hw-queues", type=int, default=32,
-                    help="simulated GPU: hardware queues, CUDA_DEVICE_MAX_CONNECTIONS (1-32)")
-    bp.add_argument("--out", default="out/paella", help="folder for points.csv and the PNGs")
-    bp.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
 
 def _add_fuzz_soak(bsub) -> None:
@@ -110,8 +81,10 @@ def run(args) -> int:
         res = run_overhead(rounds=args.rounds, seconds=args.seconds)
         print(json.dumps(res, indent=2)) if args.json else print_overhead(res)
         return 0
-    if args.bench == "paella":
-        return _paella(args)
+    if args.bench in ("fig11", "paella"):
+        return run_fig11_cmd(args)
+    if args.bench == "fig13":
+        return run_fig13_cmd(args)
     if args.bench == "calibrate":
         from gpusched.bench.calibrate import print_calibrate, run_calibrate
         res = run_calibrate()
@@ -132,8 +105,8 @@ def run(args) -> int:
     if args.bench == "models":
         from gpusched.bench.models import run_models_bench
         return run_models_bench(args)
-    raise UsageError("name a benchmark: overhead, paella, calibrate, sim-speed, fuzz, soak, "
-                     "usher, geo or models "
+    raise UsageError("name a benchmark: overhead, fig11 (or paella), fig13, calibrate, "
+                     "sim-speed, fuzz, soak, usher, geo or models "
                      "(see gpusched bench --help)")
 
 
@@ -181,36 +154,4 @@ def _usher(args) -> int:
                         large_pool=400 if args.quick else 200,
                         progress=lambda: bar.advance(task))
     print(json.dumps(res, indent=2)) if args.json else print_usher(res)
-    return 0
-
-
-def _paella(args) -> int:
-    import os
-
-    from rich.progress import Progress
-
-    from gpusched.bench.paella import print_paella, run_paella, write_outputs
-
-    try:
-        loads = tuple(float(x) for x in args.loads.split(",") if x)
-    except ValueError:
-        raise UsageError(f"--loads {args.loads!r}: give fractions like 0.5,0.7,0.9") from None
-    policies = tuple(p for p in args.policies.split(",") if p)
-    if not 1 <= args.hw_queues <= 32:
-        raise UsageError("--hw-queues must be 1..32")
-    try:
-        os.makedirs(args.out, exist_ok=True)
-    except OSError as e:
-        raise UsageError(f"--out {args.out}: {e}") from None
-    with Progress(transient=True, disable=args.json) as bar:
-        task = bar.add_task("simulating", total=len(loads) * len(policies))
-        res = run_paella(args.gpu, args.workload, args.arrivals, loads, args.jobs, args.seed,
-                         policies, args.slo_factor, args.hw_queues,
-                         progress=lambda: bar.advance(task), shed=args.shed)
-    paths = write_outputs(res, args.out)  # --out was checked before the simulation ran
-    if args.json:
-        print(json.dumps(res, indent=2))
-    else:
-        print_paella(res)
-        print("wrote " + ", ".join(paths))
     return 0

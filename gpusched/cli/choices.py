@@ -20,10 +20,6 @@ POLICIES = ("clockwork", "cuda-ms", "cuda-ss", "edf", "fifo", "fifo-jbj", "fifo-
 # sorted(gpusched.workloads.WORKLOADS)
 WORKLOADS = ("mixed", "tiny")
 
-# gpusched.bench.paella.POLICY_ORDER (also the default of --policies, in this order)
-PAELLA_POLICIES = ("cuda-ss", "cuda-ms", "mps", "triton", "clockwork", "fifo-jbj", "fifo-kbk",
-                   "paella", "srpt", "edf", "slo", "slo-srpt", "ideal")
-
 # gpusched.experiments.mixes.WORKLOADS
 PAELLA_WORKLOADS = ("paella-mix", "orion-v100")
 

@@ -22,12 +22,17 @@ class MixModel:
         return sum(k.est_us for k in self.kernels) * 1e-6
 
 
-def mix(workload: str, gpu: str, batch: int = 1, precision: str = "fp16") -> list[MixModel]:
+def mix(workload: str, gpu: str, batch: int = 1, precision: str = "fp16",
+        engine: str = "eager") -> list[MixModel]:
+    """``engine``: ``eager`` (PyTorch's kernels) or ``fused`` (a compiler's: convolution, bias,
+    normalisation and activation in one kernel, as TVM, which Paella's models were built with,
+    and TensorRT do)."""
     from profilers import zoo
 
     if workload == "paella-mix":
         total = sum(PAELLA_SHARES.values())
-        return [MixModel(m, s / total, tuple(zoo.zoo_kernels(m, batch, gpu, precision)))
+        return [MixModel(m, s / total, tuple(zoo.zoo_kernels(m, batch, gpu, precision,
+                                                             engine=engine)))
                 for m, s in PAELLA_SHARES.items()]
     if workload == "orion-v100":  # the five measured V100 traces, equal shares
         names = list(zoo.ORION_TRACES)

@@ -1,0 +1,58 @@
+"""Host costs in the simulated experiments: what each system pays on the CPU side, per kernel or
+per request, besides the GPU's own time. Each default names where it comes from; all of them
+can be set per run (``HostCosts``), and docs/simulator.md shows what they change.
+
+- ``launch_us``: from a kernel launch until the kernel is in its hardware queue, every system
+  (the simulated GPU's rule R7). Default: calibration.md's launch floor of this GPU preset
+  (``GpuSpec.launch_floor_us``, 4.5 us: the smallest forward kernels measured take that long).
+- ``notice_us``: the software dispatcher's round trip per kernel: a kernel's start or completion
+  is noticed, the core decides, the next kernel is launched; one dispatcher thread, one notice
+  at a time. Applies to the software-dispatch policies (ours and Paella's policy run by our
+  daemon). Default: this daemon's own measured cost per kernel, ``kernel_overhead_us`` of
+  ``gpusched bench overhead --json`` (a long zero-duration model through the live daemon).
+- ``rpc_us``: a request's round trip between a client process and a serving process (submit
+  and answer), for the systems that have one: ours over ZeroMQ, and Triton's gRPC frontend.
+  Default: ``client_rtt_us`` of ``gpusched bench overhead --json`` (our client library's round
+  trip of a zero-duration job); for Triton this is a lower bound (gRPC and its frontend do more
+  than one ZeroMQ message each way).
+- ``poll_us``: the CUDA stream baselines learn that a job finished by polling
+  ``cudaStreamQuery`` (Paella's artifact does): a finished job is noticed at the poller's next
+  sweep, a grid of ``poll_us``. Default 20 us: one pass over Paella's 141 streams at roughly
+  0.15 us per query of a non-blocking driver call; no published figure, hence in the
+  sensitivity table of docs/simulator.md.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+# measured here with `gpusched bench overhead --json` (docs/simulator.md has the run)
+MEASURED_KERNEL_OVERHEAD_US = 12.0
+MEASURED_CLIENT_RTT_US = 175.0
+POLL_US = 20.0
+
+SOFTWARE = frozenset({"fifo", "srpt", "edf", "paella", "slo", "slo-srpt", "fifo-kbk"})
+POLLING = frozenset({"cuda-ss", "cuda-ms", "mps", "fifo-jbj", "clockwork"})
+RPC = SOFTWARE | {"triton"}
+
+
+@dataclass(frozen=True)
+class HostCosts:
+    launch_us: float = 4.5
+    notice_us: float = MEASURED_KERNEL_OVERHEAD_US
+    rpc_us: float = MEASURED_CLIENT_RTT_US
+    poll_us: float = POLL_US
+
+    def for_policy(self, policy: str) -> "HostCosts":
+        """The costs one system pays: each policy family has only its own."""
+        return replace(self,
+                       notice_us=self.notice_us if policy in SOFTWARE else 0.0,
+                       rpc_us=self.rpc_us if policy in RPC else 0.0,
+                       poll_us=self.poll_us if policy in POLLING else 0.0)
+
+
+FREE = HostCosts(0.0, 0.0, 0.0, 0.0)
+
+
+def default_costs(spec) -> HostCosts:
+    """The defaults on GPU preset ``spec`` (only the launch floor differs by preset)."""
+    return HostCosts(launch_us=spec.launch_floor_us)
