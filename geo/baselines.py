@@ -49,6 +49,7 @@ class _Fleet:
         self._sv: dict[tuple[str, str, int], tuple] = {}
         self._so: dict[tuple[str, str, int], tuple] = {}  # _site_options, likewise
         self._mig: dict[str, tuple[np.ndarray, np.ndarray]] = {}  # per running job
+        self._sizes: dict[tuple[str, str], list[int]] = {}  # gpu_sizes per (job, type)
 
     def migration(self, job: Job, n: int) -> tuple[np.ndarray | float, np.ndarray | float]:
         """(seconds, egress $) per site for a running job to take n GPUs there, as

@@ -1,25 +1,30 @@
-"""``decomposed``: the MAST-style fast method for large instances (10,000 jobs x 50 sites).
+"""``decomposed``: the fast method for large instances (10,000 jobs x 50 sites), in the spirit
+of MAST's scope decoupling (each job's options scored at every site at once, then regional
+packing), without a solver.
 
-Three steps (MAST's scope decoupling with demand/supply balancing by prices):
-  1. estimate, vectorised: for each job and GPU type, its smallest size that meets the deadline
-     and budget is scored at every site at once (numpy over sites): Cand[j, k] with score
-     S[j,k], GPUs N[j,k] and pool P[j,k] (a site x GPU type).
-  2. global balancing: each pool gets a price lambda[pool] per GPU, set on bids for every size
-     (``_prices``): pools whose demand is above supply get dearer, fast (overload is penalised
-     more than underload: MAST's asymmetric penalties), pools with spare GPUs cheaper, slowly.
-  3. regional packing: jobs in priority order (then those with fewer GPU types, then the
-     biggest) take their best candidate at those prices, S - lambda[P] * N, that still fits;
-     jobs no single site can host take the full candidate search (multi-site modes) on what is
-     left; the GPUs still free go to the placed jobs where the next size gains the most
-     objective per GPU (or to the job that finishes last, for makespan); an exchange pass moves
-     a job to another pool when the GPUs it frees let the jobs left behind gain more.
-  Step 3 runs at the prices found, at half of them and at zero; the plan that serves more jobs
-  (by priority), then has the better objective, is kept.
-  4. local improvement of that plan (``packing.relocate``, throughput, up to 2,000 jobs): the
+  1. estimate, vectorised: for each job, GPU type and size (``gpu_sizes``) that meets the rule
+     (geo/feasibility.py), its score at every site at once (numpy over sites): rows with score
+     S[j,k], GPUs, pool (a site x GPU type) and the smallest size that works at that site.
+  2. regional packing: jobs in an order (``_order``) take the site and type where their best
+     size scores best and that still has room for their smallest size there (the potential:
+     a fine-tune that could use 8 GPUs goes where its data is, not where 1 GPU scores as well
+     anywhere), at that smallest size; jobs no single site can host take the full candidate
+     search (multi-site modes, unequal sizes) on what is left; the GPUs still free go to the
+     placed jobs where the next size gains the most objective per GPU (or to the job that
+     finishes last, for makespan); an exchange pass moves a job to another pool when the GPUs
+     it frees let the jobs left behind gain more. Every step keeps the rule, the fleet budget
+     included. Step 2 runs in two orders, by priority per GPU ("density": more priority served
+     when GPUs are short) and by priority then size; the plan that serves more jobs (by
+     priority), then has the better objective, is kept.
+  3. local improvement of that plan (``packing.relocate``, throughput, up to 2,000 jobs): the
      sizes inside each pool chosen together by dynamic programming (a multiple-choice
      knapsack over the pool's GPUs), waiting jobs inserted where a pool can still hold them,
      then jobs moved one by one to the pool where they, and the re-sized jobs of both pools,
      gain most, while a move gains.
+An earlier version set per-pool GPU prices by sub-gradient steps on the Lagrangian dual before
+packing; on every instance measured its dual never fell below its value at zero prices, so it
+packed at zero prices (a no-op, removed). How far a plan is from the optimum is measured
+against a proven bound instead (geo/bound.py).
 """
 from __future__ import annotations
 
@@ -44,47 +49,40 @@ from geo.spec import Job
 
 log = logging.getLogger("geo.decomposed")
 
-ROUNDS = 40
-PRICE_SITES = 8  # sites per (type, size) a job bids for when prices are set
-UP, DOWN = 1.0, 0.5  # asymmetric price steps: overload raises prices faster than underload cuts
-STEP = 0.2  # first step, as a share of the median score per GPU
+ORDERS = ("density", "priority")  # the job orders step 2 packs in (``_order``)
 
 
 def _job_rows(fleet: _Fleet, job: Job, objective: str, ref: float, pools: np.ndarray,
               types: list[str], bonus: float):
-    """Two views of one job's single-site candidates, each (scores, GPUs, pool ids, site ids,
-    type ids) or None: for placement, per GPU type its smallest size that meets the deadline
-    and budget, at every site that can; for pricing, every size at its best PRICE_SITES sites.
-    One pass over the sizes builds both."""
-    place, bid = [], []
+    """One job's single-site candidates as arrays (scores, GPUs, pool ids, site ids, type ids,
+    smallest GPUs), or None: every size that meets the rule, at every site where it does, with
+    the smallest size that works at that site and type (throughput: a job is placed where its
+    best size scores best, at its smallest size there, and grows later; cost and makespan: the
+    smallest size per type only, as they never grow a job)."""
+    place = []
     if "single-site" in job.modes:
         for ti, t in enumerate(types):
             if t not in job.gpu_types:
                 continue
-            first = True
+            smallest = np.zeros(len(fleet.idx), int)  # per site: its smallest size that works
             for n in gpu_sizes(job, int(fleet.max_cap[t])):
                 it, hours, total, ok = _site_options(fleet, job, t, n)
                 idx = np.flatnonzero(ok)
                 if not len(idx):
                     continue  # too slow or dear at this size: try the next
+                smallest[idx[smallest[idx] == 0]] = n
                 if objective == "throughput":
                     sc = job.priority * (PLACED + 1 / it[idx] / ref)
                 elif objective == "cost":
                     sc = job.priority * bonus - total[idx]
                 else:
                     sc = job.priority * bonus - hours[idx]
-                row = (sc, np.full(len(idx), n), pools[ti, idx], idx, np.full(len(idx), ti))
-                if first:  # the smallest size that works: step 3 grows jobs into what is left
-                    place.append(row)
-                    first = False
-                if len(idx) > PRICE_SITES:
-                    top = np.argpartition(-sc, PRICE_SITES)[:PRICE_SITES]
-                    row = tuple(x[top] for x in row)
-                bid.append(row)
+                if objective == "throughput" or not place or place[-1][4][0] != ti:
+                    place.append((sc, np.full(len(idx), n), pools[ti, idx], idx,
+                                  np.full(len(idx), ti), smallest[idx]))
     if not place:
-        return None, None
-    return tuple(np.concatenate(x) for x in zip(*place)), \
-        tuple(np.concatenate(x) for x in zip(*bid))
+        return None
+    return tuple(np.concatenate(x) for x in zip(*place))
 
 
 def solve_decomposed(model: Model, objective: str, *, jobs: list[Job] | None = None,
@@ -100,24 +98,32 @@ def solve_decomposed(model: Model, objective: str, *, jobs: list[Job] | None = N
     types = sorted(fleet.cap)
     S_ = len(model.sites)
     pools = np.arange(len(types) * S_).reshape(len(types), S_)  # pool id = type * sites + site
-    cap = np.concatenate([fleet.free[t] for t in types]).astype(float)
     options: dict[str, JobOptions] = {}
-    data, bids = [], []
+    data = []
     for job in jobs:
         ref = ideal_speed(model, job)
         options[job.name] = JobOptions(job, ref_speed=ref)
         # cost, makespan: placing a job pays more than anything saved on others
         b = _bonus(fleet, job, objective) if objective != "throughput" else 0.0
-        d, bd = _job_rows(fleet, job, objective, ref, pools, types, b)
-        data.append(d)
-        bids.append(bd)
-    S, N, P = _matrix(data)
-    lam, dual = _prices(*_matrix(bids), cap)
-    # regional packing at the balancing prices and at zero prices: keep the better plan
+        data.append(_job_rows(fleet, job, objective, ref, pools, types, b))
+    S, _, _ = _matrix(data)
+    # regional packing in two job orders: keep the plan that serves more, then scores more
     best = None
     jobs_by_name = {j.name: j for j in jobs}
-    for prices in (lam, 0.5 * lam, np.zeros_like(lam)):
-        placed_k, fr, sp = _round(jobs, data, S - prices[P] * N, fleet, types)
+    variants = [(o, 0.0) for o in ORDERS]
+    if fleet.budget is not None:  # the budget's price: value per $/h of a middling row
+        H = np.zeros_like(S)
+        for r, d in enumerate(data):
+            if d is not None:
+                H[r, :len(d[0])] = d[1] * _row_price(fleet, d, types)
+        fin = np.isfinite(S) & (H > 0)
+        mu0 = float(np.median(S[fin] / H[fin])) if fin.any() else 0.0
+        import os
+        fs = [float(x) for x in os.environ.get("GEO_MU", "0.5,1").split(",")]
+        variants += [(o, f * mu0) for o in ("dollars", "density") for f in fs]
+    for order, mu in variants:
+        adj = S if mu == 0.0 else S - mu * H
+        placed_k, fr, sp = _round(jobs, data, adj, fleet, types, order)
         trial = _Fleet.__new__(_Fleet)
         trial.__dict__.update(fleet.__dict__)
         trial.free, trial.spend = fr, sp
@@ -131,11 +137,13 @@ def solve_decomposed(model: Model, objective: str, *, jobs: list[Job] | None = N
                     trial.spend += c.cost_per_hour
         grow(model, trial, objective, placed, jobs_by_name, options)
         within_fleet_budget(trial, placed, lambda tr=trial, pl=placed: polish(
-            tr, objective, pl, jobs_by_name, options))
+            tr, objective, pl, jobs_by_name, options), jobs_by_name, options, objective)
         grow(model, trial, objective, placed, jobs_by_name, options)
         # serving jobs comes first (by priority), then the objective
         val = (sum(jobs_by_name[n].priority for n in [*placed, *multi]),
                _value(trial, objective, placed, jobs_by_name, options))
+        log.debug("geo: decomposed in order %s at %.3g per $/h: served %s, objective %.4f",
+                  order, mu, *val)
         if best is None or val > best[0]:
             best = (val, placed, fr, multi, trial)
     _, placed, fleet.free, multi, trial = best
@@ -143,7 +151,8 @@ def solve_decomposed(model: Model, objective: str, *, jobs: list[Job] | None = N
     waiting = [job.name for r, job in enumerate(jobs) if data[r] is not None
                and job.name not in placed and job.name not in multi]
     within_fleet_budget(trial, placed, lambda: relocate(trial, objective, placed, jobs_by_name,
-                                                        options, waiting))
+                                                        options, waiting),
+                        jobs_by_name, options, objective)
     fleet.free, fleet.spend = trial.free, trial.spend
     waits: dict[str, tuple[int, str, int]] = {}
     multi_waits: dict[str, Candidate] = {}
@@ -159,7 +168,7 @@ def solve_decomposed(model: Model, objective: str, *, jobs: list[Job] | None = N
                 continue
         if d is not None:
             k = int(np.argmax(d[0]))
-            waits[job.name] = (int(d[3][k]), types[int(d[4][k])], int(d[1][k]))
+            waits[job.name] = (int(d[3][k]), types[int(d[4][k])], int(d[5][k]))
             continue
         o = job_options(model, job, objective)  # the exact reason (rare path)
         if o.candidates:  # hosts only across sites, and those GPUs are taken: wait
@@ -173,8 +182,8 @@ def solve_decomposed(model: Model, objective: str, *, jobs: list[Job] | None = N
     queued.update(multi_waits)
     for name, c in {**chosen, **queued}.items():
         options[name].candidates = [c]
-    log.info("geo: decomposed placed %d, waiting %d, unplaced %d, dual bound %.3f",
-             len(chosen), len(queued), len(options) - len(chosen) - len(queued), dual)
+    log.info("geo: decomposed placed %d, waiting %d, unplaced %d", len(chosen), len(queued),
+             len(options) - len(chosen) - len(queued))
     return options, chosen, queued
 
 
@@ -190,37 +199,6 @@ def _matrix(rows):
             k = len(d[0])
             S[r, :k], N[r, :k], P[r, :k] = d[0], d[1], d[2]
     return S, N, P
-
-
-def _prices(S, N, P, cap) -> tuple[np.ndarray, float]:
-    """Per-pool GPU prices lambda by sub-gradient descent on the Lagrangian dual of the
-    capacity constraints, L(lambda) = sum_j max(0, max_k S - lambda[P] N) + lambda . cap:
-    each round every job bids for its best (site, type, size) at the current prices, and
-    prices move with (demand - supply) / supply, up faster than down (MAST's asymmetric
-    over/under penalties). Returns the prices of the lowest dual value seen, and that value
-    (an upper bound on the relaxed objective)."""
-    J = S.shape[0]
-    lam = np.zeros(len(cap))
-    if J == 0:
-        return lam, 0.0
-    finite = np.isfinite(S)
-    base = float(np.median((S / np.maximum(N, 1))[finite])) if finite.any() else 1.0
-    rows = np.arange(J)
-    best_lam, best_dual = lam.copy(), np.inf
-    for k in range(ROUNDS):
-        adj = S - lam[P] * N
-        pick = np.argmax(adj, axis=1)
-        gain = adj[rows, pick]
-        take = gain > 0
-        dual = float(gain[take].sum() + lam @ cap)
-        if dual < best_dual:
-            best_lam, best_dual = lam.copy(), dual
-        demand = np.bincount(P[rows, pick][take], weights=N[rows, pick][take],
-                             minlength=len(cap))
-        excess = (demand - cap) / np.maximum(cap, 1)
-        step = STEP * base / np.sqrt(k + 1)
-        lam = np.maximum(0.0, lam + step * np.where(excess > 0, UP * excess, DOWN * excess))
-    return best_lam, best_dual
 
 
 def _value(fleet: _Fleet, objective: str, placed: dict, jobs: dict[str, Job],
@@ -251,22 +229,46 @@ def _bonus(fleet: _Fleet, job: Job, objective: str) -> float:
     return 2 * worst + 1.0
 
 
-def _round(jobs, data, adj, fleet: _Fleet, types):
-    """Jobs in priority order take their best candidate by ``adj`` that fits (in the free
-    GPUs and what the fleet budget leaves). Returns (placed, free, spend)."""
+def _order(jobs: list[Job], how: str, dollars=None) -> list[int]:
+    """The order jobs are placed in. "density": priority per GPU of its smallest size first
+    (the greedy of a knapsack: more priority served when GPUs are short); "priority":
+    priority first, then jobs with fewer GPU types (fewer places to go), then the small."""
+    if how == "density":
+        return sorted(range(len(jobs)), key=lambda r: (-jobs[r].priority / jobs[r].min_gpus,
+                                                        len(jobs[r].gpu_types), r))
+    if how == "dollars":
+        return sorted(range(len(jobs)), key=lambda r: (-jobs[r].priority / dollars[r], r))
+    return sorted(range(len(jobs)), key=lambda r: (-jobs[r].priority, len(jobs[r].gpu_types),
+                                                    jobs[r].min_gpus, r))
+
+
+def _row_price(fleet: _Fleet, d, types) -> np.ndarray:
+    """$/GPU-hour of each row of a job's rows."""
+    out = np.empty(len(d[0]))
+    for ti, t in enumerate(types):
+        sel = d[4] == ti
+        out[sel] = fleet.price[t][d[3][sel]]
+    return out
+
+
+def _round(jobs, data, adj, fleet: _Fleet, types, how: str):
+    """Jobs in order (``_order``) take their best candidate by ``adj`` that fits (in the free
+    GPUs and what the fleet budget leaves): the site and type where their best size scores
+    best, at the smallest size that works there. Returns (placed, free, spend)."""
     free = {t: v.copy() for t, v in fleet.free.items()}
     spend, B = fleet.spend, fleet.budget
     placed = {}
-    # priority first; then jobs with fewer GPU types (they have fewer places to go), then big
-    order = sorted(range(len(jobs)), key=lambda r: (-jobs[r].priority, len(jobs[r].gpu_types),
-                                                    -jobs[r].min_gpus))
-    for r in order:
+    dollars = None
+    if how == "dollars":  # $/h of each job's cheapest row
+        dollars = [np.inf if d is None else float(np.min(d[5] * _row_price(fleet, d, types)))
+                   for d in data]
+    for r in _order(jobs, how, dollars):
         d = data[r]
         if d is None:
             continue
         m = len(d[0])
-        for k in np.argsort(-adj[r, :m]):
-            i, t, n = int(d[3][k]), types[int(d[4][k])], int(d[1][k])
+        for k in np.argsort(-adj[r, :m], kind="stable"):
+            i, t, n = int(d[3][k]), types[int(d[4][k])], int(d[5][k])
             h = n * float(fleet.price[t][i])
             if free[t][i] >= n and within_budget(spend, h, B):
                 free[t][i] -= n
@@ -276,18 +278,43 @@ def _round(jobs, data, adj, fleet: _Fleet, types):
     return placed, free, spend
 
 
-def within_fleet_budget(fleet: _Fleet, placed: dict, step) -> None:
-    """Run ``step`` (an exchange pass, the local improvement: they trade GPUs, not dollars)
-    and undo it when the single-site jobs of ``placed`` then cost more than the fleet budget
-    leaves; recounts ``fleet.spend``."""
+def within_fleet_budget(fleet: _Fleet, placed: dict, step, jobs: dict[str, Job],
+                        options: dict[str, JobOptions], objective: str) -> None:
+    """Run ``step`` (an exchange pass, the local improvement: they trade GPUs, not dollars);
+    when the single-site jobs of ``placed`` then cost more than the fleet budget leaves, shrink
+    jobs where a size step saves the most $/h per objective lost until it holds, and keep the
+    result only if it beats the plan before the step; recounts ``fleet.spend``."""
     if fleet.budget is None:
         step()
         return
     before = dict(placed), {t: v.copy() for t, v in fleet.free.items()}
+    v0 = _value(fleet, objective, placed, jobs, options)
     old = sum(n * float(fleet.price[t][i]) for i, t, n in placed.values())
     step()
     new = sum(n * float(fleet.price[t][i]) for i, t, n in placed.values())
-    if within_budget(fleet.spend - old, new, fleet.budget):
+    while not within_budget(fleet.spend - old, new, fleet.budget):
+        best = None  # (objective lost per $/h saved, job, smaller size)
+        for name, (i, t, n) in placed.items():
+            job = jobs[name]
+            smaller = [m for m in gpu_sizes(job, int(fleet.max_cap[t]))
+                       if m < n and _site_options(fleet, job, t, m)[3][i]]
+            if not smaller:
+                continue
+            m = smaller[-1]
+            save = (n - m) * float(fleet.price[t][i])
+            loss = _value(fleet, objective, {name: (i, t, n)}, jobs, options) - \
+                _value(fleet, objective, {name: (i, t, m)}, jobs, options)
+            if best is None or loss / save < best[0]:
+                best = (loss / save, name, m)
+        if best is None:
+            break
+        _, name, m = best
+        i, t, n = placed[name]
+        placed[name] = (i, t, m)
+        fleet.free[t][i] += n - m
+        new -= (n - m) * float(fleet.price[t][i])
+    if within_budget(fleet.spend - old, new, fleet.budget) and \
+            _value(fleet, objective, placed, jobs, options) >= v0:
         fleet.spend += new - old
         return
     placed.clear()

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import random
 
-from geo.spec import Dataset, GpuPool, Job, Planner, Site, Spec
+from geo.spec import DEFAULT_TFLOPS, Dataset, GpuPool, Job, Planner, Site, Spec
 from geo.wan import known_regions, measured_links
 
 # (name, params, tokens per iteration, iterations, min, max GPUs, weight of the template)
@@ -43,7 +43,12 @@ def _ok(meas, a, b) -> bool:
 
 
 def make_instance(n_jobs: int, n_sites: int, seed: int = 1, load: float = 0.8,
-                  multi_site_share: float = 0.1, time_limit_s: float = 30.0) -> Spec:
+                  multi_site_share: float = 0.1, time_limit_s: float = 30.0,
+                  budget_share: float = 0.0, fleet_budget: float | None = None) -> Spec:
+    """``budget_share``: jobs with a budget_usd (between 0.8 and 3 times their cost on their
+    minimum of their first type at its mean price); ``fleet_budget``: budget_usd_per_hour as a
+    share of the fleet's $/h at full use. With the defaults the draws are those of earlier
+    versions (the same instances)."""
     rng = random.Random(seed)
     names = _regions(n_sites, rng)
     datasets = []
@@ -63,10 +68,15 @@ def make_instance(n_jobs: int, n_sites: int, seed: int = 1, load: float = 0.8,
         deadline = None
         if rng.random() < 0.2:
             deadline = float(rng.choice((48, 96, 200)))
+        iters = int(it * rng.uniform(0.5, 1.5))
+        budget = None
+        if budget_share and rng.random() < budget_share:
+            hours = 6 * P * T * iters / (lo * DEFAULT_TFLOPS[types[0]] * 1e12 * 0.4) / 3600
+            budget = round(hours * lo * sum(PRICE[types[0]]) / 2 * rng.uniform(0.8, 3.0), 2)
         jobs.append(Job(name=f"{name}-{i}", params=P, tokens_per_iter=T,
-                        iterations=int(it * rng.uniform(0.5, 1.5)), gpu_types=types,
+                        iterations=iters, gpu_types=types,
                         min_gpus=lo, max_gpus=hi, priority=float(rng.choice((1, 1, 2, 3))),
-                        deadline_h=deadline, dataset=rng.choice(datasets).name
+                        deadline_h=deadline, budget_usd=budget, dataset=rng.choice(datasets).name
                         if rng.random() < 0.6 else None, modes=modes))
         demand[types[0]] += lo
     sites = []
@@ -86,5 +96,30 @@ def make_instance(n_jobs: int, n_sites: int, seed: int = 1, load: float = 0.8,
         if not pools[n]:
             pools[n].append(GpuPool("A100", 16, round(rng.uniform(*PRICE["A100"]), 2)))
         sites.append(Site(n, pools[n]))
+    B = None
+    if fleet_budget is not None:
+        B = round(fleet_budget * sum(g.count * g.usd_per_hour for s in sites for g in s.gpus), 2)
     return Spec(sites=sites, jobs=jobs, datasets=datasets,
-                planner=Planner(time_limit_s=time_limit_s))
+                planner=Planner(time_limit_s=time_limit_s, budget_usd_per_hour=B))
+
+
+def held_out_spec(seed: int, time_limit_s: float = 30.0) -> tuple[Spec, dict]:
+    """A random instance whose shape is drawn from ``seed`` too: 60-400 jobs on 6-24 sites,
+    load 0.6-1.6 (above 1: not every job fits), 0-30% multi-site jobs, per-job budgets on
+    0-40% of the jobs, a fleet budget on a third. The benchmark's held-out specs come from
+    seeds no development run used (geo/bench.py HELD_OUT_SEEDS). Returns (spec, its shape)."""
+    rng = random.Random(seed)
+    shape = {"jobs": rng.randint(60, 400), "sites": rng.randint(6, 24),
+             "load": round(rng.uniform(0.6, 1.6), 2),
+             "multi_site_share": round(rng.uniform(0.0, 0.3), 2),
+             "budget_share": round(rng.uniform(0.0, 0.4), 2),
+             "fleet_budget": round(rng.uniform(0.3, 0.9), 2) if rng.random() < 0.33 else None}
+    while True:
+        try:  # some draws of regions hold fewer fully measured ones: draw again
+            spec = make_instance(shape["jobs"], shape["sites"], seed=rng.randrange(1 << 30),
+                                 load=shape["load"], multi_site_share=shape["multi_site_share"],
+                                 time_limit_s=time_limit_s, budget_share=shape["budget_share"],
+                                 fleet_budget=shape["fleet_budget"])
+            return spec, shape
+        except ValueError:
+            continue

@@ -16,6 +16,15 @@ from geo.feasibility import within_budget
 from geo.spec import Job
 
 
+def _sizes(fleet: _Fleet, job: Job, t: str) -> list[int]:
+    """``gpu_sizes`` of a job for type t up to the fleet's largest pool (cached per solve)."""
+    key = (job.name, t)
+    got = fleet._sizes.get(key)
+    if got is None:
+        got = fleet._sizes[key] = gpu_sizes(job, int(fleet.max_cap[t]))
+    return got
+
+
 def grow(model: Model, fleet: _Fleet, objective: str, placed: dict, jobs: dict[str, Job],
           options: dict[str, JobOptions]) -> None:
     """Regional packing: hand the GPUs left over to the placed jobs where they gain the most
@@ -24,6 +33,7 @@ def grow(model: Model, fleet: _Fleet, objective: str, placed: dict, jobs: dict[s
     if objective == "cost":
         return
     heap: list = []
+    gpus_all = max(1.0, float(sum(v.sum() for v in fleet.cap.values())))
 
     def value(job, it):
         return job.priority / it / options[job.name].ref_speed
@@ -36,13 +46,14 @@ def grow(model: Model, fleet: _Fleet, objective: str, placed: dict, jobs: dict[s
         for t2 in job.gpu_types:
             if t2 not in fleet.cap:
                 continue
-            room = fleet.free[t2] + (n if t2 == t else 0) * (np.arange(len(fleet.free[t2])) == i)
-            nxt = [m for m in gpu_sizes(job, int(fleet.max_cap[t2])) if m > n]
+            nxt = [m for m in _sizes(fleet, job, t2) if m > n]
             if not nxt:
                 continue
             n2 = nxt[0]
-            it, h, tot, ok = _site_options(fleet, job, t2, n2)
-            ok = ok & (room >= n2)
+            it, h, tot, ok0 = _site_options(fleet, job, t2, n2)
+            ok = ok0 & (fleet.free[t2] >= n2)
+            if t2 == t:  # its own GPUs count where it runs
+                ok[i] = ok0[i] and fleet.free[t2][i] + n >= n2
             if fleet.budget is not None:  # the fleet's $/h after the step
                 ok &= within_budget(fleet.spend - n * float(fleet.price[t][i]),
                                     n2 * fleet.price[t2], fleet.budget)
@@ -50,7 +61,11 @@ def grow(model: Model, fleet: _Fleet, objective: str, placed: dict, jobs: dict[s
                 continue
             key = np.where(ok, it, np.inf)
             k = int(np.argmin(key))
-            gain = (value(job, float(it[k])) - value(job, it0)) / (n2 - n) \
+            use = n2 - n  # GPUs; with a fleet budget, GPUs and dollars both
+            if fleet.budget is not None:
+                dh = n2 * float(fleet.price[t2][k]) - n * float(fleet.price[t][i])
+                use = (n2 - n) / gpus_all + max(dh, 0.0) / fleet.budget
+            gain = (value(job, float(it[k])) - value(job, it0)) / max(use, 1e-12) \
                 if objective == "throughput" else h0 - float(h[k])
             if gain > 0 and (best is None or gain > best[0]):
                 best = (gain, k, t2, n2)

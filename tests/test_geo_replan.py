@@ -49,7 +49,10 @@ def test_site_down_moves_only_jobs_from_the_failed_site():
             assert "is down" in d.reason
         if d.change == "resized":  # shrunk in place to make room: same sites
             assert set(before[d.job]) == set(spec.jobs[[j.name for j in spec.jobs].index(d.job)].running)
-        assert d.change in ("moved", "stopped", "resized")
+        assert d.change in ("moved", "stopped", "resized", "at-risk")
+        if d.change == "at-risk":  # a victim that waits now and would miss its deadline
+            assert d.job in victims and d.reason.startswith("deadline")
+            assert plan.job(d.job).at_risk and not plan.job(d.job).running
     model = Model(spec)
     use = {}
     for j in spec.jobs:
