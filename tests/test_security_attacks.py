@@ -465,3 +465,43 @@ def test_8_op_names_cannot_reach_torch_internals_and_a_complex_item_is_answered(
         assert isinstance(m, P.EagerResult)
     finally:
         h.close()
+
+
+def test_6h_a_registered_graph_keeps_only_live_intermediates_and_counts_them():
+    """A chain of 12 ops on a 400 KB activation: keeping every intermediate needs 4.8 MB;
+    dropping each after its last use, about two at a time. Under a 2 MB quota it runs, the
+    ledger counts its live values while it runs, and gives everything back at the answer."""
+    import numpy as np
+
+    from client_lib.models import register_graph_frames
+
+    class Chain(torch.nn.Module):
+        def forward(self, x):
+            for _ in range(12):
+                x = torch.relu(x + 1.0)
+            return x
+    h = _torch_harness(max_tenant_bytes=2 * MiB)
+    try:
+        h.hello(b"a", "a")
+        x = torch.zeros(100_000)
+        msg, frames, _ = register_graph_frames("chain", Chain(), [x], 1 << 30)
+        assert isinstance(h.call(b"a", msg, *[bytes(f) for f in frames]), P.Registered)
+        meta = P.TensorMeta("float32", [100_000])
+        h.send(b"a", P.Submit(req_id=7, model="chain", inputs=[meta]), x.numpy().tobytes())
+        h.run()
+        (done,) = [(m, r) for m, r in h.take(b"a") if isinstance(m, P.Done)]
+        assert done[0].status == "done", done[0].error
+        assert np.array_equal(np.frombuffer(done[1][0], np.float32),
+                              Chain()(x).numpy())
+        assert h.server.tenants["a"].bytes_held == 0     # no weights; intermediates refunded
+        big = torch.zeros(1_000_000)                     # 4 MB activations: over the quota
+        msg, frames, _ = register_graph_frames("big", Chain(), [big], 1 << 30)
+        h.call(b"a", msg, *[bytes(f) for f in frames])
+        meta = P.TensorMeta("float32", [250_000])
+        h.send(b"a", P.Submit(req_id=8, model="chain", inputs=[meta]), bytes(1_000_000))
+        h.run()
+        (done,) = [m for m, _ in h.take(b"a") if isinstance(m, P.Done)]
+        assert done.status == "failed" and "TooLarge" in done.error
+        assert h.server.tenants["a"].bytes_held == 0
+    finally:
+        h.close()

@@ -74,8 +74,9 @@ class Device(ABC):
         return []
 
     # -- what only some backends do (see ``caps``) ---------------------------------------------
-    def load_graph(self, key, graph_bytes: bytes, weights: list) -> list:
-        """A captured torch model -> one KernelSpec per op (``caps.graphs``)."""
+    def load_graph(self, key, graph_bytes: bytes, weights: list, quota=None) -> list:
+        """A captured torch model -> one KernelSpec per op (``caps.graphs``); ``quota``: its
+        tenant's Ledger, which counts every request's intermediates as they are made."""
         raise Unsupported(f"backend {self.name!r} cannot run registered torch models: start "
                           "the daemon with --backend torch")
 
@@ -94,6 +95,12 @@ class Device(ABC):
 
     def set_alloc_limit(self, nbytes: int) -> None:
         """No single op may allocate more than this (a tenant's quota)."""
+
+    def set_work_limit(self, work: float) -> None:
+        """No single op of a registered graph may do more work (FLOPs or elements)."""
+
+    def finish(self, job: Job) -> None:
+        """``job`` ended (answered, failed, cancelled, shed): let go of what it holds."""
 
     def job_device_bytes(self, model) -> int:
         """Device memory one job of ``model`` (a ``ModelEntry``) holds from its submit until it

@@ -7,7 +7,10 @@ executes one node so that the scheduler can treat each op as one kernel.
 from __future__ import annotations
 
 import logging
+import threading
 
+from scheduler_daemon.core.ledger import storage_key
+from scheduler_daemon.devices.op_guard import TooLarge
 from scheduler_daemon.devices.op_policy import resolve
 from scheduler_daemon.wire.graph import C, D, Graph, K, L, V
 
@@ -34,10 +37,29 @@ def _const(k: K, device=None):
     return v
 
 
-class LoadedGraph:
-    """A validated graph with its ops resolved and its weights on the device."""
+class _Env(list):
+    """One request's values (inputs, weights, op outputs by id), and what of them its
+    tenant's ledger holds; ``closed`` once the job ended (a running op then keeps nothing)."""
 
-    def __init__(self, graph: Graph, weights: list, device=None):
+    __slots__ = ("held", "closed", "lock")
+
+    def __init__(self, values):
+        super().__init__(values)
+        self.held: dict[int, tuple] = {}   # value id -> storage key held in the ledger
+        self.closed = False
+        self.lock = threading.Lock()
+
+
+class LoadedGraph:
+    """A validated graph with its ops resolved and its weights on the device.
+
+    A request keeps each intermediate only until its last use (``frees``): a graph's peak
+    memory is its widest point, not the sum of all its ops' outputs. With a tenant's
+    ``quota`` (its Ledger), every output is counted by storage as it is made and refunded as
+    it is dropped, and each op is refused before it runs when its outputs would not fit."""
+
+    def __init__(self, graph: Graph, weights: list, device=None, quota=None):
+        self.quota = quota
         self.graph = graph
         self.device = device
         self.fns = [resolve(n.op) for n in graph.ops]
@@ -52,6 +74,7 @@ class LoadedGraph:
             raise ValueError(f"graph declares {len(graph.weights)} weights, got {len(weights)}")
         self.weights = weights
         self.kwconsts = [self._prebuild(n) for n in graph.ops]
+        self.frees = _last_uses(graph)
 
     @staticmethod
     def _prebuild(node):
@@ -67,11 +90,23 @@ class LoadedGraph:
             conv(a)                     # validates dtype/enum names at load
         return None
 
-    def start(self, inputs: list) -> list:
-        """A request's value table: inputs then weights; op outputs are appended by run_op."""
+    def start(self, inputs: list) -> _Env:
+        """A request's value table: inputs then weights; op outputs are appended by run_op
+        (the inputs and weights are counted by the job's and the model's own charges)."""
         if len(inputs) != self.graph.n_inputs:
             raise ValueError(f"model takes {self.graph.n_inputs} inputs, got {len(inputs)}")
-        return list(inputs) + list(self.weights)
+        return _Env(list(inputs) + list(self.weights))
+
+    def finish(self, env) -> None:
+        """The request ended (answered, failed or cancelled): refund what it held."""
+        if not isinstance(env, _Env):
+            return
+        with env.lock:
+            env.closed = True
+            held, env.held = env.held, {}
+        if self.quota is not None:
+            for key in held.values():
+                self.quota.release(key)
 
     def _arg(self, a, env):
         if isinstance(a, V):
@@ -85,18 +120,37 @@ class LoadedGraph:
         return _const(a, self.device)
 
     def run_op(self, i: int, env: list, guard=None, limit: int = 0) -> None:
-        """Run node ``i`` on ``env``; with a ``guard`` (alloc_guard.AllocGuard), first refuse
-        it if its outputs would need more than ``limit`` bytes."""
+        """Run node ``i`` on ``env``; with a ``guard`` (op_guard.OpGuard), first refuse it if
+        its outputs would need more than the tenant's room (or ``limit`` bytes without a
+        quota) or more work than the guard's bound."""
+        import torch
         node = self.graph.ops[i]
         args = [self._arg(a, env) for a in node.args]
         kwargs = {k: self._arg(v, env) for k, v in node.kwargs.items()}
+        quota = self.quota
         if guard is not None:
-            guard.check(self.fns[i], args, kwargs, limit)
+            guard.check(self.fns[i], args, kwargs, quota.room() if quota is not None else limit)
         out = self.fns[i](*args, **kwargs)
         outs = list(out) if isinstance(out, (tuple, list)) else [out]
         if len(outs) != node.n_out:
             raise ValueError(f"op {node.op} gave {len(outs)} outputs, graph says {node.n_out}")
+        base = len(env)
         env.extend(outs)
+        if quota is not None and isinstance(env, _Env):
+            with env.lock:
+                for j, o in enumerate(outs):
+                    if isinstance(o, torch.Tensor) and not env.closed:
+                        key, nbytes = storage_key(o)
+                        quota.hold(key, nbytes)
+                        env.held[base + j] = key
+        for v in self.frees[i]:   # values whose last use was this op
+            env[v] = None
+            key = env.held.pop(v, None) if isinstance(env, _Env) else None
+            if key is not None:
+                quota.release(key)
+        if quota is not None and quota.room() < 0:
+            raise TooLarge(f"{node.op} took tenant past its quota of {quota.quota} bytes "
+                           "(--max-tenant-bytes)")
 
     def run(self, inputs: list) -> list:
         import torch
@@ -104,6 +158,37 @@ class LoadedGraph:
         with torch.no_grad():
             for i in range(len(self.fns)):
                 self.run_op(i, env)
-        return [env[o] for o in self.graph.outputs]
+        out = [env[o] for o in self.graph.outputs]
+        self.finish(env)
+        return out
+
+
+def _last_uses(graph: Graph) -> list[list[int]]:
+    """For each op, the values (inputs and op outputs, never weights or graph outputs) whose
+    last reader it is: dropped right after it runs."""
+    n_in, n_w = graph.n_inputs, len(graph.weights)
+    keep = set(graph.outputs) | set(range(n_in, n_in + n_w))
+    last: dict[int, int] = {}
+
+    def refs(a):
+        if isinstance(a, V):
+            yield a.id
+        elif isinstance(a, L):
+            for b in a.items:
+                yield from refs(b)
+    for i, node in enumerate(graph.ops):
+        for a in list(node.args) + list(node.kwargs.values()):
+            for v in refs(a):
+                last[v] = i
+    frees: list[list[int]] = [[] for _ in graph.ops]
+    out = n_in + n_w
+    for i, node in enumerate(graph.ops):   # an output nobody reads goes after its own op
+        for j in range(node.n_out):
+            last.setdefault(out + j, i)
+        out += node.n_out
+    for v, i in last.items():
+        if v not in keep:
+            frees[i].append(v)
+    return frees
 
 

@@ -54,8 +54,8 @@ class TorchDevice(Device):
         self._local = threading.local()
         self._busy = 0
         self._graphs: dict = {}  # model key -> LoadedGraph (registered torch models)
-        from scheduler_daemon.devices.alloc_guard import AllocGuard
-        self.guard = AllocGuard()
+        from scheduler_daemon.devices.op_guard import OpGuard
+        self.guard = OpGuard()
         self.alloc_limit = 1 << 62  # per op's outputs; the daemon sets its tenant quota
 
     def _worker_init(self) -> None:
@@ -72,7 +72,7 @@ class TorchDevice(Device):
             except ValueError as e:
                 raise ValueError(f"kernel {i} ({k.name}): {e}") from None
 
-    def load_graph(self, key, graph_bytes, weights: list) -> list:
+    def load_graph(self, key, graph_bytes, weights: list, quota=None) -> list:
         """A captured model (graph_spec bytes, [(meta, buffer)] weights) -> one KernelSpec per op.
         Weights are copied once out of the received frames into device tensors."""
         from scheduler_daemon.devices.graph_exec import LoadedGraph
@@ -84,7 +84,7 @@ class TorchDevice(Device):
                 raise ValueError(f"weight {spec.name}: frame is {meta.dtype}{meta.shape}, "
                                  f"graph says {spec.dtype}{spec.shape}")
         ws = [self._tensor(m, b) for m, b in weights]
-        self._graphs[key] = LoadedGraph(graph, ws, self.device)
+        self._graphs[key] = LoadedGraph(graph, ws, self.device, quota)
         # a first estimate per op; measured durations replace it (DurationEstimates)
         return [KernelSpec(name=n.op[:256], est_us=20.0) for n in graph.ops]
 
@@ -93,6 +93,14 @@ class TorchDevice(Device):
 
     def set_alloc_limit(self, nbytes: int) -> None:
         self.alloc_limit = nbytes
+
+    def set_work_limit(self, work: float) -> None:
+        self.guard.max_work = work
+
+    def finish(self, job: Job) -> None:
+        graph = self._graphs.get(job.model.key)
+        if graph is not None:
+            graph.finish(job.payload)
 
     def _tensor(self, meta, buf):
         t = self.torch.frombuffer(bytearray(buf), dtype=getattr(self.torch, meta.dtype)) \

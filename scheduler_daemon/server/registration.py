@@ -49,7 +49,7 @@ def register_graph(server, s: Session, msg: P.RegisterGraph, raw: list) -> None:
                  replaces=s.tenant.ledger.charged(("model", msg.model)))
     try:
         kernels = server.device.load_graph((s.tenant.name, msg.model), msg.graph,
-                                           list(zip(msg.weights, bufs)))
+                                           list(zip(msg.weights, bufs)), s.tenant.ledger)
     except (ValueError, TypeError, msgspec.ValidationError, msgspec.DecodeError) as e:
         raise ProtocolError(Code.BAD_MODEL, f"model {msg.model!r}: {e}") from None
     _check_kernel_count(server, msg.model, len(kernels), "ops")

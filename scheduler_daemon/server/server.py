@@ -69,6 +69,8 @@ class Server:
                                   device.fits_now)
         self.pump = Pump(self.core, device, env)
         device.set_alloc_limit(config.limits.max_tenant_bytes)
+        work = config.max_op_work or _default_work(device)
+        device.set_work_limit(work)
         device.start(env, self.core.on_complete, self._on_fail, self.core.on_started)
         self.daemon_id = secrets.token_hex(8)
         # job ids name jobs in answers and logs; requests name jobs by the client's own req_id,
@@ -89,7 +91,7 @@ class Server:
         self._admission_factory = admission
         self._admission = None  # built at the first ADMIT (it loads profiles)
         # the intercept path's per-client op streams
-        self.eager = EagerStreams(self, config.max_op_work or _default_work(device))
+        self.eager = EagerStreams(self, work)
         self._handlers = {P.Register: partial(registration.register_kernels, self),
                           P.RegisterGraph: partial(registration.register_graph, self),
                           P.RegisterCuda: partial(registration.register_cuda, self),
@@ -446,6 +448,7 @@ class Server:
             except Exception as e:  # e.g. a device error copying outputs back
                 state = job.state = JobState.FAILED
                 job.error, metas, bufs = f"outputs: {type(e).__name__}: {e}", [], []
+        self.device.finish(job)
         job.payload = None
         total = job.total_s
         met = state is JobState.DONE and (job.slo_s <= 0 or total <= job.slo_s)
