@@ -1,6 +1,9 @@
 """``gpusched bench geo``: CP-SAT vs decomposed vs the baselines on instances built from the
-measured cloud regions (geo/instances.py), plus re-plan after a site failure and the placement
-of an arriving job. Objective: weighted throughput. Timings are wall seconds on this machine.
+measured cloud regions (geo/instances.py), each against a proven upper bound (geo/bound.py:
+``gap_to_bound``), on the bench instances, a seed sweep and held-out specs; re-plan after a
+site failure, the placement of an arriving job, and the plan invariants over random event
+steps (geo/invariants.py). Objective: weighted throughput, serving jobs first. Timings are wall
+seconds on this machine.
 """
 from __future__ import annotations
 
@@ -10,7 +13,8 @@ import time
 from contextlib import nullcontext
 
 from geo.candidates import Model
-from geo.instances import make_instance
+from geo.bound import throughput_bound
+from geo.instances import held_out_spec, make_instance
 from geo.planner import plan
 from geo.protocol import Event
 from geo.replan import apply_event, initial_plan, place_arrival, replan
@@ -23,6 +27,10 @@ QUICK_SIZES = ((30, 6), (100, 10), (1000, 50))
 SWEEP_SIZES = ((30, 6), (40, 7), (50, 8), (60, 9), (80, 10), (100, 10), (120, 12), (150, 15),
                (200, 20))
 METHODS = ("cpsat", "decomposed", "greedy", "single-region")
+# held-out specs (geo/instances.py held_out_spec): seeds no development run used; the shapes
+# (jobs, sites, load, multi-site and budget shares, fleet budget) are drawn from them too
+HELD_OUT_SEEDS = tuple(range(771_301, 771_313))
+HELD_OUT_CPSAT_S = 10.0  # CP-SAT's time limit on them (a reference, up to 200 jobs)
 
 
 def parse_sizes(text: str) -> list[tuple[int, int]]:
@@ -38,14 +46,39 @@ def parse_sizes(text: str) -> list[tuple[int, int]]:
     return out
 
 
-def _case(p, jobs, sites, method, cpsat_obj):
+def served(spec, p) -> float:
+    """Priority of the jobs a plan starts now (what every planner maximises first)."""
+    pri = {j.name: j.priority for j in spec.jobs}
+    return sum(pri[j.name] for j in p.jobs if j.running)
+
+
+def bound_for(model: Model, plans: list, time_limit_s: float | None):
+    """The proven bound (geo/bound.py) at the most priority any of ``plans`` serves."""
+    W = max(served(model.spec, p) for p in plans)
+    return throughput_bound(model, served=W, time_limit_s=time_limit_s), W
+
+
+def gap_to_bound(spec, p, b, W) -> tuple[float | None, float]:
+    """(gap, the bound it is measured against): (U - objective) / U, U the bound over the plans
+    that serve at least W, or, for a plan that serves less, the bound over every plan."""
+    ref = b.value if served(spec, p) >= W - 1e-9 else b.any_served
+    return (round((ref - p.objective_value) / ref, 5) if ref > 0 else None), ref
+
+
+def _case(p, jobs, sites, method, cpsat_obj, spec=None, b=None, W=None):
     gap = p.gap if method == "cpsat" else (
         None if cpsat_obj is None else round((cpsat_obj - p.objective_value) / cpsat_obj, 5))
-    return {"jobs": jobs, "sites": sites, "method": method, "solve_time_s": round(p.solve_time_s, 4),
-            "objective": round(p.objective_value, 3), "gap": gap,
-            "max_demand_supply": round(p.max_demand_supply, 3),
-            "cost_per_hour": round(p.cost_per_hour, 1), "makespan_h": round(p.makespan_h, 2),
-            "status": p.status, "running": sum(1 for j in p.jobs if j.sites and j.start_h == 0)}
+    out = {"jobs": jobs, "sites": sites, "method": method,
+           "solve_time_s": round(p.solve_time_s, 4),
+           "objective": round(p.objective_value, 3), "gap": gap,
+           "max_demand_supply": round(p.max_demand_supply, 3),
+           "cost_per_hour": round(p.cost_per_hour, 1), "makespan_h": round(p.makespan_h, 2),
+           "status": p.status, "running": sum(1 for j in p.jobs if j.running)}
+    if b is not None:
+        g, ref = gap_to_bound(spec, p, b, W)
+        out.update(gap_to_bound=g, bound=round(ref, 3), bound_lp_optimal=b.optimal,
+                   served=served(spec, p), served_max=W)
+    return out
 
 
 def _replan_case(n_jobs: int, n_sites: int, seed: int) -> dict:
@@ -165,35 +198,83 @@ def _service_arrival_case(n_jobs: int, n_sites: int, seed: int, arrivals: int = 
 
 
 def _sweep_case(n_jobs: int, n_sites: int, seed: int, time_limit_s: float) -> dict:
-    """CP-SAT and decomposed on one more seed: the gap where CP-SAT proves its optimum."""
+    """CP-SAT and decomposed on one more seed: ``gap`` against CP-SAT where it proves its
+    optimum (over its pruned, warm-started candidates: a reference, not a bound), and
+    ``gap_to_bound`` against the proven bound of geo/bound.py."""
     spec = make_instance(n_jobs, n_sites, seed=seed, time_limit_s=time_limit_s)
     model = Model(spec)
     exact = plan(spec, "throughput", "cpsat", model=model, time_limit_s=time_limit_s)
     fast = plan(spec, "throughput", "decomposed", model=model)
     gap = round((exact.objective_value - fast.objective_value) / exact.objective_value, 5) \
         if exact.status == "optimal" else None
-    # where CP-SAT stops at its time limit: the gap to its bound (at least the true gap)
-    bound = exact.objective_value * (1 + (exact.gap or 0.0))
-    gap_bound = round((bound - fast.objective_value) / bound, 5) if bound > 0 else None
+    b, W = bound_for(model, [exact, fast], None)
     return {"jobs": n_jobs, "sites": n_sites, "seed": seed, "cpsat_status": exact.status,
             "cpsat_s": round(exact.solve_time_s, 3),
             "cpsat_objective": round(exact.objective_value, 3),
             "decomposed_s": round(fast.solve_time_s, 4),
             "decomposed_objective": round(fast.objective_value, 3), "gap": gap,
-            "gap_to_bound": gap_bound,
+            "bound": round(b.value, 3), "bound_lp_optimal": b.optimal,
+            "gap_to_bound": gap_to_bound(spec, fast, b, W)[0],
+            "cpsat_gap_to_bound": gap_to_bound(spec, exact, b, W)[0],
             "max_demand_supply": [round(exact.max_demand_supply, 3),
                                   round(fast.max_demand_supply, 3)]}
 
 
+def _held_out_case(seed: int, time_limit_s: float, cpsat_max_jobs: int) -> dict:
+    """One held-out spec (geo/instances.py ``held_out_spec``): every method, the bound, and
+    each method's gap to it."""
+    spec, shape = held_out_spec(seed, time_limit_s=time_limit_s)
+    model = Model(spec)
+    plans = {}
+    for method in METHODS:
+        if method == "cpsat" and len(spec.jobs) > cpsat_max_jobs:
+            continue
+        plans[method] = plan(spec, "throughput", method, model=model, time_limit_s=time_limit_s)
+    b, W = bound_for(model, list(plans.values()), None)
+    rows = []
+    for method, p in plans.items():
+        g, ref = gap_to_bound(spec, p, b, W)
+        rows.append({"method": method, "objective": round(p.objective_value, 3),
+                     "served": served(spec, p), "running": sum(1 for j in p.jobs if j.running),
+                     "solve_time_s": round(p.solve_time_s, 4), "gap_to_bound": g,
+                     "status": p.status, "cost_per_hour": round(p.cost_per_hour, 1)})
+    return {"seed": seed, **shape, "held_out": True, "bound": round(b.value, 3),
+            "bound_lp_optimal": b.optimal, "served_max": W, "methods": rows}
+
+
+def _invariant_case(steps: int, seed: int = 0) -> dict:
+    """``steps`` random events over random fleets, the plan invariants checked after each
+    (geo/invariants.py), the four solvers in turn for the plan each fleet starts from."""
+    from geo.invariants import run_steps
+
+    done, bad, by, k = 0, [], {}, 0
+    per = 25
+    while done < steps:
+        solver = METHODS[k % len(METHODS)]
+        n, b = run_steps(seed + k, min(per, steps - done), solver)
+        done += n
+        bad += b
+        by[solver] = by.get(solver, 0) + n
+        k += 1
+        if n == 0 and k > 10 * (steps // per + 1):
+            break  # every request refused: do not spin
+    return {"steps": done, "fleets": k, "steps_by_solver": by, "violations": len(bad),
+            "first_violations": bad[:10]}
+
+
 def run_bench(quick: bool = False, sizes: str | None = None, cpsat_max_jobs: int = 200,
               time_limit_s: float = 30.0, seed: int = 1, progress: bool = True,
-              sweep: int | None = None) -> dict:
+              sweep: int | None = None, held_out: int | None = None,
+              invariant_steps: int | None = None, bound_time_s: float | None = 600.0) -> dict:
     todo = parse_sizes(sizes) if sizes else list(QUICK_SIZES if quick else DEFAULT_SIZES)
     sweep = (3 if quick else len(SWEEP_SIZES)) if sweep is None else sweep
     sweep_todo = [(j, n, seed + 1 + k) for k, (j, n) in enumerate(SWEEP_SIZES[:sweep])]
+    held_out = (3 if quick else len(HELD_OUT_SEEDS)) if held_out is None else held_out
+    held_todo = HELD_OUT_SEEDS[:held_out]
+    invariant_steps = (500 if quick else 10_000) if invariant_steps is None else invariant_steps
     steps = sum(len(METHODS) if j <= cpsat_max_jobs else len(METHODS) - 1 for j, _ in todo) + 3 \
-        + len(sweep_todo)
-    cases = []
+        + len(sweep_todo) + len(todo) + len(held_todo) + (1 if invariant_steps else 0)
+    cases, bounds = [], []
     if progress:
         from rich.progress import Progress
         bar = Progress(transient=True)
@@ -210,19 +291,36 @@ def run_bench(quick: bool = False, sizes: str | None = None, cpsat_max_jobs: int
             spec = make_instance(n_jobs, n_sites, seed=seed, time_limit_s=time_limit_s)
             model = Model(spec)
             cpsat_obj = None
+            plans = {}
             for method in METHODS:
                 if method == "cpsat" and n_jobs > cpsat_max_jobs:
                     continue
                 p = plan(spec, "throughput", method, model=model, time_limit_s=time_limit_s)
                 if method == "cpsat" and p.status == "optimal":
                     cpsat_obj = p.objective_value
-                cases.append(_case(p, n_jobs, n_sites, method, cpsat_obj))
+                plans[method] = p
                 log.info("geo: bench %dx%d %s %.3fs", n_jobs, n_sites, method, p.solve_time_s)
                 tick(f"{n_jobs}x{n_sites} {method}")
+            b, W = bound_for(model, list(plans.values()), bound_time_s)
+            tick(f"{n_jobs}x{n_sites} bound")
+            for method, p in plans.items():
+                cases.append(_case(p, n_jobs, n_sites, method, cpsat_obj, spec, b, W))
+            bounds.append({"jobs": n_jobs, "sites": n_sites, "bound": round(b.value, 3),
+                           "any_served": round(b.any_served, 3), "served_max": W,
+                           "lp_optimal": b.optimal, "rounds": b.rounds,
+                           "candidates": b.candidates, "columns": b.columns,
+                           "seconds": round(b.seconds, 1)})
         gap_sweep = []
         for j, n, sd in sweep_todo:
             gap_sweep.append(_sweep_case(j, n, sd, time_limit_s))
             tick(f"sweep {j}x{n} seed {sd}")
+        held = []
+        for sd in held_todo:
+            held.append(_held_out_case(sd, min(time_limit_s, HELD_OUT_CPSAT_S), cpsat_max_jobs))
+            tick(f"held-out seed {sd}")
+        invariants = _invariant_case(invariant_steps) if invariant_steps else None
+        if invariant_steps:
+            tick("invariants")
         rp = (200, 20) if quick else (1000, 50)
         replan_case = _replan_case(*rp, seed)
         tick("re-plan")
@@ -230,7 +328,21 @@ def run_bench(quick: bool = False, sizes: str | None = None, cpsat_max_jobs: int
         tick("arrivals")
         service_arrival = _service_arrival_case(*rp, seed)
         tick("service arrivals")
-    return {"cases": cases, "replan": replan_case, "arrival": arrival,
+    return {"cases": cases, "bounds": bounds, "replan": replan_case, "arrival": arrival,
             "service_arrival": service_arrival, "gap_sweep": gap_sweep,
-            "objective": "throughput", "seed": seed,
+            "held_out": held, "held_out_summary": _held_summary(held),
+            "invariants": invariants, "objective": "throughput", "seed": seed,
             "cpsat_time_limit_s": time_limit_s}
+
+
+def _held_summary(held: list[dict]) -> dict:
+    """Per method over the held-out specs: how many, the median and largest gap to the bound,
+    and how many are above 2%."""
+    out = {}
+    for h in held:
+        for r in h["methods"]:
+            if r["gap_to_bound"] is not None:
+                out.setdefault(r["method"], []).append(r["gap_to_bound"])
+    return {m: {"specs": len(v), "median_gap_to_bound": round(statistics.median(v), 5),
+                "max_gap_to_bound": max(v), "above_2pct": sum(g > 0.02 for g in v)}
+            for m, v in out.items()}

@@ -46,6 +46,7 @@ SHORT_PENALTY = 10.0  # per unit of priority the restricted LP leaves unserved (
 @dataclass
 class Bound:
     value: float  # the proven upper bound (the smallest U seen)
+    any_served: float  # a bound over every plan, whatever it serves (U with sigma = 0)
     lp: float  # the last restricted LP's optimum (a lower estimate of the LP optimum)
     optimal: bool  # column generation ended: value is the LP optimum itself
     rounds: int
@@ -253,12 +254,16 @@ def throughput_bound(model: Model, *, rounds: int = ROUNDS, served: float | None
         obj.SetCoefficient(x, v)
 
     lam, mu, sigma = np.zeros(Q), 0.0, 0.0
-    best_u, lp_val, done, k = np.inf, 0.0, False, 0
+    best_u, best_any, lp_val, done, k = np.inf, np.inf, 0.0, False, 0
     for k in range(1, rounds + 1):
         red, arg = cols.price_all(lam, mu, sigma * pri)
-        u = float(red.sum() + lam @ cols.cap + (mu * B if B is not None else 0.0) -
-                  (sigma * W if W is not None else 0.0))
+        base = float(lam @ cols.cap + (mu * B if B is not None else 0.0))
+        u = float(red.sum()) + base - (sigma * W if W is not None else 0.0)
         best_u = min(best_u, u)
+        if sigma == 0.0:
+            best_any = min(best_any, u + (sigma * W if W is not None else 0.0))
+        else:  # the same prices without the serve-first row: a bound over every plan
+            best_any = min(best_any, float(cols.price_all(lam, mu, 0.0 * pri)[0].sum()) + base)
         # the restricted columns' best at these prices: a job's column joins when it beats it
         joined = 0
         if k == 1:  # each job's smallest column too: the restricted LP can serve them all
@@ -288,7 +293,8 @@ def throughput_bound(model: Model, *, rounds: int = ROUNDS, served: float | None
     log.info("geo: bound %.4f (LP %.4f, %s) after %d rounds, %d of %d columns, %.2fs",
              best_u, lp_val, "optimal" if done else "stopped", k, nvars, cols.count,
              time.perf_counter() - t0)
-    return Bound(best_u, lp_val, done, k, nvars, cols.count, time.perf_counter() - t0)
+    return Bound(best_u, max(best_any, best_u), lp_val, done, k, nvars, cols.count,
+                 time.perf_counter() - t0)
 
 
 def _restricted(cols: _Columns, have: dict, lam: np.ndarray, mu: float, bonus: np.ndarray

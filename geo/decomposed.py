@@ -111,16 +111,17 @@ def solve_decomposed(model: Model, objective: str, *, jobs: list[Job] | None = N
     best = None
     jobs_by_name = {j.name: j for j in jobs}
     variants = [(o, 0.0) for o in ORDERS]
-    if fleet.budget is not None:  # the budget's price: value per $/h of a middling row
+    if fleet.budget is not None:  # a price on dollars too (``_budget_price``; the median
+        # value per $/h of a row), so that jobs spend the budget where it buys most
         H = np.zeros_like(S)
         for r, d in enumerate(data):
             if d is not None:
                 H[r, :len(d[0])] = d[1] * _row_price(fleet, d, types)
         fin = np.isfinite(S) & (H > 0)
-        mu0 = float(np.median(S[fin] / H[fin])) if fin.any() else 0.0
-        import os
-        fs = [float(x) for x in os.environ.get("GEO_MU", "0.5,1").split(",")]
-        variants += [(o, f * mu0) for o in ("dollars", "density") for f in fs]
+        mu_mid = float(np.median(S[fin] / H[fin])) if fin.any() else 0.0
+        mu = _budget_price(S, H, fleet.budget - fleet.spend)
+        variants += [(o, f) for o in ("dollars", "density") for f in (mu, mu / 2)] + \
+            [("dollars", mu_mid)]
     for order, mu in variants:
         adj = S if mu == 0.0 else S - mu * H
         placed_k, fr, sp = _round(jobs, data, adj, fleet, types, order)
@@ -240,6 +241,28 @@ def _order(jobs: list[Job], how: str, dollars=None) -> list[int]:
         return sorted(range(len(jobs)), key=lambda r: (-jobs[r].priority / dollars[r], r))
     return sorted(range(len(jobs)), key=lambda r: (-jobs[r].priority, len(jobs[r].gpu_types),
                                                     jobs[r].min_gpus, r))
+
+
+def _budget_price(S: np.ndarray, H: np.ndarray, budget: float) -> float:
+    """The price mu of a $/h at which the jobs' best rows by S - mu H, each where it pays
+    (> 0), spend the budget (bisection; 0 when they fit in it at mu = 0)."""
+    rows = np.arange(S.shape[0])
+
+    def spend(mu):
+        adj = S - mu * H
+        k = np.argmax(adj, axis=1)
+        take = adj[rows, k] > 0
+        return float(H[rows, k][take].sum())
+
+    if spend(0.0) <= budget:
+        return 0.0
+    lo, hi = 0.0, 1.0
+    while spend(hi) > budget and hi < 1e9:
+        hi *= 2
+    for _ in range(40):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if spend(mid) > budget else (lo, mid)
+    return hi
 
 
 def _row_price(fleet: _Fleet, d, types) -> np.ndarray:
