@@ -11,21 +11,24 @@ device, so a burst of work reads the clock a few times per loop iteration, not o
 """
 from __future__ import annotations
 
-import heapq
-import itertools
 import time
+from heapq import heappop, heappush
 from typing import Callable
+
+INF = float("inf")
 
 
 class Timer:
     """Handle for a scheduled callback; ``cancel()`` is idempotent."""
 
-    __slots__ = ("at", "fn", "cancelled")
+    __slots__ = ("at", "fn", "cancelled", "arg", "has_arg")
 
-    def __init__(self, at: float, fn: Callable[[], None]):
+    def __init__(self, at: float, fn: Callable, arg=None, has_arg: bool = False):
         self.at = at
         self.fn = fn
         self.cancelled = False
+        self.arg = arg          # called as fn(arg) when has_arg, else fn()
+        self.has_arg = has_arg
 
     def cancel(self) -> None:
         self.cancelled = True
@@ -37,27 +40,38 @@ class Environment:
     def __init__(self, start: float = 0.0):
         self.now = start
         self._heap: list[tuple[float, int, Timer]] = []
-        self._counter = itertools.count()
+        self._counter = 0
 
     def schedule(self, delay: float, fn: Callable[[], None]) -> Timer:
         return self.schedule_at(self.now + max(0.0, delay), fn)
 
     def schedule_at(self, at: float, fn: Callable[[], None]) -> Timer:
         timer = Timer(at, fn)
-        heapq.heappush(self._heap, (at, next(self._counter), timer))
+        self._counter += 1
+        heappush(self._heap, (at, self._counter, timer))
+        return timer
+
+    def call_at(self, at: float, fn: Callable, arg) -> Timer:
+        """``schedule_at`` for ``fn(arg)``, without a closure per event."""
+        timer = Timer(at, fn, arg, True)
+        self._counter += 1
+        heappush(self._heap, (at, self._counter, timer))
         return timer
 
     def peek(self) -> float:
         """Time of the next live event, or ``inf``."""
         heap = self._heap
-        while heap and heap[0][2].cancelled:
-            heapq.heappop(heap)
-        return heap[0][0] if heap else float("inf")
+        while heap:
+            timer = heap[0][2]
+            if not timer.cancelled:
+                return heap[0][0]
+            heappop(heap)
+        return INF
 
     def _pop_due(self) -> Timer | None:
-        if self.peek() == float("inf"):
+        if self.peek() == INF:
             return None
-        return heapq.heappop(self._heap)[2]
+        return heappop(self._heap)[2]
 
     def step(self) -> bool:
         """Advance to the next event and run it. Returns False when none is left."""
@@ -66,11 +80,15 @@ class Environment:
             return False
         if timer.at > self.now:
             self.now = timer.at
-        timer.fn()
+        if timer.has_arg:
+            timer.fn(timer.arg)
+        else:
+            timer.fn()
         return True
 
     def run(self, until: float | None = None) -> None:
-        while self.peek() <= (float("inf") if until is None else until):
+        end = INF if until is None else until
+        while self.peek() <= end:
             if not self.step():
                 break
         if until is not None and until > self.now:
@@ -106,12 +124,15 @@ class RealtimeEnvironment(Environment):
 
     def step(self) -> bool:
         at = self.peek()
-        if at == float("inf"):
+        if at == INF:
             return False
         wait = (at - self.tick()) / self._factor
         if wait > 0:
             time.sleep(wait)
             self.tick()
-        timer = heapq.heappop(self._heap)[2]
-        timer.fn()
+        timer = heappop(self._heap)[2]
+        if timer.has_arg:
+            timer.fn(timer.arg)
+        else:
+            timer.fn()
         return True

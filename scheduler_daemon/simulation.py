@@ -33,16 +33,19 @@ class VirtualRun:
         device.start(self.env, self._complete, self._fail, self._started)
 
     # device notices -> the core (after the dispatcher's cost, one at a time) --------------
-    def _later(self, fn) -> None:
+    def _later(self, fn, arg) -> None:
         at = max(self.env.now, self._host_free) + self.notice_s
         self._host_free = at
-        self.env.schedule_at(at, fn)
+        self.env.call_at(at, fn, arg)
 
     def _complete(self, job: Job, now: float, duration_s: float) -> None:
         if self.notice_s:
-            self._later(lambda: self._on_complete(job, duration_s))
+            self._later(self._complete_noticed, (job, duration_s))
         else:
             self._on_complete(job, duration_s)
+
+    def _complete_noticed(self, notice: tuple) -> None:
+        self._on_complete(notice[0], notice[1])
 
     def _on_complete(self, job: Job, duration_s: float) -> None:
         self.core.on_complete(job, self.env.now, duration_s)
@@ -52,7 +55,7 @@ class VirtualRun:
         if not job.extra:   # only a freed extra slot can let more work go
             return
         if self.notice_s:
-            self._later(lambda: self._on_started(job))
+            self._later(self._on_started, job)
         else:
             self._on_started(job)
 
@@ -66,8 +69,9 @@ class VirtualRun:
 
     def _pump(self) -> None:
         self.pump.dispatch(self.env.now)
-        done = self.core.drain_finished()
-        if done:
+        core = self.core
+        if core.has_finished():
+            done = core.drain_finished()
             self.finished.extend(done)
             if self.on_finished is not None:
                 for job in done:
@@ -81,7 +85,7 @@ class VirtualRun:
 
     def submit_at(self, job: Job) -> None:
         """Schedule ``job`` to arrive at ``job.arrival``."""
-        self.env.schedule_at(job.arrival, lambda job=job: self.submit(job))
+        self.env.call_at(job.arrival, self.submit, job)
 
     def run(self, until: float | None = None) -> list[Job]:
         self.env.run(until)

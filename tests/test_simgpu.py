@@ -110,9 +110,10 @@ class CheckedSimGpu(SimGpu):
         assert (free >= 0).all(), "over-subscribed SM"
         assert (free <= lim).all(), "freed more than held"
         held = np.zeros_like(free)
-        for _, _, kern, take, n, *_ in self._finishing:
+        for group in self._finishing:
+            kern, take, n = group.kern, self._take(group), group.n
             assert int(take.sum()) == n and (take >= 0).all()
-            held += kern.res * take
+            held += kern.shape.res * take
         assert (held + free == lim).all(), "resources leaked or double-freed"
         assert self._threads_used == int(held[0].sum())
         assert self._grids <= self.spec.max_grids                      # R3
@@ -128,7 +129,7 @@ class CheckedSimGpu(SimGpu):
                 eligible = ((head.pred is None or head.pred.done)
                             and (head.start is not None or self._grids < self.spec.max_grids))
                 if eligible:
-                    assert self._fit(head.dims).max() == 0, "idle SMs while a queue waits"
+                    assert self.fit_per_sm(head.shape).max() == 0, "idle SMs while a queue waits"
 
     def check_final(self) -> None:
         assert not self._finishing and not any(self.queues)
@@ -171,7 +172,7 @@ def run_launches(launches, spec=T4, **kw):
 
 def kernel_floor(spec, k, speed) -> float:
     """A kernel never takes less than one wave (one block's solo time)."""
-    cap = SimGpu(spec)._shape(k)[2]
+    cap = SimGpu(spec)._shape(k).cap
     return k.est_us * US * speed / -(-k.grid // cap)
 
 
@@ -260,7 +261,7 @@ def test_r5_a_kernel_alone_takes_its_estimate_exactly(spec, shape, speed):
 
 
 def cap_of(spec, k) -> int:
-    return SimGpu(spec)._shape(k)[2]
+    return SimGpu(spec)._shape(k).cap
 
 
 def test_r4_blocks_per_sm_follow_the_occupancy_limits():
@@ -438,9 +439,8 @@ def test_checker_catches_idle_sms_and_leaks():
     env.run(until=0.0)
     dev.check()
     k = KernelSpec("b", 10.0, grid=2, block=1024)
-    res, dims, _ = dev._shape(k)
-    dev.queues[1].append(_Kernel(make_job(1, k, 1), res, dims, 2, 1e-5, 2, 0.0, 0.0,
-                                 dev.queues[1], None))
+    dev.queues[1].append(_Kernel(make_job(1, k, 1), dev._shape(k), 2, 1e-5, 2, 0.0, 0.0, 1,
+                                 None))
     with pytest.raises(AssertionError, match="idle SMs"):
         dev.check()
     dev.queues[1].clear()

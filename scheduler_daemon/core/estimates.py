@@ -2,19 +2,24 @@
 
 Kept in a Fenwick tree so a job's estimated remaining time (a suffix sum over its model's
 remaining kernels) costs O(log K), and an update after a completion costs O(log K), K kernels.
+The estimates and the tree are arrays of doubles (``array('d')``): compiled, the loops below are
+C loops over them (``estimates.pxd``); interpreted, the same code indexes the arrays.
 """
 from __future__ import annotations
+
+from array import array
 
 
 class DurationEstimates:
     __slots__ = ("_est", "_tree", "_n")
 
     def __init__(self, initial_s: list[float]):
-        self._n = len(initial_s)
-        self._est = list(initial_s)
-        self._tree = [0.0] * (self._n + 1)
-        for i, v in enumerate(initial_s):
-            self._add(i, v)
+        n = len(initial_s)
+        self._n = n
+        self._est = array("d", initial_s)
+        self._tree = array("d", bytes(8 * (n + 1)))
+        for i in range(n):
+            self._add(i, self._est[i])
 
     def _add(self, i: int, delta: float) -> None:
         i += 1

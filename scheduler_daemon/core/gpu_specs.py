@@ -46,27 +46,65 @@ def gpu_spec(name: str) -> GpuSpec:
         raise ValueError(f"unknown GPU spec {name!r}: choose one of {', '.join(PRESETS)}") from None
 
 
-class Resources(tuple):
-    """(threads, blocks, registers, shared memory bytes), summed over SMs."""
+class Resources:
+    """(threads, blocks, registers, shared memory bytes), summed over SMs: a small immutable
+    value that unpacks, indexes and compares like the 4-tuple it stands for."""
 
-    __slots__ = ()
+    __slots__ = ("threads", "blocks", "regs", "smem")
 
-    def __new__(cls, threads: int, blocks: int, regs: int, smem: int):
-        return tuple.__new__(cls, (threads, blocks, regs, smem))
+    def __init__(self, threads: int, blocks: int, regs: int, smem: int):
+        self.threads = threads
+        self.blocks = blocks
+        self.regs = regs
+        self.smem = smem
+
+    def _tuple(self) -> tuple:
+        return (self.threads, self.blocks, self.regs, self.smem)
+
+    def __iter__(self):
+        return iter(self._tuple())
+
+    def __len__(self) -> int:
+        return 4
+
+    def __getitem__(self, i):
+        return self._tuple()[i]
+
+    def __eq__(self, other) -> bool:
+        if isinstance(other, (Resources, tuple)):
+            return self._tuple() == tuple(other)
+        return NotImplemented
+
+    def __ne__(self, other) -> bool:
+        eq = self.__eq__(other)
+        return eq if eq is NotImplemented else not eq
+
+    def __hash__(self) -> int:
+        return hash(self._tuple())
+
+    def __repr__(self) -> str:
+        return f"Resources{self._tuple()!r}"
+
+    def __reduce__(self):
+        return (Resources, self._tuple())
 
     def fits_with(self, used: "Resources", cap: "Resources") -> bool:
-        return (used[0] + self[0] <= cap[0] and used[1] + self[1] <= cap[1]
-                and used[2] + self[2] <= cap[2] and used[3] + self[3] <= cap[3])
+        return (used.threads + self.threads <= cap.threads
+                and used.blocks + self.blocks <= cap.blocks
+                and used.regs + self.regs <= cap.regs and used.smem + self.smem <= cap.smem)
 
     def plus(self, o: "Resources") -> "Resources":
-        return Resources(self[0] + o[0], self[1] + o[1], self[2] + o[2], self[3] + o[3])
+        return Resources(self.threads + o.threads, self.blocks + o.blocks, self.regs + o.regs,
+                         self.smem + o.smem)
 
     def minus(self, o: "Resources") -> "Resources":
-        return Resources(self[0] - o[0], self[1] - o[1], self[2] - o[2], self[3] - o[3])
+        return Resources(self.threads - o.threads, self.blocks - o.blocks, self.regs - o.regs,
+                         self.smem - o.smem)
 
     def share_of(self, cap: "Resources") -> float:
         """Largest fraction of any capacity dimension this demand takes (1.0 = the whole GPU)."""
-        return max(self[0] / cap[0], self[1] / cap[1], self[2] / cap[2], self[3] / cap[3])
+        return max(self.threads / cap.threads, self.blocks / cap.blocks, self.regs / cap.regs,
+                   self.smem / cap.smem)
 
 
 ZERO = Resources(0, 0, 0, 0)

@@ -38,6 +38,14 @@ class JobState(enum.Enum):
 
 
 TERMINAL = frozenset({JobState.DONE, JobState.CANCELLED, JobState.SHED, JobState.FAILED})
+# the states as plain module constants: the core tests them by identity (an enum member's hash
+# is a Python-level call)
+QUEUED, RUNNING, DONE = JobState.QUEUED, JobState.RUNNING, JobState.DONE
+CANCELLED, SHED, FAILED = JobState.CANCELLED, JobState.SHED, JobState.FAILED
+
+
+def is_terminal(state: JobState) -> bool:
+    return state is DONE or state is CANCELLED or state is SHED or state is FAILED
 
 
 class Job:
@@ -62,7 +70,7 @@ class Job:
         self.outstanding = 0       # kernels dispatched, not yet completed
         self.cur = 0               # the kernel being launched (set by next_dispatch)
         self.stream = -1           # stream of the kernel being launched
-        self.state = JobState.QUEUED
+        self.state = QUEUED
         self.exec_s = 0.0          # summed kernel execution time on the device
         self.first_start: float | None = None
         self.finish: float | None = None

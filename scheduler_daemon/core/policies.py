@@ -13,15 +13,17 @@ LATE_PENALTY = 1e12  # flagged (hopeless) jobs sort after every job that can sti
 
 
 class Policy:
+    # (class attributes, read once by the core; no annotations: compiled, an annotated class
+    # attribute would become a typed instance field)
     name = "base"
     checks_slack = False  # whether the core asks ``hopeless`` before dispatching the head
     sheds = False         # drop hopeless jobs whatever the daemon's --shed says
     admission = False     # refuse a job at arrival if it cannot make its SLO
     # the mechanism: Paella's bounded dispatch, or hand everything to the hardware
     bounded = True              # dispatch only what fits, plus max_extra
-    per_job_outstanding: int | None = 1  # kernels of one job on the device (None: all)
+    per_job_outstanding = 1     # kernels of one job on the device (None: all)
     stream = "kernel"           # kernel (Paella's pool) | job | single | tenant | model
-    gate: str | None = None     # None | "gpu" (one job at a time) | "model" (one per model)
+    gate = None                 # None | "gpu" (one job at a time) | "model" (one per model)
 
     def key(self, job: Job, now: float) -> float:
         raise NotImplementedError
@@ -30,8 +32,7 @@ class Policy:
         """Jobs of one model that may run at once behind a ``model`` gate."""
         return 1
 
-    @staticmethod
-    def hopeless(job: Job, now: float) -> bool:
+    def hopeless(self, job: Job, now: float) -> bool:
         """Even started now and run alone, the job would miss its deadline."""
         return now + job.remaining_s() > job.deadline
 

@@ -5,8 +5,7 @@ entry is skipped when it surfaces.
 """
 from __future__ import annotations
 
-import heapq
-import itertools
+from heapq import heapify, heappop, heappush
 from typing import Callable, Iterator
 
 from scheduler_daemon.core.jobs import Job
@@ -14,11 +13,33 @@ from scheduler_daemon.core.jobs import Job
 KeyFn = Callable[[Job, float], float]
 
 
-class HeapQueue:
+class ReadyQueue:
+    """What the core needs of a ready queue."""
+
+    def __len__(self) -> int:
+        raise NotImplementedError
+
+    def push(self, job: Job, now: float) -> None:
+        raise NotImplementedError
+
+    def peek(self) -> Job | None:
+        raise NotImplementedError
+
+    def pop(self) -> Job | None:
+        raise NotImplementedError
+
+    def discard(self, job: Job) -> None:
+        raise NotImplementedError
+
+    def jobs(self) -> Iterator[Job]:
+        raise NotImplementedError
+
+
+class HeapQueue(ReadyQueue):
     def __init__(self, key: KeyFn):
         self._key = key
         self._heap: list[tuple[float, int, int, Job]] = []
-        self._counter = itertools.count()
+        self._counter = 0
         self._live = 0
 
     def __len__(self) -> int:
@@ -27,7 +48,8 @@ class HeapQueue:
     def push(self, job: Job, now: float) -> None:
         """Queue ``job``, or re-key it if it is queued already."""
         job.qseq += 1
-        heapq.heappush(self._heap, (self._key(job, now), next(self._counter), job.qseq, job))
+        self._counter += 1
+        heappush(self._heap, (self._key(job, now), self._counter, job.qseq, job))
         if not job.in_queue:
             job.in_queue = True
             self._live += 1
@@ -35,10 +57,11 @@ class HeapQueue:
     def peek(self) -> Job | None:
         heap = self._heap
         while heap:
-            _, _, seq, job = heap[0]
-            if seq == job.qseq and job.in_queue:
+            entry = heap[0]
+            job = entry[3]
+            if entry[2] == job.qseq and job.in_queue:
                 return job
-            heapq.heappop(heap)
+            heappop(heap)
         return None
 
     def head_key(self) -> float:
@@ -47,7 +70,7 @@ class HeapQueue:
     def pop(self) -> Job | None:
         job = self.peek()
         if job is not None:
-            heapq.heappop(self._heap)
+            heappop(self._heap)
             job.in_queue = False
             self._live -= 1
         return job
@@ -60,7 +83,7 @@ class HeapQueue:
             self._live -= 1
             if len(self._heap) > 2 * self._live + 1024:  # dead entries would pin their jobs
                 self._heap = [e for e in self._heap if e[2] == e[3].qseq and e[3].in_queue]
-                heapq.heapify(self._heap)
+                heapify(self._heap)
 
     def jobs(self) -> Iterator[Job]:
         for _, _, seq, job in self._heap:
@@ -68,7 +91,7 @@ class HeapQueue:
                 yield job
 
 
-class FairQueue:
+class FairQueue(ReadyQueue):
     """Paella's fairness: SRPT across all jobs, unless the most-starved model type's deficit
     counter has passed ``threshold``; then that type's best job goes first.
 

@@ -23,14 +23,27 @@ from __future__ import annotations
 import logging
 from collections import deque
 
-from scheduler_daemon.core.gpu_specs import ZERO, Resources
-from scheduler_daemon.core.jobs import TERMINAL, Job, JobState, ModelEntry
+from scheduler_daemon.core.gpu_specs import Resources
+from scheduler_daemon.core.jobs import (
+    CANCELLED,
+    DONE,
+    FAILED,
+    QUEUED,
+    RUNNING,
+    SHED,
+    Job,
+    JobState,
+    ModelEntry,
+    is_terminal,
+)
 from scheduler_daemon.core.policies import Policy
 from scheduler_daemon.wire.kernels import KernelSpec
 
 log = logging.getLogger("gpusched.core")
 
 STREAM_POOL = 500  # Paella gives each kernel its own stream from a pool of 500
+# policy.stream, as the small integers _stream switches on
+_STREAM_MODES = {"kernel": 0, "job": 1, "single": 2, "tenant": 3, "model": 4}
 
 
 class SchedulerCore:
@@ -44,7 +57,8 @@ class SchedulerCore:
         self.bounded = policy.bounded
         self.max_out = policy.per_job_outstanding or 1 << 30
         self.queue = policy.make_queue()
-        self.used: Resources = ZERO
+        # SM demand of the dispatched kernels (``used``), as four counters
+        self._used_threads = self._used_blocks = self._used_regs = self._used_smem = 0
         self.extra = 0
         self.inflight = 0
         self._finished: list[Job] = []
@@ -53,6 +67,17 @@ class SchedulerCore:
         self._tenant_streams: dict[str, int] = {}
         self._holders: dict = {}                 # gate key -> [job or None] per instance
         self._parked: dict = {}                  # gate key -> deque of jobs waiting for it
+        # the policy's class-level switches, read once
+        self._checks_slack = bool(policy.checks_slack)
+        self._admission = bool(policy.admission)
+        self._gate = policy.gate
+        self._stream_mode = _STREAM_MODES.get(policy.stream, 4)
+
+    @property
+    def used(self) -> Resources:
+        """SM resources held by the kernels this core dispatched (summed over SMs)."""
+        return Resources(self._used_threads, self._used_blocks, self._used_regs,
+                         self._used_smem)
 
     # -- models -----------------------------------------------------------------------------
     def make_model(self, key, name: str, kernels: list[KernelSpec]) -> ModelEntry:
@@ -61,18 +86,18 @@ class SchedulerCore:
 
     # -- jobs -------------------------------------------------------------------------------
     def add(self, job: Job, now: float) -> None:
-        if job.state in TERMINAL:  # aborted before it arrived
+        if is_terminal(job.state):  # aborted before it arrived
             return
-        if self.policy.admission and self.policy.hopeless(job, now):
-            self._end(job, JobState.SHED, now)  # Clockwork: refuse what cannot make it
+        if self._admission and self.policy.hopeless(job, now):
+            self._end(job, SHED, now)  # Clockwork: refuse what cannot make it
             return
-        job.state = JobState.QUEUED
+        job.state = QUEUED
         self.queue.push(job, now)
 
-    def abort(self, job: Job, now: float, state: JobState = JobState.CANCELLED) -> bool:
+    def abort(self, job: Job, now: float, state: JobState = CANCELLED) -> bool:
         """Cancel a job. Returns False if it had already ended. Kernels already on the
         device still run out; their resources are freed in ``on_complete``."""
-        if job.state in TERMINAL:
+        if is_terminal(job.state):
             return False
         if job.in_queue:
             self.queue.discard(job)
@@ -83,51 +108,62 @@ class SchedulerCore:
 
     def queued_jobs(self):
         """Jobs waiting in the ready queue or parked behind a gate."""
-        parked = [j for p in list(self._parked.values()) for j in p if j.state not in TERMINAL]
+        parked = [j for p in list(self._parked.values()) for j in p
+                  if not is_terminal(j.state)]
         return list(self.queue.jobs()) + parked
 
-    def _gate(self, job: Job):
-        g = self.policy.gate
+    def _gate_key(self, job: Job):
+        g = self._gate
         return None if g is None else ("gpu" if g == "gpu" else job.model.key)
 
     def next_dispatch(self, now: float) -> Job | None:
         """The job whose kernel ``job.cur`` should launch now on ``job.stream``, or None."""
         queue, policy = self.queue, self.policy
-        if policy.gate == "gpu" and self._holders.get("gpu", [None])[0] is not None:
-            job = self._holders["gpu"][0]   # one job on the GPU: only it may go on
-            if not job.in_queue:
-                return None
-            queue.discard(job)
-            return self._dispatch(job, now)
+        if self._gate == "gpu":
+            slots = self._holders.get("gpu")
+            if slots is not None and slots[0] is not None:
+                job = slots[0]   # one job on the GPU: only it may go on
+                if not job.in_queue:
+                    return None
+                queue.discard(job)
+                return self._dispatch(job, now)
         while True:
             job = queue.peek()
             if job is None:
                 return None
-            if policy.checks_slack and not job.late and policy.hopeless(job, now):
+            if self._checks_slack and not job.late and policy.hopeless(job, now):
                 queue.pop()
                 if self.shed:
-                    self._end(job, JobState.SHED, now)
+                    self._end(job, SHED, now)
                     log.debug("core: shed job=%s model=%s", job.id, job.model.name)
                 else:
                     job.late = True
                     queue.push(job, now)
                 continue
-            if policy.gate is not None and job.first_start is None:
-                gate = self._gate(job)
+            if self._gate is not None and job.first_start is None:
+                gate = self._gate_key(job)
                 if None not in self._slots(gate, job):  # all busy: wait, in pop order
                     queue.pop()
                     self._parked.setdefault(gate, deque()).append(job)
                     continue
             if self.bounded:
                 demand = job.model.demands[job.next_kernel]
-                if demand.fits_with(self.used, self.capacity) and self._fits_sms(job):
+                cap = self.capacity
+                if (self._used_threads + demand.threads <= cap.threads
+                        and self._used_blocks + demand.blocks <= cap.blocks
+                        and self._used_regs + demand.regs <= cap.regs
+                        and self._used_smem + demand.smem <= cap.smem
+                        and self._fits_sms(job)):
                     job.extra = False
                 elif self.extra < self.max_extra:
                     job.extra = True
                     self.extra += 1
                 else:
                     return None
-                self.used = self.used.plus(demand)
+                self._used_threads += demand.threads
+                self._used_blocks += demand.blocks
+                self._used_regs += demand.regs
+                self._used_smem += demand.smem
             queue.pop()
             return self._dispatch(job, now)
 
@@ -154,14 +190,14 @@ class SchedulerCore:
         job.next_kernel += 1
         job.outstanding += 1
         self.inflight += 1
-        job.state = JobState.RUNNING
+        job.state = RUNNING
         if job.first_start is None:
             job.first_start = now
-            if self.policy.gate is not None:
-                slots = self._slots(self._gate(job), job)
+            if self._gate is not None:
+                slots = self._slots(self._gate_key(job), job)
                 i = slots.index(None)
                 slots[i] = job
-                if self.policy.stream == "model":   # each instance has its own stream
+                if self._stream_mode == 4:   # "model": each instance has its own stream
                     job.stream = job.model.type_id * 4096 + i
         job.stream = self._stream(job)
         if job.outstanding < self.max_out and job.next_kernel < len(job.model.kernels):
@@ -169,18 +205,18 @@ class SchedulerCore:
         return job
 
     def _stream(self, job: Job) -> int:
-        mode = self.policy.stream
-        if mode == "kernel":
+        mode = self._stream_mode
+        if mode == 0:                  # "kernel": Paella's pool
             self._streams += 1
             return self._streams % STREAM_POOL
         if job.stream >= 0:
             return job.stream
-        if mode == "job":
+        if mode == 1:                  # "job"
             self._streams += 1
             return self._streams
-        if mode == "single":
+        if mode == 2:                  # "single"
             return 0
-        if mode == "tenant":
+        if mode == 3:                  # "tenant"
             return self._tenant_streams.setdefault(job.tenant, len(self._tenant_streams))
         return job.model.type_id * 4096  # "model" without a gate: one stream per model
 
@@ -188,34 +224,38 @@ class SchedulerCore:
         """The device finished ``job``'s oldest outstanding kernel after ``duration_s``."""
         idx = job.done_kernels
         self._release(job, idx)
-        if job.state is not JobState.FAILED:  # after a failure the kernel order is unknown
+        if job.state is not FAILED:  # after a failure the kernel order is unknown
             job.model.estimates.observe(idx, duration_s)
         job.exec_s += duration_s
         job.done_kernels = idx + 1
-        if job.state in TERMINAL:  # aborted while its kernel ran
+        if is_terminal(job.state):  # aborted while its kernel ran
             return
         if job.done_kernels == len(job.model.kernels):
-            self._end(job, JobState.DONE, now)
+            self._end(job, DONE, now)
         elif job.outstanding == 0:
-            job.state = JobState.QUEUED
+            job.state = QUEUED
             if not job.in_queue:
                 self.queue.push(job, now)
 
     def on_fail(self, job: Job, now: float, error: str) -> None:
         """The device could not run ``job``'s kernel: that job fails, nothing else."""
         self._release(job, job.done_kernels)
-        if job.state in TERMINAL:
+        if is_terminal(job.state):
             return
         if job.in_queue:
             self.queue.discard(job)
         job.error = error
-        self._end(job, JobState.FAILED, now)
+        self._end(job, FAILED, now)
 
     def _release(self, job: Job, idx: int) -> None:
         self.inflight -= 1
         job.outstanding -= 1
         if self.bounded:
-            self.used = self.used.minus(job.model.demands[idx])
+            demand = job.model.demands[idx]
+            self._used_threads -= demand.threads
+            self._used_blocks -= demand.blocks
+            self._used_regs -= demand.regs
+            self._used_smem -= demand.smem
             if job.extra:
                 self.extra -= 1
                 job.extra = False
@@ -227,9 +267,9 @@ class SchedulerCore:
         self._release_gate(job, now)
 
     def _release_gate(self, job: Job, now: float) -> None:
-        if self.policy.gate is None or job.first_start is None:
+        if self._gate is None or job.first_start is None:
             return
-        gate = self._gate(job)
+        gate = self._gate_key(job)
         slots = self._holders.get(gate, [])
         if job not in slots:
             return
@@ -237,7 +277,7 @@ class SchedulerCore:
         parked = self._parked.get(gate)
         while parked:  # the next job that waited for this gate goes back to the queue
             nxt = parked.popleft()
-            if nxt.state not in TERMINAL:
+            if not is_terminal(nxt.state):
                 self.queue.push(nxt, now)
                 break
 

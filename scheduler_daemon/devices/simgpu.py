@@ -40,46 +40,152 @@ The device reports a kernel's start (``on_started``: all of its blocks have been
 when Paella's dispatcher frees its extra slot) and its completion (``on_complete``); and it
 answers ``fits_now(kernel)``: whether the SMs could take all of a kernel's blocks now, the
 per-SM fit test Paella's dispatcher makes from its block-level notices.
+
+How it is computed (none of this changes a number): per-SM free resources are one int64 array
+(``array('q')``, dimension-major; ``free`` is a numpy view of it), and each dispatched group's
+per-SM block counts live in a slab of the same kind, so the block placement is plain loops over
+SMs; ``simgpu.pxd`` compiles those loops to C with Cython (``tools/build_sim.py``), and the same
+source runs interpreted where it is not built (or with ``GPUSCHED_PURE=1``). A dispatch pass
+visits only the queues that can have changed since the last one: after an arrival, the queues
+that got a new first kernel; after blocks finish, every non-empty queue except those whose
+first kernel still waits for its stream predecessor (R1). A block shape that did not fit is not
+tried again until blocks finish. Queues are still visited in the same round-robin order.
 """
 from __future__ import annotations
 
-import heapq
 import math
+from array import array
 from collections import deque
 
 import numpy as np
 
-from scheduler_daemon.clock import Timer
 from scheduler_daemon.core.gpu_specs import GpuSpec
 from scheduler_daemon.core.jobs import Job
 from scheduler_daemon.devices.base import Device
 
 MAX_HW_QUEUES = 32
+INF = float("inf")
+
+
+class _Shape:
+    """A block shape on one GPU: what one block holds on its SM (threads, registers, shared
+    memory, and one block slot), how many blocks fit on an idle GPU (``cap``), and the
+    free-resource generation at which none of its blocks fit (``tried``)."""
+
+    __slots__ = ("threads", "regs", "smem", "cap", "tried")
+
+    def __init__(self, threads: int, regs: int, smem: int, cap: int):
+        self.threads = threads
+        self.regs = regs
+        self.smem = smem
+        self.cap = cap
+        self.tried = -1
+
+    @property
+    def res(self) -> np.ndarray:
+        """Per-block resources as a column (threads, blocks, registers, shared memory)."""
+        return np.array([[self.threads], [1], [self.regs], [self.smem]], dtype=np.int64)
+
+
+class _KInfo:
+    """What the device derives once from a kernel spec."""
+
+    __slots__ = ("spec", "shape", "grid", "resident", "block_work", "mem_frac", "comp_frac")
+
+    def __init__(self, spec, shape: _Shape, speed: float):
+        self.spec = spec
+        self.shape = shape
+        self.grid = spec.grid
+        cap = shape.cap
+        self.resident = min(spec.grid, cap)
+        self.block_work = 0.0
+        if cap:
+            waves = -(-spec.grid // cap)
+            self.block_work = spec.est_us * 1e-6 * speed / waves
+        self.mem_frac = spec.mem_frac
+        self.comp_frac = spec.comp_frac
 
 
 class _Kernel:
-    __slots__ = ("job", "res", "dims", "grid", "left", "running", "block_work", "bw", "cw",
-                 "mem_frac", "comp_frac", "start", "tried", "queue", "pred", "done", "arrived",
-                 "stream")
+    __slots__ = ("job", "shape", "grid", "left", "running", "block_work", "bw", "cw",
+                 "mem_frac", "comp_frac", "start", "qi", "pred", "done", "arrived", "stream")
 
-    def __init__(self, job: Job, res, dims, grid: int, block_work: float, resident: int,
-                 mem_frac: float, comp_frac: float, queue: deque, pred: "_Kernel | None"):
-        self.job, self.res, self.dims, self.grid = job, res, dims, grid
+    def __init__(self, job: Job, shape: _Shape, grid: int, block_work: float, resident: int,
+                 mem_frac: float, comp_frac: float, qi: int, pred: "_Kernel | None"):
+        self.job, self.shape, self.grid = job, shape, grid
         self.left, self.running = grid, 0
         self.block_work = block_work
         self.bw, self.cw = mem_frac / resident, comp_frac / resident  # demand per block
         self.mem_frac, self.comp_frac = mem_frac, comp_frac
-        self.start: float | None = None   # when its first block was dispatched
-        self.tried = -1   # the free-resource generation at which none of its blocks fit
-        self.queue = queue
+        self.start = None   # when its first block was dispatched
+        self.qi = qi        # its hardware queue
         self.pred = pred  # the kernel launched before it on its stream, if still unfinished
         self.done = False
         self.arrived = 0.0  # when it entered its hardware queue
         self.stream = job.stream
 
 
-class SimGpu(Device):
-    name = "sim"
+class _Group:
+    """Blocks of one kernel dispatched together: they finish together at ``end``. Their
+    per-SM counts are row ``slot`` of the device's slab."""
+
+    __slots__ = ("end", "seq", "kern", "slot", "n", "ideal", "begin")
+
+    def __init__(self, kern: _Kernel, slot: int, n: int, begin: float):
+        self.kern = kern
+        self.slot = slot
+        self.n = n
+        self.begin = begin
+        self.end = 0.0
+        self.ideal = 0.0
+        self.seq = 0
+
+
+def _group_push(heap: list, g: _Group) -> None:
+    """heapq.heappush by (end, seq), with the comparison inline."""
+    heap.append(g)
+    pos = len(heap) - 1
+    while pos > 0:
+        parentpos = (pos - 1) >> 1
+        parent = heap[parentpos]
+        if g.end < parent.end or (g.end == parent.end and g.seq < parent.seq):
+            heap[pos] = parent
+            pos = parentpos
+            continue
+        break
+    heap[pos] = g
+
+
+def _group_pop(heap: list) -> _Group:
+    """heapq.heappop by (end, seq)."""
+    last = heap.pop()
+    if not heap:
+        return last
+    ret = heap[0]
+    n = len(heap)
+    pos = 0
+    child = 1
+    while child < n:
+        right = child + 1
+        c = heap[child]
+        if right < n:
+            r = heap[right]
+            if r.end < c.end or (r.end == c.end and r.seq < c.seq):
+                child = right
+                c = r
+        if c.end < last.end or (c.end == last.end and c.seq < last.seq):
+            heap[pos] = c
+            pos = child
+            child = 2 * pos + 1
+        else:
+            break
+    heap[pos] = last
+    return ret
+
+
+class _SimGpuBase:
+    """The simulated GPU's state and rules (compiled as one extension type); ``SimGpu`` adds
+    the ``Device`` interface."""
 
     def __init__(self, spec: GpuSpec, hw_queues: int = 32, speed: float = 1.0,
                  quantum_us: float = 0.5, launch_us: float = 0.0):
@@ -91,86 +197,182 @@ class SimGpu(Device):
         self.launch_delay = launch_us * 1e-6
         self.limits = np.array([spec.threads_per_sm, spec.blocks_per_sm, spec.regs_per_sm,
                                 spec.smem_per_sm], dtype=np.int64)
-        self.free = np.tile(self.limits[:, None], (1, spec.sms))  # (4 resources, SMs)
+        sms = spec.sms
+        self._sms = sms
+        self._max_grids = spec.max_grids
+        # free resources per SM, dimension-major: [d * sms + sm], d = threads, blocks, regs, smem
+        self._freebuf = array("q", [spec.threads_per_sm] * sms + [spec.blocks_per_sm] * sms
+                              + [spec.regs_per_sm] * sms + [spec.smem_per_sm] * sms)
+        self._free = self._freebuf
+        self._fit = array("q", bytes(8 * sms))           # scratch: blocks each SM can take
+        self._counts = array("q", bytes(8 * (spec.blocks_per_sm + 2)))  # scratch: histogram
+        self._slab = array("q", bytes(8 * sms * 64))     # per-SM blocks of dispatched groups
+        self._slots = list(range(63, -1, -1))            # free rows of the slab
+        self._nslots = 64
         self.queues: list[deque[_Kernel]] = [deque() for _ in range(hw_queues)]
+        self._nq = hw_queues
+        self._nonempty = 0     # bit q: queue q has kernels
+        self._ready = 0        # bit q: queue q may place blocks at the next pass
+        self._waiting = 0      # bit q: queue q's first kernel waits for its stream predecessor
         self._tails: dict[int, _Kernel] = {}  # stream -> its last launched kernel
-        self._finishing: list = []  # heap of (finish time, seq, kernel, take, n, ideal)
+        self._finishing: list[_Group] = []  # heap of groups by (finish time, seq)
         self._seq = 0
-        self._timer_at = float("inf")
-        self._timer: Timer | None = None
+        self._timer_at = INF
+        self._timer = None
         self._demand_m = 0.0
         self._demand_c = 0.0
         self._grids = 0       # kernels with blocks dispatched and not all finished (R3)
         self._shapes: dict = {}
+        self._infos: dict = {}  # id(kernel spec) -> _KInfo
         self._last = 0.0
         self._rr = 0
         self._sm_rr = 0
         self._threads_used = 0
-        self._threads_total = spec.threads_per_sm * spec.sms
+        self._threads_total = spec.threads_per_sm * sms
         self._dispatch_due = False
-        self._gen = 0  # bumped whenever resources are freed: a head that did not fit retries
+        self._gen = 0  # bumped whenever resources are freed: a shape that did not fit retries
+        self.env = None
+        self.on_complete = None
+        self.on_fail = None
         self.on_started = None
+        self._arrival_cb = None
+        self._arrive_cb = None
+        self._timer_cb = None
         self.kernels_done = 0
         self.busy_s = 0.0  # integral of the fraction of thread slots in use
         self.comp_s = 0.0  # integral of the arithmetic demand
         self.mem_s = 0.0   # integral of the bandwidth demand
 
-    def describe(self) -> str:
-        return f"simulated {self.spec.name} ({self.spec.sms} SMs, {len(self.queues)} hw queues)"
+    def start(self, env, on_complete, on_fail, on_started=None) -> None:
+        """``on_started``: all blocks of the job's kernel have been dispatched."""
+        self.env = env
+        self.on_complete = on_complete
+        self.on_fail = on_fail
+        self.on_started = on_started
+        # the callbacks the environment calls, looked up once (a subclass may override them)
+        self._arrival_cb = self._arrival_dispatch
+        self._arrive_cb = self._arrive
+        self._timer_cb = self._on_timer
+
+    @property
+    def free(self) -> np.ndarray:
+        """Free resources per SM, shape (4, SMs): a view that shares the device's memory."""
+        return np.frombuffer(self._freebuf, dtype=np.int64).reshape(4, self._sms)
 
     # -- shapes ---------------------------------------------------------------------------------
-    def _shape(self, k) -> tuple:
-        """(per-block resources as a column, the (dimension, amount) pairs it uses, blocks that
-        fit on an idle GPU)."""
+    def _shape(self, k) -> _Shape:
+        """The block shape of kernel spec ``k`` (with ``cap``: blocks that fit on an idle GPU)."""
         key = (k.block, k.regs, k.smem)
         got = self._shapes.get(key)
         if got is None:
-            res = np.array([k.block, 1, k.block * k.regs, k.smem], dtype=np.int64)
-            dims = tuple((d, int(res[d])) for d in (0, 2, 3) if res[d])  # blocks: always 1
-            per_sm = int(min([self.limits[1]] + [self.limits[d] // r for d, r in dims]))
-            got = self._shapes[key] = (res[:, None], dims, per_sm * self.spec.sms)
+            spec = self.spec
+            threads, regs, smem = k.block, k.block * k.regs, k.smem
+            per_sm = spec.blocks_per_sm   # every resource a block uses limits it
+            for limit, r in ((spec.threads_per_sm, threads), (spec.regs_per_sm, regs),
+                             (spec.smem_per_sm, smem)):
+                if r:
+                    per_sm = min(per_sm, limit // r)
+            got = self._shapes[key] = _Shape(threads, regs, smem, per_sm * spec.sms)
+        return got
+
+    def _info(self, k) -> _KInfo:
+        got = self._infos.get(id(k))
+        if got is None or got.spec is not k:
+            if len(self._infos) > 100_000:   # specs come and go in a long-lived daemon
+                self._infos.clear()
+            got = self._infos[id(k)] = _KInfo(k, self._shape(k), self.speed)
         return got
 
     def validate(self, kernels: list) -> None:
         for i, k in enumerate(kernels):
-            if self._shape(k)[2] == 0:
+            if self._shape(k).cap == 0:
                 raise ValueError(
                     f"kernel {i} ({k.name}): a block of {k.block} threads x {k.regs} registers "
                     f"with {k.smem} B shared memory does not fit on one {self.spec.name} SM "
                     f"({self.spec.regs_per_sm} registers, {self.spec.smem_per_sm} B)")
 
-    def _fit(self, dims) -> np.ndarray:
-        """Blocks of this shape each SM can take now."""
-        free = self.free
-        fit = free[1].copy()
-        for d, r in dims:
-            np.minimum(fit, free[d] // r, out=fit)
-        return fit
+    def _fit_into(self, shape: _Shape) -> int:
+        """Blocks of ``shape`` each SM can take now, into the scratch ``_fit``; their sum."""
+        free = self._free
+        fit = self._fit
+        sms = self._sms
+        threads, regs, smem = shape.threads, shape.regs, shape.smem
+        total = 0
+        for s in range(sms):
+            f = free[sms + s]
+            if threads:
+                x = free[s] // threads
+                if x < f:
+                    f = x
+            if regs:
+                x = free[2 * sms + s] // regs
+                if x < f:
+                    f = x
+            if smem:
+                x = free[3 * sms + s] // smem
+                if x < f:
+                    f = x
+            fit[s] = f
+            total += f
+        return total
+
+    def fit_per_sm(self, k) -> np.ndarray:
+        """Blocks of kernel spec ``k`` (or of a ``_Shape``) each SM could take now."""
+        shape = k if isinstance(k, _Shape) else self._shape(k)
+        self._fit_into(shape)
+        return np.array(self._fit, dtype=np.int64)
 
     def fits_now(self, k) -> bool:
         """Whether the SMs could take all blocks of kernel spec ``k`` now (a full wave of a
         multi-wave one): Paella's per-SM fit test."""
-        _, dims, cap = self._shape(k)
-        return int(self._fit(dims).sum()) >= min(k.grid, cap)
+        info = self._info(k)
+        shape = info.shape
+        need = info.resident
+        if shape.tried == self._gen:      # nothing fits, and nothing was freed since
+            return need <= 0
+        free = self._free
+        sms = self._sms
+        threads, regs, smem = shape.threads, shape.regs, shape.smem
+        total = 0
+        for s in range(sms):
+            f = free[sms + s]
+            if threads:
+                x = free[s] // threads
+                if x < f:
+                    f = x
+            if regs:
+                x = free[2 * sms + s] // regs
+                if x < f:
+                    f = x
+            if smem:
+                x = free[3 * sms + s] // smem
+                if x < f:
+                    f = x
+            total += f
+            if total >= need and total > 0:
+                return True
+        if total == 0:
+            shape.tried = self._gen
+        return total >= need
 
     # -- launch, arrival, dispatch --------------------------------------------------------------
     def launch(self, job: Job) -> None:
         k = job.model.kernels[job.cur]
-        res, dims, cap = self._shape(k)
-        if cap == 0:  # reported asynchronously, like a CUDA launch error
+        info = self._info(k)
+        if info.shape.cap == 0:  # reported asynchronously, like a CUDA launch error
             self.env.schedule(0.0, lambda: self.on_fail(
                 job, self.env.now, f"kernel {k.name}: launch shape does not fit an SM"))
             return
-        waves = -(-k.grid // cap)
         stream = job.stream
         pred = self._tails.get(stream)
-        q = self.queues[stream % len(self.queues)]
-        kern = _Kernel(job, res, dims, k.grid, k.est_us * 1e-6 * self.speed / waves,
-                       min(k.grid, cap), k.mem_frac, k.comp_frac, q,
-                       pred if pred is not None and not pred.done else None)
+        if pred is not None and pred.done:
+            pred = None
+        kern = _Kernel(job, info.shape, info.grid, info.block_work, info.resident,
+                       info.mem_frac, info.comp_frac, stream % self._nq, pred)
         self._tails[stream] = kern
         if self.launch_delay > 0:   # R7: it reaches the hardware queue later
-            self.env.schedule(self.launch_delay, lambda: self._arrive(kern))
+            env = self.env
+            env.call_at(env.now + self.launch_delay, self._arrive_cb, kern)
         else:
             self._arrive(kern)
 
@@ -178,13 +380,18 @@ class SimGpu(Device):
         now = self.env.now
         self._advance(now)
         kern.arrived = now
-        q = kern.queue
+        qi = kern.qi
+        q = self.queues[qi]
         q.append(kern)
-        if len(q) == 1 and not self._dispatch_due:  # only a new first kernel can start now
-            # after every arrival of this instant: kernels arriving together are placed
-            # together and share the contention they create
-            self._dispatch_due = True
-            self.env.schedule(0.0, self._arrival_dispatch)
+        if len(q) == 1:  # only a new first kernel can start now
+            bit = 1 << qi
+            self._nonempty |= bit
+            self._ready |= bit
+            if not self._dispatch_due:
+                # after every arrival of this instant: kernels arriving together are placed
+                # together and share the contention they create
+                self._dispatch_due = True
+                self.env.schedule_at(now, self._arrival_cb)
 
     def _arrival_dispatch(self) -> None:
         self._dispatch_due = False
@@ -202,114 +409,204 @@ class SimGpu(Device):
             self.mem_s += dt * min(1.0, self._demand_m)
             self._last = now
 
-    def _spread(self, fit: np.ndarray, n: int) -> np.ndarray:
-        """Place ``n`` blocks breadth-first: every SM gets one before any gets two."""
-        total = int(fit.sum())
-        if n >= total:
-            return fit.copy()
-        counts = np.bincount(fit)
-        ge = len(fit) - np.cumsum(counts)  # ge[L-1]: SMs that can take at least L blocks
-        level, placed = 0, 0
-        while placed + ge[level] < n:
-            placed += ge[level]
+    def _spread(self, n: int) -> None:
+        """Turn the scratch ``_fit`` into the placement of ``n`` blocks (fewer than fit),
+        breadth-first: every SM gets one before any gets two; the SMs that get one more than
+        the others are taken round-robin from ``_sm_rr``."""
+        fit = self._fit
+        counts = self._counts
+        sms = self._sms
+        top = len(counts) - 1
+        for i in range(top + 1):
+            counts[i] = 0
+        for s in range(sms):
+            f = fit[s]
+            counts[f if f < top else top] += 1
+        # ge: SMs that can take more than ``level`` blocks
+        level = 0
+        placed = 0
+        below = counts[0]
+        ge = sms - below
+        while placed + ge < n:
+            placed += ge
             level += 1
-        take = np.minimum(fit, level)
+            below += counts[level] if level < top else 0
+            ge = sms - below
         rest = n - placed
-        cand = np.flatnonzero(fit > level)
-        start = self._sm_rr % len(cand)
-        chosen = np.concatenate([cand[start:], cand[:start]])[:rest]
-        take[chosen] += 1
+        start = self._sm_rr % ge
+        rank = 0
+        for s in range(sms):
+            if fit[s] > level:
+                r = rank - start
+                if r < 0:
+                    r += ge
+                fit[s] = level + 1 if r < rest else level
+                rank += 1
         self._sm_rr += rest
-        return take
 
-    def _dispatch(self, now: float, base: float | None = None) -> list[_Kernel]:
+    def _take_slot(self) -> int:
+        if not self._slots:   # grow the slab
+            old = self._nslots
+            self._slab = self._slab + array("q", bytes(8 * self._sms * old))
+            self._slots = list(range(2 * old - 1, old - 1, -1))
+            self._nslots = 2 * old
+        return self._slots.pop()
+
+    def _take(self, g: _Group) -> np.ndarray:
+        """Blocks per SM that group ``g`` holds."""
+        base = g.slot * self._sms
+        return np.array(self._slab[base:base + self._sms], dtype=np.int64)
+
+    def _dispatch(self, now: float, base: float | None = None) -> list:
         """R2-R4: serve the hardware queues round-robin. A queue's first kernel, unless it
         waits for its stream's predecessor (R1) or for a free grid slot (R3), places as many
         blocks as fit; once all are placed it leaves the queue and the next may go at once.
         Returns the kernels whose last block was dispatched."""
         queues = self.queues
-        nq = len(queues)
+        nq = self._nq
+        sms = self._sms
+        free = self._free
+        fit = self._fit
+        gen = self._gen
         placed = []
-        started: list[_Kernel] = []
+        started = []
         t0 = now if base is None else base  # when the resources used here became free
         start = self._rr
+        visit = self._ready
+        self._ready = 0
         for i in range(nq):
-            qi = (start + i) % nq
+            if not visit:
+                break
+            qi = start + i
+            if qi >= nq:
+                qi -= nq
+            bit = 1 << qi
+            if not visit & bit:
+                continue
+            visit &= ~bit
+            self._waiting &= ~bit
             q = queues[qi]
             while q:
                 head = q[0]
-                if head.pred is not None and not head.pred.done:
-                    break                      # a dependent first kernel blocks its queue
-                if head.start is None and self._grids >= self.spec.max_grids:
+                pred = head.pred
+                if pred is not None and not pred.done:
+                    self._waiting |= bit      # a dependent first kernel blocks its queue
                     break
-                if head.tried == self._gen:
+                if head.start is None and self._grids >= self._max_grids:
                     break
-                fit = self._fit(head.dims)
-                total = int(fit.sum())
+                shape = head.shape
+                if shape.tried == gen:
+                    break
+                total = self._fit_into(shape)
                 if total == 0:
-                    head.tried = self._gen
+                    shape.tried = gen
                     break
-                n = min(head.left, total)
-                take = fit if n == total else self._spread(fit, n)
-                self.free -= head.res * take
-                self._threads_used += n * int(head.res[0, 0])
+                n = head.left
+                if n >= total:
+                    n = total
+                else:
+                    self._spread(n)
+                slot = self._take_slot()
+                slab = self._slab
+                row = slot * sms
+                threads, regs, smem = shape.threads, shape.regs, shape.smem
+                for s in range(sms):
+                    b = fit[s]
+                    slab[row + s] = b
+                    if b:
+                        free[s] -= threads * b
+                        free[sms + s] -= b
+                        free[2 * sms + s] -= regs * b
+                        free[3 * sms + s] -= smem * b
+                self._threads_used += n * threads
                 head.left -= n
                 head.running += n
-                begin = min(now, max(t0, head.arrived))
+                arrived = head.arrived
+                begin = arrived if arrived > t0 else t0     # min(now, max(t0, arrived))
+                if now < begin:
+                    begin = now
                 if head.start is None:
                     head.start = begin
                     self._grids += 1
                 self._demand_m += n * head.bw
                 self._demand_c += n * head.cw
-                placed.append((head, take, n, begin))
+                placed.append(_Group(head, slot, n, begin))
                 self._rr = (qi + 1) % nq
                 if head.left:
                     break                      # no room for the rest of it: next queue
                 q.popleft()                    # all its blocks dispatched: the queue moves on
                 started.append(head)
+            if not q:
+                self._nonempty &= ~bit
         # groups placed together share the demand they create together (R6)
-        over_m = max(0.0, self._demand_m - 1.0)
-        over_c = max(0.0, self._demand_c - 1.0)
-        for head, take, n, begin in placed:
-            ideal = begin + head.block_work * (1.0 + head.mem_frac * over_m
-                                               + head.comp_frac * over_c)
+        over_m = self._demand_m - 1.0
+        over_m = over_m if over_m > 0.0 else 0.0
+        over_c = self._demand_c - 1.0
+        over_c = over_c if over_c > 0.0 else 0.0
+        quantum = self.quantum
+        for g in placed:
+            head = g.kern
+            ideal = g.begin + head.block_work * (1.0 + head.mem_frac * over_m
+                                                 + head.comp_frac * over_c)
             end = ideal
-            if self.quantum:  # up to the grid: blocks ending together free together
-                end = max(now, math.ceil(ideal / self.quantum - 1e-9) * self.quantum)
+            if quantum:  # up to the grid: blocks ending together free together
+                end = math.ceil(ideal / quantum - 1e-9) * quantum
+                if end < now:
+                    end = now
             self._seq += 1
-            heapq.heappush(self._finishing, (end, self._seq, head, take, n, ideal))
+            g.seq = self._seq
+            g.end = end
+            g.ideal = ideal
+            _group_push(self._finishing, g)
         return started
 
-    def _report_started(self, started: list[_Kernel]) -> None:
-        if self.on_started is not None:
+    def _report_started(self, started: list) -> None:
+        on_started = self.on_started
+        if on_started is not None:
             now = self.env.now
             for kern in started:
-                self.on_started(kern.job, now)
+                on_started(kern.job, now)
 
     def _reschedule(self) -> None:
-        at = self._finishing[0][0] if self._finishing else float("inf")
+        at = self._finishing[0].end if self._finishing else INF
         if at == self._timer_at:
             return
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
         self._timer_at = at
-        if at < float("inf"):
-            self._timer = self.env.schedule_at(at, self._on_timer)
+        if at < INF:
+            self._timer = self.env.schedule_at(at, self._timer_cb)
 
     def _on_timer(self) -> None:
         self._timer = None
-        self._timer_at = float("inf")
+        self._timer_at = INF
         now = self.env.now
         self._advance(now)
         finishing = self._finishing
+        sms = self._sms
+        free = self._free
+        slab = self._slab
         finished_kernels = []
         freed_at = 0.0  # the exact time the resources freed: rounding does not add up
-        while finishing and finishing[0][0] <= now:
-            _, _, kern, take, n, ideal = heapq.heappop(finishing)
-            freed_at = max(freed_at, ideal)
-            self.free += kern.res * take
-            self._threads_used -= n * int(kern.res[0, 0])
+        while finishing and finishing[0].end <= now:
+            g = _group_pop(finishing)
+            if g.ideal > freed_at:
+                freed_at = g.ideal
+            kern = g.kern
+            shape = kern.shape
+            threads, regs, smem = shape.threads, shape.regs, shape.smem
+            row = g.slot * sms
+            for s in range(sms):
+                b = slab[row + s]
+                if b:
+                    free[s] += threads * b
+                    free[sms + s] += b
+                    free[2 * sms + s] += regs * b
+                    free[3 * sms + s] += smem * b
+            self._slots.append(g.slot)
+            n = g.n
+            self._threads_used -= n * threads
             self._demand_m -= n * kern.bw
             self._demand_c -= n * kern.cw
             kern.running -= n
@@ -318,16 +615,26 @@ class SimGpu(Device):
                 self._grids -= 1
                 if self._tails.get(kern.stream) is kern:
                     del self._tails[kern.stream]
+                self._waiting &= ~(1 << kern.qi)   # its successor heads that queue
                 finished_kernels.append(kern)
         self._gen += 1
         if not finishing:  # no drift from summing floats
             self._demand_m = self._demand_c = 0.0
+        self._ready |= self._nonempty & ~self._waiting
         started = self._dispatch(now, freed_at)
         self._reschedule()
         self._report_started(started)
+        on_complete = self.on_complete
         for kern in finished_kernels:
             self.kernels_done += 1
-            self.on_complete(kern.job, now, now - kern.start)
+            on_complete(kern.job, now, now - kern.start)
+
+
+class SimGpu(_SimGpuBase, Device):
+    name = "sim"
+
+    def describe(self) -> str:
+        return f"simulated {self.spec.name} ({self.spec.sms} SMs, {len(self.queues)} hw queues)"
 
     # -- introspection --------------------------------------------------------------------------
     def utilisation(self) -> float:
