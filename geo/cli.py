@@ -22,7 +22,7 @@ EVENT_HELP = ("site-down SITE | site-up SITE | capacity SITE TYPE COUNT | preemp
 
 
 GEO_EXAMPLES = """examples:
-  gpusched geo plan examples/geo/spec.yaml            # table + spec-plan.png
+  gpusched geo plan examples/geo/spec.yaml            # the plan's tables
   gpusched geo serve --spec examples/geo/spec.yaml &  # the service, state on disk
   gpusched geo submit examples/geo/job.yaml
   gpusched geo event site-down aws:us-east-1
@@ -44,11 +44,13 @@ def add_geo_parser(sub) -> None:
                        "event, status)", epilog=GEO_EXAMPLES,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     gs = g.add_subparsers(dest="geo_cmd", metavar="{plan,serve,submit,event,status}")
-    p = gs.add_parser("plan", help="plan a spec YAML: print the plan and write its picture",
+    p = gs.add_parser("plan", help="plan a spec YAML: print the plan (and, with --out or --plot, "
+                      "write its picture)",
                       formatter_class=argparse.RawDescriptionHelpFormatter, epilog=
                       "examples:\n  gpusched geo plan examples/geo/spec.yaml\n"
                       "  gpusched geo plan examples/geo/spec.yaml --objective cost --json\n"
                       "  gpusched geo plan spec.yaml --solver decomposed --out plots/\n"
+                      "  gpusched geo plan spec.yaml --plot plan.png --log-level INFO\n"
                       "exit 2: a bad spec (file:line: field: problem) or an infeasible job "
                       "(the constraint that rules it out)")
     p.add_argument("spec", help="spec YAML (see examples/geo/spec.yaml)")
@@ -61,7 +63,11 @@ def add_geo_parser(sub) -> None:
     p.add_argument("--time-limit", type=float, default=None,
                    help="CP-SAT seconds (default: the spec's planner.time_limit_s)")
     p.add_argument("--json", action="store_true", help="print the plan as JSON")
-    p.add_argument("--out", default=".", help="folder for the PNG (default: here)")
+    p.add_argument("--out", default=None, metavar="DIR",
+                   help="also write the plan's picture as DIR/<spec>-plan.png (default: no "
+                   "picture)")
+    p.add_argument("--plot", default=None, metavar="FILE.png",
+                   help="also write the plan's picture to this file (default: no picture)")
     p.add_argument("--place-data", type=int, default=0, metavar="N",
                    help="also add up to N dataset replicas where jobs read over the WAN, under "
                    "storage capacity (a slower pass: it re-plans after each)")
@@ -73,11 +79,12 @@ def add_geo_parser(sub) -> None:
                       "a restart with the same --state resumes where it stopped")
     s.add_argument("--spec", default=None, help="the fleet (sites/links/datasets) to start from; "
                    "ignored when --state already holds one")
-    s.add_argument("--endpoint", default=None, help="serve here: ipc:///path or "
-                   "tcp://HOST:PORT (default: $GPUSCHED_GEO_ENDPOINT or "
-                   "ipc://<runtime dir>/geo.sock)")
-    s.add_argument("--state", default=None, help="state file (default: $XDG_STATE_HOME or ~/.local/state, "
-                   "then gpusched/geo-state.json)")
+    s.add_argument("--endpoint", default=None, metavar="URL", help="where clients reach the "
+                   "service: ipc:///path or tcp://HOST:PORT (default: $GPUSCHED_GEO_ENDPOINT or "
+                   "ipc://<runtime dir>/geo.sock); refused when another service serves it")
+    s.add_argument("--state", default=None, help="state file (default: $XDG_STATE_HOME or "
+                   "~/.local/state, then gpusched/geo-state.json); one service per state: "
+                   "locked while it runs")
     s.add_argument("--token", default=None, help="require this token (default $GPUSCHED_TOKEN)")
     s.add_argument("--curve-secret", default=None, metavar="FILE",
                    help="encrypt with this CURVE secret key (see 'gpusched keys')")
@@ -140,9 +147,12 @@ def _plan(args) -> int:
     from geo.plot import plot_plan
     from geo.spec import load_spec
 
-    spec = load_spec(args.spec)
+    if args.time_limit is not None and not args.time_limit > 0:
+        raise ValueError(f"--time-limit must be > 0 seconds (got {args.time_limit:g})")
     if args.place_data < 0:
-        raise ValueError("--place-data N needs N >= 0")
+        raise ValueError(f"--place-data N needs N >= 0 (got {args.place_data})")
+    _quiet_unless_asked()
+    spec = load_spec(args.spec)
     added = []
     if args.place_data:
         from geo.data_placement import place_data
@@ -151,19 +161,38 @@ def _plan(args) -> int:
                                               time_limit_s=args.time_limit), args.place_data)
     else:
         p = plan(spec, args.objective, args.solver, time_limit_s=args.time_limit)
-    os.makedirs(args.out, exist_ok=True)
-    png = os.path.join(args.out, os.path.splitext(os.path.basename(args.spec))[0] + "-plan.png")
-    plot_plan(p, png)
+    pngs = []
+    if args.out is not None:
+        os.makedirs(args.out, exist_ok=True)
+        pngs.append(os.path.join(args.out, os.path.splitext(os.path.basename(args.spec))[0] +
+                                 "-plan.png"))
+    if args.plot is not None:
+        pngs.append(args.plot)
+    for png in pngs:
+        try:
+            plot_plan(p, png)
+        except OSError as e:
+            raise ValueError(f"cannot write the picture {png}: {e.strerror or e}: pass "
+                             f"another --out/--plot") from None
     if args.json:
         print(p.to_json().decode())
     else:
         for ds, site, gain in added:
             print(f"data placement: replica of {ds} added at {site} (objective +{gain:,.3g})")
         _print_plan(p)
-        print(f"picture: {png}")
+        for png in pngs:
+            print(f"picture: {png}")
     for bad in p.infeasible:
         print(f"gpusched geo: infeasible: {bad.reason}", file=sys.stderr)
     return 2 if p.infeasible else 0
+
+
+def _quiet_unless_asked() -> None:
+    """The planner's own INFO lines (solver progress) only with an explicit --log-level: the
+    command prints its plan, and the default level of every gpusched command is INFO."""
+    import logging
+    if not any(a == "--log-level" or a.startswith("--log-level=") for a in sys.argv[1:]):
+        logging.getLogger("geo").setLevel(logging.WARNING)
 
 
 def _print_plan(p) -> None:
@@ -180,10 +209,15 @@ def _print_plan(p) -> None:
         t.add_column(col, justify="left" if left else "right", overflow="fold" if left else None)
     for j in p.jobs:
         where = ", ".join(f"{s}: {n} {j.gpu_type}" for s, n in j.sites.items()) or j.reason
-        t.add_row(j.name, j.mode, where, f"{j.iteration_s:.3f}" if j.iteration_s else "-",
+        if j.sites and not j.running and j.start_h == 0:
+            where += " (waits for the fleet budget)"
+        name = j.name + (" (at risk)" if getattr(j, "at_risk", "") else "")
+        t.add_row(name, j.mode, where, f"{j.iteration_s:.3f}" if j.iteration_s else "-",
                   f"{j.cost_per_hour:,.1f}", f"{j.start_h:.1f}",
                   f"{j.finish_h:.2f}" if j.finish_h is not None else "-")
     con.print(t)
+    for r in getattr(p, "at_risk", []) or []:
+        con.print(f"at risk: {r.reason}", markup=False)
     s = Table(title=f"sites: ${p.cost_per_hour:,.1f}/h, makespan {p.makespan_h:.2f} h, "
               f"max demand/supply {p.max_demand_supply:.2f}")
     for col in ("site", "GPUs used", "GPUs total", "demand/supply"):
@@ -199,11 +233,13 @@ def _token(args) -> str:
 
 
 def _serve(args) -> int:
-    from geo.service import GeoService, default_geo_endpoint, default_state_path
+    from geo.service import GeoService, claim_endpoint, default_geo_endpoint, default_state_path
     from scheduler_daemon.transport.keys import read_key
     from scheduler_daemon.transport.sockets import check_endpoint
 
-    svc = GeoService(endpoint=check_endpoint(args.endpoint or default_geo_endpoint()),
+    endpoint = check_endpoint(args.endpoint or default_geo_endpoint())
+    claim_endpoint(endpoint)  # before any work: a served endpoint is refused at once
+    svc = GeoService(endpoint=endpoint,
                      state_path=args.state or default_state_path(), spec_path=args.spec,
                      token=_token(args), solver=args.solver,
                      curve_secret=read_key(args.curve_secret) if args.curve_secret else None)
@@ -223,12 +259,15 @@ def _client(args):
                      timeout_s=args.timeout)
 
 
-def _show_reply(args, reply) -> int:
+def _show_reply(args, reply, status: bool = False) -> int:
     from geo.protocol import to_builtins
 
     if args.json:
         print(json.dumps(to_builtins(reply)))
         return 0
+    if status:
+        print(f"{reply.events} events applied so far; the plan now (each event's changes were "
+              f"printed when it was sent):")
     for d in getattr(reply, "diff", []) or []:
         print(f"{d.job}: {d.change} {d.before or '-'} -> {d.after or '-'}  ({d.reason})")
     path = getattr(reply, "path", "")
@@ -241,12 +280,24 @@ def _show_reply(args, reply) -> int:
 
 
 def _submit(args) -> int:
-    from geo.spec import parse_job
+    from geo.service import GeoRefused
+    from geo.spec import GeoSpecError, load_yaml, parse_job
 
-    with open(args.job, encoding="utf-8") as f:
-        job = parse_job(f.read(), args.job)
+    try:
+        with open(args.job, encoding="utf-8") as f:
+            text = f.read()
+    except OSError as e:
+        raise ValueError(f"cannot read the job file {args.job}: {e.strerror or e}") from None
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{args.job}: not UTF-8 text (byte {e.start})") from None
+    job = parse_job(text, args.job)
     with _client(args) as c:
-        return _show_reply(args, c.submit(job))
+        try:
+            reply = c.submit(job)
+        except GeoRefused as e:  # the service's checks against its fleet: name the line
+            _, lines = load_yaml(text, args.job)
+            raise GeoSpecError(e.at_line(args.job, job.name, lines)) from None
+    return _show_reply(args, reply)
 
 
 def _event(args) -> int:
@@ -259,7 +310,7 @@ def _event(args) -> int:
 
 def _status(args) -> int:
     with _client(args) as c:
-        return _show_reply(args, c.status())
+        return _show_reply(args, c.status(), status=True)
 
 
 def run_geo_bench(args: argparse.Namespace) -> int:

@@ -65,8 +65,32 @@ def event_from_args(kind: str, args: list[str]) -> Event:
     except ValueError:
         raise ValueError(f"event {kind} takes {usage[kind]} (a number where it says COUNT "
                          f"or USD_PER_HOUR)") from None
-    # the same checks the service applies: names and ranges
-    return check_event(msgspec.convert(msgspec.to_builtins(ev), Event))
+    # the same checks the service applies: names and ranges, said in the command's words
+    try:
+        return check_event(msgspec.convert(msgspec.to_builtins(ev), Event))
+    except msgspec.ValidationError as e:
+        raise ValueError(_arg_error(kind, usage[kind], args, e)) from None
+
+
+ARG_WORDS = {"site": "SITE", "gpu_type": "TYPE", "count": "COUNT", "usd_per_hour": "USD_PER_HOUR",
+             "job": "JOB"}
+ARG_RULES = {"count": "a whole number of GPUs, 0 or more (at most 10,000,000)",
+             "usd_per_hour": "a price in $ per GPU-hour, 0 or more (at most 1,000,000)",
+             "site": "a name of letters, digits and _.:@/+-", "gpu_type": "a GPU type name",
+             "job": "a job name"}
+
+
+def _arg_error(kind: str, usage: str, args: list[str], e: msgspec.ValidationError) -> str:
+    """msgspec's "Expected `int` >= 0 - at `$.count`" as the argument it is about, e.g.
+    "event capacity SITE TYPE COUNT: COUNT must be a whole number of GPUs, 0 or more (got -4)"."""
+    import re
+    m = re.search(r"`\$\.(\w+)`", str(e))
+    field = m.group(1) if m else ""
+    word = ARG_WORDS.get(field, "an argument")
+    words = usage.replace("[", "").replace("]", "").split()
+    got = args[words.index(word)] if word in words and words.index(word) < len(args) else None
+    return (f"event {kind} {usage}: {word} must be {ARG_RULES.get(field, 'valid')}" +
+            (f" (got {got})" if got is not None else ""))
 
 
 class Change(msgspec.Struct, omit_defaults=False):

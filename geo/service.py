@@ -67,8 +67,8 @@ log = logging.getLogger("geo.service")
 MAX_FRAME = 4 * 1024 * 1024  # a job or an event is small; bigger frames are refused by libzmq
 JOURNAL_MAX = 1000  # arrivals journaled before a submit saves the whole state (idle saves too)
 
-__all__ = ["GeoService", "GeoClient", "GeoServiceError", "claim_endpoint", "default_geo_endpoint",
-           "default_state_path"]
+__all__ = ["GeoService", "GeoClient", "GeoRefused", "GeoServiceError", "claim_endpoint",
+           "default_geo_endpoint", "default_state_path"]
 
 
 def default_geo_endpoint() -> str:
@@ -195,9 +195,9 @@ class GeoService:
             req_id = msg.req_id
             if self.token and not hmac.compare_digest(msg.token.encode(), self.token.encode()):
                 raise GeoProtocolError("DENIED", "wrong or missing token")
-            if isinstance(msg, StatusReq):
-                return encode(Reply(req_id, plan=self.state.plan, diff=self.state.diff,
-                                    events=self.state.events))
+            if isinstance(msg, StatusReq):  # a status changes nothing: no diff (the last
+                # event's was in its own answer, and is in the state file)
+                return encode(Reply(req_id, plan=self.state.plan, events=self.state.events))
             if isinstance(msg, Submit):
                 check_job(msg.job, {}, f"job {msg.job.name}", "$")
                 check_new_job(self.state.spec, msg.job)
@@ -354,6 +354,28 @@ class GeoService:
 CONNECT_TIMEOUT_S = 2.0
 
 
+class GeoRefused(ValueError):
+    """The service answered ERROR: ``code`` and ``message`` as it sent them."""
+
+    def __init__(self, code: str, message: str):
+        super().__init__(f"geo service refused: {code}: {message}")
+        self.code, self.message = code, message
+
+    def at_line(self, source: str, job: str, lines: dict[str, int]) -> str:
+        """The refusal of a submitted job as a spec error of its file: a message "job NAME:
+        FIELD: problem" (geo/spec.py) -> "FILE:LINE: FIELD: problem"."""
+        import re
+        m = re.match(rf"job {re.escape(job)}: ([\w\[\].]+): (.*)$", self.message, re.S)
+        if not m or self.code != "BAD_REQUEST":
+            return str(self)
+        path = "$." + m.group(1)
+        while path not in lines and "." in path:
+            path = re.sub(r"(\.[^.\[]*|\[\d+\])$", "", path)
+        line = lines.get(path)
+        where = f"{source}:{line}" if line else source
+        return f"{where}: {m.group(1)}: {m.group(2)} (refused by the geo service)"
+
+
 def check_listening(endpoint: str, timeout_s: float) -> None:
     """Fail at once (ConnectionError) when nothing listens at ``endpoint``, instead of waiting
     the whole answer timeout: no socket file for ipc, a refused or silent port for tcp."""
@@ -400,7 +422,7 @@ class GeoClient:
                                f"{self.timeout_s:g} s (start one: gpusched geo serve --spec FILE)")
         ans = decode(self._sock.recv_multipart(), REPLIES)
         if isinstance(ans, Error):
-            raise ValueError(f"geo service refused: {ans.code}: {ans.message}")
+            raise GeoRefused(ans.code, ans.message)
         return ans
 
     def submit(self, job) -> Reply:

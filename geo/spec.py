@@ -146,11 +146,23 @@ def _lines(root, out: dict[str, int], source: str) -> None:
                 stack.append((v, f"{path}[{i}]", depth + 1))
 
 
+class _Loader(yaml.SafeLoader):
+    """SafeLoader that also reads ``7e9`` as a number (YAML 1.2; 1.1 wants ``7.0e+9``), so that
+    types can be strict: a quoted ``"8"`` stays a string, and a string is refused where a
+    number belongs."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)[eE][-+]?[0-9]+$"),
+    list("-+0123456789."))
+
+
 def load_yaml(text: str, source: str = "<spec>") -> tuple[object, dict[str, int]]:
     """Parse YAML; returns (data, {"$.jobs[0].name": line}). Syntax errors name the line."""
     lines: dict[str, int] = {}
     try:
-        loader = yaml.SafeLoader(text)
+        loader = _Loader(text)
         try:
             node = loader.get_single_node()
             if node is not None:
@@ -189,6 +201,8 @@ def convert_error(e: msgspec.ValidationError, lines: dict[str, int], source: str
     if unknown and f"{path}.{unknown.group(1)}" in lines:
         field = f"{path}.{unknown.group(1)}"
     full = prefix + path[1:]
+    if "got `str`" in text:  # strict types: "8" is a string
+        text += " (write numbers and true/false without quotes)"
     return GeoSpecError(f"{source}:{_line_of(lines, field)}: {full.lstrip('$.') or 'spec'}: {text}")
 
 
@@ -198,7 +212,7 @@ def parse_spec(text: str, source: str = "<spec>") -> Spec:
         raise GeoSpecError(f"{source}:1: spec: expected a mapping with sites/jobs, got "
                            f"{type(data).__name__}")
     try:
-        spec = msgspec.convert(data, Spec, strict=False)
+        spec = msgspec.convert(data, Spec, strict=True)
     except msgspec.ValidationError as e:
         raise convert_error(e, lines, source) from None
     check_spec(spec, lines, source)
@@ -235,7 +249,7 @@ def parse_job(text: str, source: str = "<job>") -> Job:
     """A job YAML (``gpusched geo submit``): the same fields as an entry of ``jobs:``."""
     data, lines = load_yaml(text, source)
     try:
-        job = msgspec.convert(data, Job, strict=False)
+        job = msgspec.convert(data, Job, strict=True)
     except msgspec.ValidationError as e:
         raise convert_error(e, lines, source) from None
     check_job(job, lines, source, "$")
@@ -339,6 +353,11 @@ def check_job_refs(spec: Spec, j: Job, lines, source, p, tflops=None, ds_names=N
     for k, t in enumerate(j.gpu_types):
         if t not in tflops:
             raise _err(lines, source, f"{p}.gpu_types[{k}]", f"unknown GPU type {t!r}")
+    fleet = {g.type for s in spec.sites for g in s.gpus}
+    if not fleet & set(j.gpu_types):  # no event adds a GPU type: it could never run
+        raise _err(lines, source, f"{p}.gpu_types",
+                   f"no site has {' or '.join(j.gpu_types)} GPUs, so job {j.name!r} could "
+                   f"never run; the fleet has {', '.join(sorted(fleet))}")
     if j.dataset is not None and j.dataset not in ds_names:
         raise _err(lines, source, f"{p}.dataset", f"{j.dataset!r} is not a dataset")
     for site, types in (j.running or {}).items():

@@ -245,7 +245,8 @@ def test_price_event_has_the_specs_bound_so_the_state_reloads(tmp_path):
     from geo.state import GeoState, load_state, save_state
     # a price the spec would refuse is refused as an event too (it used to be accepted, and
     # the saved state then failed to load after a restart: "geo state ... is damaged")
-    with pytest.raises(ValueError, match="usd_per_hour"):
+    with pytest.raises(ValueError,
+                       match="USD_PER_HOUR must be a price.*at most 1,000,000.*got 1e9"):
         event_from_args("price", ["a", "H100", "1e9"])
     with pytest.raises(GeoProtocolError):
         decode([b"EVENT", msgspec.msgpack.encode({"req_id": 1, "event": {
