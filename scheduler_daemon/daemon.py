@@ -5,7 +5,8 @@ when measured): read every ready message, hand it to the server, send the replie
 let the server run due device events, reap silent clients. The loop polls the socket, the
 socket's monitor (a closed connection ends its session at once), the ZAP handler (every new
 connection is authenticated here, before libzmq takes a byte of its messages), a self-pipe
-(signal handlers only set a flag and write to it) and the device's wake fd.
+(signal handlers only set a flag and write to it), the device's wake fd and the CUDA
+compiler's (tenants' compiles run sandboxed off the loop: server/compiler.py).
 
 Connections, not routing ids, are who a session belongs to: the ZAP handler gives each
 connection its own id (ZAP's User-Id, read back from every message's metadata), so a peer that
@@ -27,6 +28,7 @@ import zmq
 from scheduler_daemon.clock import Environment, RealtimeEnvironment
 from scheduler_daemon.devices.base import Device
 from scheduler_daemon.devices.factory import make_device
+from scheduler_daemon.server.compiler import Compiler, sandboxed
 from scheduler_daemon.server.config import DaemonConfig
 from scheduler_daemon.server.server import AdmissionFactory, ConfigError, Server
 from scheduler_daemon.transport.sockets import make_socket
@@ -50,7 +52,9 @@ class Daemon:
         device = device or make_device(config.backend, config.gpu_spec, config.speed,
                                        config.torch_device, config.hw_queues)
         try:
-            self.server = Server(config, device, self.env, admission)
+            # CUDA compiles run on worker threads (each waits on its sandboxed child)
+            self.server = Server(config, device, self.env, admission,
+                                 Compiler(sandboxed(config.max_compile_s), inline=False))
         except ConfigError as e:
             device.close()
             raise DaemonError(str(e)) from None
@@ -184,6 +188,7 @@ class Daemon:
         dev_fd = self.device.wake_fd()
         if dev_fd is not None:
             poller.register(dev_fd, zmq.POLLIN)
+        poller.register(server.compiler.wake_fd(), zmq.POLLIN)   # taken by server.advance()
         check_every = min(0.25, self.config.client_timeout_s / 4,
                           self.config.disconnect_grace_s / 2)
         next_check = env.now + check_every

@@ -19,13 +19,13 @@ from scheduler_daemon.wire import protocol as P
 
 
 class Harness:
-    def __init__(self, device=None, admission=None, **options):
+    def __init__(self, device=None, admission=None, compiler=None, **options):
         limits = {k: options.pop(k) for k in list(options) if hasattr(DaemonLimits, k)}
         self.config = DaemonConfig(endpoint="ipc:///nonexistent/harness.sock",
                                    limits=DaemonLimits(**limits), **options)
         self.env = Environment()
         self.device = device or SimGpu(gpu_spec(self.config.gpu_spec))
-        self.server = Server(self.config, self.device, self.env, admission)
+        self.server = Server(self.config, self.device, self.env, admission, compiler)
         self.inbox: dict[bytes, list] = defaultdict(list)
 
     # -- requests -----------------------------------------------------------------------------

@@ -138,9 +138,28 @@ def test_source_that_would_read_files_is_refused(src):
         compile_source(src + VEC_ADD)
 
 
-def test_includes_in_comments_and_strings_are_fine():
-    src = '// #include "/etc/passwd"\n/*\n#include <x>\n*/\n' + VEC_ADD
+def test_includes_in_line_comments_and_mid_line_strings_are_fine():
+    src = ('// #include "/etc/passwd"\n/* see #include <x> */\n'
+           'static const char note[] = "#include";\n' + VEC_ADD)
     assert compile_source(src).kernels == ["vec_add"]
+
+
+@pytest.mark.parametrize("src", [
+    '\f#include "/etc/passwd"\n',                      # issue 14: any whitespace is whitespace
+    '\v#include "/etc/passwd"\n',
+    '#\finclude "/etc/passwd"\n',
+    '#\vinclude "/etc/passwd"\n',
+    'int x;\r#include "/etc/passwd"\n',                # a lone CR ends a line
+    '#inc\\ \nlude "/etc/passwd"\n',                   # backslash, blank, newline: a splice
+    '??=include "/etc/passwd"\n',                     # a trigraph
+    '/**/#include "/etc/passwd"\n',
+    # the lexer fooled into a raw string (an identifier ending in R), the directive after it
+    '#define xR "\nstatic const char* s = xR"(";\n/**/#include "/etc/passwd"\n//)";\n',
+    '/*\n#include "/etc/passwd"\n*/\n',              # refused even in a block comment
+])
+def test_whitespace_and_lexer_tricks_cannot_hide_an_include(src):
+    with pytest.raises(ValueError, match="not allowed"):
+        compile_source(src + VEC_ADD)
 
 
 @pytest.mark.parametrize("opt", ["-I/etc", "--include-path=/", "--pre-include=/etc/passwd",

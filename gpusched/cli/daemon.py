@@ -72,6 +72,9 @@ def add_parser(sub) -> None:
                    help="the most work one intercepted or registered-graph op may do (FLOPs, "
                    "or elements read and written); more is refused before it runs, since a "
                    "running op cannot be stopped (0: 1e11 on a CPU, 1e14 on a GPU)")
+    d.add_argument("--max-compile-s", type=float, default=30.0,
+                   help="seconds one tenant's CUDA compile may take in its sandbox (REGISTER_CUDA "
+                   "source); a longer one is stopped and answered as a compile error")
     d.add_argument("--max-tenants", type=int, default=1024,
                    help="distinct tenant names when tenants are not fixed by --tenant-tokens or "
                    "--tenant-keys")
@@ -130,9 +133,12 @@ def run(args) -> int:
                        metrics_addr=args.metrics_addr, metrics_redact=args.metrics_redact,
                        max_connections=args.max_connections,
                        max_unauthenticated=args.max_unauthenticated,
-                       max_tenants=args.max_tenants, max_op_work=args.max_op_work)
+                       max_tenants=args.max_tenants, max_op_work=args.max_op_work,
+                       max_compile_s=args.max_compile_s)
     if args.max_op_work < 0:
         raise UsageError("--max-op-work must be >= 0 (0: the device's default)")
+    if not 0 < args.max_compile_s <= 3600:
+        raise UsageError("--max-compile-s must be in (0, 3600]")
     if min(args.max_connections, args.max_unauthenticated, args.max_tenants) < 1:
         raise UsageError("--max-connections, --max-unauthenticated and --max-tenants must be "
                          ">= 1")

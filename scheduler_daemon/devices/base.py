@@ -80,8 +80,13 @@ class Device(ABC):
         raise Unsupported(f"backend {self.name!r} cannot run registered torch models: start "
                           "the daemon with --backend torch")
 
-    def load_cuda(self, key, model) -> list:
-        """A raw CUDA model -> one KernelSpec per launch (``caps.cuda``)."""
+    def compile_target(self) -> str | None:
+        """The NVRTC target a tenant's CUDA source is compiled for (None: NVRTC's default)."""
+        return None
+
+    def load_cuda(self, key, model, compiled=None) -> list:
+        """A raw CUDA model, compiled for ``compile_target()`` (``compiled``, or here when
+        None), -> one KernelSpec per launch (``caps.cuda``)."""
         raise Unsupported(f"backend {self.name!r} cannot launch CUDA kernels: start the daemon "
                           "with --backend cuda on a GPU node")
 

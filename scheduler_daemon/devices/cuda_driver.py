@@ -208,6 +208,9 @@ class CudaDriverDevice(Device):
         """The model's module for this GPU (cubin for its architecture where NVRTC can)."""
         return compile_model(model, self.arch)
 
+    def compile_target(self) -> str:
+        return self.arch
+
     def load_cuda(self, key, model: CudaModel, compiled: Compiled | None = None) -> list:
         """Load a model's module (compiling it if ``compiled`` is None) and return one
         ``KernelSpec`` per launch. Raises ``ValueError`` for what this GPU cannot run."""

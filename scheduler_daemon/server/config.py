@@ -52,6 +52,7 @@ class DaemonConfig:
     max_unauthenticated: int = 64  # connections that have not said HELLO; more are refused
     max_tenants: int = 1024        # distinct tenant names under a shared token (or none)
     max_op_work: float = 0.0       # one intercepted/graph op's FLOPs or elements (0: by device)
+    max_compile_s: float = 30.0    # one tenant CUDA compile's time (CPU and wall) in its sandbox
     limits: DaemonLimits = field(default_factory=DaemonLimits)
 
 

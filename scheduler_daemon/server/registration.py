@@ -58,29 +58,57 @@ def register_graph(server, s: Session, msg: P.RegisterGraph, raw: list) -> None:
 
 
 def register_cuda(server, s: Session, msg: P.RegisterCuda, raw: list) -> None:
-    """Raw CUDA kernels: compiled and checked on every backend, so a compile error or an
-    impossible launch shape comes back here too; launched only by --backend cuda."""
+    """Raw CUDA kernels: compiled (in the sandbox, off the loop) and checked on every backend,
+    so a compile error or an impossible launch shape comes back here too; launched only by
+    --backend cuda. The answer comes from ``cuda_compiled`` when the compile ends."""
+    _check_cuda(server, s, msg)
+    if s.tenant.compiling:
+        raise ProtocolError(Code.LIMIT, f"tenant {s.tenant.name!r} has a CUDA compile running: "
+                            "wait for its answer before registering the next CUDA model")
+    s.tenant.compiling = True
+    server.compiler.submit((s, msg), msg.cuda, server.device.compile_target())
+
+
+def cuda_compiled(server, tag: tuple, compiled, error: BaseException | None) -> None:
+    """A REGISTER_CUDA's compile ended: load the module and answer the client (if its session
+    still lives: the answer of an ended session goes nowhere)."""
     from scheduler_daemon.cuda import CudaUnavailable
-    from scheduler_daemon.cuda.build import build_model
+    from scheduler_daemon.cuda.checks import kernel_specs, validate_model
     from scheduler_daemon.cuda.limits import limits_for_spec
+    s, msg = tag
+    s.tenant.compiling = False
+    if server.sessions.get(s.identity) is not s:
+        return
+    try:
+        if error is not None:
+            raise error
+        _check_cuda(server, s, msg)           # the tenant may have filled its slots meanwhile
+        if not server.device.caps.cuda:
+            validate_model(msg.cuda, compiled, limits_for_spec(server.device.spec))
+            raise ProtocolError(Code.BAD_MODEL, f"model {msg.model!r} compiled "
+                                f"({len(kernel_specs(msg.cuda))} launches), but backend "
+                                f"{server.device.name!r} cannot launch CUDA kernels: start "
+                                "the daemon with --backend cuda on a GPU node")
+        kernels = server.device.load_cuda((s.tenant.name, msg.model), msg.cuda, compiled)
+        s.tenant.ledger.refund(("model", msg.model))
+        _install(server, s, msg, kernels, "launches")
+    except ProtocolError as e:
+        server.error(s.identity, msg.req_id, e.code, e.message)
+    except CudaUnavailable as e:
+        server.error(s.identity, msg.req_id, Code.BAD_MODEL, str(e))
+    except ValueError as e:          # CudaCompileError (with the log) included
+        server.error(s.identity, msg.req_id, Code.BAD_MODEL, f"model {msg.model!r}: {e}")
+    except Exception as e:           # still one answer per request
+        log.exception("daemon: internal error loading a CUDA model")
+        server.error(s.identity, msg.req_id, Code.INTERNAL,
+                     f"internal error ({type(e).__name__}); the daemon logged it")
+
+
+def _check_cuda(server, s: Session, msg: P.RegisterCuda) -> None:
     _check_slot(server, s, msg.model)
     _check_kernel_count(server, msg.model, len(msg.cuda.launches), "launches")
     _check_quota(server, s, msg.model, sum(b.nbytes() for b in msg.cuda.buffers),
                  "one job's buffers take")
-    try:
-        if not server.device.caps.cuda:
-            _, kernels = build_model(msg.cuda, limits_for_spec(server.device.spec))
-            raise ProtocolError(Code.BAD_MODEL, f"model {msg.model!r} compiled "
-                                f"({len(kernels)} launches), but backend "
-                                f"{server.device.name!r} cannot launch CUDA kernels: start "
-                                "the daemon with --backend cuda on a GPU node")
-        kernels = server.device.load_cuda((s.tenant.name, msg.model), msg.cuda)
-        s.tenant.ledger.refund(("model", msg.model))
-    except CudaUnavailable as e:
-        raise ProtocolError(Code.BAD_MODEL, str(e)) from None
-    except ValueError as e:          # CudaCompileError (with the log) included
-        raise ProtocolError(Code.BAD_MODEL, f"model {msg.model!r}: {e}") from None
-    _install(server, s, msg, kernels, "launches")
 
 
 def tensors_from_frames(metas: list, counts: list[int], raw: list, what: str) -> list:

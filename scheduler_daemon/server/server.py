@@ -25,6 +25,7 @@ from scheduler_daemon.core.scheduler import SchedulerCore
 from scheduler_daemon.devices.base import Device
 from scheduler_daemon.pump import Pump
 from scheduler_daemon.server import registration
+from scheduler_daemon.server.compiler import Compiler, sandboxed
 from scheduler_daemon.server.config import DaemonConfig
 from scheduler_daemon.server.eager import EagerStreams
 from scheduler_daemon.server.registration import buffer_of
@@ -54,7 +55,7 @@ class NullMetrics:
 
 class Server:
     def __init__(self, config: DaemonConfig, device: Device, env: Environment,
-                 admission: AdmissionFactory | None = None):
+                 admission: AdmissionFactory | None = None, compiler: Compiler | None = None):
         self.config = config
         self.limits = config.limits
         self.env = env
@@ -89,6 +90,8 @@ class Server:
                                         lim.max_kernels, lim.max_models, lim.max_queued,
                                         lim.max_tenant_bytes)
         self._admission_factory = admission
+        # tenants' CUDA compiles (sandboxed; the daemon gives one that runs them off the loop)
+        self.compiler = compiler or Compiler(sandboxed(config.max_compile_s), inline=True)
         self._admission = None  # built at the first ADMIT (it loads profiles)
         # the intercept path's per-client op streams
         self.eager = EagerStreams(self, work)
@@ -159,6 +162,8 @@ class Server:
             self.pump.advance(self._finish)
         except Exception:  # a bug in a device callback must not take every tenant down
             log.exception("daemon: internal error while advancing the device")
+        for tag, compiled, error in self.compiler.take_done():
+            registration.cuda_compiled(self, tag, compiled, error)
         return self.take_replies()
 
     def take_replies(self) -> list[Reply]:
@@ -211,7 +216,7 @@ class Server:
 
     def drained(self) -> bool:
         return not (any(s.jobs for s in self.sessions.values())
-                    or self.eager.busy(self.sessions.values()))
+                    or self.eager.busy(self.sessions.values()) or self.compiler.busy())
 
     def end_drain(self, now: float) -> list[Reply]:
         for s in list(self.sessions.values()):
@@ -220,9 +225,15 @@ class Server:
                     job.error = "daemon stopped before the job finished"
                 self._finish(job)
         self.eager.abort_all(list(self.sessions.values()), now)
+        for s, msg in self.compiler.abandon():
+            s.tenant.compiling = False
+            if self.sessions.get(s.identity) is s:
+                self.error(s.identity, msg.req_id, Code.DRAINING,
+                           "the daemon stopped before the CUDA compile finished")
         return self.take_replies()
 
     def close(self) -> None:
+        self.compiler.close()
         self.device.close()
 
     # -- status -------------------------------------------------------------------------------

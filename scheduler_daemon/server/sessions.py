@@ -10,7 +10,7 @@ from scheduler_daemon.core.ledger import Ledger
 class Tenant:
     """A tenant's registered models (shared by its client processes) and its counters."""
 
-    __slots__ = ("name", "models", "clients", "unfinished", "ledger", "completed",
+    __slots__ = ("name", "models", "clients", "unfinished", "ledger", "compiling", "completed",
                  "cancelled", "failed", "shed", "slo_missed", "latencies_ms")
 
     def __init__(self, name: str, quota: int = 1 << 62, window: int = 10_000):
@@ -20,6 +20,7 @@ class Tenant:
         self.unfinished = 0
         # every byte it holds in the daemon: job inputs, models' weights, intercepted tensors
         self.ledger = Ledger(quota)
+        self.compiling = False  # one CUDA compile at a time per tenant (each may take seconds)
         self.completed = self.cancelled = self.failed = self.shed = self.slo_missed = 0
         self.latencies_ms: deque[float] = deque(maxlen=window)
 
