@@ -55,7 +55,7 @@ def served(spec, p) -> float:
 def bound_for(model: Model, plans: list, time_limit_s: float | None):
     """The proven bound (geo/bound.py) at the most priority any of ``plans`` serves."""
     W = max(served(model.spec, p) for p in plans)
-    return throughput_bound(model, served=W, time_limit_s=time_limit_s), W
+    return throughput_bound(model, served=W, time_limit_s=time_limit_s, plans=tuple(plans)), W
 
 
 def gap_to_bound(spec, p, b, W) -> tuple[float | None, float]:

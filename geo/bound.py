@@ -91,7 +91,10 @@ class _Columns:
                         r[1].append(v)
                         r[2].append(n)
                         width = max(width, k + 1)
+        self.group_of: dict[tuple[int, int], int] = {}  # (type index, n) -> group
         for (ti, k), (js, vs, ns) in sorted(rows.items()):
+            for j, n in zip(js, ns):
+                self.group_of[(j, ti, n)] = len(self.groups)
             V = np.full((self.J, S), -np.inf)
             N = np.zeros(self.J)
             V[js] = np.array(vs)
@@ -147,6 +150,32 @@ class _Columns:
                 out[j] = ("m", r)
         return out
 
+    def of_plan(self, plan) -> list:
+        """Per job, the column of where ``plan`` runs it (None if it waits or is not one)."""
+        out: list = [None] * self.J
+        names = {j.name: k for k, j in enumerate(self.model.spec.jobs)}
+        types = {t: k for k, t in enumerate(self.types)}
+        for jp in plan.jobs:
+            j = names.get(jp.name)
+            if j is None or not jp.running or jp.gpu_type not in types:
+                continue
+            ti = types[jp.gpu_type]
+            if len(jp.sites) == 1:
+                (site, n), = jp.sites.items()
+                g = self.group_of.get((j, ti, n))
+                i = self.model.sites.index(site)
+                if g is not None and np.isfinite(self.groups[g][1][j, i]):
+                    out[j] = ("s", g, i)
+                continue
+            want = sorted((self.pool[(jp.gpu_type, self.model.sites.index(s))], n)
+                          for s, n in jp.sites.items())
+            for r in np.flatnonzero(self.mj == j):
+                got = sorted((int(p), int(n)) for p, n in zip(self.mp[r], self.mn[r]) if p >= 0)
+                if got == want:
+                    out[j] = ("m", int(r))
+                    break
+        return out
+
     def _single_ok(self, j: int) -> bool:
         return any(np.isfinite(V[j]).any() for _, V, _ in self.groups)
 
@@ -198,12 +227,14 @@ def columns(model: Model) -> _Columns:
 
 
 def throughput_bound(model: Model, *, rounds: int = ROUNDS, served: float | None = None,
-                     time_limit_s: float | None = None, cols: _Columns | None = None
-                     ) -> Bound:
+                     time_limit_s: float | None = None, cols: _Columns | None = None,
+                     plans: tuple = ()) -> Bound:
     """The bound of the module docstring for ``model.spec`` (throughput objective).
     ``served``: with it, the bound holds over the plans that start jobs of at least that
     total priority (the serve-first row, dual sigma). ``time_limit_s``: stop after the round
-    that passes it (the bound holds, but may be above the LP optimum: ``optimal`` False)."""
+    that passes it (the bound holds, but may be above the LP optimum: ``optimal`` False).
+    ``plans``: plans whose columns start the LP (they change how fast it converges, not the
+    bound)."""
     from ortools.linear_solver import pywraplp
 
     t0 = time.perf_counter()
@@ -266,10 +297,12 @@ def throughput_bound(model: Model, *, rounds: int = ROUNDS, served: float | None
             best_any = min(best_any, float(cols.price_all(lam, mu, 0.0 * pri)[0].sum()) + base)
         # the restricted columns' best at these prices: a job's column joins when it beats it
         joined = 0
-        if k == 1:  # each job's smallest column too: the restricted LP can serve them all
-            for j, key in enumerate(cols.smallest()):
-                if key is not None:
-                    add(j, key)
+        if k == 1:  # each job's smallest column too (the restricted LP can serve them
+            # all), and the columns of ``plans`` (a good start: fewer rounds)
+            for keys in [cols.smallest(), *(cols.of_plan(p) for p in plans)]:
+                for j, key in enumerate(keys):
+                    if key is not None:
+                        add(j, key)
         for j in range(cols.J):
             if arg[j] is not None and (k == 1 or red[j] > restricted_best[j] + 1e-7 *
                                        max(1.0, abs(red[j]))):

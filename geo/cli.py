@@ -88,6 +88,8 @@ def add_geo_parser(sub) -> None:
     s.add_argument("--token", default=None, help="require this token (default $GPUSCHED_TOKEN)")
     s.add_argument("--curve-secret", default=None, metavar="FILE",
                    help="encrypt with this CURVE secret key (see 'gpusched keys')")
+    s.add_argument("--max-connections", type=int, default=256, metavar="N",
+                   help="live client connections; more are refused at the handshake")
     s.add_argument("--solver", choices=SERVE_SOLVERS, default="auto",
                    help="auto: CP-SAT up to 200 jobs, decomposed above")
     su = gs.add_parser("submit", help="submit a job YAML to the geo service",
@@ -237,12 +239,15 @@ def _serve(args) -> int:
     from scheduler_daemon.transport.keys import read_key
     from scheduler_daemon.transport.sockets import check_endpoint
 
+    if args.max_connections < 1:
+        raise ValueError("--max-connections must be >= 1")
     endpoint = check_endpoint(args.endpoint or default_geo_endpoint())
     claim_endpoint(endpoint)  # before any work: a served endpoint is refused at once
     svc = GeoService(endpoint=endpoint,
                      state_path=args.state or default_state_path(), spec_path=args.spec,
                      token=_token(args), solver=args.solver,
-                     curve_secret=read_key(args.curve_secret) if args.curve_secret else None)
+                     curve_secret=read_key(args.curve_secret) if args.curve_secret else None,
+                     max_connections=args.max_connections)
     svc.install_signal_handlers()
     print(f"geo service on {svc.endpoint}, state {svc.state_path}", file=sys.stderr)
     svc.serve_forever()

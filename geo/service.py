@@ -8,6 +8,11 @@ nobody waits, takes the arrival fast path instead (``_arrive``: placed alone, th
 the change appended to the state's journal); the answer's ``path`` says which was used.
 Every request gets exactly one answer; a frame that does not decode gets an ERROR, never a
 crash. SIGTERM sets a flag; the loop exits cleanly.
+
+Bounds a peer cannot pass (issue 14): a frame over 4 MiB drops the connection (libzmq); a
+message over 4 parts or 8 MiB is read to its end without being kept and answered TOO_LARGE;
+connections over ``max_connections`` are refused at the handshake by a ZAP handler that counts
+live connections through the socket's monitor.
 """
 from __future__ import annotations
 
@@ -65,6 +70,8 @@ from scheduler_daemon.transport.sockets import make_socket, runtime_dir
 
 log = logging.getLogger("geo.service")
 MAX_FRAME = 4 * 1024 * 1024  # a job or an event is small; bigger frames are refused by libzmq
+MAX_PARTS = 4                # identity, a REQ peer's delimiter, type, body
+MAX_MESSAGE = 2 * MAX_FRAME
 JOURNAL_MAX = 1000  # arrivals journaled before a submit saves the whole state (idle saves too)
 
 __all__ = ["GeoService", "GeoClient", "GeoRefused", "GeoServiceError", "claim_endpoint",
@@ -135,9 +142,11 @@ def claim_endpoint(endpoint: str) -> None:
 class GeoService:
     def __init__(self, endpoint: str, state_path: str, spec_path: str | None = None,
                  token: str = "", solver: str = "auto", objective: str | None = None,
-                 curve_secret: bytes | None = None):
+                 curve_secret: bytes | None = None, max_connections: int = 256):
         self.endpoint, self.state_path, self.token = endpoint, state_path, token
         self.curve_secret = curve_secret
+        self.max_connections = max_connections
+        self._live = 0  # connections accepted and not yet closed (the monitor's count)
         self._stop = False
         self._lock = lock_state(state_path)  # before the state is read: one service per state
         try:
@@ -233,6 +242,28 @@ class GeoService:
             log.exception("geo: request %d failed", req_id)
             return encode(Error(req_id, "INTERNAL", f"{type(e).__name__}: {e}"))
 
+    # -- connections ------------------------------------------------------------------------
+    def _count_connections(self, monitor) -> None:
+        from zmq.utils.monitor import recv_monitor_message
+        while monitor.poll(0):
+            ev = recv_monitor_message(monitor)["event"]
+            self._live += 1 if ev == zmq.EVENT_ACCEPTED else -1 if self._live else 0
+
+    def _on_zap(self, zap) -> None:
+        """ZAP (RFC 27): admit a new connection unless ``max_connections`` are live."""
+        while True:
+            try:
+                req = zap.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            # [peer, b"", version, request id, domain, address, identity, mechanism, *creds]
+            ok = self._live <= self.max_connections
+            if not ok:
+                log.warning("geo: refused a connection: %d live (limit %d)", self._live,
+                            self.max_connections)
+            zap.send_multipart(req[:2] + [req[2], req[3], b"200" if ok else b"400",
+                                          b"OK" if ok else b"too many connections", b"", b""])
+
     def _fleet_model(self) -> Model:
         """A Model of the state's fleet, kept while the sites are the same objects: the fast
         path shares them (a new jobs list only); every event works on a copy, so a new one."""
@@ -307,10 +338,14 @@ class GeoService:
     def serve_forever(self, poll_ms: int = 200) -> None:
         claim_endpoint(self.endpoint)
         ctx = zmq.Context()
+        zap = ctx.socket(zmq.ROUTER)  # bound before the socket, so no connection gets past it
+        zap.linger = 0
+        zap.bind("inproc://zeromq.zap.01")
         try:
             sock = make_socket(ctx, zmq.ROUTER, self.endpoint, bind=True, max_frame=MAX_FRAME,
-                               curve_secret=self.curve_secret)
+                               curve_secret=self.curve_secret, zap=True)
         except zmq.ZMQError as e:
+            zap.close(0)
             ctx.term()
             self.close()
             raise GeoServiceError(f"cannot serve {self.endpoint}: {e.strerror}: stop what "
@@ -319,27 +354,42 @@ class GeoService:
         mine = os.stat(ipc).st_ino if ipc and os.path.exists(ipc) else None
         log.info("geo: serving on %s (state %s)", self.endpoint, self.state_path)
         self._serving = True
+        monitor = sock.get_monitor_socket(zmq.EVENT_ACCEPTED | zmq.EVENT_DISCONNECTED)
+        poller = zmq.Poller()
+        for s in (monitor, zap, sock):   # closes counted before the handshakes they free
+            poller.register(s, zmq.POLLIN)
         gc.collect()
         gc.freeze()  # the state is long-lived (see handle)
         try:
             while not self._stop:
-                if not sock.poll(poll_ms):
-                    if self._dirty:  # idle: the journal's arrivals into the state file, and
-                        self.compact()  # the garbage collected now rather than mid-request
+                ready = dict(poller.poll(poll_ms))
+                if monitor in ready or zap in ready:
+                    self._count_connections(monitor)
+                if zap in ready:
+                    self._on_zap(zap)
+                if sock not in ready:
+                    if not ready and self._dirty:  # idle: the journal's arrivals into the
+                        self.compact()  # state file, the garbage collected now, not mid-request
                         gc.collect()
                         gc.freeze()
                         self._dirty = False
                     continue
                 self._dirty = True
-                frames = sock.recv_multipart(copy=True)
-                ident, body = frames[0], frames[1:]
-                if body and body[0] == b"":  # a REQ peer's empty delimiter
-                    reply = [b""] + self.handle(body[1:])
+                ident, body, parts, size = _recv_bounded(sock)
+                delim = [b""] if body and body[0] == b"" else []  # a REQ peer's delimiter
+                if parts > MAX_PARTS or size > MAX_MESSAGE:
+                    log.warning("geo: refused a message of %d parts, %d bytes", parts, size)
+                    reply = encode(Error(0, "TOO_LARGE", f"a message of {parts} parts and "
+                                         f"{size} bytes; a request is (type, body) within "
+                                         f"{MAX_MESSAGE} bytes"))
                 else:
-                    reply = self.handle(body)
-                sock.send_multipart([ident, *reply])
+                    reply = self.handle(body[len(delim):])
+                sock.send_multipart([ident, *delim, *reply])
         finally:
             self.compact()
+            sock.disable_monitor()
+            monitor.close(0)
+            zap.close(0)
             sock.close(0)
             ctx.term()
             try:  # only our own socket file: never one another process bound since
@@ -349,6 +399,21 @@ class GeoService:
                 pass
             self.close()
             log.info("geo: stopped")
+
+
+def _recv_bounded(sock) -> tuple[bytes, list[bytes], int, int]:
+    """One message: (identity, the first parts after it, parts in all, bytes in all); parts
+    past MAX_PARTS are read and dropped, never kept."""
+    ident = sock.recv()
+    body: list[bytes] = []
+    parts, size = 1, len(ident)
+    while sock.getsockopt(zmq.RCVMORE):
+        f = sock.recv()
+        parts += 1
+        size += len(f)
+        if parts <= MAX_PARTS and size <= MAX_MESSAGE:
+            body.append(f)
+    return ident, body, parts, size
 
 
 CONNECT_TIMEOUT_S = 2.0

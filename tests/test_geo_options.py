@@ -187,3 +187,18 @@ def test_infeasible_only_when_no_combination_can_host_it(spec):
     if not o.candidates:
         assert o.reason.split(":")[0] in ("capacity", "deadline", "budget")
         assert "stopped after" not in o.reason  # the search was complete
+
+
+def test_unequal_pipeline_step_by_hand():
+    """Stages of 48 and 16 GPUs: layers 3:1, so compute balances at W / (64 F mfu) times the
+    bubble; the 48-GPU stage all-reduces 3/4 of the gradients inside its site; one boundary."""
+    spec = parse_spec(THREE)
+    m = Model(spec)
+    job = spec.jobs[0]
+    c = multi_site(m, job, "pipeline", ["a", "b"], "H100", [48, 16])
+    W, G, mb = 6 * 3e10 * 2e6, 3e10 * 2, job.microbatches
+    comp = W / (64 * 989e12 * 0.4) * (1 + 1 / mb)
+    stage = cm.ring_allreduce_s(G * 48 / 64, 48, 50e9, 1e-5)
+    act = 2e6 * job.hidden_size * 2 / mb
+    boundary = 2 * mb * (0.005 + act / (100e9 / 8))
+    assert c.iteration_s == pytest.approx(comp + stage + boundary)
