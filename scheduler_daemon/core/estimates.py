@@ -23,16 +23,16 @@ class DurationEstimates:
 
     def _add(self, i: int, delta: float) -> None:
         i += 1
-        tree, n = self._tree, self._n
+        n = self._n
         while i <= n:
-            tree[i] += delta
+            self._tree[i] += delta
             i += i & -i
 
     def _prefix(self, i: int) -> float:
         """Sum of estimates of positions [0, i)."""
-        s, tree = 0.0, self._tree
+        s = 0.0
         while i > 0:
-            s += tree[i]
+            s += self._tree[i]
             i -= i & -i
         return s
 

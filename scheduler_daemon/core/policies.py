@@ -7,12 +7,12 @@ least slack ``deadline - now - remaining`` orders the same as ``deadline - remai
 from __future__ import annotations
 
 from scheduler_daemon.core.jobs import Job
-from scheduler_daemon.core.queues import FairQueue, HeapQueue
+from scheduler_daemon.core.queues import FairQueue, HeapQueue, KeyOrder
 
 LATE_PENALTY = 1e12  # flagged (hopeless) jobs sort after every job that can still make it
 
 
-class Policy:
+class Policy(KeyOrder):
     # (class attributes, read once by the core; no annotations: compiled, an annotated class
     # attribute would become a typed instance field)
     name = "base"
@@ -37,7 +37,7 @@ class Policy:
         return now + job.remaining_s() > job.deadline
 
     def make_queue(self):
-        return HeapQueue(self.key)
+        return HeapQueue(self)   # ordered by self.key
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}()"
@@ -76,7 +76,7 @@ class Paella(Srpt):
         self.threshold = threshold
 
     def make_queue(self):
-        return FairQueue(self.key, self.threshold)
+        return FairQueue(self, self.threshold)
 
 
 class Slo(Policy):

@@ -5,12 +5,19 @@ entry is skipped when it surfaces.
 """
 from __future__ import annotations
 
-from heapq import heapify, heappop, heappush
 from typing import Callable, Iterator
 
 from scheduler_daemon.core.jobs import Job
 
 KeyFn = Callable[[Job, float], float]
+
+
+class KeyOrder:
+    """Orders jobs: ``key(job, now)``, smaller first. The policies are key orders; a ready queue
+    made from one calls its ``key`` directly (compiled: a C call, not a bound method's)."""
+
+    def key(self, job: Job, now: float) -> float:
+        raise NotImplementedError
 
 
 class ReadyQueue:
@@ -35,10 +42,61 @@ class ReadyQueue:
         raise NotImplementedError
 
 
+class _Entry:
+    """A heap entry: the job's key when pushed, the push order, the job's queue version."""
+
+    __slots__ = ("job", "key", "qseq", "seq")
+
+
+def _entry_push(heap: list, e: _Entry) -> int:
+    """heapq.heappush by (key, seq), the comparison written out (compiled: C comparisons)."""
+    heap.append(e)
+    pos = len(heap) - 1
+    while pos > 0:
+        parentpos = (pos - 1) >> 1
+        parent = heap[parentpos]
+        if e.key < parent.key or (e.key == parent.key and e.seq < parent.seq):
+            heap[pos] = parent
+            pos = parentpos
+            continue
+        break
+    heap[pos] = e
+    return 0
+
+
+def _entry_pop(heap: list) -> _Entry:
+    """heapq.heappop by (key, seq)."""
+    last = heap.pop()
+    if not heap:
+        return last
+    ret = heap[0]
+    n = len(heap)
+    pos = 0
+    child = 1
+    while child < n:
+        right = child + 1
+        c = heap[child]
+        if right < n:
+            r = heap[right]
+            if r.key < c.key or (r.key == c.key and r.seq < c.seq):
+                child = right
+                c = r
+        if c.key < last.key or (c.key == last.key and c.seq < last.seq):
+            heap[pos] = c
+            pos = child
+            child = 2 * pos + 1
+        else:
+            break
+    heap[pos] = last
+    return ret
+
+
 class HeapQueue(ReadyQueue):
-    def __init__(self, key: KeyFn):
+    def __init__(self, key: KeyOrder | KeyFn):
+        """``key``: a ``KeyOrder`` (a policy) or a function ``(job, now) -> float``."""
+        self._order = key if isinstance(key, KeyOrder) else None
         self._key = key
-        self._heap: list[tuple[float, int, int, Job]] = []
+        self._heap: list[_Entry] = []
         self._counter = 0
         self._live = 0
 
@@ -49,7 +107,13 @@ class HeapQueue(ReadyQueue):
         """Queue ``job``, or re-key it if it is queued already."""
         job.qseq += 1
         self._counter += 1
-        heappush(self._heap, (self._key(job, now), self._counter, job.qseq, job))
+        e = _Entry.__new__(_Entry)
+        order = self._order
+        e.key = order.key(job, now) if order is not None else self._key(job, now)
+        e.seq = self._counter
+        e.qseq = job.qseq
+        e.job = job
+        _entry_push(self._heap, e)
         if not job.in_queue:
             job.in_queue = True
             self._live += 1
@@ -57,20 +121,20 @@ class HeapQueue(ReadyQueue):
     def peek(self) -> Job | None:
         heap = self._heap
         while heap:
-            entry = heap[0]
-            job = entry[3]
-            if entry[2] == job.qseq and job.in_queue:
+            e = heap[0]
+            job = e.job
+            if e.qseq == job.qseq and job.in_queue:
                 return job
-            heappop(heap)
+            _entry_pop(heap)
         return None
 
     def head_key(self) -> float:
-        return self._heap[0][0] if self.peek() is not None else float("inf")
+        return self._heap[0].key if self.peek() is not None else float("inf")
 
     def pop(self) -> Job | None:
         job = self.peek()
         if job is not None:
-            heappop(self._heap)
+            _entry_pop(self._heap)
             job.in_queue = False
             self._live -= 1
         return job
@@ -82,13 +146,15 @@ class HeapQueue(ReadyQueue):
             job.in_queue = False
             self._live -= 1
             if len(self._heap) > 2 * self._live + 1024:  # dead entries would pin their jobs
-                self._heap = [e for e in self._heap if e[2] == e[3].qseq and e[3].in_queue]
-                heapify(self._heap)
+                live = [e for e in self._heap if e.qseq == e.job.qseq and e.job.in_queue]
+                self._heap = []
+                for e in live:
+                    _entry_push(self._heap, e)
 
     def jobs(self) -> Iterator[Job]:
-        for _, _, seq, job in self._heap:
-            if seq == job.qseq and job.in_queue:  # one live entry per job
-                yield job
+        for e in self._heap:
+            if e.qseq == e.job.qseq and e.job.in_queue:  # one live entry per job
+                yield e.job
 
 
 class FairQueue(ReadyQueue):
@@ -101,7 +167,7 @@ class FairQueue(ReadyQueue):
     are gone).
     """
 
-    def __init__(self, key: KeyFn, threshold: float):
+    def __init__(self, key: KeyOrder | KeyFn, threshold: float):
         self._key = key
         self._threshold = threshold
         self._by_type: dict[int, HeapQueue] = {}

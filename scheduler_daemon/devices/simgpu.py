@@ -125,6 +125,28 @@ class _Kernel:
         self.stream = job.stream
 
 
+def _new_kernel(job: Job, info: _KInfo, qi: int, pred: _Kernel | None) -> _Kernel:
+    """``_Kernel(job, info.shape, ...)`` without the call's argument parsing."""
+    kern = _Kernel.__new__(_Kernel)
+    kern.job = job
+    kern.shape = info.shape
+    kern.grid = info.grid
+    kern.left = info.grid
+    kern.running = 0
+    kern.block_work = info.block_work
+    kern.bw = info.mem_frac / info.resident
+    kern.cw = info.comp_frac / info.resident
+    kern.mem_frac = info.mem_frac
+    kern.comp_frac = info.comp_frac
+    kern.start = None
+    kern.qi = qi
+    kern.pred = pred
+    kern.done = False
+    kern.arrived = 0.0
+    kern.stream = job.stream
+    return kern
+
+
 class _Group:
     """Blocks of one kernel dispatched together: they finish together at ``end``. Their
     per-SM counts are row ``slot`` of the device's slab."""
@@ -141,7 +163,19 @@ class _Group:
         self.seq = 0
 
 
-def _group_push(heap: list, g: _Group) -> None:
+def _new_group(kern: _Kernel, slot: int, n: int, begin: float) -> _Group:
+    g = _Group.__new__(_Group)
+    g.kern = kern
+    g.slot = slot
+    g.n = n
+    g.begin = begin
+    g.end = 0.0
+    g.ideal = 0.0
+    g.seq = 0
+    return g
+
+
+def _group_push(heap: list, g: _Group) -> int:
     """heapq.heappush by (end, seq), with the comparison inline."""
     heap.append(g)
     pos = len(heap) - 1
@@ -154,6 +188,7 @@ def _group_push(heap: list, g: _Group) -> None:
             continue
         break
     heap[pos] = g
+    return 0
 
 
 def _group_pop(heap: list) -> _Group:
@@ -204,9 +239,11 @@ class _SimGpuBase:
         self._freebuf = array("q", [spec.threads_per_sm] * sms + [spec.blocks_per_sm] * sms
                               + [spec.regs_per_sm] * sms + [spec.smem_per_sm] * sms)
         self._free = self._freebuf
-        self._fit = array("q", bytes(8 * sms))           # scratch: blocks each SM can take
+        self._fitbuf = array("q", bytes(8 * sms))       # scratch: blocks each SM can take
+        self._fit = self._fitbuf
         self._counts = array("q", bytes(8 * (spec.blocks_per_sm + 2)))  # scratch: histogram
-        self._slab = array("q", bytes(8 * sms * 64))     # per-SM blocks of dispatched groups
+        self._slabbuf = array("q", bytes(8 * sms * 64))  # per-SM blocks of dispatched groups
+        self._slab = self._slabbuf
         self._slots = list(range(63, -1, -1))            # free rows of the slab
         self._nslots = 64
         self.queues: list[deque[_Kernel]] = [deque() for _ in range(hw_queues)]
@@ -320,7 +357,7 @@ class _SimGpuBase:
         """Blocks of kernel spec ``k`` (or of a ``_Shape``) each SM could take now."""
         shape = k if isinstance(k, _Shape) else self._shape(k)
         self._fit_into(shape)
-        return np.array(self._fit, dtype=np.int64)
+        return np.array(self._fitbuf, dtype=np.int64)
 
     def fits_now(self, k) -> bool:
         """Whether the SMs could take all blocks of kernel spec ``k`` now (a full wave of a
@@ -360,21 +397,23 @@ class _SimGpuBase:
         k = job.model.kernels[job.cur]
         info = self._info(k)
         if info.shape.cap == 0:  # reported asynchronously, like a CUDA launch error
-            self.env.schedule(0.0, lambda: self.on_fail(
-                job, self.env.now, f"kernel {k.name}: launch shape does not fit an SM"))
+            self.env.call_at(self.env.now, self._launch_failed, (job, k.name))
             return
         stream = job.stream
         pred = self._tails.get(stream)
         if pred is not None and pred.done:
             pred = None
-        kern = _Kernel(job, info.shape, info.grid, info.block_work, info.resident,
-                       info.mem_frac, info.comp_frac, stream % self._nq, pred)
+        kern = _new_kernel(job, info, stream % self._nq, pred)
         self._tails[stream] = kern
         if self.launch_delay > 0:   # R7: it reaches the hardware queue later
             env = self.env
             env.call_at(env.now + self.launch_delay, self._arrive_cb, kern)
         else:
             self._arrive(kern)
+
+    def _launch_failed(self, what: tuple) -> None:
+        job, name = what
+        self.on_fail(job, self.env.now, f"kernel {name}: launch shape does not fit an SM")
 
     def _arrive(self, kern: _Kernel) -> None:
         now = self.env.now
@@ -447,7 +486,8 @@ class _SimGpuBase:
     def _take_slot(self) -> int:
         if not self._slots:   # grow the slab
             old = self._nslots
-            self._slab = self._slab + array("q", bytes(8 * self._sms * old))
+            self._slabbuf = self._slabbuf + array("q", bytes(8 * self._sms * old))
+            self._slab = self._slabbuf
             self._slots = list(range(2 * old - 1, old - 1, -1))
             self._nslots = 2 * old
         return self._slots.pop()
@@ -455,7 +495,7 @@ class _SimGpuBase:
     def _take(self, g: _Group) -> np.ndarray:
         """Blocks per SM that group ``g`` holds."""
         base = g.slot * self._sms
-        return np.array(self._slab[base:base + self._sms], dtype=np.int64)
+        return np.array(self._slabbuf[base:base + self._sms], dtype=np.int64)
 
     def _dispatch(self, now: float, base: float | None = None) -> list:
         """R2-R4: serve the hardware queues round-robin. A queue's first kernel, unless it
@@ -507,7 +547,7 @@ class _SimGpuBase:
                 else:
                     self._spread(n)
                 slot = self._take_slot()
-                slab = self._slab
+                slab = self._slab                 # (the slab may have grown)
                 row = slot * sms
                 threads, regs, smem = shape.threads, shape.regs, shape.smem
                 for s in range(sms):
@@ -530,7 +570,7 @@ class _SimGpuBase:
                     self._grids += 1
                 self._demand_m += n * head.bw
                 self._demand_c += n * head.cw
-                placed.append(_Group(head, slot, n, begin))
+                placed.append(_new_group(head, slot, n, begin))
                 self._rr = (qi + 1) % nq
                 if head.left:
                     break                      # no room for the rest of it: next queue

@@ -1,0 +1,7 @@
+# Cython declarations for gpu_specs.py (augmenting .pxd: the .py is the source; see
+# tools/build_sim.py). Resources is a C struct of four counters when compiled.
+cdef class Resources:
+    cdef readonly long long threads, blocks, regs, smem
+    cpdef bint fits_with(self, Resources used, Resources cap)
+    cpdef Resources plus(self, Resources o)
+    cpdef Resources minus(self, Resources o)

@@ -1,0 +1,44 @@
+# Cython declarations for scheduler.py (augmenting .pxd; tools/build_sim.py).
+cimport cython
+
+from scheduler_daemon.core.gpu_specs cimport Resources
+from scheduler_daemon.core.jobs cimport Job, ModelEntry
+from scheduler_daemon.core.policies cimport Policy
+from scheduler_daemon.core.queues cimport ReadyQueue
+
+cdef class SchedulerCore:
+    cdef public Policy policy
+    cdef public object fits
+    cdef public Resources capacity
+    cdef public long max_extra
+    cdef public bint shed, bounded
+    cdef public long long max_out
+    cdef public ReadyQueue queue
+    cdef readonly long long _used_threads, _used_blocks, _used_regs, _used_smem
+    cdef public long extra, inflight
+    cdef list _finished
+    cdef dict _type_ids
+    cdef long long _streams
+    cdef dict _tenant_streams, _holders, _parked
+    cdef bint _checks_slack, _admission
+    cdef object _gate
+    cdef int _stream_mode
+
+    cpdef add(self, Job job, double now)
+    cpdef bint abort(self, Job job, double now, state=*) except -1
+    @cython.locals(queue=ReadyQueue, policy=Policy, job=Job, demand=Resources, cap=Resources)
+    cpdef Job next_dispatch(self, double now)
+    cdef list _slots(self, gate, Job job)
+    cdef bint _fits_sms(self, Job job) except -1
+    cpdef on_started(self, Job job, double now)
+    cdef Job _dispatch(self, Job job, double now)
+    cdef long long _stream(self, Job job) except? -1
+    @cython.locals(idx=long)
+    cpdef on_complete(self, Job job, double now, double duration_s)
+    cpdef on_fail(self, Job job, double now, error)
+    @cython.locals(demand=Resources)
+    cdef _release(self, Job job, long idx)
+    cdef _end(self, Job job, state, double now)
+    cdef _release_gate(self, Job job, double now)
+    cpdef bint has_finished(self)
+    cpdef list drain_finished(self)

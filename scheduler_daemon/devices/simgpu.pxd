@@ -1,0 +1,130 @@
+# Cython declarations for simgpu.py (augmenting .pxd: the .py is the source and runs as it is
+# where this is not compiled; tools/build_sim.py). Per-SM arrays are typed memoryviews over the
+# same array('q') buffers, so the placement loops are C loops.
+cimport cython
+
+from scheduler_daemon.clock cimport Environment, Timer
+from scheduler_daemon.core.jobs cimport Job
+
+cdef class _Shape:
+    cdef public long long threads, regs, smem, cap, tried
+
+cdef class _KInfo:
+    cdef public object spec
+    cdef public _Shape shape
+    cdef public long long grid, resident
+    cdef public double block_work, mem_frac, comp_frac
+
+cdef class _Kernel:
+    cdef public Job job
+    cdef public _Shape shape
+    cdef public long long grid, left, running
+    cdef public double block_work, bw, cw, mem_frac, comp_frac
+    cdef public object start
+    cdef public Py_ssize_t qi
+    cdef public _Kernel pred
+    cdef public bint done
+    cdef public double arrived
+    cdef public long long stream
+
+cdef class _Group:
+    cdef public double end
+    cdef public long long seq
+    cdef public _Kernel kern
+    cdef public Py_ssize_t slot
+    cdef public long long n
+    cdef public double ideal, begin
+
+@cython.locals(kern=_Kernel)
+cdef _Kernel _new_kernel(Job job, _KInfo info, Py_ssize_t qi, _Kernel pred)
+@cython.locals(g=_Group)
+cdef _Group _new_group(_Kernel kern, Py_ssize_t slot, long long n, double begin)
+@cython.locals(pos=Py_ssize_t, parentpos=Py_ssize_t, parent=_Group)
+cdef int _group_push(list heap, _Group g) except -1
+@cython.locals(pos=Py_ssize_t, child=Py_ssize_t, right=Py_ssize_t, n=Py_ssize_t, c=_Group,
+               r=_Group, last=_Group, ret=_Group)
+cdef _Group _group_pop(list heap)
+
+cdef class _SimGpuBase:
+    cdef public object spec
+    cdef public double speed, quantum, launch_delay
+    cdef public object limits
+    cdef readonly Py_ssize_t _sms
+    cdef long long _max_grids
+    cdef object _freebuf, _fitbuf, _slabbuf
+    cdef long long[::1] _free
+    cdef long long[::1] _fit
+    cdef long long[::1] _counts
+    cdef long long[::1] _slab
+    cdef list _slots
+    cdef Py_ssize_t _nslots
+    cdef public list queues
+    cdef Py_ssize_t _nq
+    cdef unsigned long long _nonempty, _ready, _waiting
+    cdef readonly dict _tails
+    cdef readonly list _finishing
+    cdef long long _seq
+    cdef double _timer_at
+    cdef Timer _timer
+    cdef double _demand_m, _demand_c
+    cdef readonly long long _grids
+    cdef dict _shapes, _infos
+    cdef double _last
+    cdef Py_ssize_t _rr
+    cdef long long _sm_rr
+    cdef readonly long long _threads_used, _threads_total
+    cdef readonly bint _dispatch_due
+    cdef long long _gen
+    cdef public Environment env
+    cdef public object on_complete, on_fail, on_started
+    cdef object _arrival_cb, _arrive_cb, _timer_cb
+    cdef public long long kernels_done
+    cdef public double busy_s, comp_s, mem_s
+
+    cpdef _Shape _shape(self, k)
+    @cython.locals(got=_KInfo)
+    cpdef _KInfo _info(self, k)
+    @cython.locals(free=cython.longlong[::1], fit=cython.longlong[::1], sms=Py_ssize_t, threads=cython.longlong,
+                   regs=cython.longlong, smem=cython.longlong, total=cython.longlong,
+                   s=Py_ssize_t, f=cython.longlong, x=cython.longlong)
+    cdef long long _fit_into(self, _Shape shape) except -1
+    @cython.locals(free=cython.longlong[::1], info=_KInfo, shape=_Shape, need=cython.longlong, sms=Py_ssize_t,
+                   threads=cython.longlong, regs=cython.longlong, smem=cython.longlong,
+                   total=cython.longlong, s=Py_ssize_t, f=cython.longlong, x=cython.longlong)
+    cpdef bint fits_now(self, k) except -1
+    @cython.locals(info=_KInfo, pred=_Kernel, kern=_Kernel, stream=cython.longlong,
+                   env=Environment)
+    cpdef launch(self, Job job)
+    @cython.locals(now=double, qi=Py_ssize_t, q=object, bit=cython.ulonglong)
+    cpdef _arrive(self, _Kernel kern)
+    cpdef _arrival_dispatch(self)
+    @cython.locals(dt=double)
+    cdef _advance(self, double now)
+    @cython.locals(fit=cython.longlong[::1], counts=cython.longlong[::1], sms=Py_ssize_t, top=Py_ssize_t, i=Py_ssize_t,
+                   s=Py_ssize_t,
+                   f=cython.longlong, level=cython.longlong, placed=cython.longlong,
+                   below=cython.longlong, ge=cython.longlong, rest=cython.longlong,
+                   start=cython.longlong, rank=cython.longlong, r=cython.longlong)
+    cdef _spread(self, long long n)
+    @cython.locals(old=Py_ssize_t)
+    cdef Py_ssize_t _take_slot(self) except -1
+    @cython.locals(free=cython.longlong[::1], fit=cython.longlong[::1], slab=cython.longlong[::1], queues=list,
+                   nq=Py_ssize_t, sms=Py_ssize_t, gen=cython.longlong, placed=list,
+                   started=list, t0=double, start=Py_ssize_t, visit=cython.ulonglong,
+                   i=Py_ssize_t, qi=Py_ssize_t, bit=cython.ulonglong, head=_Kernel,
+                   pred=_Kernel, shape=_Shape, total=cython.longlong, n=cython.longlong,
+                   slot=Py_ssize_t, row=Py_ssize_t, threads=cython.longlong,
+                   regs=cython.longlong, smem=cython.longlong, s=Py_ssize_t,
+                   b=cython.longlong, arrived=double, begin=double, over_m=double,
+                   over_c=double, quantum=double, g=_Group, ideal=double, end=double)
+    cpdef list _dispatch(self, double now, base=*)
+    @cython.locals(now=double, kern=_Kernel)
+    cdef _report_started(self, list started)
+    @cython.locals(at=double)
+    cdef _reschedule(self)
+    @cython.locals(free=cython.longlong[::1], slab=cython.longlong[::1],
+                   now=double, finishing=list, sms=Py_ssize_t, finished_kernels=list,
+                   freed_at=double, g=_Group, kern=_Kernel, shape=_Shape,
+                   threads=cython.longlong, regs=cython.longlong, smem=cython.longlong,
+                   row=Py_ssize_t, s=Py_ssize_t, b=cython.longlong, n=cython.longlong)
+    cpdef _on_timer(self)
