@@ -10,7 +10,7 @@ Every request gets exactly one answer; a frame that does not decode gets an ERRO
 crash. SIGTERM sets a flag; the loop exits cleanly.
 
 Bounds a peer cannot pass (issue 14): a frame over 4 MiB drops the connection (libzmq); a
-message over 4 parts or 8 MiB is read to its end without being kept and answered TOO_LARGE;
+message over 3 parts or 8 MiB is read to its end without being kept and answered TOO_LARGE;
 connections over ``max_connections`` are refused at the handshake by a ZAP handler that counts
 live connections through the socket's monitor.
 """
@@ -70,7 +70,7 @@ from scheduler_daemon.transport.sockets import make_socket, runtime_dir
 
 log = logging.getLogger("geo.service")
 MAX_FRAME = 4 * 1024 * 1024  # a job or an event is small; bigger frames are refused by libzmq
-MAX_PARTS = 4                # identity, a REQ peer's delimiter, type, body
+MAX_PARTS = 3                # a REQ peer's delimiter, type, body
 MAX_MESSAGE = 2 * MAX_FRAME
 JOURNAL_MAX = 1000  # arrivals journaled before a submit saves the whole state (idle saves too)
 
@@ -402,11 +402,11 @@ class GeoService:
 
 
 def _recv_bounded(sock) -> tuple[bytes, list[bytes], int, int]:
-    """One message: (identity, the first parts after it, parts in all, bytes in all); parts
-    past MAX_PARTS are read and dropped, never kept."""
+    """One message: (identity, the parts after it, their count and bytes); parts past the
+    limits are read and dropped, never kept."""
     ident = sock.recv()
     body: list[bytes] = []
-    parts, size = 1, len(ident)
+    parts = size = 0
     while sock.getsockopt(zmq.RCVMORE):
         f = sock.recv()
         parts += 1

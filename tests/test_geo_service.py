@@ -358,3 +358,41 @@ def test_sigkill_after_a_fast_path_submit_loses_nothing(service, tmp_path):
         assert st.events == 1 and st.plan.job("llm-3b-new").sites == r.plan.job("llm-3b-new").sites
     finally:
         stop(proc2)
+
+
+@pytest.mark.slow
+def test_whole_messages_and_connections_are_bounded(tmp_path):
+    """Issue 14 for the geo service: a message of too many parts or bytes is answered TOO_LARGE
+    without being kept, and connections past --max-connections are refused at the handshake
+    (a new one is let in once another closes)."""
+    import zmq
+    proc, ep, _ = start(tmp_path, "--max-connections", "2")
+    ctx = zmq.Context()
+
+    def dealer():
+        s = ctx.socket(zmq.DEALER)
+        s.linger = 0
+        s.connect(ep)
+        return s
+
+    def ask(s, frames, timeout_ms=5000):
+        s.send_multipart(frames)
+        return decode(s.recv_multipart(), REPLIES) if s.poll(timeout_ms) else None
+
+    status = [b"STATUS", msgspec.msgpack.encode({"req_id": 7})]
+    try:
+        a, b = dealer(), dealer()
+        many = ask(a, status + [b"x"] * 1000)
+        assert isinstance(many, Error) and many.code == "TOO_LARGE" and "1002 parts" in many.message
+        big = ask(a, [b"STATUS"] + [b"x" * (3 << 20)] * 3)
+        assert isinstance(big, Error) and big.code == "TOO_LARGE"
+        assert ask(a, status).req_id == 7 and ask(b, status).req_id == 7
+        c = dealer()                      # the third live connection
+        assert ask(c, status, timeout_ms=1500) is None
+        b.close()                         # room again for a new connection
+        time.sleep(0.2)
+        assert ask(dealer(), status).req_id == 7
+        assert "refused a connection: 3 live (limit 2)" in (tmp_path / "serve.log").read_text()
+    finally:
+        ctx.destroy(0)
+        stop(proc)
