@@ -251,7 +251,10 @@ def _invariant_case(steps: int, seed: int = 0) -> dict:
     per = 25
     while done < steps:
         solver = METHODS[k % len(METHODS)]
-        n, b = run_steps(seed + k, min(per, steps - done), solver)
+        try:
+            n, b = run_steps(seed + k, min(per, steps - done), solver)
+        except Exception as e:  # a crash is a broken invariant too: said, not fatal
+            n, b = 0, [f"{seed + k}/{solver}: {type(e).__name__}: {e}"]
         done += n
         bad += b
         by[solver] = by.get(solver, 0) + n

@@ -86,7 +86,8 @@ def random_spec(rng: random.Random) -> Spec:
              for i, a in enumerate(names) for b in names[i + 1:]]
     datasets = [Dataset(f"d{i}", float(rng.choice((10, 500, 4000))), rng.sample(names, 1))
                 for i in range(rng.randint(0, 2))]
-    jobs = [random_job(rng, f"j{i}", types, names, [d.name for d in datasets])
+    fleet = sorted({g.type for s in sites for g in s.gpus})  # a job's types: some site has one
+    jobs = [random_job(rng, f"j{i}", fleet, names, [d.name for d in datasets])
             for i in range(rng.randint(2, 9))]
     budget = rng.choice((40.0, 150.0, 600.0)) if rng.random() < 0.33 else None
     return Spec(sites=sites, jobs=jobs, links=links, datasets=datasets,
