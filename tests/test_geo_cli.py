@@ -85,6 +85,15 @@ def test_second_geo_serve_refused_and_the_first_keeps_serving(tmp_path):
         assert os.path.exists(tmp_path / "geo.sock")
         with GeoClient(f"ipc://{tmp_path}/geo.sock") as c:
             assert c.status().plan is not None
+        # (b) through the CLI: a job no site can ever run is refused, naming its file's line
+        bad = tmp_path / "h200.yaml"
+        bad.write_text(H200_JOB)
+        r = subprocess.run([sys.executable, "-m", "gpusched.cli", "geo", "submit", str(bad),
+                            "--endpoint", f"ipc://{tmp_path}/geo.sock"], capture_output=True,
+                           text=True, timeout=120, cwd=ROOT)
+        assert r.returncode == 2
+        assert r.stderr.startswith(f"gpusched geo: error: {bad}:6: gpu_types: no site has "
+                                   f"H200 GPUs"), r.stderr
     finally:
         first.send_signal(signal.SIGTERM)
         assert first.wait(timeout=20) == 0
