@@ -14,6 +14,7 @@ from scheduler_daemon.clock import Environment
 from scheduler_daemon.core.gpu_specs import gpu_spec
 from scheduler_daemon.devices.simgpu import SimGpu
 from scheduler_daemon.server.config import DaemonConfig, DaemonLimits
+from scheduler_daemon.server.compiler import Compiler
 from scheduler_daemon.server.server import Server
 from scheduler_daemon.wire import protocol as P
 
@@ -25,6 +26,9 @@ class Harness:
                                    limits=DaemonLimits(**limits), **options)
         self.env = Environment()
         self.device = device or SimGpu(gpu_spec(self.config.gpu_spec))
+        # CUDA source compiled in this process, at once (tests/test_cuda_sandbox.py has the
+        # sandboxed child and the compiler's threads)
+        compiler = compiler or Compiler(_compile_here, inline=True)
         self.server = Server(self.config, self.device, self.env, admission, compiler)
         self.inbox: dict[bytes, list] = defaultdict(list)
 
@@ -119,3 +123,8 @@ class Harness:
 
     def close(self) -> None:
         self.server.close()
+
+
+def _compile_here(model, arch):
+    from scheduler_daemon.cuda.build import compile_model
+    return compile_model(model, arch)
