@@ -1,11 +1,16 @@
 """The services a cluster serves in the benchmark and the simulation, and the kernels a client
 registers for a placed model.
 
-A placed replica names a zoo model and a batch size; on a daemon of GPU type ``T`` its jobs are
-that model's kernels at that batch on ``T`` (``profilers.zoo``, the fused engine), merged into
-``STEPS`` consecutive steps (durations summed, the launch shape of each step's longest kernel):
-the same work with a few kernel notices per job, so six live daemons and a load generator fit on
-a two-core machine and a thousand simulated GPUs fit in a minute.
+A placed replica names a zoo model and a batch size; on a daemon of GPU type ``T`` one job is one
+batch: that model's kernels at that batch on ``T`` (``profilers.zoo``, PyTorch's eager kernels,
+whose solo latency is the profile placement and admission use), merged into ``STEPS``
+consecutive steps (durations summed, the launch shape of each step's longest kernel): the same
+work with a few kernel notices per job, so six live daemons and a load generator fit on a
+two-core machine and a thousand simulated GPUs fit in a minute.
+
+Two SLOs: a job's (one batch, from submit to answer: ``SLO_FACTOR`` times its solo latency,
+what goodput counts) and a placed replica's (a request's, which also waits for its batch to
+fill: the job's SLO plus the fill time at the replica's rate, what admission checks).
 """
 from __future__ import annotations
 
@@ -28,7 +33,7 @@ BENCH_GPU = "T4"
 def model_kernels(zoo_model: str, batch: int, gpu: str, steps: int = STEPS) -> tuple[KernelSpec, ...]:
     """The kernels one job of ``zoo_model`` at ``batch`` runs on a ``gpu`` (a preset name)."""
     from profilers import zoo
-    ks = zoo.zoo_kernels(zoo_model, batch, gpu, "fp16", engine="fused")
+    ks = zoo.zoo_kernels(zoo_model, batch, gpu, "fp16", engine="eager")
     return coarsen(ks, steps, prefix=f"{zoo_model}-b{batch}")
 
 
@@ -64,7 +69,17 @@ class Service:
 
     @property
     def slo_ms(self) -> float:
+        """A job's SLO (one batch, submit to answer)."""
         return round(self.solo_s * 1e3 * SLO_FACTOR, 3)
+
+    def replica(self, jobs_per_s: float):
+        """The replica to admit for ``jobs_per_s`` jobs (batches) a second: its request rate,
+        and its request SLO (the job's plus the time a batch takes to fill at that rate)."""
+        from gpusched.cluster.recovery import Rep
+        rate = jobs_per_s * self.batch
+        fill_ms = (self.batch - 1) / rate * 1e3 if rate > 0 else 0.0
+        return Rep(self.name, self.zoo_model, self.batch, round(rate, 3),
+                   round(self.slo_ms + fill_ms, 3))
 
 
 def bench_services(gpu: str = BENCH_GPU) -> tuple[Service, ...]:
