@@ -1,8 +1,9 @@
 """Open-loop load generator: N client processes submit a workload's jobs at Poisson times.
 
 Each client is a separate process (``python -m gpusched.loadgen WORKER-JSON``) that prints one
-JSON line of results; the parent aggregates per tenant. Latency is measured by the clients,
-from submit to answer.
+JSON line of results; the parent aggregates per tenant. Every job's latency is kept on both
+clocks (docs/protocol.md, "Latency and SLO attainment"): the client's, submit() to answer, and
+the daemon's ``total_ms`` from its DONE.
 """
 from __future__ import annotations
 
@@ -13,9 +14,8 @@ import sys
 import time
 from dataclasses import asdict, dataclass
 
-import numpy as np
-
 from gpusched.workloads import workload
+from scheduler_daemon.wire.latency import attainment, missed_slo, percentile
 
 
 @dataclass
@@ -34,7 +34,7 @@ class WorkerConfig:
 def run_worker(cfg: WorkerConfig) -> dict:
     from concurrent.futures import TimeoutError as FutureTimeout
 
-    from client_lib import Client, GpuschedError
+    from client_lib import Client, GpuschedError, JobCancelled, JobFailed, JobShed
 
     load = workload(cfg.workload)[cfg.tenant_index]
     rng = random.Random(cfg.seed)
@@ -56,32 +56,56 @@ def run_worker(cfg: WorkerConfig) -> dict:
             else:
                 c.poll(min(t_next, end) - now)
         deadline = time.perf_counter() + cfg.drain_s
-        lat, failed, met, errors = [], 0, 0, {}
+        lat, dlat, errors = [], [], {}
+        missed = {"client": 0, "daemon": 0}   # wire/latency.py: who missed, by whose clock
+        ended = {"client": 0, "daemon": 0}
         for f in futs:
             try:
                 r = f.result(timeout=max(0.0, deadline - time.perf_counter()))
-                lat.append(r.latency_ms)
-                met += (load.slo_ms <= 0 or r.latency_ms <= load.slo_ms)
-            except (GpuschedError, FutureTimeout) as e:
-                failed += 1
+            except JobCancelled as e:  # ended by someone else: neither a hit nor a miss
                 errors[type(e).__name__] = errors.get(type(e).__name__, 0) + 1
+                continue
+            except (JobShed, JobFailed) as e:  # the daemon answered: a miss on both clocks
+                errors[type(e).__name__] = errors.get(type(e).__name__, 0) + 1
+                for side in ("client", "daemon"):
+                    ended[side] += 1
+                    missed[side] += missed_slo("failed", 0.0, load.slo_ms)
+                continue
+            except (GpuschedError, FutureTimeout) as e:  # no answer: a miss for the client
+                errors[type(e).__name__] = errors.get(type(e).__name__, 0) + 1
+                ended["client"] += 1
+                missed["client"] += missed_slo("failed", 0.0, load.slo_ms)
+                continue
+            lat.append(r.latency_ms)
+            dlat.append(r.total_ms)
+            for side, ms in (("client", r.latency_ms), ("daemon", r.total_ms)):
+                ended[side] += 1
+                missed[side] += missed_slo("done", ms, load.slo_ms)
     return {"tenant": load.tenant, "slo_ms": load.slo_ms, "submitted": len(futs),
-            "completed": len(lat), "failed": failed, "slo_met": met, "latencies_ms": lat,
-            "errors": errors}
+            "completed": len(lat), "failed": len(futs) - len(lat), "missed": missed,
+            "ended": ended, "latencies_ms": lat, "daemon_ms": dlat, "errors": errors}
 
 
 def summarize(name: str, rows: list[dict]) -> dict:
-    lat = np.array([x for r in rows for x in r["latencies_ms"]], dtype=float)
-    submitted = sum(r["submitted"] for r in rows)
-    return {
-        "tenant": name,
-        "submitted": submitted,
-        "completed": int(sum(r["completed"] for r in rows)),
-        "failed": int(sum(r["failed"] for r in rows)),
-        "p50_ms": float(np.percentile(lat, 50)) if lat.size else None,
-        "p99_ms": float(np.percentile(lat, 99)) if lat.size else None,
-        "slo_attainment": (sum(r["slo_met"] for r in rows) / submitted) if submitted else None,
-    }
+    """One tenant's (or everyone's) numbers by the definitions of wire/latency.py, from both
+    clocks: ``client_*`` submit() to answer, ``daemon_*`` the daemon's total_ms of the same
+    jobs; ``gap_*`` = client - daemon per job: the transport both ways and the queues in
+    either process."""
+    lat = sorted(x for r in rows for x in r["latencies_ms"])
+    dlat = sorted(x for r in rows for x in r["daemon_ms"])
+    gap = sorted(c - d for r in rows for c, d in zip(r["latencies_ms"], r["daemon_ms"]))
+    out = {"tenant": name, "submitted": sum(r["submitted"] for r in rows),
+           "completed": sum(r["completed"] for r in rows),
+           "failed": sum(r["failed"] for r in rows)}
+    for side, xs in (("client", lat), ("daemon", dlat)):
+        out[f"{side}_p50_ms"] = percentile(xs, 0.50, presorted=True)
+        out[f"{side}_p99_ms"] = percentile(xs, 0.99, presorted=True)
+        out[f"{side}_slo_attainment"] = attainment(sum(r["missed"][side] for r in rows),
+                                                   sum(r["ended"][side] for r in rows))
+    out["gap_min_ms"] = gap[0] if gap else None
+    out["gap_p50_ms"] = percentile(gap, 0.50, presorted=True)
+    out["gap_max_ms"] = gap[-1] if gap else None
+    return out
 
 
 def run_load(endpoint: str, workload_name: str, clients: int, rate: float, duration: float,
@@ -105,12 +129,19 @@ def run_load(endpoint: str, workload_name: str, clients: int, rate: float, durat
                                        json.dumps(asdict(cfg))],
                                       stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
     rows, errors = [], []
-    for p in procs:
-        out, err = p.communicate(timeout=duration + 90 + 0.3 * clients)
-        if p.returncode != 0:
-            errors.append(err.strip().splitlines()[-1] if err.strip() else f"exit {p.returncode}")
-            continue
-        rows.append(json.loads(out.strip().splitlines()[-1]))
+    try:
+        for p in procs:
+            out, err = p.communicate(timeout=duration + 90 + 0.3 * clients)
+            if p.returncode != 0:
+                errors.append(err.strip().splitlines()[-1] if err.strip()
+                              else f"exit {p.returncode}")
+                continue
+            rows.append(json.loads(out.strip().splitlines()[-1]))
+    except BaseException:  # Ctrl-C, SIGTERM, a hung client: no client may outlive us
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+        raise
     if errors and not rows:
         raise ValueError(f"every client failed; first error: {errors[0]}")
     result = {"workload": workload_name, "clients": clients, "rate": rate, "duration": duration,
@@ -123,7 +154,7 @@ def run_load(endpoint: str, workload_name: str, clients: int, rate: float, durat
 if __name__ == "__main__":
     try:
         res = run_worker(WorkerConfig(**json.loads(sys.argv[1])))
-    except Exception as e:  # reported to the parent on stderr, one line
+    except Exception as e:  # noqa: BLE001 - reported to the parent on stderr, one line
         print(f"{type(e).__name__}: {e}", file=sys.stderr)
         sys.exit(1)
     print(json.dumps(res))

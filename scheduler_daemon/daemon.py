@@ -201,8 +201,12 @@ class Daemon:
                 send(server.end_drain(now))
                 break
             wait = min(env.peek(), next_check) - now
-            for fd, _ in poller.poll(0 if wait <= 0 else int(wait * 1000) if wait < 3600
-                                     else 3_600_000):
+            ready = poller.poll(0 if wait <= 0 else int(wait * 1000) if wait < 3600
+                                else 3_600_000)
+            # read the clock after the wait: a SUBMIT's arrival is when it was read, not when the
+            # loop went to sleep (that inflated total_ms by the idle wait, up to check_every)
+            env.tick()
+            for fd, _ in ready:
                 if fd is sock:
                     for _ in range(512):  # bounded, so device events are not starved
                         try:

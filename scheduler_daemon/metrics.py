@@ -46,9 +46,12 @@ class PrometheusMetrics(NullMetrics):
         self.jobs = Counter("gpusched_jobs", "jobs ended, by tenant and status",
                             ["tenant", "status"], registry=reg)
         self.latency = Histogram("gpusched_job_latency_seconds",
-                                 "arrival to completion of completed jobs",
+                                 "daemon latency of completed jobs: the daemon read the SUBMIT "
+                                 "-> its last kernel completed (DONE.total_ms; docs/protocol.md)",
                                  ["tenant", "model"], buckets=LATENCY_BUCKETS, registry=reg)
-        self.slo_missed = Counter("gpusched_slo_missed", "jobs that missed their SLO",
+        self.slo_missed = Counter("gpusched_slo_missed", "jobs that missed their SLO by the "
+                                  "daemon's clock (SLO attainment = 1 - this / jobs ended other "
+                                  "than cancelled; docs/protocol.md)",
                                   ["tenant"], registry=reg)
         self.shed = Counter("gpusched_shed", "jobs shed by the slo policies", ["tenant"],
                             registry=reg)

@@ -13,16 +13,14 @@ def add_parser(sub) -> None:
 
 
 def run(args) -> int:
-    import msgspec
-
     from client_lib import Client
-    from gpusched.report import print_table, status_table
+    from gpusched.report import print_table, status_json, status_table
     from scheduler_daemon.transport.sockets import default_endpoint
 
     with Client(args.endpoint or default_endpoint(), tenant="gpusched-status", timeout=3) as c:
         st = c.status()
     if args.json:
-        print(json.dumps(msgspec.to_builtins(st), indent=2))
+        print(json.dumps(status_json(st), indent=2))
     else:
         print_table(status_table(st))
     return 0

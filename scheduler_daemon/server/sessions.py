@@ -5,13 +5,15 @@ from collections import deque
 
 from scheduler_daemon.core.jobs import Job, ModelEntry
 from scheduler_daemon.core.ledger import Ledger
+from scheduler_daemon.wire.latency import percentile
 
 
 class Tenant:
     """A tenant's registered models (shared by its client processes) and its counters."""
 
     __slots__ = ("name", "models", "clients", "unfinished", "ledger", "compiling", "completed",
-                 "cancelled", "failed", "shed", "slo_missed", "latencies_ms")
+                 "cancelled", "failed", "shed", "slo_missed", "latencies_ms", "variants",
+                 "tokens")
 
     def __init__(self, name: str, quota: int = 1 << 62, window: int = 10_000):
         self.name = name
@@ -23,16 +25,49 @@ class Tenant:
         self.compiling = False  # one CUDA compile at a time per tenant (each may take seconds)
         self.completed = self.cancelled = self.failed = self.shed = self.slo_missed = 0
         self.latencies_ms: deque[float] = deque(maxlen=window)
+        # model -> the graphs registered to share its weights (its other input shapes)
+        self.variants: dict[str, set[str]] = {}
+        self.tokens = TokenStats(window)   # generation through the intercept path
 
     @property
     def bytes_held(self) -> int:
         return self.ledger.used
 
     def percentile(self, q: float) -> float:
-        if not self.latencies_ms:
-            return 0.0
-        xs = sorted(self.latencies_ms)
-        return xs[min(len(xs) - 1, int(q * len(xs)))]
+        """Nearest-rank percentile of the daemon latency (``total_ms``) of the last ``window``
+        completed jobs (wire/latency.py: the one definition); 0 when none completed."""
+        v = percentile(self.latencies_ms, q)
+        return 0.0 if v is None else v
+
+
+class TokenStats:
+    """Time to first token and time per output token of a tenant's generations (the intercept
+    path's token steps, server/eager.py), the last ``window`` of each, and their SLO misses."""
+
+    __slots__ = ("tokens", "ttft_ms", "tpot_ms", "ttft_missed", "tpot_missed")
+
+    def __init__(self, window: int = 10_000):
+        self.tokens = 0
+        self.ttft_ms: deque[float] = deque(maxlen=window)
+        self.tpot_ms: deque[float] = deque(maxlen=window)
+        self.ttft_missed = self.tpot_missed = 0
+
+    def add(self, first: bool, ms: float, slo_ms: float) -> bool:
+        """One token; True when it missed its SLO (``slo_ms`` > 0)."""
+        self.tokens += 1
+        missed = slo_ms > 0 and ms > slo_ms
+        if first:
+            self.ttft_ms.append(ms)
+            self.ttft_missed += missed
+        else:
+            self.tpot_ms.append(ms)
+            self.tpot_missed += missed
+        return missed
+
+    @staticmethod
+    def pct(values, q: float) -> float:
+        v = percentile(values, q)
+        return 0.0 if v is None else v
 
 
 class Session:
