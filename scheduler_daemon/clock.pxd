@@ -1,6 +1,9 @@
 # Cython declarations for clock.py (augmenting .pxd; tools/build_sim.py).
 cimport cython
 
+cdef double INF
+
+@cython.freelist(64)
 cdef class Timer:
     cdef public double at
     cdef public object fn

@@ -89,7 +89,12 @@ class Environment:
         return self.schedule_at(self.now + max(0.0, delay), fn)
 
     def schedule_at(self, at: float, fn: Callable[[], None]) -> Timer:
-        timer = Timer(at, fn)
+        timer = Timer.__new__(Timer)
+        timer.at = at
+        timer.fn = fn
+        timer.cancelled = False
+        timer.arg = None
+        timer.has_arg = False
         self._counter += 1
         timer.seq = self._counter
         _timer_push(self._heap, timer)
@@ -97,7 +102,12 @@ class Environment:
 
     def call_at(self, at: float, fn: Callable, arg) -> Timer:
         """``schedule_at`` for ``fn(arg)``, without a closure per event."""
-        timer = Timer(at, fn, arg, True)
+        timer = Timer.__new__(Timer)
+        timer.at = at
+        timer.fn = fn
+        timer.cancelled = False
+        timer.arg = arg
+        timer.has_arg = True
         self._counter += 1
         timer.seq = self._counter
         _timer_push(self._heap, timer)

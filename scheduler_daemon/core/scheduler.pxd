@@ -2,7 +2,7 @@
 cimport cython
 
 from scheduler_daemon.core.gpu_specs cimport Resources
-from scheduler_daemon.core.jobs cimport Job, ModelEntry
+from scheduler_daemon.core.jobs cimport Job, ModelEntry, is_terminal
 from scheduler_daemon.core.policies cimport Policy
 from scheduler_daemon.core.queues cimport ReadyQueue
 

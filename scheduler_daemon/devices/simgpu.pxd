@@ -3,6 +3,8 @@
 # same array('q') buffers, so the placement loops are C loops.
 cimport cython
 
+cdef double INF
+
 from scheduler_daemon.clock cimport Environment, Timer
 from scheduler_daemon.core.jobs cimport Job
 
@@ -15,6 +17,7 @@ cdef class _KInfo:
     cdef public long long grid, resident
     cdef public double block_work, mem_frac, comp_frac
 
+@cython.freelist(256)
 cdef class _Kernel:
     cdef public Job job
     cdef public _Shape shape
@@ -27,6 +30,7 @@ cdef class _Kernel:
     cdef public double arrived
     cdef public long long stream
 
+@cython.freelist(256)
 cdef class _Group:
     cdef public double end
     cdef public long long seq
@@ -56,6 +60,7 @@ cdef class _SimGpuBase:
     cdef long long[::1] _fit
     cdef long long[::1] _counts
     cdef long long[::1] _slab
+    cdef long long[::1] _freed
     cdef list _slots
     cdef Py_ssize_t _nslots
     cdef public list queues
@@ -84,6 +89,10 @@ cdef class _SimGpuBase:
     cpdef _Shape _shape(self, k)
     @cython.locals(got=_KInfo)
     cpdef _KInfo _info(self, k)
+    @cython.locals(free=cython.longlong[::1], freed=cython.longlong[::1], sms=Py_ssize_t, threads=cython.longlong,
+                   regs=cython.longlong, smem=cython.longlong, tried=cython.longlong,
+                   s=Py_ssize_t)
+    cdef bint _room(self, _Shape shape) except -1
     @cython.locals(free=cython.longlong[::1], fit=cython.longlong[::1], sms=Py_ssize_t, threads=cython.longlong,
                    regs=cython.longlong, smem=cython.longlong, total=cython.longlong,
                    s=Py_ssize_t, f=cython.longlong, x=cython.longlong)
@@ -93,7 +102,7 @@ cdef class _SimGpuBase:
                    total=cython.longlong, s=Py_ssize_t, f=cython.longlong, x=cython.longlong)
     cpdef bint fits_now(self, k) except -1
     @cython.locals(info=_KInfo, pred=_Kernel, kern=_Kernel, stream=cython.longlong,
-                   env=Environment)
+                   env=Environment, qi=Py_ssize_t)
     cpdef launch(self, Job job)
     @cython.locals(now=double, qi=Py_ssize_t, q=object, bit=cython.ulonglong)
     cpdef _arrive(self, _Kernel kern)
@@ -120,9 +129,9 @@ cdef class _SimGpuBase:
     cpdef list _dispatch(self, double now, base=*)
     @cython.locals(now=double, kern=_Kernel)
     cdef _report_started(self, list started)
-    @cython.locals(at=double)
+    @cython.locals(at=double, g=_Group)
     cdef _reschedule(self)
-    @cython.locals(free=cython.longlong[::1], slab=cython.longlong[::1],
+    @cython.locals(free=cython.longlong[::1], slab=cython.longlong[::1], freed=cython.longlong[::1], gen=cython.longlong,
                    now=double, finishing=list, sms=Py_ssize_t, finished_kernels=list,
                    freed_at=double, g=_Group, kern=_Kernel, shape=_Shape,
                    threads=cython.longlong, regs=cython.longlong, smem=cython.longlong,

@@ -53,7 +53,6 @@ tried again until blocks finish. Queues are still visited in the same round-robi
 """
 from __future__ import annotations
 
-import math
 from array import array
 from collections import deque
 
@@ -242,6 +241,7 @@ class _SimGpuBase:
         self._fitbuf = array("q", bytes(8 * sms))       # scratch: blocks each SM can take
         self._fit = self._fitbuf
         self._counts = array("q", bytes(8 * (spec.blocks_per_sm + 2)))  # scratch: histogram
+        self._freed = array("q", bytes(8 * sms))  # per SM: the generation its last free began
         self._slabbuf = array("q", bytes(8 * sms * 64))  # per-SM blocks of dispatched groups
         self._slab = self._slabbuf
         self._slots = list(range(63, -1, -1))            # free rows of the slab
@@ -328,8 +328,24 @@ class _SimGpuBase:
                     f"with {k.smem} B shared memory does not fit on one {self.spec.name} SM "
                     f"({self.spec.regs_per_sm} registers, {self.spec.smem_per_sm} B)")
 
+    def _room(self, shape: _Shape) -> bool:
+        """Whether some SM has room for one block of ``shape`` now. Only the SMs that got
+        resources back since the shape last found no room anywhere can have room."""
+        free = self._free
+        freed = self._freed
+        sms = self._sms
+        threads, regs, smem = shape.threads, shape.regs, shape.smem
+        tried = shape.tried
+        for s in range(sms):
+            if (freed[s] > tried and free[sms + s] > 0 and free[s] >= threads
+                    and free[2 * sms + s] >= regs and free[3 * sms + s] >= smem):
+                return True
+        return False
+
     def _fit_into(self, shape: _Shape) -> int:
-        """Blocks of ``shape`` each SM can take now, into the scratch ``_fit``; their sum."""
+        """Blocks of ``shape`` each SM can take now, into the scratch ``_fit``; their sum.
+        (``min(blocks, threads // t, regs // r, smem // m)`` per SM; a division only where
+        that resource may be the limit.)"""
         free = self._free
         fit = self._fit
         sms = self._sms
@@ -337,18 +353,18 @@ class _SimGpuBase:
         total = 0
         for s in range(sms):
             f = free[sms + s]
-            if threads:
-                x = free[s] // threads
-                if x < f:
-                    f = x
-            if regs:
-                x = free[2 * sms + s] // regs
-                if x < f:
-                    f = x
-            if smem:
-                x = free[3 * sms + s] // smem
-                if x < f:
-                    f = x
+            if f > 0:
+                x = free[s]
+                if x < threads * f:
+                    f = x // threads
+                if f > 0:
+                    x = free[2 * sms + s]
+                    if x < regs * f:
+                        f = x // regs
+                    if f > 0:
+                        x = free[3 * sms + s]
+                        if x < smem * f:
+                            f = x // smem
             fit[s] = f
             total += f
         return total
@@ -367,30 +383,31 @@ class _SimGpuBase:
         need = info.resident
         if shape.tried == self._gen:      # nothing fits, and nothing was freed since
             return need <= 0
+        if not self._room(shape):
+            shape.tried = self._gen
+            return need <= 0
         free = self._free
         sms = self._sms
         threads, regs, smem = shape.threads, shape.regs, shape.smem
         total = 0
         for s in range(sms):
             f = free[sms + s]
-            if threads:
-                x = free[s] // threads
-                if x < f:
-                    f = x
-            if regs:
-                x = free[2 * sms + s] // regs
-                if x < f:
-                    f = x
-            if smem:
-                x = free[3 * sms + s] // smem
-                if x < f:
-                    f = x
+            if f > 0:
+                x = free[s]
+                if x < threads * f:
+                    f = x // threads
+                if f > 0:
+                    x = free[2 * sms + s]
+                    if x < regs * f:
+                        f = x // regs
+                    if f > 0:
+                        x = free[3 * sms + s]
+                        if x < smem * f:
+                            f = x // smem
             total += f
-            if total >= need and total > 0:
+            if total >= need:
                 return True
-        if total == 0:
-            shape.tried = self._gen
-        return total >= need
+        return False
 
     # -- launch, arrival, dispatch --------------------------------------------------------------
     def launch(self, job: Job) -> None:
@@ -403,7 +420,8 @@ class _SimGpuBase:
         pred = self._tails.get(stream)
         if pred is not None and pred.done:
             pred = None
-        kern = _new_kernel(job, info, stream % self._nq, pred)
+        qi = stream % self._nq
+        kern = _new_kernel(job, info, qi, pred)
         self._tails[stream] = kern
         if self.launch_delay > 0:   # R7: it reaches the hardware queue later
             env = self.env
@@ -537,10 +555,10 @@ class _SimGpuBase:
                 shape = head.shape
                 if shape.tried == gen:
                     break
-                total = self._fit_into(shape)
-                if total == 0:
+                if not self._room(shape):     # no SM can take a block of it
                     shape.tried = gen
                     break
+                total = self._fit_into(shape)
                 n = head.left
                 if n >= total:
                     n = total
@@ -590,7 +608,8 @@ class _SimGpuBase:
                                                  + head.comp_frac * over_c)
             end = ideal
             if quantum:  # up to the grid: blocks ending together free together
-                end = math.ceil(ideal / quantum - 1e-9) * quantum
+                # math.ceil(x) * quantum, with ceil as -floor(-x) (+ 0.0: never -0.0)
+                end = (-(-(ideal / quantum - 1e-9) // 1.0) + 0.0) * quantum
                 if end < now:
                     end = now
             self._seq += 1
@@ -608,7 +627,10 @@ class _SimGpuBase:
                 on_started(kern.job, now)
 
     def _reschedule(self) -> None:
-        at = self._finishing[0].end if self._finishing else INF
+        at = INF
+        if self._finishing:
+            g = self._finishing[0]
+            at = g.end
         if at == self._timer_at:
             return
         if self._timer is not None:
@@ -627,10 +649,15 @@ class _SimGpuBase:
         sms = self._sms
         free = self._free
         slab = self._slab
+        freed = self._freed
+        gen = self._gen + 1   # the generation these frees begin
         finished_kernels = []
         freed_at = 0.0  # the exact time the resources freed: rounding does not add up
-        while finishing and finishing[0].end <= now:
-            g = _group_pop(finishing)
+        while finishing:
+            g = finishing[0]
+            if g.end > now:
+                break
+            _group_pop(finishing)
             if g.ideal > freed_at:
                 freed_at = g.ideal
             kern = g.kern
@@ -644,6 +671,7 @@ class _SimGpuBase:
                     free[sms + s] += b
                     free[2 * sms + s] += regs * b
                     free[3 * sms + s] += smem * b
+                    freed[s] = gen
             self._slots.append(g.slot)
             n = g.n
             self._threads_used -= n * threads
@@ -657,7 +685,7 @@ class _SimGpuBase:
                     del self._tails[kern.stream]
                 self._waiting &= ~(1 << kern.qi)   # its successor heads that queue
                 finished_kernels.append(kern)
-        self._gen += 1
+        self._gen = gen
         if not finishing:  # no drift from summing floats
             self._demand_m = self._demand_c = 0.0
         self._ready |= self._nonempty & ~self._waiting
