@@ -1,6 +1,8 @@
 """What the sync and async clients share: building requests and turning replies into results."""
 from __future__ import annotations
 
+import os
+import socket
 import time
 from dataclasses import dataclass, field
 
@@ -96,3 +98,33 @@ def resolve_done(msg: P.Done, raw: list, t0: float, now: float | None = None):
     if msg.status == "shed":
         return None, JobShed(f"job {msg.job_id} was shed: it could no longer meet its SLO")
     return None, JobFailed(f"job {msg.job_id} failed: {msg.error or msg.status}")
+
+
+# a daemon that is alive answers HELLO well within this; only then is the endpoint probed
+PROBE_AFTER_S = 0.2
+
+
+def unreachable(endpoint: str, timeout: float = 0.5) -> str | None:
+    """Why nothing can be listening at ``endpoint`` (no socket file, a stale one, a refused
+    port), or None when something might be: a connect check, so a client without a daemon
+    fails at once instead of after its whole timeout. The probe connection closes at once."""
+    try:
+        if endpoint.startswith("ipc://"):
+            path = endpoint[len("ipc://"):]
+            addr = "\0" + path[1:] if path.startswith("@") else path
+            if not path.startswith("@") and not os.path.exists(path):
+                return f"{path} does not exist"
+            s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            s.settimeout(timeout)
+            try:
+                s.connect(addr)
+            finally:
+                s.close()
+        elif endpoint.startswith("tcp://"):
+            host, _, port = endpoint[len("tcp://"):].rpartition(":")
+            socket.create_connection((host.strip("[]"), int(port)), timeout=timeout).close()
+    except ConnectionRefusedError:
+        return "nothing listens there (connection refused)"
+    except (TimeoutError, OSError, ValueError):
+        return None   # slow, filtered, unresolvable: the handshake's own timeout decides
+    return None

@@ -27,12 +27,14 @@ import zmq
 import zmq.asyncio
 
 from client_lib._common import (
+    PROBE_AFTER_S,
     JobResult,
     admit_msg,
     admitted,
     cuda_model,
     kernel_specs,
     submit_frames,
+    unreachable,
 )
 from client_lib.errors import DaemonUnavailable
 from client_lib.session import ClientSession, Outbox
@@ -113,10 +115,22 @@ class AsyncClient:
         try:
             self._open_socket()
             await self._sock.send_multipart(self._s.hello())
+            recv = asyncio.ensure_future(self._sock.recv_multipart())
             try:
-                frames = await asyncio.wait_for(self._sock.recv_multipart(), self.timeout)
+                try:
+                    frames = await asyncio.wait_for(asyncio.shield(recv),
+                                                    min(self.timeout, PROBE_AFTER_S))
+                except TimeoutError:
+                    why = unreachable(self.endpoint)   # no daemon at all: say so now
+                    if why is not None:
+                        raise self._s.no_daemon(why) from None
+                    frames = await asyncio.wait_for(
+                        recv, max(0.0, self.timeout - PROBE_AFTER_S))
             except TimeoutError:
                 raise self._s.no_answer() from None
+            finally:
+                if not recv.done():
+                    recv.cancel()
             self._s.handshake(frames, time.perf_counter())
         except BaseException:  # do not leak the socket and the context
             if self._sock is not None:

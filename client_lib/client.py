@@ -22,7 +22,15 @@ from typing import Self
 
 import zmq
 
-from client_lib._common import admit_msg, admitted, cuda_model, kernel_specs, submit_frames
+from client_lib._common import (
+    PROBE_AFTER_S,
+    admit_msg,
+    admitted,
+    cuda_model,
+    kernel_specs,
+    submit_frames,
+    unreachable,
+)
 from client_lib.errors import DaemonUnavailable
 from client_lib.session import ClientSession, Outbox
 from scheduler_daemon.transport.keys import read_key
@@ -133,8 +141,13 @@ class Client:
         """First connection: HELLO and wait for WELCOME (or a clear refusal)."""
         self._open_socket()
         self._sock.send_multipart(self._s.hello())
-        if not self._sock.poll(int(self.timeout * 1000)):
-            raise self._s.no_answer()
+        first = min(self.timeout, PROBE_AFTER_S)
+        if not self._sock.poll(int(first * 1000)):
+            why = unreachable(self.endpoint)   # no daemon at all: say so now, not at timeout
+            if why is not None:
+                raise self._s.no_daemon(why)
+            if not self._sock.poll(int((self.timeout - first) * 1000)):
+                raise self._s.no_answer()
         self._s.handshake(self._sock.recv_multipart(), time.perf_counter())
 
     def _apply(self, out: Outbox) -> None:

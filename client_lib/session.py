@@ -64,6 +64,7 @@ class ClientSession:
         self.welcome: P.Welcome | None = None
         self.daemon_id = ""
         self.last_heard = self.last_sent = now
+        self.last_answer: float | None = None  # the daemon's last word, any connection
 
     # -- connection -------------------------------------------------------------------------
     def hello(self) -> list:
@@ -76,6 +77,12 @@ class ClientSession:
             "'gpusched daemon' or pass the right endpoint"
             + ("" if self.encrypted else " (a daemon with a CURVE key answers only clients "
                "given its public key: server_key= or GPUSCHED_SERVER_KEY)"))
+
+    def no_daemon(self, why: str) -> ConnectError:
+        """The error for an endpoint nothing listens at (a connect check said ``why``)."""
+        return ConnectError(f"no daemon at {self.endpoint}: {why}. Start one with 'gpusched "
+                            "daemon' or pass the endpoint it serves (--endpoint, "
+                            "GPUSCHED_ENDPOINT)")
 
     def handshake(self, frames: list, now: float) -> P.Welcome:
         """The first reply on a new client: WELCOME, or ``ConnectError`` saying why not."""
@@ -95,7 +102,7 @@ class ClientSession:
     def _welcomed(self, msg: P.Welcome, now: float) -> None:
         self.welcome = msg
         self.daemon_id = msg.daemon_id
-        self.last_heard = now
+        self.last_heard = self.last_answer = now
         log.debug("client: connected tenant=%s daemon=%s", self.tenant, msg.daemon_id)
 
     @property
@@ -148,7 +155,7 @@ class ClientSession:
     # -- replies ----------------------------------------------------------------------------
     def on_reply(self, frames: list, now: float) -> Outbox | None:
         """Route one reply (frames: bytes or zmq frames) to its pending request."""
-        self.last_heard = now
+        self.last_heard = self.last_answer = now
         try:
             msg = P.decode(_tag(frames[0]), _body(frames[1]), P.REPLIES)
         except (P.ProtocolError, IndexError) as e:
@@ -208,10 +215,13 @@ class ClientSession:
         """Call about once a heartbeat: a PING when one is due, or a reconnect when the daemon
         stayed silent past ``timeout`` with requests pending."""
         if self.pending and now - self.last_heard > self.timeout:
-            silent = now - self.last_heard
-            n = self.fail_all(DaemonUnavailable(
-                f"the daemon at {self.endpoint} has not answered for {silent:.1f}s; is it still "
-                "running? The client reconnects; submit the request again"))
+            silent = now - (self.last_answer if self.last_answer is not None else
+                            self.last_heard)
+            pending, self.pending = self.pending, {}
+            n = 0
+            for p in pending.values():   # each says how long it waited itself
+                n += p.future is not None
+                _settle(p, None, DaemonUnavailable(self.silence(now, p.t0)))
             # only replays pending: the daemon is still away, say it quietly
             (log.warning if n else log.debug)(
                 "client: daemon at %s silent for %.1fs; failed %d pending request(s), "
@@ -221,6 +231,14 @@ class ClientSession:
             self.last_sent = now
             return Outbox(False, [_PING])
         return None
+
+    def silence(self, now: float, sent: float) -> str:
+        """Why a request sent at ``sent`` failed at ``now``: the times as they were."""
+        heard = ("it has not answered since this client connected" if self.last_answer is None
+                 else f"its last answer came {now - self.last_answer:.1f}s ago")
+        return (f"no answer from the daemon at {self.endpoint} to a request sent "
+                f"{now - sent:.1f}s ago ({heard}); is it still running? The client "
+                "reconnects; submit the request again")
 
     def reconnect(self, now: float) -> Outbox:
         """HELLO, then every registered model again, for a fresh socket; WELCOME comes later."""

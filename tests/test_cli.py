@@ -23,7 +23,7 @@ def test_help_lists_commands():
 @pytest.mark.parametrize("args, needle", [
     (["daemon", "--gpu-spec", "X999"], "invalid choice"),
     (["daemon", "--endpoint", "http://nope"], "bad endpoint"),
-    (["status", "--endpoint", "ipc:///tmp/gpusched-test-none/x.sock"], "no daemon answered"),
+    (["status", "--endpoint", "ipc:///tmp/gpusched-test-none/x.sock"], "does not exist"),
     (["submit", "--workload", "nope"], "invalid choice"),
     (["bench"], "name a benchmark"),
     (["status", "--endpoint", "tcp://127.0.0.1:abc"], "bad endpoint"),

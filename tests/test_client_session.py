@@ -306,7 +306,7 @@ def test_silence_with_requests_pending_fails_them_and_reconnects():
     out = s.tick(1.31)
     assert isinstance(fut.value, DaemonUnavailable) and not isinstance(fut.value,
                                                                        DaemonRestarted)
-    assert "has not answered for 1.0s" in str(fut.value)
+    assert "a request sent 1.1s ago (its last answer came 1.0s ago)" in str(fut.value)
     _assert_hello_then_replay(s, out)
     # the new connection gets a full timeout before the (pending) replays count as silence
     assert not s.tick(2.0).reconnect
@@ -493,3 +493,19 @@ def test_cuda_model_errors_name_the_model():
         cuda_model("x", "src", [{"name": "a", "role": "weird"}], [], "", (), False)
     assert isinstance(cuda_model("x", ptx="", options=(), instrument=False, **CUDA),
                       msgspec.Struct)
+
+
+def test_silence_after_a_reconnect_states_the_real_times():
+    """Issue 20: after a reconnect the message said "has not answered for 5.0s" of a request
+    sent 3 s before; it now gives the request's own wait and the daemon's last answer."""
+    s = session(now=0.0, timeout=1.0, heartbeat_s=0.5)
+    _registered_three(s)
+    s.on_reply(frames(P.Pong(seq=0, daemon_id="d1")), 0.3)   # its last answer, at 0.3
+    _, first = submit(s, 0.4)
+    assert s.tick(1.4).reconnect                              # silent 1.1 s: reconnect at 1.4
+    _, fut = submit(s, 2.0)                                   # 0.6 s after the reconnect
+    out = s.tick(2.35)
+    assert out is None or not out.reconnect
+    assert s.tick(2.5).reconnect                              # 1.1 s after the reconnect
+    msg = str(fut.value)
+    assert "a request sent 0.5s ago" in msg and "its last answer came 2.2s ago" in msg, msg
