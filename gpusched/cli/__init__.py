@@ -65,6 +65,16 @@ def _raise_interrupt(signum, frame):
     raise KeyboardInterrupt
 
 
+# servers: Ctrl-C drains them (their own handlers); the watcher is for commands that end
+_SERVERS = ("daemon", "geo serve")
+
+
+def _name(args) -> str:
+    sub = getattr(args, "geo_cmd", None) or getattr(args, "bench", None) or \
+        getattr(args, "cluster_cmd", None)
+    return f"{args.cmd} {sub}" if isinstance(sub, str) else args.cmd
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = build_parser()
     args = ap.parse_args(argv)
@@ -73,15 +83,35 @@ def main(argv: list[str] | None = None) -> int:
     if args.cmd is None:
         ap.print_help()
         return 2
-    if args.cmd in ("bench", "demo", "submit") and threading.current_thread() is threading.main_thread():
-        # SIGTERM unwinds like Ctrl-C, so the daemons these commands started are stopped
-        signal.signal(signal.SIGTERM, _raise_interrupt)
+    name = _name(args)
+    watcher = None
+    if threading.current_thread() is threading.main_thread():
+        if args.cmd in ("bench", "demo", "submit"):
+            # SIGTERM unwinds like Ctrl-C, so the daemons these commands started are stopped
+            signal.signal(signal.SIGTERM, _raise_interrupt)
+        if name not in _SERVERS:
+            from gpusched.cli.interrupt import Watcher
+            watcher = Watcher(name)
     try:
         return _command(args.cmd).run(args)
     except KeyboardInterrupt:
+        from gpusched.cli import interrupt
+        interrupt.say()
+        if watcher is not None:   # leave now: a pool's exit hook must not hold the process
+            interrupt.hard_exit(130)
         return 130
+    except BrokenPipeError:   # `gpusched ... | head`: the reader left, nothing to say
+        import os
+        try:
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        except OSError:
+            pass
+        return 1
     except Exception as e:
         if not _expected(e):
             raise
         print(f"gpusched {args.cmd}: error: {e or type(e).__name__}", file=sys.stderr)
         return 2
+    finally:
+        if watcher is not None:
+            watcher.close()
