@@ -52,16 +52,33 @@ def served(spec, p) -> float:
     return sum(pri[j.name] for j in p.jobs if j.running)
 
 
+LEVELS_MAX_JOBS = 2000  # above: one LP (the most served); plans serving less get U at sigma 0
+
+
 def bound_for(model: Model, plans: list, time_limit_s: float | None):
-    """The proven bound (geo/bound.py) at the most priority any of ``plans`` serves."""
-    W = max(served(model.spec, p) for p in plans)
-    return throughput_bound(model, served=W, time_limit_s=time_limit_s, plans=tuple(plans)), W
+    """The proven bound (geo/bound.py) at the most priority any of ``plans`` serves, W; up to
+    LEVELS_MAX_JOBS jobs also at each smaller level a plan serves (``b.levels``)."""
+    from geo.bound import columns
+
+    cols = columns(model)
+    levels = sorted({served(model.spec, p) for p in plans}, reverse=True)
+    W = levels[0]
+    b = throughput_bound(model, served=W, time_limit_s=time_limit_s, plans=tuple(plans),
+                         cols=cols)
+    b.levels = {W: b.value}
+    if len(model.spec.jobs) <= LEVELS_MAX_JOBS:
+        for w in levels[1:]:
+            b.levels[w] = throughput_bound(model, served=w, time_limit_s=time_limit_s,
+                                           plans=tuple(plans), cols=cols).value
+    return b, W
 
 
 def gap_to_bound(spec, p, b, W) -> tuple[float | None, float]:
     """(gap, the bound it is measured against): (U - objective) / U, U the bound over the plans
-    that serve at least W, or, for a plan that serves less, the bound over every plan."""
-    ref = b.value if served(spec, p) >= W - 1e-9 else b.any_served
+    that serve at least as much priority as ``p`` (``b.levels``), else (a plan that serves less
+    than W, above LEVELS_MAX_JOBS jobs) the bound over every plan, whatever it serves."""
+    w = served(spec, p)
+    ref = b.levels.get(w, b.value if w >= W - 1e-9 else b.any_served)
     return (round((ref - p.objective_value) / ref, 5) if ref > 0 else None), ref
 
 

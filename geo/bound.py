@@ -53,6 +53,7 @@ class Bound:
     columns: int  # columns the LP held at the end
     candidates: int  # every candidate priced
     seconds: float
+    levels: dict = None  # served priority -> bound there (filled by the benchmark)
 
 
 class _Columns:
