@@ -68,6 +68,7 @@ cdef class _SimGpuBase:
     cdef unsigned long long _nonempty, _ready, _waiting
     cdef readonly dict _tails
     cdef readonly list _finishing
+    cdef list _placed
     cdef long long _seq
     cdef double _timer_at
     cdef Timer _timer

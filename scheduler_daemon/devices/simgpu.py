@@ -253,6 +253,7 @@ class _SimGpuBase:
         self._waiting = 0      # bit q: queue q's first kernel waits for its stream predecessor
         self._tails: dict[int, _Kernel] = {}  # stream -> its last launched kernel
         self._finishing: list[_Group] = []  # heap of groups by (finish time, seq)
+        self._placed: list[_Group] = []     # scratch: the groups one dispatch pass placed
         self._seq = 0
         self._timer_at = INF
         self._timer = None
@@ -515,19 +516,20 @@ class _SimGpuBase:
         base = g.slot * self._sms
         return np.array(self._slabbuf[base:base + self._sms], dtype=np.int64)
 
-    def _dispatch(self, now: float, base: float | None = None) -> list:
+    def _dispatch(self, now: float, base: float | None = None) -> list | None:
         """R2-R4: serve the hardware queues round-robin. A queue's first kernel, unless it
         waits for its stream's predecessor (R1) or for a free grid slot (R3), places as many
         blocks as fit; once all are placed it leaves the queue and the next may go at once.
-        Returns the kernels whose last block was dispatched."""
+        Returns the kernels whose last block was dispatched (None: none)."""
         queues = self.queues
         nq = self._nq
         sms = self._sms
         free = self._free
         fit = self._fit
         gen = self._gen
-        placed = []
-        started = []
+        placed = self._placed       # (a scratch list, reused)
+        del placed[:]
+        started = None              # a list only when a kernel's last block went out
         t0 = now if base is None else base  # when the resources used here became free
         start = self._rr
         visit = self._ready
@@ -593,6 +595,8 @@ class _SimGpuBase:
                 if head.left:
                     break                      # no room for the rest of it: next queue
                 q.popleft()                    # all its blocks dispatched: the queue moves on
+                if started is None:
+                    started = []
                 started.append(head)
             if not q:
                 self._nonempty &= ~bit
@@ -619,9 +623,9 @@ class _SimGpuBase:
             _group_push(self._finishing, g)
         return started
 
-    def _report_started(self, started: list) -> None:
+    def _report_started(self, started: list | None) -> None:
         on_started = self.on_started
-        if on_started is not None:
+        if started is not None and on_started is not None:
             now = self.env.now
             for kern in started:
                 on_started(kern.job, now)
@@ -651,7 +655,7 @@ class _SimGpuBase:
         slab = self._slab
         freed = self._freed
         gen = self._gen + 1   # the generation these frees begin
-        finished_kernels = []
+        finished_kernels = None
         freed_at = 0.0  # the exact time the resources freed: rounding does not add up
         while finishing:
             g = finishing[0]
@@ -684,6 +688,8 @@ class _SimGpuBase:
                 if self._tails.get(kern.stream) is kern:
                     del self._tails[kern.stream]
                 self._waiting &= ~(1 << kern.qi)   # its successor heads that queue
+                if finished_kernels is None:
+                    finished_kernels = []
                 finished_kernels.append(kern)
         self._gen = gen
         if not finishing:  # no drift from summing floats
@@ -692,10 +698,11 @@ class _SimGpuBase:
         started = self._dispatch(now, freed_at)
         self._reschedule()
         self._report_started(started)
-        on_complete = self.on_complete
-        for kern in finished_kernels:
-            self.kernels_done += 1
-            on_complete(kern.job, now, now - kern.start)
+        if finished_kernels is not None:
+            on_complete = self.on_complete
+            for kern in finished_kernels:
+                self.kernels_done += 1
+                on_complete(kern.job, now, now - kern.start)
 
 
 class SimGpu(_SimGpuBase, Device):
