@@ -188,23 +188,33 @@ class Client:
         os.close(self._wake_w)
 
     # -- requests -----------------------------------------------------------------------------
-    def register_model(self, name: str, kernels, example_inputs=None, slo_ms: float = 0.0):
+    def register_model(self, name: str, kernels, example_inputs=None, slo_ms: float = 0.0,
+                       example_kwargs: dict | None = None, max_shapes: int = 8):
         """Register (or replace) a model. Given a kernel list: returns the kernel count. Given a
-        torch module and ``example_inputs``: captures its aten ops, ships graph and weights once
-        and returns a ``ModelHandle`` (see client_lib/models.py). Registered models are sent
-        again after a daemon restart."""
-        if example_inputs is not None:
-            return self._register_module(name, kernels, example_inputs, slo_ms)
+        torch module and ``example_inputs`` (its positional arguments; ``example_kwargs`` its
+        keyword ones; any nesting of tensors, ``None`` and constants): captures its aten ops,
+        ships graph and weights once and returns a ``ModelHandle`` (see client_lib/models.py),
+        which returns the model's own output structure and captures again, once per new set of
+        input shapes (at most ``max_shapes``). Registered models are sent again after a daemon
+        restart."""
+        if example_inputs is not None or example_kwargs is not None:
+            return self._register_module(name, kernels, example_inputs or (), slo_ms,
+                                         example_kwargs, max_shapes)
         msg = P.Register(req_id=0, model=name, kernels=kernel_specs(kernels))
         return self._call("register", msg).kernels
 
-    def _register_module(self, name: str, module, example_inputs, slo_ms: float):
-        from client_lib.models import ModelHandle, register_graph_frames
+    def _register_module(self, name: str, module, example_inputs, slo_ms: float,
+                         example_kwargs=None, max_shapes: int = 8):
+        from client_lib.capture import CaptureError, trace
+        from client_lib.models import ModelHandle, graph_frames
         self._check_open()
-        msg, frames, n_ops = register_graph_frames(name, module, example_inputs,
-                                                   self._s.max_frame)
+        try:
+            captured = trace(module, tuple(example_inputs), example_kwargs)
+        except CaptureError as e:
+            raise CaptureError(f"model {name!r}: {e}") from e.__cause__
+        msg, frames = graph_frames(name, captured, self._s.max_frame)
         self._call("register", msg, self.timeout * 2 + 60, raw=frames)
-        return ModelHandle(self, name, n_ops, slo_ms)
+        return ModelHandle(self, name, captured, slo_ms, module, max_shapes)
 
     def register_cuda(self, name: str, source: str = "", buffers=(), launches=(), ptx: str = "",
                       options=(), instrument: bool = False) -> int:
@@ -227,6 +237,14 @@ class Client:
         if self._eager is None:
             self._eager = EagerSession(self)
         return intercept(self._eager, slo_ms, priority)
+
+    def generate(self, model, input_ids, max_new_tokens: int = 16, **kw):
+        """Greedy generation with the model's KV cache kept in the daemon, each token step one
+        job of its scheduler; TTFT/TPOT SLOs via ``ttft_slo_ms``/``tpot_slo_ms`` (see
+        client_lib/generate.py). Returns a ``Generation`` (tokens, sequences, timings)."""
+        from client_lib.generate import generate
+        self._check_open()
+        return generate(self, model, input_ids, max_new_tokens, **kw)
 
     def submit(self, model: str, inputs=(), slo_ms: float = 0.0, priority: int = 0,
                ack: bool = False) -> JobFuture:

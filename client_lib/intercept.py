@@ -132,11 +132,13 @@ class EagerSession:
         self._ops: list[EagerOp] = []
         self._uploads: list[Upload] = []
         self._frames: list = []
-        self._free: list[int] = []
+        self._free: list[tuple[int, int]] = []   # (handle, ops queued when it was freed)
         self._up: dict[int, tuple] = {}      # id(local tensor) -> (weakref, version, handle)
         self._meta: dict = {}                # op signature -> output spec
         self._info: dict = {}                # OpOverload -> _OpInfo
         self.checked = False
+        self.gen_start = False   # the next batch sent starts a generation (generate.py)
+        self.token = 0           # the next batch sent ends a token: 1 the first, 2 a later one
         self.ops_sent = 0
         self.syncs = 0
         self.uploaded_bytes = 0
@@ -148,8 +150,10 @@ class EagerSession:
         return h
 
     def free(self, hid: int) -> None:
-        """Called when a RemoteTensor is garbage-collected (any thread): released in order."""
-        self._free.append(hid)
+        """Called when a RemoteTensor is garbage-collected (any thread): released in order,
+        before the next op queued after this moment runs (so a long batch, a whole token step,
+        holds no more than the model does locally)."""
+        self._free.append((hid, len(self._ops)))
 
     def reset(self) -> None:
         """The daemon restarted: every remote tensor is gone; upload weights again."""
@@ -327,12 +331,18 @@ class EagerSession:
     def flush(self) -> None:
         """Send the ops not yet sent (they run in the daemon in order)."""
         with self.lock:
-            if not (self._ops or self._uploads or self._free):
+            if not (self._ops or self._uploads or self._free or self.token or self.gen_start):
                 return
-            free, self._free = self._free, []
+            freed, self._free = self._free, []
+            n = len(self._ops)
+            free = [h for h, _ in freed]
+            at = [min(p, n) for _, p in freed]
             self._seq += 1
             msg = P.EagerOps(seq=self._seq, ops=self._ops, uploads=self._uploads, free=free,
-                             slo_ms=self.slo_ms, priority=self.priority)
+                             free_at=at if any(p < n for p in at) else [],
+                             slo_ms=self.slo_ms, priority=self.priority,
+                             gen_start=self.gen_start, token=self.token)
+            self.gen_start, self.token = False, 0
             frames = self._frames
             self.ops_sent += len(self._ops)
             self._ops, self._uploads, self._frames = [], [], []
@@ -383,9 +393,9 @@ def intercept(sess: EagerSession, slo_ms: float = 0.0, priority: int = 0):
     try:
         with torch.no_grad(), InterceptMode(sess):
             yield sess
+        sess.flush()            # the last batch carries this block's SLO (and token mark)
     finally:
         sess.slo_ms, sess.priority = old
-    sess.flush()
 
 
 # -- signatures and meta inference ---------------------------------------------------------

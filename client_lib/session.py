@@ -198,9 +198,18 @@ class ClientSession:
             _settle(p, (msg, frames[2:]), None)
         else:
             if t is P.Registered and p.replay is not None:
+                self._forget_sharers(msg.model)   # the daemon dropped them (registration.py)
                 self.models[msg.model] = p.replay  # the latest registration of a name wins
             _settle(p, msg, None)
         return None
+
+    def _forget_sharers(self, model: str) -> None:
+        """``model`` was registered again: the graphs sharing its weights are gone from the
+        daemon, so they are not replayed either."""
+        gone = [n for n, (m, _) in self.models.items() if getattr(m, "shares", "") == model]
+        for n in gone:
+            del self.models[n]
+            self._forget_sharers(n)
 
     def _restarted(self, now: float) -> Outbox:
         """The daemon is a new one: fail what the old one held, then HELLO and re-register."""

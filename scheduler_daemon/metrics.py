@@ -55,6 +55,13 @@ class PrometheusMetrics(NullMetrics):
                                   ["tenant"], registry=reg)
         self.shed = Counter("gpusched_shed", "jobs shed by the slo policies", ["tenant"],
                             registry=reg)
+        self.ttft = Histogram("gpusched_ttft_seconds", "time to first token of generations "
+                              "through the intercept path", ["tenant"], buckets=LATENCY_BUCKETS,
+                              registry=reg)
+        self.tpot = Histogram("gpusched_tpot_seconds", "time per output token after the first",
+                              ["tenant"], buckets=LATENCY_BUCKETS, registry=reg)
+        self.token_slo_missed = Counter("gpusched_token_slo_missed", "tokens later than their "
+                                        "TTFT or TPOT SLO", ["tenant", "kind"], registry=reg)
         self.errors = Counter("gpusched_request_errors", "requests answered with ERROR",
                               ["code"], registry=reg)
         self.server, self.thread = start_http_server(port, addr=addr, registry=reg)
@@ -78,6 +85,12 @@ class PrometheusMetrics(NullMetrics):
             self.shed.labels(tenant).inc()
         if slo_missed:
             self.slo_missed.labels(tenant).inc()
+
+    def token(self, tenant, first, seconds, slo_missed):
+        tenant = self._name(tenant)
+        (self.ttft if first else self.tpot).labels(tenant).observe(seconds)
+        if slo_missed:
+            self.token_slo_missed.labels(tenant, "ttft" if first else "tpot").inc()
 
     def request_error(self, code):
         self.errors.labels(code).inc()

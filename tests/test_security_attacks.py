@@ -494,11 +494,11 @@ def test_6h_a_registered_graph_keeps_only_live_intermediates_and_counts_them():
         assert np.array_equal(np.frombuffer(done[1][0], np.float32),
                               Chain()(x).numpy())
         assert h.server.tenants["a"].bytes_held == 0     # no weights; intermediates refunded
-        big = torch.zeros(1_000_000)                     # 4 MB activations: over the quota
+        big = torch.zeros(250_000)     # 1 MB input and activations: three live pass 2 MB
         msg, frames, _ = register_graph_frames("big", Chain(), [big], 1 << 30)
         h.call(b"a", msg, *[bytes(f) for f in frames])
         meta = P.TensorMeta("float32", [250_000])
-        h.send(b"a", P.Submit(req_id=8, model="chain", inputs=[meta]), bytes(1_000_000))
+        h.send(b"a", P.Submit(req_id=8, model="big", inputs=[meta]), bytes(1_000_000))
         h.run()
         (done,) = [m for m, _ in h.take(b"a") if isinstance(m, P.Done)]
         assert done.status == "failed" and "TooLarge" in done.error

@@ -74,9 +74,13 @@ class Device(ABC):
         return []
 
     # -- what only some backends do (see ``caps``) ---------------------------------------------
-    def load_graph(self, key, graph_bytes: bytes, weights: list, quota=None) -> list:
+    def load_graph(self, key, graph_bytes: bytes, weights: list, quota=None,
+                   shared=None) -> list:
         """A captured torch model -> one KernelSpec per op (``caps.graphs``); ``quota``: its
-        tenant's Ledger, which counts every request's intermediates as they are made."""
+        tenant's Ledger, which counts every request's intermediates as they are made;
+        ``shared``: (key of a loaded graph, for each weight the index of that graph's weight
+        it reuses or -1 for the next of ``weights``), a graph of the same model captured at
+        other shapes."""
         raise Unsupported(f"backend {self.name!r} cannot run registered torch models: start "
                           "the daemon with --backend torch")
 

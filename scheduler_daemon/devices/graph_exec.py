@@ -12,7 +12,7 @@ import threading
 from scheduler_daemon.core.ledger import storage_key
 from scheduler_daemon.devices.op_guard import TooLarge
 from scheduler_daemon.devices.op_policy import resolve
-from scheduler_daemon.wire.graph import C, D, Graph, K, L, V
+from scheduler_daemon.wire.graph import C, D, Graph, K, L, S, V
 
 log = logging.getLogger("gpusched.graph")
 
@@ -58,8 +58,9 @@ class LoadedGraph:
     ``quota`` (its Ledger), every output is counted by storage as it is made and refunded as
     it is dropped, and each op is refused before it runs when its outputs would not fit."""
 
-    def __init__(self, graph: Graph, weights: list, device=None, quota=None):
+    def __init__(self, graph: Graph, weights: list, device=None, quota=None, name: str = ""):
         self.quota = quota
+        self.name = name
         self.graph = graph
         self.device = device
         self.fns = [resolve(n.op) for n in graph.ops]
@@ -79,7 +80,7 @@ class LoadedGraph:
     @staticmethod
     def _prebuild(node):
         def conv(a):
-            if isinstance(a, C):
+            if isinstance(a, (C, S)):
                 return a.value
             if isinstance(a, D):
                 return _dtype(a.name)
@@ -93,9 +94,23 @@ class LoadedGraph:
     def start(self, inputs: list) -> _Env:
         """A request's value table: inputs then weights; op outputs are appended by run_op
         (the inputs and weights are counted by the job's and the model's own charges)."""
-        if len(inputs) != self.graph.n_inputs:
-            raise ValueError(f"model takes {self.graph.n_inputs} inputs, got {len(inputs)}")
+        self.check_inputs([(str(x.dtype).removeprefix("torch."), list(x.shape)) for x in inputs])
         return _Env(list(inputs) + list(self.weights))
+
+    def check_inputs(self, got: list) -> None:
+        """``got``: (dtype, shape) of each input sent. A graph is captured for one set of
+        shapes: others are refused here, before anything runs, naming both."""
+        g = self.graph
+        want = [(w.dtype, list(w.shape)) for w in g.inputs]
+        who = f"model {self.name!r}" if self.name else "the model"
+        if len(got) != g.n_inputs or (want and want != [(d, list(s)) for d, s in got]):
+            def fmt(xs):
+                return ", ".join(f"{d}{list(s)}" for d, s in xs) or "none"
+            expected = fmt(want) if want else f"{g.n_inputs} inputs"
+            raise ValueError(f"{who} was captured for inputs ({expected}); got ({fmt(got)}): "
+                             "send inputs of those shapes, or register the model for these "
+                             "(a ModelHandle from register_model captures each new shape "
+                             "by itself)")
 
     def finish(self, env) -> None:
         """The request ended (answered, failed or cancelled): refund what it held."""
@@ -111,7 +126,7 @@ class LoadedGraph:
     def _arg(self, a, env):
         if isinstance(a, V):
             return env[a.id]
-        if isinstance(a, C):
+        if isinstance(a, (C, S)):
             return a.value
         if isinstance(a, L):
             return [self._arg(b, env) for b in a.items]

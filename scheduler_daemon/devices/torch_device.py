@@ -72,19 +72,46 @@ class TorchDevice(Device):
             except ValueError as e:
                 raise ValueError(f"kernel {i} ({k.name}): {e}") from None
 
-    def load_graph(self, key, graph_bytes, weights: list, quota=None) -> list:
+    def load_graph(self, key, graph_bytes, weights: list, quota=None, shared=None) -> list:
         """A captured model (graph_spec bytes, [(meta, buffer)] weights) -> one KernelSpec per op.
-        Weights are copied once out of the received frames into device tensors."""
+        Weights are copied once out of the received frames into device tensors; with
+        ``shared`` (base key, reuse indices) the weights it names are the base graph's own
+        tensors (one copy in memory for every shape a model was captured at)."""
         from scheduler_daemon.devices.graph_exec import LoadedGraph
         from scheduler_daemon.wire.graph import decode_graph
         from scheduler_daemon.wire.kernels import KernelSpec
         graph = decode_graph(graph_bytes)
-        for spec, (meta, _) in zip(graph.weights, weights):
-            if spec.dtype != meta.dtype or list(spec.shape) != list(meta.shape):
-                raise ValueError(f"weight {spec.name}: frame is {meta.dtype}{meta.shape}, "
-                                 f"graph says {spec.dtype}{spec.shape}")
-        ws = [self._tensor(m, b) for m, b in weights]
-        self._graphs[key] = LoadedGraph(graph, ws, self.device, quota)
+        reuse = list(shared[1]) if shared is not None else [-1] * len(graph.weights)
+        base = self._graphs.get(shared[0]) if shared is not None else None
+        if shared is not None and base is None:
+            raise ValueError(f"model {shared[0][1]!r}, whose weights this graph shares, is not "
+                             "registered: register it first")
+        if len(reuse) != len(graph.weights):
+            raise ValueError(f"graph declares {len(graph.weights)} weights, {len(reuse)} "
+                             "reuse entries")
+        sent = iter(weights)
+        ws = []
+        for spec, r in zip(graph.weights, reuse):
+            if r >= 0:
+                if base is None or r >= len(base.weights):
+                    raise ValueError(f"weight {spec.name}: the base model has no weight {r}")
+                w = base.weights[r]
+                got = (str(w.dtype).removeprefix("torch."), list(w.shape))
+            else:
+                meta, buf = next(sent, (None, None))
+                if meta is None:
+                    raise ValueError(f"weight {spec.name}: no frame was sent for it")
+                got = (meta.dtype, list(meta.shape))
+                w = (meta, buf)
+            if got != (spec.dtype, list(spec.shape)):
+                raise ValueError(f"weight {spec.name}: it is {got[0]}{got[1]}, graph says "
+                                 f"{spec.dtype}{spec.shape}")
+            ws.append(w)
+        if next(sent, None) is not None:
+            raise ValueError("more weight frames were sent than the graph declares")
+        ws = [w if r >= 0 else self._tensor(*w) for w, r in zip(ws, reuse)]
+        self._graphs[key] = LoadedGraph(graph, ws, self.device, quota, 
+                                      name=str(key[-1] if isinstance(key, tuple) else key))
         # a first estimate per op; measured durations replace it (DurationEstimates)
         return [KernelSpec(name=n.op[:256], est_us=20.0) for n in graph.ops]
 

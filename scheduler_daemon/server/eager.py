@@ -38,7 +38,8 @@ MODEL_CACHE = 256
 class EagerState:
     """One client's intercepted tensors and its queue of batches and syncs."""
 
-    __slots__ = ("table", "known", "queue", "running", "error", "dead", "ledger")
+    __slots__ = ("table", "known", "queue", "running", "error", "dead", "ledger", "gen_t0",
+                 "last_token")
 
     def __init__(self, ledger: Ledger):
         self.table: dict = {}            # handle -> tensor on the daemon's device
@@ -48,6 +49,8 @@ class EagerState:
         self.error: tuple[str, str] | None = None  # reported at the next sync
         self.dead = False
         self.ledger = ledger             # the tenant's, shared with its other connections
+        self.gen_t0: float | None = None      # arrival of the generation's first batch
+        self.last_token: float | None = None  # when its latest token's batch had run
 
     def put(self, h: int, t) -> None:
         """Keep ``t`` as handle ``h``, counted by its storage."""
@@ -84,11 +87,19 @@ class _Sync:
         self.req_id, self.fetch = req_id, fetch
 
 
+class _Token:
+    """A token mark that came with no ops: the token is counted when the stream reaches it."""
+    __slots__ = ("kind", "slo_ms")
+
+    def __init__(self, kind: int, slo_ms: float):
+        self.kind, self.slo_ms = kind, slo_ms
+
+
 class EagerWork:
     """A batch's payload: its ops resolved, run one per kernel against the client's table."""
 
     __slots__ = ("state", "ops", "fns", "free", "seq", "device", "reply", "first_out", "values",
-                 "created", "fetch", "guard")
+                 "created", "fetch", "guard", "token", "slo_ms", "free_at")
 
     def __init__(self, state, ops, fns, free, seq, device, guard):
         self.state, self.ops, self.fns, self.free, self.seq = state, ops, fns, free, seq
@@ -98,6 +109,9 @@ class EagerWork:
         self.values: list = []
         self.created: list[int] = []
         self.fetch: list[int] = []
+        self.token = 0          # ends a generation's token: 1 the first, 2 a later one
+        self.slo_ms = 0.0
+        self.free_at: dict[int, list[int]] = {}   # op index -> handles released before it
 
     def kernel(self, i: int):
         """Op ``i`` as the torch device's kernel callable (payload -> payload)."""
@@ -127,6 +141,8 @@ class EagerWork:
     def _run(self, i: int) -> None:
         import torch
         node, op, st = self.ops[i], self.fns[i], self.state
+        for h in self.free_at.pop(i, ()):
+            st.pop(h)    # dropped by the client before this op was queued (again at the end)
         args = [self._arg(a) for a in node.args]
         kwargs = {k: self._arg(v) for k, v in node.kwargs.items()}
         self.guard.check(op, args, kwargs, st.ledger.room())
@@ -213,6 +229,8 @@ class EagerStreams:
 
     def on_ops(self, s, msg: P.EagerOps, raw: list) -> None:
         st = self._state(s)
+        if msg.gen_start:
+            st.gen_t0, st.last_token = self.d.env.now, None
         if self.d.draining:
             st.error = st.error or (Code.DRAINING, "the daemon is shutting down and runs no "
                                     "new ops")
@@ -221,6 +239,9 @@ class EagerStreams:
                 self._queue_free_only(st, msg.free)
                 return
             try:
+                if msg.free_at and len(msg.free_at) != len(msg.free):
+                    raise ProtocolError(Code.BAD_INPUT, f"{len(msg.free)} handles to free but "
+                                        f"{len(msg.free_at)} positions")
                 self._uploads(s, st, msg, raw)
                 fns = [self._check_op(st, i, op) for i, op in enumerate(msg.ops)]
             except ProtocolError as e:
@@ -232,9 +253,16 @@ class EagerStreams:
                 st.known.discard(h)
         if not msg.ops:
             self._queue_free_only(st, msg.free)
+            if msg.token:
+                st.queue.append(_Token(msg.token, msg.slo_ms))
+                self._start_next(s, st)
             return
         work = EagerWork(st, msg.ops, fns, list(msg.free), msg.seq, self.d.device.device,
                          self.guard)
+        work.token, work.slo_ms = msg.token, msg.slo_ms
+        for h, at in zip(msg.free, msg.free_at):
+            if at < len(msg.ops):
+                work.free_at.setdefault(at, []).append(h)
         self._enqueue(s, st, self._job(s, st, work, msg.slo_ms, msg.priority))
 
     def on_sync(self, s, msg: P.EagerSync, raw: list) -> None:
@@ -355,6 +383,9 @@ class EagerStreams:
                 self.d.core.add(item, self.d.env.now)
             elif isinstance(item, _Sync):
                 self._answer(s, st, item.req_id, item.fetch)
+            elif isinstance(item, _Token):
+                if st.error is None:
+                    self._token(s, st, item.kind, item.slo_ms)
             else:
                 self._release(st, item)
 
@@ -379,6 +410,8 @@ class EagerStreams:
             st.error = (code, f"{what}: {err}")
             log.info("eager: tenant=%s %s", s.tenant.name, st.error[1])
         self._release(st, work.free)
+        if work.token and job.state is JobState.DONE and st.error is None:
+            self._token(s, st, work.token, work.slo_ms)
         if work.reply:
             st.known.update(work.created)
             if st.error is not None:
@@ -389,6 +422,18 @@ class EagerStreams:
         work.ops = work.fns = None
         job.payload = None
         self._start_next(s, st)
+
+    def _token(self, s, st: EagerState, kind: int, slo_ms: float) -> None:
+        """A generation's token is made: time to first token (since the generation's first
+        batch arrived) or time per output token (since the previous token)."""
+        now = self.d.env.now
+        first = kind == 1
+        t0 = st.gen_t0 if first else st.last_token
+        t0 = now if t0 is None else t0
+        st.last_token = now
+        ms = (now - t0) * 1e3
+        missed = s.tenant.tokens.add(first, ms, slo_ms)
+        self.d.metrics.token(s.tenant.name, first, ms / 1e3, missed)
 
     def _release(self, st: EagerState, handles) -> None:
         for h in handles:

@@ -39,6 +39,16 @@ def register_graph(server, s: Session, msg: P.RegisterGraph, raw: list) -> None:
             f"backend {server.device.name!r} cannot run registered torch models: start the "
             "daemon with --backend torch")))
     _check_slot(server, s, msg.model)
+    shared = None
+    if msg.shares:
+        if msg.shares == msg.model or msg.shares not in s.tenant.models:
+            raise ProtocolError(Code.BAD_MODEL, f"model {msg.model!r} shares the weights of "
+                                f"model {msg.shares!r}, which this tenant has not registered "
+                                "(or is itself): register that model first")
+        shared = ((s.tenant.name, msg.shares), list(msg.reuse))
+    elif msg.reuse:
+        raise ProtocolError(Code.BAD_INPUT, f"model {msg.model!r}: 'reuse' needs 'shares' (the "
+                            "model whose weights are reused)")
     counts = msg.weight_frames or [1] * len(msg.weights)
     if len(counts) != len(msg.weights):
         raise ProtocolError(Code.BAD_INPUT, f"{len(msg.weights)} weights but "
@@ -49,12 +59,15 @@ def register_graph(server, s: Session, msg: P.RegisterGraph, raw: list) -> None:
                  replaces=s.tenant.ledger.charged(("model", msg.model)))
     try:
         kernels = server.device.load_graph((s.tenant.name, msg.model), msg.graph,
-                                           list(zip(msg.weights, bufs)), s.tenant.ledger)
+                                           list(zip(msg.weights, bufs)), s.tenant.ledger,
+                                           **({"shared": shared} if shared else {}))
     except (ValueError, TypeError, msgspec.ValidationError, msgspec.DecodeError) as e:
         raise ProtocolError(Code.BAD_MODEL, f"model {msg.model!r}: {e}") from None
     _check_kernel_count(server, msg.model, len(kernels), "ops")
     s.tenant.ledger.charge(("model", msg.model), total)   # the weights live while it does
     _install(server, s, msg, kernels, f"ops weight_bytes={total}")
+    if msg.shares:
+        s.tenant.variants.setdefault(msg.shares, set()).add(msg.model)
 
 
 def register_cuda(server, s: Session, msg: P.RegisterCuda, raw: list) -> None:
@@ -161,8 +174,24 @@ def _check_quota(server, s: Session, model: str, nbytes: int, what: str,
                             f"{ledger.quota} bytes: free some, or raise --max-tenant-bytes")
 
 
+def _drop_variants(server, s: Session, model: str) -> None:
+    """``model`` was registered again: the graphs that shared its old weights (the same model
+    at other input shapes) go with them, and nothing names it as a sharer any more."""
+    tenant = s.tenant
+    for group in tenant.variants.values():
+        group.discard(model)
+    for v in sorted(tenant.variants.pop(model, ())):
+        if tenant.models.pop(v, None) is not None:
+            server.device.forget((tenant.name, v))
+            tenant.ledger.refund(("model", v))
+            log.info("daemon: dropped tenant=%s model=%s (it shared the weights of %s, "
+                     "registered again)", tenant.name, v, model)
+        _drop_variants(server, s, v)
+
+
 def _install(server, s: Session, msg, kernels: list, what: str) -> None:
     tenant, key = s.tenant, (s.tenant.name, msg.model)
+    _drop_variants(server, s, msg.model)
     tenant.models[msg.model] = server.core.make_model(key, msg.model, kernels)
     log.info("daemon: registered tenant=%s model=%s %d %s", tenant.name, msg.model,
              len(kernels), what)

@@ -52,6 +52,9 @@ class NullMetrics:
     def request_error(self, code: str) -> None:
         pass
 
+    def token(self, tenant: str, first: bool, seconds: float, slo_missed: bool) -> None:
+        pass
+
 
 class Server:
     def __init__(self, config: DaemonConfig, device: Device, env: Environment,
@@ -249,7 +252,7 @@ class Server:
                                   cancelled=t.cancelled, failed=t.failed, shed=t.shed,
                                   slo_missed=t.slo_missed, p50_ms=t.percentile(0.5),
                                   p99_ms=t.percentile(0.99),
-                                  bytes_held=t.bytes_held)
+                                  bytes_held=t.bytes_held, **_token_fields(t.tokens))
                    for t in self.tenants.values()]
         return P.StatusReply(req_id=req_id, daemon_id=self.daemon_id,
                              device=self.device.describe(), policy=self.core.policy.name,
@@ -513,6 +516,16 @@ class Server:
         for name in [n for n, t in self.tenants.items()
                      if t.clients == 0 and t.unfinished == 0 and not t.models]:
             del self.tenants[name]
+
+
+def _token_fields(k) -> dict:
+    """A tenant's TokenStats as TenantStatus fields."""
+    if not k.tokens:
+        return {}
+    return {"tokens": k.tokens, "ttft_p50_ms": k.pct(k.ttft_ms, 0.5),
+            "ttft_p99_ms": k.pct(k.ttft_ms, 0.99), "tpot_p50_ms": k.pct(k.tpot_ms, 0.5),
+            "tpot_p99_ms": k.pct(k.tpot_ms, 0.99), "ttft_slo_missed": k.ttft_missed,
+            "tpot_slo_missed": k.tpot_missed}
 
 
 def _default_work(device: Device) -> float:

@@ -11,6 +11,7 @@ import msgspec
 
 MAX_OPS = 20000
 MAX_VALUES = 200000
+MAX_IO = 1024   # inputs and outputs of one graph (a KV cache's tensors are outputs)
 _Name = Annotated[str, msgspec.Meta(max_length=128)]
 
 
@@ -29,6 +30,11 @@ class L(msgspec.Struct, tag="l", frozen=True, forbid_unknown_fields=True):
     items: Annotated[list["Arg"], msgspec.Meta(max_length=4096)]
 
 
+class S(msgspec.Struct, tag="s", frozen=True, forbid_unknown_fields=True):
+    """A string argument (``gelu(approximate='tanh')``, an ``einsum`` equation)."""
+    value: Annotated[str, msgspec.Meta(max_length=256)]
+
+
 class D(msgspec.Struct, tag="d", frozen=True, forbid_unknown_fields=True):
     """A torch dtype by name (float32, int64, ...)."""
     name: _Name
@@ -40,7 +46,7 @@ class K(msgspec.Struct, tag="k", frozen=True, forbid_unknown_fields=True):
     name: _Name
 
 
-Arg = Union[V, C, L, D, K]
+Arg = Union[V, C, L, D, K, S]
 
 
 class OpNode(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -57,10 +63,14 @@ class WeightSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 
 
 class Graph(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
-    n_inputs: Annotated[int, msgspec.Meta(ge=0, le=64)]
+    """``outputs`` may be empty (a model whose outputs are all inputs handed back or
+    constants: the client rebuilds them). ``inputs``: the dtype and shape of each input the
+    graph was captured for; a request with other shapes is refused at submit, naming both."""
+    n_inputs: Annotated[int, msgspec.Meta(ge=0, le=MAX_IO)]
     weights: Annotated[list[WeightSpec], msgspec.Meta(max_length=MAX_VALUES)]
     ops: Annotated[list[OpNode], msgspec.Meta(min_length=1, max_length=MAX_OPS)]
-    outputs: Annotated[list[Annotated[int, msgspec.Meta(ge=0)]], msgspec.Meta(min_length=1, max_length=64)]
+    outputs: Annotated[list[Annotated[int, msgspec.Meta(ge=0)]], msgspec.Meta(max_length=MAX_IO)]
+    inputs: Annotated[list[WeightSpec], msgspec.Meta(max_length=MAX_IO)] = []
 
 
 _ENC = msgspec.msgpack.Encoder()
@@ -88,6 +98,8 @@ def decode_graph(buf) -> Graph:
         for a in node.kwargs.values():
             check(a, i)
         n += node.n_out
+    if g.inputs and len(g.inputs) != g.n_inputs:
+        raise ValueError(f"graph declares {g.n_inputs} inputs but describes {len(g.inputs)}")
     for o in g.outputs:
         if o >= n:
             raise ValueError(f"graph output {o} names no value")

@@ -50,6 +50,13 @@ class RegisterGraph(Msg):
     # raw frames per weight (empty: one each); a weight over the frame limit spans several
     weight_frames: Annotated[list[Annotated[int, msgspec.Meta(ge=1, le=4096)]],
                              msgspec.Meta(max_length=100_000)] = []
+    # the same model captured at other input shapes (issue 17): ``shares`` names a registered
+    # graph of this tenant whose weights this one reuses; ``reuse`` gives, per graph weight,
+    # the index of that model's weight or -1 for the next of ``weights`` (sent as frames).
+    # Registering ``shares`` again drops this model.
+    shares: Annotated[str, msgspec.Meta(max_length=128, pattern=r"^[A-Za-z0-9_.:@/-]*$")] = ""
+    reuse: Annotated[list[Annotated[int, msgspec.Meta(ge=-1, lt=200_000)]],
+                     msgspec.Meta(max_length=200_000)] = []
 
 
 class RegisterCuda(Msg):
@@ -106,6 +113,16 @@ class EagerOps(Msg):
     free: Annotated[list[HandleId], msgspec.Meta(max_length=1 << 20)] = []
     slo_ms: Annotated[float, msgspec.Meta(ge=0.0, le=86_400_000.0)] = 0.0
     priority: Annotated[int, msgspec.Meta(ge=-1000, le=1000)] = 0
+    # per handle of ``free`` (empty: all after the batch): released before op ``free_at[i]``
+    # runs (the client dropped it then), so a long batch holds what the model holds locally
+    free_at: Annotated[list[Annotated[int, msgspec.Meta(ge=0, le=4096)]],
+                       msgspec.Meta(max_length=1 << 20)] = []
+    # token generation (issue 17): ``gen_start`` starts a generation's clock at this batch's
+    # arrival; ``token`` 1 says this batch ends its first token (time to first token is
+    # measured when it has run), 2 that it ends a later one (time per output token: since the
+    # previous token). ``slo_ms`` of a token's batch is that token's SLO.
+    gen_start: bool = False
+    token: Annotated[int, msgspec.Meta(ge=0, le=2)] = 0
 
 
 class EagerSync(Msg):
@@ -189,6 +206,16 @@ class TenantStatus(Msg, omit_defaults=False):
     p50_ms: float = 0.0
     p99_ms: float = 0.0
     bytes_held: int = 0   # input bytes of unfinished jobs + intercepted tensors in the daemon
+    # token generation through the intercept path (EAGER_OPS token marks): tokens made, and
+    # time to first token / time per output token over the last 10,000 of each, with misses
+    # of the SLO each token's batch carried
+    tokens: int = 0
+    ttft_p50_ms: float = 0.0
+    ttft_p99_ms: float = 0.0
+    tpot_p50_ms: float = 0.0
+    tpot_p99_ms: float = 0.0
+    ttft_slo_missed: int = 0
+    tpot_slo_missed: int = 0
 
 
 class JobStatus(Msg, omit_defaults=False):
