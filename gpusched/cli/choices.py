@@ -25,3 +25,6 @@ PAELLA_WORKLOADS = ("paella-mix", "orion-v100")
 
 # gpusched.placement.solvers.METHODS
 PLACE_SOLVERS = ("one-per-gpu", "mem-packing", "gslice", "gpulet", "heuristic", "cpsat")
+
+# gpusched.cluster.route.POLICIES
+ROUTE_POLICIES = ("expected-completion", "random", "round-robin")

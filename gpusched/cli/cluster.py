@@ -46,6 +46,8 @@ def add_parser(sub) -> None:
     up.add_argument("--curve-secret", metavar="FILE",
                     help="the cluster's CURVE secret key (default: made once, kept in the "
                     "runtime dir; clients get the public key from the cluster file)")
+    up.add_argument("--daemon-log-level", default="WARNING", choices=choices.LOG_LEVELS,
+                    help="the daemons' logging level (their logs go to the Ray workers' logs)")
     up.add_argument("--timeout", type=float, default=180.0,
                     help="seconds to wait for every daemon to answer")
     up.add_argument("--json", action="store_true", help="print JSON instead of a table")
@@ -115,7 +117,7 @@ def _up(args) -> int:
     secret, public = _keys(args)
     cfg = {"name": "gpusched", "secret": secret, "public": public, "backend": args.backend,
            "gpu_type": args.gpu_type, "policy": args.policy, "health_period_s": 0.25,
-           "down_after_s": 1.0}
+           "down_after_s": 1.0, "log_level": args.daemon_log_level}
     st = ops.up(ray, cfg, args.timeout)
     state = {"ray_address": ray.get_runtime_context().gcs_address, "namespace": "gpusched",
              "directory": st["directory"], "server_key": public, "local": local}

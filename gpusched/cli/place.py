@@ -25,6 +25,7 @@ examples:
   gpusched place models.yaml --pool "T4:16,H100:2" --solver cpsat --json
   gpusched place models.yaml --validate --plot plan.png
   gpusched place models.yaml --apply ipc:///tmp/gpu0.sock,ipc:///tmp/gpu1.sock
+  gpusched place examples/placement/models.yaml --cluster   # after 'gpusched cluster up'
 """
 
 
@@ -43,7 +44,51 @@ def add_parser(sub) -> None:
     p.add_argument("--apply", metavar="ENDPOINTS",
                    help="send GPU i's replicas to the i-th daemon (comma-separated endpoints); "
                    "each daemon admits them only if its interference model predicts every SLO holds")
+    p.add_argument("--cluster", action="store_true",
+                   help="plan for the live GPUs of the cluster ('gpusched cluster up') and admit "
+                   "each GPU's replicas on its daemon; --pool or the file's pool: then only "
+                   "picks GPU types (and prices)")
+    p.add_argument("--address", help="--cluster: the Ray cluster (default: the cluster file's)")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+
+
+def _cluster_pool(args, w, parse_pool):
+    """(ray, controller, pool to plan with, live GPUs per type) for --cluster."""
+    from gpusched.cluster import ops
+    from gpusched.placement.pool import DEFAULT_PRICE, GpuType
+
+    ray = ops.connect(args.address)
+    h = ops.controller(ray)
+    live = ops.call(ray, h.pool.remote(), 60)
+    if not live:
+        raise ValueError("the cluster has no live daemon: see 'gpusched cluster status'")
+    text = args.pool or w.pool
+    wanted = {t.name: t for t in parse_pool(text)} if text else {}
+    types = [t for t in sorted(live) if t in DEFAULT_PRICE and (not wanted or t in wanted)]
+    if not types:
+        have = ", ".join(f"{t}: {n}" for t, n in sorted(live.items()))
+        what = ", ".join(wanted) if wanted else "a known GPU type"
+        raise ValueError(f"the plan is for {what} but the cluster has {have}: drop --pool (and "
+                         f"the file's pool:) to plan for the cluster's GPUs, or add {what} nodes")
+    # as many as it takes: the count missing is then said exactly
+    pool = tuple(GpuType(t, live[t] + 64, wanted[t].price_per_hour if t in wanted
+                         else DEFAULT_PRICE[t]) for t in types)
+    return ray, h, pool, live
+
+
+def _apply_cluster(args, w, out, ray, h, live) -> list[dict]:
+    from gpusched.cluster import ops
+    need: dict[str, int] = {}
+    for a in out["assignments"]:
+        need[a["type"]] = need.get(a["type"], 0) + 1
+    short = {t: n - live.get(t, 0) for t, n in need.items() if n > live.get(t, 0)}
+    if short:
+        raise ValueError("the plan needs " + ", ".join(
+            f"{need[t]} {t} GPUs but the cluster has {live.get(t, 0)} live: {n} missing"
+            for t, n in sorted(short.items())) + "; add GPUs (nodes) or lower the rates")
+    models = [{"name": m.name, "model": m.model, "rate": m.rate, "slo_ms": m.slo_ms,
+               "batches": list(m.batches)} for m in w.models]
+    return ops.call(ray, h.apply.remote(out, models, args.solver), 600)["applied"]
 
 
 def run(args) -> int:
@@ -54,14 +99,22 @@ def run(args) -> int:
 
     w = spec.load(args.models)
     pool_text = args.pool or w.pool
-    if not pool_text:
+    if args.cluster and args.apply:
+        raise ValueError("--cluster and --apply exclude each other: --cluster finds the daemons")
+    if not pool_text and not args.cluster:
         raise ValueError("no GPU pool: pass --pool H100:8 (or write pool: in the YAML)")
     if args.time_limit <= 0 or args.horizon <= 0:
         raise ValueError("--time-limit and --horizon must be > 0")
-    try:
-        pool = parse_pool(pool_text)
-    except ValueError as e:
-        raise ValueError(f"--pool: {e}" if args.pool else f"{args.models}: {e}") from None
+    def parse(text):
+        try:
+            return parse_pool(text)
+        except ValueError as e:
+            raise ValueError(f"--pool: {e}" if args.pool else f"{args.models}: {e}") from None
+
+    if args.cluster:
+        ray, ctl, pool, live = _cluster_pool(args, w, parse)
+    else:
+        pool = parse(pool_text)
     try:
         plan = place(w.models, pool, args.solver, time_limit_s=args.time_limit)
     except spec.SpecError as e:  # "line 4: model 'x': ..." -> "models.yaml:4: model 'x': ..."
@@ -83,6 +136,8 @@ def run(args) -> int:
         out["plot"] = plot_plan(plan, args.plot)
     if args.apply:
         out["applied"] = apply_plan(out, args.apply)
+    if args.cluster:
+        out["applied"] = _apply_cluster(args, w, out, ray, ctl, live)
     if args.json:
         print(json.dumps(out, indent=2, default=_no_inf))
     else:
@@ -157,4 +212,5 @@ def print_plan(out: dict) -> None:
     if "plot" in out:
         con.print(f"wrote {out['plot']}")
     for a in out.get("applied", []):
-        con.print(f"GPU {a['gpu']}: {a['endpoint']} admitted {len(a['admitted'])} replicas")
+        where = f"{a['daemon']} ({a['endpoint']})" if "daemon" in a else a["endpoint"]
+        con.print(f"GPU {a['gpu']}: {where} admitted {len(a['admitted'])} replicas")

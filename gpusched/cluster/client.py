@@ -38,6 +38,7 @@ from scheduler_daemon.transport.sockets import make_socket
 from scheduler_daemon.wire import protocol as P
 
 log = logging.getLogger("gpusched.cluster")
+_PING = P.encode(P.Ping(seq=0))
 
 
 class ClusterFuture(Future):
@@ -104,6 +105,7 @@ class _Conn:
         self.key, self.info, self.sock, self.s = info.key, info, sock, session
         self.registered: set[str] = set()
         self.down_since = 0.0          # > 0: taken out of the routes locally at that time
+        self.pinged = 0.0
         self.dead_id = ""              # the daemon id that died
 
 
@@ -175,7 +177,11 @@ class ClusterClient:
                 raise ConnectError(f"no cluster directory answered at {self.endpoint} within "
                                    f"{timeout:g}s: is the cluster up ('gpusched cluster up', "
                                    "'gpusched cluster status')?")
-            self._on_directory(self._dir.recv_multipart(), time.perf_counter())
+            frames = self._dir.recv_multipart()
+            # the kernels first (the zoo's profiles load in seconds), the connections after:
+            # a daemon drops a client that says HELLO and then nothing for its client timeout
+            self._prepare_kernels(frames)
+            self._on_directory(frames, time.perf_counter())
         except BaseException:
             self._dir.close(0)
             self._ctx.term()
@@ -289,10 +295,20 @@ class ClusterClient:
                 if now - hb >= 0.1:
                     hb = now
                     for c in list(self._conns.values()):
-                        if not c.down_since:
-                            out = c.s.tick(now)
-                            if out is not None:
-                                self._apply(c, out)
+                        if c.down_since:
+                            continue
+                        if now - c.pinged >= c.s.heartbeat_s:
+                            # a ping per heartbeat even while jobs go out (the session pings
+                            # only when nothing was sent): a busy daemon answers it between
+                            # jobs, so only a dead or stuck one falls silent
+                            c.pinged = now
+                            try:
+                                c.sock.send_multipart(_PING, zmq.NOBLOCK)
+                            except zmq.ZMQError:
+                                pass
+                        out = c.s.tick(now)
+                        if out is not None:
+                            self._apply(c, out)
                 if now >= self._lookup_at and (not self._lookup_out or
                                                now - self._lookup_at > 2.0):
                     self._dir.send_multipart(CP.encode(CP.Lookup(req_id=1)))
@@ -455,6 +471,23 @@ class ClusterClient:
             except zmq.ZMQError as e:
                 s.forget(rid)
                 self._fail(tok, DaemonUnavailable(f"sending to {key} failed: {e}"))
+
+    def _prepare_kernels(self, frames: list) -> None:
+        """Build the placed models' kernels now (the zoo's profiles load in seconds): not in
+        the I/O loop, where it would hold every reply and heartbeat that long."""
+        from gpusched.cluster.workload import model_kernels
+        try:
+            msg = CP.decode(frames[0], frames[1], CP.REPLIES)
+        except (CP.ProtocolError, IndexError):
+            return
+        for d in getattr(msg, "daemons", ()):
+            for r in d.replicas:
+                if r.model not in self._kernels:
+                    try:
+                        model_kernels(r.zoo_model, r.batch, d.gpu_type)
+                    except Exception as e:   # said again, to the job, if it is submitted
+                        log.warning("cluster client: no kernels for %s on %s: %s", r.model,
+                                    d.gpu_type, e)
 
     def _ensure_model(self, c: _Conn, model: str) -> None:
         if model in c.registered:

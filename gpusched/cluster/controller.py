@@ -327,6 +327,9 @@ class Controller:
         models = tuple(ModelSpec(m["name"], m["model"], m["rate"], m["slo_ms"],
                                  tuple(m["batches"])) for m in self.models)
         pool = self.pool()
+        if not pool:
+            return {"error": "no live GPU to re-plan on: the placement is admitted again as "
+                    "its daemons restart"}
         try:
             from gpusched.placement.plan import report
             out = report(place(models, _pool_types(pool, unlimited=True), self.solver), models)

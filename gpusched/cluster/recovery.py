@@ -54,37 +54,42 @@ class Recovery:
 
 def recover(placement: dict[str, list[Rep]], gpu_type: dict[str, str], alive: set[str]) -> Recovery:
     """The new replica sets after the daemons not in ``alive`` died (``gpu_type``: key -> GPU
-    type of every daemon known). Dead daemons keep their entry in ``placement`` until the
-    caller applies ``changed`` (which lists them with an empty set)."""
+    type of every daemon known). A dead daemon's set is emptied (in ``changed``) only as far
+    as its replicas went elsewhere: what nobody could take stays there, to be admitted again
+    if it restarts, and is listed in ``lost``."""
     out = Recovery()
     dead = [k for k, reps in placement.items() if reps and k not in alive]
     if not dead:
         return out
     spares = [k for k in sorted(alive) if not placement.get(k)]
-    orphans: list[Rep] = []
+    new = {k: list(v) for k, v in placement.items() if k in alive}
+    orphans: list[tuple[str, Rep]] = []
     for k in sorted(dead):
         spare = next((s for s in spares if gpu_type.get(s) == gpu_type.get(k)), None)
         if spare is not None:
             spares.remove(spare)
             out.moves[k] = spare
-            out.changed[spare] = list(placement[k])
+            out.changed[spare] = new[spare] = list(placement[k])
+            out.changed[k] = []
         else:
-            orphans.extend(placement[k])
-        out.changed[k] = []
-    new = {k: list(v) for k, v in placement.items() if k in alive}
-    new.update({k: v for k, v in out.changed.items() if k in alive})
-    for rep in orphans:
-        holders = [(k, i) for k, reps in sorted(new.items()) for i, r in enumerate(reps)
+            orphans.extend((k, r) for r in placement[k])
+    kept: dict[str, list[Rep]] = {}
+    for k, rep in orphans:
+        holders = [(h, i) for h, reps in sorted(new.items()) for i, r in enumerate(reps)
                    if r.name == rep.name]
         if not holders:
             out.lost.append(rep)
+            kept.setdefault(k, []).append(rep)
             continue
-        total = sum(new[k][i].rate for k, i in holders)
-        for k, i in holders:
-            r = new[k][i]
+        total = sum(new[h][i].rate for h, i in holders)
+        for h, i in holders:
+            r = new[h][i]
             share = r.rate / total if total > 0 else 1 / len(holders)
-            new[k][i] = replace(r, rate=round(r.rate + rep.rate * share, 3))
-            out.changed[k] = new[k]
+            new[h][i] = replace(r, rate=round(r.rate + rep.rate * share, 3))
+            out.changed[h] = new[h]
+    for k, _rep in orphans:
+        if kept.get(k) != placement[k]:
+            out.changed[k] = kept.get(k, [])
     return out
 
 
