@@ -27,6 +27,7 @@ cdef class Environment:
     cpdef Timer schedule_at(self, double at, fn)
     @cython.locals(timer=Timer)
     cpdef Timer call_at(self, double at, fn, arg)
+    cpdef Timer rearm(self, Timer timer, double at)
     @cython.locals(heap=list, timer=Timer)
     cpdef double peek(self) except? -1.0
     cpdef Timer _pop_due(self)

@@ -113,6 +113,16 @@ class Environment:
         _timer_push(self._heap, timer)
         return timer
 
+    def rearm(self, timer: Timer, at: float) -> Timer:
+        """Schedule a timer that has run (or was never scheduled) again, at ``at``: the same
+        as a new ``schedule_at`` of its callback, without a new object."""
+        timer.at = at
+        timer.cancelled = False
+        self._counter += 1
+        timer.seq = self._counter
+        _timer_push(self._heap, timer)
+        return timer
+
     def peek(self) -> float:
         """Time of the next live event, or ``inf``."""
         heap = self._heap

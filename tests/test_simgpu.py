@@ -110,8 +110,7 @@ class CheckedSimGpu(SimGpu):
         assert (free >= 0).all(), "over-subscribed SM"
         assert (free <= lim).all(), "freed more than held"
         held = np.zeros_like(free)
-        for group in self._finishing:
-            kern, take, n = group.kern, self._take(group), group.n
+        for kern, take, n in self._groups():
             assert int(take.sum()) == n and (take >= 0).all()
             held += kern.shape.res * take
         assert (held + free == lim).all(), "resources leaked or double-freed"
@@ -132,7 +131,7 @@ class CheckedSimGpu(SimGpu):
                     assert self.fit_per_sm(head.shape).max() == 0, "idle SMs while a queue waits"
 
     def check_final(self) -> None:
-        assert not self._finishing and not any(self.queues)
+        assert not self._groups() and not any(self.queues)
         assert (self.free == self.limits[:, None]).all()
         assert self._threads_used == 0 and self._grids == 0
         assert self.kernels_done == len(self.recs)

@@ -30,8 +30,10 @@ cdef class HeapQueue(ReadyQueue):
     cdef readonly list _heap
     cdef long long _counter
     cdef Py_ssize_t _live
-    @cython.locals(e=_Entry, order=KeyOrder)
+    cdef list _pool
+    @cython.locals(e=_Entry, order=KeyOrder, pool=list)
     cpdef push(self, Job job, double now)
+    cdef _recycle(self, _Entry e)
     @cython.locals(heap=list, e=_Entry, job=Job)
     cpdef Job peek(self)
     cpdef double head_key(self)

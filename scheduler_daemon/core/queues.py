@@ -99,6 +99,7 @@ class HeapQueue(ReadyQueue):
         self._heap: list[_Entry] = []
         self._counter = 0
         self._live = 0
+        self._pool: list[_Entry] = []   # popped entries, for reuse
 
     def __len__(self) -> int:
         return self._live
@@ -107,7 +108,8 @@ class HeapQueue(ReadyQueue):
         """Queue ``job``, or re-key it if it is queued already."""
         job.qseq += 1
         self._counter += 1
-        e = _Entry.__new__(_Entry)
+        pool = self._pool
+        e = pool.pop() if pool else _Entry.__new__(_Entry)
         order = self._order
         e.key = order.key(job, now) if order is not None else self._key(job, now)
         e.seq = self._counter
@@ -125,8 +127,13 @@ class HeapQueue(ReadyQueue):
             job = e.job
             if e.qseq == job.qseq and job.in_queue:
                 return job
-            _entry_pop(heap)
+            self._recycle(_entry_pop(heap))
         return None
+
+    def _recycle(self, e: _Entry) -> None:
+        e.job = None
+        if len(self._pool) < 1024:
+            self._pool.append(e)
 
     def head_key(self) -> float:
         return self._heap[0].key if self.peek() is not None else float("inf")
@@ -134,7 +141,7 @@ class HeapQueue(ReadyQueue):
     def pop(self) -> Job | None:
         job = self.peek()
         if job is not None:
-            _entry_pop(self._heap)
+            self._recycle(_entry_pop(self._heap))
             job.in_queue = False
             self._live -= 1
         return job

@@ -30,24 +30,8 @@ cdef class _Kernel:
     cdef public double arrived
     cdef public long long stream
 
-@cython.freelist(256)
-cdef class _Group:
-    cdef public double end
-    cdef public long long seq
-    cdef public _Kernel kern
-    cdef public Py_ssize_t slot
-    cdef public long long n
-    cdef public double ideal, begin
-
 @cython.locals(kern=_Kernel)
 cdef _Kernel _new_kernel(Job job, _KInfo info, Py_ssize_t qi, _Kernel pred)
-@cython.locals(g=_Group)
-cdef _Group _new_group(_Kernel kern, Py_ssize_t slot, long long n, double begin)
-@cython.locals(pos=Py_ssize_t, parentpos=Py_ssize_t, parent=_Group)
-cdef int _group_push(list heap, _Group g) except -1
-@cython.locals(pos=Py_ssize_t, child=Py_ssize_t, right=Py_ssize_t, n=Py_ssize_t, c=_Group,
-               r=_Group, last=_Group, ret=_Group)
-cdef _Group _group_pop(list heap)
 
 cdef class _SimGpuBase:
     cdef public object spec
@@ -55,23 +39,29 @@ cdef class _SimGpuBase:
     cdef public object limits
     cdef readonly Py_ssize_t _sms
     cdef long long _max_grids
-    cdef object _freebuf, _fitbuf, _slabbuf
+    cdef object _freebuf
     cdef long long[::1] _free
-    cdef long long[::1] _fit
+    cdef long long[::1] _fitv
     cdef long long[::1] _counts
-    cdef long long[::1] _slab
     cdef long long[::1] _freed
-    cdef list _slots
     cdef Py_ssize_t _nslots
+    cdef long long[::1] _slab
+    cdef double[::1] _gd
+    cdef long long[::1] _gi
+    cdef list _gkern
+    cdef long long[::1] _heap
+    cdef Py_ssize_t _nheap
+    cdef long long[::1] _spare
+    cdef Py_ssize_t _nspare
+    cdef long long[::1] _placed
     cdef public list queues
+    cdef list _heads
     cdef Py_ssize_t _nq
     cdef unsigned long long _nonempty, _ready, _waiting
     cdef readonly dict _tails
-    cdef readonly list _finishing
-    cdef list _placed
     cdef long long _seq
     cdef double _timer_at
-    cdef Timer _timer
+    cdef Timer _timer, _timer_spare, _arrival_timer, _arrival_spare
     cdef double _demand_m, _demand_c
     cdef readonly long long _grids
     cdef dict _shapes, _infos
@@ -105,7 +95,8 @@ cdef class _SimGpuBase:
     @cython.locals(info=_KInfo, pred=_Kernel, kern=_Kernel, stream=cython.longlong,
                    env=Environment, qi=Py_ssize_t)
     cpdef launch(self, Job job)
-    @cython.locals(now=double, qi=Py_ssize_t, q=object, bit=cython.ulonglong)
+    @cython.locals(env=Environment, now=double, qi=Py_ssize_t, q=object, bit=cython.ulonglong,
+                   timer=Timer)
     cpdef _arrive(self, _Kernel kern)
     cpdef _arrival_dispatch(self)
     @cython.locals(dt=double)
@@ -116,25 +107,35 @@ cdef class _SimGpuBase:
                    below=cython.longlong, ge=cython.longlong, rest=cython.longlong,
                    start=cython.longlong, rank=cython.longlong, r=cython.longlong)
     cdef _spread(self, long long n)
-    @cython.locals(old=Py_ssize_t)
+    @cython.locals(old=Py_ssize_t, new=Py_ssize_t, sms=Py_ssize_t, i=Py_ssize_t,
+                   nspare=Py_ssize_t, slot=Py_ssize_t)
+    cpdef _grow(self, Py_ssize_t n)
     cdef Py_ssize_t _take_slot(self) except -1
-    @cython.locals(free=cython.longlong[::1], fit=cython.longlong[::1], slab=cython.longlong[::1], queues=list,
-                   nq=Py_ssize_t, sms=Py_ssize_t, gen=cython.longlong, placed=list,
+    @cython.locals(heap=cython.longlong[::1], gd=cython.double[::1], gi=cython.longlong[::1], end=double, seq=cython.longlong,
+                   pos=Py_ssize_t, parentpos=Py_ssize_t, parent=Py_ssize_t, pend=double)
+    cdef int _heap_push(self, Py_ssize_t slot) except -1
+    @cython.locals(heap=cython.longlong[::1], gd=cython.double[::1], gi=cython.longlong[::1], n=Py_ssize_t, last=Py_ssize_t, ret=Py_ssize_t,
+                   lend=double, lseq=cython.longlong, pos=Py_ssize_t, child=Py_ssize_t,
+                   c=Py_ssize_t, right=Py_ssize_t, r=Py_ssize_t)
+    cdef Py_ssize_t _heap_pop(self) except -1
+    @cython.locals(free=cython.longlong[::1], fit=cython.longlong[::1], slab=cython.longlong[::1], gd=cython.double[::1], queues=list, heads=list,
+                   nplaced=Py_ssize_t, q=object,
+                   nq=Py_ssize_t, sms=Py_ssize_t, gen=cython.longlong,
                    started=list, t0=double, start=Py_ssize_t, visit=cython.ulonglong,
                    i=Py_ssize_t, qi=Py_ssize_t, bit=cython.ulonglong, head=_Kernel,
                    pred=_Kernel, shape=_Shape, total=cython.longlong, n=cython.longlong,
                    slot=Py_ssize_t, row=Py_ssize_t, threads=cython.longlong,
                    regs=cython.longlong, smem=cython.longlong, s=Py_ssize_t,
                    b=cython.longlong, arrived=double, begin=double, over_m=double,
-                   over_c=double, quantum=double, g=_Group, ideal=double, end=double)
+                   over_c=double, quantum=double, ideal=double, end=double)
     cpdef list _dispatch(self, double now, base=*)
     @cython.locals(now=double, kern=_Kernel)
     cdef _report_started(self, list started)
-    @cython.locals(at=double, g=_Group)
+    @cython.locals(at=double, timer=Timer)
     cdef _reschedule(self)
-    @cython.locals(free=cython.longlong[::1], slab=cython.longlong[::1], freed=cython.longlong[::1], gen=cython.longlong,
-                   now=double, finishing=list, sms=Py_ssize_t, finished_kernels=list,
-                   freed_at=double, g=_Group, kern=_Kernel, shape=_Shape,
+    @cython.locals(free=cython.longlong[::1], slab=cython.longlong[::1], freed=cython.longlong[::1], gd=cython.double[::1], gen=cython.longlong,
+                   now=double, sms=Py_ssize_t, finished_kernels=list, slot=Py_ssize_t,
+                   ideal=double, freed_at=double, kern=_Kernel, shape=_Shape,
                    threads=cython.longlong, regs=cython.longlong, smem=cython.longlong,
                    row=Py_ssize_t, s=Py_ssize_t, b=cython.longlong, n=cython.longlong)
     cpdef _on_timer(self)

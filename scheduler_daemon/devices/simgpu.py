@@ -123,6 +123,10 @@ class _Kernel:
         self.arrived = 0.0  # when it entered its hardware queue
         self.stream = job.stream
 
+    @property
+    def res(self) -> np.ndarray:
+        return self.shape.res
+
 
 def _new_kernel(job: Job, info: _KInfo, qi: int, pred: _Kernel | None) -> _Kernel:
     """``_Kernel(job, info.shape, ...)`` without the call's argument parsing."""
@@ -146,80 +150,16 @@ def _new_kernel(job: Job, info: _KInfo, qi: int, pred: _Kernel | None) -> _Kerne
     return kern
 
 
-class _Group:
-    """Blocks of one kernel dispatched together: they finish together at ``end``. Their
-    per-SM counts are row ``slot`` of the device's slab."""
-
-    __slots__ = ("end", "seq", "kern", "slot", "n", "ideal", "begin")
-
-    def __init__(self, kern: _Kernel, slot: int, n: int, begin: float):
-        self.kern = kern
-        self.slot = slot
-        self.n = n
-        self.begin = begin
-        self.end = 0.0
-        self.ideal = 0.0
-        self.seq = 0
-
-
-def _new_group(kern: _Kernel, slot: int, n: int, begin: float) -> _Group:
-    g = _Group.__new__(_Group)
-    g.kern = kern
-    g.slot = slot
-    g.n = n
-    g.begin = begin
-    g.end = 0.0
-    g.ideal = 0.0
-    g.seq = 0
-    return g
-
-
-def _group_push(heap: list, g: _Group) -> int:
-    """heapq.heappush by (end, seq), with the comparison inline."""
-    heap.append(g)
-    pos = len(heap) - 1
-    while pos > 0:
-        parentpos = (pos - 1) >> 1
-        parent = heap[parentpos]
-        if g.end < parent.end or (g.end == parent.end and g.seq < parent.seq):
-            heap[pos] = parent
-            pos = parentpos
-            continue
-        break
-    heap[pos] = g
-    return 0
-
-
-def _group_pop(heap: list) -> _Group:
-    """heapq.heappop by (end, seq)."""
-    last = heap.pop()
-    if not heap:
-        return last
-    ret = heap[0]
-    n = len(heap)
-    pos = 0
-    child = 1
-    while child < n:
-        right = child + 1
-        c = heap[child]
-        if right < n:
-            r = heap[right]
-            if r.end < c.end or (r.end == c.end and r.seq < c.seq):
-                child = right
-                c = r
-        if c.end < last.end or (c.end == last.end and c.seq < last.seq):
-            heap[pos] = c
-            pos = child
-            child = 2 * pos + 1
-        else:
-            break
-    heap[pos] = last
-    return ret
-
-
 class _SimGpuBase:
     """The simulated GPU's state and rules (compiled as one extension type); ``SimGpu`` adds
-    the ``Device`` interface."""
+    the ``Device`` interface.
+
+    Blocks of one kernel dispatched together form a group: they finish together. A group is a
+    slot: its per-SM block counts are row ``slot`` of ``_slab``; its finish time, unrounded
+    finish time and start are ``_gd[3 * slot:3 * slot + 3]``, its sequence number and block
+    count ``_gi[2 * slot:2 * slot + 2]``, its kernel ``_gkern[slot]``; ``_heap`` orders the
+    dispatched slots by (finish time, sequence), as heapq would order those tuples.
+    """
 
     def __init__(self, spec: GpuSpec, hw_queues: int = 32, speed: float = 1.0,
                  quantum_us: float = 0.5, launch_us: float = 0.0):
@@ -238,25 +178,34 @@ class _SimGpuBase:
         self._freebuf = array("q", [spec.threads_per_sm] * sms + [spec.blocks_per_sm] * sms
                               + [spec.regs_per_sm] * sms + [spec.smem_per_sm] * sms)
         self._free = self._freebuf
-        self._fitbuf = array("q", bytes(8 * sms))       # scratch: blocks each SM can take
-        self._fit = self._fitbuf
+        self._fitv = array("q", bytes(8 * sms))         # scratch: blocks each SM can take
         self._counts = array("q", bytes(8 * (spec.blocks_per_sm + 2)))  # scratch: histogram
         self._freed = array("q", bytes(8 * sms))  # per SM: the generation its last free began
-        self._slabbuf = array("q", bytes(8 * sms * 64))  # per-SM blocks of dispatched groups
-        self._slab = self._slabbuf
-        self._slots = list(range(63, -1, -1))            # free rows of the slab
-        self._nslots = 64
+        # groups (see the class docstring), 64 slots to start with
+        self._nslots = 0
+        self._slab = array("q")
+        self._gd = array("d")
+        self._gi = array("q")
+        self._gkern: list = []
+        self._heap = array("q")
+        self._nheap = 0
+        self._spare = array("q")      # free slots (a stack)
+        self._nspare = 0
+        self._placed = array("q")     # scratch: the slots one dispatch pass placed
+        self._grow(64)
         self.queues: list[deque[_Kernel]] = [deque() for _ in range(hw_queues)]
+        self._heads: list = [None] * hw_queues   # each queue's first kernel (or None)
         self._nq = hw_queues
         self._nonempty = 0     # bit q: queue q has kernels
         self._ready = 0        # bit q: queue q may place blocks at the next pass
         self._waiting = 0      # bit q: queue q's first kernel waits for its stream predecessor
         self._tails: dict[int, _Kernel] = {}  # stream -> its last launched kernel
-        self._finishing: list[_Group] = []  # heap of groups by (finish time, seq)
-        self._placed: list[_Group] = []     # scratch: the groups one dispatch pass placed
         self._seq = 0
         self._timer_at = INF
         self._timer = None
+        self._timer_spare = None     # the finish timer that last ran: armed again, not remade
+        self._arrival_timer = None
+        self._arrival_spare = None
         self._demand_m = 0.0
         self._demand_c = 0.0
         self._grids = 0       # kernels with blocks dispatched and not all finished (R3)
@@ -281,6 +230,43 @@ class _SimGpuBase:
         self.comp_s = 0.0  # integral of the arithmetic demand
         self.mem_s = 0.0   # integral of the bandwidth demand
 
+    def _grow(self, n: int) -> None:
+        """Room for ``n`` more groups (the arrays are copied: rare)."""
+        old = self._nslots
+        new = old + n
+        sms = self._sms
+        slab = array("q", bytes(8 * sms * new))
+        gd = array("d", bytes(8 * 3 * new))
+        gi = array("q", bytes(8 * 2 * new))
+        heap = array("q", bytes(8 * new))
+        spare = array("q", bytes(8 * new))
+        for i in range(sms * old):
+            slab[i] = self._slab[i]
+        for i in range(3 * old):
+            gd[i] = self._gd[i]
+        for i in range(2 * old):
+            gi[i] = self._gi[i]
+        for i in range(self._nheap):
+            heap[i] = self._heap[i]
+        nspare = self._nspare
+        for i in range(nspare):
+            spare[i] = self._spare[i]
+        for slot in range(new - 1, old - 1, -1):   # new slots are taken lowest first
+            spare[nspare] = slot
+            nspare += 1
+        self._slab = slab
+        self._gd = gd
+        self._gi = gi
+        self._heap = heap
+        self._spare = spare
+        self._nspare = nspare
+        placed = array("q", bytes(8 * new))   # (a pass may be placing: keep what it has)
+        for i in range(old):
+            placed[i] = self._placed[i]
+        self._placed = placed
+        self._gkern.extend([None] * n)
+        self._nslots = new
+
     def start(self, env, on_complete, on_fail, on_started=None) -> None:
         """``on_started``: all blocks of the job's kernel have been dispatched."""
         self.env = env
@@ -296,6 +282,18 @@ class _SimGpuBase:
     def free(self) -> np.ndarray:
         """Free resources per SM, shape (4, SMs): a view that shares the device's memory."""
         return np.frombuffer(self._freebuf, dtype=np.int64).reshape(4, self._sms)
+
+    def _groups(self) -> list:
+        """The dispatched groups, by finish time: (kernel, blocks per SM, blocks) each."""
+        out = []
+        sms = self._sms
+        for i in range(self._nheap):
+            slot = self._heap[i]
+            take = np.array([self._slab[slot * sms + s] for s in range(sms)], dtype=np.int64)
+            out.append((self._gd[3 * slot], self._gi[2 * slot], self._gkern[slot], take,
+                        self._gi[2 * slot + 1]))
+        out.sort(key=lambda g: (g[0], g[1]))
+        return [g[2:] for g in out]
 
     # -- shapes ---------------------------------------------------------------------------------
     def _shape(self, k) -> _Shape:
@@ -344,11 +342,11 @@ class _SimGpuBase:
         return False
 
     def _fit_into(self, shape: _Shape) -> int:
-        """Blocks of ``shape`` each SM can take now, into the scratch ``_fit``; their sum.
+        """Blocks of ``shape`` each SM can take now, into the scratch ``_fitv``; their sum.
         (``min(blocks, threads // t, regs // r, smem // m)`` per SM; a division only where
         that resource may be the limit.)"""
         free = self._free
-        fit = self._fit
+        fit = self._fitv
         sms = self._sms
         threads, regs, smem = shape.threads, shape.regs, shape.smem
         total = 0
@@ -374,7 +372,7 @@ class _SimGpuBase:
         """Blocks of kernel spec ``k`` (or of a ``_Shape``) each SM could take now."""
         shape = k if isinstance(k, _Shape) else self._shape(k)
         self._fit_into(shape)
-        return np.array(self._fitbuf, dtype=np.int64)
+        return np.array([self._fitv[s] for s in range(self._sms)], dtype=np.int64)
 
     def fits_now(self, k) -> bool:
         """Whether the SMs could take all blocks of kernel spec ``k`` now (a full wave of a
@@ -435,13 +433,15 @@ class _SimGpuBase:
         self.on_fail(job, self.env.now, f"kernel {name}: launch shape does not fit an SM")
 
     def _arrive(self, kern: _Kernel) -> None:
-        now = self.env.now
+        env = self.env
+        now = env.now
         self._advance(now)
         kern.arrived = now
         qi = kern.qi
         q = self.queues[qi]
         q.append(kern)
         if len(q) == 1:  # only a new first kernel can start now
+            self._heads[qi] = kern
             bit = 1 << qi
             self._nonempty |= bit
             self._ready |= bit
@@ -449,10 +449,18 @@ class _SimGpuBase:
                 # after every arrival of this instant: kernels arriving together are placed
                 # together and share the contention they create
                 self._dispatch_due = True
-                self.env.schedule_at(now, self._arrival_cb)
+                timer = self._arrival_spare
+                if timer is not None:
+                    self._arrival_spare = None
+                    env.rearm(timer, now)
+                else:
+                    timer = env.schedule_at(now, self._arrival_cb)
+                self._arrival_timer = timer
 
     def _arrival_dispatch(self) -> None:
         self._dispatch_due = False
+        self._arrival_spare = self._arrival_timer   # it has run: armed again next time
+        self._arrival_timer = None
         started = self._dispatch(self.env.now)
         self._reschedule()
         self._report_started(started)
@@ -468,10 +476,10 @@ class _SimGpuBase:
             self._last = now
 
     def _spread(self, n: int) -> None:
-        """Turn the scratch ``_fit`` into the placement of ``n`` blocks (fewer than fit),
+        """Turn the scratch ``_fitv`` into the placement of ``n`` blocks (fewer than fit),
         breadth-first: every SM gets one before any gets two; the SMs that get one more than
         the others are taken round-robin from ``_sm_rr``."""
-        fit = self._fit
+        fit = self._fitv
         counts = self._counts
         sms = self._sms
         top = len(counts) - 1
@@ -503,18 +511,62 @@ class _SimGpuBase:
         self._sm_rr += rest
 
     def _take_slot(self) -> int:
-        if not self._slots:   # grow the slab
-            old = self._nslots
-            self._slabbuf = self._slabbuf + array("q", bytes(8 * self._sms * old))
-            self._slab = self._slabbuf
-            self._slots = list(range(2 * old - 1, old - 1, -1))
-            self._nslots = 2 * old
-        return self._slots.pop()
+        if self._nspare == 0:
+            self._grow(self._nslots)
+        self._nspare -= 1
+        return self._spare[self._nspare]
 
-    def _take(self, g: _Group) -> np.ndarray:
-        """Blocks per SM that group ``g`` holds."""
-        base = g.slot * self._sms
-        return np.array(self._slabbuf[base:base + self._sms], dtype=np.int64)
+    def _heap_push(self, slot: int) -> None:
+        """heapq.heappush of (finish time, sequence) of ``slot``, the comparison inline."""
+        heap = self._heap
+        gd = self._gd
+        gi = self._gi
+        end = gd[3 * slot]
+        seq = gi[2 * slot]
+        pos = self._nheap
+        self._nheap = pos + 1
+        while pos > 0:
+            parentpos = (pos - 1) >> 1
+            parent = heap[parentpos]
+            pend = gd[3 * parent]
+            if end < pend or (end == pend and seq < gi[2 * parent]):
+                heap[pos] = parent
+                pos = parentpos
+                continue
+            break
+        heap[pos] = slot
+
+    def _heap_pop(self) -> int:
+        """heapq.heappop: the slot that finishes first."""
+        heap = self._heap
+        gd = self._gd
+        gi = self._gi
+        n = self._nheap - 1
+        self._nheap = n
+        last = heap[n]
+        if n == 0:
+            return last
+        ret = heap[0]
+        lend = gd[3 * last]
+        lseq = gi[2 * last]
+        pos = 0
+        child = 1
+        while child < n:
+            c = heap[child]
+            right = child + 1
+            if right < n:
+                r = heap[right]
+                if gd[3 * r] < gd[3 * c] or (gd[3 * r] == gd[3 * c] and gi[2 * r] < gi[2 * c]):
+                    child = right
+                    c = r
+            if gd[3 * c] < lend or (gd[3 * c] == lend and gi[2 * c] < lseq):
+                heap[pos] = c
+                pos = child
+                child = 2 * pos + 1
+            else:
+                break
+        heap[pos] = last
+        return ret
 
     def _dispatch(self, now: float, base: float | None = None) -> list | None:
         """R2-R4: serve the hardware queues round-robin. A queue's first kernel, unless it
@@ -522,13 +574,13 @@ class _SimGpuBase:
         blocks as fit; once all are placed it leaves the queue and the next may go at once.
         Returns the kernels whose last block was dispatched (None: none)."""
         queues = self.queues
+        heads = self._heads
         nq = self._nq
         sms = self._sms
         free = self._free
-        fit = self._fit
+        fit = self._fitv
         gen = self._gen
-        placed = self._placed       # (a scratch list, reused)
-        del placed[:]
+        nplaced = 0
         started = None              # a list only when a kernel's last block went out
         t0 = now if base is None else base  # when the resources used here became free
         start = self._rr
@@ -545,9 +597,8 @@ class _SimGpuBase:
                 continue
             visit &= ~bit
             self._waiting &= ~bit
-            q = queues[qi]
-            while q:
-                head = q[0]
+            head = heads[qi]
+            while head is not None:
                 pred = head.pred
                 if pred is not None and not pred.done:
                     self._waiting |= bit      # a dependent first kernel blocks its queue
@@ -567,7 +618,7 @@ class _SimGpuBase:
                 else:
                     self._spread(n)
                 slot = self._take_slot()
-                slab = self._slab                 # (the slab may have grown)
+                slab = self._slab                 # (the slots may have grown)
                 row = slot * sms
                 threads, regs, smem = shape.threads, shape.regs, shape.smem
                 for s in range(sms):
@@ -590,15 +641,22 @@ class _SimGpuBase:
                     self._grids += 1
                 self._demand_m += n * head.bw
                 self._demand_c += n * head.cw
-                placed.append(_new_group(head, slot, n, begin))
+                self._gi[2 * slot + 1] = n
+                self._gd[3 * slot + 2] = begin
+                self._gkern[slot] = head
+                self._placed[nplaced] = slot
+                nplaced += 1
                 self._rr = (qi + 1) % nq
                 if head.left:
                     break                      # no room for the rest of it: next queue
+                q = queues[qi]
                 q.popleft()                    # all its blocks dispatched: the queue moves on
                 if started is None:
                     started = []
                 started.append(head)
-            if not q:
+                head = q[0] if q else None
+                heads[qi] = head
+            if head is None:
                 self._nonempty &= ~bit
         # groups placed together share the demand they create together (R6)
         over_m = self._demand_m - 1.0
@@ -606,10 +664,12 @@ class _SimGpuBase:
         over_c = self._demand_c - 1.0
         over_c = over_c if over_c > 0.0 else 0.0
         quantum = self.quantum
-        for g in placed:
-            head = g.kern
-            ideal = g.begin + head.block_work * (1.0 + head.mem_frac * over_m
-                                                 + head.comp_frac * over_c)
+        gd = self._gd
+        for i in range(nplaced):
+            slot = self._placed[i]
+            head = self._gkern[slot]
+            ideal = gd[3 * slot + 2] + head.block_work * (1.0 + head.mem_frac * over_m
+                                                          + head.comp_frac * over_c)
             end = ideal
             if quantum:  # up to the grid: blocks ending together free together
                 # math.ceil(x) * quantum, with ceil as -floor(-x) (+ 0.0: never -0.0)
@@ -617,10 +677,10 @@ class _SimGpuBase:
                 if end < now:
                     end = now
             self._seq += 1
-            g.seq = self._seq
-            g.end = end
-            g.ideal = ideal
-            _group_push(self._finishing, g)
+            self._gi[2 * slot] = self._seq
+            gd[3 * slot] = end
+            gd[3 * slot + 1] = ideal
+            self._heap_push(slot)
         return started
 
     def _report_started(self, started: list | None) -> None:
@@ -632,9 +692,8 @@ class _SimGpuBase:
 
     def _reschedule(self) -> None:
         at = INF
-        if self._finishing:
-            g = self._finishing[0]
-            at = g.end
+        if self._nheap:
+            at = self._gd[3 * self._heap[0]]
         if at == self._timer_at:
             return
         if self._timer is not None:
@@ -642,32 +701,41 @@ class _SimGpuBase:
             self._timer = None
         self._timer_at = at
         if at < INF:
-            self._timer = self.env.schedule_at(at, self._timer_cb)
+            timer = self._timer_spare
+            if timer is not None:
+                self._timer_spare = None
+                self.env.rearm(timer, at)
+            else:
+                timer = self.env.schedule_at(at, self._timer_cb)
+            self._timer = timer
 
     def _on_timer(self) -> None:
+        self._timer_spare = self._timer   # it has run: armed again next time
         self._timer = None
         self._timer_at = INF
         now = self.env.now
         self._advance(now)
-        finishing = self._finishing
         sms = self._sms
         free = self._free
         slab = self._slab
         freed = self._freed
+        gd = self._gd
         gen = self._gen + 1   # the generation these frees begin
         finished_kernels = None
         freed_at = 0.0  # the exact time the resources freed: rounding does not add up
-        while finishing:
-            g = finishing[0]
-            if g.end > now:
+        while self._nheap:
+            slot = self._heap[0]
+            if gd[3 * slot] > now:
                 break
-            _group_pop(finishing)
-            if g.ideal > freed_at:
-                freed_at = g.ideal
-            kern = g.kern
+            self._heap_pop()
+            ideal = gd[3 * slot + 1]
+            if ideal > freed_at:
+                freed_at = ideal
+            kern = self._gkern[slot]
+            self._gkern[slot] = None
             shape = kern.shape
             threads, regs, smem = shape.threads, shape.regs, shape.smem
-            row = g.slot * sms
+            row = slot * sms
             for s in range(sms):
                 b = slab[row + s]
                 if b:
@@ -676,8 +744,9 @@ class _SimGpuBase:
                     free[2 * sms + s] += regs * b
                     free[3 * sms + s] += smem * b
                     freed[s] = gen
-            self._slots.append(g.slot)
-            n = g.n
+            self._spare[self._nspare] = slot
+            self._nspare += 1
+            n = self._gi[2 * slot + 1]
             self._threads_used -= n * threads
             self._demand_m -= n * kern.bw
             self._demand_c -= n * kern.cw
@@ -692,7 +761,7 @@ class _SimGpuBase:
                     finished_kernels = []
                 finished_kernels.append(kern)
         self._gen = gen
-        if not finishing:  # no drift from summing floats
+        if not self._nheap:  # no drift from summing floats
             self._demand_m = self._demand_c = 0.0
         self._ready |= self._nonempty & ~self._waiting
         started = self._dispatch(now, freed_at)
