@@ -154,6 +154,16 @@ def _plan(args) -> int:
     if args.place_data < 0:
         raise ValueError(f"--place-data N needs N >= 0 (got {args.place_data})")
     _quiet_unless_asked()
+    if args.out is not None:   # before the work: a bad folder must not cost a solve
+        try:
+            os.makedirs(args.out, exist_ok=True)
+        except OSError as e:
+            raise ValueError(f"--out {args.out}: cannot make that folder "
+                             f"({(e.strerror or str(e)).lower()}): pass another --out") from None
+    if args.plot is not None and not os.path.isdir(os.path.dirname(os.path.abspath(args.plot))):
+        raise ValueError(f"--plot {args.plot}: the folder "
+                         f"{os.path.dirname(os.path.abspath(args.plot))} does not exist: "
+                         "create it or pass another --plot")
     spec = load_spec(args.spec)
     added = []
     if args.place_data:
@@ -165,7 +175,6 @@ def _plan(args) -> int:
         p = plan(spec, args.objective, args.solver, time_limit_s=args.time_limit)
     pngs = []
     if args.out is not None:
-        os.makedirs(args.out, exist_ok=True)
         pngs.append(os.path.join(args.out, os.path.splitext(os.path.basename(args.spec))[0] +
                                  "-plan.png"))
     if args.plot is not None:
