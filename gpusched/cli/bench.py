@@ -29,6 +29,7 @@ def add_parser(sub) -> None:
     bs.add_argument("--json", action="store_true", help="print JSON instead of a table")
     add_geo_bench_parser(bsub)
     _add_models(bsub)
+    _add_cluster(bsub)
 
 
 def _add_fuzz_soak(bsub) -> None:
@@ -75,7 +76,37 @@ def _add_models(bsub) -> None:
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
 
+def _add_cluster(bsub) -> None:
+    p = bsub.add_parser("cluster", help="routing and recovery on a local 3-node Ray cluster, "
+                        "and over 1,000 simulated GPUs in virtual time")
+    p.add_argument("--duration", type=float, default=12.0,
+                   help="seconds of arrivals per live run (one per routing policy, then the "
+                   "node-removal run)")
+    p.add_argument("--load", type=float, default=0.8,
+                   help="offered load, of the fluid capacity of the GPUs")
+    p.add_argument("--sim-gpus", type=int, default=1000, help="GPUs of the simulation")
+    p.add_argument("--sim-jobs", type=int, default=60_000, help="jobs of each simulated run")
+    p.add_argument("--sim-only", action="store_true", help="skip the live cluster (no Ray)")
+    p.add_argument("--seed", type=int, default=0, help="random seed of the arrivals")
+    p.add_argument("--json", action="store_true",
+                   help='print {"goodput_rps": {...}, "recovery_s", "lost_not_started", '
+                   '"failed_running", "sim": {...}, ...}')
+
+
+def _cluster(args) -> int:
+    if args.duration <= 0 or not 0 < args.load <= 2 or args.sim_gpus < 1 or args.sim_jobs < 1:
+        raise UsageError("--duration must be > 0, --load in (0, 2], --sim-gpus and --sim-jobs "
+                         ">= 1")
+    from gpusched.bench.cluster import print_cluster_bench, run_cluster_bench
+    res = run_cluster_bench(args.duration, args.load, args.sim_gpus, args.sim_jobs, args.seed,
+                            live=not args.sim_only)
+    print(json.dumps(res, indent=2)) if args.json else print_cluster_bench(res)
+    return 0
+
+
 def run(args) -> int:
+    if args.bench == "cluster":
+        return _cluster(args)
     if args.bench == "overhead":
         from gpusched.bench.overhead import print_overhead, run_overhead
         res = run_overhead(rounds=args.rounds, seconds=args.seconds)

@@ -119,8 +119,10 @@ def _up(args) -> int:
            "gpu_type": args.gpu_type, "policy": args.policy, "health_period_s": 0.25,
            "down_after_s": 1.0, "log_level": args.daemon_log_level}
     st = ops.up(ray, cfg, args.timeout)
+    # a controller already running keeps its own key
     state = {"ray_address": ray.get_runtime_context().gcs_address, "namespace": "gpusched",
-             "directory": st["directory"], "server_key": public, "local": local}
+             "directory": st["directory"], "server_key": st.get("server_key", public),
+             "local": local}
     path = ops.write_cluster_file(state)
     if args.json:
         print(json.dumps({**st, "cluster_file": path}, indent=2))
@@ -134,7 +136,7 @@ def _visible_gpus() -> int:
     try:
         from scheduler_daemon.devices.factory import visible_gpus
         return len(visible_gpus())
-    except Exception:
+    except Exception:  # noqa: BLE001
         return 0
 
 

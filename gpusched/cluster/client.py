@@ -485,7 +485,7 @@ class ClusterClient:
                 if r.model not in self._kernels:
                     try:
                         model_kernels(r.zoo_model, r.batch, d.gpu_type)
-                    except Exception as e:   # said again, to the job, if it is submitted
+                    except Exception as e:   # noqa: BLE001 (said again, to the job, if it is submitted)
                         log.warning("cluster client: no kernels for %s on %s: %s", r.model,
                                     d.gpu_type, e)
 

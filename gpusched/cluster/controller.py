@@ -37,8 +37,18 @@ KV_STATE = b"gpusched/cluster/state"
 
 
 class _Daemon:
-    __slots__ = ("alive", "asked", "handle", "info", "key", "last_ok", "node_id", "pending",
-                 "restarts", "gpu_type")
+    __slots__ = (
+        "alive",
+        "asked",
+        "gpu_type",
+        "handle",
+        "info",
+        "key",
+        "last_ok",
+        "node_id",
+        "pending",
+        "restarts",
+    )
 
     def __init__(self, key: str, node_id: str, gpu_type: str, handle=None):
         self.key, self.node_id, self.gpu_type, self.handle = key, node_id, gpu_type, handle
@@ -89,14 +99,14 @@ class Controller:
         try:
             self._kv()._internal_kv_put(KV_STATE, json.dumps(state).encode(), overwrite=True,
                                         namespace=NAMESPACE)
-        except Exception as e:
+        except Exception as e:  # noqa: BLE001
             log.warning("controller: cannot save state in Ray's KV store: %s", e)
 
     def _restore(self) -> None:
         import ray
         try:
             raw = self._kv()._internal_kv_get(KV_STATE, namespace=NAMESPACE)
-        except Exception:
+        except Exception:  # noqa: BLE001
             raw = None
         if not raw:
             return
@@ -207,7 +217,7 @@ class Controller:
                 d.pending = None
                 try:
                     info = ray.get(ref)
-                except Exception as e:   # the actor died (Ray restarts it) or is gone
+                except Exception as e:   # noqa: BLE001 (the actor died (Ray restarts it) or is gone)
                     if d.alive:
                         d.alive = False
                         changed = True
@@ -278,6 +288,10 @@ class Controller:
             out = self._replan()
             if out.get("error"):
                 self._event("re-plan failed", error=out["error"])
+        else:
+            self._event("recovered", moved=len(rec.moves),
+                        spread=sorted(k for k in rec.changed if k not in rec.moves.values()
+                                      and self.placement.get(k)))
         with self._lock:
             self.epoch += 1
             self._save()
@@ -294,7 +308,7 @@ class Controller:
         def admit(key):
             try:
                 results[key] = self._admit_one(key, todo[key])
-            except Exception as e:
+            except Exception as e:  # noqa: BLE001
                 results[key] = e
 
         with ThreadPoolExecutor(max_workers=max(1, min(16, len(todo)))) as pool:
@@ -333,7 +347,7 @@ class Controller:
         try:
             from gpusched.placement.plan import report
             out = report(place(models, _pool_types(pool, unlimited=True), self.solver), models)
-        except Exception as e:
+        except Exception as e:  # noqa: BLE001
             return {"error": f"re-planning failed: {e}"}
         return self._assign(out, pool)
 
@@ -436,7 +450,7 @@ class Controller:
                           "gpus": int(n.get("Resources", {}).get("GPU", 0))})
         d = self.directory()
         d.update(nodes=nodes, directory_port=self.port, events=self.events[-20:],
-                 models=[m["name"] for m in self.models])
+                 models=[m["name"] for m in self.models], server_key=self.cfg["public"])
         return d
 
     def info(self) -> dict:
@@ -460,7 +474,7 @@ class Controller:
             self.daemons.clear()
             try:
                 self._kv()._internal_kv_del(KV_STATE, namespace=NAMESPACE)
-            except Exception:
+            except Exception:  # noqa: BLE001, S110
                 pass
         return {"stopped": killed}
 

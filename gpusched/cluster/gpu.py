@@ -40,7 +40,7 @@ def owned_gpu(default_type: str, env=None) -> dict:
     try:
         import pynvml
         pynvml.nvmlInit()
-    except Exception:
+    except Exception:  # noqa: BLE001
         return out   # no driver: a logical GPU
     try:
         if first.startswith(("GPU-", "MIG-")):
@@ -54,11 +54,11 @@ def owned_gpu(default_type: str, env=None) -> dict:
         mem = pynvml.nvmlDeviceGetMemoryInfo(h).total / 2**20
         out.update(uuid=uuid, name=name, memory_mb=round(mem, 1), physical=True,
                    type=preset_of(name) or name)
-    except Exception:
+    except Exception:  # noqa: BLE001, S110
         pass
     finally:
         try:
             pynvml.nvmlShutdown()
-        except Exception:
+        except Exception:  # noqa: BLE001, S110
             pass
     return out

@@ -21,6 +21,22 @@ import time
 log = logging.getLogger("gpusched.cluster")
 
 
+def _die_with_parent():
+    """For the daemon child, before exec: SIGKILL when the actor's process dies, however it
+    dies (the raylet kills an actor's process group, but a raylet that died itself cannot).
+    Bound here, before the fork: the child only calls into libc (no import, no lock)."""
+    if not sys.platform.startswith("linux"):
+        return None
+    import ctypes
+    import functools
+    import signal
+    try:
+        prctl = ctypes.CDLL("libc.so.6", use_errno=True).prctl
+    except OSError:
+        return None
+    return functools.partial(prctl, 1, signal.SIGKILL)   # PR_SET_PDEATHSIG
+
+
 def free_port(host: str) -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind((host, 0))
@@ -57,12 +73,14 @@ class DaemonHost:
         if self.gpu["type"] in ("A100", "H100", "T4", "V100"):
             args += ["--gpu-spec", self.gpu["type"]]
         last = None
+        preexec = _die_with_parent()
         for _ in range(3):   # a free port can be taken between the probe and the bind
             self.endpoint = f"tcp://{self.host}:{free_port(self.host)}"
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "gpusched.cli", "--log-level",
                  spec.get("log_level") or "WARNING", "daemon", "--endpoint", self.endpoint,
-                 *args], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                 *args], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                preexec_fn=preexec)  # noqa: PLW1509 (libc only, bound before the fork)
             try:
                 wait_ready(self.endpoint, self.proc, timeout=60, server_key=public)
                 break

@@ -182,7 +182,7 @@ def _ms(v) -> str:
 if __name__ == "__main__":
     try:
         res = run_worker(json.loads(sys.argv[1]))
-    except Exception as e:  # reported to the parent on stderr, one line
+    except Exception as e:  # noqa: BLE001 (reported to the parent on stderr, one line)
         print(f"{type(e).__name__}: {e}", file=sys.stderr)
         sys.exit(1)
     print(json.dumps(res))
