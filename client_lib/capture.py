@@ -173,7 +173,7 @@ def trace(module, args=(), kwargs=None) -> Captured:
     in_specs = [WeightSpec(name=f"input{i}", dtype=_enc_name(x.dtype), shape=list(x.shape))
                 for i, x in enumerate(inputs)]
     g = Graph(n_inputs=n_in, weights=wspecs, ops=ops, outputs=outputs, inputs=in_specs)
-    log.info("capture: %d ops, %d weights, %d inputs, %d outputs", len(ops), n_w, n_in,
+    log.debug("capture: %d ops, %d weights, %d inputs, %d outputs", len(ops), n_w, n_in,
              len(outputs))
     return Captured(graph=g, weights=weights, weight_keys=wkeys, in_spec=in_spec,
                     out_spec=out_spec, out_refs=out_refs, signature=signature(in_spec, inputs),

@@ -109,7 +109,7 @@ class ModelHandle:
         msg, frames = graph_frames(vname, c, self.client._s.max_frame, shares=self.name,
                                    reuse=reuse)
         self.client._call("register", msg, self.client.timeout * 2 + 60, raw=frames)
-        log.info("model %s: captured again for %s as %s (%d ops, %d of %d weights reused)",
+        log.debug("model %s: captured again for %s as %s (%d ops, %d of %d weights reused)",
                  self.name, describe(sig), vname, len(c.graph.ops),
                  sum(r >= 0 for r in reuse), len(reuse))
         v = self._variants[sig] = _Variant(vname, c)

@@ -212,7 +212,7 @@ def test_generation_through_the_daemon_makes_the_local_greedy_tokens(client, hf,
     jobs = next(srv._job_ids) - jobs_before - 1
     local = generate(None, m, ids, 16)
     with torch.no_grad():
-        hf_greedy = m.generate(ids, max_new_tokens=16, min_new_tokens=16, do_sample=False,
+        hf_greedy = m.generate(ids, max_new_tokens=16, do_sample=False, eos_token_id=[],
                                pad_token_id=0)
     assert g.tokens.shape == (2, 16)
     assert torch.equal(g.tokens, local.tokens)

@@ -41,7 +41,7 @@ def ensure_torchvision() -> bool:
     _LIB = torch.library.Library("torchvision", "DEF")   # kept: the schemas live with it
     _LIB.define("nms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor")
     _LIB.define("qnms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor")
-    log.info("torchvision's C extension does not load with this torch (a CPU build): its "
+    log.debug("torchvision's C extension does not load with this torch (a CPU build): its "
              "detection operators are unavailable; the classification and segmentation models "
              "work")
     return False

@@ -4,7 +4,7 @@ from __future__ import annotations
 import json
 
 from geo.cli import add_geo_bench_parser
-from gpusched.cli import choices
+from gpusched.cli import bench_compat, choices
 from gpusched.cli.bench_fig11 import add_parsers as add_fig11_parsers
 from gpusched.cli.bench_fig11 import run_fig11_cmd, run_fig13_cmd
 from gpusched.cli.common import UsageError
@@ -30,6 +30,7 @@ def add_parser(sub) -> None:
     add_geo_bench_parser(bsub)
     _add_models(bsub)
     _add_cluster(bsub)
+    bench_compat.add_parser(bsub)
 
 
 def _add_fuzz_soak(bsub) -> None:
@@ -136,8 +137,10 @@ def run(args) -> int:
     if args.bench == "models":
         from gpusched.bench.models import run_models_bench
         return run_models_bench(args)
+    if args.bench == "compat":
+        return bench_compat.run(args)
     raise UsageError("name a benchmark: overhead, fig11 (or paella), fig13, calibrate, "
-                     "sim-speed, fuzz, soak, usher, geo or models "
+                     "sim-speed, fuzz, soak, usher, geo, models or compat "
                      "(see gpusched bench --help)")
 
 

@@ -167,11 +167,15 @@ class EagerWork:
                     self.values.append(o)
         else:
             tensors = [o for o in flat if isinstance(o, torch.Tensor)]
-            if len(tensors) != len(node.outs):
+            if len(flat) == len(node.outs):
+                # by position: an output the kernel leaves undefined (None; its meta kernel
+                # said a tensor) is never made, and naming its handle later fails clearly
+                tensors = flat
+            elif len(tensors) != len(node.outs):
                 raise ValueError(f"{node.op} gave {len(tensors)} tensors, the client expected "
                                  f"{len(node.outs)}")
             for h, o in zip(node.outs, tensors):
-                if h:
+                if h and isinstance(o, torch.Tensor):
                     st.put(h, o)
                     made.append(h)
         self.created += made

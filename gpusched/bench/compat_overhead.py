@@ -1,0 +1,109 @@
+"""``gpusched bench compat --overhead``: registered vs local time at real sizes, per thread setup.
+
+bert-base (the zoo's) and GPT-2 (transformers' default config: 12 layers, width 768, random
+weights) at batch 1 and 8, local forward vs the registered handle through a ``--backend torch``
+daemon, medians of interleaved runs; once per thread setup of the two processes on this
+machine's cores: torch's intra-op threads of the daemon and of the client (``OMP_NUM_THREADS``
+/ ``torch.set_num_threads``) and OpenMP's wait policy (``OMP_WAIT_POLICY``: ``active`` threads
+spin after a parallel region, ``passive`` ones sleep at once), to see whether the OpenMP teams
+of the two processes (and the daemon's loop thread) fight over the cores.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import statistics
+import tempfile
+import time
+
+log = logging.getLogger("gpusched.bench.compat")
+
+# (label, daemon threads, client threads, OMP_WAIT_POLICY of both; None: torch's default)
+SETUPS = (("default", None, None, None),
+          ("daemon 1 thread", 1, None, None),
+          ("passive waits", None, None, "passive"),
+          ("daemon 1 thread, passive", 1, None, "passive"))
+
+
+def _models(batch: int):
+    import torch
+
+    from gpusched.bench.compat_env import ensure_torchvision
+    from profilers.zoo_models import build
+    bert, inputs = build("bert-base")
+    yield "bert-base", bert, tuple(inputs(batch)), {}
+    ensure_torchvision()
+    import transformers as T
+    T.logging.set_verbosity_error()
+    torch.manual_seed(0)
+    gpt2 = T.GPT2LMHeadModel(T.GPT2Config()).eval()
+    ids = torch.randint(0, 50257, (batch, 16), generator=torch.Generator().manual_seed(batch))
+    yield "gpt2", gpt2, (ids,), {"use_cache": False}
+
+
+def _one_setup(label, daemon_threads, client_threads, wait, batches, reps, settle_s):
+    import torch
+
+    from client_lib import Client
+    from gpusched.procs import start_daemon, stop_daemon
+    env_before = dict(os.environ)
+    threads_before = torch.get_num_threads()
+    if daemon_threads:
+        os.environ["OMP_NUM_THREADS"] = str(daemon_threads)
+    if wait:
+        os.environ["OMP_WAIT_POLICY"] = wait
+    rows = []
+    with tempfile.TemporaryFile("w+") as err:
+        proc, ep = start_daemon("--backend", "torch", "--torch-device", "cpu", stderr=err)
+        os.environ.clear()
+        os.environ.update(env_before)
+        if client_threads:
+            torch.set_num_threads(client_threads)
+        try:
+            with Client(ep, tenant="overhead", timeout=60.0) as c:
+                for b in batches:
+                    for name, m, args, kw in _models(b):
+                        h = c.register_model(f"{name}-b{b}", m, args, example_kwargs=kw)
+
+                        def local(m=m, args=args, kw=kw):
+                            with torch.no_grad():
+                                m(*args, **kw)
+                        fns = (local, lambda h=h, args=args, kw=kw: h(*args, **kw))
+                        for fn in fns:
+                            fn()
+                        ts = [[], []]
+                        for _ in range(reps):
+                            for fn, t in zip(fns, ts):
+                                time.sleep(settle_s)
+                                t0 = time.perf_counter()
+                                fn()
+                                t.append(time.perf_counter() - t0)
+                        lo, reg = (statistics.median(t) * 1e3 for t in ts)
+                        rows.append({"setup": label, "daemon_threads": daemon_threads,
+                                     "client_threads": client_threads, "omp_wait": wait,
+                                     "model": name, "batch": b, "ops": h.n_ops,
+                                     "local_ms": lo, "registered_ms": reg, "ratio": reg / lo})
+                        log.debug("overhead %s %s b%d: %.1f / %.1f ms", label, name, b, reg, lo)
+        finally:
+            stop_daemon(proc)
+            torch.set_num_threads(threads_before)
+    return rows
+
+
+def run_overhead(batches=(1, 8), reps: int = 5, settle_s: float = 0.3, setups=SETUPS) -> dict:
+    rows = []
+    for s in setups:
+        rows += _one_setup(*s, batches, reps, settle_s)
+    return {"rows": rows, "reps": reps, "cores": os.cpu_count()}
+
+
+def print_overhead(res: dict) -> None:
+    from rich.console import Console
+    from rich.table import Table
+    t = Table(title=f"registered / local on {res['cores']} cores, medians of {res['reps']}")
+    for col in ("setup", "model", "batch", "ops", "local ms", "registered ms", "ratio"):
+        t.add_column(col, justify="left" if col in ("setup", "model") else "right")
+    for r in res["rows"]:
+        t.add_row(r["setup"], r["model"], str(r["batch"]), str(r["ops"]), f"{r['local_ms']:.1f}",
+                  f"{r['registered_ms']:.1f}", f"{r['ratio']:.2f}x")
+    Console().print(t)
