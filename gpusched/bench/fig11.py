@@ -88,10 +88,17 @@ def run_fig11(gpus=("T4",), sigmas=(1.5, 2.0), seeds: int = 3, jobs: int = 3000,
             return _run(ex, gpus, sigmas, seeds, jobs, rates, policies, costs, engine,
                         progress, on_total)
         except BaseException:   # Ctrl-C: stop at once, do not wait for queued points
-            ex.shutdown(wait=False, cancel_futures=True)
-            for p in list(getattr(ex, "_processes", {}).values()):
-                p.terminate()
+            stop_pool(ex)
             raise
+
+
+def stop_pool(ex: ProcessPoolExecutor) -> None:
+    """Cancel what is queued and end the workers now (shutdown(wait=False) forgets them;
+    they hold nothing worth a clean exit, and SIGTERM would make each print a traceback)."""
+    procs = list((getattr(ex, "_processes", None) or {}).values())
+    ex.shutdown(wait=False, cancel_futures=True)
+    for p in procs:
+        p.kill()
 
 
 def _run(ex, gpus, sigmas, seeds, jobs, rates, policies, costs, engine, progress, on_total):
@@ -243,8 +250,12 @@ def run_fig13(gpu: str = "T4", sigma: float = 2.0, jobs: int = 3000, seed: int =
     sc = Scenario(gpu, mix, scaled(unit, rate), costs=c, caps=PAELLA_CAPS)
     rows = []
     with ProcessPoolExecutor(max_workers=workers or min(2, os.cpu_count() or 1)) as ex:
-        for threshold, res in ex.map(_fair_task, [(t, sc) for t in thresholds]):
-            rows.append({"threshold": threshold, **res})
-            if progress:
-                progress()
+        try:
+            for threshold, res in ex.map(_fair_task, [(t, sc) for t in thresholds]):
+                rows.append({"threshold": threshold, **res})
+                if progress:
+                    progress()
+        except BaseException:   # Ctrl-C: stop at once
+            stop_pool(ex)
+            raise
     return {"gpu": gpu, "sigma": sigma, "jobs": jobs, "rate_rps": rate, "rows": rows}

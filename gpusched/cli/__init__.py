@@ -110,7 +110,12 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as e:
         if not _expected(e):
             raise
-        print(f"gpusched {args.cmd}: error: {e or type(e).__name__}", file=sys.stderr)
+        if isinstance(e, OSError) and e.strerror and not isinstance(e, BrokenPipeError):
+            from gpusched.cli.common import describe_os_error
+            text = describe_os_error(e)
+        else:
+            text = str(e) or type(e).__name__
+        print(f"gpusched {args.cmd}: error: {text}", file=sys.stderr)
         return 2
     finally:
         if watcher is not None:

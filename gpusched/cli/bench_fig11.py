@@ -107,6 +107,9 @@ def run_fig11_cmd(args) -> int:
         os.makedirs(args.out, exist_ok=True)
     except OSError as e:
         raise UsageError(f"--out {args.out}: {e.strerror}: pick a folder you can write") from None
+    from gpusched.cli.interrupt import note
+    note("simulating Fig. 11's points", f"nothing was written to {args.out}: fig11.json and "
+         "the plots are written when every point has run")
     with Progress("[progress.description]{task.description}", BarColumn(),
                   "{task.completed}/{task.total} points", TimeElapsedColumn(),
                   TimeRemainingColumn(), transient=True, disable=args.json) as bar:

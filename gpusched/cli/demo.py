@@ -9,7 +9,7 @@ def add_parser(sub) -> None:
     dm.add_argument("--duration", type=float, default=5.0, help="seconds of arrivals per policy")
     dm.add_argument("--rate", type=float, default=60.0, help="total arrivals per second")
     dm.add_argument("--policies", default="fifo,slo-srpt",
-                    help="comma-separated policies to compare (default fifo,slo-srpt)")
+                    help="comma-separated policies to compare")
 
 
 def run(args) -> int:
@@ -19,4 +19,8 @@ def run(args) -> int:
     bad = [p for p in policies if p not in ALL_POLICIES]
     if bad or not policies:
         raise UsageError(f"unknown policies {bad}: choose from {', '.join(ALL_POLICIES)}")
-    return run_demo(args.duration, args.rate, policies)
+    from gpusched.cli.interrupt import note
+    if args.duration <= 0 or args.rate <= 0:
+        raise UsageError("--duration and --rate must be > 0"
+                         f" (got --duration {args.duration:g}, --rate {args.rate:g})")
+    return run_demo(args.duration, args.rate, policies, note=note)

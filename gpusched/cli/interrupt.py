@@ -33,6 +33,11 @@ _DEFAULTS = {
                   "the service may have applied it: 'gpusched geo status' says"),
     "geo status": ("asking the geo service", "nothing to keep: the service is untouched"),
     "profile": ("profiling", "profiles finished before it are in the store"),
+    "bench": ("running the benchmark",
+              "no results: a benchmark prints them when it ends; any daemon it started stops"),
+    "place": ("planning", "nothing was printed or written"),
+    "demo": ("starting", "the demo's daemon is stopped"),
+    "submit": ("submitting", "no summary; the clients were stopped"),
     "keys": ("writing keys", "check the key files before using them"),
 }
 
@@ -84,12 +89,24 @@ def _children() -> list[int]:
     return pids
 
 
+def _cmdline(pid: int | str) -> bytes:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return f.read()
+    except OSError:
+        return b""
+
+
 def hard_exit(code: int = 130) -> None:
-    """Say the line, stop the children, and leave now (nothing blocking runs)."""
+    """Say the line, stop the children, and leave now (nothing blocking runs). Forked copies
+    of this process (a process pool's workers) are killed: they hold nothing and would print
+    the interruption's traceback; other children (daemons, load-generator clients) get SIGTERM
+    so a daemon drains and removes its socket."""
     say()
+    me = _cmdline("self")
     for pid in _children():
         try:
-            os.kill(pid, signal.SIGTERM)
+            os.kill(pid, signal.SIGKILL if _cmdline(pid) == me else signal.SIGTERM)
         except OSError:
             pass
     try:

@@ -5,6 +5,8 @@ import argparse
 import json
 
 from gpusched.cli import choices
+from gpusched.cli.common import UsageError, check_output_file
+from gpusched.cli.interrupt import note
 
 PLACE_HELP = """\
 Plan batch sizes, replica counts and GPUs for a list of models (USHER-style: compute and
@@ -103,8 +105,12 @@ def run(args) -> int:
         raise ValueError("--cluster and --apply exclude each other: --cluster finds the daemons")
     if not pool_text and not args.cluster:
         raise ValueError("no GPU pool: pass --pool H100:8 (or write pool: in the YAML)")
-    if args.time_limit <= 0 or args.horizon <= 0:
-        raise ValueError("--time-limit and --horizon must be > 0")
+    for flag, v in (("--time-limit", args.time_limit), ("--horizon", args.horizon)):
+        if not v > 0:
+            raise UsageError(f"{flag} must be > 0 seconds (got {v:g})")
+    if args.plot:   # before the work: a bad path must not cost a plan and a replay
+        check_output_file(args.plot, "--plot")
+    note("planning", "nothing was printed or written")
     def parse(text):
         try:
             return parse_pool(text)
@@ -124,15 +130,29 @@ def run(args) -> int:
         raise
     out = report(plan, w.models)
     if args.validate:
-        from rich.progress import Progress
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            SpinnerColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
 
         from gpusched.placement.replay import replay
-        with Progress(transient=True, disable=args.json) as bar:
-            task = bar.add_task("replaying on simulated GPUs", total=plan.gpus_used)
+        note(f"replaying the plan on {plan.gpus_used} simulated GPUs (--validate)",
+             "nothing was printed or written: the plan is printed after its replay (without "
+             "--validate at once)")
+        with Progress(SpinnerColumn(), "[progress.description]{task.description}", BarColumn(),
+                      MofNCompleteColumn(), "GPUs", TimeElapsedColumn(), "eta",
+                      TimeRemainingColumn(), transient=True, disable=args.json) as bar:
+            task = bar.add_task(f"replaying {args.horizon:g} s on simulated GPUs",
+                                total=plan.gpus_used)
             out["validation"] = replay(plan, w.models, args.horizon,
                                        progress=lambda: bar.advance(task))
     if args.plot:
         from gpusched.placement.plot import plot_plan
+        note("drawing the plan", "nothing was printed; the picture may be incomplete")
         out["plot"] = plot_plan(plan, args.plot)
     if args.apply:
         out["applied"] = apply_plan(out, args.apply)
@@ -158,6 +178,9 @@ def apply_plan(out: dict, endpoints: str) -> list[dict]:
                          f"{len(eps)} daemons: give one endpoint per GPU, in plan order")
     res = []
     for ep, a in zip(eps, out["assignments"]):
+        note(f"applying GPU {a['gpu']}'s replicas at {ep}",
+             f"{len(res)} of {len(eps)} daemons admitted their replicas before it"
+             + (f" ({', '.join(r['endpoint'] for r in res)})" if res else ""))
         with Client(ep, tenant="gpusched-place", timeout=5) as c:
             admitted = c.admit([(r["model"], r["zoo_model"], r["batch"], r["rate"], r["slo_ms"])
                                 for r in a["replicas"]], replace=True)
@@ -195,8 +218,6 @@ def print_plan(out: dict) -> None:
                       f"{a['compute']:.2f}" if first else "", f"{a['memory']:.2f}" if first else "",
                       end_section=j == len(a["replicas"]) - 1)
     con = Console()
-    if not con.is_terminal:
-        con = Console(width=160)  # a pipe or a file: room for every column on one line
     con.print(t)
     if "validation" in out:
         v = out["validation"]

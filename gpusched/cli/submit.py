@@ -33,10 +33,13 @@ def add_parser(sub) -> None:
 def run(args) -> int:
     if args.cluster is not None:
         return _cluster(args)
+    from gpusched.cli.interrupt import note
     from gpusched.loadgen import run_load
     from gpusched.report import load_table, print_table
     from scheduler_daemon.transport.sockets import default_endpoint
 
+    note(f"{args.clients} client processes submitting '{args.workload}' for {args.duration:g}s",
+         "no summary; the clients were stopped and the daemon cancels their unfinished jobs")
     res = run_load(args.endpoint or default_endpoint(), args.workload, args.clients, args.rate,
                    args.duration, args.seed)
     if args.json:
