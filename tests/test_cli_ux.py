@@ -56,3 +56,42 @@ def test_clients_without_a_daemon_fail_at_once(tmp_path, kind):
     with pytest.raises(ConnectError, match="no daemon at"):
         asyncio.run(connect())
     assert time.monotonic() - t0 < 3.0
+
+
+def _sub(parser, *names):
+    import argparse
+    for name in names:
+        parser = next(a for a in parser._actions
+                      if isinstance(a, argparse._SubParsersAction)).choices[name]
+    return parser
+
+
+def _help_of(parser, flag):
+    return next(a.help for a in parser._actions if flag in a.option_strings)
+
+
+def test_soak_json_help_describes_soak_not_fuzz():
+    from gpusched.cli import build_parser
+    ap = build_parser()
+    soak = _help_of(_sub(ap, "bench", "soak"), "--json")
+    fuzz = _help_of(_sub(ap, "bench", "fuzz"), "--json")
+    assert soak != fuzz
+    for key in ("answered", "duplicate_answers", "p99_ms", "client_errors"):
+        assert key in soak
+
+
+def test_help_texts_of_the_findings_state_their_defaults():
+    """Finding 8: help lacked defaults (submit, top, place, daemon, keys, profile) or text
+    (demo --duration/--rate, geo serve --endpoint)."""
+    from gpusched.cli import build_parser
+    ap = build_parser()
+    for path, flag in ((("submit",), "--rate"), (("top",), "--interval"),
+                       (("place",), "--time-limit"), (("daemon",), "--policy"),
+                       (("keys",), "--out"), (("profile",), "--device"),
+                       (("demo",), "--duration"), (("demo",), "--rate")):
+        p = _sub(ap, *path)
+        action = next(a for a in p._actions if flag in a.option_strings)
+        assert action.help, (path, flag)
+        assert "default" in p._get_formatter()._get_help_string(action).lower(), (path, flag)
+    serve = _sub(ap, "geo", "serve")
+    assert _help_of(serve, "--endpoint")

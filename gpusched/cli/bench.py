@@ -51,7 +51,9 @@ def _add_fuzz_soak(bsub) -> None:
     bk.add_argument("--clients", type=int, default=64, help="client processes")
     bk.add_argument("--jobs", type=int, default=1000, help="jobs per client")
     bk.add_argument("--json", action="store_true",
-                    help="print {messages, crashes, lost_answers, rss_start_mb, rss_end_mb, ...}")
+                    help="print {clients, messages, answered, completed, statuses, lost_answers, "
+                    "duplicate_answers, crashes, client_errors, p50_ms, p99_ms (client latency: "
+                    "send to answer), slo_ms, rss_start_mb, rss_end_mb}")
 
 
 def _add_usher(bsub) -> None:
