@@ -12,8 +12,8 @@ import statistics
 import time
 from contextlib import nullcontext
 
-from geo.candidates import Model
 from geo.bound import throughput_bound
+from geo.candidates import Model
 from geo.instances import held_out_spec, make_instance
 from geo.planner import plan
 from geo.protocol import Event

@@ -11,8 +11,16 @@ import time
 
 import pytest
 
-from geo.protocol import REPLIES, Error, EventReq, StatusReq, Submit, decode, encode, \
-    event_from_args
+from geo.protocol import (
+    REPLIES,
+    Error,
+    EventReq,
+    StatusReq,
+    Submit,
+    decode,
+    encode,
+    event_from_args,
+)
 from geo.service import GeoRefused, GeoService, GeoServiceError, claim_endpoint
 from geo.spec import GeoSpecError, load_yaml, parse_job, parse_spec
 
