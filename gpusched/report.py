@@ -44,10 +44,12 @@ def compact(title: str | None = None, caption: str | None = None) -> Table:
 def fit(table: Table, width: int, drop: tuple[str, ...] = ()) -> Table:
     """Drop the columns named in ``drop`` (first named, first dropped) until ``table`` fits
     ``width`` columns, and say in the caption which ones are hidden."""
+    from rich.measure import Measurement
     hidden = []
-    wide = Console(width=10_000)
+    con = Console()
+    wide = con.options.update_width(10_000)
     for name in drop:
-        if wide.measure(table).maximum <= width:
+        if Measurement.get(con, wide, table).maximum <= width:
             break
         col = next((c for c in table.columns if str(c.header) == name), None)
         if col is not None and len(table.columns) > 1:

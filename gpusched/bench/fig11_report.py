@@ -14,11 +14,13 @@ STYLE = {"cuda-ss": ("#7f7f7f", "v", "--"), "cuda-ms": ("#1f77b4", "s", "--"),
 
 def print_fig11(res: dict) -> None:
     from rich.console import Console
-    from rich.table import Table
+
+    from gpusched.report import compact
     con = Console()
     for c in res["cases"]:
-        t = Table(title=f"{c['gpu']}, sigma {c['sigma']:g}: {c['seeds']} seed(s), "
-                  f"{res['jobs']} jobs/point", title_justify="left")
+        t = compact(f"{c['gpu']}, sigma {c['sigma']:g}: {c['seeds']} seed(s), "
+                    f"{res['jobs']} jobs/point")
+        t.title_justify = "left"
         for col in ("policy", "knee jobs/s", "(min-max)", "SLO99 jobs/s"):
             t.add_column(col, justify="left" if col == "policy" else "right")
         for p, k in c["knee_rps"].items():
@@ -67,18 +69,22 @@ def plot_fig11(res: dict, out: str) -> list[str]:
 
 
 def print_fig13(res: dict) -> None:
+    """Per-model p99 columns are numbered (M1, M2, ...) and named in the caption: eight models
+    and three summary columns fit 80 columns only that way."""
     from rich.console import Console
-    from rich.table import Table
+
+    from gpusched.report import compact, fit, ms
     rows = res["rows"]
     models = list(rows[0]["per_model_p99_ms"]) if rows else []
-    t = Table(title=f"Fig. 13: paella's fairness threshold on {res['gpu']}, sigma "
-              f"{res['sigma']:g}, {res['rate_rps']:.0f} jobs/s offered", title_justify="left")
-    t.add_column("threshold", justify="right")
-    t.add_column("Jain", justify="right")
-    t.add_column("p99 ms", justify="right")
-    for m in models:
-        t.add_column(m[:10], justify="right")
+    legend = ", ".join(f"M{i} {m}" for i, m in enumerate(models, 1))
+    t = compact(f"Fig. 13: paella's fairness threshold on {res['gpu']}, sigma "
+                f"{res['sigma']:g}, {res['rate_rps']:.0f} jobs/s offered",
+                caption=f"p99 in ms, overall and per model: {legend}")
+    t.title_justify = "left"
+    for col in ("threshold", "Jain", "p99", *(f"M{i}" for i in range(1, len(models) + 1))):
+        t.add_column(col, justify="right", no_wrap=True)
     for r in rows:
-        t.add_row(f"{r['threshold']:g}", f"{r['jain']:.3f}", f"{r['p99_ms']:.1f}",
-                  *(f"{r['per_model_p99_ms'].get(m, float('nan')):.1f}" for m in models))
-    Console().print(t)
+        t.add_row(f"{r['threshold']:g}", f"{r['jain']:.3f}", ms(r["p99_ms"]),
+                  *(ms(r["per_model_p99_ms"].get(m)) for m in models))
+    con = Console()
+    con.print(fit(t, con.width, drop=tuple(f"M{i}" for i in range(len(models), 0, -1))))

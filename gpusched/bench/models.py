@@ -115,12 +115,14 @@ def run_models_bench(args) -> int:
         return 0
     from rich.console import Console
     from rich.progress import Progress
-    from rich.table import Table
+
+    from gpusched.report import compact
     with Progress(transient=True) as prog:
         task = prog.add_task("models", total=len(models) * len(batches))
         res = measure(models, batches, args.reps, lambda: prog.advance(task))
-    t = Table(title=f"model latency, medians of {res['reps']} (raw ZeroMQ RTT "
-                    f"{res['zmq_rtt_us']:.1f} us)")
+    t = compact(f"model latency, medians of {res['reps']} (raw ZeroMQ RTT "
+                f"{res['zmq_rtt_us']:.1f} us)", caption="reg.: registered model; icpt: "
+                "intercepted; ratio: over local; us/op: intercept overhead per op")
     for col in ("model", "batch", "ops", "local ms", "reg. ms", "ratio", "icpt ms", "ratio",
                 "us/op"):
         t.add_column(col, justify="right")

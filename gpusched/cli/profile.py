@@ -85,16 +85,27 @@ def _models(args, store, batches: list[int]) -> int:
         import msgspec
         print(json.dumps(msgspec.to_builtins(out), indent=2))
         return 0
+    print_profiles(out, args.device, store.path)
+    return 0
+
+
+def print_profiles(out, device: str, path: str, width: int | None = None) -> None:
+    """One row per profile; short headers explained in the caption so it fits 80 columns."""
     from rich.console import Console
-    from rich.table import Table
-    t = Table(title=f"profiles on {args.device} (saved to {store.path})")
-    for c in ("model", "batch", "latency ms", "GFLOP", "MB moved", "compute", "memory",
-              "occupancy", "footprint MB"):
-        t.add_column(c, justify="left" if c == "model" else "right")
+
+    from gpusched.report import compact, fit
+    t = compact(f"profiles on {device} (saved to {path})",
+                caption="ms: solo latency; GFLOP and MB: work and memory traffic per batch; "
+                "comp, mem: compute and memory-bandwidth demand (share of the GPU); occ: "
+                "occupancy; foot MB: memory footprint")
+    for c in ("model", "batch", "ms", "GFLOP", "MB", "comp", "mem", "occ", "foot MB"):
+        t.add_column(c, justify="left" if c == "model" else "right",
+                     overflow="fold" if c == "model" else None, no_wrap=c != "model",
+                     min_width=8 if c == "model" else None)
     f = lambda v: "-" if v is None else f"{v:.2f}"
     for p in out:
         t.add_row(p.model, str(p.batch), f"{p.latency_ms:.3f}", f"{p.flops / 1e9:.2f}",
                   f"{p.bytes / 2**20:.1f}", f(p.compute_demand), f(p.memory_demand),
                   f(p.occupancy), f"{p.footprint_mb:.0f}")
-    Console().print(t)
-    return 0
+    con = Console()
+    con.print(fit(t, width or con.width, drop=("occ", "foot MB")))
