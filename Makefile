@@ -32,7 +32,8 @@ stub-cuda: $(STUB_CUDA)
 # interpreted. GPUSCHED_PURE=1 forces the interpreted modules.
 SIM_SRC := $(wildcard scheduler_daemon/core/*.py scheduler_daemon/core/*.pxd) \
 	$(wildcard scheduler_daemon/clock.p* scheduler_daemon/pump.p* scheduler_daemon/simulation.p*) \
-	$(wildcard scheduler_daemon/devices/simgpu.p*) scheduler_daemon/__init__.py tools/build_sim.py
+	$(wildcard scheduler_daemon/devices/simgpu.p* scheduler_daemon/devices/_gctrack.p*) \
+	scheduler_daemon/__init__.py tools/build_sim.py
 SIM_BUILT := build/sim/.built
 
 $(SIM_BUILT): $(STAMP) $(SIM_SRC)

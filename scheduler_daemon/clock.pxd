@@ -3,7 +3,6 @@ cimport cython
 
 cdef double INF
 
-@cython.freelist(64)
 cdef class Timer:
     cdef public double at
     cdef public object fn

@@ -12,7 +12,6 @@ cdef class ReadyQueue:
     cpdef Job pop(self)
     cpdef discard(self, Job job)
 
-@cython.freelist(256)
 cdef class _Entry:
     cdef public Job job
     cdef public double key

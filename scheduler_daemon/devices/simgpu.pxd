@@ -7,6 +7,7 @@ cdef double INF
 
 from scheduler_daemon.clock cimport Environment, Timer
 from scheduler_daemon.core.jobs cimport Job
+from scheduler_daemon.devices cimport _gctrack
 
 cdef class _Shape:
     cdef public long long threads, regs, smem, cap, tried
@@ -17,7 +18,6 @@ cdef class _KInfo:
     cdef public long long grid, resident
     cdef public double block_work, mem_frac, comp_frac
 
-@cython.freelist(256)
 cdef class _Kernel:
     cdef public Job job
     cdef public _Shape shape

@@ -60,6 +60,7 @@ import numpy as np
 
 from scheduler_daemon.core.gpu_specs import GpuSpec
 from scheduler_daemon.core.jobs import Job
+from scheduler_daemon.devices import _gctrack
 from scheduler_daemon.devices.base import Device
 
 MAX_HW_QUEUES = 32
@@ -147,6 +148,7 @@ def _new_kernel(job: Job, info: _KInfo, qi: int, pred: _Kernel | None) -> _Kerne
     kern.done = False
     kern.arrived = 0.0
     kern.stream = job.stream
+    _gctrack.untrack(kern)   # (compiled: not walked by the cyclic GC; see _gctrack.py)
     return kern
 
 
