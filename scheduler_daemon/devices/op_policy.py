@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import functools
 
-from scheduler_daemon.wire.ops import ZERO_FILL, Facts
+from scheduler_daemon.wire.ops import ZERO_FILL, Facts, kernel_op_refusal
 
 MAX_NAME = 128
 
@@ -89,3 +89,13 @@ def resolve(name: str) -> Op:
     if why is not None:
         raise OpRefused(f"{name} is refused: {why}")
     return Op(fn, facts)
+
+
+def check_kernel_ops(kernels) -> None:
+    """Refuse a kernel list any of whose ``op`` the torch backend would not run, whatever the
+    backend (the simulated GPU ignores ops; a model registered there must still run on torch).
+    Raises ``ValueError`` naming the kernel."""
+    for i, k in enumerate(kernels):
+        why = kernel_op_refusal(k.op)
+        if why:
+            raise ValueError(f"kernel {i} ({k.name}): {why}")

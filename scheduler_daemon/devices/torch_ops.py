@@ -11,6 +11,8 @@ from collections import OrderedDict
 from functools import lru_cache
 from typing import Callable
 
+from scheduler_daemon.wire.ops import kernel_op_refusal
+
 Op = Callable[[list], list]
 
 
@@ -107,11 +109,13 @@ OPS: dict[str, Callable[..., Op]] = {
 
 @lru_cache(maxsize=4096)
 def resolve(spec: str) -> Op:
-    """Parse an op spec; raises ValueError naming the problem."""
+    """Parse an op spec; raises ValueError naming the problem (the rule of wire/ops.py, which
+    every backend applies)."""
+    why = kernel_op_refusal(spec)
+    if why:
+        raise ValueError(why)
     name, _, args = spec.partition(":")
-    make = OPS.get(name)
-    if make is None:
-        raise ValueError(f"unknown op {name!r}; built-in ops: {', '.join(sorted(o for o in OPS if o))}")
+    make = OPS[name]
     try:
         return make(*[a for a in args.split(",") if a]) if args else make()
     except (TypeError, ValueError) as e:

@@ -11,6 +11,7 @@ import logging
 import msgspec
 
 from scheduler_daemon.devices.base import Unsupported
+from scheduler_daemon.devices.op_policy import check_kernel_ops
 from scheduler_daemon.server.sessions import Session
 from scheduler_daemon.wire import protocol as P
 from scheduler_daemon.wire.protocol import Code, ProtocolError
@@ -22,6 +23,7 @@ def register_kernels(server, s: Session, msg: P.Register, raw: list) -> None:
     _check_slot(server, s, msg.model)
     _check_kernel_count(server, msg.model, len(msg.kernels), "kernels")
     try:
+        check_kernel_ops(msg.kernels)   # the op policy: the same ops on every backend
         server.device.validate(msg.kernels)
     except ValueError as e:
         raise ProtocolError(Code.BAD_MODEL, f"model {msg.model!r}: {e}") from None

@@ -15,11 +15,11 @@ called -> the answer handled); the client's adds the transport both ways.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
 
 
-def percentile(values: Iterable[float], q: float, presorted: bool = False) -> float | None:
-    """Nearest-rank ``q``-quantile (``q`` in (0, 1]) of ``values``; None when there are none."""
+def percentile(values, q: float, presorted: bool = False) -> float | None:
+    """Nearest-rank ``q``-quantile (``q`` in (0, 1]) of ``values`` (any iterable of numbers;
+    ``presorted``: a sorted sequence); None when there are none."""
     xs = values if presorted else sorted(values)
     n = len(xs)
     if n == 0:

@@ -124,3 +124,65 @@ class Facts:
     def randomness_off(self, args, kwargs) -> bool:
         """A seeded op whose call switches its randomness off."""
         return seeded_is_off(self.arg_names, self.values(args, kwargs))
+
+
+# -- the built-in kernel ops of a registered kernel list (KernelSpec.op) -----------------------
+# ``NAME`` or ``NAME:ARG,ARG``: what the torch backend runs for such a kernel
+# (devices/torch_ops.py builds them). One rule for every backend: a kernel list the simulated
+# GPU accepts is one a torch daemon runs, and the reverse (devices/op_policy.check_kernel_ops).
+def _number(lo: float | None = None, hi: float | None = None, what: str = "") -> object:
+    def check(a: str) -> str | None:
+        try:
+            v = float(a)
+        except ValueError:
+            return f"{a!r} is not a number"
+        if (lo is not None and v < lo) or (hi is not None and v > hi):
+            return f"{what or a} must be in {lo:g}..{hi:g}"
+        return None
+    return check
+
+
+def _whole(lo: int, hi: int, what: str) -> object:
+    def check(a: str) -> str | None:
+        try:
+            v = int(a)
+        except ValueError:
+            return f"{what} {a!r} is not a whole number"
+        return None if lo <= v <= hi else f"{what} must be in {lo}..{hi}"
+    return check
+
+
+def _text(a: str) -> str | None:
+    return None
+
+
+# name -> the checks of its arguments, first the required ones, then (after None) optional ones
+KERNEL_OPS: dict[str, tuple] = {
+    "": (), "identity": (), "relu": (), "tanh": (), "sigmoid": (), "softmax": (),
+    "scale": (_number(),), "add": (_number(),),
+    "linear": (_whole(1, 1 << 16, "linear: out features"), None,
+               _whole(-(1 << 63), (1 << 63) - 1, "linear: seed")),
+    "sleep": (_number(0, 1e7, "sleep: the duration (us, up to 10 s)"),),
+    "fail": (None, _text),
+}
+
+
+def kernel_op_refusal(spec: str) -> str | None:
+    """Why the kernel op ``spec`` cannot run on the torch backend (so on no backend), or None."""
+    name, _, rest = spec.partition(":")
+    rules = KERNEL_OPS.get(name)
+    if rules is None:
+        return (f"unknown op {name!r}; built-in ops: "
+                f"{', '.join(sorted(o for o in KERNEL_OPS if o))}")
+    args = [a for a in rest.split(",") if a] if rest else []
+    required = list(rules[:rules.index(None)] if None in rules else rules)
+    optional = list(rules[rules.index(None) + 1:] if None in rules else ())
+    if not len(required) <= len(args) <= len(required) + len(optional):
+        n = (f"{len(required)}" if not optional
+             else f"{len(required)} to {len(required) + len(optional)}")
+        return f"bad arguments for op {spec!r}: it takes {n} argument(s), got {len(args)}"
+    for check, a in zip(required + optional, args):
+        why = check(a)
+        if why:
+            return f"bad arguments for op {spec!r}: {why}"
+    return None
