@@ -97,7 +97,7 @@ class LocalCluster:
         """Remove a worker node at once (no draining), as a crash; returns its node id."""
         node = self.workers.pop(index)
         self.cluster.remove_node(node, allow_graceful=False)
-        return node.unique_id
+        return node.node_id
 
     def client(self, policy: str = "expected-completion", **kw):
         from gpusched.cluster.client import ClusterClient
@@ -197,7 +197,7 @@ def recovery(lc: LocalCluster, services, rate: float, duration: float, seed: int
     marks: dict[str, float] = {}
 
     with lc.client("expected-completion", seed=seed) as c:
-        node = lc.workers[0].unique_id
+        node = lc.workers[0].node_id
         victim["keys"] = [d.key for d in c.directory.daemons if d.node_id == node]
 
         def on_time(t: float) -> None:

@@ -26,7 +26,7 @@ import logging
 import threading
 import time
 
-from gpusched.cluster.recovery import Rep, recover, served
+from gpusched.cluster.recovery import Rep, numbered, recover, served
 
 log = logging.getLogger("gpusched.cluster")
 
@@ -407,7 +407,7 @@ class Controller:
                 free.remove(k)
         sets = {k: [] for k in self.placement}
         for n, a in enumerate(report["assignments"]):
-            sets[chosen[n]] = [Rep.of(r) for r in a["replicas"]]
+            sets[chosen[n]] = numbered([Rep.of(r) for r in a["replicas"]])
         res = self._apply_sets(sets)
         if res.get("error"):
             return res
@@ -426,14 +426,17 @@ class Controller:
             daemons = []
             for k, d in sorted(self.daemons.items()):
                 lat = {p["name"]: p["predicted_latency_ms"] for p in pred.get(k, [])}
+                gpu = d.info.get("gpu", {})
                 daemons.append({
                     "key": k, "endpoint": d.info.get("endpoint", ""), "node_id": d.node_id,
                     "gpu_type": d.gpu_type,
-                    "gpu_memory_mb": float(d.info.get("gpu", {}).get("memory_mb", 0.0)),
-                    "gpu_uuid": d.info.get("gpu", {}).get("uuid", ""),
+                    "gpu_memory_mb": float(gpu.get("memory_mb", 0.0)),
+                    "gpu_uuid": gpu.get("uuid", ""), "gpu_visible": gpu.get("visible", ""),
                     "daemon_id": d.info.get("daemon_id", ""), "alive": d.alive,
                     "restarts": d.restarts,
-                    "replicas": [{**r.as_dict(), "predicted_latency_ms": lat.get(r.name, 0.0)}
+                    "replicas": [{"model": r.name, "zoo_model": r.zoo_model, "batch": r.batch,
+                                  "rate": r.rate, "slo_ms": r.slo_ms,
+                                  "predicted_latency_ms": lat.get(r.admitted_name, 0.0)}
                                  for r in self.placement.get(k, [])]})
             unserved = sorted(m for m, rate in served(self.placement, alive).items() if rate <= 0)
             return {"epoch": self.epoch, "cluster": self.name, "daemons": daemons,

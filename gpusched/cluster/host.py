@@ -93,6 +93,9 @@ class DaemonHost:
         self.daemon_id = self._hello(public)
         self.started = time.time()
         threading.Thread(target=self._drain_stderr, daemon=True).start()
+        # before the actor answers (and the directory shows the daemon): the daemon's loop is
+        # busy for those seconds, and clients would take its silence for a death
+        self.warm = self._warm(public)
         threading.Thread(target=self._watch, daemon=True).start()
 
     def _hello(self, public: bytes) -> str:
@@ -100,6 +103,20 @@ class DaemonHost:
         with Client(self.endpoint, tenant="gpusched-cluster", timeout=10,
                     server_key=public.decode()) as c:
             return c.daemon_id
+
+    def _warm(self, public: bytes) -> bool:
+        """A daemon's first ADMIT loads the profiles and the interference model (seconds on a
+        busy machine): one small ADMIT now, so that a placement or a recovery onto this GPU
+        does not wait for it. Every placement replaces it (ADMIT with replace)."""
+        from client_lib import Client
+        try:
+            with Client(self.endpoint, tenant="gpusched-cluster", timeout=60,
+                        server_key=public.decode()) as c:
+                c.admit([("gpusched-warmup", "resnet18", 1, 1.0, 1000.0)], replace=True)
+            return True
+        except Exception as e:  # noqa: BLE001 (a placement then just waits longer)
+            sys.stderr.write(f"[{self.key}] admission warm-up failed: {e}\n")
+            return False
 
     def _drain_stderr(self) -> None:
         for line in self.proc.stderr:   # the daemon's log goes to this worker's log file
@@ -116,7 +133,7 @@ class DaemonHost:
         return {"key": self.key, "endpoint": self.endpoint, "node_id": self.node_id,
                 "daemon_id": self.daemon_id, "pid": self.proc.pid, "gpu": self.gpu,
                 "alive": self.proc.poll() is None, "restarted": self.restarted,
-                "started": self.started}
+                "started": self.started, "warm": self.warm}
 
     def kill_daemon(self) -> int:
         """Kill the daemon (SIGKILL), as a crash would: the actor then exits and restarts."""

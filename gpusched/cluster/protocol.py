@@ -42,6 +42,7 @@ class DaemonInfo(Msg, omit_defaults=False):
     gpu_type: str = ""
     gpu_memory_mb: float = 0.0
     gpu_uuid: str = ""
+    gpu_visible: str = ""      # its CUDA_VISIBLE_DEVICES (Ray's grant on its node)
     daemon_id: str = ""        # changes when the daemon restarts
     alive: bool = False
     restarts: int = 0

@@ -20,25 +20,46 @@ from dataclasses import dataclass, field, replace
 
 @dataclass(frozen=True)
 class Rep:
-    """One replica as a daemon admits it (the ADMIT fields)."""
+    """One replica as a daemon admits it (the ADMIT fields). A plan may put two replicas of
+    a model on one GPU: the second is ``copy`` 1, admitted as ``NAME@1`` (admission counts each
+    replica's interference), routed to as ``NAME`` like the first."""
     name: str          # the model's name in the placement
     zoo_model: str
     batch: int
     rate: float        # requests/s planned for this replica
     slo_ms: float
+    copy: int = 0
+
+    @property
+    def admitted_name(self) -> str:
+        return f"{self.name}@{self.copy}" if self.copy else self.name
 
     def admit(self) -> tuple:
-        return (self.name, self.zoo_model, self.batch, self.rate, self.slo_ms)
+        return (self.admitted_name, self.zoo_model, self.batch, self.rate, self.slo_ms)
 
     def as_dict(self) -> dict:
-        return {"model": self.name, "zoo_model": self.zoo_model, "batch": self.batch,
-                "rate": self.rate, "slo_ms": self.slo_ms}
+        d = {"model": self.name, "zoo_model": self.zoo_model, "batch": self.batch,
+             "rate": self.rate, "slo_ms": self.slo_ms}
+        if self.copy:
+            d["copy"] = self.copy
+        return d
 
     @staticmethod
-    def of(d: dict) -> Rep:
+    def of(d: dict, copy: int | None = None) -> Rep:
         """From a plan report's replica (``gpusched place --json``)."""
         return Rep(str(d["model"]), str(d["zoo_model"]), int(d["batch"]), float(d["rate"]),
-                   float(d["slo_ms"]))
+                   float(d["slo_ms"]), int(d.get("copy", 0) if copy is None else copy))
+
+
+def numbered(reps: list[Rep]) -> list[Rep]:
+    """The same replicas with a ``copy`` number for each repeat of a model on one GPU."""
+    seen: dict[str, int] = {}
+    out = []
+    for r in reps:
+        n = seen.get(r.name, 0)
+        seen[r.name] = n + 1
+        out.append(replace(r, copy=n))
+    return out
 
 
 @dataclass
