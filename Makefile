@@ -16,7 +16,7 @@ CC ?= cc
 $(STAMP): pyproject.toml
 	@echo "setting up $(VENV) (log: $(VENV)/install.log) ..."
 	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
-	@$(BIN)/python -m pip install --upgrade pip "$(TORCH)" -e ".[torch,cuda,plots,metrics,solver,dev,test]" \
+	@$(BIN)/python -m pip install --upgrade pip "$(TORCH)" -e ".[torch,cuda,plots,metrics,solver,dev,test,cluster]" \
 		> $(VENV)/install.log 2>&1 || { tail -30 $(VENV)/install.log; exit 1; }
 	@rm -f $(VENV)/.installed-*; touch $(STAMP)
 
