@@ -70,11 +70,13 @@ class Router:
         self.alive: list[bool] = []
         self.work = np.zeros(0)               # seconds of work bound there, not yet finished
         self.external = np.zeros(0)           # seconds of other routers' work there
+        self.load = np.zeros(0)               # work + external: what a new job waits behind
         self.inflight: list[int] = []         # sent, not yet finished
         self.held: list[deque] = []           # bound, not yet sent
         self.routes: dict[str, dict[int, float]] = {}  # model -> {daemon: estimate s}
         self._est: dict[str, np.ndarray] = {}          # model -> estimate per daemon index
         self._cand: dict[str, np.ndarray] = {}         # model -> live daemons serving it
+        self._ect: dict[str, np.ndarray] = {}          # model -> estimate, inf where it cannot go
         self._rr: dict[str, int] = {}
         self.jobs: dict[object, RouteJob] = {}
         self.decisions = 0
@@ -93,8 +95,11 @@ class Router:
         self.held.append(deque())
         self.work = np.append(self.work, 0.0)
         self.external = np.append(self.external, 0.0)
+        self.load = np.append(self.load, 0.0)
         for m, est in self._est.items():
             self._est[m] = np.append(est, np.inf)
+        for m, ect in self._ect.items():
+            self._ect[m] = np.append(ect, np.inf)
         return i
 
     def set_routes(self, routes: dict[str, dict[str, float]]) -> None:
@@ -123,6 +128,8 @@ class Router:
     def _refresh(self) -> None:
         self._cand = {m: np.array(sorted(i for i in ds if self.alive[i]), dtype=np.int64)
                       for m, ds in self.routes.items()}
+        alive = np.array(self.alive, dtype=bool)
+        self._ect = {m: np.where(alive, est, np.inf) for m, est in self._est.items()}
 
     def mark_down(self, key: str) -> tuple[list[tuple[str, object]], list[object],
                                            list[tuple[object, NoReplica]]]:
@@ -151,8 +158,7 @@ class Router:
             except NoReplica as e:
                 unroutable.append((job.token, e))
         self.inflight[i] = 0
-        self.work[i] = 0.0
-        self.external[i] = 0.0
+        self.work[i] = self.external[i] = self.load[i] = 0.0
         return send, failed, unroutable
 
     def mark_up(self, key: str) -> None:
@@ -161,7 +167,7 @@ class Router:
         if not self.alive[i]:
             self.alive[i] = True
             self.inflight[i] = 0
-            self.work[i] = 0.0
+            self.work[i] = self.external[i] = self.load[i] = 0.0
             self._refresh()
 
     def set_external(self, key: str, jobs: int, mean_s: float | None = None) -> None:
@@ -175,6 +181,7 @@ class Router:
             ests = [e[i] for e in self._est.values() if np.isfinite(e[i])]
             mean_s = sum(ests) / len(ests) if ests else self.prior_s
         self.external[i] = max(0, jobs) * mean_s
+        self.load[i] = self.work[i] + self.external[i]
 
     # -- jobs ---------------------------------------------------------------------------------
     def choose(self, model: str) -> int:
@@ -186,8 +193,8 @@ class Router:
         if len(cand) == 1:
             return int(cand[0])
         if self.policy == "expected-completion":
-            score = self.work[cand] + self.external[cand] + self._est[model][cand]
-            return int(cand[int(np.argmin(score))])
+            # one add and one argmin over every daemon (inf where the model cannot go)
+            return int(np.argmin(self.load + self._ect[model]))
         if self.policy == "random":
             return int(cand[self._rng.randrange(len(cand))])
         n = self._rr.get(model, 0)
@@ -205,6 +212,7 @@ class Router:
         job.est = float(self._est[model][i])
         self.jobs[token] = job
         self.work[i] += job.est
+        self.load[i] += job.est
         if self.inflight[i] < self.window:
             job.sent = True
             self.inflight[i] += 1
@@ -230,6 +238,8 @@ class Router:
             est = self._est.get(job.model)
             if est is not None and np.isfinite(est[i]):
                 est[i] += self.learn * (service_s - est[i])
+                if self.alive[i]:
+                    self._ect[job.model][i] = est[i]
         return self._drain(i)
 
     def withdraw(self, token) -> list[tuple[str, object]]:
@@ -249,6 +259,7 @@ class Router:
     def _forget(self, job: RouteJob) -> None:
         i = job.daemon
         self.work[i] = max(0.0, self.work[i] - job.est)
+        self.load[i] = self.work[i] + self.external[i]
         if job.sent:
             self.inflight[i] -= 1
 
