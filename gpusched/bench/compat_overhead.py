@@ -25,13 +25,16 @@ SETUPS = (("default", None, None, None),
           ("daemon 1 thread, passive", 1, None, "passive"))
 
 
-def _models(batch: int):
+def _models(batch: int, names=("bert-base", "gpt2")):
     import torch
 
     from gpusched.bench.compat_env import ensure_torchvision
     from profilers.zoo_models import build
-    bert, inputs = build("bert-base")
-    yield "bert-base", bert, tuple(inputs(batch)), {}
+    if "bert-base" in names:
+        bert, inputs = build("bert-base")
+        yield "bert-base", bert, tuple(inputs(batch)), {}
+    if "gpt2" not in names:
+        return
     ensure_torchvision()
     import transformers as T
     T.logging.set_verbosity_error()
@@ -41,7 +44,8 @@ def _models(batch: int):
     yield "gpt2", gpt2, (ids,), {"use_cache": False}
 
 
-def _one_setup(label, daemon_threads, client_threads, wait, batches, reps, settle_s):
+def _one_setup(label, daemon_threads, client_threads, wait, batches, reps, settle_s,
+               names=("bert-base", "gpt2")):
     import torch
 
     from client_lib import Client
@@ -54,7 +58,8 @@ def _one_setup(label, daemon_threads, client_threads, wait, batches, reps, settl
         os.environ["OMP_WAIT_POLICY"] = wait
     rows = []
     with tempfile.TemporaryFile("w+") as err:
-        proc, ep = start_daemon("--backend", "torch", "--torch-device", "cpu", stderr=err)
+        proc, ep = start_daemon("--backend", "torch", "--torch-device", "cpu",
+                                "--max-tenant-bytes", str(8 << 30), stderr=err)
         os.environ.clear()
         os.environ.update(env_before)
         if client_threads:
@@ -62,7 +67,7 @@ def _one_setup(label, daemon_threads, client_threads, wait, batches, reps, settl
         try:
             with Client(ep, tenant="overhead", timeout=60.0) as c:
                 for b in batches:
-                    for name, m, args, kw in _models(b):
+                    for name, m, args, kw in _models(b, names):
                         h = c.register_model(f"{name}-b{b}", m, args, example_kwargs=kw)
 
                         def local(m=m, args=args, kw=kw):
@@ -90,10 +95,11 @@ def _one_setup(label, daemon_threads, client_threads, wait, batches, reps, settl
     return rows
 
 
-def run_overhead(batches=(1, 8), reps: int = 5, settle_s: float = 0.3, setups=SETUPS) -> dict:
+def run_overhead(batches=(1, 8), reps: int = 5, settle_s: float = 0.3, setups=SETUPS,
+                 names=("bert-base", "gpt2")) -> dict:
     rows = []
     for s in setups:
-        rows += _one_setup(*s, batches, reps, settle_s)
+        rows += _one_setup(*s, batches, reps, settle_s, names)
     return {"rows": rows, "reps": reps, "cores": os.cpu_count()}
 
 
