@@ -224,3 +224,41 @@ def _example_plan():
     from gpusched.placement.solvers import place
     w = spec.load("examples/placement/models.yaml")
     return place(w.models, parse_pool(w.pool or "H100:8"), "heuristic", time_limit_s=10)
+
+
+# -- errors in words (finding 8) ------------------------------------------------------------------
+@pytest.mark.parametrize("argv, says", [
+    (["--horizon", "0"], "--horizon must be > 0 seconds (got 0)"),
+    (["--time-limit", "-1"], "--time-limit must be > 0 seconds (got -1)"),
+    (["--plot", "/nonexistent-gpusched-dir/x.png"],
+     "--plot /nonexistent-gpusched-dir/x.png: the folder /nonexistent-gpusched-dir does not "
+     "exist"),
+])
+def test_place_mistakes_say_which_argument(argv, says, capsys):
+    """Finding 8: "--time-limit and --horizon must be > 0" did not say which; a missing --plot
+    folder printed a raw [Errno 2] after the whole plan. Refused before any work now."""
+    from gpusched.cli import main
+    rc = main(["place", "examples/placement/models.yaml", *argv])
+    err = capsys.readouterr().err
+    assert rc == 2 and says in err, err
+    assert "[Errno" not in err and "Traceback" not in err
+
+
+def test_os_errors_are_described_without_errno(tmp_path):
+    from gpusched.cli.common import describe_os_error
+    missing = FileNotFoundError(2, "No such file or directory", str(tmp_path / "no" / "x.png"))
+    text = describe_os_error(missing)
+    assert "[Errno" not in text and f"the folder {tmp_path / 'no'} does not exist" in text
+    assert describe_os_error(PermissionError(13, "Permission denied", "/root/x")) == \
+        "/root/x: permission denied: pick a path you can use"
+    assert "no such file" in describe_os_error(
+        FileNotFoundError(2, "No such file or directory", str(tmp_path / "x.yaml")))
+
+
+def test_submit_without_a_daemon_fails_before_starting_clients(tmp_path, capsys):
+    """In the fast suite a started process would fail this test (conftest): the check comes
+    first, and says why."""
+    from gpusched.cli import main
+    rc = main(["submit", "--endpoint", f"ipc://{tmp_path}/none.sock"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "no daemon at" in err and "does not exist" in err, err

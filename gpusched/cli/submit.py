@@ -38,10 +38,17 @@ def run(args) -> int:
     from gpusched.report import load_table, print_table
     from scheduler_daemon.transport.sockets import default_endpoint
 
+    from client_lib._common import unreachable
+    from gpusched.cli.common import UsageError
+
+    endpoint = args.endpoint or default_endpoint()
+    why = unreachable(endpoint)   # before starting client processes: no daemon, say so now
+    if why:
+        raise UsageError(f"no daemon at {endpoint}: {why}. Start one with 'gpusched daemon' or "
+                         "pass the endpoint it serves (--endpoint, GPUSCHED_ENDPOINT)")
     note(f"{args.clients} client processes submitting '{args.workload}' for {args.duration:g}s",
          "no summary; the clients were stopped and the daemon cancels their unfinished jobs")
-    res = run_load(args.endpoint or default_endpoint(), args.workload, args.clients, args.rate,
-                   args.duration, args.seed)
+    res = run_load(endpoint, args.workload, args.clients, args.rate, args.duration, args.seed)
     if args.json:
         print(json.dumps(res, indent=2))
     else:
