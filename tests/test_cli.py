@@ -123,3 +123,14 @@ def _not_zombie(pid: int) -> bool:
             return f.read().rsplit(")", 1)[1].split()[0] != "Z"
     except OSError:
         return False
+
+
+@pytest.mark.slow
+def test_demo_says_what_it_does_between_tables():
+    """Finding 7: the demo was silent for half a minute between its tables."""
+    r = run("demo", "--duration", "0.5", "--policies", "fifo", timeout=120)
+    assert r.returncode == 0, r.stderr
+    out = r.stdout
+    steps = [out.find("policy fifo (1/1): starting a daemon"), out.find("daemon up at"),
+             out.find("policy fifo (daemon exited with 0)")]
+    assert -1 not in steps and steps == sorted(steps), out
