@@ -505,3 +505,31 @@ def test_6h_a_registered_graph_keeps_only_live_intermediates_and_counts_them():
         assert h.server.tenants["a"].bytes_held == 0
     finally:
         h.close()
+
+
+def test_6j_views_of_weights_and_inputs_are_not_counted_twice():
+    """A Linear's forward views its weight (``t``): the view's storage is the weight's, which
+    the model's registration already counts. Under a quota that holds the weights and the
+    activations once, the job runs, and every byte of it comes back at the answer."""
+    import numpy as np
+
+    from client_lib.models import register_graph_frames
+    model = torch.nn.Linear(500, 500).eval()                  # 1.0 MB of weights
+    x = torch.ones(1, 500)
+    h = _torch_harness(max_tenant_bytes=int(1.5 * MiB))
+    try:
+        h.hello(b"a", "a")
+        msg, frames, _ = register_graph_frames("lin", model, [x], 1 << 30)
+        assert isinstance(h.call(b"a", msg, *[bytes(f) for f in frames]), P.Registered)
+        weights = h.server.tenants["a"].bytes_held
+        h.send(b"a", P.Submit(req_id=7, model="lin", inputs=[P.TensorMeta("float32", [1, 500])]),
+               x.numpy().tobytes())
+        h.run()
+        (done,) = [(m, r) for m, r in h.take(b"a") if isinstance(m, P.Done)]
+        assert done[0].status == "done", done[0].error
+        with torch.no_grad():
+            assert np.allclose(np.frombuffer(done[1][0], np.float32), model(x).numpy().ravel(),
+                               atol=1e-5)
+        assert h.server.tenants["a"].bytes_held == weights
+    finally:
+        h.close()

@@ -41,11 +41,12 @@ class _Env(list):
     """One request's values (inputs, weights, op outputs by id), and what of them its
     tenant's ledger holds; ``closed`` once the job ended (a running op then keeps nothing)."""
 
-    __slots__ = ("held", "closed", "lock")
+    __slots__ = ("held", "closed", "lock", "paid")
 
-    def __init__(self, values):
+    def __init__(self, values, paid: frozenset = frozenset()):
         super().__init__(values)
         self.held: dict[int, tuple] = {}   # value id -> storage key held in the ledger
+        self.paid = paid   # storages counted by a fixed charge (weights, inputs): their views add nothing
         self.closed = False
         self.lock = threading.Lock()
 
@@ -74,6 +75,7 @@ class LoadedGraph:
         if len(weights) != len(graph.weights):
             raise ValueError(f"graph declares {len(graph.weights)} weights, got {len(weights)}")
         self.weights = weights
+        self._weight_storages = frozenset(_storages(weights))
         self.kwconsts = [self._prebuild(n) for n in graph.ops]
         self.frees = _last_uses(graph)
 
@@ -95,7 +97,8 @@ class LoadedGraph:
         """A request's value table: inputs then weights; op outputs are appended by run_op
         (the inputs and weights are counted by the job's and the model's own charges)."""
         self.check_inputs([(str(x.dtype).removeprefix("torch."), list(x.shape)) for x in inputs])
-        return _Env(list(inputs) + list(self.weights))
+        return _Env(list(inputs) + list(self.weights),
+                    self._weight_storages | frozenset(_storages(inputs)))
 
     def check_inputs(self, got: list) -> None:
         """``got``: (dtype, shape) of each input sent. A graph is captured for one set of
@@ -156,6 +159,8 @@ class LoadedGraph:
                 for j, o in enumerate(outs):
                     if isinstance(o, torch.Tensor) and not env.closed:
                         key, nbytes = storage_key(o)
+                        if key in env.paid:    # a view of a weight or an input
+                            continue
                         quota.hold(key, nbytes)
                         env.held[base + j] = key
         for v in self.frees[i]:   # values whose last use was this op
@@ -176,6 +181,11 @@ class LoadedGraph:
         out = [env[o] for o in self.graph.outputs]
         self.finish(env)
         return out
+
+
+def _storages(tensors):
+    import torch
+    return (storage_key(t)[0] for t in tensors if isinstance(t, torch.Tensor))
 
 
 def _last_uses(graph: Graph) -> list[list[int]]:
