@@ -140,9 +140,9 @@ class Environment:
 
     def step(self) -> bool:
         """Advance to the next event and run it. Returns False when none is left."""
-        timer = self._pop_due()
-        if timer is None:
+        if self.peek() == INF:    # (peek drops cancelled timers from the top)
             return False
+        timer = _timer_pop(self._heap)
         if timer.at > self.now:
             self.now = timer.at
         if timer.has_arg:

@@ -9,5 +9,6 @@ cdef class Pump:
     cdef public SchedulerCore core
     cdef public object device
     cdef public Environment env
+    cdef object _launch
     @cython.locals(core=SchedulerCore, job=Job)
     cpdef dispatch(self, double now)

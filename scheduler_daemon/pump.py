@@ -20,10 +20,11 @@ log = logging.getLogger("gpusched.pump")
 class Pump:
     def __init__(self, core: SchedulerCore, device: Device, env: Environment):
         self.core, self.device, self.env = core, device, env
+        self._launch = device.launch
 
     def dispatch(self, now: float) -> None:
         """Launch every kernel the core picks at ``now``."""
-        core, launch = self.core, self.device.launch
+        core, launch = self.core, self._launch
         job = core.next_dispatch(now)
         while job is not None:
             try:

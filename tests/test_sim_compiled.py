@@ -222,6 +222,18 @@ def test_the_pure_switch_runs_the_sources():
     assert state == "pure" and path.endswith("simgpu.py")
 
 
+def test_bench_sim_speed_reports_kernels_per_second():
+    """``gpusched bench sim-speed --json`` keeps ``kernels_per_s`` (no timing is asserted)."""
+    from gpusched.bench.sim_speed import run_sim_speed
+
+    res = run_sim_speed(jobs=20, repeat=1)
+    assert res["kernels_per_s"] > 0 and set(res["by_policy"]) == {"slo", "cuda-ms"}
+    assert res["by_policy"]["slo"]["kernels"] == res["by_policy"]["cuda-ms"]["kernels"] > 0
+    import scheduler_daemon
+
+    assert res["compiled"] == (scheduler_daemon.compiled_state() == "compiled")
+
+
 # -- same numbers -----------------------------------------------------------------------------
 @pytest.mark.slow
 def test_compiled_and_interpreted_runs_are_identical():
