@@ -151,9 +151,6 @@ def test_bench_tables_fit_80_columns(monkeypatch):
     from gpusched.bench.calibrate import print_calibrate
     from gpusched.bench.fig11_report import print_fig13
     from gpusched.bench.overhead import print_overhead
-    from gpusched.bench.usher import print_usher
-    with open("docs/results/usher/bench_usher.json") as f:
-        _fits(_render_80(monkeypatch, print_usher, json.load(f)))
     with open("docs/results/extra/calibrate.json") as f:
         _fits(_render_80(monkeypatch, print_calibrate, json.load(f)))
     with open("docs/results/extra/overhead.json") as f:
