@@ -234,6 +234,31 @@ def test_bench_sim_speed_reports_kernels_per_second():
     assert res["compiled"] == (scheduler_daemon.compiled_state() == "compiled")
 
 
+def test_jobs_and_models_pickle_compiled_or_not():
+    """Extension types do not pickle by default: jobs, models and their estimates still do."""
+    import pickle
+
+    from scheduler_daemon.core.gpu_specs import gpu_spec
+    from scheduler_daemon.core.jobs import Job
+    from scheduler_daemon.core.policies import make_policy
+    from scheduler_daemon.core.scheduler import SchedulerCore
+    from scheduler_daemon.wire.kernels import KernelSpec
+
+    core = SchedulerCore(make_policy("slo"), gpu_spec("T4").capacity)
+    m = core.make_model("m", "m", [KernelSpec("a", 10.0, grid=8), KernelSpec("b", 7.0)])
+    m.estimates.observe(0, 3.3e-6)
+    job = Job(7, "t", m, 5.0, 0.25, payload={"x": 1})
+    job.finish, job.late, job.stream = 1.5, True, 12
+    got = pickle.loads(pickle.dumps(job))
+    for f in Job._fields:
+        if f != "model":
+            assert getattr(got, f) == getattr(job, f), f
+    assert got.model.kernels == m.kernels and got.model.demands == m.demands
+    assert [got.model.estimates.remaining(i) for i in range(3)] == \
+        [m.estimates.remaining(i) for i in range(3)]
+    assert pickle.loads(pickle.dumps(core.capacity)) == core.capacity
+
+
 # -- same numbers -----------------------------------------------------------------------------
 @pytest.mark.slow
 def test_compiled_and_interpreted_runs_are_identical():

@@ -15,3 +15,6 @@ cdef class DurationEstimates:
     cpdef double remaining(self, Py_ssize_t pos)
     @cython.locals(old=double, new=double)
     cpdef observe(self, Py_ssize_t pos, double measured_s)
+
+@cython.locals(e=DurationEstimates)
+cpdef DurationEstimates _restore(list est, list tree)

@@ -49,8 +49,21 @@ class DurationEstimates:
         """Estimated time of kernels pos..K-1."""
         return self._prefix(self._n) - self._prefix(pos)
 
+    def __reduce__(self):
+        # (compiled, the arrays are typed memoryviews, which do not pickle by themselves)
+        return (_restore, (list(self._est), list(self._tree)))
+
     def observe(self, pos: int, measured_s: float) -> None:
         old = self._est[pos]
         new = (old + measured_s) / 2.0
         self._est[pos] = new
         self._add(pos, new - old)
+
+
+def _restore(est: list, tree: list) -> DurationEstimates:
+    """A pickled ``DurationEstimates``, the tree as it was (not re-summed: same floats)."""
+    e = DurationEstimates.__new__(DurationEstimates)
+    e._n = len(est)
+    e._est = array("d", est)
+    e._tree = array("d", tree)
+    return e

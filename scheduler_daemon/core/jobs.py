@@ -13,6 +13,7 @@ class ModelEntry:
     """A registered model: its kernel list, their SM demand and their learned durations."""
 
     __slots__ = ("key", "name", "kernels", "demands", "shares", "estimates", "type_id")
+    _fields = __slots__   # (what pickles: compiled, __slots__ is not kept)
 
     def __init__(self, key: Any, name: str, kernels: list[KernelSpec], capacity: Resources,
                  type_id: int = 0):
@@ -26,6 +27,10 @@ class ModelEntry:
         self.shares = tuple(d.share_of(capacity) for d in self.demands)  # 1.0 = whole GPU
         self.estimates = DurationEstimates([k.est_us * 1e-6 for k in kernels])
         self.type_id = type_id
+
+    def __reduce__(self):
+        return (_restore, (ModelEntry, {f: getattr(self, f) for f in ModelEntry._fields}))
+
 
 
 class JobState(enum.Enum):
@@ -55,6 +60,7 @@ class Job:
                  "next_kernel", "done_kernels", "outstanding", "cur", "stream", "state", "exec_s", "first_start", "finish", "late",
                  "qseq", "in_queue", "extra", "payload", "owner", "error",
                  "nbytes")
+    _fields = __slots__   # (what pickles: compiled, __slots__ is not kept)
 
     def __init__(self, id: Any, tenant: str, model: ModelEntry, slo_ms: float, arrival: float,
                  priority: int = 0, payload: Any = None, owner: Any = None):
@@ -96,3 +102,15 @@ class Job:
 
     def __repr__(self) -> str:
         return f"Job({self.id!r}, {self.model.name}, {self.state.value}, k={self.next_kernel})"
+
+    def __reduce__(self):
+        return (_restore, (Job, {f: getattr(self, f) for f in Job._fields}))
+
+
+
+def _restore(cls, fields: dict):
+    """A pickled ``Job`` or ``ModelEntry`` (compiled they are extension types: explicit)."""
+    obj = cls.__new__(cls)
+    for name, value in fields.items():
+        setattr(obj, name, value)
+    return obj
