@@ -104,23 +104,26 @@ def resolve_done(msg: P.Done, raw: list, t0: float, now: float | None = None):
 PROBE_AFTER_S = 0.2
 
 
-def unreachable(endpoint: str, timeout: float = 0.5) -> str | None:
+def unreachable(endpoint: str, timeout: float = 0.5, connect: bool = True) -> str | None:
     """Why nothing can be listening at ``endpoint`` (no socket file, a stale one, a refused
     port), or None when something might be: a connect check, so a client without a daemon
-    fails at once instead of after its whole timeout. The probe connection closes at once."""
+    fails at once instead of after its whole timeout. The probe connection closes at once;
+    ``connect=False`` only looks for the socket file."""
     try:
         if endpoint.startswith("ipc://"):
             path = endpoint[len("ipc://"):]
             addr = "\0" + path[1:] if path.startswith("@") else path
             if not path.startswith("@") and not os.path.exists(path):
                 return f"{path} does not exist"
+            if not connect:
+                return None
             s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
             s.settimeout(timeout)
             try:
                 s.connect(addr)
             finally:
                 s.close()
-        elif endpoint.startswith("tcp://"):
+        elif endpoint.startswith("tcp://") and connect:
             host, _, port = endpoint[len("tcp://"):].rpartition(":")
             socket.create_connection((host.strip("[]"), int(port)), timeout=timeout).close()
     except ConnectionRefusedError:

@@ -139,6 +139,9 @@ class Client:
 
     def _connect(self) -> None:
         """First connection: HELLO and wait for WELCOME (or a clear refusal)."""
+        why = unreachable(self.endpoint, connect=False)   # no socket file: no need to wait
+        if why is not None:
+            raise self._s.no_daemon(why)
         self._open_socket()
         self._sock.send_multipart(self._s.hello())
         first = min(self.timeout, PROBE_AFTER_S)
