@@ -6,6 +6,8 @@ from scheduler_daemon.core.jobs cimport Job, ModelEntry, is_terminal
 from scheduler_daemon.core.policies cimport Policy
 from scheduler_daemon.core.queues cimport ReadyQueue
 
+cdef long long _POOL
+
 cdef class SchedulerCore:
     cdef public Policy policy
     cdef public object fits

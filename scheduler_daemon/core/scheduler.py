@@ -42,6 +42,7 @@ from scheduler_daemon.wire.kernels import KernelSpec
 log = logging.getLogger("gpusched.core")
 
 STREAM_POOL = 500  # Paella gives each kernel its own stream from a pool of 500
+_POOL = STREAM_POOL  # (compiled: a C constant)
 # policy.stream, as the small integers _stream switches on
 _STREAM_MODES = {"kernel": 0, "job": 1, "single": 2, "tenant": 3, "model": 4}
 
@@ -208,7 +209,7 @@ class SchedulerCore:
         mode = self._stream_mode
         if mode == 0:                  # "kernel": Paella's pool
             self._streams += 1
-            return self._streams % STREAM_POOL
+            return self._streams % _POOL
         if job.stream >= 0:
             return job.stream
         if mode == 1:                  # "job"
