@@ -24,7 +24,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 os.environ["GPUSCHED_PURE"] = "1"  # (the build reads the list; it imports none of them)
-from scheduler_daemon import COMPILED  # noqa: E402
+from scheduler_daemon import COMPILED
 
 # compiled and interpreted runs must give the same floats: no contraction of a * b + c into a
 # fused multiply-add (the C compiler may do it where the CPU has FMA), no fast-math
@@ -81,7 +81,7 @@ def main() -> int:
         cmd.force = args.force
         cmd.ensure_finalized()
         cmd.run()
-    except Exception as e:  # no compiler, no headers: run interpreted
+    except Exception as e:  # noqa: BLE001 (no compiler, no headers: run interpreted)
         print(f"build_sim: could not compile ({type(e).__name__}: {e}); the simulator runs "
               "interpreted")
         clean()
