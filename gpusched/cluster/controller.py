@@ -74,6 +74,7 @@ class Controller:
         self.placement: dict[str, list[Rep]] = {}
         self.models: list[dict] = []       # the placed workload, for re-planning
         self.solver = "heuristic"
+        self.admitting = True     # False: the placement is routes only (apply(..., admit=False))
         self.epoch = 1
         self.events: list[dict] = []
         self._predicted: dict[str, list[dict]] = {}   # daemon -> admission's predictions
@@ -94,6 +95,7 @@ class Controller:
 
     def _save(self) -> None:
         state = {"port": self.port, "solver": self.solver, "models": self.models,
+                 "admitting": self.admitting,
                  "placement": {k: [r.as_dict() for r in v] for k, v in self.placement.items()},
                  "daemons": {k: [d.node_id, d.gpu_type] for k, d in self.daemons.items()}}
         try:
@@ -113,6 +115,7 @@ class Controller:
         state = json.loads(raw)
         self.port = state.get("port", self.port)
         self.solver = state.get("solver", "heuristic")
+        self.admitting = state.get("admitting", True)
         self.models = state.get("models", [])
         self.placement = {k: [Rep.of(r) for r in v] for k, v in state.get("placement", {}).items()}
         for key, (node_id, gpu_type) in state.get("daemons", {}).items():
@@ -267,7 +270,7 @@ class Controller:
 
     def _admit_one(self, key: str, reps: list[Rep] | None = None) -> list[dict]:
         reps = self.placement.get(key, []) if reps is None else reps
-        if not reps:
+        if not reps or not self.admitting:
             return []
         with self._client(key) as c:
             return c.admit([r.admit() for r in reps], replace=True)
@@ -361,11 +364,18 @@ class Controller:
         return out
 
     # -- placement ------------------------------------------------------------------------------
-    def apply(self, report: dict, models: list[dict] | None = None, solver: str = "heuristic") -> dict:
+    def apply(self, report: dict, models: list[dict] | None = None, solver: str = "heuristic",
+              admit: bool = True) -> dict:
         """Admit a plan (``gpusched place --json``'s report; its GPUs are matched to live
         daemons of their type) and keep it as the placement to recover. ``models``: the
-        workload it was planned for (name, model, rate, slo_ms, batches), to re-plan with."""
+        workload it was planned for (name, model, rate, slo_ms, batches), to re-plan with.
+        ``admit=False``: routes only, no daemon is asked (a placement the interference model
+        would refuse, or models it does not know: the benchmark's load uses it)."""
+        prev = self.admitting
+        self.admitting = admit
         res = self._assign(report, self.pool())
+        if res.get("error"):
+            self.admitting = prev
         if not res.get("error"):
             with self._lock:
                 if models is not None:
@@ -453,6 +463,7 @@ class Controller:
                           "gpus": int(n.get("Resources", {}).get("GPU", 0))})
         d = self.directory()
         d.update(nodes=nodes, directory_port=self.port, events=self.events[-20:],
+                 admitted=self.admitting,
                  models=[m["name"] for m in self.models], server_key=self.cfg["public"])
         return d
 
