@@ -142,6 +142,7 @@ def drive(client, services, plan, on_time=None) -> list:
 
 def settle(services, sent: list, span: float, drain_s: float = 30.0) -> dict:
     from concurrent.futures import TimeoutError as FutureTimeout
+
     import numpy as np
     deadline = time.perf_counter() + drain_s
     met = done = 0
