@@ -88,7 +88,8 @@ def _add_cluster(bsub) -> None:
     p.add_argument("--load", type=float, default=0.8,
                    help="offered load, of the fluid capacity of the GPUs")
     p.add_argument("--sim-gpus", type=int, default=1000, help="GPUs of the simulation")
-    p.add_argument("--sim-jobs", type=int, default=60_000, help="jobs of each simulated run")
+    p.add_argument("--sim-jobs", type=int, default=200_000,
+                   help="jobs of each simulated run (200 a GPU: its queue reaches steady state)")
     p.add_argument("--sim-only", action="store_true", help="skip the live cluster (no Ray)")
     p.add_argument("--seed", type=int, default=0, help="random seed of the arrivals")
     p.add_argument("--json", action="store_true",
