@@ -14,7 +14,7 @@ cdef class Timer:
 @cython.locals(pos=Py_ssize_t, parentpos=Py_ssize_t, parent=Timer)
 cdef int _timer_push(list heap, Timer t) except -1
 @cython.locals(pos=Py_ssize_t, child=Py_ssize_t, right=Py_ssize_t, n=Py_ssize_t, c=Timer, r=Timer,
-               last=Timer, ret=Timer)
+               last=Timer, ret=Timer, parentpos=Py_ssize_t, parent=Timer)
 cdef Timer _timer_pop(list heap)
 
 cdef class Environment:

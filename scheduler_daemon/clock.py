@@ -52,6 +52,8 @@ def _timer_push(heap: list, t: Timer) -> int:
 
 
 def _timer_pop(heap: list) -> Timer:
+    """heapq.heappop, and like it: the hole left at the top goes down the smaller children
+    to a leaf, where the last timer is put and sifted back up (fewer comparisons)."""
     last = heap.pop()
     if not heap:
         return last
@@ -67,12 +69,17 @@ def _timer_pop(heap: list) -> Timer:
             if r.at < c.at or (r.at == c.at and r.seq < c.seq):
                 child = right
                 c = r
-        if c.at < last.at or (c.at == last.at and c.seq < last.seq):
-            heap[pos] = c
-            pos = child
-            child = 2 * pos + 1
-        else:
-            break
+        heap[pos] = c
+        pos = child
+        child = 2 * pos + 1
+    while pos > 0:
+        parentpos = (pos - 1) >> 1
+        parent = heap[parentpos]
+        if last.at < parent.at or (last.at == parent.at and last.seq < parent.seq):
+            heap[pos] = parent
+            pos = parentpos
+            continue
+        break
     heap[pos] = last
     return ret
 
