@@ -92,6 +92,10 @@ cdef class _SimGpuBase:
                    threads=cython.longlong, regs=cython.longlong, smem=cython.longlong,
                    total=cython.longlong, s=Py_ssize_t, f=cython.longlong, x=cython.longlong)
     cpdef bint fits_now(self, k) except -1
+    @cython.locals(free=cython.longlong[::1], slab=cython.longlong[::1], sms=Py_ssize_t,
+                   threads=cython.longlong, regs=cython.longlong, smem=cython.longlong,
+                   total=cython.longlong, s=Py_ssize_t, f=cython.longlong, x=cython.longlong)
+    cdef long long _fit_place(self, _Shape shape, Py_ssize_t row) except -1
     @cython.locals(info=_KInfo, pred=_Kernel, kern=_Kernel, stream=cython.longlong,
                    env=Environment, qi=Py_ssize_t)
     cpdef launch(self, Job job)

@@ -370,6 +370,37 @@ class _SimGpuBase:
             total += f
         return total
 
+    def _fit_place(self, shape: _Shape, row: int) -> int:
+        """``_fit_into`` and the placement of all those blocks, in one pass: the blocks of
+        ``shape`` each SM can take go to slab row ``row`` and are taken from the SMs."""
+        free = self._free
+        slab = self._slab
+        sms = self._sms
+        threads, regs, smem = shape.threads, shape.regs, shape.smem
+        total = 0
+        for s in range(sms):
+            f = free[sms + s]
+            if f > 0:
+                x = free[s]
+                if x < threads * f:
+                    f = x // threads
+                if f > 0:
+                    x = free[2 * sms + s]
+                    if x < regs * f:
+                        f = x // regs
+                    if f > 0:
+                        x = free[3 * sms + s]
+                        if x < smem * f:
+                            f = x // smem
+                        if f > 0:
+                            free[s] -= threads * f
+                            free[sms + s] -= f
+                            free[2 * sms + s] -= regs * f
+                            free[3 * sms + s] -= smem * f
+                            total += f
+            slab[row + s] = f if f > 0 else 0
+        return total
+
     def fit_per_sm(self, k) -> np.ndarray:
         """Blocks of kernel spec ``k`` (or of a ``_Shape``) each SM could take now."""
         shape = k if isinstance(k, _Shape) else self._shape(k)
@@ -613,24 +644,29 @@ class _SimGpuBase:
                 if not self._room(shape):     # no SM can take a block of it
                     shape.tried = gen
                     break
-                total = self._fit_into(shape)
-                n = head.left
-                if n >= total:
-                    n = total
+                threads = shape.threads
+                if head.left >= shape.cap:        # more than fits even on an idle GPU
+                    slot = self._take_slot()
+                    n = self._fit_place(shape, slot * sms)    # all that fits, in one pass
                 else:
-                    self._spread(n)
-                slot = self._take_slot()
-                slab = self._slab                 # (the slots may have grown)
-                row = slot * sms
-                threads, regs, smem = shape.threads, shape.regs, shape.smem
-                for s in range(sms):
-                    b = fit[s]
-                    slab[row + s] = b
-                    if b:
-                        free[s] -= threads * b
-                        free[sms + s] -= b
-                        free[2 * sms + s] -= regs * b
-                        free[3 * sms + s] -= smem * b
+                    total = self._fit_into(shape)
+                    n = head.left
+                    if n >= total:
+                        n = total
+                    else:
+                        self._spread(n)
+                    slot = self._take_slot()
+                    slab = self._slab             # (the slots may have grown)
+                    row = slot * sms
+                    regs, smem = shape.regs, shape.smem
+                    for s in range(sms):
+                        b = fit[s]
+                        slab[row + s] = b
+                        if b:
+                            free[s] -= threads * b
+                            free[sms + s] -= b
+                            free[2 * sms + s] -= regs * b
+                            free[3 * sms + s] -= smem * b
                 self._threads_used += n * threads
                 head.left -= n
                 head.running += n
