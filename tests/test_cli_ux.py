@@ -228,8 +228,8 @@ def _example_plan():
     (["--horizon", "0"], "--horizon must be > 0 seconds (got 0)"),
     (["--time-limit", "-1"], "--time-limit must be > 0 seconds (got -1)"),
     (["--plot", "/nonexistent-gpusched-dir/x.png"],
-     "--plot /nonexistent-gpusched-dir/x.png: the folder /nonexistent-gpusched-dir does not "
-     "exist"),
+     ("--plot /nonexistent-gpusched-dir/x.png: the folder /nonexistent-gpusched-dir does not "
+      "exist")),
 ])
 def test_place_mistakes_say_which_argument(argv, says, capsys):
     """Finding 8: "--time-limit and --horizon must be > 0" did not say which; a missing --plot

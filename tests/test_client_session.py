@@ -501,7 +501,7 @@ def test_silence_after_a_reconnect_states_the_real_times():
     s = session(now=0.0, timeout=1.0, heartbeat_s=0.5)
     _registered_three(s)
     s.on_reply(frames(P.Pong(seq=0, daemon_id="d1")), 0.3)   # its last answer, at 0.3
-    _, first = submit(s, 0.4)
+    submit(s, 0.4)
     assert s.tick(1.4).reconnect                              # silent 1.1 s: reconnect at 1.4
     _, fut = submit(s, 2.0)                                   # 0.6 s after the reconnect
     out = s.tick(2.35)

@@ -33,13 +33,12 @@ def add_parser(sub) -> None:
 def run(args) -> int:
     if args.cluster is not None:
         return _cluster(args)
+    from client_lib._common import unreachable
+    from gpusched.cli.common import UsageError
     from gpusched.cli.interrupt import note
     from gpusched.loadgen import run_load
     from gpusched.report import load_table, print_table
     from scheduler_daemon.transport.sockets import default_endpoint
-
-    from client_lib._common import unreachable
-    from gpusched.cli.common import UsageError
 
     endpoint = args.endpoint or default_endpoint()
     why = unreachable(endpoint)   # before starting client processes: no daemon, say so now
