@@ -212,12 +212,13 @@ def _print_plan(p) -> None:
 
     con = Console()
     if not con.is_terminal:
-        con = Console(width=160)  # a pipe or a file: room for full site names on one line
+        con = Console(width=80)   # a pipe or a file: 80 columns; long names fold, never cut
     t = Table(title=f"{p.solver} plan ({p.status}), objective {p.objective} = "
               f"{p.objective_value:,.3f}, solved in {p.solve_time_s:.2f} s")
-    for col in ("job", "mode", "sites: GPUs", "iteration s", "$/h", "start h", "finish h"):
-        left = col in ("job", "mode", "sites: GPUs")  # fold long names, never cut them
-        t.add_column(col, justify="left" if left else "right", overflow="fold" if left else None)
+    for col in ("job", "mode", "sites: GPUs", "iter s", "$/h", "start h", "end h"):
+        left = col in ("job", "sites: GPUs")  # fold long names, never cut them
+        t.add_column(col, justify="left" if left else "right", overflow="fold" if left else None,
+                     no_wrap=not left, ratio=3 if col == "sites: GPUs" else None)
     for j in p.jobs:
         where = ", ".join(f"{s}: {n} {j.gpu_type}" for s, n in j.sites.items()) or j.reason
         if j.sites and not j.running and j.start_h == 0:

@@ -12,6 +12,14 @@ from geo.plan import Plan  # noqa: E402
 MAX_JOBS_DRAWN = 40  # a bigger plan draws its largest jobs and sums the rest as "other"
 
 
+# jobs told apart by colour (Okabe-Ito: distinguishable with colour-blindness) and, past its
+# eight colours, by hatching (tab20's light/dark pairs looked alike); the placement picture
+# uses the same scheme
+_OKABE_ITO = ("#0072B2", "#E69F00", "#009E73", "#CC79A7", "#56B4E9", "#D55E00", "#F0E442",
+              "#000000")
+_HATCHES = ("", "///", "...", "xxx")
+
+
 def plot_plan(plan: Plan, path: str, title: str = "") -> str:
     sites = [s.name for s in plan.sites]
     placed = [j for j in plan.jobs if j.sites]
@@ -36,11 +44,10 @@ def plot_plan(plan: Plan, path: str, title: str = "") -> str:
     ax1.set_title("per-site utilisation")
     # stacked GPUs per job at each site: a job split over sites shows in each of its rows
     left = [0.0] * len(sites)
-    cmap = plt.get_cmap("tab20")
     for k, j in enumerate(drawn):
         w = [j.sites.get(s, 0) for s in sites]
-        ax2.barh(y, w, left=left, color=cmap(k % 20), edgecolor="white", lw=0.5,
-                 label=f"{j.name} ({j.mode})")
+        ax2.barh(y, w, left=left, color=_OKABE_ITO[k % 8], hatch=_HATCHES[k // 8 % 4],
+                 edgecolor="white", lw=0.5, label=f"{j.name} ({j.mode})")
         left = [a + b for a, b in zip(left, w)]
     if rest:
         w = [sum(j.sites.get(s, 0) for j in rest) for s in sites]
