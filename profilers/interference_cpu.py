@@ -104,7 +104,8 @@ def run_pairs_cpu(models: list[str], batches: list[int], seconds: float = 0.6,
             for me, other, lm in ((ca, cb, la), (cb, ca, lb)):
                 (c, m), (cj, mj) = dem[me], dem[other]
                 samples.append({"me": me, "other": other,
-                                "x": [1.0, c, cj, m, mj, c * cj, m * mj],
+                                # no per-kernel blocking measure here: its feature is 0
+                                "x": [1.0, c, cj, m, mj, c * cj, m * mj, 0.0],
                                 "solo_ms": solo[me] * 1e3, "measured_ms": lm * 1e3})
             if progress:
                 progress()

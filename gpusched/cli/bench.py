@@ -59,15 +59,22 @@ def _add_fuzz_soak(bsub) -> None:
 def _add_usher(bsub) -> None:
     bu = bsub.add_parser("usher", help="placement methods on Azure-rate workloads, replayed")
     bu.add_argument("--quick", action="store_true",
-                    help="12 models only, 0.5 s replay, 100-model heuristic scale case")
+                    help="12 models and one held-out list only, 0.5 s replay, 100-model "
+                    "heuristic scale case")
     bu.add_argument("--gpu", default="H100", choices=choices.GPU_PRESETS,
                     help="the pool's GPU type")
     bu.add_argument("--scale", type=float, default=200.0,
                     help="request rates = the trace's per-minute rates x this")
     bu.add_argument("--horizon", type=float, default=None,
-                    help="seconds replayed per plan (default 1 for 12 models, 0.5 for 100)")
-    bu.add_argument("--cpsat-limit", type=float, default=60.0, help="CP-SAT seconds per workload")
-    bu.add_argument("--seed", type=int, default=0, help="random seed of the workloads")
+                    help="seconds replayed per plan (default 1 for 12 models, 0.5 for the rest)")
+    bu.add_argument("--held-out", default=None, metavar="SEEDS",
+                    help="seeds of the held-out model lists, comma-separated (default "
+                    "101,102,103; 'none' for none)")
+    bu.add_argument("--cpsat-limit", type=float, default=10.0,
+                    help="CP-SAT seconds per workload (it runs on workloads of at most 20 models)")
+    bu.add_argument("--workers", type=int, default=None,
+                    help="replay processes (default: one per CPU)")
+    bu.add_argument("--seed", type=int, default=0, help="random seed of the azure workloads")
     bu.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
 
@@ -177,18 +184,29 @@ def _fuzz_soak(args) -> int:
 def _usher(args) -> int:
     from rich.progress import Progress
 
-    from gpusched.bench.usher import print_usher, run_usher, steps
+    from gpusched.bench.usher import HELD_OUT_SEEDS, print_usher, run_usher, steps
     if args.scale <= 0 or args.cpsat_limit <= 0 or (args.horizon is not None and args.horizon <= 0):
         raise UsageError("--scale, --cpsat-limit and --horizon must be > 0")
+    if args.workers is not None and args.workers < 1:
+        raise UsageError("--workers must be >= 1")
+    held_out = HELD_OUT_SEEDS[:1] if args.quick else HELD_OUT_SEEDS
+    if args.held_out is not None:
+        try:
+            held_out = () if args.held_out == "none" else tuple(
+                int(x) for x in args.held_out.split(",") if x.strip())
+        except ValueError:
+            raise UsageError(f"--held-out {args.held_out!r}: give seeds like 101,102 (or "
+                             "'none')") from None
     sizes, large = ((12,), 100) if args.quick else ((12, 100), 1000)
     horizons = {12: 0.5} if args.quick else None
     if args.horizon:
         horizons = {n: args.horizon for n in sizes}
     with Progress(transient=True, disable=args.json) as bar:
-        task = bar.add_task("placing and replaying", total=steps(sizes, large))
-        res = run_usher(sizes, gpu=args.gpu, scale=args.scale, seed=args.seed,
-                        horizons=horizons, cpsat_limit_s=args.cpsat_limit, large=large,
-                        large_pool=400 if args.quick else 200,
+        task = bar.add_task("placing, then replaying", total=steps(sizes, held_out, large))
+        res = run_usher(sizes, held_out, gpu=args.gpu, scale=args.scale, seed=args.seed,
+                        horizons=horizons, held_out_horizon=args.horizon or 0.5,
+                        cpsat_limit_s=args.cpsat_limit, large=large,
+                        large_pool=400 if args.quick else 200, workers=args.workers,
                         progress=lambda: bar.advance(task))
     print(json.dumps(res, indent=2)) if args.json else print_usher(res)
     return 0

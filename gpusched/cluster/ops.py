@@ -80,15 +80,22 @@ def _reachable(address: str, timeout: float = 3.0) -> bool:
 def connect(address: str | None):
     """``ray.init`` on an existing cluster, quietly; ``ClusterError`` saying how to start one."""
     ray = import_ray()
-    if ray.is_initialized():
-        return ray
-    if not address:
+    explicit = bool(address)
+    if not address and not ray.is_initialized():
         address = read_cluster_file().get("ray_address")
+    # an address the user named is checked even when this process is already connected
+    # (to another cluster, say): a wrong --address must never quietly use some other cluster
     if address and address != "auto" and not address.startswith("ray://") and \
             not _reachable(address):
         raise ClusterError(f"no Ray cluster answers at {address}: start one ('ray start "
                            "--head', or 'gpusched cluster up' without --address) or pass its "
                            "address")
+    if ray.is_initialized():
+        current = ray.get_runtime_context().gcs_address
+        if explicit and address not in ("auto", current) and not address.startswith("ray://"):
+            raise ClusterError(f"this process is already connected to the Ray cluster at "
+                               f"{current}, not {address}: run the command in a new process")
+        return ray
     try:
         ray.init(address=address, namespace=NAMESPACE, log_to_driver=False,
                  logging_level="ERROR", configure_logging=True)

@@ -26,13 +26,20 @@ class Admission:
         self.state = GpuState(self.gpu)
 
     def admit(self, wanted: list[tuple[str, str, int, float, float]], replace: bool = False) -> list[dict]:
-        """``wanted``: (name, zoo model, batch, rate, slo_ms) per replica. All or nothing: on
-        refusal nothing changes and the error names the replica and the SLO that would break."""
+        """``wanted``: (name, zoo model, batch, rate, slo_ms) per replica (a name sent several
+        times with the same model: that many replicas of it, as a plan may place them). All or
+        nothing: on refusal nothing changes and the error names the replica and the SLO that
+        would break."""
         state = GpuState(self.gpu) if replace else _copy(self.state)
+        before = {r.name for r in state.replicas}
+        sent: dict[str, str] = {}
         for name, model, batch, rate, slo_ms in wanted:
-            if any(r.name == name for r in state.replicas):
+            if name in before:
                 raise AdmissionError(f"{name!r} is already admitted on this GPU; send it with "
                                      "replace to re-plan")
+            if sent.setdefault(name, model) != model:  # several replicas: same name and model
+                raise AdmissionError(f"{name!r} is sent twice with different models "
+                                     f"({sent[name]} and {model}); name each model once")
             if batch not in BATCHES:  # profiled sizes only: any other would be traced here, slowly
                 raise AdmissionError(f"{name!r}: batch {batch} is not one of the profiled sizes "
                                      f"{list(BATCHES)}")

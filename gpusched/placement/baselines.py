@@ -1,13 +1,42 @@
 """The baselines ``gpusched bench usher`` compares against, on the same input.
 
-- ``one-per-gpu``: every replica alone on a GPU (no interference, so slowdown budget 1).
+Each runs with the settings its authors describe; where a setting is a choice per workload
+(a share, a partition, a slowdown budget) it is chosen per model, and among the plans each
+baseline can make the one with the fewest GPUs is kept, judged by the baseline's own model (not
+by replay: the replay is the test).
+
+- ``one-per-gpu``: every replica alone on a GPU (no interference, so slowdown budget 1). A
+  reference line only, not a baseline to beat.
 - ``mem-packing``: the same replicas first-fit-decreasing by memory footprint only: blind to
   interference and to busy time (expected to miss SLOs when replayed).
-- ``gslice``: GSLICE-like even spatial partitioning: a GPU is cut into ``p`` equal slices, a
-  replica owns one slice and runs ``max(1, occupancy * p)`` times slower when it needs more SMs
-  than its slice; ``p`` is chosen per plan (the one that needs the fewest GPUs).
-- ``gpulet``: gpulet-like: at most two replicas per GPU (two gpulets), each pair admitted by the
-  linear pairwise interference model with the partner always busy, greedy by rate.
+- ``gslice``: GSLICE (Dhakal, Kulkarni, Ramakrishnan, SoCC'20) gives each inference function its
+  own share of the GPU's SMs (an MPS active-thread percentage) and a batch size, found by its
+  self-learning tuner so that latency stays under the SLO at the offered load; functions share
+  a GPU while their shares sum to at most 100%, and the shares are its isolation (it has no
+  interference model). Here: shares ``p`` in 10% steps; a replica on share ``p`` runs
+  ``max(1, o / p)`` times its solo latency (``o`` its SM occupancy); per model the (share,
+  batch, replica count) with the least total share that meets its SLO and rate - the best point
+  its tuner can reach - then first-fit decreasing by share (and memory), several replicas of a
+  model on one GPU allowed. The even slicing of the first version (``p`` equal slices per GPU,
+  ``p`` per plan) is tried too; fewer GPUs wins.
+- ``gpulet``: gpulet (Choi et al., USENIX ATC'22) splits a GPU into at most two
+  gpu-lets (MPS partitions); each model gets the smallest partition that serves its rate within
+  its SLO, and two gpu-lets share a GPU only when its linear interference model, the partner
+  taken as always busy (its p99, with the margin: ``fit.beta99``), predicts that both SLOs
+  hold; models are placed in decreasing order of
+  rate. Here: partitions ``GPULET_PARTITIONS``, latency on a partition as for gslice, the
+  interference model ours (the tail fit with its margin, ``estimate.py``; the paper fits L2 and
+  DRAM utilisation the same linear way), and the slowdown budget chosen per model: the plan
+  is made with one budget for all (each of ``knobs.alphas``), with each model's budget that
+  needs the least GPU share, and with each model's largest budget that needs no more replicas
+  than its best (room to pair at no cost); fewest GPUs wins.
+- ``shepherd``: SHEPHERD-like (Zhang, Tang, Khandelwal, Stoica, NSDI'23): time sharing, no
+  spatial sharing: a GPU runs one batch at a time, earliest deadline first (its Flex
+  scheduler), so its busy time is at most ``rho_max`` and a batch may wait for one batch of the
+  slowest other model of its GPU: a replica's slowdown budget must cover
+  ``(l_k + max_j l_j) / l_k``. Replayed with the core's ``clockwork`` policy (one job on the
+  GPU at a time, EDF, hopeless jobs shed); Shepherd also preempts a running batch for a more
+  urgent one, which the replay does not, and groups GPUs (Herd) where this packs GPU by GPU.
 """
 from __future__ import annotations
 
@@ -17,11 +46,15 @@ import time
 from collections import Counter
 
 from gpusched.placement.estimate import Config, model_profile
-from gpusched.placement.fit import GpuState, Replica
+from gpusched.placement.fit import GpuState, Replica, beta99
 from gpusched.placement.heuristic import cheapest_type, infeasible, size_replicas
 from gpusched.placement.knobs import DEFAULT, Knobs
 from gpusched.placement.plan import Plan
 from gpusched.placement.spec import SpecError
+
+GSLICE_SHARES = tuple(round(0.1 * i, 1) for i in range(1, 11))
+GPULET_PARTITIONS = (0.2, 0.4, 0.5, 0.6, 0.8, 1.0)
+SHEPHERD_POLICY = "clockwork"   # the replay's policy for a time-shared GPU
 
 
 def _replicas(models, table, pool, alpha: float, method: str) -> list[Replica]:
@@ -84,71 +117,226 @@ def _first_fit(replicas, pool, knobs: Knobs, fits) -> list[GpuState]:
     return gpus
 
 
-def _sliced(k: Config, p: int, models, knobs: Knobs) -> Config | None:
-    """Configuration ``k`` on a 1/p slice: slower when the model needs more than 1/p of the SMs."""
+def _on_share(k: Config, share: float, models, knobs: Knobs) -> Config | None:
+    """Configuration ``k`` on a share ``p`` of the SMs: ``max(1, o / p)`` times slower when the
+    model needs more than its share; its budget ``a`` (for interference) on top of that."""
     ms = models[k.model]
     occ = model_profile(ms.model, k.batch, k.gpu).occupancy
-    lat = k.latency_ms * max(1.0, occ * p)
-    T = ms.slo_ms - knobs.queue_factor * lat
-    if T <= 0:
+    lat = k.latency_ms * max(1.0, occ / share)
+    T = ms.slo_ms - knobs.queue_factor * lat * k.alpha
+    if T < 0 or (k.batch > 1 and T <= 0):
         return None
     lam_min = (k.batch - 1) / (T / 1000.0) if k.batch > 1 else 0.0
-    lam_max = knobs.rho_max * k.batch / (lat / 1000.0)
+    lam_max = knobs.rho_max * k.batch / (lat * k.alpha / 1000.0)
     if lam_min > lam_max:
         return None
     return dataclasses.replace(k, latency_ms=lat, timeout_ms=T, rate_min=lam_min,
                                rate_max=lam_max)
 
 
+def _least_share(ms, cfgs, shares, models, knobs) -> tuple[float, list[Replica]] | None:
+    """The (share, replicas) with the least total share (``share * replicas``) that serve
+    ``ms`` within its SLO; ties: fewer replicas."""
+    best = None
+    for p in shares:
+        reps = size_replicas(ms, [s for k in cfgs for s in [_on_share(k, p, models, knobs)]
+                                  if s is not None])
+        if reps and (best is None or (p * len(reps), len(reps)) < best[0]):
+            best = ((p * len(reps), len(reps)), p, reps)
+    return None if best is None else (best[1], best[2])
+
+
 def gslice(models, table_alone, pool, knobs: Knobs = DEFAULT) -> Plan:
     t0 = time.perf_counter()
-    best = None
+    tries = []
+    # per-model shares (GSLICE's tuner), packed by share
+    chosen, share_of = [], {}
+    for ms, cfgs in zip(models, table_alone):
+        got = _least_share(ms, [k for k in cheapest_type(ms, cfgs, pool) if k.alpha == 1.0],
+                           GSLICE_SHARES, models, knobs)
+        if got is None:
+            chosen = None
+            break
+        p, reps = got
+        for r in reps:
+            share_of[id(r)] = p
+        chosen.extend(reps)
+    if chosen:
+        load: dict[int, float] = {}
+
+        def fits(g, r):
+            return load.get(id(g), 0.0) + share_of[id(r)] <= 1.0 + 1e-9 and _memory_ok(g, r)
+        gpus = _first_fit_tracked(sorted(chosen, key=lambda r: -share_of[id(r)]), pool, knobs,
+                                  fits, lambda g, r: load.__setitem__(
+                                      id(g), load.get(id(g), 0.0) + share_of[id(r)]))
+        tries.append((len(gpus), gpus, {"shares": "per model"}))
+    # even slicing: p equal slices per GPU
     for p in range(1, 9):
-        slots: dict[str, int] = {}
         reps: list[Replica] = []
-        ok = True
         for ms, cfgs in zip(models, table_alone):
-            ks = [s for k in cheapest_type(ms, cfgs, pool) if k.alpha == 1.0
-                  for s in [_sliced(k, p, models, knobs)] if s is not None]
-            r = size_replicas(ms, ks)
+            r = size_replicas(ms, [s for k in cheapest_type(ms, cfgs, pool) if k.alpha == 1.0
+                                   for s in [_on_share(k, 1.0 / p, models, knobs)]
+                                   if s is not None])
             if not r:
-                ok = False
+                reps = []
                 break
             reps.extend(r)
-        if not ok:
-            continue
-        for r in reps:
-            slots[r.cfg.gpu] = slots.get(r.cfg.gpu, 0) + 1
-        n = sum(math.ceil(v / p) for v in slots.values())
-        if best is None or n < best[0]:
-            best = (n, p, reps)
-    if best is None:
+        if reps:
+            gpus = _first_fit(reps, pool, knobs,
+                              lambda g, r, p=p: len(g.replicas) < p and _memory_ok(g, r))
+            tries.append((len(gpus), gpus, {"shares": f"{p} equal slices"}))
+    if not tries:
         raise infeasible(models, table_alone, pool, "gslice")
-    _, p, reps = best
-    gpus = _first_fit(reps, pool, knobs,  # each GPU holds p slices
-                      lambda g, r: len(g.replicas) < p and _memory_ok(g, r))
+    _, gpus, notes = min(tries, key=lambda t: t[0])
     _check_counts(gpus, models, table_alone, pool, "gslice")
-    return Plan("gslice", gpus, time.perf_counter() - t0, notes={"slices_per_gpu": p})
+    return Plan("gslice", gpus, time.perf_counter() - t0, notes=notes)
 
 
-def gpulet(models, table, pool, knobs: Knobs = DEFAULT, alpha: float = 1.5) -> Plan:
+def _first_fit_tracked(replicas, pool, knobs, fits, added) -> list[GpuState]:
+    by = {t.name: t for t in pool}
+    gpus: list[GpuState] = []
+    for r in replicas:
+        g = next((g for g in gpus if g.type.name == r.cfg.gpu and fits(g, r)), None)
+        if g is None:
+            g = GpuState(by[r.cfg.gpu], knobs)
+            gpus.append(g)
+        g.add(r)
+        added(g, r)
+    return gpus
+
+
+def _gpulet_options(ms, cfgs, models, knobs) -> dict[float, tuple[float, list[Replica]]]:
+    """Per slowdown budget: the smallest-share (partition, replicas) serving ``ms``."""
+    out = {}
+    for a in knobs.alphas:
+        got = _least_share(ms, [k for k in cfgs if k.alpha == a], GPULET_PARTITIONS, models,
+                           knobs)
+        if got is not None:
+            out[a] = got
+    return out
+
+
+def _gpulet_pack(chosen: list[tuple[float, list[Replica]]], pool, knobs) -> list[GpuState]:
+    """Replicas by decreasing rate; each onto the open single-gpu-let GPU where the partitions
+    fit in 100%, memory holds and the pair's predicted slowdowns stay within both budgets,
+    the fullest such GPU first; else a new GPU."""
+    by = {t.name: t for t in pool}
+    part: dict[int, float] = {}
+    reps = []
+    for p, rs in chosen:
+        for r in rs:
+            part[id(r)] = p
+            reps.append(r)
+    reps.sort(key=lambda r: -r.rate)
+    gpus: list[GpuState] = []
+    used: dict[int, float] = {}
+    for r in reps:
+        best, best_used = None, -1.0
+        for g in gpus:
+            if len(g.replicas) != 1 or g.type.name != r.cfg.gpu:
+                continue
+            (o,) = g.replicas
+            total = used[id(g)] + part[id(r)]
+            if total > 1.0 + 1e-9 or not _memory_ok(g, r):
+                continue
+            if 1 + beta99(r, o) > r.cfg.alpha + 1e-9 or 1 + beta99(o, r) > o.cfg.alpha + 1e-9:
+                continue
+            if total > best_used:
+                best, best_used = g, total
+        if best is None:
+            best = GpuState(by[r.cfg.gpu], knobs)
+            gpus.append(best)
+            used[id(best)] = 0.0
+        best.add(r)
+        used[id(best)] += part[id(r)]
+    return gpus
+
+
+def gpulet(models, table, pool, knobs: Knobs = DEFAULT, alpha: float | None = None) -> Plan:
+    """``alpha``: one budget for every model (the first version's fixed 1.5); default: the
+    best of the budget choices in the module's docstring."""
     t0 = time.perf_counter()
-    # gpulet's model: a partner is always busy (no tail weighting by its busy time)
-    pair = dataclasses.replace(knobs, kappa=1.0)
-    reps = sorted(_replicas(models, table, pool, alpha, "gpulet"), key=lambda r: -r.rate)
-    gpus = _first_fit(reps, pool, pair, lambda g, r: len(g.replicas) < 2 and _pair_ok(g, r, pair))
+    opts = [_gpulet_options(ms, cheapest_type(ms, cfgs, pool), models, knobs)
+            for ms, cfgs in zip(models, table)]
+    for ms, o in zip(models, opts):
+        if not o:
+            raise SpecError(f"line {ms.line}: model {ms.name!r}: gpulet finds no partition and "
+                            f"batch that meet its {ms.slo_ms:g} ms SLO at {ms.rate:g} req/s")
+    choices: list[tuple[str, list[float]]] = []
+    budgets = [alpha] if alpha is not None else list(knobs.alphas)
+    for a in budgets:
+        if all(a in o for o in opts):
+            choices.append((f"{a:g} for every model", [a] * len(models)))
+    if alpha is None:
+        cheapest = [min(o, key=lambda a: (o[a][0] * len(o[a][1]), len(o[a][1]), -a)) for o in opts]
+        choices.append(("per model: least share", cheapest))
+        roomy = [max((a for a in o if len(o[a][1]) <= min(len(v[1]) for v in o.values())))
+                 for o in opts]
+        choices.append(("per model: largest budget at its fewest replicas", roomy))
+    if not choices:
+        ms = next(ms for ms, o in zip(models, opts) if not any(a in o for a in budgets))
+        raise SpecError(f"line {ms.line}: model {ms.name!r}: gpulet with slowdown budget "
+                        f"{'/'.join(f'{a:g}' for a in budgets)} finds no partition and batch that "
+                        f"meet its {ms.slo_ms:g} ms SLO at {ms.rate:g} req/s")
+    best = None
+    for what, per_model in choices:
+        gpus = _gpulet_pack([o[a] for o, a in zip(opts, per_model)], pool, knobs)
+        if best is None or len(gpus) < len(best[1]):
+            best = (what, gpus, per_model)
+    what, gpus, per_model = best
     _check_counts(gpus, models, table, pool, "gpulet")
-    return Plan("gpulet", gpus, time.perf_counter() - t0)
+    return Plan("gpulet", gpus, time.perf_counter() - t0,
+                notes={"budgets": what,
+                       "budget_per_model": {ms.name: a for ms, a in zip(models, per_model)}})
 
 
-def _pair_ok(g: GpuState, r: Replica, knobs: Knobs) -> bool:
-    """Pairwise prediction with the partner continuously active (busy time 1)."""
-    if g.check(r) is not None:  # memory and busy time
+def shepherd(models, table, pool, knobs: Knobs = DEFAULT) -> Plan:
+    """Time sharing: per model its least-busy configuration whose budget covers waiting for one
+    batch of the slowest other model on its GPU; best fit by busy time, at most ``rho_max``."""
+    t0 = time.perf_counter()
+    by = {t.name: t for t in pool}
+    sized = []
+    for ms, cfgs in zip(models, table):
+        ks = cheapest_type(ms, cfgs, pool)
+        # the most room to share: the largest budget among the least-busy sizings
+        options = [(a, size_replicas(ms, [k for k in ks if k.alpha == a])) for a in knobs.alphas]
+        options = [(a, r) for a, r in options if r]
+        if not options:
+            raise SpecError(f"line {ms.line}: model {ms.name!r}: shepherd finds no batch that "
+                            f"meets its {ms.slo_ms:g} ms SLO at {ms.rate:g} req/s")
+        sized.append(options)
+    reps = []
+    for options in sized:
+        least = min(sum(r.u for r in rs) for _, rs in options)
+        a, rs = max(((a, rs) for a, rs in options if sum(r.u for r in rs) <= least * 1.1),
+                    key=lambda x: x[0])
+        reps.extend(rs)
+    reps.sort(key=lambda r: -r.u)
+    gpus: list[GpuState] = []
+    for r in reps:
+        best, best_u = None, -1.0
+        for g in gpus:
+            if g.type.name == r.cfg.gpu and g.U > best_u and _time_shared_ok(g, r, knobs):
+                best, best_u = g, g.U
+        if best is None:
+            best = GpuState(by[r.cfg.gpu], knobs)
+            gpus.append(best)
+        best.add(r)
+    _check_counts(gpus, models, table, pool, "shepherd")
+    return Plan("shepherd", gpus, time.perf_counter() - t0,
+                notes={"replay_policy": SHEPHERD_POLICY})
+
+
+def _time_shared_ok(g: GpuState, r: Replica, knobs: Knobs) -> bool:
+    if g.U + r.u > knobs.rho_max + 1e-9 or not _memory_ok(g, r):
         return False
-    (o,) = g.replicas
-    beta = lambda x, y: x.cfg.A + x.cfg.B * y.cfg.compute + x.cfg.D * y.cfg.memory
-    return 1 + beta(r, o) <= r.cfg.alpha and 1 + beta(o, r) <= o.cfg.alpha
+    every = g.replicas + [r]
+    for x in every:
+        wait = max((y.cfg.latency_ms for y in every if y is not x), default=0.0)
+        if 1 + wait / x.cfg.latency_ms > x.cfg.alpha + 1e-9:
+            return False
+    return True
 
 
 BASELINES = {"one-per-gpu": one_per_gpu, "mem-packing": mem_packing, "gslice": gslice,
-             "gpulet": gpulet}
+             "gpulet": gpulet, "shepherd": shepherd}

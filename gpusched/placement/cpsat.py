@@ -5,25 +5,38 @@ type; of type ``t`` at most ``floor(cost_h / price_t)`` (at most ``MAX_GPUS`` mo
 heuristic used), ``cost_h`` the cost of the heuristic's plan, which is then a feasible start
 and no cheaper plan is cut off; every GPU of the pool, if at most ``FALLBACK_GPUS``, when the
 heuristic found no plan).
-Variables: ``x[k,g]`` in {0,1} (a replica of configuration k on GPU g), ``s[k,g]`` >= 0 the
-requests/s it serves (integer, in units of ``1/RATE_SCALE``), ``y[g]`` in {0,1} (GPU used).
+Variables: ``x[k,g]`` in {0..N_k} (replicas of configuration k on GPU g, ``N_k`` at most
+``MAX_PER_GPU``), ``one[k,g]``, ``many[k,g]`` in {0,1} (``x = 1``, ``x >= 2``), ``s[k,g]`` >= 0
+the requests/s they serve together (integer, in units of ``1/RATE_SCALE``), ``y[g]`` in {0,1}
+(GPU used).
 
     minimise   sum_g price_g y[g]                                          (cost; = GPUs if one type)
     s.t.       sum_{k in K_i, g} s[k,g] >= rate_i                          every model served
-               lam_min_k x[k,g] <= s[k,g] <= lam_max_k x[k,g]              batch fills, replica not overloaded
-               sum_{k in K_i} x[k,g] <= 1                                  one replica of a model per GPU
-               x[k,g] <= y[g];  y[g] >= y[g+1] (same type)                 symmetry breaking
+               lam_min_k x[k,g] <= s[k,g] <= lam_max_k x[k,g]              batches fill, replicas not overloaded
+               x[k,g] <= N_k y[g];  y[g] >= y[g+1] (same type)             symmetry breaking
+               one[k,g] + many[k,g] <= 1;  one => x = 1;  many => x >= 2;  x >= 1 => one or many
                U_g = sum_k tau_k s[k,g] <= u_max y[g]                      busy time
                C_g = sum_k tau_k c_k s[k,g] <= c_max;  M_g = sum_k tau_k m_k s[k,g] <= m_max
-               O_g = sum_k tau_k o_k s[k,g] <= o_max                        resource shares
+               O_g = sum_k tau_k o_k a_k s[k,g] <= o_max                   resource shares
                sum_k f_k x[k,g] <= mem_frac * memory_g                     memory
-               x[k,g] => kappa (A_k (U_g - tau_k s) + B_k (C_g - tau_k c_k s)
-                                + D_k (M_g - tau_k m_k s)) <= a_k - 1       slowdown within budget
+               K_g = sum_k tau_k L_k s[k,g]                                longest kernels
+               p[i,g] <=> sum_{k in K_i} x[k,g] >= 1;  p2[i,g] <=> ... >= 2  model i on g (twice)
+               one[k,g]  => kappa (A_k (U_g - tau_k s) + B_k (C_g - tau_k c_k s)
+                                   + D_k (M_g - tau_k m_k s) + E_k (K_g - tau_k L_k s))
+                            <= a_k - 1                                      slowdown within budget
+               one[k,g] and p[j,g] (j != i; p2[i,g] for j = i) => the same
+                            + Z_kj <= a_k - 1                               one neighbour's tail on top
+               many[k,g] => the same with s replaced by lam_min_k           (a replica's own share is
+                                                                            at least that: conservative)
+               Z_kj = max over model j's configurations l of beta99_kl: the fit rule's tail term
+               (max over neighbours of beta99 - u beta) bounded above by the p99 excess of the
+               worst configuration of each model present, so a CP-SAT plan always passes the fit
+               rule (and is a little more cautious than it)
                sum_g cap y[g] >= sum_i rate_i min_{k in K_i} tau_k d_k      for (U, 1), (C, c), (M, m),
-                                                                            (O, o): redundant cuts
+                                                                            (O, o a): redundant cuts
 
 Coefficients are scaled to integers (``SCALE``, ``RATE_SCALE``, ``COEF``; prices in cents),
-rounded so the integer model is never looser: demands (tau, f, A, B, D) up, caps down, and the
+rounded so the integer model is never looser: demands (tau, f, A, B, D, E) up, caps down, and the
 replica's own share subtracted from its GPU's totals rounded down.
 """
 from __future__ import annotations
@@ -45,6 +58,7 @@ SCALE = 10 ** 8        # busy-time units: 1e-8 GPU-seconds per second
 COEF = 1000            # interference coefficients in thousandths
 FALLBACK_GPUS = 64     # GPUs CP-SAT searches on its own when the heuristic found no plan
 MAX_GPUS = 256         # per type, beyond what the heuristic used (near-free GPU types)
+MAX_PER_GPU = 4        # replicas of one configuration on one GPU
 
 
 def solve(models: tuple[ModelSpec, ...], table: list[list[Config]], pool: tuple[GpuType, ...],
@@ -57,7 +71,9 @@ def solve(models: tuple[ModelSpec, ...], table: list[list[Config]], pool: tuple[
     gpus: list[GpuType] = []
     fail: SpecError | None = None
     try:
-        start = start or heuristic_solve(models, table, pool, knobs)
+        own = heuristic_solve(models, table, pool, knobs)
+        if start is None or _plan_cost(own) < _plan_cost(start):
+            start = own  # the caller's start was made for another pool: this one is cheaper
     except SpecError as e:  # the heuristic found no plan: search a small pool on CP-SAT's own
         if sum(t.count for t in pool) > FALLBACK_GPUS:
             raise
@@ -71,33 +87,59 @@ def solve(models: tuple[ModelSpec, ...], table: list[list[Config]], pool: tuple[
             gpus += [t] * min(t.count, max(used, min(budget // price_of[t.name], MAX_GPUS)))
     m = cp_model.CpModel()
     y = [m.NewBoolVar(f"y{g}") for g in range(len(gpus))]
-    x, s = {}, {}
+    x, s, one, many = {}, {}, {}, {}
     for i, cfgs in enumerate(table):
         for ki, k in enumerate(cfgs):
             for g, t in enumerate(gpus):
                 if t.name != k.gpu:
                     continue
-                x[i, ki, g] = v = m.NewBoolVar(f"x{i}_{ki}_{g}")
+                cap = min(MAX_PER_GPU, int(t.memory_mb * knobs.mem_frac // k.footprint_mb),
+                          max(1, math.ceil(models[i].rate / k.rate_max)))
+                x[i, ki, g] = n = m.NewIntVar(0, cap, f"x{i}_{ki}_{g}")
+                one[i, ki, g] = o1 = m.NewBoolVar(f"one{i}_{ki}_{g}")
                 hi = math.floor(k.rate_max * RATE_SCALE)
                 lo = math.ceil(k.rate_min * RATE_SCALE)
-                s[i, ki, g] = r = m.NewIntVar(0, hi, f"s{i}_{ki}_{g}")
-                m.Add(r <= hi * v)
-                m.Add(r >= lo * v)
-                m.AddImplication(v, y[g])
+                s[i, ki, g] = r = m.NewIntVar(0, hi * cap, f"s{i}_{ki}_{g}")
+                m.Add(r <= hi * n)
+                m.Add(r >= lo * n)
+                m.Add(n <= cap * y[g])
+                m.Add(n == 1).OnlyEnforceIf(o1)
+                if cap > 1:
+                    many[i, ki, g] = mm = m.NewBoolVar(f"many{i}_{ki}_{g}")
+                    m.Add(n >= 2).OnlyEnforceIf(mm)
+                    m.Add(o1 + mm <= 1)
+                    m.Add(n == 0).OnlyEnforceIf([o1.Not(), mm.Not()])
+                else:
+                    m.Add(n == 0).OnlyEnforceIf(o1.Not())
     for i, ms in enumerate(models):
         m.Add(sum(r for (ii, _, _), r in s.items() if ii == i) >= math.ceil(ms.rate * RATE_SCALE))
     # per-unit-of-s contributions to U, C, M (rounded up: the integer model is never looser)
     tau = {(i, ki): k.tau / RATE_SCALE * SCALE for i, cfgs in enumerate(table)
            for ki, k in enumerate(cfgs)}
+    # the tail term: the worst p99 excess of a neighbouring model, over that model's configurations
+    tz = {}
+    for i, cfgs in enumerate(table):
+        for ki, k in enumerate(cfgs):
+            for i2, cfgs2 in enumerate(table):
+                tz[i, ki, i2] = math.ceil(COEF * max(
+                    (k.TA + k.TB * j.compute + k.TD * j.memory + k.TE * j.longest_ms
+                     for j in cfgs2 if j.gpu == k.gpu), default=0.0))
     for g, t in enumerate(gpus):
         here = [(i, ki) for (i, ki, gg) in x if gg == g]
+        present, twice = {}, {}
         for i in {i for i, _ in here}:
-            m.Add(sum(x[i, ki, g] for ii, ki in here if ii == i) <= 1)
+            mine = [x[i, ki, g] for ii, ki in here if ii == i]
+            present[i] = p = m.NewBoolVar(f"p{i}_{g}")    # model i has a replica on g
+            m.Add(sum(mine) >= 1).OnlyEnforceIf(p)
+            m.Add(sum(mine) == 0).OnlyEnforceIf(p.Not())
+            twice[i] = p2 = m.NewBoolVar(f"p2{i}_{g}")    # ... two or more
+            m.Add(sum(mine) >= 2).OnlyEnforceIf(p2)
+            m.Add(sum(mine) <= 1).OnlyEnforceIf(p2.Not())
         U = sum(math.ceil(tau[i, ki]) * s[i, ki, g] for i, ki in here)
         C = sum(math.ceil(tau[i, ki] * table[i][ki].compute) * s[i, ki, g] for i, ki in here)
         M = sum(math.ceil(tau[i, ki] * table[i][ki].memory) * s[i, ki, g] for i, ki in here)
-        O = sum(math.ceil(tau[i, ki] * table[i][ki].occupancy) * s[i, ki, g]
-                for i, ki in here)
+        O = sum(math.ceil(tau[i, ki] * table[i][ki].held) * s[i, ki, g] for i, ki in here)
+        K = sum(math.ceil(tau[i, ki] * table[i][ki].longest_ms) * s[i, ki, g] for i, ki in here)
         m.Add(U <= math.floor(knobs.u_max * SCALE) * y[g])
         m.Add(C <= math.floor(knobs.c_max * SCALE) * y[g])
         m.Add(M <= math.floor(knobs.m_max * SCALE) * y[g])
@@ -106,18 +148,27 @@ def solve(models: tuple[ModelSpec, ...], table: list[list[Config]], pool: tuple[
               <= math.floor(t.memory_mb * knobs.mem_frac))
         for i, ki in here:
             k = table[i][ki]
-            a, b, d = (math.ceil(knobs.kappa * v * COEF) for v in (k.A, k.B, k.D))
-            if a == b == d == 0:
-                continue
+            a, b, d, e = (math.ceil(knobs.kappa * v * COEF) for v in (k.A, k.B, k.D, k.E))
             self_coef = (a * math.floor(tau[i, ki]) + b * math.floor(tau[i, ki] * k.compute)
-                         + d * math.floor(tau[i, ki] * k.memory))
-            m.Add(a * U + b * C + d * M - self_coef * s[i, ki, g]
-                  <= math.floor((k.alpha - 1) * COEF * SCALE)).OnlyEnforceIf(x[i, ki, g])
+                         + d * math.floor(tau[i, ki] * k.memory)
+                         + e * math.floor(tau[i, ki] * k.longest_ms))
+            cap = math.floor((k.alpha - 1) * COEF * SCALE)
+            mean = a * U + b * C + d * M + e * K
+            own = [(one[i, ki, g], mean - self_coef * s[i, ki, g])]
+            if (i, ki, g) in many:  # each of several replicas serves at least lam_min
+                own.append((many[i, ki, g],
+                            mean - self_coef * math.floor(k.rate_min * RATE_SCALE)))
+            for lit, pressure in own:
+                m.Add(pressure <= cap).OnlyEnforceIf(lit)
+                for i2, p in present.items():   # beside model i2: its tail on top
+                    if tz[i, ki, i2]:
+                        m.Add(pressure + SCALE * tz[i, ki, i2] <= cap).OnlyEnforceIf(
+                            [lit, twice[i2] if i2 == i else p])
         if g + 1 < len(gpus) and gpus[g + 1].name == t.name:
             m.Add(y[g] >= y[g + 1])
     # lower bounds for the relaxation: each resource's total needs this many GPUs
     for cap, dem in ((knobs.u_max, lambda k: 1.0), (knobs.c_max, lambda k: k.compute),
-                     (knobs.m_max, lambda k: k.memory), (knobs.o_max, lambda k: k.occupancy)):
+                     (knobs.m_max, lambda k: k.memory), (knobs.o_max, lambda k: k.held)):
         need = sum(min(k.tau * dem(k) for k in cfgs) * ms.rate for ms, cfgs in zip(models, table))
         m.Add(sum(math.floor(cap * SCALE) * v for v in y) >= math.floor(need * SCALE))
     m.Minimize(sum(price_of[t.name] * v for t, v in zip(gpus, y)))
@@ -137,11 +188,22 @@ def solve(models: tuple[ModelSpec, ...], table: list[list[Config]], pool: tuple[
                     {"status": solver.StatusName(status)})
     out = [GpuState(t, knobs) for t in gpus]
     for (i, ki, g), v in x.items():
-        if solver.Value(v) and solver.Value(s[i, ki, g]):  # a replica given no requests is idle
-            out[g].add(Replica(models[i].name, table[i][ki], solver.Value(s[i, ki, g]) / RATE_SCALE))
-    return Plan("cpsat", [g for g in out if g.replicas], time.perf_counter() - t0,
-                status == cp_model.OPTIMAL,
-                {"bound_cost_per_hour": solver.BestObjectiveBound() / 100})
+        n, rate = solver.Value(v), solver.Value(s[i, ki, g]) / RATE_SCALE
+        if n and rate:  # replicas given no requests are idle
+            for _ in range(n):
+                out[g].add(Replica(models[i].name, table[i][ki], rate / n))
+    out = [g for g in out if g.replicas]
+    notes = {"bound_cost_per_hour": solver.BestObjectiveBound() / 100}
+    if start is not None and _plan_cost(start) < _plan_cost(Plan("cpsat", out)):
+        # the model's tail bound is stricter than the fit rule: the heuristic's plan may pass
+        # the rule and cost less than anything CP-SAT can prove
+        return Plan("cpsat", start.gpus, time.perf_counter() - t0, False,
+                    {**notes, "status": "HEURISTIC_CHEAPER"})
+    return Plan("cpsat", out, time.perf_counter() - t0, status == cp_model.OPTIMAL, notes)
+
+
+def _plan_cost(plan: Plan) -> int:
+    return sum(_cents(g.type) for g in plan.gpus if g.replicas)
 
 
 def _cents(t: GpuType) -> int:
@@ -155,16 +217,17 @@ def _hint(m, start: Plan, table, gpus, x, s, y) -> None:
     slot: dict[str, list[int]] = {}
     for g, t in enumerate(gpus):
         slot.setdefault(t.name, []).append(g)
-    used, seen = set(), set()
+    used: set[int] = set()
+    count: dict[tuple[int, int, int], list[float]] = {}
     for gs in start.gpus:
         g = slot[gs.type.name].pop(0)
         used.add(g)
         for r in gs.replicas:
-            ki = table[r.cfg.model].index(r.cfg)
-            if (r.cfg.model, ki, g) in seen or (r.cfg.model, ki, g) not in x:
-                continue
-            seen.add((r.cfg.model, ki, g))
-            m.AddHint(x[r.cfg.model, ki, g], 1)
-            m.AddHint(s[r.cfg.model, ki, g], math.ceil(r.rate * RATE_SCALE))
+            key = (r.cfg.model, table[r.cfg.model].index(r.cfg), g)
+            if key in x:
+                count.setdefault(key, []).append(r.rate)
+    for key, rates in count.items():
+        m.AddHint(x[key], len(rates))
+        m.AddHint(s[key], math.ceil(sum(rates) * RATE_SCALE))
     for g, v in enumerate(y):
         m.AddHint(v, 1 if g in used else 0)

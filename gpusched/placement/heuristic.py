@@ -76,7 +76,7 @@ def best_fit(replicas: list[Replica], pool: tuple[GpuType, ...], knobs: Knobs) -
 
 def _fit_into(r: Replica, gpus: list[GpuState], knobs: Knobs) -> GpuState | None:
     best, best_score = None, -math.inf
-    u, c, m, o = r.u, r.u * r.cfg.compute, r.u * r.cfg.memory, r.u * r.cfg.occupancy
+    u, c, m, o = r.u, r.u * r.cfg.compute, r.u * r.cfg.memory, r.u * r.cfg.held
     for g in gpus:
         if g.type.name != r.cfg.gpu or g.U + u > knobs.u_max or g.check(r) is not None:
             continue
@@ -103,7 +103,7 @@ def consolidate(gpus: list[GpuState], knobs: Knobs) -> list[GpuState]:
             gpus = others
             continue
         for g, r in moved:  # undo: this GPU stays
-            g.remove(r.name)
+            g.discard(r)
     return gpus
 
 

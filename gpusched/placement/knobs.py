@@ -26,7 +26,7 @@ class Knobs:
     # see such an overlap at the tail, so it counts kappa*u times (kappa >= 1: conservative).
     kappa: float = 1.0
     # Slowdown budgets a replica may be configured with (alpha_max); 1.0 = must run alone.
-    alphas: tuple[float, ...] = (1.25, 1.5, 2.0)
+    alphas: tuple[float, ...] = (1.0, 1.1, 1.25, 1.5, 2.0)
     # Memory each replica process holds besides weights and activations (CUDA context, caches).
     context_mb: float = 500.0
     # Share of a GPU's memory placements may fill.

@@ -1,7 +1,8 @@
 """Validate a plan: replay it on simulated GPUs and measure each model's SLO attainment.
 
 Every GPU of the plan is its own simulated GPU running the daemon's scheduler core (the same
-code as ``gpusched daemon``; policy ``slo``, deadline-aware, unless told: under ``slo-srpt``
+code as ``gpusched daemon``; policy ``slo``, deadline-aware, unless told or the plan names its
+own - a time-shared baseline's GPUs run ``clockwork``, one job at a time: under ``slo-srpt``
 shortest-first starves the long models of a busy GPU - measured, see docs/placement.md). Each
 model's requests arrive with the Azure LLM inference trace's inter-arrival times (packaged)
 rescaled to its rate, and are spread over its replicas by smooth weighted round robin. A
@@ -15,7 +16,7 @@ from __future__ import annotations
 import bisect
 import logging
 import os
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, as_completed
 
 from gpusched.placement.plan import Plan
 from gpusched.placement.spec import ModelSpec
@@ -95,9 +96,11 @@ def _simulate_gpu(args) -> dict[str, list[float]]:
     return out
 
 
-def replay(plan: Plan, models: tuple[ModelSpec, ...], horizon_s: float = 2.0, seed: int = 0,
-           policy: str = "slo", workers: int | None = None, progress=None) -> dict:
-    """Per-model SLO attainment and p99 latency of ``plan`` replayed for ``horizon_s``."""
+def tasks_of(plan: Plan, models: tuple[ModelSpec, ...], horizon_s: float = 2.0, seed: int = 0,
+             policy: str | None = None) -> list[tuple]:
+    """One simulation task per GPU of ``plan`` that has requests (``_simulate_gpu``'s input).
+    ``policy``: the plan's own (``notes["replay_policy"]``: a time-shared baseline) or ``slo``."""
+    policy = policy or plan.notes.get("replay_policy", "slo")
     by_name = {m.name: (i, m) for i, m in enumerate(models)}
     placed: dict[str, list[tuple[int, object]]] = {}
     for gi, g in enumerate(plan.gpus):
@@ -111,16 +114,12 @@ def replay(plan: Plan, models: tuple[ModelSpec, ...], horizon_s: float = 2.0, se
             if share:
                 per_gpu[gi].append((name, ms.model, r.cfg.batch, r.cfg.timeout_ms / 1e3,
                                     ms.slo_ms / 1e3, share))
-    tasks = [(g.type.name, policy, reps) for g, reps in zip(plan.gpus, per_gpu) if reps]
-    workers = workers or min(2, os.cpu_count() or 1)
-    lat: dict[str, list[float]] = {}
-    if workers > 1 and len(tasks) > 1:
-        with ProcessPoolExecutor(workers) as ex:
-            for res in ex.map(_simulate_gpu, tasks):
-                _merge(lat, res, progress)
-    else:
-        for t in tasks:
-            _merge(lat, _simulate_gpu(t), progress)
+    return [(g.type.name, policy, reps) for g, reps in zip(plan.gpus, per_gpu) if reps]
+
+
+def score(models: tuple[ModelSpec, ...], lat: dict[str, list[float]], horizon_s: float,
+          policy: str) -> dict:
+    """Per-model SLO attainment and p99 latency from the replayed latencies (s)."""
     per_model = []
     for ms in models:
         xs = sorted(lat.get(ms.name, []))
@@ -132,6 +131,37 @@ def replay(plan: Plan, models: tuple[ModelSpec, ...], horizon_s: float = 2.0, se
     att = [m["slo_attainment"] for m in per_model]
     return {"horizon_s": horizon_s, "policy": policy, "min_slo_attainment": min(att),
             "mean_slo_attainment": sum(att) / len(att), "models": per_model}
+
+
+def replay(plan: Plan, models: tuple[ModelSpec, ...], horizon_s: float = 2.0, seed: int = 0,
+           policy: str | None = None, workers: int | None = None, progress=None) -> dict:
+    """Per-model SLO attainment and p99 latency of ``plan`` replayed for ``horizon_s``."""
+    return replay_many([(plan, models, horizon_s, seed, policy)], workers, progress)[0]
+
+
+def replay_many(jobs: list[tuple], workers: int | None = None, progress=None) -> list[dict]:
+    """``replay`` of several (plan, models, horizon_s, seed, policy) at once: every GPU of every
+    plan is one task for one pool of ``workers`` processes (default: the CPUs), the longest
+    (most requests) first, so that no process idles while one plan's big GPU runs last."""
+    tasks, owner, policies = [], [], []
+    for n, (plan, models, horizon_s, seed, policy) in enumerate(jobs):
+        ts = tasks_of(plan, models, horizon_s, seed, policy)
+        policies.append(policy or plan.notes.get("replay_policy", "slo"))
+        tasks.extend(ts)
+        owner.extend([n] * len(ts))
+    order = sorted(range(len(tasks)), key=lambda t: -sum(len(r[5]) for r in tasks[t][2]))
+    workers = workers or os.cpu_count() or 1
+    lat: list[dict[str, list[float]]] = [{} for _ in jobs]
+    if workers > 1 and len(tasks) > 1:
+        with ProcessPoolExecutor(min(workers, len(tasks))) as ex:
+            futs = {ex.submit(_simulate_gpu, tasks[t]): t for t in order}
+            for f in as_completed(futs):
+                _merge(lat[owner[futs[f]]], f.result(), progress)
+    else:
+        for t in order:
+            _merge(lat[owner[t]], _simulate_gpu(tasks[t]), progress)
+    return [score(models, lat[n], horizon_s, policies[n])
+            for n, (plan, models, horizon_s, seed, policy) in enumerate(jobs)]
 
 
 def _merge(into: dict, res: dict, progress) -> None:

@@ -10,7 +10,8 @@ from gpusched.placement.plan import Plan
 from gpusched.placement.pool import GpuType
 from gpusched.placement.spec import ModelSpec
 
-METHODS = ("one-per-gpu", "mem-packing", "gslice", "gpulet", "heuristic", "cpsat")
+METHODS = ("one-per-gpu", "mem-packing", "gslice", "gpulet", "shepherd", "heuristic", "cpsat")
+BASELINE_METHODS = ("mem-packing", "gslice", "gpulet", "shepherd")  # one-per-gpu: a reference
 
 
 def place(models: tuple[ModelSpec, ...], pool: tuple[GpuType, ...], method: str = "heuristic",
@@ -21,8 +22,8 @@ def place(models: tuple[ModelSpec, ...], pool: tuple[GpuType, ...], method: str 
         alone = dataclasses.replace(knobs, alphas=(1.0,))
         return baselines.BASELINES[method](models, estimate(models, pool, alone), pool, alone)
     table = estimate(models, pool, knobs)
-    if method == "gpulet":
-        return baselines.gpulet(models, table, pool, knobs)
+    if method in ("gpulet", "shepherd"):
+        return baselines.BASELINES[method](models, table, pool, knobs)
     if method == "heuristic":
         return heuristic.solve(models, table, pool, knobs)
     return cpsat.solve(models, table, pool, knobs, time_limit_s, start=start)

@@ -42,3 +42,28 @@ def make_workload(n: int, gpu: str = "H100", seed: int = 0, scale: float = 100.0
         slo = round(model_profile(zoo, 1, gpu).latency_ms * rng.choice(SLO_FACTORS), 3)
         models.append(ModelSpec(f"{zoo}-{i}", zoo, rate, slo, line=i + 1))
     return Workload(tuple(models), None, f"azure-{n}")
+
+
+HELD_OUT_SIZES = (20, 30, 50)
+HELD_OUT_SCALES = (100.0, 200.0, 800.0)   # the trace's per-minute rates x this
+HELD_OUT_SLO = (2.0, 25.0)                # SLO / solo latency at batch 1, drawn uniformly
+
+
+def make_held_out(seed: int, gpu: str = "H100") -> Workload:
+    """A model list no part of placement was fitted or tuned on, drawn from ``seed``: its size
+    from ``HELD_OUT_SIZES``, one rate scale for the list from ``HELD_OUT_SCALES`` (800: the
+    high-rate case where models need many replicas), per model a random zoo model, the request
+    count of a random minute of a random Azure trace (per second, times the scale) and an SLO
+    drawn uniformly between 2x and 25x its solo latency at batch 1 (2x: a replica must run
+    alone, unslowed, at batch 1)."""
+    rng = random.Random(f"held-out/{seed}")
+    n = rng.choice(HELD_OUT_SIZES)
+    scale = rng.choice(HELD_OUT_SCALES)
+    models = []
+    for i in range(n):
+        zoo = rng.choice(ZOO_MODELS)
+        counts = minute_counts(rng.choice(("conv", "code")))
+        rate = max(1.0, round(rng.choice(counts) / 60.0 * scale, 1))
+        slo = round(model_profile(zoo, 1, gpu).latency_ms * rng.uniform(*HELD_OUT_SLO), 3)
+        models.append(ModelSpec(f"{zoo}-{i}", zoo, rate, slo, line=i + 1))
+    return Workload(tuple(models), None, f"held-out-{seed}")
