@@ -146,6 +146,10 @@ def test_routing_by_model_name(cluster):
     out = json.loads(r.stdout)
     assert out["overall"]["submitted"] > 10
     assert out["overall"]["completed"] == out["overall"]["submitted"]
+    # gpusched submit's summary (wire/latency.py): both clocks
+    o = out["overall"]
+    assert 0 < o["daemon_p50_ms"] <= o["client_p50_ms"] and o["gap_p50_ms"] > 0
+    assert 0 <= o["client_slo_attainment"] <= 1 and 0 <= o["daemon_slo_attainment"] <= 1
     r = _cli(cluster, "submit", "--cluster", "--models", "nope", "--duration", "1")
     assert r.returncode == 2 and "no daemon serves 'nope'" in r.stderr
 
@@ -166,6 +170,25 @@ def test_a_killed_daemon_restarts_and_its_models_stay_served(cluster):
     assert set(_placed(cluster)) == set(placed)      # re-admitted, or moved to a spare
     with cluster.client() as c:                       # the new endpoint, looked up again
         assert c.run("nlp-bert", timeout=30).latency_ms > 0
+
+
+def test_a_named_address_is_checked_even_when_this_process_is_connected(cluster):
+    import socket
+
+    from gpusched.cluster import ops
+    ray = ops.connect(cluster.cluster.address)          # the cluster it is connected to: fine
+    assert ray.is_initialized() and ops.connect(None) is ray
+    with socket.socket() as s:                          # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        closed = s.getsockname()[1]
+    with pytest.raises(ops.ClusterError, match=f"no Ray cluster answers at 127.0.0.1:{closed}"):
+        ops.connect(f"127.0.0.1:{closed}")
+    with socket.create_server(("127.0.0.1", 0)) as srv:   # something answers: another cluster
+        other = f"127.0.0.1:{srv.getsockname()[1]}"
+        with pytest.raises(ops.ClusterError, match=f"already connected to the Ray cluster at "
+                           f"{cluster.cluster.address}, not {other}"):
+            ops.connect(other)
+    assert ray.is_initialized()                         # and the connection is kept
 
 
 def test_a_node_removed_mid_load_loses_no_job(cluster):
@@ -212,3 +235,4 @@ def test_a_node_removed_mid_load_loses_no_job(cluster):
     with cluster.client() as c:                      # served again, by the survivors
         for s in services:
             assert c.submit(s.name).result(30).latency_ms > 0
+

@@ -220,3 +220,32 @@ def test_submit_without_a_cluster_file(capsys, tmp_path, monkeypatch):
     assert err.count("\n") == 0 and "no cluster file" in err and "gpusched cluster up" in err
     assert main(["cluster"]) == 2
     assert "up|status|down" in capsys.readouterr().err
+
+
+def test_submit_cluster_counts_jobs_by_the_shared_latency_definition(capsys):
+    """submit --cluster's summary is gpusched submit's (wire/latency.py): both clocks, nearest
+    rank; a job without an answer misses by the client's clock only, a cancelled one by none."""
+    from client_lib import JobResult
+    from client_lib.errors import DaemonRestarted, JobCancelled, JobShed
+    from gpusched.cluster.load import new_row, print_load, tally
+    from gpusched.loadgen import summarize
+
+    row = new_row("m", 10.0)
+    for client_ms, daemon_ms in ((2.0, 1.0), (4.0, 3.0), (12.0, 9.0), (30.0, 20.0)):
+        tally(row, JobResult("j", 0.0, 0.0, daemon_ms, True, client_ms))
+    tally(row, exc=DaemonRestarted("lost"))
+    tally(row, exc=NoReplica("none"))
+    tally(row, exc=JobShed("shed"))
+    tally(row, exc=JobCancelled("cancelled"))
+    s = summarize("m", [row])
+    assert (s["submitted"], s["completed"], s["failed"]) == (8, 4, 4)
+    assert s["client_p50_ms"] == 4.0 and s["daemon_p50_ms"] == 3.0    # rank 2 of 4
+    assert s["client_p99_ms"] == 30.0 and s["gap_min_ms"] == 1.0
+    # client: 2 met of 7 ended (the cancelled job aside); daemon: 3 met of 5 it answered
+    assert s["client_slo_attainment"] == pytest.approx(2 / 7)
+    assert s["daemon_slo_attainment"] == pytest.approx(3 / 5)
+    print_load({"route": "expected-completion", "clients": 1, "rate": 8, "duration": 1,
+                "tenants": [{**s, "errors": row["errors"]}], "overall": summarize("overall", [row]),
+                "routing": {"submitted": 8, "resent": 1}})
+    out = capsys.readouterr().out
+    assert "client" in out and "daemon" in out and "DaemonRestarted 1" in out

@@ -4,8 +4,11 @@ router picks each job's replica. A job is one batch of its replica's size; model
 proportion to their placed job rates (requests/s over batch).
 
 Each client is a process (``python -m gpusched.cluster.load WORKER-JSON``) printing one JSON
-line; the parent aggregates per model. Latency is measured by the clients, from submit to
-answer (routing and re-routing included).
+line; the parent aggregates per model with ``gpusched submit``'s summary (``loadgen.summarize``):
+the one definition of percentiles and SLO attainment (``scheduler_daemon/wire/latency.py``,
+docs/protocol.md) on both clocks. Client latency runs from submit to answer (routing and
+re-routing included); daemon latency is the serving daemon's ``total_ms``. A job failed with
+``DaemonRestarted`` or ``NoReplica``, or never answered, misses by the client's clock only.
 """
 from __future__ import annotations
 
@@ -45,16 +48,36 @@ def check_models(placed: dict[str, dict], wanted: list[str]) -> list[str]:
     return names
 
 
-def _summarize(name: str, rows: list[dict]) -> dict:
-    import numpy as np
-    lat = np.array([x for r in rows for x in r["latencies_ms"]], dtype=float)
-    submitted = sum(r["submitted"] for r in rows)
-    return {"tenant": name, "submitted": submitted,
-            "completed": int(sum(r["completed"] for r in rows)),
-            "failed": int(sum(r["failed"] for r in rows)),
-            "p50_ms": float(np.percentile(lat, 50)) if lat.size else None,
-            "p99_ms": float(np.percentile(lat, 99)) if lat.size else None,
-            "slo_attainment": (sum(r["slo_met"] for r in rows) / submitted) if submitted else None}
+def new_row(model: str, slo_ms: float) -> dict:
+    """A worker's numbers for one model, in ``loadgen.summarize``'s shape."""
+    return {"tenant": model, "slo_ms": slo_ms, "submitted": 0, "completed": 0, "failed": 0,
+            "latencies_ms": [], "daemon_ms": [], "missed": {"client": 0, "daemon": 0},
+            "ended": {"client": 0, "daemon": 0}, "errors": {}}
+
+
+def tally(row: dict, res=None, exc: BaseException | None = None) -> None:
+    """Count one job into ``row`` by wire/latency.py's rules: a result on both clocks (client
+    latency, the daemon's ``total_ms``); a cancelled job neither hit nor miss; a shed or failed
+    one the daemon answered a miss on both; one without an answer (``DaemonRestarted``,
+    ``NoReplica``, a timeout) a miss by the client's clock."""
+    from client_lib import JobCancelled, JobFailed, JobShed
+    from scheduler_daemon.wire.latency import missed_slo
+    row["submitted"] += 1
+    if exc is None:
+        row["completed"] += 1
+        row["latencies_ms"].append(res.latency_ms)
+        row["daemon_ms"].append(res.total_ms)
+        for side, ms in (("client", res.latency_ms), ("daemon", res.total_ms)):
+            row["ended"][side] += 1
+            row["missed"][side] += missed_slo("done", ms, row["slo_ms"])
+        return
+    row["failed"] += 1
+    row["errors"][type(exc).__name__] = row["errors"].get(type(exc).__name__, 0) + 1
+    sides = () if isinstance(exc, JobCancelled) else \
+        ("client", "daemon") if isinstance(exc, JobShed | JobFailed) else ("client",)
+    for side in sides:
+        row["ended"][side] += 1
+        row["missed"][side] += missed_slo("failed", 0.0, row["slo_ms"])
 
 
 def run_worker(cfg: dict) -> dict:
@@ -84,20 +107,14 @@ def run_worker(cfg: dict) -> dict:
                 time.sleep(min(d, 0.002))
             futs.append((m, c.submit(m)))
         deadline = time.perf_counter() + cfg["drain_s"]
-        rows: dict[str, dict] = {m: {"tenant": m, "slo_ms": placed[m]["slo_ms"], "submitted": 0,
-                                     "completed": 0, "failed": 0, "slo_met": 0,
-                                     "latencies_ms": [], "errors": {}} for m in names}
+        rows = {m: new_row(m, placed[m]["slo_ms"]) for m in names}
         for m, f in futs:
-            r = rows[m]
-            r["submitted"] += 1
             try:
                 res = f.result(timeout=max(0.0, deadline - time.perf_counter()))
-                r["completed"] += 1
-                r["latencies_ms"].append(res.latency_ms)
-                r["slo_met"] += res.latency_ms <= r["slo_ms"]
             except (GpuschedError, NoReplica, FutureTimeout) as e:
-                r["failed"] += 1
-                r["errors"][type(e).__name__] = r["errors"].get(type(e).__name__, 0) + 1
+                tally(rows[m], exc=e)
+            else:
+                tally(rows[m], res)
         return {"rows": list(rows.values()), "routing": dict(c.stats)}
 
 
@@ -105,6 +122,7 @@ def run_load(cluster: str | None, models: list[str], clients: int, rate: float,
              duration: float, seed: int = 0, route: str = "expected-completion",
              window: int = 4, arrivals: str = "poisson") -> dict:
     from gpusched.cluster.client import ClusterClient
+    from gpusched.loadgen import summarize
 
     if clients < 1:
         raise ValueError("--clients must be at least 1")
@@ -138,45 +156,35 @@ def run_load(cluster: str | None, models: list[str], clients: int, rate: float,
     per_model = []
     for m in names:
         mine = [r for r in rows if r["tenant"] == m]
-        s = _summarize(m, mine)
+        s = summarize(m, mine)
         s["errors"] = {}
         for r in mine:
             for k, v in r["errors"].items():
                 s["errors"][k] = s["errors"].get(k, 0) + v
         per_model.append(s)
     return {"workload": "cluster", "route": route, "clients": clients, "rate": rate,
-            "duration": duration, "tenants": per_model, "overall": _summarize("overall", rows),
+            "duration": duration, "tenants": per_model, "overall": summarize("overall", rows),
             "routing": routing, "client_errors": errors}
 
 
 def print_load(res: dict) -> None:
-    from rich import box
+    """``gpusched submit``'s table (both clocks, per model), then the errors and the routing."""
     from rich.console import Console
-    from rich.table import Table
 
-    t = Table(title=f"cluster load ({res['route']}): {res['clients']} clients, {res['rate']:g} "
-              f"jobs/s for {res['duration']:g} s", box=box.SIMPLE_HEAD,
-              caption="a job is one batch; latency from submit to answer, routing included; "
-              "SLO: the placed model's")
-    for c in ("model", "jobs", "done", "failed", "p50 ms", "p99 ms", "SLO met", "errors"):
-        t.add_column(c, justify="left" if c in ("model", "errors") else "right")
-    for row in [*res["tenants"], res["overall"]]:
-        t.add_row(row["tenant"], str(row["submitted"]), str(row["completed"]),
-                  str(row["failed"]), _ms(row["p50_ms"]), _ms(row["p99_ms"]),
-                  "-" if row["slo_attainment"] is None else f"{100 * row['slo_attainment']:.1f}%",
-                  ", ".join(f"{k} {v}" for k, v in sorted(row.get("errors", {}).items())),
-                  style="bold" if row["tenant"] == "overall" else None)
+    from gpusched.report import load_table, print_table
+    print_table(load_table(res, title=f"cluster load ({res['route']}): {res['clients']} clients, "
+                           f"{res['rate']:g} jobs/s for {res['duration']:g} s (a job is one "
+                           "batch; SLO: the placed model's)"))
     con = Console()
-    con.print(t)
+    for row in res["tenants"]:
+        if row.get("errors"):
+            con.print(f"{row['tenant']}: " + ", ".join(f"{k} {v}" for k, v in
+                                                        sorted(row["errors"].items())))
     r = res["routing"]
     con.print(f"routing: {r.get('submitted', 0)} jobs, {r.get('resent', 0)} re-routed, "
               f"{r.get('failed_running', 0)} failed on a lost daemon, "
               f"{r.get('unroutable', 0)} with no live replica, "
               f"{r.get('daemons_lost', 0)} daemon loss(es) seen")
-
-
-def _ms(v) -> str:
-    return "-" if v is None else f"{v:.2f}"
 
 
 if __name__ == "__main__":
