@@ -213,8 +213,8 @@ class Daemon:
                             identity, frames, conn, key_tenant = recv()
                         except zmq.Again:
                             break
-                        if frames is not None:
-                            send(server.handle_frames(identity, frames, env.now, conn,
+                        if frames is not None:  # each message stamped when read, not per batch
+                            send(server.handle_frames(identity, frames, env.tick(), conn,
                                                       key_tenant))
                         if not events(_EVENTS) & _POLLIN:  # cheaper than a raised zmq.Again
                             break
