@@ -343,6 +343,19 @@ def test_knee_is_the_most_throughput_within_the_p99_limit():
     assert h == {"knee_rps": {"x": 500}, "slo99_rps": {"x": 500}}
 
 
+def test_rate_grid_resolves_a_policy_far_below_the_best():
+    """A policy with a burst under half the best gets its own points: on the H100 ours saturate
+    at ~1,500 jobs/s and the 10%-150% grid of cuda-ms's 26,000 started above that (knee 0)."""
+    from gpusched.bench.fig11 import rate_grid
+    near = rate_grid([1000.0, 1700.0], 15)
+    assert len(near) == 15 and near[0] == pytest.approx(170) and near[-1] == pytest.approx(2550)
+    far = rate_grid([1500.0, 26000.0], 15)
+    assert len(far) == 30 and far == sorted(far)
+    below = [r for r in far if r <= 1500.0]
+    assert len(below) >= 10 and far[0] == pytest.approx(150)   # the slow curve's knee is inside
+    assert far[-1] == pytest.approx(39000)
+
+
 def test_fig11_end_to_end_small():
     from gpusched.bench.fig11 import run_fig11
     res = run_fig11(("T4",), (2.0,), 1, 60, 3, ("cuda-ms", "srpt"), workers=1,
