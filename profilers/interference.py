@@ -226,7 +226,7 @@ def summarize(samples: list[dict], device: str, policy: str = POLICY, holdout: f
     rng = random.Random(seed)
     rng.shuffle(pairs)
     test_pairs = set(pairs[:max(1, int(len(pairs) * holdout))])
-    side = lambda s: tuple(sorted((tuple(s["me"]), tuple(s["other"]))))  # noqa: E731
+    side = lambda s: tuple(sorted((tuple(s["me"]), tuple(s["other"]))))
     test = [s for s in samples if side(s) in test_pairs]
     train = [s for s in samples if side(s) not in test_pairs]
     solo_only = [1.0] + [0.0] * (len(FEATURES) - 1)  # "no interference" as a yardstick

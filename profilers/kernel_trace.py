@@ -192,8 +192,8 @@ def trace_kernels(module: torch.nn.Module, inputs: tuple) -> list[KernelProfile]
     (``functional_call``): the module itself is left untouched.
     """
     if not isinstance(inputs, tuple):
-        raise ValueError("inputs must be a tuple of the forward's positional arguments, "
-                         "e.g. (images,) - wrap a single tensor as (x,)")
+        raise TypeError("inputs must be a tuple of the forward's positional arguments, "
+                        "e.g. (images,) - wrap a single tensor as (x,)")
     named = [*module.named_parameters(remove_duplicate=False),
              *module.named_buffers(remove_duplicate=False)]
     state = {k: _to_meta(v) for k, v in named}

@@ -23,10 +23,11 @@ number of samples in ``util_samples``. Without pynvml or a GPU it records nothin
 """
 from __future__ import annotations
 
+import contextlib
 import statistics
 import threading
 import time
-from typing import Optional
+from typing import Self
 
 import msgspec
 
@@ -178,11 +179,11 @@ class NvmlSampler:
     had (no CUDA driver: nothing to disagree with) is NVML asked by index."""
 
     def __init__(self, index: int = 0, interval_s: float = 0.02, nvml=None,
-                 bus_id: Optional[str] = None):
+                 bus_id: str | None = None):
         self.index, self.interval_s = index, interval_s
         self.bus_id = bus_id
         self.samples: list[tuple[float, float, float]] = []
-        self.error: Optional[str] = None
+        self.error: str | None = None
         self._nvml, self._handle, self._thread = nvml, None, None
         self._stop = threading.Event()
         self._inited = False
@@ -202,7 +203,7 @@ class NvmlSampler:
             else:
                 self._handle = self._nvml.nvmlDeviceGetHandleByIndex(self.index)
             self.available = True
-        except Exception as e:  # no pynvml, no driver, no such GPU: profile without it
+        except Exception as e:  # noqa: BLE001 - no pynvml, driver or GPU: profile without it
             self.error = f"NVML unavailable: {type(e).__name__}: {e}"
             self._handle = None
 
@@ -214,13 +215,13 @@ class NvmlSampler:
         while True:
             try:
                 self._sample()
-            except Exception as e:
+            except Exception as e:  # noqa: BLE001 - any NVML failure ends sampling, said in .error
                 self.error = f"NVML sampling stopped: {type(e).__name__}: {e}"
                 return
             if self._stop.wait(self.interval_s):
                 return
 
-    def __enter__(self) -> "NvmlSampler":
+    def __enter__(self) -> Self:
         self._open()
         if self.available:
             self._thread = threading.Thread(target=self._loop, name="nvml-sampler", daemon=True)
@@ -235,17 +236,15 @@ class NvmlSampler:
         self._handle = None
         if self._inited:   # every nvmlInit that succeeded is matched, found GPU or not
             self._inited = False
-            try:
+            with contextlib.suppress(Exception):  # a failed shutdown leaves nothing to undo
                 self._nvml.nvmlShutdown()
-            except Exception:
-                pass
 
     @property
-    def sm_mean(self) -> Optional[float]:
+    def sm_mean(self) -> float | None:
         return statistics.mean(s[1] for s in self.samples) if self.samples else None
 
     @property
-    def mem_mean(self) -> Optional[float]:
+    def mem_mean(self) -> float | None:
         return statistics.mean(s[2] for s in self.samples) if self.samples else None
 
 
@@ -263,5 +262,5 @@ def cuda_bus_id_of(index: int) -> str:
         p = torch.cuda.get_device_properties(index)
         return (f"{int(p.pci_domain_id):04x}:{int(p.pci_bus_id):02x}:"
                 f"{int(p.pci_device_id):02x}.0")
-    except Exception:
+    except Exception:  # noqa: BLE001 - no torch, no CUDA, an old torch: "" (no GPU known)
         return ""

@@ -30,7 +30,6 @@ from __future__ import annotations
 import functools
 import statistics
 import time
-from typing import Optional
 
 import msgspec
 
@@ -49,9 +48,9 @@ class ModelProfile(msgspec.Struct, frozen=True):
     kernels: int
     flops: float
     bytes: float
-    compute_demand: Optional[float]
-    memory_demand: Optional[float]
-    occupancy: Optional[float]
+    compute_demand: float | None
+    memory_demand: float | None
+    occupancy: float | None
     footprint_mb: float
     version: int = PROFILE_VERSION
     ops: tuple[OpTiming, ...] = ()   # per-kernel rows (op_profile.py)
@@ -66,7 +65,7 @@ def parse_device(device: str) -> tuple[str, str]:
     return source, target
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _weights_mb(model: str, bytes_per_param: int | None = 2) -> float:
     # cached: building the module on meta tensors is ~0.1 s, and placement asks per batch size
     from profilers.zoo_models import build
@@ -158,8 +157,8 @@ def _torch_profile(model, batch, target, flops, nbytes, n_kernels, act_mb) -> Mo
                         util_samples=n_util)
 
 
-def _timed_with_nvml(run_once, sampler) -> tuple[list[float], Optional[float],
-                                                   Optional[float], int]:
+def _timed_with_nvml(run_once, sampler) -> tuple[list[float], float | None,
+                                                   float | None, int]:
     """Timed runs while ``sampler`` (an ``NvmlSampler``) samples the GPU: the timings (ms), the
     mean SM and memory utilisation as fractions (``None`` without samples), the sample count."""
     with sampler:

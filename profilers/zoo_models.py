@@ -16,7 +16,7 @@ device="cpu")`` returns the forward's positional inputs as a tuple.
 from __future__ import annotations
 
 import math
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch import nn

@@ -11,7 +11,6 @@ from gpusched.cli import main
 from gpusched.placement import cpsat, spec
 from gpusched.placement.estimate import estimate
 from gpusched.placement.fit import GpuState
-from gpusched.placement.heuristic import solve as heuristic_solve
 from gpusched.placement.plan import report
 from gpusched.placement.pool import parse_pool
 from gpusched.placement.solvers import place

@@ -132,7 +132,7 @@ def test_headline_is_against_the_best_baseline_that_holds():
 def test_bench_usher_marks_held_out_workloads(monkeypatch):
     """A small run (in process, one worker): the seeded list carries held_out: true and every
     method row keeps method, gpus_used and min_slo_attainment."""
-    import gpusched.bench.usher as usher
+    from gpusched.bench import usher
     from gpusched.placement import workloads
     monkeypatch.setattr(usher, "make_held_out",
                         lambda seed, gpu: dataclasses.replace(

@@ -206,7 +206,7 @@ def _usher(args) -> int:
         res = run_usher(sizes, held_out, gpu=args.gpu, scale=args.scale, seed=args.seed,
                         horizons=horizons, held_out_horizon=args.horizon or 0.5,
                         cpsat_limit_s=args.cpsat_limit, large=large,
-                        large_pool=400 if args.quick else 200, workers=args.workers,
+                        large_pool=400, workers=args.workers,
                         progress=lambda: bar.advance(task))
     print(json.dumps(res, indent=2)) if args.json else print_usher(res)
     return 0

@@ -41,7 +41,6 @@ by replay: the replay is the test).
 from __future__ import annotations
 
 import dataclasses
-import math
 import time
 from collections import Counter
 
@@ -270,7 +269,7 @@ def gpulet(models, table, pool, knobs: Knobs = DEFAULT, alpha: float | None = No
     if alpha is None:
         cheapest = [min(o, key=lambda a: (o[a][0] * len(o[a][1]), len(o[a][1]), -a)) for o in opts]
         choices.append(("per model: least share", cheapest))
-        roomy = [max((a for a in o if len(o[a][1]) <= min(len(v[1]) for v in o.values())))
+        roomy = [max(a for a in o if len(o[a][1]) <= min(len(v[1]) for v in o.values()))
                  for o in opts]
         choices.append(("per model: largest budget at its fewest replicas", roomy))
     if not choices:
@@ -308,7 +307,7 @@ def shepherd(models, table, pool, knobs: Knobs = DEFAULT) -> Plan:
     reps = []
     for options in sized:
         least = min(sum(r.u for r in rs) for _, rs in options)
-        a, rs = max(((a, rs) for a, rs in options if sum(r.u for r in rs) <= least * 1.1),
+        _, rs = max(((a, rs) for a, rs in options if sum(r.u for r in rs) <= least * 1.1),
                     key=lambda x: x[0])
         reps.extend(rs)
     reps.sort(key=lambda r: -r.u)

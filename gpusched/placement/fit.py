@@ -94,14 +94,23 @@ class GpuState:
                              ("SM slots", self.O + u * k.held, kn.o_max)):
             if v > cap + 1e-9:
                 return f"{what}: {v:.2f} of the GPU would exceed {cap:.2f}"
-        mine = 1.0 + self._excess(new, U, C, M, K) + max(
-            (tail_extra(new, r) for r in self.replicas), default=0.0)
+        # tail_extra(new, r) and tail_extra(r, new) written out: this is the solvers' inner loop
+        tail = 0.0
+        for r in self.replicas:
+            o = r.cfg
+            t = ((k.TA + k.TB * o.compute + k.TD * o.memory + k.TE * o.longest_ms)
+                 - r.rate * o.tau * (k.A + k.B * o.compute + k.D * o.memory + k.E * o.longest_ms))
+            tail = max(tail, t)
+        mine = 1.0 + self._excess(new, U, C, M, K) + tail
         if mine > k.alpha + 1e-9:
             return (f"{new.name} would be slowed {mine:.2f}x, more than the {k.alpha:.2f}x its "
                     f"SLO allows at batch {k.batch}")
+        nc, nm, nl = k.compute, k.memory, k.longest_ms
         for r in self.replicas:
-            theirs = (1.0 + self._excess(r, U, C, M, K)
-                      + max(self.worst.get(id(r), 0.0), tail_extra(r, new)))
+            o = r.cfg
+            t = ((o.TA + o.TB * nc + o.TD * nm + o.TE * nl)
+                 - u * (o.A + o.B * nc + o.D * nm + o.E * nl))
+            theirs = 1.0 + self._excess(r, U, C, M, K) + max(self.worst.get(id(r), 0.0), t, 0.0)
             if theirs > r.cfg.alpha + 1e-9:
                 return (f"{r.name} (already here) would be slowed {theirs:.2f}x, more than the "
                         f"{r.cfg.alpha:.2f}x its SLO allows")
