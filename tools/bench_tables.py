@@ -1,7 +1,7 @@
 """Render benchmark JSON (from `gpusched bench ... --json`) as markdown tables for the docs.
 
     python tools/bench_tables.py overhead out/overhead.json
-    python tools/bench_tables.py paella out/paella_T4.json
+    python tools/bench_tables.py fig11 out/fig11_T4.json
     python tools/bench_tables.py calibrate out/calibrate.json
     python tools/bench_tables.py sim-speed out/sim_speed.json
 """
@@ -31,17 +31,28 @@ def overhead(r: dict) -> str:
     return "\n".join(out)
 
 
-def paella(r: dict) -> str:
-    out = [f"{r['workload']} on simulated {r['gpu']}, {r['arrivals']} arrivals, {r['jobs']} jobs "
-           f"per load, saturation {r['saturation_rps']:.0f} jobs/s, SLO {r['slo_factor']}x solo"
-           + (", hopeless jobs shed" if r.get("shed") else ""), "",
-           "| load | policy | jobs/s | p50 ms | p99 ms | SLO met | Jain |",
-           "|---:|---|---:|---:|---:|---:|---:|"]
-    for x in r["points"]:
-        out.append(f"| {x['offered_load']:g} | {x['policy']} | {x['throughput_rps']:.0f} | "
-                   f"{_f(x['p50_ms'])} | {_f(x['p99_ms'])} | {100 * x['slo_attainment']:.1f}% | "
-                   f"{x['jain']:.3f} |")
-    return "\n".join(out)
+def fig11(r: dict) -> str:
+    """Per (GPU, sigma): each policy's knee (mean and min-max over seeds), SLO99, the p99 ratios."""
+    out = []
+    for c in r["cases"]:
+        costs = c["costs_us"]
+        out += [f"{c['gpu']}, sigma {c['sigma']:g}, {c['seeds']} seeds x {r.get('jobs', 3000)} jobs a point; "
+                f"host costs (us): launch {costs['launch_us']:g}, our notice "
+                f"{costs['notice_us']:g}, rpc {costs['rpc_us']:g}, poll {costs['poll_us']:g}", "",
+                "| policy | burst jobs/s | knee jobs/s (p99 <= 75 ms) | min-max | "
+                "SLO99 jobs/s |", "|---|---:|---:|---:|---:|"]
+        for p, k in c["knee_rps"].items():
+            s = c["knee_rps_spread"][p]
+            out.append(f"| {p} | {c['burst_rps'][p]:,.0f} | {k:,.0f} | {s['min']:,.0f}-"
+                       f"{s['max']:,.0f} | {c['slo99_rps'][p]:,.0f} |")
+        for name, label in (("p99_ratio_at_80pct", "80%"), ("p99_ratio_at_100pct", "100%")):
+            ratio = c.get(name) or {}
+            if ratio:
+                out.append("")
+                out.append(f"p99 of the baseline over ours at {label} of cuda-ms's knee: "
+                           + ", ".join(f"{b} {v:.3f}x" for b, v in ratio.items()))
+        out.append("")
+    return "\n".join(out).rstrip()
 
 
 def calibrate(r: dict) -> str:
@@ -55,14 +66,17 @@ def calibrate(r: dict) -> str:
 
 
 def sim_speed(r: dict) -> str:
-    out = ["| policy | kernels | seconds | kernels/s |", "|---|---:|---:|---:|"]
-    out += [f"| {p} | {x['kernels']:,} | {x['seconds']:.2f} | {x['kernels_per_s']:,.0f} |"
+    out = ["| policy | kernels | wall s | CPU s | kernels/s (wall) | kernels/CPU-s |",
+           "|---|---:|---:|---:|---:|---:|"]
+    out += [f"| {p} | {x['kernels']:,} | {x['seconds']:.2f} | {x.get('cpu_seconds', 0):.2f} | "
+            f"{x['kernels_per_s']:,.0f} | "
+            f"{x['kernels'] / x['cpu_seconds'] if x.get('cpu_seconds') else 0:,.0f} |"
             for p, x in r["by_policy"].items()]
     return "\n".join(out)
 
 
 if __name__ == "__main__":
-    kinds = {"overhead": overhead, "paella": paella, "calibrate": calibrate, "sim-speed": sim_speed}
+    kinds = {"overhead": overhead, "fig11": fig11, "calibrate": calibrate, "sim-speed": sim_speed}
     if len(sys.argv) != 3 or sys.argv[1] not in kinds:
         sys.exit(f"usage: python tools/bench_tables.py {{{'|'.join(kinds)}}} FILE.json")
     with open(sys.argv[2]) as f:

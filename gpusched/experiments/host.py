@@ -18,8 +18,8 @@ can be set per run (``HostCosts``), and docs/simulator.md shows what they change
 - ``poll_us``: the CUDA stream baselines learn that a job finished by polling
   ``cudaStreamQuery`` (Paella's artifact does): a finished job is noticed at the poller's next
   sweep, a grid of ``poll_us``. Default 20 us: one pass over Paella's 141 streams at roughly
-  0.15 us per query of a non-blocking driver call; no published figure, hence in the
-  sensitivity table of docs/simulator.md.
+  0.15 us per query of a non-blocking driver call; no published figure (``--poll-us`` sets
+  it; docs/simulator.md says what the baselines' lead makes of it).
 """
 from __future__ import annotations
 
