@@ -144,12 +144,13 @@ def run(args) -> int:
              "nothing was printed or written: the plan is printed after its replay (without "
              "--validate at once)")
         with Progress(SpinnerColumn(), "[progress.description]{task.description}", BarColumn(),
-                      MofNCompleteColumn(), "GPUs", TimeElapsedColumn(), "eta",
+                      MofNCompleteColumn(), "requests", TimeElapsedColumn(), "eta",
                       TimeRemainingColumn(), transient=True, disable=args.json) as bar:
-            task = bar.add_task(f"replaying {args.horizon:g} s on simulated GPUs",
-                                total=plan.gpus_used)
+            task = bar.add_task(f"replaying {args.horizon:g} s on {plan.gpus_used} simulated "
+                                "GPUs", total=None)
             out["validation"] = replay(plan, w.models, args.horizon,
-                                       progress=lambda: bar.advance(task))
+                                       progress=lambda n: bar.advance(task, n),
+                                       on_total=lambda n: bar.update(task, total=n))
     if args.plot:
         from gpusched.placement.plot import plot_plan
         note("drawing the plan", "nothing was printed; the picture may be incomplete")

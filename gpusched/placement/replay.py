@@ -15,8 +15,10 @@ from __future__ import annotations
 
 import bisect
 import logging
+import multiprocessing
 import os
-from concurrent.futures import ProcessPoolExecutor, as_completed
+import queue
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 
 from gpusched.placement.plan import Plan
 from gpusched.placement.spec import ModelSpec
@@ -24,6 +26,13 @@ from gpusched.placement.spec import ModelSpec
 log = logging.getLogger("gpusched.place")
 
 TRACE = "trace:azure-conv"   # packaged (gpusched/experiments/data)
+CHUNKS = 20                  # progress reports per simulated GPU
+_report = None               # in a worker process: where a GPU's progress goes (requests)
+
+
+def _init_worker(q) -> None:
+    global _report
+    _report = q.put
 
 
 def _arrivals(rate: float, horizon_s: float, seed: int) -> list[float]:
@@ -59,9 +68,12 @@ def _batches(times: list[float], b: int, timeout_s: float) -> list[tuple[float, 
     return out
 
 
-def _simulate_gpu(args) -> dict[str, list[float]]:
-    """One GPU: returns per model the latencies (s) of its requests (inf: never finished)."""
+def _simulate_gpu(args, report=None) -> dict[str, list[float]]:
+    """One GPU: returns per model the latencies (s) of its requests (inf: never finished).
+    ``report(n)`` (or the worker's queue) hears of requests as their arrivals are simulated,
+    ``CHUNKS`` times over the run: running to a time and on from it changes no result."""
     gpu, policy, replicas = args
+    report = report or _report
     from profilers.zoo import BATCHES, zoo_kernels
     from scheduler_daemon.core.gpu_specs import gpu_spec
     from scheduler_daemon.core.jobs import Job, JobState
@@ -87,7 +99,19 @@ def _simulate_gpu(args) -> dict[str, list[float]]:
             run.submit_at(Job(jid, name, entries[key], left_ms, at))
             reqs[jid] = (name, members)
             jid += 1
+    if report is not None:
+        arrivals = sorted(t for *_, times in replicas for t in times)
+        told = 0
+        for k in range(1, CHUNKS):
+            at = arrivals[len(arrivals) * k // CHUNKS] if arrivals else 0.0
+            run.run(at)
+            now = bisect.bisect_right(arrivals, at)
+            if now > told:
+                report(now - told)
+                told = now
     done = {j.id: j.finish for j in run.run() if j.state is JobState.DONE}
+    if report is not None and len(arrivals) > told:
+        report(len(arrivals) - told)
     out: dict[str, list[float]] = {}
     for i, (name, members) in reqs.items():
         fin = done.get(i)
@@ -134,15 +158,20 @@ def score(models: tuple[ModelSpec, ...], lat: dict[str, list[float]], horizon_s:
 
 
 def replay(plan: Plan, models: tuple[ModelSpec, ...], horizon_s: float = 2.0, seed: int = 0,
-           policy: str | None = None, workers: int | None = None, progress=None) -> dict:
+           policy: str | None = None, workers: int | None = None, progress=None,
+           on_total=None) -> dict:
     """Per-model SLO attainment and p99 latency of ``plan`` replayed for ``horizon_s``."""
-    return replay_many([(plan, models, horizon_s, seed, policy)], workers, progress)[0]
+    return replay_many([(plan, models, horizon_s, seed, policy)], workers, progress,
+                       on_total)[0]
 
 
-def replay_many(jobs: list[tuple], workers: int | None = None, progress=None) -> list[dict]:
+def replay_many(jobs: list[tuple], workers: int | None = None, progress=None,
+                on_total=None) -> list[dict]:
     """``replay`` of several (plan, models, horizon_s, seed, policy) at once: every GPU of every
     plan is one task for one pool of ``workers`` processes (default: the CPUs), the longest
-    (most requests) first, so that no process idles while one plan's big GPU runs last."""
+    (most requests) first, so that no process idles while one plan's big GPU runs last.
+    ``on_total(n)``: the requests to simulate, said first; ``progress(k)``: k more simulated
+    (from the start of each GPU's run, not only when a GPU ends)."""
     tasks, owner, policies = [], [], []
     for n, (plan, models, horizon_s, seed, policy) in enumerate(jobs):
         ts = tasks_of(plan, models, horizon_s, seed, policy)
@@ -150,22 +179,38 @@ def replay_many(jobs: list[tuple], workers: int | None = None, progress=None) ->
         tasks.extend(ts)
         owner.extend([n] * len(ts))
     order = sorted(range(len(tasks)), key=lambda t: -sum(len(r[5]) for r in tasks[t][2]))
+    if on_total:
+        on_total(sum(len(r[5]) for t in tasks for r in t[2]))
     workers = workers or os.cpu_count() or 1
     lat: list[dict[str, list[float]]] = [{} for _ in jobs]
     if workers > 1 and len(tasks) > 1:
-        with ProcessPoolExecutor(min(workers, len(tasks))) as ex:
+        q = multiprocessing.get_context().Queue() if progress else None
+        with ProcessPoolExecutor(min(workers, len(tasks)), initializer=_init_worker if q else
+                                 None, initargs=(q,) if q else ()) as ex:
             futs = {ex.submit(_simulate_gpu, tasks[t]): t for t in order}
-            for f in as_completed(futs):
-                _merge(lat[owner[futs[f]]], f.result(), progress)
+            pending = set(futs)
+            while pending:
+                done, pending = wait(pending, timeout=0.25, return_when=FIRST_COMPLETED)
+                _drain(q, progress)
+                for f in done:
+                    _merge(lat[owner[futs[f]]], f.result())
+            _drain(q, progress)
     else:
         for t in order:
-            _merge(lat[owner[t]], _simulate_gpu(tasks[t]), progress)
+            _merge(lat[owner[t]], _simulate_gpu(tasks[t], progress))
     return [score(models, lat[n], horizon_s, policies[n])
             for n, (plan, models, horizon_s, seed, policy) in enumerate(jobs)]
 
 
-def _merge(into: dict, res: dict, progress) -> None:
+def _merge(into: dict, res: dict) -> None:
     for k, v in res.items():
         into.setdefault(k, []).extend(v)
-    if progress:
-        progress()
+
+
+def _drain(q, progress) -> None:
+    """Pass the workers' progress reports on (main thread: the bar is not shared)."""
+    while q is not None:
+        try:
+            progress(q.get_nowait())
+        except queue.Empty:
+            return
