@@ -102,9 +102,10 @@ def _memory_ok(g: GpuState, r: Replica) -> bool:
     return g.F + r.cfg.footprint_mb <= g.type.memory_mb * g.knobs.mem_frac
 
 
-def _first_fit(replicas, pool, knobs: Knobs, fits) -> list[GpuState]:
+def _first_fit(replicas, pool, knobs: Knobs, fits, added=None) -> list[GpuState]:
     """Each replica on the first open GPU of its type where ``fits(gpu, replica)``, else on a
-    new one (however many: the caller checks the pool's counts, ``_check_counts``)."""
+    new one (however many: the caller checks the pool's counts, ``_check_counts``);
+    ``added(gpu, replica)`` after each placement, for callers that track what a GPU holds."""
     by = {t.name: t for t in pool}
     gpus: list[GpuState] = []
     for r in replicas:
@@ -113,6 +114,8 @@ def _first_fit(replicas, pool, knobs: Knobs, fits) -> list[GpuState]:
             g = GpuState(by[r.cfg.gpu], knobs)
             gpus.append(g)
         g.add(r)
+        if added is not None:
+            added(g, r)
     return gpus
 
 
@@ -165,7 +168,7 @@ def gslice(models, table_alone, pool, knobs: Knobs = DEFAULT) -> Plan:
 
         def fits(g, r):
             return load.get(id(g), 0.0) + share_of[id(r)] <= 1.0 + 1e-9 and _memory_ok(g, r)
-        gpus = _first_fit_tracked(sorted(chosen, key=lambda r: -share_of[id(r)]), pool, knobs,
+        gpus = _first_fit(sorted(chosen, key=lambda r: -share_of[id(r)]), pool, knobs,
                                   fits, lambda g, r: load.__setitem__(
                                       id(g), load.get(id(g), 0.0) + share_of[id(r)]))
         tries.append((len(gpus), gpus, {"shares": "per model"}))
@@ -189,19 +192,6 @@ def gslice(models, table_alone, pool, knobs: Knobs = DEFAULT) -> Plan:
     _, gpus, notes = min(tries, key=lambda t: t[0])
     _check_counts(gpus, models, table_alone, pool, "gslice")
     return Plan("gslice", gpus, time.perf_counter() - t0, notes=notes)
-
-
-def _first_fit_tracked(replicas, pool, knobs, fits, added) -> list[GpuState]:
-    by = {t.name: t for t in pool}
-    gpus: list[GpuState] = []
-    for r in replicas:
-        g = next((g for g in gpus if g.type.name == r.cfg.gpu and fits(g, r)), None)
-        if g is None:
-            g = GpuState(by[r.cfg.gpu], knobs)
-            gpus.append(g)
-        g.add(r)
-        added(g, r)
-    return gpus
 
 
 def _gpulet_options(ms, cfgs, models, knobs) -> dict[float, tuple[float, list[Replica]]]:
