@@ -28,10 +28,11 @@ the requests/s they serve together (integer, in units of ``1/RATE_SCALE``), ``y[
                             + Z_kj <= a_k - 1                               one neighbour's tail on top
                many[k,g] => the same with s replaced by lam_min_k           (a replica's own share is
                                                                             at least that: conservative)
-               Z_kj = max over model j's configurations l of beta99_kl: the fit rule's tail term
-               (max over neighbours of beta99 - u beta) bounded above by the p99 excess of the
-               worst configuration of each model present, so a CP-SAT plan always passes the fit
-               rule (and is a little more cautious than it)
+               Z_kj = max over model j's configurations l of beta99_kl (margin delta times
+               min(1, lam_max_l tau_l)): the fit rule's tail term (max over neighbours of
+               beta99 + min(1, u) delta - u beta) bounded above by the p99 excess of the worst
+               configuration of each model present at its highest busy share, so a CP-SAT plan
+               always passes the fit rule (and is a little more cautious than it)
                sum_g cap y[g] >= sum_i rate_i min_{k in K_i} tau_k d_k      for (U, 1), (C, c), (M, m),
                                                                             (O, o a): redundant cuts
 
@@ -123,6 +124,7 @@ def solve(models: tuple[ModelSpec, ...], table: list[list[Config]], pool: tuple[
             for i2, cfgs2 in enumerate(table):
                 tz[i, ki, i2] = math.ceil(COEF * max(
                     (k.TA + k.TB * j.compute + k.TD * j.memory + k.TE * j.longest_ms
+                     + min(1.0, j.rate_max * j.tau) * k.TM
                      for j in cfgs2 if j.gpu == k.gpu), default=0.0))
     for g, t in enumerate(gpus):
         here = [(i, ki) for (i, ki, gg) in x if gg == g]

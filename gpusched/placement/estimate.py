@@ -14,7 +14,8 @@ A replica of ``k`` serving ``lam`` requests/s adds to its GPU ``u = lam tau``, `
 and ``u o a`` (solo busy time, compute, memory, and the SM slots it holds: its occupancy for up
 to ``a`` times as long as alone). Its predicted p99 slowdown among neighbours ``j`` is
 
-    alpha_k = 1 + kappa sum_j u_j beta_kj + max_j (beta99_kj + delta - u_j beta_kj)
+    alpha_k = 1 + kappa sum_j u_j beta_kj
+                + max_j (beta99_kj + min(1, u_j) delta - u_j beta_kj)
 
 the mean excess of every neighbour (each counted for the share ``u_j`` of time it is busy)
 and, at the tail, one neighbour's full p99 excess instead of its mean share: the p99 of a sum
@@ -25,9 +26,20 @@ of their tails. ``beta_kj`` is the pairwise mean fit, ``beta99_kj`` the p99 fit
 ``beta_kj = A_k + B_k c_j + D_k m_j + E_k L_j`` with ``A_k = w0 - 1 + w1 c_k + w3 m_k``,
 ``B_k = w2 + w5 c_k``, ``D_k = w4 + w6 m_k``, ``E_k = w7 / l_k`` (``L_j`` the neighbour's
 longest kernel), each clipped at 0 so a neighbour never helps; ``beta99`` the same with
-``w99`` (coefficients ``TA .. TE``, ``delta`` added to ``TA``). The first sum is linear in
-the GPU's totals ``U, C, M`` and ``K = sum u_j L_j``. Budgets ``a`` go down to 1.0: such a
-replica must run unslowed, i.e. alone on its GPU.
+``w99`` (coefficients ``TA .. TE``; ``TM = delta``). The first sum is linear in the GPU's
+totals ``U, C, M`` and ``K = sum u_j L_j``. Budgets ``a`` go down to 1.0: such a replica must
+run unslowed, i.e. alone on its GPU.
+
+Why ``delta`` is scaled by the neighbour's busy share ``u_j`` (at most 1) while ``beta99`` is
+not: ``delta`` was measured on pairs whose two sides both ran closed loops, each side busy all
+the time (``u_j = 1``): there it is the error of the p99 fit. With no neighbour (``u_j = 0``)
+there is nothing to mispredict: the error is 0. Between those two measured points it is
+interpolated linearly, the same way the mean excess counts a neighbour for its busy share; the
+neighbour's fitted p99 excess itself is still counted in full (one bad event). That
+interpolation is an assumption, not a bound (at ``u_j = 1`` it is the measured margin, below it
+nothing was measured): ``gpusched bench usher`` replays every plan to check it. Before, the full
+``delta`` was added for any neighbour, so a neighbour busy 1% of the time cost 0.24 of slowdown
+budget on the H100 and every replica with a budget under 1.3 ran alone.
 """
 from __future__ import annotations
 
@@ -68,10 +80,11 @@ class Config:
     D: float
     E: float = 0.0          # per ms of a neighbour's longest kernel
     longest_ms: float = 0.0  # L: its own longest kernel
-    TA: float = 0.0         # p99 pairwise excess coefficients (beta99), the margin in TA
+    TA: float = 0.0         # p99 pairwise excess coefficients (beta99)
     TB: float = 0.0
     TD: float = 0.0
     TE: float = 0.0
+    TM: float = 0.0         # delta: the fit's out-of-sample margin (x the neighbour's busy share)
 
     @property
     def tau(self) -> float:
@@ -139,8 +152,9 @@ def interference_weights(gpu: str) -> tuple[float, ...]:
 def coefficients(w: tuple[float, ...], c: float, m: float, margin: float = 0.0,
                  latency_ms: float = 1.0) -> tuple[float, float, float, float]:
     """``A, B, D, E`` of a replica with demands ``c, m`` and solo latency ``l``: each clipped at
-    0, and the margin ``delta`` added to ``A`` (so it counts once per unit of a neighbour's busy
-    time). A fit without the blocking feature (the first version's seven weights) has ``E = 0``."""
+    0, and ``margin`` added to ``A`` (placement passes 0 and keeps the margin apart in
+    ``Config.TM``). A fit without the blocking feature (the first version's seven weights) has
+    ``E = 0``."""
     e = max(0.0, w[7]) / latency_ms if len(w) > 7 else 0.0
     return (max(0.0, w[0] - 1 + w[1] * c + w[3] * m) + margin, max(0.0, w[2] + w[5] * c),
             max(0.0, w[4] + w[6] * m), e)
@@ -155,7 +169,7 @@ def configs_for(i: int, ms: ModelSpec, gpu: GpuType, knobs: Knobs = DEFAULT) -> 
         if f > gpu.memory_mb * knobs.mem_frac:
             continue
         mean = coefficients(im.weights, p.compute_demand, p.memory_demand, 0.0, p.latency_ms)
-        tail = coefficients(im.weights_p99, p.compute_demand, p.memory_demand, im.margin,
+        tail = coefficients(im.weights_p99, p.compute_demand, p.memory_demand, 0.0,
                             p.latency_ms)
         for a in knobs.alphas:
             T = ms.slo_ms - knobs.queue_factor * p.latency_ms * a
@@ -167,7 +181,7 @@ def configs_for(i: int, ms: ModelSpec, gpu: GpuType, knobs: Knobs = DEFAULT) -> 
                 continue
             out.append(Config(i, gpu.name, b, a, p.latency_ms, p.compute_demand,
                               p.occupancy, p.memory_demand, f, T, lam_min, lam_max, *mean,
-                              longest_ms(p), *tail))
+                              longest_ms(p), *tail, im.margin))
     return out
 
 

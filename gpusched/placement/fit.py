@@ -10,12 +10,14 @@ For GPU totals ``U = sum u_j``, ``C = sum u_j c_j``, ``M = sum u_j m_j``, ``O = 
     for every replica r:  alpha_r <= a_r, where
         alpha_r = 1 + kappa (A_r (U - u_r) + B_r (C - u_r c_r) + D_r (M - u_r m_r)
                              + E_r (K - u_r L_r))
-                    + max_{j != r} (beta99_rj + delta - u_j beta_rj)^+
+                    + max_{j != r} (beta99_rj + min(1, u_j) delta - u_j beta_rj)^+
 
 (``estimate.py``: the mean excess of every neighbour plus one neighbour's tail; ``alpha_r <=
 a_r`` says its predicted p99 slowdown, with the out-of-sample margin ``delta``, stays within
 the budget its batching timeout was sized for, so its latency stays within its SLO; a replica
-with budget 1.0 must be alone).
+with budget 1.0 must be alone). ``delta`` was measured with the neighbour busy all the time, so
+it counts in full for such a neighbour and for the share ``u_j`` of it otherwise (why:
+``estimate.py``).
 """
 from __future__ import annotations
 
@@ -44,14 +46,19 @@ def beta(x: Replica, y: Replica) -> float:
 
 
 def beta99(x: Replica, y: Replica) -> float:
-    """p99 pairwise excess slowdown of ``x`` beside ``y`` busy all the time, with the margin."""
+    """p99 pairwise excess slowdown of ``x`` beside ``y`` busy all the time, with the margin
+    in full (what the margin was measured on)."""
     k, o = x.cfg, y.cfg
-    return k.TA + k.TB * o.compute + k.TD * o.memory + k.TE * o.longest_ms
+    return k.TA + k.TB * o.compute + k.TD * o.memory + k.TE * o.longest_ms + k.TM
 
 
 def tail_extra(x: Replica, y: Replica) -> float:
-    """What ``y`` adds to ``x``'s p99 slowdown as its worst neighbour, beyond its mean share."""
-    return max(0.0, beta99(x, y) - y.u * beta(x, y))
+    """What ``y`` adds to ``x``'s p99 slowdown as its worst neighbour, beyond its mean share:
+    its p99 excess, the margin for the share of time it is busy (``estimate.py``: why), less
+    the mean share already counted."""
+    k, o, u = x.cfg, y.cfg, y.u
+    return max(0.0, k.TA + k.TB * o.compute + k.TD * o.memory + k.TE * o.longest_ms
+               + min(1.0, u) * k.TM - u * beta(x, y))
 
 
 @dataclass
@@ -98,8 +105,10 @@ class GpuState:
         tail = 0.0
         for r in self.replicas:
             o = r.cfg
+            ur = r.rate * o.tau
             t = ((k.TA + k.TB * o.compute + k.TD * o.memory + k.TE * o.longest_ms)
-                 - r.rate * o.tau * (k.A + k.B * o.compute + k.D * o.memory + k.E * o.longest_ms))
+                 + min(1.0, ur) * k.TM
+                 - ur * (k.A + k.B * o.compute + k.D * o.memory + k.E * o.longest_ms))
             tail = max(tail, t)
         mine = 1.0 + self._excess(new, U, C, M, K) + tail
         if mine > k.alpha + 1e-9:
@@ -108,7 +117,7 @@ class GpuState:
         nc, nm, nl = k.compute, k.memory, k.longest_ms
         for r in self.replicas:
             o = r.cfg
-            t = ((o.TA + o.TB * nc + o.TD * nm + o.TE * nl)
+            t = ((o.TA + o.TB * nc + o.TD * nm + o.TE * nl) + min(1.0, u) * o.TM
                  - u * (o.A + o.B * nc + o.D * nm + o.E * nl))
             theirs = 1.0 + self._excess(r, U, C, M, K) + max(self.worst.get(id(r), 0.0), t, 0.0)
             if theirs > r.cfg.alpha + 1e-9:
