@@ -20,7 +20,10 @@ packing), without a solver.
      sizes inside each pool chosen together by dynamic programming (a multiple-choice
      knapsack over the pool's GPUs), waiting jobs inserted where a pool can still hold them,
      then jobs moved one by one to the pool where they, and the re-sized jobs of both pools,
-     gain most, while a move gains.
+     gain most, while a move gains. With a fleet budget it is priced in dollars
+     (``_relocate_priced``: each job's value less mu times its $/h, mu the budget row's
+     Lagrangian price by bisection) and inserts or moves a job only while every job at its
+     smallest size still fits the budget, so that shrinking jobs can always repair the plan.
 An earlier version set per-pool GPU prices by sub-gradient steps on the Lagrangian dual before
 packing; on every instance measured its dual never fell below its value at zero prices, so it
 packed at zero prices (a no-op, removed). How far a plan is from the optimum is measured
@@ -44,7 +47,7 @@ from geo.candidates import (
 )
 from geo.feasibility import within_budget
 from geo.options import job_options
-from geo.packing import grow, polish, relocate
+from geo.packing import RELOCATE_MAX_JOBS, grow, polish, relocate
 from geo.spec import Job
 
 log = logging.getLogger("geo.decomposed")
@@ -151,9 +154,7 @@ def solve_decomposed(model: Model, objective: str, *, jobs: list[Job] | None = N
     # local improvement of the plan kept: exact sizes per pool, jobs moved between pools
     waiting = [job.name for r, job in enumerate(jobs) if data[r] is not None
                and job.name not in placed and job.name not in multi]
-    within_fleet_budget(trial, placed, lambda: relocate(trial, objective, placed, jobs_by_name,
-                                                        options, waiting),
-                        jobs_by_name, options, objective)
+    trial, placed = _relocate_priced(trial, objective, placed, jobs_by_name, options, waiting)
     fleet.free, fleet.spend = trial.free, trial.spend
     waits: dict[str, tuple[int, str, int]] = {}
     multi_waits: dict[str, Candidate] = {}
@@ -299,6 +300,62 @@ def _round(jobs, data, adj, fleet: _Fleet, types, how: str):
                 placed[jobs[r].name] = (i, t, n, int(k))
                 break
     return placed, free, spend
+
+
+RELOCATE_PRICES = 8  # local improvements tried at most with a fleet budget (``_relocate_priced``)
+
+
+def _relocate_priced(fleet: _Fleet, objective: str, placed: dict, jobs: dict[str, Job],
+                     options: dict[str, JobOptions], waiting: list[str]):
+    """The local improvement (``relocate``) under the fleet budget, priced in dollars: each
+    job's value in a pool less mu times its $/h there, mu the Lagrangian price of the budget
+    row. At mu = 0 it trades GPUs only (what it does without a fleet budget); when that plan
+    spends more than the budget leaves, mu is found by bisection on the budget row (the
+    smallest mu at which the improved plan spends no more than is left). Every try is
+    repaired to the budget and kept only if it beats the plan before it
+    (``within_fleet_budget``); the best (priority served, then objective) is returned as
+    (fleet, placed)."""
+    def run(mu):
+        tr = _Fleet.__new__(_Fleet)
+        tr.__dict__.update(fleet.__dict__)
+        tr.free = {t: v.copy() for t, v in fleet.free.items()}
+        pl = dict(placed)
+        over = []  # $/h the improved plan spends beyond what is left, before the repair
+
+        def step():
+            old = sum(n * float(tr.price[t][i]) for i, t, n in pl.values())
+            relocate(tr, objective, pl, jobs, options, waiting, mu=mu)
+            new = sum(n * float(tr.price[t][i]) for i, t, n in pl.values())
+            over.append(0.0 if tr.budget is None else tr.spend - old + new - tr.budget)
+        within_fleet_budget(tr, pl, step, jobs, options, objective)
+        val = (sum(jobs[n].priority for n in pl), _value(tr, objective, pl, jobs, options))
+        return val, tr, pl, (over[0] if over else 0.0)
+
+    best = run(0.0)
+    if fleet.budget is None or objective != "throughput" or best[3] <= 0 or \
+            not 1 < len(placed) + len(waiting) <= RELOCATE_MAX_JOBS:
+        return best[1], best[2]
+    # the price's scale: throughput per $/h of the placed jobs (a job's value over its $/h)
+    rates = [_value(fleet, objective, {n: p}, jobs, options) / max(1e-9, p[2] * float(
+        fleet.price[p[1]][p[0]])) for n, p in placed.items()] or [1.0]
+    lo, hi = 0.0, float(np.median(rates))
+    tries = 1
+    while tries < RELOCATE_PRICES:
+        got = run(hi)
+        tries += 1
+        if got[0] > best[0]:
+            best = got
+        if got[3] <= 0:
+            break
+        lo, hi = hi, 2 * hi
+    while tries < RELOCATE_PRICES:
+        mid = (lo + hi) / 2
+        got = run(mid)
+        tries += 1
+        if got[0] > best[0]:
+            best = got
+        lo, hi = (mid, hi) if got[3] > 0 else (lo, mid)
+    return best[1], best[2]
 
 
 def within_fleet_budget(fleet: _Fleet, placed: dict, step, jobs: dict[str, Job],

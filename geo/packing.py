@@ -213,8 +213,9 @@ class _Pools:
     every job at one of its sizes (-inf when c cannot hold their minimums)."""
 
     def __init__(self, fleet: _Fleet, placed: dict, jobs: dict[str, Job],
-                 options: dict[str, JobOptions]):
+                 options: dict[str, JobOptions], mu: float = 0.0):
         self.fleet, self.placed, self.jobs, self.options = fleet, placed, jobs, options
+        self.mu = mu  # the price of a $/h of the fleet budget: values are v - mu * $/h
         self.members: dict[tuple[int, str], list[str]] = {}
         for name, (i, t, n) in placed.items():
             self.members.setdefault((i, t), []).append(name)
@@ -249,7 +250,8 @@ class _Pools:
                 vals = np.empty((len(sizes), len(fl.cap[t])))
                 for k, n in enumerate(sizes):
                     it, _, _, ok = _site_options(fl, job, t, n)
-                    vals[k] = np.where(ok, job.priority * (PLACED + 1 / it / ref), -np.inf)
+                    vals[k] = np.where(ok, job.priority * (PLACED + 1 / it / ref)
+                                       - self.mu * n * fl.price[t], -np.inf)
                 out[t] = (sizes, vals)
             self.tables[name] = out
         return self.tables[name]
@@ -268,7 +270,8 @@ class _Pools:
             job = self.jobs[name]
             it = _at(self.fleet, job, i, t, pn)[0]
             return [*got[0], pn], [*got[1], job.priority * (PLACED + 1 / it /
-                                                          self.options[name].ref_speed)]
+                                                          self.options[name].ref_speed)
+                                   - self.mu * pn * float(self.fleet.price[t][i])]
         return got
 
     def dp(self, key: tuple[int, str], names: list[str], track: bool = False):
@@ -348,6 +351,11 @@ class _Pools:
                 best = (float(gain[s]), (s, t))
         return best
 
+    def floor(self, name: str, key: tuple[int, str]) -> float:
+        """$/h of ``name``'s smallest size in pool ``key``: the least it can spend there."""
+        ns = self.items(name, *key)[0]
+        return min(ns) * float(self.fleet.price[key[1]][key[0]]) if ns else np.inf
+
     def move(self, name: str, to: tuple[int, str]) -> None:
         frm = None
         if name in self.placed:
@@ -361,7 +369,8 @@ class _Pools:
 
 
 def relocate(fleet: _Fleet, objective: str, placed: dict, jobs: dict[str, Job],
-             options: dict[str, JobOptions], waiting: list[str] = (), passes: int = 3) -> None:
+             options: dict[str, JobOptions], waiting: list[str] = (), passes: int = 3,
+             mu: float = 0.0) -> None:
     """Local improvement (throughput only): sizes exact per pool, and jobs moved between pools.
 
     Each pool's sizes are chosen together by dynamic programming over its GPUs (a
@@ -375,12 +384,22 @@ def relocate(fleet: _Fleet, objective: str, placed: dict, jobs: dict[str, Job],
     before the objective. Up to ``passes`` rounds, until no move gains."""
     if objective != "throughput" or not 1 < len(placed) + len(waiting) <= RELOCATE_MAX_JOBS:
         return  # one job (an arrival): grow has sized and placed it exactly already
-    pools = _Pools(fleet, placed, jobs, options)
+    pools = _Pools(fleet, placed, jobs, options, mu)
+    # with a fleet budget: $/h the plan spends at the least (every job at its smallest size
+    # where it is), kept within what is left, so that shrinking jobs can always repair it
+    left = None if fleet.budget is None else fleet.budget - (
+        fleet.spend - sum(n * float(fleet.price[t][i]) for i, t, n in placed.values()))
+    least = sum(pools.floor(q, (i, t)) for q, (i, t, _) in placed.items())
+
+    def affords(add: float) -> bool:
+        return left is None or within_budget(least, add, left)
+
     for key in list(pools.members):
         pools.refresh(key)
     for name in sorted(waiting, key=lambda n: -jobs[n].priority):
         mv = pools.best_move(name, None)
-        if mv is not None:
+        if mv is not None and affords(pools.floor(name, mv[1])):
+            least += pools.floor(name, mv[1])
             pools.move(name, mv[1])
     for _ in range(passes):
         moved = False
@@ -390,7 +409,9 @@ def relocate(fleet: _Fleet, objective: str, placed: dict, jobs: dict[str, Job],
             if mv is None:
                 continue
             gain = mv[0] + pools.without(name) - float(pools.best[(i, t)][pools.cap[(i, t)]])
-            if gain > 1e-9 * max(1.0, jobs[name].priority):
+            add = pools.floor(name, mv[1]) - pools.floor(name, (i, t))
+            if gain > 1e-9 * max(1.0, jobs[name].priority) and affords(add):
+                least += add
                 pools.move(name, mv[1])
                 moved = True
         if not moved:
