@@ -413,6 +413,32 @@ def test_tail_and_margin_enter_the_prediction():
     assert me.cfg.TE > 0 and nb.cfg.longest_ms > 0.5
 
 
+def test_check_agrees_with_what_add_then_predicts():
+    """``check`` writes the tail rule out for speed; it must refuse exactly the replicas whose
+    addition would put some replica of the GPU above its budget by ``add`` and ``alpha``."""
+    pool = [_rep("a", "resnet18", 1, 1.1, 0.05), _rep("b", "googlenet", 1, 1.1, 0.05),
+            _rep("c", "mobilenetv2", 8, 1.25, 0.15), _rep("d", "gpt2", 8, 1.5, 0.2),
+            _rep("e", "resnet50", 8, 2.0, 0.25), _rep("f", "densenet121", 8, 1.25, 0.1)]
+    seen = {True: 0, False: 0}
+    for n in range(len(pool)):
+        for base in itertools.combinations(pool, n):
+            g = GpuState(H100)
+            for r in base:
+                g.add(r)
+            for new in pool:
+                if new in base:
+                    continue
+                after = GpuState(H100)   # built afresh: ``worst`` is keyed by identity
+                for r in (*base, new):
+                    after.add(r)
+                slowdowns_ok = all(after.alpha(x) <= x.cfg.alpha + 1e-9 for x in after.replicas)
+                why = g.check(new)
+                if why is None or "slowed" in why:   # the caps are checked apart, above
+                    assert (why is None) == slowdowns_ok, (base, new.name, why)
+                    seen[slowdowns_ok] += 1
+    assert seen[True] > 5 and seen[False] > 5     # both answers were exercised
+
+
 def test_lightly_loaded_tight_budget_replicas_share_and_replay_within_prediction():
     """Two budget-1.1 replicas of lightly loaded models (5% busy each) share one GPU: the margin
     counts for the neighbour's busy share, not in full (which gave 1.3x, so each ran alone), and

@@ -47,7 +47,7 @@ def burst_rps(sc: Scenario, policy: str, n: int) -> float:
     return res["throughput_rps"]
 
 
-def plan(gpus, sigmas, seeds: int, jobs: int, rates: int, policies, costs: HostCosts | None,
+def plan(gpus, rates: int, policies, costs: HostCosts | None,
          engine: str = "fused", burst_jobs: int = 600, map_fn=map, progress=None) -> dict:
     """Lay the sweep out: per GPU the mix, the costs, the burst throughputs and the rate grid."""
     out = {}
@@ -57,10 +57,9 @@ def plan(gpus, sigmas, seeds: int, jobs: int, rates: int, policies, costs: HostC
         c = costs or default_costs(spec)
         probe = Scenario(gpu, mix, make_arrivals(mix, "lognormal:2", 1.0, burst_jobs, 0),
                          costs=c, caps=PAELLA_CAPS)
-        tasks = [((gpu,), probe, p) for p in policies]
         best = {}
-        for (_,), p, _r in map_fn(_burst_task, [(t, burst_jobs) for t in tasks]):
-            best[p] = _r
+        for p, rps in map_fn(_burst_task, [(probe, p, burst_jobs) for p in policies]):
+            best[p] = rps
             if progress:
                 progress()
         grid = rate_grid(best.values(), rates)
@@ -84,8 +83,8 @@ def rate_grid(bursts, rates: int) -> list[float]:
 
 
 def _burst_task(arg):
-    (key, sc, policy), n = arg
-    return key, policy, burst_rps(sc, policy, n)
+    sc, policy, n = arg
+    return policy, burst_rps(sc, policy, n)
 
 
 def run_fig11(gpus=("T4",), sigmas=(1.5, 2.0), seeds: int = 3, jobs: int = 3000,
@@ -117,12 +116,13 @@ def stop_pool(ex: ProcessPoolExecutor) -> None:
 
 
 def _run(ex, gpus, sigmas, seeds, jobs, rates, policies, costs, engine, progress, on_total):
-    n_extra = len(gpus) * len(sigmas) * seeds * 2 * len([p for p in policies
-                                                         if p in OURS + ("cuda-ms", "triton")])
+    n_extra = 0 if "cuda-ms" not in policies else (   # the ratio points (_ratios)
+        len(gpus) * len(sigmas) * seeds * 2 * len([p for p in policies
+                                                   if p in OURS + ("cuda-ms", "triton")]))
     if on_total:   # a GPU's grid may double once its bursts are known (rate_grid): counted then
         on_total(len(gpus) * len(policies) + len(gpus) * len(sigmas) * seeds * rates
                  * len(policies) + n_extra)
-    layout = plan(gpus, sigmas, seeds, jobs, rates, policies, costs, engine,
+    layout = plan(gpus, rates, policies, costs, engine,
                   map_fn=ex.map, progress=progress)
     if on_total:
         on_total(len(gpus) * len(policies) + n_extra + sum(

@@ -4,7 +4,7 @@ from __future__ import annotations
 import json
 
 from gpusched.cli import choices
-from gpusched.cli.common import UsageError
+from gpusched.cli.common import UsageError, check_output_dir
 
 FIG11_POLICIES = ("cuda-ss", "cuda-ms", "mps", "triton", "paella", "srpt", "slo-srpt")
 
@@ -103,10 +103,8 @@ def run_fig11_cmd(args) -> int:
     if args.quick:
         sigmas, seeds, jobs, rates = (2.0,), 1, 600, 8
     costs = _costs(args, gpus[0])
-    try:
-        os.makedirs(args.out, exist_ok=True)
-    except OSError as e:
-        raise UsageError(f"--out {args.out}: {e.strerror}: pick a folder you can write") from None
+    check_output_dir(args.out, "--out")   # before the run, not after minutes of it
+    os.makedirs(args.out, exist_ok=True)
     from gpusched.cli.interrupt import note
     note("simulating Fig. 11's points", f"nothing was written to {args.out}: fig11.json and "
          "the plots are written when every point has run")

@@ -68,10 +68,8 @@ def run(args) -> int:
     from gpusched.cluster.ops import ClusterError
     if args.cluster_cmd is None:
         raise ClusterError("say what to do: gpusched cluster up|status|down (see --help)")
-    try:
-        return {"up": _up, "status": _status, "down": _down}[args.cluster_cmd](args)
-    except ClusterError as e:
-        raise ValueError(str(e)) from None
+    # a ClusterError is a ValueError: the CLI prints it as one line, exit 2
+    return {"up": _up, "status": _status, "down": _down}[args.cluster_cmd](args)
 
 
 def _keys(args) -> tuple[str, str]:

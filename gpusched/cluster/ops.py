@@ -83,16 +83,17 @@ def connect(address: str | None):
     explicit = bool(address)
     if not address and not ray.is_initialized():
         address = read_cluster_file().get("ray_address")
+    # HOST:PORT of a GCS (not "auto", not a Ray client URL): one this module can probe
+    direct = bool(address) and address != "auto" and not address.startswith("ray://")
     # an address the user named is checked even when this process is already connected
     # (to another cluster, say): a wrong --address must never quietly use some other cluster
-    if address and address != "auto" and not address.startswith("ray://") and \
-            not _reachable(address):
+    if direct and not _reachable(address):
         raise ClusterError(f"no Ray cluster answers at {address}: start one ('ray start "
                            "--head', or 'gpusched cluster up' without --address) or pass its "
                            "address")
     if ray.is_initialized():
         current = ray.get_runtime_context().gcs_address
-        if explicit and address not in ("auto", current) and not address.startswith("ray://"):
+        if explicit and direct and address != current:
             raise ClusterError(f"this process is already connected to the Ray cluster at "
                                f"{current}, not {address}: run the command in a new process")
         return ray

@@ -90,6 +90,5 @@ def capacity_per_gpu(gpu: str, services) -> float:
     """Jobs/s one GPU sustains for the mix at most: the inverse of the mean job's GPU-seconds
     (each kernel's duration times the share of the GPU it occupies; a fluid GPU that never
     idles). Loads are laid out against it, as in the other benchmarks."""
-    from gpusched.experiments.mixes import MixModel
     from gpusched.experiments.runner import capacity_rps
-    return capacity_rps(gpu, [MixModel(s.name, s.share, s.kernels) for s in services])
+    return capacity_rps(gpu, services)   # it reads name, share and kernels, as a Service has

@@ -145,18 +145,13 @@ def interference_model(gpu: str) -> InterferenceModel:
     return InterferenceModel(w, w, 0.0, source, False)
 
 
-def interference_weights(gpu: str) -> tuple[float, ...]:
-    return interference_model(gpu).weights
-
-
-def coefficients(w: tuple[float, ...], c: float, m: float, margin: float = 0.0,
+def coefficients(w: tuple[float, ...], c: float, m: float,
                  latency_ms: float = 1.0) -> tuple[float, float, float, float]:
-    """``A, B, D, E`` of a replica with demands ``c, m`` and solo latency ``l``: each clipped at
-    0, and ``margin`` added to ``A`` (placement passes 0 and keeps the margin apart in
-    ``Config.TM``). A fit without the blocking feature (the first version's seven weights) has
-    ``E = 0``."""
+    """``A, B, D, E`` of a replica with demands ``c, m`` and solo latency ``l``, each clipped at
+    0 (the tail margin is kept apart, in ``Config.TM``). A fit without the blocking feature
+    (the first version's seven weights) has ``E = 0``."""
     e = max(0.0, w[7]) / latency_ms if len(w) > 7 else 0.0
-    return (max(0.0, w[0] - 1 + w[1] * c + w[3] * m) + margin, max(0.0, w[2] + w[5] * c),
+    return (max(0.0, w[0] - 1 + w[1] * c + w[3] * m), max(0.0, w[2] + w[5] * c),
             max(0.0, w[4] + w[6] * m), e)
 
 
@@ -168,9 +163,8 @@ def configs_for(i: int, ms: ModelSpec, gpu: GpuType, knobs: Knobs = DEFAULT) -> 
         f = p.footprint_mb + knobs.context_mb
         if f > gpu.memory_mb * knobs.mem_frac:
             continue
-        mean = coefficients(im.weights, p.compute_demand, p.memory_demand, 0.0, p.latency_ms)
-        tail = coefficients(im.weights_p99, p.compute_demand, p.memory_demand, 0.0,
-                            p.latency_ms)
+        mean = coefficients(im.weights, p.compute_demand, p.memory_demand, p.latency_ms)
+        tail = coefficients(im.weights_p99, p.compute_demand, p.memory_demand, p.latency_ms)
         for a in knobs.alphas:
             T = ms.slo_ms - knobs.queue_factor * p.latency_ms * a
             if T < 0 or (b > 1 and T <= 0):

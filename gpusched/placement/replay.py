@@ -120,11 +120,15 @@ def _simulate_gpu(args, report=None) -> dict[str, list[float]]:
     return out
 
 
+def _policy(plan: Plan, policy: str | None) -> str:
+    return policy or plan.notes.get("replay_policy", "slo")
+
+
 def tasks_of(plan: Plan, models: tuple[ModelSpec, ...], horizon_s: float = 2.0, seed: int = 0,
              policy: str | None = None) -> list[tuple]:
     """One simulation task per GPU of ``plan`` that has requests (``_simulate_gpu``'s input).
     ``policy``: the plan's own (``notes["replay_policy"]``: a time-shared baseline) or ``slo``."""
-    policy = policy or plan.notes.get("replay_policy", "slo")
+    policy = _policy(plan, policy)
     by_name = {m.name: (i, m) for i, m in enumerate(models)}
     placed: dict[str, list[tuple[int, object]]] = {}
     for gi, g in enumerate(plan.gpus):
@@ -175,7 +179,7 @@ def replay_many(jobs: list[tuple], workers: int | None = None, progress=None,
     tasks, owner, policies = [], [], []
     for n, (plan, models, horizon_s, seed, policy) in enumerate(jobs):
         ts = tasks_of(plan, models, horizon_s, seed, policy)
-        policies.append(policy or plan.notes.get("replay_policy", "slo"))
+        policies.append(_policy(plan, policy))
         tasks.extend(ts)
         owner.extend([n] * len(ts))
     order = sorted(range(len(tasks)), key=lambda t: -sum(len(r[5]) for r in tasks[t][2]))
@@ -194,7 +198,9 @@ def replay_many(jobs: list[tuple], workers: int | None = None, progress=None,
                 _drain(q, progress)
                 for f in done:
                     _merge(lat[owner[futs[f]]], f.result())
-            _drain(q, progress)
+        # after shutdown: a worker's queue is flushed before it exits, while its result may
+        # have come back over the pool's pipe before its last report
+        _drain(q, progress)
     else:
         for t in order:
             _merge(lat[owner[t]], _simulate_gpu(tasks[t], progress))
