@@ -121,7 +121,8 @@ class AsyncClient:
                     frames = await asyncio.wait_for(asyncio.shield(recv),
                                                     min(self.timeout, PROBE_AFTER_S))
                 except TimeoutError:
-                    why = unreachable(self.endpoint)   # no daemon at all: say so now
+                    # no daemon at all: say so now (its TCP probe blocks: off the event loop)
+                    why = await asyncio.to_thread(unreachable, self.endpoint)
                     if why is not None:
                         raise self._s.no_daemon(why) from None
                     frames = await asyncio.wait_for(

@@ -16,7 +16,7 @@ returns without making it by an op (a buffer, a constant) is shipped once as a w
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from client_lib.structure import StructureError, flatten, signature
 from scheduler_daemon.wire.graph import C, D, Graph, K, L, OpNode, S, V, WeightSpec
@@ -45,8 +45,6 @@ class Captured:
     out_spec: object
     out_refs: list
     signature: tuple
-    n_inputs: int = 0
-    weight_names: list = field(default_factory=list)
 
 
 def capture(module, example_inputs) -> tuple[Graph, list]:
@@ -176,5 +174,4 @@ def trace(module, args=(), kwargs=None) -> Captured:
     log.debug("capture: %d ops, %d weights, %d inputs, %d outputs", len(ops), n_w, n_in,
              len(outputs))
     return Captured(graph=g, weights=weights, weight_keys=wkeys, in_spec=in_spec,
-                    out_spec=out_spec, out_refs=out_refs, signature=signature(in_spec, inputs),
-                    n_inputs=n_in, weight_names=[w.name for w in wspecs])
+                    out_spec=out_spec, out_refs=out_refs, signature=signature(in_spec, inputs))

@@ -81,9 +81,11 @@ def generate(client, model, input_ids, max_new_tokens: int = 16, attention_mask=
     done = torch.zeros(input_ids.shape[0], dtype=torch.bool)
     sess = None
     if client is not None:
-        with client.intercept():   # the session, checked against the daemon once
-            sess = client._eager
+        with client.intercept() as sess:   # the session, checked against the daemon once
+            pass
     old_batch = sess.batch if sess is not None else 0
+    if sess is not None:
+        sess.batch = STEP_BATCH   # the finally below puts the caller's back
     try:
         for step in range(max_new_tokens):
             slo = ttft_slo_ms if step == 0 else tpot_slo_ms
@@ -131,7 +133,6 @@ def _step(client, sess, model, cached, step, slo, priority, cur, past, mask, seq
     if client is None:
         with torch.no_grad():
             return forward()
-    sess.batch = STEP_BATCH
     with client.intercept(slo_ms=slo, priority=priority):
         if step == 0:
             sess.gen_start = True

@@ -67,13 +67,10 @@ class ModelHandle:
     arrays; ``handle.build(future, result)`` makes the model's structure of them).
     ``slo_ms``, ``priority`` and ``timeout`` are the handle's own keywords."""
 
-    def __init__(self, client, name: str, captured: Captured | int, slo_ms: float = 0.0,
+    def __init__(self, client, name: str, captured: Captured, slo_ms: float = 0.0,
                  module=None, max_shapes: int = MAX_SHAPES):
         self.client, self.name, self.slo_ms = client, name, slo_ms
         self.module, self.max_shapes = module, max_shapes
-        if isinstance(captured, int):     # an op count only (kept for older callers)
-            self.n_ops, self._variants, self._base_keys = captured, {}, {}
-            return
         self.n_ops = len(captured.graph.ops)
         self._variants = {captured.signature: _Variant(name, captured)}
         self._base_keys = {k: i for i, k in enumerate(captured.weight_keys)}
@@ -85,8 +82,6 @@ class ModelHandle:
 
     def _variant(self, args, kwargs):
         tensors, spec = flatten((tuple(args), dict(kwargs)))
-        if not self._variants:             # no capture known: send the tensors as they are
-            return None, tensors
         sig = signature(spec, tensors)
         v = self._variants.get(sig)
         if v is None:
@@ -94,7 +89,6 @@ class ModelHandle:
         return v, tensors
 
     def _capture(self, args, kwargs, sig) -> _Variant:
-        from client_lib.models import graph_frames
         if self.module is None or len(self._variants) >= self.max_shapes:
             why = (f"it holds {len(self._variants)} signatures already (max_shapes="
                    f"{self.max_shapes})" if self.module is not None
@@ -117,7 +111,7 @@ class ModelHandle:
 
     def submit(self, *args, slo_ms: float | None = None, priority: int = 0, **kwargs):
         v, tensors = self._variant(args, kwargs)
-        fut = self.client.submit(self.name if v is None else v.name, tensors,
+        fut = self.client.submit(v.name, tensors,
                                  self.slo_ms if slo_ms is None else slo_ms, priority)
         fut.gs_build = (v, tensors)
         return fut
@@ -144,7 +138,3 @@ def to_torch_list(outputs: list) -> list:
     import torch
     return [torch.from_numpy(o.copy()) for o in outputs]
 
-
-def to_torch(outputs: list):
-    ts = to_torch_list(outputs)
-    return ts[0] if len(ts) == 1 else tuple(ts)

@@ -146,10 +146,12 @@ class ClientSession:
         if p is not None:
             _settle(p, None, exc)
 
-    def fail_all(self, exc: Exception) -> int:
+    def fail_all(self, exc) -> int:
+        """Fail every pending request with ``exc``, or with ``exc(pending)`` when it is a
+        function (each its own message); how many had a waiter."""
         pending, self.pending = self.pending, {}
         for p in pending.values():
-            _settle(p, None, exc)
+            _settle(p, None, exc(p) if callable(exc) else exc)
         return sum(p.future is not None for p in pending.values())
 
     # -- replies ----------------------------------------------------------------------------
@@ -226,11 +228,8 @@ class ClientSession:
         if self.pending and now - self.last_heard > self.timeout:
             silent = now - (self.last_answer if self.last_answer is not None else
                             self.last_heard)
-            pending, self.pending = self.pending, {}
-            n = 0
-            for p in pending.values():   # each says how long it waited itself
-                n += p.future is not None
-                _settle(p, None, DaemonUnavailable(self.silence(now, p.t0)))
+            # each says how long it waited itself
+            n = self.fail_all(lambda p: DaemonUnavailable(self.silence(now, p.t0)))
             # only replays pending: the daemon is still away, say it quietly
             (log.warning if n else log.debug)(
                 "client: daemon at %s silent for %.1fs; failed %d pending request(s), "

@@ -310,11 +310,11 @@ class Eager:
         self.h, self.peer, self.seq, self.rid = h, peer, 0, 0
         h.hello(peer, tenant)
 
-    def ops(self, *ops, uploads=(), frames=(), free=()):
+    def ops(self, *ops, uploads=(), frames=(), free=(), free_at=()):
         self.seq += 1
         return self.h.send(self.peer, P.EagerOps(seq=self.seq, ops=list(ops),
-                                                 uploads=list(uploads), free=list(free)),
-                           *frames)
+                                                 uploads=list(uploads), free=list(free),
+                                                 free_at=list(free_at)), *frames)
 
     def upload(self, hid: int, arr=None, layout=None, data=b""):
         if arr is not None:
@@ -398,6 +398,34 @@ def test_6_quotas_hold_per_tenant_per_op_per_storage():
         a.upload(4, np.ones(100_000, np.float32))              # 400 KB, nonzero -> 800 KB
         m, _ = a.sync(op=EagerOp("aten::nonzero.default", [H(4)], {}, []), first_out=50)
         assert m.code == "TOO_LARGE" and "nonzero" in m.message
+    finally:
+        h.close()
+
+
+def test_6k_free_at_releases_a_handle_before_the_op_that_needs_its_room():
+    """``free_at``: a handle freed before op ``i`` of its batch gives its bytes back before
+    that op allocates; without it the same batch passes the quota (the handle is freed only
+    after the batch). Mismatched lengths are refused as bad input."""
+    import numpy as np
+    h = _torch_harness(max_tenant_bytes=MiB)
+    try:
+        a = Eager(h, b"a", "a")
+        big = EagerOp("aten::zeros.default", [EL([C(150_000)])], {}, [2])    # 600 KB
+        a.upload(1, np.zeros(150_000, np.float32))                           # 600 KB held
+        a.ops(big, free=[1], free_at=[0])
+        m, _ = a.sync()
+        assert not hasattr(m, "code"), m
+        assert 590_000 <= a.held() <= 610_000          # handle 2 only
+        a.ops(free=[2])
+        a.sync()
+        a.upload(1, np.zeros(150_000, np.float32))
+        a.ops(big, free=[1])                           # freed after the batch: too late
+        m, _ = a.sync()
+        assert m.code == "TOO_LARGE" and "aten::zeros" in m.message
+        b = Eager(h, b"b", "b")
+        b.ops(big, free=[7, 8], free_at=[0])
+        m, _ = b.sync()
+        assert m.code == "BAD_INPUT" and "2 handles to free but 1 positions" in m.message
     finally:
         h.close()
 

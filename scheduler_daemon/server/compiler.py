@@ -49,8 +49,13 @@ class Compiler:
             self._pending[id(tag)] = tag
         if self._inline:
             self._finish(tag, model, arch)
-        else:
+            return
+        try:
             self._pool.submit(self._finish, tag, model, arch)
+        except BaseException:   # (a pool already shut down) nothing is out: forget it
+            with self._lock:
+                self._pending.pop(id(tag), None)
+            raise
 
     def _finish(self, tag, model, arch) -> None:
         try:
@@ -71,12 +76,16 @@ class Compiler:
         return self._wake_r
 
     def take_done(self) -> list[Done]:
-        if self._wake_r is not None:
-            try:
-                os.read(self._wake_r, 4096)
-            except BlockingIOError:
-                pass
-        with self._lock:
+        # every loop pass comes here: nothing to do unless a compile is out (only this thread
+        # submits, so the unlocked look is safe)
+        if not self._pending:
+            return []
+        with self._lock:   # the wake byte is read under the lock _finish writes it under, so
+            if self._wake_r is not None:   # none is left behind to spin the loop
+                try:
+                    os.read(self._wake_r, 4096)
+                except BlockingIOError:
+                    pass
             out, self._done = self._done, []
             for tag, _, _ in out:
                 self._pending.pop(id(tag), None)

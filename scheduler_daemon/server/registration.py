@@ -62,7 +62,7 @@ def register_graph(server, s: Session, msg: P.RegisterGraph, raw: list) -> None:
     try:
         kernels = server.device.load_graph((s.tenant.name, msg.model), msg.graph,
                                            list(zip(msg.weights, bufs)), s.tenant.ledger,
-                                           **({"shared": shared} if shared else {}))
+                                           shared=shared)
     except (ValueError, TypeError, msgspec.ValidationError, msgspec.DecodeError) as e:
         raise ProtocolError(Code.BAD_MODEL, f"model {msg.model!r}: {e}") from None
     _check_kernel_count(server, msg.model, len(kernels), "ops")
@@ -80,8 +80,8 @@ def register_cuda(server, s: Session, msg: P.RegisterCuda, raw: list) -> None:
     if s.tenant.compiling:
         raise ProtocolError(Code.LIMIT, f"tenant {s.tenant.name!r} has a CUDA compile running: "
                             "wait for its answer before registering the next CUDA model")
-    s.tenant.compiling = True
     server.compiler.submit((s, msg), msg.cuda, server.device.compile_target())
+    s.tenant.compiling = True   # after submit: a submit that raises must not lock the tenant out
 
 
 def cuda_compiled(server, tag: tuple, compiled, error: BaseException | None) -> None:

@@ -328,18 +328,18 @@ class Server:
                                     f"jobs, models, intercepted tensors); {nbytes} more would "
                                     f"pass the limit of {lim.max_tenant_bytes}: wait for jobs "
                                     "to finish")
-        # -- issue 18: device memory quota. Where the device allocates per job (the cuda
-        # backend: every buffer, at submit), what it holds is counted against the tenant's
-        # quota in place of the input bytes (which it includes), from submit to the answer.
+        # Device memory quota: where the device allocates per job (the cuda backend: every
+        # buffer, at submit), what it holds is counted against the tenant's quota in place of
+        # the input bytes (which it includes), from submit to the answer.
         dev_bytes = self.device.job_device_bytes(model)
         if dev_bytes > nbytes:
-            if tenant.bytes_held + dev_bytes > lim.max_tenant_bytes:
+            if dev_bytes > tenant.ledger.room():
                 raise ProtocolError(Code.LIMIT, f"tenant {tenant.name!r} holds "
-                                    f"{tenant.bytes_held} bytes in unfinished jobs; this job's "
-                                    f"{dev_bytes} bytes of device memory would pass the limit "
-                                    f"of {lim.max_tenant_bytes}: wait for jobs to finish")
+                                    f"{tenant.bytes_held} bytes (unfinished jobs, models, "
+                                    f"intercepted tensors); this job's {dev_bytes} bytes of "
+                                    f"device memory would pass the limit of "
+                                    f"{lim.max_tenant_bytes}: wait for jobs to finish")
             nbytes = dev_bytes
-        # -- end issue 18
         now = self.env.now
         job = Job(self.new_job_id(), tenant.name, model, msg.slo_ms, now, msg.priority, payload,
                   (s, msg.req_id))

@@ -48,7 +48,7 @@ SYNC_NAMES = frozenset({"_local_scalar_dense", "is_nonzero", "equal", "item"})
 
 
 def refusal(namespace: str, name: str, arg_types: list[str], arg_names: list[str],
-            return_types: list[str], tags: set[str]) -> str | None:
+            return_types: list[str]) -> str | None:
     """Why the operator ``namespace::name`` is refused, or None (see the module docstring)."""
     if namespace != "aten":
         return f"namespace {namespace!r}: the daemon runs aten operators only"
@@ -104,7 +104,7 @@ class Facts:
 
     def refusal(self) -> str | None:
         return refusal(self.namespace, self.name, self.arg_types, self.arg_names,
-                       self.return_types, self.tags)
+                       self.return_types)
 
     @property
     def seeded(self) -> bool:
