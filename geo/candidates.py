@@ -101,6 +101,11 @@ def gpu_sizes(job: Job, cap: int, per_site_div: int = 1) -> list[int]:
     hi = min(job.max_gpus // per_site_div, cap)
     if hi < lo or hi <= 0:
         return []
+    return ladder(lo, hi)
+
+
+def ladder(lo: int, hi: int) -> list[int]:
+    """``lo``, ``hi`` and the powers of two between, at most 4 (``lo <= hi``)."""
     sizes = {lo, hi}
     p = 1
     while p < hi:
@@ -247,17 +252,8 @@ def group_sizes(job: Job, caps: list[int], prices: list[float]) -> list[tuple[in
     lo, hi = max(job.min_gpus, k), min(job.max_gpus, sum(caps))
     if hi < lo:
         return []
-    totals = {lo, hi}
-    p = 1
-    while p < hi:
-        if p > lo:
-            totals.add(p)
-        p *= 2
-    ts = sorted(totals)
-    if len(ts) > 4:
-        ts = [ts[0], ts[len(ts) // 3], ts[2 * len(ts) // 3], ts[-1]]
     out = []
-    for t in ts:
+    for t in ladder(lo, hi):
         a = fill(t, caps, prices, level(t, caps))
         if a is not None and a not in out:
             out.append(a)

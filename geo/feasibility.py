@@ -95,30 +95,6 @@ def may_run(job: Job, c: Candidate, budget: float | None = None) -> bool:
     return not job_violations(job, c, budget)
 
 
-def plan_violations(model: Model, running: dict[str, Candidate],
-                    jobs: dict[str, Job] | None = None) -> list[Violation]:
-    """Every break of the rule by the jobs of ``running`` (job -> its candidate now): each
-    job's own rows, then capacity per pool and the fleet budget."""
-    jobs = jobs if jobs is not None else {j.name: j for j in model.spec.jobs}
-    B = fleet_budget(model)
-    out: list[Violation] = []
-    use: dict[tuple[str, str], int] = {}
-    spend = 0.0
-    for name, c in running.items():
-        out += job_violations(jobs[name], c, B)
-        for s, n in c.alloc:
-            use[(s, c.gpu_type)] = use.get((s, c.gpu_type), 0) + n
-        spend += c.cost_per_hour
-    for (s, g), n in sorted(use.items()):
-        if n > model.capacity(s, g):
-            out.append(Violation("", "capacity", f"{n} {g} GPUs in use at {s}, which has "
-                                 f"{model.capacity(s, g)}"))
-    if not within_budget(spend, 0.0, B):
-        out.append(Violation("", "fleet-budget", f"${spend:,.2f}/h running, above the fleet's "
-                             f"budget_usd_per_hour {B:g}"))
-    return out
-
-
 def trim_to_budget(model: Model, chosen: dict[str, Candidate], priority: dict[str, float],
                    keep: set[str] = frozenset()) -> dict[str, Candidate]:
     """The fleet row as a last word: while the jobs of ``chosen`` cost more per hour than B,

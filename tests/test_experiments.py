@@ -363,6 +363,7 @@ def test_fig11_end_to_end_small():
     (case,) = res["cases"]
     assert {"gpu", "sigma", "seeds", "knee_rps", "slo99_rps", "p99_ratio_at_80pct"} <= set(case)
     assert set(case["knee_rps"]) == {"cuda-ms", "srpt"}
+    assert case["knee_rps"]["cuda-ms"] > 0 and case["knee_rps"]["srpt"] > 0
     rates = case["rates_rps"]
     assert rates == sorted(rates) and rates[-1] == pytest.approx(15 * rates[0])
     for rows in case["curves"].values():

@@ -157,6 +157,5 @@ def test_refit_of_every_plan_passes_the_rule_on_a_held_out_list():
         for g in plan.gpus:
             fresh = GpuState(g.type, g.knobs)
             for r in g.replicas:
-                if method == "heuristic":
-                    assert fresh.check(r) is None, (method, r.name)
+                assert fresh.check(r) is None, (method, r.name)
                 fresh.add(r)
