@@ -20,7 +20,9 @@ def overhead(r: dict) -> str:
             ("daemon round trip, 1-kernel job, zero-duration device", f"{r['daemon_rtt_us']:.1f} us", ""),
             ("ratio daemon / raw ZeroMQ", f"{r['rtt_ratio']:.2f}x", "<= 1.5x"),
             ("same through `client_lib.Client.run`", f"{r['client_rtt_us']:.1f} us ({r['client_rtt_ratio']:.2f}x)", ""),
-            ("sustained jobs/s, 4 client processes", f"{r['jobs_per_s']:.0f}", "")]
+            ("sustained jobs/s, 4 client processes", f"{r['jobs_per_s']:.0f}", ""),
+            ("daemon cost per kernel (notice, decision, launch)",
+             f"{r['kernel_overhead_us']:.1f} us", "")]
     rows += [(f"decision time, {int(n):,} queued jobs", f"{v:.2f} us", "<= 10 us" if n == "10000" else "")
              for n, v in r["decision_us"].items()]
     out = ["| measure | value | target |", "|---|---:|---:|"]
