@@ -29,7 +29,6 @@ cdef class Environment:
     cpdef Timer rearm(self, Timer timer, double at)
     @cython.locals(heap=list, timer=Timer)
     cpdef double peek(self) except? -1.0
-    cpdef Timer _pop_due(self)
     @cython.locals(timer=Timer)
     cpdef bint step(self) except -1
     @cython.locals(end=double)

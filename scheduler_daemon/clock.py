@@ -140,11 +140,6 @@ class Environment:
             _timer_pop(heap)
         return INF
 
-    def _pop_due(self) -> Timer | None:
-        if self.peek() == INF:
-            return None
-        return _timer_pop(self._heap)
-
     def step(self) -> bool:
         """Advance to the next event and run it. Returns False when none is left."""
         if self.peek() == INF:    # (peek drops cancelled timers from the top)

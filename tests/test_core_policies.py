@@ -627,6 +627,37 @@ def test_fair_queue_lazy_deletion_len(ops, threshold):
                  strict_order="key" if threshold >= 1e9 else None)
 
 
+def test_fair_queue_a_type_whose_queue_empties_starts_again_from_zero():
+    """Paella's deficits are reset when a type's queue empties (by pop or discard): credit
+    earned for jobs that are gone must not put a later job of that type first."""
+    core = make_core(Fifo())
+    ma, mb = model(core, "a", [1.0]), model(core, "b", [1.0])
+
+    def j(name, m, prio):
+        x = job(name, m)
+        x.priority = prio
+        return x
+
+    q = FairQueue(_key, 2.0)
+    a = j("a0", ma, 5)
+    q.push(a, 0.0)
+    for i in range(4):
+        q.push(j(f"b{i}", mb, 0), 0.0)
+    for _ in range(3):                  # b goes first (shorter); a earns 0.5 a dispatch
+        assert q.pop().model is mb
+    assert q.deficit[ma.type_id] == pytest.approx(1.5)
+    q.discard(a)                        # a's queue empties: its credit goes with its job
+    a.state = JobState.CANCELLED
+    assert q.deficit[ma.type_id] == 0.0
+    q.push(j("a1", ma, 5), 0.0)
+    q.push(j("b9", mb, 0), 0.0)
+    assert q.pop().model is mb          # a: 0 -> 0.5 (with its old 1.5 it would reach 2.0)
+    assert q.pop().model is mb          # ... and be served here, ahead of the shorter b
+    assert q.pop().model is ma
+    assert q.deficit[ma.type_id] == 0.0   # emptied by a pop: reset too
+    assert q.pop() is None
+
+
 def test_heap_queue_repush_of_queued_job_keeps_len():
     q = HeapQueue(_key)
     core = make_core(Fifo())

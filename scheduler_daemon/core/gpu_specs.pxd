@@ -2,6 +2,3 @@
 # tools/build_sim.py). Resources is a C struct of four counters when compiled.
 cdef class Resources:
     cdef readonly long long threads, blocks, regs, smem
-    cpdef bint fits_with(self, Resources used, Resources cap)
-    cpdef Resources plus(self, Resources o)
-    cpdef Resources minus(self, Resources o)

@@ -88,19 +88,6 @@ class Resources:
     def __reduce__(self):
         return (Resources, self._tuple())
 
-    def fits_with(self, used: "Resources", cap: "Resources") -> bool:
-        return (used.threads + self.threads <= cap.threads
-                and used.blocks + self.blocks <= cap.blocks
-                and used.regs + self.regs <= cap.regs and used.smem + self.smem <= cap.smem)
-
-    def plus(self, o: "Resources") -> "Resources":
-        return Resources(self.threads + o.threads, self.blocks + o.blocks, self.regs + o.regs,
-                         self.smem + o.smem)
-
-    def minus(self, o: "Resources") -> "Resources":
-        return Resources(self.threads - o.threads, self.blocks - o.blocks, self.regs - o.regs,
-                         self.smem - o.smem)
-
     def share_of(self, cap: "Resources") -> float:
         """Largest fraction of any capacity dimension this demand takes (1.0 = the whole GPU)."""
         return max(self.threads / cap.threads, self.blocks / cap.blocks, self.regs / cap.regs,
