@@ -71,3 +71,37 @@ def test_unknown_fields_and_bad_types_are_refused():
 def test_capture_rejects_non_tensor_inputs():
     with pytest.raises(CaptureError):
         capture(torch.nn.Identity(), ["not a tensor"])
+
+
+def test_guard_costs_are_kept_per_op_except_downstream_of_data_dependent_shapes():
+    """A graph's op costs are computed once (shapes are fixed per graph), except for ops whose
+    argument shapes come from data (after ``nonzero``): those are costed per request, so a
+    request whose data makes them bigger is still refused before they run."""
+    from scheduler_daemon.devices.op_guard import OpGuard, TooLarge
+
+    class M(torch.nn.Module):
+        def forward(self, x):
+            return torch.nonzero(x).repeat(1, 1000) * 2, x * 3
+
+    x_small = torch.zeros(64)
+    x_small[3] = 1.0
+    loaded = _through_wire(M().eval(), [x_small])
+    guard = OpGuard()
+
+    def run(x, limit):
+        env = loaded.start([x])
+        with torch.no_grad():
+            for i in range(len(loaded.fns)):
+                loaded.run_op(i, env, guard, limit)
+        return [env[o] for o in loaded.graph.outputs]
+
+    limit = 200_000   # 1 row x 1000 x int64 = 8 kB fits; 64 rows = 512 kB do not
+    out = run(x_small, limit)
+    assert out[0].shape == (1, 1000) and torch.equal(out[1], x_small * 3)
+    cached = [c is not None for c in loaded._costs]
+    names = [n.op for n in loaded.graph.ops]
+    # the ops fed by nonzero's output are never cached; the independent mul is
+    assert not any(c for c, n in zip(cached, names) if "repeat" in n or "nonzero" in n)
+    assert any(c for c, n in zip(cached, names) if n == "aten::mul.Tensor")
+    with pytest.raises(TooLarge, match="repeat"):
+        run(torch.ones(64), limit)

@@ -283,6 +283,25 @@ def test_baseline_policies_are_refused_where_a_jobs_kernels_cannot_overlap():
         Harness(device=Sequential(gpu_spec("T4")), policy="cuda-ms")
 
 
+def test_quantum_is_the_devices_default_and_refused_where_kernels_go_one_at_a_time():
+    with pytest.raises(ConfigError, match="one kernel at a time.*--backend torch"):
+        Harness(quantum_us=500.0)                 # the simulated GPU: Paella's per-kernel rule
+    assert Harness(quantum_us=0.0).server.core.quantum_s == 0.0
+    assert Harness().server.core.quantum_s == 0.0
+    pytest.importorskip("torch")
+    from scheduler_daemon.devices.torch_device import TorchDevice
+    h = Harness(device=TorchDevice(gpu_spec("T4"), "cpu"))
+    try:
+        assert h.server.core.quantum_s == pytest.approx(1e-3) and h.server.core.stoppable
+    finally:
+        h.close()
+    h = Harness(device=TorchDevice(gpu_spec("T4"), "cpu"), quantum_us=250.0)
+    try:
+        assert h.server.core.quantum_s == pytest.approx(250e-6)
+    finally:
+        h.close()
+
+
 def test_graph_and_eager_requests_on_the_simulated_gpu_name_the_backend_to_use():
     h = Harness()
     h.hello(b"a", "a")
@@ -324,5 +343,35 @@ def test_torch_backend_in_process_outputs_match_local_and_a_failing_kernel_fails
         m = h.call(b"a", P.Register(req_id=3, model="nope",
                                     kernels=[KernelSpec(name="x", est_us=1, op="conv9d")]))
         assert m.code == "BAD_MODEL" and "conv9d" in m.message
+    finally:
+        h.close()
+
+
+def test_torch_backend_a_lone_jobs_run_stops_at_the_next_op_when_another_job_arrives():
+    """Alone, a job's remaining ops go to the worker as one run (no per-op round trip); an
+    arrival stops it at the next op boundary, so the newcomer waits one op, not the job."""
+    pytest.importorskip("torch")
+    import time
+
+    from scheduler_daemon.devices.torch_device import TorchDevice
+    h = Harness(device=TorchDevice(gpu_spec("T4"), "cpu"), policy="srpt")
+    try:
+        h.hello(b"a", "a")
+        h.call(b"a", P.Register(req_id=1, model="long", kernels=[
+            KernelSpec(name=f"s{i}", est_us=30_000, op="sleep:30000") for i in range(10)]))
+        h.call(b"a", P.Register(req_id=2, model="short", kernels=[
+            KernelSpec(name="id", est_us=10, op="identity")]))
+        h.send(b"a", P.Submit(req_id=10, model="long", inputs=[]))
+        job, = [j for s in h.server.sessions.values() for j in s.jobs.values()]
+        assert job.run_len == 10 and not job.stop   # alone: the whole job is one run
+        time.sleep(0.045)                 # the worker is inside the second op
+        h.send(b"a", P.Submit(req_id=20, model="short", inputs=[]))
+        assert job.stop
+        h.run()
+        done = [m.req_id for m, _ in h.take(b"a") if isinstance(m, P.Done)]
+        # the short job was answered first: the long job's run was cut after its second op
+        # (without the stop it would have run all 10, 300 ms, before the short one)
+        assert done == [20, 10]
+        assert job.state.value == "done" and job.done_kernels == 10
     finally:
         h.close()

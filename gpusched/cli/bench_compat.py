@@ -23,7 +23,11 @@ def add_parser(bsub) -> None:
     p.add_argument("--overhead", action="store_true",
                    help="instead: registered vs local for bert-base and GPT-2 (real sizes) at "
                         "batch 1 and 8, per thread setup of daemon and client (OpenMP threads "
-                        "and wait policy)")
+                        "and wait policy) and with every op its own dispatch (--quantum-us 0)")
+    p.add_argument("--wait", action="store_true",
+                   help="instead: what the scheduling quantum costs other tenants: a small "
+                        "model's latency alone and beside bert-base running back to back, per "
+                        "--quantum-us (0, the default, 4000)")
     p.add_argument("--json", action="store_true",
                    help='print {"models": [{"name", "family", "registered_ok", "intercept_ok", '
                         '"max_abs_err", "generate_ok", "registered_ratio", ...}], "summary"}')
@@ -53,6 +57,11 @@ def run(args) -> int:
         raise UsageError(f"bench compat needs torch, torchvision and transformers ({e}): "
                          "install the test extra (pip install -e '.[torch,test]')") from None
     from gpusched.bench.compat import print_compat, run_compat, to_json
+    if args.wait:
+        from gpusched.bench.compat_overhead import print_wait, run_wait
+        res = run_wait()
+        print(to_json(res)) if args.json else print_wait(res)
+        return 0
     if args.overhead:
         from gpusched.bench.compat_overhead import print_overhead, run_overhead
         res = run_overhead(reps=args.reps or 5)

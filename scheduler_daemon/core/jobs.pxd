@@ -5,7 +5,7 @@ cdef class ModelEntry:
     cdef public object key, name
     cdef public tuple kernels, demands, shares
     cdef public DurationEstimates estimates
-    cdef public long type_id
+    cdef public long type_id, jobs_done
 
 cdef class Job:
     cdef public object id, tenant
@@ -13,14 +13,14 @@ cdef class Job:
     cdef public double slo_s
     cdef public object priority
     cdef public double arrival, deadline
-    cdef public long next_kernel, done_kernels, outstanding, cur
+    cdef public long next_kernel, done_kernels, outstanding, cur, run_len
     cdef public long long stream
     cdef public object state
     cdef public double exec_s
     cdef public object first_start, finish
     cdef public bint late
     cdef public long long qseq
-    cdef public bint in_queue, extra
+    cdef public bint in_queue, extra, stop
     cdef public object payload, owner, error
     cdef public long long nbytes
     cpdef double remaining_s(self)

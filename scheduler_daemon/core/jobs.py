@@ -12,7 +12,8 @@ from scheduler_daemon.wire.kernels import KernelSpec
 class ModelEntry:
     """A registered model: its kernel list, their SM demand and their learned durations."""
 
-    __slots__ = ("key", "name", "kernels", "demands", "shares", "estimates", "type_id")
+    __slots__ = ("key", "name", "kernels", "demands", "shares", "estimates", "type_id",
+                 "jobs_done")
     _fields = __slots__   # (what pickles: compiled, __slots__ is not kept)
 
     def __init__(self, key: Any, name: str, kernels: list[KernelSpec], capacity: Resources,
@@ -27,6 +28,9 @@ class ModelEntry:
         self.shares = tuple(d.share_of(capacity) for d in self.demands)  # 1.0 = whole GPU
         self.estimates = DurationEstimates([k.est_us * 1e-6 for k in kernels])
         self.type_id = type_id
+        # jobs finished: until one has, the estimates are the registration's guesses, and
+        # the core dispatches this model kernel by kernel (``SchedulerCore`` quantum)
+        self.jobs_done = 0
 
     def __reduce__(self):
         return (_restore, (ModelEntry, {f: getattr(self, f) for f in ModelEntry._fields}))
@@ -57,7 +61,7 @@ class Job:
     """Everything the scheduler and the daemon know about one request."""
 
     __slots__ = ("id", "tenant", "model", "slo_s", "priority", "arrival", "deadline",
-                 "next_kernel", "done_kernels", "outstanding", "cur", "stream", "state", "exec_s", "first_start", "finish", "late",
+                 "next_kernel", "done_kernels", "outstanding", "cur", "run_len", "stop", "stream", "state", "exec_s", "first_start", "finish", "late",
                  "qseq", "in_queue", "extra", "payload", "owner", "error",
                  "nbytes")
     _fields = __slots__   # (what pickles: compiled, __slots__ is not kept)
@@ -75,6 +79,8 @@ class Job:
         self.done_kernels = 0      # kernels completed (they complete in order)
         self.outstanding = 0       # kernels dispatched, not yet completed
         self.cur = 0               # the kernel being launched (set by next_dispatch)
+        self.run_len = 1           # kernels cur.. that launch as one dispatch (core quantum)
+        self.stop = False          # the core asks the device to end that run early
         self.stream = -1           # stream of the kernel being launched
         self.state = QUEUED
         self.exec_s = 0.0          # summed kernel execution time on the device

@@ -1,6 +1,7 @@
 # Cython declarations for scheduler.py (augmenting .pxd; tools/build_sim.py).
 cimport cython
 
+from scheduler_daemon.core.estimates cimport DurationEstimates
 from scheduler_daemon.core.gpu_specs cimport Resources
 from scheduler_daemon.core.jobs cimport Job, ModelEntry, is_terminal
 from scheduler_daemon.core.policies cimport Policy
@@ -15,6 +16,9 @@ cdef class SchedulerCore:
     cdef public long max_extra
     cdef public bint shed, bounded
     cdef public long long max_out
+    cdef public double quantum_s
+    cdef public bint stoppable
+    cdef set _runs
     cdef public ReadyQueue queue
     cdef readonly long long _used_threads, _used_blocks, _used_regs, _used_smem
     cdef public long extra, inflight
@@ -27,17 +31,22 @@ cdef class SchedulerCore:
     cdef int _stream_mode
 
     cpdef add(self, Job job, double now)
+    @cython.locals(policy=Policy, k=double, kj=double, j=Job, nk=long)
+    cdef _ready(self, Job job, double now)
     cpdef bint abort(self, Job job, double now, state=*) except -1
     @cython.locals(queue=ReadyQueue, policy=Policy, job=Job, demand=Resources, cap=Resources)
     cpdef Job next_dispatch(self, double now)
     cdef list _slots(self, gate, Job job)
     cdef bint _fits_sms(self, Job job) except -1
     cpdef on_started(self, Job job, double now)
+    @cython.locals(cur=long, n=long)
     cdef Job _dispatch(self, Job job, double now)
+    @cython.locals(est=DurationEstimates, left=double, e=double, k=long, n=long)
+    cdef long _run_len(self, ModelEntry model, long cur) except -1
     cdef long long _stream(self, Job job) except? -1
-    @cython.locals(idx=long)
-    cpdef on_complete(self, Job job, double now, double duration_s)
-    cpdef on_fail(self, Job job, double now, error)
+    @cython.locals(idx=long, n=long, i=long, est=DurationEstimates)
+    cpdef on_complete(self, Job job, double now, double duration_s, list per_kernel=*)
+    cpdef on_fail(self, Job job, double now, error, long ran=*)
     @cython.locals(demand=Resources)
     cdef _release(self, Job job, long idx)
     cdef _end(self, Job job, state, double now)

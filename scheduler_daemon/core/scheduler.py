@@ -17,6 +17,19 @@ The baselines are policies of this same core that give the decision back to the 
 (one stream, one per job, per tenant or per model instance), optionally behind a gate that lets
 one job at a time run on the GPU, or ``policy.instances(model)`` per model, each instance on
 its own stream (``policy.gate``: Triton's instance groups).
+
+A scheduling quantum (``quantum_s``, 0 = off; devices that can run a job's kernels back to back,
+``Capabilities.runs``) makes one dispatch a *run*: kernel ``cur`` and the kernels after it while
+their estimated durations sum to at most the quantum (the first always goes). The run is one
+scheduling point, so a model of many short kernels (a registered torch graph: views, adds,
+layer norms of microseconds) does not pay the daemon's per-dispatch cost (a worker hand-off and
+a loop pass, ~70 us on the CPU) for each, and a job that waits behind it waits about a quantum.
+A model's first job goes kernel by kernel: until one has finished, its estimates are the
+registration's guesses, not measurements. Where the device can stop a run between kernels
+(``stoppable``: it reads ``job.stop`` before each), a job alone in the queue gets the rest of
+its kernels as one run, and a job that joins the queue (an arrival, or a job whose kernel
+finished) asks the runs of the jobs it would be chosen before to stop at their next kernel
+boundary: it waits one kernel for the decision, as with no quantum at all.
 """
 from __future__ import annotations
 
@@ -49,8 +62,13 @@ _STREAM_MODES = {"kernel": 0, "job": 1, "single": 2, "tenant": 3, "model": 4}
 
 class SchedulerCore:
     def __init__(self, policy: Policy, capacity: Resources, max_extra: int = 2,
-                 shed: bool = False, fits=None):
+                 shed: bool = False, fits=None, quantum_s: float = 0.0,
+                 stoppable: bool = False):
         self.policy = policy
+        # runs only where one kernel of a job is out at a time (runs complete as one)
+        self.quantum_s = quantum_s if policy.per_job_outstanding == 1 else 0.0
+        self.stoppable = stoppable
+        self._runs: set = set()   # jobs with a run out that add() may stop
         self.fits = fits   # kernel spec -> bool | None: the device's per-SM fit test
         self.capacity = capacity
         self.max_extra = max_extra
@@ -93,13 +111,35 @@ class SchedulerCore:
             self._end(job, SHED, now)  # Clockwork: refuse what cannot make it
             return
         job.state = QUEUED
+        self._ready(job, now)
+
+    def _ready(self, job: Job, now: float) -> None:
+        """``job`` joins the ready queue. The runs out of jobs the policy ranks after it stop at
+        their next kernel boundary: the decision it would win comes after one kernel, not
+        after a run (a run the newcomer would not win goes on: stopping it would only cost
+        dispatches, and two jobs would stop each other's runs at every kernel)."""
         self.queue.push(job, now)
+        if self._runs:
+            policy = self.policy
+            k = policy.key(job, now)
+            for j in self._runs:
+                # ranked as at its next kernel boundary, where the decision would be (its
+                # next_kernel is past the whole run, which would understate what remains)
+                nk = j.next_kernel
+                j.next_kernel = j.done_kernels + 1
+                kj = policy.key(j, now)
+                j.next_kernel = nk
+                if k < kj:
+                    j.stop = True
 
     def abort(self, job: Job, now: float, state: JobState = CANCELLED) -> bool:
         """Cancel a job. Returns False if it had already ended. Kernels already on the
-        device still run out; their resources are freed in ``on_complete``."""
+        device still run out (a stoppable run ends at its next kernel boundary); their
+        resources are freed in ``on_complete``."""
         if is_terminal(job.state):
             return False
+        if job in self._runs:
+            job.stop = True
         if job.in_queue:
             self.queue.discard(job)
         job.state = state
@@ -187,8 +227,18 @@ class SchedulerCore:
             job.extra = False
 
     def _dispatch(self, job: Job, now: float) -> Job:
-        job.cur = job.next_kernel
-        job.next_kernel += 1
+        cur = job.cur = job.next_kernel
+        n = 1
+        if self.quantum_s > 0.0:
+            if self.stoppable and len(self.queue) == 0 and not self._parked:
+                n = len(job.model.kernels) - cur   # alone: all of it, until an add() stops it
+            elif job.model.jobs_done > 0:
+                n = self._run_len(job.model, cur)
+            if n > 1 and self.stoppable:
+                job.stop = False
+                self._runs.add(job)
+        job.run_len = n
+        job.next_kernel = cur + n
         job.outstanding += 1
         self.inflight += 1
         job.state = RUNNING
@@ -204,6 +254,20 @@ class SchedulerCore:
         if job.outstanding < self.max_out and job.next_kernel < len(job.model.kernels):
             self.queue.push(job, now)  # the hardware will order its next kernel too
         return job
+
+    def _run_len(self, model: ModelEntry, cur: int) -> int:
+        """Kernels from ``cur`` whose estimates fit the quantum (at least one)."""
+        est = model.estimates
+        left = self.quantum_s - est.get(cur)
+        k = cur + 1
+        n = len(model.kernels)
+        while k < n:
+            e = est.get(k)
+            if e > left:
+                break
+            left -= e
+            k += 1
+        return k - cur
 
     def _stream(self, job: Job) -> int:
         mode = self._stream_mode
@@ -221,26 +285,42 @@ class SchedulerCore:
             return self._tenant_streams.setdefault(job.tenant, len(self._tenant_streams))
         return job.model.type_id * 4096  # "model" without a gate: one stream per model
 
-    def on_complete(self, job: Job, now: float, duration_s: float) -> None:
-        """The device finished ``job``'s oldest outstanding kernel after ``duration_s``."""
+    def on_complete(self, job: Job, now: float, duration_s: float,
+                    per_kernel: list | None = None) -> None:
+        """The device finished ``job``'s oldest outstanding kernel after ``duration_s``; a run
+        (``job.run_len`` > 1) with ``per_kernel``, the duration of each of its kernels."""
+        n = 1 if per_kernel is None else len(per_kernel)
+        # (a device bug, not a tenant's: checked before anything changes)
+        if n != job.run_len and (n == 0 or n > job.run_len or not job.stop):
+            raise ValueError(f"a run of {job.run_len} kernels reported {n} completed")
         idx = job.done_kernels
         self._release(job, idx)
+        if n < job.run_len:
+            job.next_kernel = idx + n   # a stopped run: the rest is dispatched again
         if job.state is not FAILED:  # after a failure the kernel order is unknown
-            job.model.estimates.observe(idx, duration_s)
+            est = job.model.estimates
+            if per_kernel is None:
+                est.observe(idx, duration_s)
+            else:
+                for i in range(n):
+                    est.observe(idx + i, per_kernel[i])
         job.exec_s += duration_s
-        job.done_kernels = idx + 1
+        job.done_kernels = idx + n
         if is_terminal(job.state):  # aborted while its kernel ran
             return
         if job.done_kernels == len(job.model.kernels):
+            job.model.jobs_done += 1
             self._end(job, DONE, now)
         elif job.outstanding == 0:
             job.state = QUEUED
             if not job.in_queue:
-                self.queue.push(job, now)
+                self._ready(job, now)
 
-    def on_fail(self, job: Job, now: float, error: str) -> None:
-        """The device could not run ``job``'s kernel: that job fails, nothing else."""
+    def on_fail(self, job: Job, now: float, error: str, ran: int = 0) -> None:
+        """The device could not run ``job``'s kernel: that job fails, nothing else. ``ran``:
+        kernels of its run that finished before the one that failed."""
         self._release(job, job.done_kernels)
+        job.done_kernels += ran
         if is_terminal(job.state):
             return
         if job.in_queue:
@@ -251,6 +331,8 @@ class SchedulerCore:
     def _release(self, job: Job, idx: int) -> None:
         self.inflight -= 1
         job.outstanding -= 1
+        if self._runs:
+            self._runs.discard(job)
         if self.bounded:
             demand = job.model.demands[idx]
             self._used_threads -= demand.threads
@@ -279,7 +361,7 @@ class SchedulerCore:
         while parked:  # the next job that waited for this gate goes back to the queue
             nxt = parked.popleft()
             if not is_terminal(nxt.state):
-                self.queue.push(nxt, now)
+                self._ready(nxt, now)
                 break
 
     def has_finished(self) -> bool:

@@ -15,7 +15,7 @@ from scheduler_daemon.clock import Environment
 from scheduler_daemon.core.gpu_specs import GpuSpec
 from scheduler_daemon.core.jobs import Job
 
-# on_complete(job, now, duration_s) / on_fail(job, now, message) / on_started(job, now)
+# on_complete(job, now, duration_s[, per_kernel durations of a run]) / on_fail(job, now, message) / on_started(job, now)
 CompleteFn = Callable[[Job, float, float], None]
 FailFn = Callable[[Job, float, str], None]
 StartedFn = Callable[[Job, float], None]
@@ -28,6 +28,9 @@ class Capabilities:
     cuda: bool = False          # REGISTER_CUDA launched for real (load_cuda)
     # a job's kernels may run concurrently (false where they share tensors: torch)
     concurrent_kernels: bool = True
+    # runs: one launch may be several consecutive kernels of a job, back to back, reported as
+    # one completion with each kernel's duration (the core's quantum; see core/scheduler.py)
+    runs: bool = False
 
 
 class Unsupported(ValueError):
@@ -42,6 +45,11 @@ class Device(ABC):
     name: str = "device"
     spec: GpuSpec
     caps: Capabilities = Capabilities()
+    # the scheduling quantum where ``caps.runs`` and the operator gives none: about ten times
+    # the daemon's cost of one dispatch on this device, so that cost stays under ~10% of a run
+    default_quantum_s: float = 0.0
+    # it reads ``job.stop`` before each kernel of a run and ends the run there when set
+    stops_runs: bool = False
 
     def start(self, env: Environment, on_complete: CompleteFn, on_fail: FailFn,
               on_started: StartedFn | None = None) -> None:
@@ -60,7 +68,8 @@ class Device(ABC):
 
     @abstractmethod
     def launch(self, job: Job) -> None:
-        """Start ``job.model.kernels[job.cur]`` on stream ``job.stream``."""
+        """Start ``job.model.kernels[job.cur]`` on stream ``job.stream`` (with ``caps.runs``,
+        kernels ``cur`` to ``cur + job.run_len - 1``, one after the other)."""
 
     def validate(self, kernels: list) -> None:
         """Reject kernels this backend cannot run (raise ``ValueError`` naming the kernel)."""

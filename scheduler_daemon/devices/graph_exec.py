@@ -78,6 +78,13 @@ class LoadedGraph:
         self._weight_storages = frozenset(_storages(weights))
         self.kwconsts = [self._prebuild(n) for n in graph.ops]
         self.frees = _last_uses(graph)
+        # the op guard's cost of each op, kept by position: a graph's input shapes are fixed
+        # (check_inputs), so an op's argument shapes are the same in every request, unless
+        # they come from an op whose output shape depends on the data (``tainted``: those
+        # ops' outputs, and what is computed from them, are costed per request)
+        self._costs: list = [None] * len(graph.ops)
+        self._tainted: set = set()
+        self._reads = [_value_refs(list(n.args) + list(n.kwargs.values())) for n in graph.ops]
 
     @staticmethod
     def _prebuild(node):
@@ -141,23 +148,32 @@ class LoadedGraph:
         """Run node ``i`` on ``env``; with a ``guard`` (op_guard.OpGuard), first refuse it if
         its outputs would need more than the tenant's room (or ``limit`` bytes without a
         quota) or more work than the guard's bound."""
-        import torch
         node = self.graph.ops[i]
+        fn = self.fns[i]
         args = [self._arg(a, env) for a in node.args]
-        kwargs = {k: self._arg(v, env) for k, v in node.kwargs.items()}
+        kwargs = {k: self._arg(v, env) for k, v in node.kwargs.items()} if node.kwargs else {}
         quota = self.quota
         if guard is not None:
-            guard.check(self.fns[i], args, kwargs, quota.room() if quota is not None else limit)
-        out = self.fns[i](*args, **kwargs)
+            cost = self._costs[i]
+            if cost is None:
+                cost = guard.cost(fn, args, kwargs)
+                tainted = self._tainted
+                if cost[0] is None or not tainted.isdisjoint(self._reads[i]):
+                    tainted.update(range(len(env), len(env) + node.n_out))
+                else:
+                    self._costs[i] = cost
+            guard.enforce(fn, cost, args, kwargs, quota.room() if quota is not None else limit)
+        out = fn(*args, **kwargs)
         outs = list(out) if isinstance(out, (tuple, list)) else [out]
         if len(outs) != node.n_out:
             raise ValueError(f"op {node.op} gave {len(outs)} outputs, graph says {node.n_out}")
         base = len(env)
         env.extend(outs)
+        tensor = _torch().Tensor
         if quota is not None and isinstance(env, _Env):
             with env.lock:
                 for j, o in enumerate(outs):
-                    if isinstance(o, torch.Tensor) and not env.closed:
+                    if isinstance(o, tensor) and not env.closed:
                         key, nbytes = storage_key(o)
                         if key in env.paid:    # a view of a weight or an input
                             continue
@@ -183,6 +199,24 @@ class LoadedGraph:
         return out
 
 
+def _torch():
+    import torch
+    return torch
+
+
+def _refs(a):
+    """The value ids argument ``a`` reads."""
+    if isinstance(a, V):
+        yield a.id
+    elif isinstance(a, L):
+        for b in a.items:
+            yield from _refs(b)
+
+
+def _value_refs(args) -> frozenset:
+    return frozenset(v for a in args for v in _refs(a))
+
+
 def _storages(tensors):
     import torch
     return (storage_key(t)[0] for t in tensors if isinstance(t, torch.Tensor))
@@ -194,16 +228,9 @@ def _last_uses(graph: Graph) -> list[list[int]]:
     n_in, n_w = graph.n_inputs, len(graph.weights)
     keep = set(graph.outputs) | set(range(n_in, n_in + n_w))
     last: dict[int, int] = {}
-
-    def refs(a):
-        if isinstance(a, V):
-            yield a.id
-        elif isinstance(a, L):
-            for b in a.items:
-                yield from refs(b)
     for i, node in enumerate(graph.ops):
         for a in list(node.args) + list(node.kwargs.values()):
-            for v in refs(a):
+            for v in _refs(a):
                 last[v] = i
     frees: list[list[int]] = [[] for _ in graph.ops]
     out = n_in + n_w

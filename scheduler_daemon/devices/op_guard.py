@@ -34,9 +34,25 @@ class OpGuard:
         self.max_work = max_work
         self._cache: dict = {}
 
+    def warm(self) -> None:
+        """Cost two small ops once: the first meta run imports the FLOP counter and what it
+        pulls in (0.7 s and ~100,000 objects here), which would otherwise land on the first
+        tenant's first op and in every later full garbage collection of the daemon."""
+        import torch
+
+        from scheduler_daemon.devices.op_policy import resolve
+        a = torch.ones(2, 2)    # (on the CPU: only their shapes reach the meta run)
+        for name in ("aten::mm.default", "aten::add.Tensor"):
+            self.cost(resolve(name), [a, a], {})
+
     def check(self, op, args: list, kwargs: dict, room: int) -> int:
         """Raise when ``op`` on these arguments would need more than ``room`` bytes or more
         than ``max_work``; returns its output bytes (an upper bound for data-dependent ops)."""
+        return self.enforce(op, self.cost(op, args, kwargs), args, kwargs, room)
+
+    def cost(self, op, args: list, kwargs: dict) -> tuple:
+        """(output bytes, or None where they depend on the data; work) of ``op`` on arguments
+        of these shapes, strides and dtypes."""
         try:
             key = (op.name, _sig(args), _sig(kwargs))
             cost = self._cache.get(key)
@@ -48,6 +64,10 @@ class OpGuard:
                 if len(self._cache) >= CACHE:
                     self._cache.clear()
                 self._cache[key] = cost
+        return cost
+
+    def enforce(self, op, cost: tuple, args: list, kwargs: dict, room: int) -> int:
+        """``check`` with the op's ``cost`` already known."""
         nbytes, work = cost
         if nbytes is None:          # data-dependent: bounded from the data
             nbytes = data_bound(op, args, kwargs)

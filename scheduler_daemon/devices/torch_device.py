@@ -32,7 +32,7 @@ log = logging.getLogger("gpusched.device.torch")
 class TorchDevice(Device):
     name = "torch"
     # one job's ops share its tensors: they must run one after the other
-    caps = Capabilities(graphs=True, eager=True, concurrent_kernels=False)
+    caps = Capabilities(graphs=True, eager=True, concurrent_kernels=False, runs=True)
 
     def __init__(self, spec: GpuSpec, device: str = "cpu", workers: int | None = None,
                  torch_module=None):
@@ -42,6 +42,12 @@ class TorchDevice(Device):
         self.spec = spec
         self.device = torch.device(device)
         self.cuda = self.device.type == "cuda"
+        # ~10x one dispatch's cost here: a worker hand-off and a loop pass, ~70 us on this
+        # project's 2-core CPU (docs/models.md); a CUDA launch plus an event wake-up, ~20 us
+        self.default_quantum_s = 250e-6 if self.cuda else 1e-3
+        # CPU ops run one at a time on the worker, so a run can end between two; on CUDA a
+        # run's ops are all queued on the stream at once, nothing to stop
+        self.stops_runs = not self.cuda
         if self.cuda:
             torch.cuda.set_device(self.device)   # the daemon's thread: prepare, outputs
         # CPU: one worker. torch already spreads an op over the cores, and ops alternating
@@ -56,6 +62,7 @@ class TorchDevice(Device):
         self._graphs: dict = {}  # model key -> LoadedGraph (registered torch models)
         from scheduler_daemon.devices.op_guard import OpGuard
         self.guard = OpGuard()
+        self.guard.warm()
         self.alloc_limit = 1 << 62  # per op's outputs; the daemon sets its tenant quota
 
     def _worker_init(self) -> None:
@@ -163,51 +170,67 @@ class TorchDevice(Device):
             s = self._local.stream = self.torch.cuda.Stream(device=self.device)
         return s
 
-    def _run(self, job: Job, op) -> None:
+    def _run(self, job: Job, ops: list) -> None:
+        """Run ``ops`` (one kernel, or a run of a job's consecutive kernels) one after the
+        other and post the job with each op's duration, or with the error and how many ops
+        ran before it (so the failure names the op that failed)."""
+        ran = 0
         try:
             if self.cuda:
                 torch = self.torch
-                # blocking: the worker sleeps until the kernel is done instead of spinning
-                start = torch.cuda.Event(enable_timing=True)
-                end = torch.cuda.Event(enable_timing=True, blocking=True)
+                # an event between ops; only the last is waited on (blocking: the worker sleeps
+                # until the kernels are done instead of spinning)
+                evs = [torch.cuda.Event(enable_timing=True) for _ in ops]
+                evs.append(torch.cuda.Event(enable_timing=True, blocking=True))
                 with torch.cuda.stream(self._stream()):
-                    start.record()
-                    out = op(job.payload)
-                    end.record()
-                end.synchronize()
-                dur = start.elapsed_time(end) / 1000.0
+                    evs[0].record()
+                    for op in ops:
+                        job.payload = op(job.payload)
+                        ran += 1
+                        evs[ran].record()
+                evs[-1].synchronize()
+                durs = [evs[i].elapsed_time(evs[i + 1]) / 1000.0 for i in range(len(ops))]
             else:
+                durs = []
                 t0 = time.perf_counter()
-                out = op(job.payload)
-                dur = time.perf_counter() - t0
-            job.payload = out
-            self._mailbox.post((job, dur, None))
+                for op in ops:
+                    if ran and job.stop:   # the core wants a decision: end the run here
+                        break
+                    job.payload = op(job.payload)
+                    ran += 1
+                    t1 = time.perf_counter()
+                    durs.append(t1 - t0)
+                    t0 = t1
+            self._mailbox.post((job, durs, None))
         except Exception as e:  # a failing kernel fails its job only
-            self._mailbox.post((job, 0.0, f"{type(e).__name__}: {e}"))
+            self._mailbox.post((job, ran, f"{type(e).__name__}: {e}"))
 
     def launch(self, job: Job) -> None:
         kernel = getattr(job.payload, "kernel", None)  # an intercepted op batch (EagerWork)
         graph = self._graphs.get(job.model.key) if kernel is None else None
+        run = range(job.cur, job.cur + job.run_len)
         if kernel is not None:
-            op = kernel(job.cur)
+            ops = [kernel(i) for i in run]
         elif graph is not None:
-            op = _graph_op(graph, job.cur, self.guard, self.alloc_limit)
+            ops = [_graph_op(graph, i, self.guard, self.alloc_limit) for i in run]
         else:
-            op = torch_ops.resolve(job.model.kernels[job.cur].op)
+            ops = [torch_ops.resolve(job.model.kernels[i].op) for i in run]
         self._busy += 1
-        self._pool.submit(self._run, job, op)
+        self._pool.submit(self._run, job, ops)
 
     def wake_fd(self) -> int:
         return self._mailbox.fileno()
 
     def collect(self) -> None:
         now = self.env.now
-        for job, dur, err in self._mailbox.drain():
+        for job, res, err in self._mailbox.drain():
             self._busy -= 1
-            if err is None:
-                self.on_complete(job, now, dur)
+            if err is not None:
+                self.on_fail(job, now, err, res)   # res: the ops that ran before the error
+            elif job.run_len == 1:
+                self.on_complete(job, now, res[0])
             else:
-                self.on_fail(job, now, err)
+                self.on_complete(job, now, sum(res), res)
 
     def outputs(self, job: Job) -> list:
         res = []
@@ -220,7 +243,9 @@ class TorchDevice(Device):
             name = str(t.dtype).removeprefix("torch.")
             if name not in DTYPES:
                 raise ValueError(f"output dtype {name} cannot be sent")
-            res.append((TensorMeta(dtype=name, shape=list(t.shape)), t.numpy().tobytes()))
+            # the tensor's own bytes, not a copy: the reply frame holds it until it is sent
+            res.append((TensorMeta(dtype=name, shape=list(t.shape)),
+                        memoryview(t.reshape(-1).numpy()).cast("B")))
         return res
 
     def utilisation(self) -> float:

@@ -30,6 +30,7 @@ class DaemonConfig:
     gpu_spec: str = "T4"           # preset of the simulated GPU (and resources for torch)
     shed: bool = False             # slo policy: drop (True) or flag (False) hopeless jobs
     max_extra: int = 2             # kernels dispatched beyond free SM resources
+    quantum_us: float | None = None  # a dispatch's run of a job's kernels (None: the device's)
     speed: float = 1.0             # simulated device: duration multiplier (0 = zero-duration)
     hw_queues: int = 32            # simulated GPU: hardware queues (CUDA_DEVICE_MAX_CONNECTIONS)
     torch_device: str | None = None  # torch backend: cpu, cuda, cuda:1 (default: auto)

@@ -56,6 +56,17 @@ class NullMetrics:
         pass
 
 
+def _quantum_s(config: DaemonConfig, device: Device) -> float:
+    """The core's scheduling quantum: the operator's, else the device's default."""
+    q = config.quantum_us
+    if q is None:
+        return device.default_quantum_s if device.caps.runs else 0.0
+    if q > 0 and not device.caps.runs:
+        raise ConfigError(f"backend {device.name!r} launches one kernel at a time: "
+                          "--quantum-us applies to --backend torch; leave it out or pass 0")
+    return q * 1e-6
+
+
 class Server:
     def __init__(self, config: DaemonConfig, device: Device, env: Environment,
                  admission: AdmissionFactory | None = None, compiler: Compiler | None = None):
@@ -70,7 +81,8 @@ class Server:
                               f"which backend {device.name!r} cannot do; use fifo, srpt, edf, "
                               "paella, slo or slo-srpt")
         self.core = SchedulerCore(policy, device.spec.capacity, config.max_extra, config.shed,
-                                  device.fits_now)
+                                  device.fits_now, _quantum_s(config, device),
+                                  device.stops_runs)
         self.pump = Pump(self.core, device, env)
         device.set_alloc_limit(config.limits.max_tenant_bytes)
         work = config.max_op_work or _default_work(device)
@@ -438,10 +450,10 @@ class Server:
         self.drop_session(s, "bye", self.env.now)
 
     # -- jobs out -----------------------------------------------------------------------------
-    def _on_fail(self, job: Job, now: float, message: str) -> None:
+    def _on_fail(self, job: Job, now: float, message: str, ran: int = 0) -> None:
         log.warning("daemon: kernel failed job=%s tenant=%s model=%s kernel=%d: %s", job.id,
-                    job.tenant, job.model.name, job.done_kernels, message)
-        self.core.on_fail(job, now, message)
+                    job.tenant, job.model.name, job.done_kernels + ran, message)
+        self.core.on_fail(job, now, message, ran)
 
     def _finish(self, job: Job) -> None:
         """Answer a job that reached a terminal state: exactly one DONE per SUBMIT.
