@@ -16,7 +16,6 @@ claims another's routing id is not that peer; libzmq's own routing ids are made 
 from __future__ import annotations
 
 import ctypes
-import gc
 import itertools
 import logging
 import os
@@ -179,11 +178,6 @@ class Daemon:
         if self.sock is None:
             self.bind()
         sock, env, server = self.sock, self.env, self.server
-        # what is alive now (modules, the device and what it imported) lives as long as the
-        # daemon: frozen, a full collection does not walk it (with torch's lazily imported
-        # modules in, one took ~30 ms, holding the GIL: a pause for every tenant's jobs)
-        gc.collect()
-        gc.freeze()
         poller = zmq.Poller()
         # the monitor first: a disconnect must be handled before a later HELLO that reuses its
         # file descriptor (poll reports ready sockets in registration order)

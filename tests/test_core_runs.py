@@ -152,3 +152,30 @@ def test_hardware_order_baselines_never_get_runs():
     from scheduler_daemon.core.policies import CudaMultiStream
     core = SchedulerCore(CudaMultiStream(), T4.capacity, quantum_s=1.0, stoppable=True)
     assert core.quantum_s == 0.0
+
+
+def test_policies_that_must_go_kernel_by_kernel_get_no_runs():
+    from scheduler_daemon.core.policies import FifoKernelByKernel, Paella
+    for pol in (Paella(), FifoKernelByKernel()):   # deficits choose, not keys; the ablation
+        assert SchedulerCore(pol, T4.capacity, quantum_s=1e-3, stoppable=True).quantum_s == 0.0
+
+
+def test_a_run_that_cannot_be_stopped_is_capped_in_kernels_whatever_the_estimates():
+    """Estimates are learned: cheap requests can make them tiny before a costly one. Where a
+    run cannot be stopped (CUDA), its kernel count bounds it."""
+    from scheduler_daemon.core.scheduler import MAX_RUN
+    core = core_with(10_000)
+    m = model(core, "m", [1] * (3 * MAX_RUN))
+    run_job(core, Job("warm", "t", m, 0, 0), [0.001] * (3 * MAX_RUN))
+    assert run_job(core, Job("a", "t", m, 0, 0), [0.001] * (3 * MAX_RUN)) == [MAX_RUN] * 3
+
+
+def test_a_run_out_of_a_job_the_policy_ranks_first_is_not_stopped_by_a_later_job():
+    core = core_with(100, stoppable=True, policy=Srpt())
+    short_m, long_m = model(core, "short", [50] * 3), model(core, "long", [50] * 8)
+    a = Job("a", "t", short_m, 0, 0)
+    core.add(a, 0.0)
+    core.next_dispatch(0.0)
+    assert a.run_len == 3
+    core.add(Job("b", "t", long_m, 0, 0), 0.0)   # longer: SRPT would not choose it first
+    assert not a.stop

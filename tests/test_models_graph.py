@@ -105,3 +105,67 @@ def test_guard_costs_are_kept_per_op_except_downstream_of_data_dependent_shapes(
     assert any(c for c, n in zip(cached, names) if n == "aten::mul.Tensor")
     with pytest.raises(TooLarge, match="repeat"):
         run(torch.ones(64), limit)
+
+
+def test_a_shape_written_in_place_from_data_is_costed_per_request():
+    """``resize_as_`` to a data-dependent shape changes its argument's shape, not only its
+    output's: what reads that argument afterwards is costed per request too."""
+    from scheduler_daemon.devices.op_guard import OpGuard, TooLarge
+
+    class M(torch.nn.Module):
+        def forward(self, x):
+            nz = torch.nonzero(x).float()
+            y = x * 2
+            y.resize_as_(nz)
+            return torch.mm(y, y.t())
+
+    x1 = torch.zeros(4096)
+    x1[7] = 1.0
+    g, ws = capture(M().eval(), [x1])
+    # a hostile client writes its own graph: the ops after the resize read the tensor by the
+    # id it had before (capture itself names the resize's output, which the taint covers)
+    first, ids = g.n_inputs + len(g.weights), {}
+    for n in g.ops:
+        ids[n.op] = first
+        first += n.n_out
+    before, after = ids["aten::mul.Tensor"], ids["aten::resize_as_.default"]
+
+    def swap(a):
+        return V(id=before) if isinstance(a, V) and a.id == after else a
+    ops = [msgspec.structs.replace(n, args=[swap(a) for a in n.args])
+           if n.op != "aten::resize_as_.default" else n for n in g.ops]
+    loaded = LoadedGraph(decode_graph(encode_graph(msgspec.structs.replace(g, ops=ops))), ws)
+    guard = OpGuard()
+
+    def run(x):
+        env = loaded.start([x])
+        with torch.no_grad():
+            for i in range(len(loaded.fns)):
+                loaded.run_op(i, env, guard, 1 << 20)   # 1 MB
+        return env[loaded.graph.outputs[0]]
+
+    assert run(x1).shape == (1, 1)
+    with pytest.raises(TooLarge, match="mm"):    # 4096 x 4096 floats: 64 MB
+        run(torch.ones(4096))
+
+
+def test_a_graph_without_declared_input_shapes_keeps_no_costs():
+    """Input shapes are what make an op's cost the same in every request: a graph that does
+    not declare them (check_inputs then counts inputs only) is costed per request."""
+    from scheduler_daemon.devices.op_guard import OpGuard, TooMuchWork
+    class Square(torch.nn.Module):
+        def forward(self, x):
+            return x * x
+    g, ws = capture(Square(), [torch.randn(4)])
+    assert g.inputs and _through_wire(Square(), [torch.randn(4)])._costs is not None
+    loaded = LoadedGraph(decode_graph(encode_graph(msgspec.structs.replace(g, inputs=[]))), ws)
+    assert loaded._costs is None
+    guard = OpGuard(max_work=1000)
+
+    def run(x):
+        env = loaded.start([x])
+        loaded.run_op(0, env, guard, 1 << 30)
+        return env[loaded.graph.outputs[0]]
+    assert torch.equal(run(torch.ones(4)), torch.ones(4))
+    with pytest.raises(TooMuchWork):
+        run(torch.ones(100_000))

@@ -24,6 +24,9 @@ class Policy(KeyOrder):
     per_job_outstanding = 1     # kernels of one job on the device (None: all)
     stream = "kernel"           # kernel (Paella's pool) | job | single | tenant | model
     gate = None                 # None | "gpu" (one job at a time) | "model" (one per model)
+    # a dispatch may be a run of a job's kernels (the core's quantum); off where the policy's
+    # choice is not its key (Paella's deficits) or kernel by kernel is the point of it
+    runs = True
 
     def key(self, job: Job, now: float) -> float:
         raise NotImplementedError
@@ -71,6 +74,7 @@ class Paella(Srpt):
     """SRPT with Paella's deficit-counter fairness threshold (1e6, i.e. off, as in Paella's
     Figs. 11 and 12; its Fig. 13 sweeps it)."""
     name = "paella"
+    runs = False   # the fair queue may choose by deficit, and debits per dispatch
 
     def __init__(self, threshold: float = 1e6):
         self.threshold = threshold
@@ -157,6 +161,7 @@ class FifoJobByJob(HardwareOrder):
 class FifoKernelByKernel(Fifo):
     """Paella's ablation: its dispatcher with FIFO order, kernel by kernel."""
     name = "fifo-kbk"
+    runs = False
 
 
 class Clockwork(HardwareOrder):

@@ -8,6 +8,7 @@ from scheduler_daemon.core.policies cimport Policy
 from scheduler_daemon.core.queues cimport ReadyQueue
 
 cdef long long _POOL
+cdef long _MAX_RUN
 
 cdef class SchedulerCore:
     cdef public Policy policy

@@ -55,7 +55,9 @@ from scheduler_daemon.wire.kernels import KernelSpec
 log = logging.getLogger("gpusched.core")
 
 STREAM_POOL = 500  # Paella gives each kernel its own stream from a pool of 500
+MAX_RUN = 64       # kernels in a run bounded by the quantum
 _POOL = STREAM_POOL  # (compiled: a C constant)
+_MAX_RUN = MAX_RUN
 # policy.stream, as the small integers _stream switches on
 _STREAM_MODES = {"kernel": 0, "job": 1, "single": 2, "tenant": 3, "model": 4}
 
@@ -65,10 +67,12 @@ class SchedulerCore:
                  shed: bool = False, fits=None, quantum_s: float = 0.0,
                  stoppable: bool = False):
         self.policy = policy
-        # runs only where one kernel of a job is out at a time (runs complete as one)
-        self.quantum_s = quantum_s if policy.per_job_outstanding == 1 else 0.0
+        # runs only where one kernel of a job is out at a time (runs complete as one) and the
+        # policy allows them
+        self.quantum_s = (quantum_s if policy.per_job_outstanding == 1 and policy.runs
+                          else 0.0)
         self.stoppable = stoppable
-        self._runs: set = set()   # jobs with a run out that add() may stop
+        self._runs: set = set()   # jobs with a run out (their ``stop`` ends it early)
         self.fits = fits   # kernel spec -> bool | None: the device's per-SM fit test
         self.capacity = capacity
         self.max_extra = max_extra
@@ -231,10 +235,10 @@ class SchedulerCore:
         n = 1
         if self.quantum_s > 0.0:
             if self.stoppable and len(self.queue) == 0 and not self._parked:
-                n = len(job.model.kernels) - cur   # alone: all of it, until an add() stops it
+                n = len(job.model.kernels) - cur   # alone: all of it, until a stop
             elif job.model.jobs_done > 0:
                 n = self._run_len(job.model, cur)
-            if n > 1 and self.stoppable:
+            if n > 1:
                 job.stop = False
                 self._runs.add(job)
         job.run_len = n
@@ -256,11 +260,13 @@ class SchedulerCore:
         return job
 
     def _run_len(self, model: ModelEntry, cur: int) -> int:
-        """Kernels from ``cur`` whose estimates fit the quantum (at least one)."""
+        """Kernels from ``cur`` whose estimates fit the quantum (at least one, at most
+        ``MAX_RUN``: estimates are learned, and a tenant can make them small with cheap
+        requests before costly ones, so where a run cannot be stopped the count bounds it)."""
         est = model.estimates
         left = self.quantum_s - est.get(cur)
         k = cur + 1
-        n = len(model.kernels)
+        n = min(len(model.kernels), cur + _MAX_RUN)
         while k < n:
             e = est.get(k)
             if e > left:

@@ -78,13 +78,16 @@ class LoadedGraph:
         self._weight_storages = frozenset(_storages(weights))
         self.kwconsts = [self._prebuild(n) for n in graph.ops]
         self.frees = _last_uses(graph)
-        # the op guard's cost of each op, kept by position: a graph's input shapes are fixed
-        # (check_inputs), so an op's argument shapes are the same in every request, unless
-        # they come from an op whose output shape depends on the data (``tainted``: those
-        # ops' outputs, and what is computed from them, are costed per request)
-        self._costs: list = [None] * len(graph.ops)
+        # the op guard's cost of each op, kept by position: where the graph declares its input
+        # shapes (check_inputs holds every request to them), an op's argument shapes are the
+        # same in every request, unless they come from an op whose output shape depends on
+        # the data (``tainted``: those ops' outputs, what they write in place, and what is
+        # computed from them, are costed per request)
+        self._costs: list | None = ([None] * len(graph.ops)
+                                    if len(graph.inputs) == graph.n_inputs else None)
         self._tainted: set = set()
         self._reads = [_value_refs(list(n.args) + list(n.kwargs.values())) for n in graph.ops]
+        self._writes = [_written(op, n) for op, n in zip(self.fns, graph.ops)]
 
     @staticmethod
     def _prebuild(node):
@@ -150,18 +153,22 @@ class LoadedGraph:
         quota) or more work than the guard's bound."""
         node = self.graph.ops[i]
         fn = self.fns[i]
+        if getattr(env, "closed", False):   # the request ended (cancelled): run nothing more
+            raise ValueError(f"{node.op}: the request has ended")
         args = [self._arg(a, env) for a in node.args]
         kwargs = {k: self._arg(v, env) for k, v in node.kwargs.items()} if node.kwargs else {}
         quota = self.quota
         if guard is not None:
-            cost = self._costs[i]
+            costs = self._costs
+            cost = costs[i] if costs is not None else None
             if cost is None:
                 cost = guard.cost(fn, args, kwargs)
                 tainted = self._tainted
                 if cost[0] is None or not tainted.isdisjoint(self._reads[i]):
                     tainted.update(range(len(env), len(env) + node.n_out))
-                else:
-                    self._costs[i] = cost
+                    tainted.update(self._writes[i])
+                elif costs is not None:
+                    costs[i] = cost
             guard.enforce(fn, cost, args, kwargs, quota.room() if quota is not None else limit)
         out = fn(*args, **kwargs)
         outs = list(out) if isinstance(out, (tuple, list)) else [out]
@@ -215,6 +222,22 @@ def _refs(a):
 
 def _value_refs(args) -> frozenset:
     return frozenset(v for a in args for v in _refs(a))
+
+
+def _written(op, node) -> frozenset:
+    """The value ids ``node`` writes in place (its schema's mutable arguments: ``resize_``'s
+    self, an ``out=``): a data-dependent op changes their shapes as well as its outputs'."""
+    schema = getattr(op.fn, "_schema", None)
+    if schema is None:
+        return frozenset()
+    names = [a.name for a in schema.arguments]
+    writes = {a.name for a in schema.arguments
+              if a.alias_info is not None and a.alias_info.is_write}
+    if not writes:
+        return frozenset()
+    args = [a for pos, a in enumerate(node.args) if pos < len(names) and names[pos] in writes]
+    args += [a for k, a in node.kwargs.items() if k in writes]
+    return _value_refs(args)
 
 
 def _storages(tensors):

@@ -45,8 +45,9 @@ class TorchDevice(Device):
         # ~10x one dispatch's cost here: a worker hand-off and a loop pass, ~70 us on this
         # project's 2-core CPU (docs/models.md); a CUDA launch plus an event wake-up, ~20 us
         self.default_quantum_s = 250e-6 if self.cuda else 1e-3
-        # CPU ops run one at a time on the worker, so a run can end between two; on CUDA a
-        # run's ops are all queued on the stream at once, nothing to stop
+        # CPU ops run one at a time on the worker, so a run ends between two when asked; on
+        # CUDA the worker queues a run's ops on the stream within microseconds, so a stop is
+        # seen only before they are all queued (the quantum bounds those runs instead)
         self.stops_runs = not self.cuda
         if self.cuda:
             torch.cuda.set_device(self.device)   # the daemon's thread: prepare, outputs
@@ -173,34 +174,41 @@ class TorchDevice(Device):
     def _run(self, job: Job, ops: list) -> None:
         """Run ``ops`` (one kernel, or a run of a job's consecutive kernels) one after the
         other and post the job with each op's duration, or with the error and how many ops
-        ran before it (so the failure names the op that failed)."""
+        ran before it (so the failure names the op that failed). Before each op after the
+        first, ``job.stop`` (set by the core) ends the run there."""
         ran = 0
+        payload = job.payload   # (the server may clear job.payload when the job ends)
         try:
             if self.cuda:
                 torch = self.torch
-                # an event between ops; only the last is waited on (blocking: the worker sleeps
-                # until the kernels are done instead of spinning)
-                evs = [torch.cuda.Event(enable_timing=True) for _ in ops]
-                evs.append(torch.cuda.Event(enable_timing=True, blocking=True))
+                # a timing event between ops; the worker waits on one more, blocking: it
+                # sleeps until the kernels are done instead of spinning
+                evs = [torch.cuda.Event(enable_timing=True)]
+                done = torch.cuda.Event(blocking=True)
                 with torch.cuda.stream(self._stream()):
                     evs[0].record()
                     for op in ops:
-                        job.payload = op(job.payload)
+                        if ran and job.stop:
+                            break
+                        payload = op(payload)
                         ran += 1
-                        evs[ran].record()
-                evs[-1].synchronize()
-                durs = [evs[i].elapsed_time(evs[i + 1]) / 1000.0 for i in range(len(ops))]
+                        evs.append(torch.cuda.Event(enable_timing=True))
+                        evs[-1].record()
+                    done.record()
+                done.synchronize()
+                durs = [evs[i].elapsed_time(evs[i + 1]) / 1000.0 for i in range(ran)]
             else:
                 durs = []
                 t0 = time.perf_counter()
                 for op in ops:
-                    if ran and job.stop:   # the core wants a decision: end the run here
+                    if ran and job.stop:
                         break
-                    job.payload = op(job.payload)
+                    payload = op(payload)
                     ran += 1
                     t1 = time.perf_counter()
                     durs.append(t1 - t0)
                     t0 = t1
+            job.payload = payload
             self._mailbox.post((job, durs, None))
         except Exception as e:  # a failing kernel fails its job only
             self._mailbox.post((job, ran, f"{type(e).__name__}: {e}"))
@@ -225,12 +233,16 @@ class TorchDevice(Device):
         now = self.env.now
         for job, res, err in self._mailbox.drain():
             self._busy -= 1
-            if err is not None:
-                self.on_fail(job, now, err, res)   # res: the ops that ran before the error
-            elif job.run_len == 1:
-                self.on_complete(job, now, res[0])
-            else:
-                self.on_complete(job, now, sum(res), res)
+            try:
+                if err is not None:
+                    self.on_fail(job, now, err, res)   # res: the ops run before the error
+                elif job.run_len == 1:
+                    self.on_complete(job, now, res[0])
+                else:
+                    self.on_complete(job, now, sum(res), res)
+            except Exception as e:   # a bug here fails that job, not the loop
+                log.exception("torch: completion of job=%s could not be taken", job.id)
+                self.on_fail(job, now, f"internal error: {type(e).__name__}: {e}")
 
     def outputs(self, job: Job) -> list:
         res = []
