@@ -86,7 +86,10 @@ def measure(models: list[str], batches: list[int], reps: int, progress=None) -> 
     # first, before torch runs here: its OpenMP threads spinning after an op slowed the echo
     # thread's round trip 10x when it was measured last
     rtt_us = _raw_rtt_us()
-    proc, ep = start_daemon("--backend", "torch", "--torch-device", "cpu")
+    # each (model, batch) is registered with its own weights: bert-base twice is 0.9 GB, past
+    # the default 1 GiB tenant quota that weights now count against
+    proc, ep = start_daemon("--backend", "torch", "--torch-device", "cpu",
+                            "--max-tenant-bytes", str(8 << 30))
     try:
         with Client(ep, tenant="bench") as c:
             for name in models:
