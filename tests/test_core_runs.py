@@ -42,6 +42,18 @@ def run_job(core, j, durations_us, now=0.0):
     return runs
 
 
+def dispatched_after_one_job(quantum_us, ests_us):
+    """A model whose first job has run (durations as declared) and a second job of it just
+    dispatched: (core, model, job)."""
+    core = core_with(quantum_us)
+    m = model(core, "m", ests_us)
+    run_job(core, Job("warm", "t", m, 0, 0), ests_us)
+    j = Job("j", "t", m, 0, 0)
+    core.add(j, 0.0)
+    assert core.next_dispatch(0.0) is j
+    return core, m, j
+
+
 def test_no_quantum_dispatches_kernel_by_kernel():
     core = core_with(0)
     m = model(core, "m", [10] * 6)
@@ -61,12 +73,8 @@ def test_first_job_goes_kernel_by_kernel_then_runs_fill_the_quantum():
 
 
 def test_a_run_reports_each_kernels_duration_into_the_estimates():
-    core = core_with(1000)
-    m = model(core, "m", [10, 10, 10])
-    run_job(core, Job("a", "t", m, 0, 0), [10, 10, 10])
-    j = Job("b", "t", m, 0, 0)
-    core.add(j, 0.0)
-    assert core.next_dispatch(0.0) is j and j.run_len == 3
+    core, m, j = dispatched_after_one_job(1000, [10, 10, 10])
+    assert j.run_len == 3
     core.on_complete(j, 0.0, 60 * US, [10 * US, 20 * US, 30 * US])
     assert [m.estimates.get(i) / US for i in range(3)] == pytest.approx([10, 15, 20])
     assert j.state is JobState.DONE and j.done_kernels == 3
@@ -74,12 +82,7 @@ def test_a_run_reports_each_kernels_duration_into_the_estimates():
 
 
 def test_a_wrong_completion_count_is_refused_before_anything_changes():
-    core = core_with(1000)
-    m = model(core, "m", [10, 10, 10])
-    run_job(core, Job("a", "t", m, 0, 0), [10, 10, 10])
-    j = Job("b", "t", m, 0, 0)
-    core.add(j, 0.0)
-    core.next_dispatch(0.0)
+    core, _, j = dispatched_after_one_job(1000, [10, 10, 10])
     with pytest.raises(ValueError, match="run of 3"):
         core.on_complete(j, 0.0, 20 * US, [10 * US, 10 * US])   # not asked to stop
     with pytest.raises(ValueError, match="run of 3"):
@@ -137,12 +140,7 @@ def test_abort_stops_a_run_and_the_stopped_run_completes_the_job_as_cancelled():
 
 
 def test_a_failure_inside_a_run_names_the_kernel_that_failed():
-    core = core_with(1000)
-    m = model(core, "m", [10] * 4)
-    run_job(core, Job("warm", "t", m, 0, 0), [10] * 4)
-    j = Job("a", "t", m, 0, 0)
-    core.add(j, 0.0)
-    core.next_dispatch(0.0)
+    core, _, j = dispatched_after_one_job(1000, [10] * 4)
     assert j.run_len == 4
     core.on_fail(j, 0.0, "boom", ran=2)   # kernels 0 and 1 ran, kernel 2 failed
     assert j.state is JobState.FAILED and j.done_kernels == 2 and core.inflight == 0
