@@ -176,13 +176,14 @@ def run(args) -> int:
     daemon = Daemon(cfg, admission=_admission)
     daemon.install_signal_handlers()
     try:
-        daemon.bind()
         # what is alive now (modules, the device and what it imported) lives as long as this
         # process: frozen, a full collection does not walk it (with torch's lazily imported
         # modules in, one took ~30 ms, holding the GIL: a pause in every tenant's jobs). Here,
-        # not in the library: it is the whole process's heap.
+        # not in the library: it is the whole process's heap; and before bind, so that no
+        # peer connects while the collection runs
         gc.collect()
         gc.freeze()
+        daemon.bind()
         daemon.serve()
     finally:
         daemon.close()
