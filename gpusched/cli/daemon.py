@@ -32,12 +32,13 @@ def add_parser(sub) -> None:
     d.add_argument("--max-extra", type=int, default=2,
                    help="kernels dispatched beyond free SM resources (Paella: 2)")
     d.add_argument("--quantum-us", type=float, default=None, metavar="US",
-                   help="torch backend: one dispatch runs a job's next ops back to back: all "
-                   "of them for a job alone in the queue, else those whose measured times sum "
-                   "to at most this; a job the policy would pick first stops a run at the next "
-                   "op (on a GPU only before its ops are queued); 0: every op its own dispatch "
-                   "(default: 1000 on a CPU, 250 on a GPU, about 10x the daemon's cost of one "
-                   "dispatch there)")
+                   help="torch backend: one dispatch runs a job's next ops back to back: on a "
+                   "CPU all of them for a job alone in the queue, else those whose measured "
+                   "times sum to at most this (at most 64 on a GPU; a model's first request "
+                   "goes op by op); a job the policy would pick first stops a run at the next "
+                   "op (on a GPU only before its ops are queued); paella and fifo-kbk never "
+                   "run more than one op; 0: every op its own dispatch (default: 1000 on a "
+                   "CPU, 250 on a GPU, about 10x the daemon's cost of one dispatch there)")
     d.add_argument("--speed", type=float, default=1.0,
                    help="sim and fluid devices: kernel duration multiplier (0 = zero-duration)")
     d.add_argument("--drain-grace", type=float, default=10.0,

@@ -24,8 +24,9 @@ their estimated durations sum to at most the quantum (the first always goes). Th
 scheduling point, so a model of many short kernels (a registered torch graph: views, adds,
 layer norms of microseconds) does not pay the daemon's per-dispatch cost (a worker hand-off and
 a loop pass, ~70 us on the CPU) for each, and a job that waits behind it waits about a quantum.
-A model's first job goes kernel by kernel: until one has finished, its estimates are the
-registration's guesses, not measurements. Where the device can stop a run between kernels
+With other jobs waiting (or where runs cannot be stopped), a model's first job goes kernel by
+kernel: until one has finished, its estimates are the registration's guesses, not
+measurements. Where the device can stop a run between kernels
 (``stoppable``: it reads ``job.stop`` before each), a job alone in the queue gets the rest of
 its kernels as one run, and a job that joins the queue (an arrival, or a job whose kernel
 finished) asks the runs of the jobs it would be chosen before to stop at their next kernel

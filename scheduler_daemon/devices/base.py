@@ -15,9 +15,11 @@ from scheduler_daemon.clock import Environment
 from scheduler_daemon.core.gpu_specs import GpuSpec
 from scheduler_daemon.core.jobs import Job
 
-# on_complete(job, now, duration_s[, per_kernel durations of a run]) / on_fail(job, now, message) / on_started(job, now)
-CompleteFn = Callable[[Job, float, float], None]
-FailFn = Callable[[Job, float, str], None]
+# on_complete(job, now, duration_s[, per_kernel: each kernel's duration, for a run])
+# on_fail(job, now, message[, ran: kernels of the run that finished before the failure])
+# on_started(job, now)
+CompleteFn = Callable[..., None]
+FailFn = Callable[..., None]
 StartedFn = Callable[[Job, float], None]
 
 

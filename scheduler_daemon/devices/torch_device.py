@@ -240,7 +240,8 @@ class TorchDevice(Device):
                     self.on_complete(job, now, res[0])
                 else:
                     self.on_complete(job, now, sum(res), res)
-            except Exception as e:   # a bug here fails that job, not the loop
+            except Exception as e:   # refused (checked before it changes anything): that
+                # job fails, not the loop
                 log.exception("torch: completion of job=%s could not be taken", job.id)
                 self.on_fail(job, now, f"internal error: {type(e).__name__}: {e}")
 
