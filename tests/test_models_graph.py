@@ -169,3 +169,40 @@ def test_a_graph_without_declared_input_shapes_keeps_no_costs():
     assert torch.equal(run(torch.ones(4)), torch.ones(4))
     with pytest.raises(TooMuchWork):
         run(torch.ones(100_000))
+
+
+def test_outputs_are_sent_zero_copy_except_a_weights_own_memory():
+    """An output's frame is the tensor's own memory (no copy); one that lives in a weight's
+    storage is copied: another request of the model may be using that weight while the reply
+    waits to be sent."""
+    from scheduler_daemon.core.gpu_specs import gpu_spec
+    from scheduler_daemon.core.jobs import Job, ModelEntry
+    from scheduler_daemon.devices.torch_device import TorchDevice
+    from scheduler_daemon.wire.kernels import KernelSpec
+
+    class M(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.arange(4.0))
+
+        def forward(self, x):
+            return x * 2, self.w.view(2, 2)
+
+    x = torch.ones(4)
+    loaded = _through_wire(M().eval(), [x])
+    dev = TorchDevice(gpu_spec("T4"), "cpu")
+    try:
+        key = ("t", "m")
+        dev._graphs[key] = loaded
+        entry = ModelEntry(key, "m", [KernelSpec(name="k", est_us=1)], gpu_spec("T4").capacity)
+        job = Job("j", "t", entry, 0.0, 0.0)
+        job.payload = env = loaded.start([x])
+        with torch.no_grad():
+            for i in range(len(loaded.fns)):
+                loaded.run_op(i, env)
+        (m0, b0), (m1, b1) = dev.outputs(job)
+        assert isinstance(b0, memoryview) and bytes(b0) == (x * 2).numpy().tobytes()
+        assert isinstance(b1, bytes) and b1 == torch.arange(4.0).numpy().tobytes()
+        assert m1.shape == [2, 2]
+    finally:
+        dev.close()

@@ -21,6 +21,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from scheduler_daemon.core.gpu_specs import GpuSpec
 from scheduler_daemon.core.jobs import Job
+from scheduler_daemon.core.ledger import storage_key
 from scheduler_daemon.devices import torch_ops
 from scheduler_daemon.devices.base import Capabilities, Device
 from scheduler_daemon.devices.mailbox import Mailbox
@@ -249,6 +250,7 @@ class TorchDevice(Device):
         res = []
         graph = self._graphs.get(job.model.key)
         payload = job.payload or []
+        shared = getattr(payload, "paid", frozenset())   # a graph's weights, its inputs
         if graph is not None:
             payload = [payload[o] for o in graph.graph.outputs]
         for t in payload:
@@ -256,9 +258,12 @@ class TorchDevice(Device):
             name = str(t.dtype).removeprefix("torch.")
             if name not in DTYPES:
                 raise ValueError(f"output dtype {name} cannot be sent")
-            # the tensor's own bytes, not a copy: the reply frame holds it until it is sent
-            res.append((TensorMeta(dtype=name, shape=list(t.shape)),
-                        memoryview(t.reshape(-1).numpy()).cast("B")))
+            # the tensor's own bytes, not a copy: the reply frame holds it until it is sent;
+            # but a copy of a weight's (another request of the model may be using it then)
+            buf = memoryview(t.reshape(-1).numpy()).cast("B")
+            if shared and storage_key(t)[0] in shared:
+                buf = bytes(buf)
+            res.append((TensorMeta(dtype=name, shape=list(t.shape)), buf))
         return res
 
     def utilisation(self) -> float:
