@@ -235,7 +235,7 @@ class SchedulerCore:
         cur = job.cur = job.next_kernel
         n = 1
         if self.quantum_s > 0.0:
-            if self.stoppable and len(self.queue) == 0 and not self._parked:
+            if self.stoppable and len(self.queue) == 0:   # (runs: no gates)
                 n = len(job.model.kernels) - cur   # alone: all of it, until a stop
             elif job.model.jobs_done > 0:
                 n = self._run_len(job.model, cur)

@@ -176,11 +176,11 @@ class LoadedGraph:
             raise ValueError(f"op {node.op} gave {len(outs)} outputs, graph says {node.n_out}")
         base = len(env)
         env.extend(outs)
-        tensor = _torch().Tensor
         if quota is not None and isinstance(env, _Env):
+            import torch
             with env.lock:
                 for j, o in enumerate(outs):
-                    if isinstance(o, tensor) and not env.closed:
+                    if isinstance(o, torch.Tensor) and not env.closed:
                         key, nbytes = storage_key(o)
                         if key in env.paid:    # a view of a weight or an input
                             continue
@@ -204,11 +204,6 @@ class LoadedGraph:
         out = [env[o] for o in self.graph.outputs]
         self.finish(env)
         return out
-
-
-def _torch():
-    import torch
-    return torch
 
 
 def _refs(a):
