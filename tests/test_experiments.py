@@ -315,6 +315,23 @@ def test_the_stream_baselines_notice_a_finished_job_at_their_next_poll():
     assert costs.for_policy("srpt").poll_us == 0.0 and costs.for_policy("cuda-ms").notice_us == 0
 
 
+def test_each_system_pays_its_familys_host_costs_a_variant_its_parents():
+    from scheduler_daemon.core import policies
+    c = HostCosts(launch_us=1.0, notice_us=2.0, rpc_us=3.0, poll_us=4.0)
+    got = {p: (c.for_policy(p).notice_us, c.for_policy(p).rpc_us, c.for_policy(p).poll_us)
+           for p in ("srpt", "paella", "fifo-kbk", "cuda-ms", "clockwork", "triton")}
+    assert got == {"srpt": (2, 3, 0), "paella": (2, 3, 0), "fifo-kbk": (2, 3, 0),
+                   "cuda-ms": (0, 0, 4), "clockwork": (0, 0, 4), "triton": (0, 3, 0)}
+
+    class Variant(policies.ALL_POLICIES["srpt"]):   # tools/run_ahead.py registers such
+        per_job_outstanding = 4
+    policies.ALL_POLICIES["srpt-variant"] = Variant
+    try:
+        assert c.for_policy("srpt-variant") == c.for_policy("srpt")
+    finally:
+        del policies.ALL_POLICIES["srpt-variant"]
+
+
 def test_triton_runs_as_many_instances_as_the_caps_each_on_its_own_stream():
     mix = _mix(3)
     sc = runner.Scenario("T4", mix, tuple((0.0, 0) for _ in range(6)), caps={"m": 3})

@@ -4,8 +4,9 @@ the critical path, coarser preemption). Not a product policy: a measurement.
 
     python tools/run_ahead.py [--k 4] [--gpu T4] [--jobs 1000] [--rates 189,566,943,1310]
 
-Same arrival draw (Paella's mix, log-normal sigma 2, seed 0) and host costs (launch 4.5 us,
-notice 12 us, rpc 175 us, poll 20 us) for every policy; prints achieved jobs/s, p50, p99 and
+Same arrival draw (Paella's mix, log-normal sigma 2, seed 0) and the default host costs of the
+GPU preset (T4: launch 4.5 us, notice 12 us, rpc 175 us, poll 20 us), each policy paying its
+family's; prints achieved jobs/s, p50, p99 and
 SLO attainment per rate.
 """
 from __future__ import annotations
@@ -13,10 +14,11 @@ from __future__ import annotations
 import argparse
 
 from gpusched.experiments.clients import PAELLA_CAPS
-from gpusched.experiments.host import HostCosts
+from gpusched.experiments.host import default_costs
 from gpusched.experiments.mixes import mix as make_mix
 from gpusched.experiments.runner import Scenario, make_arrivals, run_point, scaled
 from scheduler_daemon.core import policies
+from scheduler_daemon.core.gpu_specs import gpu_spec
 
 
 def main() -> None:
@@ -35,7 +37,7 @@ def main() -> None:
     policies.ALL_POLICIES[name] = SrptK
     mix = tuple(make_mix("paella-mix", args.gpu, engine="fused"))
     unit = make_arrivals(mix, "lognormal:2", 1.0, args.jobs, 0)
-    costs = HostCosts(4.5, 12.0, 175.0, 20.0)
+    costs = default_costs(gpu_spec(args.gpu))   # srpt-k4 pays srpt's: the class's ``host``
     print("| offered jobs/s | policy | achieved jobs/s | p50 ms | p99 ms | SLO met |")
     print("|---:|---|---:|---:|---:|---:|")
     for rate in (float(r) for r in args.rates.split(",")):

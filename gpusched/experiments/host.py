@@ -30,9 +30,6 @@ MEASURED_KERNEL_OVERHEAD_US = 12.0
 MEASURED_CLIENT_RTT_US = 175.0
 POLL_US = 20.0
 
-SOFTWARE = frozenset({"fifo", "srpt", "edf", "paella", "slo", "slo-srpt", "fifo-kbk"})
-POLLING = frozenset({"cuda-ss", "cuda-ms", "mps", "fifo-jbj", "clockwork"})
-RPC = SOFTWARE | {"triton"}
 
 
 @dataclass(frozen=True)
@@ -43,11 +40,14 @@ class HostCosts:
     poll_us: float = POLL_US
 
     def for_policy(self, policy: str) -> "HostCosts":
-        """The costs one system pays: each policy family has only its own."""
+        """The costs one system pays: each family (the policy class's ``host``, so a
+        variant registered under a new name pays its parent's) has only its own."""
+        from scheduler_daemon.core.policies import ALL_POLICIES
+        host = ALL_POLICIES[policy].host
         return replace(self,
-                       notice_us=self.notice_us if policy in SOFTWARE else 0.0,
-                       rpc_us=self.rpc_us if policy in RPC else 0.0,
-                       poll_us=self.poll_us if policy in POLLING else 0.0)
+                       notice_us=self.notice_us if host == "dispatcher" else 0.0,
+                       rpc_us=self.rpc_us if host in ("dispatcher", "rpc") else 0.0,
+                       poll_us=self.poll_us if host == "polling" else 0.0)
 
 
 FREE = HostCosts(0.0, 0.0, 0.0, 0.0)

@@ -27,6 +27,10 @@ class Policy(KeyOrder):
     # a dispatch may be a run of a job's kernels (the core's quantum); off where the policy's
     # choice is not its key (Paella's deficits) or kernel by kernel is the point of it
     runs = True
+    # what the system pays on the host besides the GPU (experiments/host.py): "dispatcher"
+    # (this daemon: a notice per kernel, an RPC per request), "polling" (CUDA streams polled
+    # for completion), "rpc" (a serving frontend: an RPC per request)
+    host = "dispatcher"
 
     def key(self, job: Job, now: float) -> float:
         raise NotImplementedError
@@ -113,6 +117,7 @@ class HardwareOrder(Policy):
     """Launch every kernel at once; the GPU's hardware queues decide what runs."""
     bounded = False
     per_job_outstanding = None
+    host = "polling"
 
     def key(self, job, now):
         return job.arrival
@@ -141,6 +146,7 @@ class Triton(HardwareOrder):
     its own stream (no batching). ``instance_groups``: model name -> instances (Triton's
     ``instance_group count``; Paella ran it equal to the client's per-model caps)."""
     name = "triton"
+    host = "rpc"
     stream = "model"
     gate = "model"
 
