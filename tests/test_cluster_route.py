@@ -248,4 +248,5 @@ def test_submit_cluster_counts_jobs_by_the_shared_latency_definition(capsys):
                 "tenants": [{**s, "errors": row["errors"]}], "overall": summarize("overall", [row]),
                 "routing": {"submitted": 8, "resent": 1}})
     out = capsys.readouterr().out
-    assert "client" in out and "daemon" in out and "DaemonRestarted 1" in out
+    # both clocks' attainment in the table (2 of 7 = 28.6%, 3 of 5 = 60.0%)
+    assert "28.6%" in out and "60.0%" in out and "DaemonRestarted 1" in out
