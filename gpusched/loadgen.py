@@ -34,7 +34,7 @@ class WorkerConfig:
 def run_worker(cfg: WorkerConfig) -> dict:
     from concurrent.futures import TimeoutError as FutureTimeout
 
-    from client_lib import Client, GpuschedError, JobCancelled, JobFailed, JobShed
+    from client_lib import Client, GpuschedError
 
     load = workload(cfg.workload)[cfg.tenant_index]
     rng = random.Random(cfg.seed)
@@ -56,34 +56,46 @@ def run_worker(cfg: WorkerConfig) -> dict:
             else:
                 c.poll(min(t_next, end) - now)
         deadline = time.perf_counter() + cfg.drain_s
-        lat, dlat, errors = [], [], {}
-        missed = {"client": 0, "daemon": 0}   # wire/latency.py: who missed, by whose clock
-        ended = {"client": 0, "daemon": 0}
+        row = new_row(load.tenant, load.slo_ms)
         for f in futs:
             try:
                 r = f.result(timeout=max(0.0, deadline - time.perf_counter()))
-            except JobCancelled as e:  # ended by someone else: neither a hit nor a miss
-                errors[type(e).__name__] = errors.get(type(e).__name__, 0) + 1
+            except (GpuschedError, FutureTimeout) as e:
+                tally(row, exc=e)
                 continue
-            except (JobShed, JobFailed) as e:  # the daemon answered: a miss on both clocks
-                errors[type(e).__name__] = errors.get(type(e).__name__, 0) + 1
-                for side in ("client", "daemon"):
-                    ended[side] += 1
-                    missed[side] += missed_slo("failed", 0.0, load.slo_ms)
-                continue
-            except (GpuschedError, FutureTimeout) as e:  # no answer: a miss for the client
-                errors[type(e).__name__] = errors.get(type(e).__name__, 0) + 1
-                ended["client"] += 1
-                missed["client"] += missed_slo("failed", 0.0, load.slo_ms)
-                continue
-            lat.append(r.latency_ms)
-            dlat.append(r.total_ms)
-            for side, ms in (("client", r.latency_ms), ("daemon", r.total_ms)):
-                ended[side] += 1
-                missed[side] += missed_slo("done", ms, load.slo_ms)
-    return {"tenant": load.tenant, "slo_ms": load.slo_ms, "submitted": len(futs),
-            "completed": len(lat), "failed": len(futs) - len(lat), "missed": missed,
-            "ended": ended, "latencies_ms": lat, "daemon_ms": dlat, "errors": errors}
+            tally(row, r)
+    return row
+
+
+def new_row(model: str, slo_ms: float) -> dict:
+    """A worker's numbers for one model (or tenant), in ``summarize``'s shape."""
+    return {"tenant": model, "slo_ms": slo_ms, "submitted": 0, "completed": 0, "failed": 0,
+            "latencies_ms": [], "daemon_ms": [], "missed": {"client": 0, "daemon": 0},
+            "ended": {"client": 0, "daemon": 0}, "errors": {}}
+
+
+def tally(row: dict, res=None, exc: BaseException | None = None) -> None:
+    """Count one job into ``row`` by wire/latency.py's rules: a result on both clocks (client
+    latency, the daemon's ``total_ms``); a cancelled job neither hit nor miss; a shed or failed
+    one the daemon answered a miss on both; one without an answer (``DaemonRestarted``,
+    ``NoReplica``, a timeout) a miss by the client's clock."""
+    from client_lib import JobCancelled, JobFailed, JobShed
+    row["submitted"] += 1
+    if exc is None:
+        row["completed"] += 1
+        row["latencies_ms"].append(res.latency_ms)
+        row["daemon_ms"].append(res.total_ms)
+        for side, ms in (("client", res.latency_ms), ("daemon", res.total_ms)):
+            row["ended"][side] += 1
+            row["missed"][side] += missed_slo("done", ms, row["slo_ms"])
+        return
+    row["failed"] += 1
+    row["errors"][type(exc).__name__] = row["errors"].get(type(exc).__name__, 0) + 1
+    sides = () if isinstance(exc, JobCancelled) else \
+        ("client", "daemon") if isinstance(exc, JobShed | JobFailed) else ("client",)
+    for side in sides:
+        row["ended"][side] += 1
+        row["missed"][side] += missed_slo("failed", 0.0, row["slo_ms"])
 
 
 def summarize(name: str, rows: list[dict]) -> dict:

@@ -227,8 +227,8 @@ def test_submit_cluster_counts_jobs_by_the_shared_latency_definition(capsys):
     rank; a job without an answer misses by the client's clock only, a cancelled one by none."""
     from client_lib import JobResult
     from client_lib.errors import DaemonRestarted, JobCancelled, JobShed
-    from gpusched.cluster.load import new_row, print_load, tally
-    from gpusched.loadgen import summarize
+    from gpusched.cluster.load import print_load
+    from gpusched.loadgen import new_row, summarize, tally
 
     row = new_row("m", 10.0)
     for client_ms, daemon_ms in ((2.0, 1.0), (4.0, 3.0), (12.0, 9.0), (30.0, 20.0)):

@@ -4,7 +4,8 @@ router picks each job's replica. A job is one batch of its replica's size; model
 proportion to their placed job rates (requests/s over batch).
 
 Each client is a process (``python -m gpusched.cluster.load WORKER-JSON``) printing one JSON
-line; the parent aggregates per model with ``gpusched submit``'s summary (``loadgen.summarize``):
+line (counted by ``loadgen.tally``, as ``gpusched submit``'s own clients count); the parent
+aggregates per model with ``gpusched submit``'s summary (``loadgen.summarize``):
 the one definition of percentiles and SLO attainment (``scheduler_daemon/wire/latency.py``,
 docs/protocol.md) on both clocks. Client latency runs from submit to answer (routing and
 re-routing included); daemon latency is the serving daemon's ``total_ms``. A job failed with
@@ -48,38 +49,6 @@ def check_models(placed: dict[str, dict], wanted: list[str]) -> list[str]:
     return names
 
 
-def new_row(model: str, slo_ms: float) -> dict:
-    """A worker's numbers for one model, in ``loadgen.summarize``'s shape."""
-    return {"tenant": model, "slo_ms": slo_ms, "submitted": 0, "completed": 0, "failed": 0,
-            "latencies_ms": [], "daemon_ms": [], "missed": {"client": 0, "daemon": 0},
-            "ended": {"client": 0, "daemon": 0}, "errors": {}}
-
-
-def tally(row: dict, res=None, exc: BaseException | None = None) -> None:
-    """Count one job into ``row`` by wire/latency.py's rules: a result on both clocks (client
-    latency, the daemon's ``total_ms``); a cancelled job neither hit nor miss; a shed or failed
-    one the daemon answered a miss on both; one without an answer (``DaemonRestarted``,
-    ``NoReplica``, a timeout) a miss by the client's clock."""
-    from client_lib import JobCancelled, JobFailed, JobShed
-    from scheduler_daemon.wire.latency import missed_slo
-    row["submitted"] += 1
-    if exc is None:
-        row["completed"] += 1
-        row["latencies_ms"].append(res.latency_ms)
-        row["daemon_ms"].append(res.total_ms)
-        for side, ms in (("client", res.latency_ms), ("daemon", res.total_ms)):
-            row["ended"][side] += 1
-            row["missed"][side] += missed_slo("done", ms, row["slo_ms"])
-        return
-    row["failed"] += 1
-    row["errors"][type(exc).__name__] = row["errors"].get(type(exc).__name__, 0) + 1
-    sides = () if isinstance(exc, JobCancelled) else \
-        ("client", "daemon") if isinstance(exc, JobShed | JobFailed) else ("client",)
-    for side in sides:
-        row["ended"][side] += 1
-        row["missed"][side] += missed_slo("failed", 0.0, row["slo_ms"])
-
-
 def run_worker(cfg: dict) -> dict:
     from concurrent.futures import TimeoutError as FutureTimeout
 
@@ -87,6 +56,7 @@ def run_worker(cfg: dict) -> dict:
     from gpusched.cluster.client import ClusterClient
     from gpusched.cluster.route import NoReplica
     from gpusched.experiments.arrivals import arrival_times
+    from gpusched.loadgen import new_row, tally
 
     rng = random.Random(cfg["seed"])
     with ClusterClient(cfg.get("cluster"), tenant=cfg["tenant"], policy=cfg["route"],
