@@ -51,6 +51,15 @@ class _Fleet:
         self._mig: dict[str, tuple[np.ndarray, np.ndarray]] = {}  # per running job
         self._sizes: dict[tuple[str, str], list[int]] = {}  # gpu_sizes per (job, type)
 
+    def copy(self, free: dict | None = None, spend: float | None = None) -> _Fleet:
+        """The same fleet (its caches shared: prices and links do not change in a solve) with
+        its own free GPUs (``free``: per type, taken as is; else a copy of these) and spend."""
+        c = _Fleet.__new__(_Fleet)
+        c.__dict__.update(self.__dict__)
+        c.free = free if free is not None else {t: v.copy() for t, v in self.free.items()}
+        c.spend = self.spend if spend is None else spend
+        return c
+
     def migration(self, job: Job, n: int) -> tuple[np.ndarray | float, np.ndarray | float]:
         """(seconds, egress $) per site for a running job to take n GPUs there, as
         ``candidates._migration`` prices one site: its checkpoint from the site it runs at

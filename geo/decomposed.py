@@ -128,9 +128,7 @@ def solve_decomposed(model: Model, objective: str, *, jobs: list[Job] | None = N
     for order, mu in variants:
         adj = S if mu == 0.0 else S - mu * H
         placed_k, fr, sp = _round(jobs, data, adj, fleet, types, order)
-        trial = _Fleet.__new__(_Fleet)
-        trial.__dict__.update(fleet.__dict__)
-        trial.free, trial.spend = fr, sp
+        trial = fleet.copy(fr, sp)
         placed = {name: v[:3] for name, v in placed_k.items()}
         multi = {}
         for r, job in enumerate(jobs):  # jobs that only fit across sites, before growth
@@ -316,9 +314,7 @@ def _relocate_priced(fleet: _Fleet, objective: str, placed: dict, jobs: dict[str
     (``within_fleet_budget``); the best (priority served, then objective) is returned as
     (fleet, placed)."""
     def run(mu):
-        tr = _Fleet.__new__(_Fleet)
-        tr.__dict__.update(fleet.__dict__)
-        tr.free = {t: v.copy() for t, v in fleet.free.items()}
+        tr = fleet.copy()
         pl = dict(placed)
         over = []  # $/h the improved plan spends beyond what is left, before the repair
 
