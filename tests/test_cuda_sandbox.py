@@ -214,3 +214,17 @@ def test_a_daemon_answers_others_while_a_tenant_compiles_a_bomb(daemon_factory):
         assert time.monotonic() - start < 1.0
     t.join(30)
     assert not t.is_alive() and len(errors) == 1 and "limit" in str(errors[0])
+
+
+def test_a_submit_that_fails_leaves_nothing_pending_and_the_tenant_not_locked_out():
+    """The compile pool already gone (the daemon closing): the submit raises, nothing is
+    counted as out (take_done, on every loop pass, returns at once), and the tenant's
+    one-compile-at-a-time slot is not taken."""
+    compiler = Compiler(Gate(), inline=False)
+    h = Harness(compiler=compiler)
+    _hello(h, b"a", "ta")
+    compiler.close()
+    (answer, _), = h.send(b"a", P.RegisterCuda(req_id=2, model="m", cuda=_model()))
+    assert answer.req_id == 2 and isinstance(answer, P.Error), answer   # one answer, an error
+    assert not compiler.busy() and compiler.take_done() == []
+    assert not h.server.tenants["ta"].compiling
