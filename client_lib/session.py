@@ -147,11 +147,11 @@ class ClientSession:
             _settle(p, None, exc)
 
     def fail_all(self, exc) -> int:
-        """Fail every pending request with ``exc``, or with ``exc(pending)`` when it is a
-        function (each its own message); how many had a waiter."""
+        """Fail every pending request with ``exc`` (an exception), or with ``exc(pending)``
+        when it is a function (each its own message); how many had a waiter."""
         pending, self.pending = self.pending, {}
         for p in pending.values():
-            _settle(p, None, exc(p) if callable(exc) else exc)
+            _settle(p, None, exc if isinstance(exc, BaseException) else exc(p))
         return sum(p.future is not None for p in pending.values())
 
     # -- replies ----------------------------------------------------------------------------
