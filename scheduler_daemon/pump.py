@@ -18,9 +18,12 @@ log = logging.getLogger("gpusched.pump")
 
 
 class Pump:
-    def __init__(self, core: SchedulerCore, device: Device, env: Environment):
+    def __init__(self, core: SchedulerCore, device: Device, env: Environment,
+                 launch: Callable[[Job], None] | None = None):
+        """``launch``: what launches a job's dispatch (default ``device.launch``; a virtual
+        run adds its host's cost of launching)."""
         self.core, self.device, self.env = core, device, env
-        self._launch = device.launch
+        self._launch = device.launch if launch is None else launch
 
     def dispatch(self, now: float) -> None:
         """Launch every kernel the core picks at ``now``."""

@@ -11,13 +11,14 @@ cdef class VirtualRun:
     cdef public object device
     cdef public Environment env
     cdef public Pump pump
-    cdef public double notice_s
+    cdef public double notice_s, launch_s
     cdef double _host_free
     cdef public list finished
     cdef public object on_finished
     @cython.locals(at=double)
     cdef _later(self, fn, arg)
-    cpdef _on_complete(self, Job job, double duration_s)
+    cpdef _launch(self, Job job)
+    cpdef _on_complete(self, Job job, double duration_s, list per_kernel)
     cpdef _on_started(self, Job job)
     @cython.locals(core=SchedulerCore, done=list)
     cpdef _pump(self)

@@ -7,6 +7,11 @@ Used by the policy tests, the experiments, placement replay and profiling.
 blocks started, a kernel completed) reaches the core that long after it happened, one notice
 at a time (one dispatcher thread), and the launches the core then decides go out at that
 moment. Zero for the hardware-queue baselines, whose kernels are all launched up front.
+
+``launch_s``: what one more launch of a run costs that thread (a run of ``n`` kernels, the
+core's quantum, is ``n`` launches back to back: the first is in the notice's cost, the other
+``n - 1`` keep the thread busy ``launch_s`` each; the device's rule R7 lets them reach the GPU
+as they are made).
 """
 from __future__ import annotations
 
@@ -19,13 +24,14 @@ from scheduler_daemon.pump import Pump
 
 class VirtualRun:
     def __init__(self, core: SchedulerCore, device: Device, env: Environment | None = None,
-                 notice_s: float = 0.0):
+                 notice_s: float = 0.0, launch_s: float = 0.0):
         if core.fits is None:   # the core sees what the device observes per SM
             core.fits = device.fits_now
         self.core = core
         self.device = device
         self.env = env or Environment()
-        self.pump = Pump(core, device, self.env)
+        self.launch_s = launch_s
+        self.pump = Pump(core, device, self.env, self._launch if launch_s else None)
         self.notice_s = notice_s
         self._host_free = 0.0   # when the dispatcher thread is next idle
         self.finished: list[Job] = []
@@ -38,17 +44,24 @@ class VirtualRun:
         self._host_free = at
         self.env.call_at(at, fn, arg)
 
-    def _complete(self, job: Job, now: float, duration_s: float) -> None:
+    def _launch(self, job: Job) -> None:
+        self.device.launch(job)
+        if job.run_len > 1:   # the rest of the run's launches, back to back
+            self._host_free = (max(self.env.now, self._host_free)
+                               + (job.run_len - 1) * self.launch_s)
+
+    def _complete(self, job: Job, now: float, duration_s: float,
+                  per_kernel: list | None = None) -> None:
         if self.notice_s:
-            self._later(self._complete_noticed, (job, duration_s))
+            self._later(self._complete_noticed, (job, duration_s, per_kernel))
         else:
-            self._on_complete(job, duration_s)
+            self._on_complete(job, duration_s, per_kernel)
 
     def _complete_noticed(self, notice: tuple) -> None:
-        self._on_complete(notice[0], notice[1])
+        self._on_complete(notice[0], notice[1], notice[2])
 
-    def _on_complete(self, job: Job, duration_s: float) -> None:
-        self.core.on_complete(job, self.env.now, duration_s)
+    def _on_complete(self, job: Job, duration_s: float, per_kernel: list | None) -> None:
+        self.core.on_complete(job, self.env.now, duration_s, per_kernel)
         self._pump()
 
     def _started(self, job: Job, now: float) -> None:

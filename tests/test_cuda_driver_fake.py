@@ -320,3 +320,86 @@ def test_with_the_scheduler_core(rig):
 def test_model_struct_is_what_the_wire_decodes():
     m = model()
     assert msgspec.msgpack.decode(msgspec.msgpack.encode(m), type=CudaModel) == m
+
+
+def _scale(alpha):
+    return CudaLaunch("scale", [4], [256], args=[Buf(2), Scalar("float32", alpha),
+                                                 Scalar("int32", N)])
+
+
+def _run_rig(dev):
+    reports, failed = [], []
+    dev.start(Env(), lambda j, now, d, per=None: reports.append((j, d, per)),
+              lambda j, now, msg, ran=0: failed.append((j, msg, ran)))
+    return reports, failed
+
+
+def test_a_run_is_queued_on_one_stream_and_reported_once(rig):
+    """The core's quantum: one dispatch of three kernels goes on one stream at once, and the
+    device reports it once, after the last, with each kernel's duration."""
+    fake, dev, _done, _failed = rig()
+    entry = register(dev, model(launches=[CudaLaunch("vec_add", [4], [256], args=VEC_ARGS),
+                                          _scale(2.5), _scale(2.0)]))
+    reports, failed = _run_rig(dev)
+    a, b, payload = inputs(3)
+    j = job(entry, payload)
+    dev.prepare(j)
+    j.cur, j.run_len = 0, 3
+    dev.launch(j)
+    wait(dev, reports, failed, 1)
+    time.sleep(0.05)
+    dev.collect()
+    assert not failed and len(reports) == 1
+    _j, d, per = reports[0]
+    assert len(per) == 3 and d == pytest.approx(sum(per))
+    assert [ln[0] for ln in fake.launches] == ["vec_add", "scale", "scale"]
+    assert len({ln[4].id for ln in fake.launches}) == 1          # one stream: in order
+    ((_, out),) = dev.outputs(j)
+    assert np.allclose(np.frombuffer(out, np.float32), (a + b) * 5.0)
+
+
+def test_a_run_whose_second_launch_fails_is_answered_once(rig):
+    fake, dev, _done, _failed = rig()
+    calls = []
+    real = fake.cuLaunchKernel
+
+    def second_fails(*args):
+        calls.append(args)
+        return (R.CUDA_ERROR_LAUNCH_OUT_OF_RESOURCES,) if len(calls) == 2 else real(*args)
+    fake.cuLaunchKernel = second_fails
+    entry = register(dev, model(launches=[CudaLaunch("vec_add", [4], [256], args=VEC_ARGS),
+                                          _scale(2.5), _scale(2.0)]))
+    reports, failed = _run_rig(dev)
+    j = job(entry, inputs()[2])
+    dev.prepare(j)
+    j.cur, j.run_len = 0, 3
+    dev.launch(j)
+    wait(dev, reports, failed, 1)
+    time.sleep(0.1)                    # the first kernel's completion comes too: dropped
+    dev.collect()
+    assert reports == [] and len(failed) == 1 and len(calls) == 2   # the third never went
+    assert "kernel 1 (scale) could not launch" in failed[0][1]
+    j.payload = None
+    gc.collect()
+    time.sleep(0.05)
+    dev.collect()
+    assert fake.live == {}
+
+
+def test_a_run_whose_kernel_faults_fails_once_counting_what_ran(rig):
+    _fake, dev, _done, _failed = rig()
+    entry = register(dev, model(launches=[_scale(2.0), CudaLaunch("fault", [1], [1],
+                                                                   args=[Buf(2)]), _scale(3.0)]))
+    reports, failed = _run_rig(dev)
+    j = job(entry, inputs()[2])
+    dev.prepare(j)
+    j.cur, j.run_len = 0, 3
+    dev.launch(j)
+    wait(dev, reports, failed, 1)
+    time.sleep(0.1)
+    dev.collect()
+    assert reports == [] and len(failed) == 1
+    _j, msg, ran = failed[0]
+    # the stand-in faults at the launch, so the run's third launch finds the context broken
+    # (a real GPU faults later and the waiter reports kernel 1): one answer either way
+    assert ran in (0, 1) and "restart the daemon" in msg

@@ -284,10 +284,14 @@ def test_baseline_policies_are_refused_where_a_jobs_kernels_cannot_overlap():
 
 
 def test_quantum_is_the_devices_default_and_refused_where_kernels_go_one_at_a_time():
-    with pytest.raises(ConfigError, match="one kernel at a time.*--backend torch"):
-        Harness(quantum_us=500.0)                 # the simulated GPU: Paella's per-kernel rule
+    with pytest.raises(ConfigError, match="one kernel at a time.*--backend torch or sim"):
+        Harness(device=FluidDevice(gpu_spec("T4")), quantum_us=500.0)
+    assert Harness(device=FluidDevice(gpu_spec("T4"))).server.core.quantum_s == 0.0
     assert Harness(quantum_us=0.0).server.core.quantum_s == 0.0
-    assert Harness().server.core.quantum_s == 0.0
+    # the simulated GPU chains a run on the job's stream; it cannot stop one (CUDA cannot)
+    sim = Harness().server.core
+    assert sim.quantum_s == pytest.approx(120e-6) and not sim.stoppable
+    assert Harness(quantum_us=500.0).server.core.quantum_s == pytest.approx(500e-6)
     pytest.importorskip("torch")
     from scheduler_daemon.devices.torch_device import TorchDevice
     h = Harness(device=TorchDevice(gpu_spec("T4"), "cpu"))

@@ -56,6 +56,14 @@ ZOO_SCENARIOS = [
     ("zoo-cuda-ms", dict(policy="cuda-ms", seed=2, rate=1200.0, zoo=True, jobs=40,
                          launch_us=4.5)),
 ]
+# runs (the core's quantum: a job's kernels chained on its stream, noticed once), which came
+# after the golden digests: compared compiled against interpreted only
+RUN_SCENARIOS = [
+    ("srpt-t4-runs", dict(policy="srpt", seed=12, rate=1200.0, launch_us=4.5, notice_us=12.0,
+                          run_us=1000.0)),
+    ("zoo-slo-srpt-runs", dict(policy="slo-srpt", seed=13, rate=1500.0, zoo=True, jobs=60,
+                               launch_us=4.5, notice_us=12.0, run_us=120.0)),
+]
 
 GOLDEN = {
     "slo-t4":
@@ -114,7 +122,7 @@ def _zoo_mix(gpu: str):
 def run_scenario(policy: str, seed: int, rate: float, gpu: str = "T4", jobs: int = 150,
                  sigma: float = 2.0, launch_us: float = 0.0, notice_us: float = 0.0,
                  hw_queues: int = 32, max_extra: int = 2, shed: bool = False,
-                 quantum_us: float = 0.5, zoo: bool = False) -> dict:
+                 quantum_us: float = 0.5, zoo: bool = False, run_us: float = 0.0) -> dict:
     """One run of the whole stack; its outcome with every float as ``repr``."""
     from scheduler_daemon.core.gpu_specs import gpu_spec
     from scheduler_daemon.core.jobs import Job
@@ -127,9 +135,19 @@ def run_scenario(policy: str, seed: int, rate: float, gpu: str = "T4", jobs: int
     models = _zoo_mix(gpu) if zoo else _mix(gpu, seed)
     pol = (Triton(instance_groups={m: 1 + i % 3 for i, (m, _, _) in enumerate(models)})
            if policy == "triton" else make_policy(policy))
-    core = SchedulerCore(pol, spec.capacity, max_extra=max_extra, shed=shed)
+    core = SchedulerCore(pol, spec.capacity, max_extra=max_extra, shed=shed,
+                         quantum_s=run_us * 1e-6)
     dev = SimGpu(spec, hw_queues=hw_queues, quantum_us=quantum_us, launch_us=launch_us)
-    run = VirtualRun(core, dev, notice_s=notice_us * 1e-6)
+    run = VirtualRun(core, dev, notice_s=notice_us * 1e-6,
+                     launch_s=launch_us * 1e-6 if run_us else 0.0)
+    reports = [0]
+    if run_us:   # count the device's completion reports (a run is one)
+        inner = dev.on_complete
+
+        def counted(job, now, d, per=None):
+            reports[0] += 1
+            inner(job, now, d, per)
+        dev.on_complete = counted
     order: list = []
     run.on_finished = lambda j: order.append(j.id)
     entries = [core.make_model(m, m, list(ks)) for m, _, ks in models]
@@ -145,7 +163,7 @@ def run_scenario(policy: str, seed: int, rate: float, gpu: str = "T4", jobs: int
         all_jobs.append(job)
         run.submit_at(job)
     run.run()
-    return {
+    out = {
         "jobs": [[j.id, j.state.value, repr(j.finish), repr(j.first_start), repr(j.exec_s)]
                  for j in all_jobs],
         "order": order,
@@ -154,6 +172,9 @@ def run_scenario(policy: str, seed: int, rate: float, gpu: str = "T4", jobs: int
         "estimates": [[repr(e.estimates.get(i)) for i in range(len(e.estimates))]
                       for e in entries],
     }
+    if run_us:
+        out["reports"] = reports[0]
+    return out
 
 
 def digest(outcome: dict) -> str:
@@ -162,7 +183,7 @@ def digest(outcome: dict) -> str:
 
 def _outcomes(golden_only: bool = False) -> dict:
     out = {}
-    for name, sc in SCENARIOS + ([] if golden_only else ZOO_SCENARIOS):
+    for name, sc in SCENARIOS + ([] if golden_only else ZOO_SCENARIOS + RUN_SCENARIOS):
         out[name] = run_scenario(**sc)
     return out
 
@@ -276,6 +297,9 @@ def test_compiled_and_interpreted_runs_are_identical():
         for jp, jc in zip(p["jobs"], c["jobs"], strict=True):
             assert jp == jc, (name, jp, jc)
         assert any(j[1] == "done" for j in p["jobs"]), name
+    for name, _ in RUN_SCENARIOS:   # they did run runs: fewer reports than kernels
+        assert pure[name]["reports"] == compiled[name]["reports"]
+        assert 0 < pure[name]["reports"] < 0.8 * pure[name]["device"][0], name
 
 
 def test_outcomes_are_those_of_the_code_before_compilation():

@@ -41,6 +41,8 @@ class KRec:
     started_t: float | None = None  # all blocks dispatched (on_started)
     finish_t: float | None = None
     reported: list = field(default_factory=list)
+    run: list = field(default_factory=list)    # the records of its launch (a run: several)
+    done_t: float | None = None      # when the device marked it done
 
 
 class CheckedSimGpu(SimGpu):
@@ -55,18 +57,40 @@ class CheckedSimGpu(SimGpu):
         self.max_grids_seen = 0
 
     def start(self, env, on_complete, on_fail, on_started=None):
-        # a job's kernels start and complete in launch order (one stream, or one at a time)
-        def complete(job, now, duration):
-            rec = self._unfinished[id(job)].popleft()
-            assert rec.finish_t is None and rec.kern.done
-            rec.finish_t = now
-            rec.reported.append(duration)
-            on_complete(job, now, duration)
+        # a job's kernels start and complete in launch order (one stream, or one at a time);
+        # a run is one report, at its last kernel, with each kernel's duration
+        def complete(job, now, duration, per_kernel=None):
+            first = self._unfinished[id(job)].popleft()
+            run = first.run
+            for _ in run[1:]:
+                self._unfinished[id(job)].popleft()
+            if per_kernel is None:
+                assert len(run) == 1
+                per_kernel = [duration]
+            else:
+                assert len(per_kernel) == len(run) and duration == pytest.approx(sum(per_kernel))
+            for rec in run:     # (those finishing in this event are not marked yet)
+                if rec.done_t is None:
+                    rec.done_t = now
+            assert run[-1].done_t == now
+            for rec, d in zip(run, per_kernel):
+                assert rec.finish_t is None and rec.kern.done
+                rec.finish_t = rec.done_t
+                rec.reported.append(d)
+            if len(run) == 1:
+                on_complete(job, now, duration)
+            else:
+                on_complete(job, now, duration, per_kernel)
 
         def started(job, now):
-            rec = self._unstarted[id(job)].popleft()
-            assert rec.kern.left == 0
-            rec.started_t = now
+            first = self._unstarted[id(job)].popleft()
+            run = first.run
+            for _ in run[1:]:
+                self._unstarted[id(job)].popleft()
+            for rec in run:
+                assert rec.kern.left == 0
+                rec.started_t = rec.start_t   # (its blocks all went before the last's)
+            run[-1].started_t = now
             if on_started is not None:
                 on_started(job, now)
 
@@ -81,12 +105,18 @@ class CheckedSimGpu(SimGpu):
         super().launch(job)
         kern = self._tails.get(job.stream)
         if kern is not None and id(kern) not in self._rec_of:
-            rec = KRec(kern, job, job.stream, job.stream % len(self.queues), self.env.now,
-                       len(self.recs))
-            self.recs.append(rec)
-            self._rec_of[id(kern)] = rec
-            self._unfinished[id(job)].append(rec)
-            self._unstarted[id(job)].append(rec)
+            chain = [kern]           # a run: its kernels, each chained to the one before
+            while len(chain) < max(1, job.run_len):
+                chain.append(chain[-1].pred)
+            run = []
+            for k in reversed(chain):
+                rec = KRec(k, job, job.stream, job.stream % len(self.queues), self.env.now,
+                           len(self.recs), run=run)
+                run.append(rec)
+                self.recs.append(rec)
+                self._rec_of[id(k)] = rec
+                self._unfinished[id(job)].append(rec)
+                self._unstarted[id(job)].append(rec)
         self.check()
 
     def _dispatch(self, now, base=None):
@@ -100,7 +130,12 @@ class CheckedSimGpu(SimGpu):
         return started
 
     def _on_timer(self):
+        now = self.env.now
+        pending = [r for r in self.recs if r.done_t is None]
         super()._on_timer()
+        for r in pending:
+            if r.kern.done:
+                r.done_t = now
         self.check()
 
     def check(self) -> None:
@@ -139,7 +174,9 @@ class CheckedSimGpu(SimGpu):
             assert rec.start_t is not None and rec.finish_t is not None, rec
             assert rec.started_t is not None and rec.start_t <= rec.started_t <= rec.finish_t
             assert rec.reported == [pytest.approx(rec.finish_t - rec.start_t, abs=1e-12)]
-            assert rec.launch_t + self.launch_delay <= rec.start_t + 1e-15
+            # R7: a run's i-th kernel is in its queue (i + 1) launch floors after the launch
+            i = rec.run.index(rec)
+            assert rec.launch_t + (i + 1) * self.launch_delay <= rec.start_t + 1e-15
         by_stream = defaultdict(list)
         for rec in self.recs:
             by_stream[rec.stream].append(rec)
@@ -342,6 +379,61 @@ def test_r7_a_kernel_reaches_its_queue_launch_us_later():
     assert dev.recs[1].start_t == pytest.approx(105 * US)   # queued already: no second wait
 
 
+def test_r7_a_runs_kernels_are_launched_back_to_back_and_reported_once():
+    """A run of three 1 us kernels, launch floor 5 us: kernel i is in its queue (i + 1) * 5 us
+    after the launch (one host thread launching them), each waits for the one before (R1),
+    and the device reports the run once, at its last kernel, with each kernel's duration."""
+    env = Environment()
+    dev = CheckedSimGpu(T4, launch_us=5.0, quantum_us=0)
+    reports = []
+    dev.start(env, lambda j, now, d, per=None: reports.append((now, d, per)),
+              lambda j, now, m: pytest.fail(m))
+    tiny = KernelSpec("tiny", est_us=1.0, grid=4, block=256)
+    job = Job(0, "t", ModelEntry("m", "m", [tiny] * 3, T4.capacity), 0.0, 0.0)
+    job.cur, job.stream, job.run_len = 0, 7, 3
+    dev.launch(job)
+    env.run()
+    dev.check_final()
+    assert [r.start_t / US for r in dev.recs] == pytest.approx([5.0, 10.0, 15.0])
+    assert len(reports) == 1
+    now, d, per = reports[0]
+    assert now == pytest.approx(16 * US) and per == pytest.approx([1 * US] * 3)
+    assert d == pytest.approx(3 * US)
+
+
+def test_runs_through_the_core_pay_one_notice_and_the_launches_on_the_host():
+    """Quantum 1 ms, three 100 us kernels: a model's first job goes kernel by kernel (its
+    estimates are guesses until then), its second as one run. With a 10 us notice and a 5 us
+    launch floor the first pays a notice per kernel; the run pays one notice, and its two later
+    launches keep the dispatcher busy 10 us: a notice due then waits for them."""
+    core = SchedulerCore(make_policy("srpt"), T4.capacity, quantum_s=1 * MS)
+    dev = CheckedSimGpu(T4, launch_us=5.0, quantum_us=0)
+    run = VirtualRun(core, dev, notice_s=10 * US, launch_s=5 * US)
+    m = core.make_model("m", "m", [SHORT] * 3)
+    first, second = Job(0, "t", m, 0.0, 0.0), Job(1, "t", m, 0.0, 1 * MS)
+    # a 1 us kernel launched 3 us before the run, done while the run's launches go out
+    tiny = core.make_model("n", "n", [KernelSpec("tiny", est_us=1.0, grid=4, block=256)])
+    other = Job(2, "t", tiny, 0.0, 997 * US)
+    for j in (first, second, other):
+        run.submit_at(j)
+    run.run()
+    dev.check_final()
+    assert first.state is second.state is JobState.DONE
+    by_job = defaultdict(list)
+    for r in dev.recs:
+        by_job[r.job.id].append(r)
+    assert [len(r.run) for r in by_job[0]] == [1, 1, 1]
+    assert [len(r.run) for r in by_job[1]] == [3, 3, 3]
+    # first: launch +5, 100 us, notice 10, launch +5: 115 us per kernel
+    assert first.finish == pytest.approx(3 * 115 * US)
+    # the run: chained at +5/+10/+15 us, each 100 us after the one before, one notice
+    assert [r.start_t - 1 * MS for r in by_job[1]] == pytest.approx([5 * US, 105 * US, 205 * US])
+    assert second.finish - 1 * MS == pytest.approx(305 * US + 10 * US)
+    assert second.done_kernels == 3 and m.estimates.get(2) == pytest.approx(100 * US)
+    # done at 1.003 ms; its notice waits for the run's launches (busy until 1.010 ms)
+    assert other.finish == pytest.approx(1020 * US)
+
+
 # -- random workloads, checked after every event ---------------------------------------------
 @st.composite
 def kernels(draw, spec, name="k"):
@@ -401,14 +493,20 @@ def core_workloads(draw):
                                              "fifo-jbj", "paella", "slo-srpt"])),
                 hw_queues=draw(st.sampled_from([1, 2, 8, 32])),
                 max_extra=draw(st.integers(0, 2)),
-                quantum_us=draw(st.sampled_from([0.0, 0.5])))
+                quantum_us=draw(st.sampled_from([0.0, 0.5])),
+                # the core's quantum (runs of a job's kernels), and the launch floor R7
+                # spaces a run's kernels by
+                run_us=draw(st.sampled_from([0.0, 0.0, 50.0, 1000.0])),
+                launch_us=draw(st.sampled_from([0.0, 3.0])))
 
 
 def run_core(w):
     spec = w["spec"]
-    core = SchedulerCore(make_policy(w["policy"]), spec.capacity, max_extra=w["max_extra"])
-    dev = CheckedSimGpu(spec, hw_queues=w["hw_queues"], quantum_us=w["quantum_us"])
-    run = VirtualRun(core, dev)
+    core = SchedulerCore(make_policy(w["policy"]), spec.capacity, max_extra=w["max_extra"],
+                         quantum_s=w.get("run_us", 0.0) * US)
+    dev = CheckedSimGpu(spec, hw_queues=w["hw_queues"], quantum_us=w["quantum_us"],
+                        launch_us=w.get("launch_us", 0.0))
+    run = VirtualRun(core, dev, launch_s=w.get("launch_us", 0.0) * US)
     entries = [core.make_model(f"m{i}", f"m{i}", ks) for i, ks in enumerate(w["models"])]
     jobs = [Job(i, tenant, entries[mi], 0.0, t) for i, (t, mi, tenant) in enumerate(w["jobs"])]
     for j in jobs:

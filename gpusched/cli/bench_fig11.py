@@ -59,6 +59,9 @@ def _add_costs(p) -> None:
     p.add_argument("--rpc-us", type=float, help="a request's round trip, ours and Triton's "
                    "(default: the measured client_rtt_us)")
     p.add_argument("--poll-us", type=float, help="the CUDA baselines' poll period (default 20)")
+    p.add_argument("--quantum-us", type=float, help="our dispatcher's run of a job's kernels per "
+                   "dispatch (default: ten times the measured notice cost, 120; 0: kernel by "
+                   "kernel, as Paella's artifact)")
 
 
 def _costs(args, gpu):
@@ -67,10 +70,12 @@ def _costs(args, gpu):
     from gpusched.experiments.host import default_costs
     from scheduler_daemon.core.gpu_specs import gpu_spec
     c = default_costs(gpu_spec(gpu))
-    over = {k: getattr(args, k) for k in ("launch_us", "notice_us", "rpc_us", "poll_us")
+    over = {k: getattr(args, k) for k in ("launch_us", "notice_us", "rpc_us", "poll_us",
+                                          "quantum_us")
             if getattr(args, k) is not None}
     if any(v < 0 for v in over.values()):
-        raise UsageError("host costs (--launch-us, --notice-us, --rpc-us, --poll-us) must be >= 0")
+        raise UsageError("host costs (--launch-us, --notice-us, --rpc-us, --poll-us) and "
+                         "--quantum-us must be >= 0")
     return replace(c, **over) if over else None
 
 

@@ -32,13 +32,15 @@ def add_parser(sub) -> None:
     d.add_argument("--max-extra", type=int, default=2,
                    help="kernels dispatched beyond free SM resources (Paella: 2)")
     d.add_argument("--quantum-us", type=float, default=None, metavar="US",
-                   help="torch backend: one dispatch runs a job's next ops back to back: on a "
-                   "CPU all of them for a job alone in the queue, else those whose measured "
-                   "times sum to at most this (at most 64 on a GPU; a model's first request "
-                   "goes op by op); a job the policy would pick first stops a run at the next "
-                   "op (on a GPU only before its ops are queued); paella and fifo-kbk never "
-                   "run more than one op; 0: every op its own dispatch (default: 1000 on a "
-                   "CPU, 250 on a GPU, about 10x the daemon's cost of one dispatch there)")
+                   help="torch and sim backends: one dispatch runs a job's next kernels "
+                   "(ops) back to back: on a CPU all of them for a job alone in the queue, "
+                   "else those whose measured times sum to at most this (at most 64; a "
+                   "model's first request goes one by one); a job the policy would pick first "
+                   "stops a run at the next op on a CPU (on a GPU only before its ops are "
+                   "queued; the simulated GPU's runs are queued at once, as CUDA's); paella "
+                   "and fifo-kbk never run more than one; 0: every kernel its own dispatch "
+                   "(default: 1000 on a CPU, 250 on a GPU, 120 on the simulated GPU, about 10x "
+                   "the daemon's cost of one dispatch there)")
     d.add_argument("--speed", type=float, default=1.0,
                    help="sim and fluid devices: kernel duration multiplier (0 = zero-duration)")
     d.add_argument("--drain-grace", type=float, default=10.0,

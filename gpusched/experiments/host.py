@@ -20,6 +20,12 @@ can be set per run (``HostCosts``), and docs/simulator.md shows what they change
   sweep, a grid of ``poll_us``. Default 20 us: one pass over Paella's 141 streams at roughly
   0.15 us per query of a non-blocking driver call; no published figure (``--poll-us`` sets
   it; docs/simulator.md says what the baselines' lead makes of it).
+- ``quantum_us``: not a cost but what the dispatcher does about ``notice_us``: one dispatch may
+  be a run of a job's kernels whose estimates sum to at most the quantum, launched back to back
+  on the job's stream and noticed once (the core's quantum, core/scheduler.py; the launches
+  after a run's first keep the dispatcher thread busy ``launch_us`` each). Default: ten times
+  ``notice_us``, the rule ``Device.default_quantum_s`` states (the live daemon's default on the
+  simulated GPU); 0 is kernel by kernel, Paella's rule as its artifact runs it.
 """
 from __future__ import annotations
 
@@ -29,7 +35,7 @@ from dataclasses import dataclass, replace
 MEASURED_KERNEL_OVERHEAD_US = 12.0
 MEASURED_CLIENT_RTT_US = 175.0
 POLL_US = 20.0
-
+QUANTUM_US = 10 * MEASURED_KERNEL_OVERHEAD_US
 
 
 @dataclass(frozen=True)
@@ -38,6 +44,7 @@ class HostCosts:
     notice_us: float = MEASURED_KERNEL_OVERHEAD_US
     rpc_us: float = MEASURED_CLIENT_RTT_US
     poll_us: float = POLL_US
+    quantum_us: float = QUANTUM_US
 
     def for_policy(self, policy: str) -> "HostCosts":
         """The costs one system pays: each family (the policy class's ``host``, so a
@@ -46,11 +53,12 @@ class HostCosts:
         host = ALL_POLICIES[policy].host
         return replace(self,
                        notice_us=self.notice_us if host == "dispatcher" else 0.0,
+                       quantum_us=self.quantum_us if host == "dispatcher" else 0.0,
                        rpc_us=self.rpc_us if host in ("dispatcher", "rpc") else 0.0,
                        poll_us=self.poll_us if host == "polling" else 0.0)
 
 
-FREE = HostCosts(0.0, 0.0, 0.0, 0.0)
+FREE = HostCosts(0.0, 0.0, 0.0, 0.0, 0.0)
 
 
 def default_costs(spec) -> HostCosts:

@@ -84,9 +84,11 @@ def run_scenario(sc: Scenario, policy: str) -> Outcome:
         pol = Triton({m: c for m, c in sc.caps.items()})
     if policy == "paella":
         pol.threshold = sc.paella_threshold
-    core = SchedulerCore(pol, spec.capacity, max_extra=sc.max_extra, shed=sc.shed)
+    core = SchedulerCore(pol, spec.capacity, max_extra=sc.max_extra, shed=sc.shed,
+                         quantum_s=costs.quantum_us * 1e-6)
     dev = SimGpu(spec, hw_queues=sc.hw_queues, launch_us=costs.launch_us)
-    run = VirtualRun(core, dev, notice_s=costs.notice_us * 1e-6)
+    run = VirtualRun(core, dev, notice_s=costs.notice_us * 1e-6,
+                     launch_s=costs.launch_us * 1e-6)
     entries = [core.make_model(m.name, m.name, list(m.kernels)) for m in sc.mix]
     caps = {m.name: sc.caps.get(m.name, 1 << 30) for m in sc.mix}
     clients = Clients(run, caps, costs.rpc_us * 1e-6, costs.poll_us * 1e-6)

@@ -132,18 +132,33 @@ class _JobState:
         self.release = weakref.finalize(self, frees.put, mem)
 
 
-class _Record:
-    __slots__ = ("blocks_done", "end", "job", "launch", "slot", "start", "state", "stream")
+class _Run:
+    """The launches of one dispatch of ``n`` kernels (the core's quantum): reported once, when
+    the last has finished, with each one's duration; after a failure, not again."""
 
-    def __init__(self, job, state, launch, start, end, stream, slot):
+    __slots__ = ("durs", "failed", "n")
+
+    def __init__(self, n: int):
+        self.n, self.durs, self.failed = n, [], False
+
+
+class _Record:
+    __slots__ = ("blocks_done", "end", "job", "launch", "run", "slot", "start", "state",
+                 "stream")
+
+    def __init__(self, job, state, launch, start, end, stream, slot, run=None):
         self.job, self.state, self.launch = job, state, launch
         self.start, self.end, self.stream, self.slot = start, end, stream, slot
+        self.run = run
         self.blocks_done = None
 
 
 class CudaDriverDevice(Device):
     name = "cuda"
-    caps = Capabilities(cuda=True)
+    # runs: a dispatch's kernels are queued on one stream at once (not stoppable: the core
+    # bounds them by the quantum and its 64-kernel cap)
+    caps = Capabilities(cuda=True, runs=True)
+    default_quantum_s = 250e-6   # as the torch backend on a GPU (not measured here: no GPU)
     close_grace_s = 10.0   # how long close waits for kernels still running
 
     def __init__(self, ordinal: int = 0, gpu: CudaGpu | None = None, spec: GpuSpec | None = None,
@@ -393,16 +408,27 @@ class CudaDriverDevice(Device):
             state = job.payload
             if not isinstance(state, _JobState):
                 state = job.payload = self._new_state(self._loaded_for(job), [])
-            self._launch(job, state)
         except (CudaError, ValueError) as e:
             self._note_sticky(e)
-            self._mailbox.post((None, job, 0.0, self._launch_message(job, e)))
+            self._mailbox.post((None, job, 0.0, self._launch_message(job, job.cur, e)))
+            return
+        n = job.run_len
+        run = _Run(n) if n > 1 else None
+        for idx in range(job.cur, job.cur + max(1, n)):
+            try:
+                self._launch(job, state, idx, run)
+            except (CudaError, ValueError) as e:
+                self._note_sticky(e)
+                if run is not None:   # what of it is queued still runs: not reported
+                    run.failed = True
+                self._mailbox.post((None, job, 0.0, self._launch_message(job, idx, e)))
+                return
 
-    def _launch(self, job: Job, state: _JobState) -> None:
+    def _launch(self, job: Job, state: _JobState, idx: int, run: _Run | None) -> None:
         chk, loaded = self.chk, state.loaded
-        if job.cur >= len(loaded.launches):
-            raise ValueError(f"kernel {job.cur} of a model with {len(loaded.launches)} launches")
-        ln = loaded.launches[job.cur]
+        if idx >= len(loaded.launches):
+            raise ValueError(f"kernel {idx} of a model with {len(loaded.launches)} launches")
+        ln = loaded.launches[idx]
         si = state.stream if state.inflight else self._pick(job)
         stream = self._streams[si]
         mem = state.mem
@@ -432,7 +458,7 @@ class CudaDriverDevice(Device):
         if slot is not None:
             state.slot = (slot, ln.blocks)
         self._pending[si] += 1
-        self._waiters[si].q.put(_Record(job, state, ln, start, end, si, slot))
+        self._waiters[si].q.put(_Record(job, state, ln, start, end, si, slot, run))
 
     def _pick(self, job: Job) -> int:
         """An idle stream, starting from the job's stream number (round robin)."""
@@ -458,8 +484,21 @@ class CudaDriverDevice(Device):
         self._bind()
         now = self.env.now
         for rec, job, dur, err in self._mailbox.drain():
+            run = None
             if rec is not None:
                 self._finish_record(rec)
+                run = rec.run
+            if run is not None:    # one report per run: at its last kernel, or its failure
+                if run.failed:
+                    continue
+                if err is not None:
+                    run.failed = True
+                    self.on_fail(job, now, err, len(run.durs))
+                    continue
+                run.durs.append(dur)
+                if len(run.durs) == run.n:
+                    self.on_complete(job, now, sum(run.durs), run.durs)
+                continue
             if err is None:
                 self.on_complete(job, now, dur)
             else:
@@ -556,12 +595,12 @@ class CudaDriverDevice(Device):
         return (f"the GPU's CUDA context is unusable after {self._broken} (a kernel faulted "
                 "earlier): restart the daemon")
 
-    def _launch_message(self, job: Job, e: Exception) -> str:
+    def _launch_message(self, job: Job, idx: int, e: Exception) -> str:
         kernels = job.model.kernels
-        name = kernels[job.cur].name if job.cur < len(kernels) else "?"
+        name = kernels[idx].name if idx < len(kernels) else "?"
         if self._broken and getattr(e, "code", "") == self._broken:
-            return f"kernel {job.cur} ({name}): {self._broken_message()}"
-        return f"kernel {job.cur} ({name}) could not launch: {e}"
+            return f"kernel {idx} ({name}): {self._broken_message()}"
+        return f"kernel {idx} ({name}) could not launch: {e}"
 
     # -- the rest -------------------------------------------------------------------------
     def _keep_pool_memory(self) -> None:

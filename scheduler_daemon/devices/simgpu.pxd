@@ -29,6 +29,8 @@ cdef class _Kernel:
     cdef public bint done
     cdef public double arrived
     cdef public long long stream
+    cdef public list durs
+    cdef public bint last
 
 @cython.locals(kern=_Kernel)
 cdef _Kernel _new_kernel(Job job, _KInfo info, Py_ssize_t qi, _Kernel pred)
@@ -99,6 +101,10 @@ cdef class _SimGpuBase:
     @cython.locals(info=_KInfo, pred=_Kernel, kern=_Kernel, stream=cython.longlong,
                    env=Environment, qi=Py_ssize_t)
     cpdef launch(self, Job job)
+    @cython.locals(kern=_Kernel, pred=_Kernel, info=_KInfo, env=Environment, qi=Py_ssize_t,
+                   n=Py_ssize_t, i=Py_ssize_t, cur=Py_ssize_t, now=double, step=double,
+                   durs=list, infos=list)
+    cpdef _launch_run(self, Job job)
     @cython.locals(env=Environment, now=double, qi=Py_ssize_t, q=object, bit=cython.ulonglong,
                    timer=Timer)
     cpdef _arrive(self, _Kernel kern)
@@ -141,5 +147,6 @@ cdef class _SimGpuBase:
                    now=double, sms=Py_ssize_t, finished_kernels=list, slot=Py_ssize_t,
                    ideal=double, freed_at=double, kern=_Kernel, shape=_Shape,
                    threads=cython.longlong, regs=cython.longlong, smem=cython.longlong,
-                   row=Py_ssize_t, s=Py_ssize_t, b=cython.longlong, n=cython.longlong)
+                   row=Py_ssize_t, s=Py_ssize_t, b=cython.longlong, n=cython.longlong,
+                   durs=list)
     cpdef _on_timer(self)

@@ -29,7 +29,11 @@ Each rule models one documented behaviour of NVIDIA GPUs (sources in docs/simula
   at rate ``1 / (1 + mem_frac_k * max(0, D_m - 1) + comp_frac_k * max(0, D_c - 1))``.
 - **R7 Launch latency** (a launch is asynchronous: the host call returns, and the kernel reaches
   the hardware queue ``launch_us`` later, calibration.md's launch floor): a kernel enters its
-  queue ``launch_us`` after ``launch``.
+  queue ``launch_us`` after ``launch``. A run (the core's quantum: ``job.run_len`` kernels of a
+  job launched by one host thread back to back on the job's stream) is ``run_len`` launches
+  one launch floor apart: its ``i``-th kernel (from 0) enters its queue ``(i + 1) * launch_us``
+  after ``launch``; it is one completion, reported when its last kernel finishes, with each
+  kernel's duration (``on_started`` likewise when the last kernel's blocks are all out).
 
 Blocks dispatched together finish together, so the simulator moves groups of blocks: a kernel
 costs about one event per wave. A group's rate is fixed when it is dispatched, from the demand
@@ -61,7 +65,7 @@ import numpy as np
 from scheduler_daemon.core.gpu_specs import GpuSpec
 from scheduler_daemon.core.jobs import Job
 from scheduler_daemon.devices import _gctrack
-from scheduler_daemon.devices.base import Device
+from scheduler_daemon.devices.base import Capabilities, Device
 
 MAX_HW_QUEUES = 32
 INF = float("inf")
@@ -108,7 +112,8 @@ class _KInfo:
 
 class _Kernel:
     __slots__ = ("job", "shape", "grid", "left", "running", "block_work", "bw", "cw",
-                 "mem_frac", "comp_frac", "start", "qi", "pred", "done", "arrived", "stream")
+                 "mem_frac", "comp_frac", "start", "qi", "pred", "done", "arrived", "stream",
+                 "durs", "last")
 
     def __init__(self, job: Job, shape: _Shape, grid: int, block_work: float, resident: int,
                  mem_frac: float, comp_frac: float, qi: int, pred: "_Kernel | None"):
@@ -123,6 +128,8 @@ class _Kernel:
         self.done = False
         self.arrived = 0.0  # when it entered its hardware queue
         self.stream = job.stream
+        self.durs = None    # a run's kernel durations so far (shared by its kernels)
+        self.last = True    # the last kernel of its launch (what is reported)
 
     @property
     def res(self) -> np.ndarray:
@@ -148,6 +155,8 @@ def _new_kernel(job: Job, info: _KInfo, qi: int, pred: _Kernel | None) -> _Kerne
     kern.done = False
     kern.arrived = 0.0
     kern.stream = job.stream
+    kern.durs = None
+    kern.last = True
     _gctrack.untrack(kern)   # (compiled: not walked by the cyclic GC; see _gctrack.py)
     return kern
 
@@ -443,6 +452,9 @@ class _SimGpuBase:
 
     # -- launch, arrival, dispatch --------------------------------------------------------------
     def launch(self, job: Job) -> None:
+        if job.run_len > 1:
+            self._launch_run(job)
+            return
         k = job.model.kernels[job.cur]
         info = self._info(k)
         if info.shape.cap == 0:  # reported asynchronously, like a CUDA launch error
@@ -460,6 +472,39 @@ class _SimGpuBase:
             env.call_at(env.now + self.launch_delay, self._arrive_cb, kern)
         else:
             self._arrive(kern)
+
+    def _launch_run(self, job: Job) -> None:
+        """R1 and R7 for a run: its kernels chained on the job's stream, one launch floor
+        apart (a shape that cannot fit fails the run before any of it is launched)."""
+        kernels = job.model.kernels
+        cur = job.cur
+        n = job.run_len
+        infos = []
+        for i in range(n):
+            info = self._info(kernels[cur + i])
+            if info.shape.cap == 0:
+                self.env.call_at(self.env.now, self._launch_failed, (job, kernels[cur + i].name))
+                return
+            infos.append(info)
+        stream = job.stream
+        pred = self._tails.get(stream)
+        if pred is not None and pred.done:
+            pred = None
+        qi = stream % self._nq
+        durs = []
+        env = self.env
+        now = env.now
+        step = self.launch_delay
+        for i in range(n):
+            kern = _new_kernel(job, infos[i], qi, pred)
+            kern.durs = durs
+            kern.last = i == n - 1
+            pred = kern
+            if step > 0:
+                env.call_at(now + (i + 1) * step, self._arrive_cb, kern)
+            else:
+                self._arrive(kern)
+        self._tails[stream] = pred
 
     def _launch_failed(self, what: tuple) -> None:
         job, name = what
@@ -726,7 +771,8 @@ class _SimGpuBase:
         if started is not None and on_started is not None:
             now = self.env.now
             for kern in started:
-                on_started(kern.job, now)
+                if kern.last:
+                    on_started(kern.job, now)
 
     def _reschedule(self) -> None:
         at = INF
@@ -809,11 +855,21 @@ class _SimGpuBase:
             on_complete = self.on_complete
             for kern in finished_kernels:
                 self.kernels_done += 1
-                on_complete(kern.job, now, now - kern.start)
+                durs = kern.durs
+                if durs is None:
+                    on_complete(kern.job, now, now - kern.start)
+                else:   # a run: reported once, at its last kernel
+                    durs.append(now - kern.start)
+                    if kern.last:
+                        on_complete(kern.job, now, sum(durs), durs)
 
 
 class SimGpu(_SimGpuBase, Device):
     name = "sim"
+    caps = Capabilities(runs=True)
+    # ten times this daemon's measured cost of one dispatch (~12 us, ``gpusched bench
+    # overhead``), as ``Device.default_quantum_s`` asks
+    default_quantum_s = 120e-6
 
     def describe(self) -> str:
         return f"simulated {self.spec.name} ({self.spec.sms} SMs, {len(self.queues)} hw queues)"

@@ -63,7 +63,7 @@ def _quantum_s(config: DaemonConfig, device: Device) -> float:
         return device.default_quantum_s if device.caps.runs else 0.0
     if q > 0 and not device.caps.runs:
         raise ConfigError(f"backend {device.name!r} launches one kernel at a time: "
-                          "--quantum-us applies to --backend torch; leave it out or pass 0")
+                          "--quantum-us applies to --backend torch or sim; leave it out or pass 0")
     return q * 1e-6
 
 
