@@ -307,6 +307,21 @@ def test_our_dispatcher_pays_a_notice_and_a_launch_per_kernel():
     assert hw["p50_ms"] == pytest.approx(0.5 + 4 / 1e3)
 
 
+def test_a_run_pays_one_notice_and_its_launches_back_to_back():
+    """A model's second job, alone, with a 500 us quantum: its five 100 us kernels go as one
+    run, the i-th in its queue (i + 1) * 4 us after the dispatch, one notice at the end; the
+    first job (estimates not yet measured) and `paella` (no runs) go kernel by kernel."""
+    mix = _mix(5)
+    costs = HostCosts(launch_us=4.0, notice_us=10.0, rpc_us=0.0, poll_us=0.0, quantum_us=500.0)
+    sc = runner.Scenario("T4", mix, ((0.0, 0), (1.0, 0)), costs=costs)
+    first, second = runner.run_scenario(sc, "srpt").jobs
+    assert first.finish == pytest.approx((5 * 4 + 5 * 100 + 5 * 10) * 1e-6)
+    assert second.finish - 1.0 == pytest.approx((4 + 5 * 100 + 10) * 1e-6)
+    p1, p2 = runner.run_scenario(sc, "paella").jobs
+    assert p2.finish - 1.0 == pytest.approx(p1.finish)
+    assert costs.for_policy("cuda-ms").quantum_us == 0 and costs.for_policy("srpt").quantum_us == 500
+
+
 def test_the_stream_baselines_notice_a_finished_job_at_their_next_poll():
     mix = _mix(1)
     costs = HostCosts(launch_us=0.0, notice_us=0.0, rpc_us=0.0, poll_us=30.0)

@@ -40,7 +40,9 @@ def fig11(r: dict) -> str:
         costs = c["costs_us"]
         out += [f"{c['gpu']}, sigma {c['sigma']:g}, {c['seeds']} seeds x {r.get('jobs', 3000)} jobs a point; "
                 f"host costs (us): launch {costs['launch_us']:g}, our notice "
-                f"{costs['notice_us']:g}, rpc {costs['rpc_us']:g}, poll {costs['poll_us']:g}", "",
+                f"{costs['notice_us']:g}, rpc {costs['rpc_us']:g}, poll {costs['poll_us']:g}"
+                + (f"; our quantum {costs['quantum_us']:g} us" if "quantum_us" in costs else ""),
+                "",
                 f"| policy | burst jobs/s | knee jobs/s (p99 <= {r.get('p99_limit_ms', 75):g} ms) "
                 "| min-max | "
                 "SLO99 jobs/s |", "|---|---:|---:|---:|---:|"]

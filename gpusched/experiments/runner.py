@@ -76,7 +76,8 @@ class Outcome:
     noticed: dict                 # job id -> when its client learnt it ended
 
 
-def run_scenario(sc: Scenario, policy: str) -> Outcome:
+def run_scenario(sc: Scenario, policy: str, device=SimGpu) -> Outcome:
+    """``device``: the simulated GPU's class (a probe may pass a subclass that counts)."""
     spec = gpu_spec(sc.gpu)
     costs = sc.costs.for_policy(policy)
     pol = make_policy(policy)
@@ -86,7 +87,7 @@ def run_scenario(sc: Scenario, policy: str) -> Outcome:
         pol.threshold = sc.paella_threshold
     core = SchedulerCore(pol, spec.capacity, max_extra=sc.max_extra, shed=sc.shed,
                          quantum_s=costs.quantum_us * 1e-6)
-    dev = SimGpu(spec, hw_queues=sc.hw_queues, launch_us=costs.launch_us)
+    dev = device(spec, hw_queues=sc.hw_queues, launch_us=costs.launch_us)
     run = VirtualRun(core, dev, notice_s=costs.notice_us * 1e-6,
                      launch_s=costs.launch_us * 1e-6)
     entries = [core.make_model(m.name, m.name, list(m.kernels)) for m in sc.mix]
