@@ -40,6 +40,24 @@ class CountingGpu(SimGpu):
         super().launch(job)
 
 
+def solo_run_length(mix, quantum_us: float, cap: int = 64) -> float:
+    """Kernels a dispatch, share-weighted over the mix, if runs were cut by the kernels' solo
+    estimates (as the core's ``_run_len`` cuts them by the learned ones)."""
+    kernels = runs = 0.0
+    for m in mix:
+        est = [k.est_us for k in m.kernels]
+        n, i = 0, 0
+        while i < len(est):
+            left, j = quantum_us - est[i], i + 1
+            while j < len(est) and j - i < cap and est[j] <= left:
+                left -= est[j]
+                j += 1
+            n, i = n + 1, j
+        kernels += m.share * len(est)
+        runs += m.share * n
+    return kernels / runs
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--gpu", default="T4")
@@ -63,6 +81,10 @@ def main() -> None:
         print(f"| {q:g} | {len(out.jobs) / span:,.0f} | {dev.kernels_done:,} | "
               f"{dev.dispatches:,} | {dev.kernels_done / dev.dispatches:.1f} | "
               f"{100 * busy / span:.0f}% | {100 * dev.busy_s / span:.0f}% |")
+    for q in (float(x) for x in args.quantum_us.split(",")):
+        if q:
+            print(f"\nquantum {q:g} us with the solo estimates: "
+                  f"{solo_run_length(mix, q):.1f} kernels a dispatch")
 
 
 if __name__ == "__main__":
