@@ -12,11 +12,12 @@ cdef class VirtualRun:
     cdef public Environment env
     cdef public Pump pump
     cdef public double notice_s, launch_s
-    cdef double _host_free
+    cdef double _host_free, _launch_free
     cdef public list finished
     cdef public object on_finished
     @cython.locals(at=double)
     cdef _later(self, fn, arg)
+    @cython.locals(now=double, at=double, busy=double)
     cpdef _launch(self, Job job)
     cpdef _on_complete(self, Job job, double duration_s, list per_kernel)
     cpdef _on_started(self, Job job)

@@ -11,15 +11,20 @@ moment. Zero for the hardware-queue baselines, whose kernels are all launched up
 ``launch_s``: what one more launch of a run costs that thread (a run of ``n`` kernels, the
 core's quantum, is ``n`` launches back to back: the first is in the notice's cost, the other
 ``n - 1`` keep the thread busy ``launch_s`` each; the device's rule R7 lets them reach the GPU
-as they are made).
+as they are made). A launch the core decides while the thread is still launching a run's
+kernels goes out when it is done with them.
 """
 from __future__ import annotations
+
+import logging
 
 from scheduler_daemon.clock import Environment
 from scheduler_daemon.core.jobs import Job
 from scheduler_daemon.core.scheduler import SchedulerCore
 from scheduler_daemon.devices.base import Device
 from scheduler_daemon.pump import Pump
+
+log = logging.getLogger("gpusched.sim")
 
 
 class VirtualRun:
@@ -34,6 +39,7 @@ class VirtualRun:
         self.pump = Pump(core, device, self.env, self._launch if launch_s else None)
         self.notice_s = notice_s
         self._host_free = 0.0   # when the dispatcher thread is next idle
+        self._launch_free = 0.0  # when it has launched the kernels of the runs it started
         self.finished: list[Job] = []
         self.on_finished = None  # called with each finished job, when the core learns of it
         device.start(self.env, self._complete, self._fail, self._started)
@@ -45,10 +51,25 @@ class VirtualRun:
         self.env.call_at(at, fn, arg)
 
     def _launch(self, job: Job) -> None:
-        self.device.launch(job)
+        now = self.env.now
+        at = self._launch_free
+        if at > now:   # after the launches of the run it is making
+            self.env.call_at(at, self._launch_later, job)
+        else:
+            at = now
+            self.device.launch(job)
         if job.run_len > 1:   # the rest of the run's launches, back to back
-            self._host_free = (max(self.env.now, self._host_free)
-                               + (job.run_len - 1) * self.launch_s)
+            busy = (job.run_len - 1) * self.launch_s
+            self._launch_free = at + busy
+            self._host_free = max(now, self._host_free) + busy
+
+    def _launch_later(self, job: Job) -> None:
+        try:
+            self.device.launch(job)
+        except Exception as e:  # as the pump does: a device error fails that job
+            log.exception("sim: launch failed job=%s", job.id)
+            self.core.on_fail(job, self.env.now, f"launch failed: {type(e).__name__}: {e}")
+            self._pump()
 
     def _complete(self, job: Job, now: float, duration_s: float,
                   per_kernel: list | None = None) -> None:

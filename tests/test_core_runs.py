@@ -177,3 +177,16 @@ def test_a_run_out_of_a_job_the_policy_ranks_first_is_not_stopped_by_a_later_job
     assert a.run_len == 3
     core.add(Job("b", "t", long_m, 0, 0), 0.0)   # longer: SRPT would not choose it first
     assert not a.stop
+
+
+def test_a_run_stops_before_a_kernel_that_demands_more_than_its_first():
+    """The run holds its first kernel's SM demand until it completes (the fit test counted
+    only that), so a small kernel 0 cannot carry larger kernels past the test."""
+    core = core_with(1000)
+    ks = [KernelSpec("small", est_us=10, grid=1, block=32),
+          KernelSpec("small2", est_us=10, grid=1, block=32),
+          KernelSpec("big", est_us=10, grid=40, block=1024),
+          KernelSpec("small3", est_us=10, grid=1, block=32)]
+    m = core.make_model("m", "m", ks)
+    run_job(core, Job("warm", "t", m, 0, 0), [10] * 4)
+    assert run_job(core, Job("j", "t", m, 0, 0), [10] * 4) == [2, 2]   # big starts the second run

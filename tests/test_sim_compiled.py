@@ -300,6 +300,7 @@ def test_compiled_and_interpreted_runs_are_identical():
     for name, _ in RUN_SCENARIOS:   # they did run runs: fewer reports than kernels
         assert pure[name]["reports"] == compiled[name]["reports"]
         assert 0 < pure[name]["reports"] < 0.8 * pure[name]["device"][0], name
+        assert all(j[1] in ("done", "shed") for j in pure[name]["jobs"]), name   # none stuck
 
 
 def test_outcomes_are_those_of_the_code_before_compilation():

@@ -401,6 +401,28 @@ def test_r7_a_runs_kernels_are_launched_back_to_back_and_reported_once():
     assert d == pytest.approx(3 * US)
 
 
+def test_a_launch_behind_a_run_on_its_stream_arrives_after_the_runs_last_kernel():
+    """R1 + R7: a stream's launches reach the GPU in launch order. A kernel launched on a
+    stream right after a run of three (whose last arrives 15 us later) arrives after it, not
+    5 us later ahead of it in the queue, where it would wait for a predecessor behind it."""
+    env = Environment()
+    dev = CheckedSimGpu(T4, launch_us=5.0, quantum_us=0)
+    done = {}
+    dev.start(env, lambda j, now, d, per=None: done.__setitem__(j.id, now),
+              lambda j, now, m: pytest.fail(m))
+    tiny = KernelSpec("tiny", est_us=1.0, grid=1, block=32)
+    run = Job(0, "t", ModelEntry("m", "m", [tiny] * 3, T4.capacity), 0.0, 0.0)
+    run.cur, run.stream, run.run_len = 0, 7, 3
+    after = make_job(1, tiny, 7)
+    dev.launch(run)
+    dev.launch(after)
+    env.run()
+    dev.check_final()
+    assert sorted(done) == [0, 1]
+    recs = {(r.job.id, r.run.index(r)): r for r in dev.recs}
+    assert recs[(1, 0)].start_t >= recs[(0, 2)].finish_t
+
+
 def test_runs_through_the_core_pay_one_notice_and_the_launches_on_the_host():
     """Quantum 1 ms, three 100 us kernels: a model's first job goes kernel by kernel (its
     estimates are guesses until then), its second as one run. With a 10 us notice and a 5 us
@@ -432,6 +454,27 @@ def test_runs_through_the_core_pay_one_notice_and_the_launches_on_the_host():
     assert second.done_kernels == 3 and m.estimates.get(2) == pytest.approx(100 * US)
     # done at 1.003 ms; its notice waits for the run's launches (busy until 1.010 ms)
     assert other.finish == pytest.approx(1020 * US)
+
+
+def test_a_launch_decided_while_a_runs_kernels_are_launched_waits_for_them():
+    """One dispatcher thread: a job that arrives as a run of three goes out is launched after
+    the run's two later launches (10 us), so its kernel starts at 15 us, not 5."""
+    core = SchedulerCore(make_policy("fifo"), T4.capacity, quantum_s=1 * MS)
+    dev = CheckedSimGpu(T4, launch_us=5.0, quantum_us=0)
+    run = VirtualRun(core, dev, launch_s=5 * US)
+    tiny = KernelSpec("tiny", est_us=1.0, grid=1, block=32)
+    m = core.make_model("m", "m", [tiny] * 3)
+    n = core.make_model("n", "n", [tiny])
+    warm, chained, single = Job(0, "t", m, 0.0, 0.0), Job(1, "t", m, 0.0, 1 * MS), \
+        Job(2, "t", n, 0.0, 1 * MS)
+    for j in (warm, chained, single):
+        run.submit_at(j)
+    run.run()
+    dev.check_final()
+    (rec,) = [r for r in dev.recs if r.job is single]
+    assert len([r for r in dev.recs if r.job is chained][0].run) == 3
+    assert rec.launch_t - 1 * MS == pytest.approx(10 * US)
+    assert rec.start_t - 1 * MS == pytest.approx(15 * US)
 
 
 # -- random workloads, checked after every event ---------------------------------------------

@@ -42,7 +42,8 @@ cdef class SchedulerCore:
     cpdef on_started(self, Job job, double now)
     @cython.locals(cur=long, n=long)
     cdef Job _dispatch(self, Job job, double now)
-    @cython.locals(est=DurationEstimates, left=double, e=double, k=long, n=long)
+    @cython.locals(est=DurationEstimates, left=double, e=double, k=long, n=long,
+                   demands=tuple, d0=Resources, d=Resources)
     cdef long _run_len(self, ModelEntry model, long cur) except -1
     cdef long long _stream(self, Job job) except? -1
     @cython.locals(idx=long, n=long, i=long, est=DurationEstimates)

@@ -263,14 +263,23 @@ class SchedulerCore:
     def _run_len(self, model: ModelEntry, cur: int) -> int:
         """Kernels from ``cur`` whose estimates fit the quantum (at least one, at most
         ``MAX_RUN``: estimates are learned, and a tenant can make them small with cheap
-        requests before costly ones, so where a run cannot be stopped the count bounds it)."""
+        requests before costly ones, so where a run cannot be stopped the count bounds it),
+        none of which demands more SM resources than kernel ``cur``: the run holds ``cur``'s
+        demand (``next_dispatch``'s fit test) until it completes, so a small first kernel
+        cannot take larger ones past that test."""
         est = model.estimates
+        demands = model.demands
+        d0 = demands[cur]
         left = self.quantum_s - est.get(cur)
         k = cur + 1
         n = min(len(model.kernels), cur + _MAX_RUN)
         while k < n:
             e = est.get(k)
             if e > left:
+                break
+            d = demands[k]
+            if (d.threads > d0.threads or d.blocks > d0.blocks or d.regs > d0.regs
+                    or d.smem > d0.smem):
                 break
             left -= e
             k += 1

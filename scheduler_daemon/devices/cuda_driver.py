@@ -134,12 +134,13 @@ class _JobState:
 
 class _Run:
     """The launches of one dispatch of ``n`` kernels (the core's quantum): reported once, when
-    the last has finished, with each one's duration; after a failure, not again."""
+    the last has finished, with each one's duration, or ``error`` (a later launch of it
+    failed) once the ``n`` that were queued have run; after a failure, not again."""
 
-    __slots__ = ("durs", "failed", "n")
+    __slots__ = ("durs", "error", "failed", "n")
 
     def __init__(self, n: int):
-        self.n, self.durs, self.failed = n, [], False
+        self.n, self.durs, self.failed, self.error = n, [], False, None
 
 
 class _Record:
@@ -419,9 +420,13 @@ class CudaDriverDevice(Device):
                 self._launch(job, state, idx, run)
             except (CudaError, ValueError) as e:
                 self._note_sticky(e)
-                if run is not None:   # what of it is queued still runs: not reported
-                    run.failed = True
-                self._mailbox.post((None, job, 0.0, self._launch_message(job, idx, e)))
+                msg = self._launch_message(job, idx, e)
+                if run is not None and idx > job.cur:
+                    # what of it is queued runs on: the job fails when that has finished,
+                    # so the core never frees what the GPU still holds
+                    run.n, run.error = idx - job.cur, msg
+                else:
+                    self._mailbox.post((None, job, 0.0, msg))
                 return
 
     def _launch(self, job: Job, state: _JobState, idx: int, run: _Run | None) -> None:
@@ -497,7 +502,10 @@ class CudaDriverDevice(Device):
                     continue
                 run.durs.append(dur)
                 if len(run.durs) == run.n:
-                    self.on_complete(job, now, sum(run.durs), run.durs)
+                    if run.error is None:
+                        self.on_complete(job, now, sum(run.durs), run.durs)
+                    else:
+                        self.on_fail(job, now, run.error, run.n)
                 continue
             if err is None:
                 self.on_complete(job, now, dur)

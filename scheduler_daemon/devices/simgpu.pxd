@@ -31,6 +31,7 @@ cdef class _Kernel:
     cdef public long long stream
     cdef public list durs
     cdef public bint last
+    cdef public double due
 
 @cython.locals(kern=_Kernel)
 cdef _Kernel _new_kernel(Job job, _KInfo info, Py_ssize_t qi, _Kernel pred)
@@ -99,11 +100,11 @@ cdef class _SimGpuBase:
                    total=cython.longlong, s=Py_ssize_t, f=cython.longlong, x=cython.longlong)
     cdef long long _fit_place(self, _Shape shape, Py_ssize_t row) except -1
     @cython.locals(info=_KInfo, pred=_Kernel, kern=_Kernel, stream=cython.longlong,
-                   env=Environment, qi=Py_ssize_t)
+                   env=Environment, qi=Py_ssize_t, at=double)
     cpdef launch(self, Job job)
     @cython.locals(kern=_Kernel, pred=_Kernel, info=_KInfo, env=Environment, qi=Py_ssize_t,
                    n=Py_ssize_t, i=Py_ssize_t, cur=Py_ssize_t, now=double, step=double,
-                   durs=list, infos=list)
+                   durs=list, infos=list, at=double)
     cpdef _launch_run(self, Job job)
     @cython.locals(env=Environment, now=double, qi=Py_ssize_t, q=object, bit=cython.ulonglong,
                    timer=Timer)

@@ -113,7 +113,7 @@ class _KInfo:
 class _Kernel:
     __slots__ = ("job", "shape", "grid", "left", "running", "block_work", "bw", "cw",
                  "mem_frac", "comp_frac", "start", "qi", "pred", "done", "arrived", "stream",
-                 "durs", "last")
+                 "durs", "last", "due")
 
     def __init__(self, job: Job, shape: _Shape, grid: int, block_work: float, resident: int,
                  mem_frac: float, comp_frac: float, qi: int, pred: "_Kernel | None"):
@@ -130,6 +130,7 @@ class _Kernel:
         self.stream = job.stream
         self.durs = None    # a run's kernel durations so far (shared by its kernels)
         self.last = True    # the last kernel of its launch (what is reported)
+        self.due = 0.0      # when it reaches its hardware queue (R7)
 
     @property
     def res(self) -> np.ndarray:
@@ -157,6 +158,7 @@ def _new_kernel(job: Job, info: _KInfo, qi: int, pred: _Kernel | None) -> _Kerne
     kern.stream = job.stream
     kern.durs = None
     kern.last = True
+    kern.due = 0.0
     _gctrack.untrack(kern)   # (compiled: not walked by the cyclic GC; see _gctrack.py)
     return kern
 
@@ -469,7 +471,11 @@ class _SimGpuBase:
         self._tails[stream] = kern
         if self.launch_delay > 0:   # R7: it reaches the hardware queue later
             env = self.env
-            env.call_at(env.now + self.launch_delay, self._arrive_cb, kern)
+            at = env.now + self.launch_delay
+            if pred is not None and pred.due > at:   # not before its stream's last (a run's)
+                at = pred.due
+            kern.due = at
+            env.call_at(at, self._arrive_cb, kern)
         else:
             self._arrive(kern)
 
@@ -499,11 +505,15 @@ class _SimGpuBase:
             kern = _new_kernel(job, infos[i], qi, pred)
             kern.durs = durs
             kern.last = i == n - 1
-            pred = kern
             if step > 0:
-                env.call_at(now + (i + 1) * step, self._arrive_cb, kern)
+                at = now + (i + 1) * step
+                if pred is not None and pred.due > at:   # a stream's launches arrive in order
+                    at = pred.due
+                kern.due = at
+                env.call_at(at, self._arrive_cb, kern)
             else:
                 self._arrive(kern)
+            pred = kern
         self._tails[stream] = pred
 
     def _launch_failed(self, what: tuple) -> None:
