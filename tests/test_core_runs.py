@@ -179,14 +179,24 @@ def test_a_run_out_of_a_job_the_policy_ranks_first_is_not_stopped_by_a_later_job
     assert not a.stop
 
 
-def test_a_run_stops_before_a_kernel_that_demands_more_than_its_first():
-    """The run holds its first kernel's SM demand until it completes (the fit test counted
-    only that), so a small kernel 0 cannot carry larger kernels past the test."""
-    core = core_with(1000)
-    ks = [KernelSpec("small", est_us=10, grid=1, block=32),
-          KernelSpec("small2", est_us=10, grid=1, block=32),
-          KernelSpec("big", est_us=10, grid=40, block=1024),
-          KernelSpec("small3", est_us=10, grid=1, block=32)]
-    m = core.make_model("m", "m", ks)
+def test_a_run_holds_the_largest_sm_demand_of_its_kernels_until_it_completes():
+    """The core hears of none of a run's kernels until the last has finished, so the fit test
+    and the resources it counts as used are each resource's largest over the run: a small
+    kernel 0 cannot carry larger ones past the test."""
+    core = SchedulerCore(Fifo(), T4.capacity, max_extra=0, quantum_s=1000 * US)
+    small = KernelSpec("small", est_us=10, grid=1, block=32)
+    big = KernelSpec("big", est_us=10, grid=40, block=1024)
+    m = core.make_model("m", "m", [small, small, big, small])
     run_job(core, Job("warm", "t", m, 0, 0), [10] * 4)
-    assert run_job(core, Job("j", "t", m, 0, 0), [10] * 4) == [2, 2]   # big starts the second run
+    big_demand = m.demands[2]
+    j = Job("j", "t", m, 0, 0)
+    core.add(j, 0.0)
+    assert core.next_dispatch(0.0) is j and j.run_len == 4
+    assert core.used.threads == big_demand.threads > m.demands[0].threads
+    # a second job whose kernel 0 would fit beside the small one does not fit beside the big
+    other = Job("o", "t", core.make_model("n", "n", [big]), 0, 0)
+    core.add(other, 0.0)
+    assert core.next_dispatch(0.0) is None          # max_extra 0: it waits
+    core.on_complete(j, 0.0, 40 * US, [10 * US] * 4)
+    assert core.used.threads == 0
+    assert core.next_dispatch(0.0) is other

@@ -35,15 +35,20 @@ cdef class SchedulerCore:
     @cython.locals(policy=Policy, k=double, kj=double, j=Job, nk=long)
     cdef _ready(self, Job job, double now)
     cpdef bint abort(self, Job job, double now, state=*) except -1
-    @cython.locals(queue=ReadyQueue, policy=Policy, job=Job, demand=Resources, cap=Resources)
+    @cython.locals(queue=ReadyQueue, policy=Policy, job=Job, demand=Resources, cap=Resources,
+                   n=long)
     cpdef Job next_dispatch(self, double now)
     cdef list _slots(self, gate, Job job)
     cdef bint _fits_sms(self, Job job) except -1
     cpdef on_started(self, Job job, double now)
-    @cython.locals(cur=long, n=long)
-    cdef Job _dispatch(self, Job job, double now)
-    @cython.locals(est=DurationEstimates, left=double, e=double, k=long, n=long,
-                   demands=tuple, d0=Resources, d=Resources)
+    @cython.locals(cur=long)
+    cdef Job _dispatch(self, Job job, double now, long n)
+    @cython.locals(cur=long)
+    cdef long _run_count(self, Job job) except -1
+    @cython.locals(demands=tuple, d=Resources, t=cython.longlong, b=cython.longlong,
+                   r=cython.longlong, m=cython.longlong, k=long)
+    cdef Resources _run_demand(self, ModelEntry model, long cur, long n)
+    @cython.locals(est=DurationEstimates, left=double, e=double, k=long, n=long)
     cdef long _run_len(self, ModelEntry model, long cur) except -1
     cdef long long _stream(self, Job job) except? -1
     @cython.locals(idx=long, n=long, i=long, est=DurationEstimates)

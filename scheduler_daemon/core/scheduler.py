@@ -172,7 +172,7 @@ class SchedulerCore:
                 if not job.in_queue:
                     return None
                 queue.discard(job)
-                return self._dispatch(job, now)
+                return self._dispatch(job, now, 1)   # (gates: baselines, no runs)
         while True:
             job = queue.peek()
             if job is None:
@@ -192,8 +192,9 @@ class SchedulerCore:
                     queue.pop()
                     self._parked.setdefault(gate, deque()).append(job)
                     continue
+            n = self._run_count(job)
             if self.bounded:
-                demand = job.model.demands[job.next_kernel]
+                demand = self._run_demand(job.model, job.next_kernel, n)
                 cap = self.capacity
                 if (self._used_threads + demand.threads <= cap.threads
                         and self._used_blocks + demand.blocks <= cap.blocks
@@ -211,7 +212,7 @@ class SchedulerCore:
                 self._used_regs += demand.regs
                 self._used_smem += demand.smem
             queue.pop()
-            return self._dispatch(job, now)
+            return self._dispatch(job, now, n)
 
     def _slots(self, gate, job: Job) -> list:
         slots = self._holders.get(gate)
@@ -231,17 +232,41 @@ class SchedulerCore:
             self.extra -= 1
             job.extra = False
 
-    def _dispatch(self, job: Job, now: float) -> Job:
+    def _run_count(self, job: Job) -> int:
+        """Kernels the dispatch of ``job`` (the head of the queue) will run: 1 without a
+        quantum or for a model's first job; all that is left for a job alone in the queue
+        where runs can be stopped; else what ``_run_len`` allows."""
+        if self.quantum_s <= 0.0:
+            return 1
+        cur = job.next_kernel
+        if self.stoppable and len(self.queue) == 1:   # (runs: no gates)
+            return len(job.model.kernels) - cur   # alone: all of it, until a stop
+        if job.model.jobs_done > 0:
+            return self._run_len(job.model, cur)
+        return 1
+
+    def _run_demand(self, model: ModelEntry, cur: int, n: int) -> Resources:
+        """The SM demand a dispatch of kernels ``cur``..``cur + n - 1`` holds until it
+        completes: each resource's largest over them (they run one after another, and the
+        core hears of none of them until the last has finished)."""
+        demands = model.demands
+        d = demands[cur]
+        if n == 1:
+            return d
+        t, b, r, m = d.threads, d.blocks, d.regs, d.smem
+        for k in range(cur + 1, cur + n):
+            d = demands[k]
+            t = d.threads if d.threads > t else t
+            b = d.blocks if d.blocks > b else b
+            r = d.regs if d.regs > r else r
+            m = d.smem if d.smem > m else m
+        return Resources(t, b, r, m)
+
+    def _dispatch(self, job: Job, now: float, n: int) -> Job:
         cur = job.cur = job.next_kernel
-        n = 1
-        if self.quantum_s > 0.0:
-            if self.stoppable and len(self.queue) == 0:   # (runs: no gates)
-                n = len(job.model.kernels) - cur   # alone: all of it, until a stop
-            elif job.model.jobs_done > 0:
-                n = self._run_len(job.model, cur)
-            if n > 1:
-                job.stop = False
-                self._runs.add(job)
+        if n > 1:
+            job.stop = False
+            self._runs.add(job)
         job.run_len = n
         job.next_kernel = cur + n
         job.outstanding += 1
@@ -263,23 +288,14 @@ class SchedulerCore:
     def _run_len(self, model: ModelEntry, cur: int) -> int:
         """Kernels from ``cur`` whose estimates fit the quantum (at least one, at most
         ``MAX_RUN``: estimates are learned, and a tenant can make them small with cheap
-        requests before costly ones, so where a run cannot be stopped the count bounds it),
-        none of which demands more SM resources than kernel ``cur``: the run holds ``cur``'s
-        demand (``next_dispatch``'s fit test) until it completes, so a small first kernel
-        cannot take larger ones past that test."""
+        requests before costly ones, so where a run cannot be stopped the count bounds it)."""
         est = model.estimates
-        demands = model.demands
-        d0 = demands[cur]
         left = self.quantum_s - est.get(cur)
         k = cur + 1
         n = min(len(model.kernels), cur + _MAX_RUN)
         while k < n:
             e = est.get(k)
             if e > left:
-                break
-            d = demands[k]
-            if (d.threads > d0.threads or d.blocks > d0.blocks or d.regs > d0.regs
-                    or d.smem > d0.smem):
                 break
             left -= e
             k += 1
@@ -350,7 +366,7 @@ class SchedulerCore:
         if self._runs:
             self._runs.discard(job)
         if self.bounded:
-            demand = job.model.demands[idx]
+            demand = self._run_demand(job.model, idx, job.run_len)
             self._used_threads -= demand.threads
             self._used_blocks -= demand.blocks
             self._used_regs -= demand.regs

@@ -33,7 +33,9 @@ Each rule models one documented behaviour of NVIDIA GPUs (sources in docs/simula
   job launched by one host thread back to back on the job's stream) is ``run_len`` launches
   one launch floor apart: its ``i``-th kernel (from 0) enters its queue ``(i + 1) * launch_us``
   after ``launch``; it is one completion, reported when its last kernel finishes, with each
-  kernel's duration (``on_started`` likewise when the last kernel's blocks are all out).
+  kernel's duration (``on_started`` likewise when the last kernel's blocks are all out). A
+  stream's launches reach their queues in launch order (CUDA runs a stream's work in issue
+  order): a launch behind a run on its stream arrives no earlier than the run's last kernel.
 
 Blocks dispatched together finish together, so the simulator moves groups of blocks: a kernel
 costs about one event per wave. A group's rate is fixed when it is dispatched, from the demand
