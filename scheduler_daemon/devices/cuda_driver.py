@@ -42,6 +42,7 @@ import queue
 import threading
 import time
 import weakref
+from collections import deque
 
 from scheduler_daemon.core.gpu_specs import GpuSpec
 from scheduler_daemon.core.jobs import Job
@@ -119,7 +120,7 @@ class _JobState:
         "mem",
         "progress",
         "release",
-        "slot",
+        "slots",
         "stream",
     )
 
@@ -127,7 +128,9 @@ class _JobState:
         self.mem, self.loaded = mem, mem.loaded
         self.stream = -1       # pool stream of its kernels in flight
         self.inflight = 0
-        self.slot = None       # (counter slot, blocks) of the instrumented launch in flight
+        # (counter slot, blocks) of each instrumented launch in flight, oldest first (a run
+        # queues several; the oldest is the one running)
+        self.slots: deque = deque()
         self.progress = None   # (blocks done, blocks) of the last instrumented launch
         self.release = weakref.finalize(self, frees.put, mem)
 
@@ -461,7 +464,7 @@ class CudaDriverDevice(Device):
         state.stream, mem.stream = si, stream
         state.inflight += 1
         if slot is not None:
-            state.slot = (slot, ln.blocks)
+            state.slots.append((slot, ln.blocks))
         self._pending[si] += 1
         self._waiters[si].q.put(_Record(job, state, ln, start, end, si, slot, run))
 
@@ -520,8 +523,8 @@ class CudaDriverDevice(Device):
         st.inflight -= 1
         if rec.slot is not None:
             st.progress = (rec.blocks_done, rec.launch.blocks)
-            if st.slot is not None and st.slot[0] == rec.slot:
-                st.slot = None
+            if st.slots and st.slots[0][0] == rec.slot:
+                st.slots.popleft()
             self._counters.give(rec.slot)
 
     def progress(self, job: Job) -> tuple[int, int] | None:
@@ -531,8 +534,8 @@ class CudaDriverDevice(Device):
         st = job.payload
         if not isinstance(st, _JobState):
             return None
-        if st.slot is not None:
-            slot, blocks = st.slot
+        if st.slots:
+            slot, blocks = st.slots[0]
             return min(self._counters.read(slot), blocks), blocks
         return st.progress
 
