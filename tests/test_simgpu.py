@@ -43,6 +43,7 @@ class KRec:
     reported: list = field(default_factory=list)
     run: list = field(default_factory=list)    # the records of its launch (a run: several)
     done_t: float | None = None      # when the device marked it done
+    out_t: float | None = None       # when its last block was dispatched
 
 
 class CheckedSimGpu(SimGpu):
@@ -87,10 +88,10 @@ class CheckedSimGpu(SimGpu):
             run = first.run
             for _ in run[1:]:
                 self._unstarted[id(job)].popleft()
-            for rec in run:
-                assert rec.kern.left == 0
-                rec.started_t = rec.start_t   # (its blocks all went before the last's)
-            run[-1].started_t = now
+            for rec in run:   # a run's earlier kernels: when their last blocks went out
+                assert rec.kern.left == 0 and rec.out_t is not None
+                rec.started_t = rec.out_t
+            assert run[-1].out_t == now
             if on_started is not None:
                 on_started(job, now)
 
@@ -121,6 +122,8 @@ class CheckedSimGpu(SimGpu):
 
     def _dispatch(self, now, base=None):
         started = super()._dispatch(now, base)
+        for kern in started or ():
+            self._rec_of[id(kern)].out_t = now
         for rec in self.recs:
             if rec.kern.start is not None and rec.start_t is None:
                 rec.start_t = rec.kern.start
