@@ -200,3 +200,19 @@ def test_a_run_holds_the_largest_sm_demand_of_its_kernels_until_it_completes():
     core.on_complete(j, 0.0, 40 * US, [10 * US] * 4)
     assert core.used.threads == 0
     assert core.next_dispatch(0.0) is other
+
+
+def test_where_dispatches_overlap_the_quantum_is_per_run_out():
+    """Ten 10 us kernels, quantum 25 us: two kernels a run with nothing else out; with one
+    other job's run out on a device that overlaps them, 50 us (five); not on one that does
+    not (the torch backend runs one dispatch at a time)."""
+    for overlapping, want in ((True, 5), (False, 2)):
+        core = SchedulerCore(Fifo(), T4.capacity, max_extra=2, quantum_s=25 * US,
+                             overlapping=overlapping)
+        m = model(core, "m", [10] * 10)
+        run_job(core, Job("warm", "t", m, 0, 0), [10] * 10)
+        a, b = Job("a", "t", m, 0, 0), Job("b", "t", m, 0, 0)
+        core.add(a, 0.0)
+        core.add(b, 0.0)
+        assert core.next_dispatch(0.0) is a and a.run_len == 2
+        assert core.next_dispatch(0.0) is b and b.run_len == want

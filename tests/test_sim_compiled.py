@@ -136,7 +136,7 @@ def run_scenario(policy: str, seed: int, rate: float, gpu: str = "T4", jobs: int
     pol = (Triton(instance_groups={m: 1 + i % 3 for i, (m, _, _) in enumerate(models)})
            if policy == "triton" else make_policy(policy))
     core = SchedulerCore(pol, spec.capacity, max_extra=max_extra, shed=shed,
-                         quantum_s=run_us * 1e-6)
+                         quantum_s=run_us * 1e-6, overlapping=bool(run_us))
     dev = SimGpu(spec, hw_queues=hw_queues, quantum_us=quantum_us, launch_us=launch_us)
     run = VirtualRun(core, dev, notice_s=notice_us * 1e-6,
                      launch_s=launch_us * 1e-6 if run_us else 0.0)

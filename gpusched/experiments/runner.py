@@ -86,7 +86,8 @@ def run_scenario(sc: Scenario, policy: str, device=SimGpu) -> Outcome:
     if policy == "paella":
         pol.threshold = sc.paella_threshold
     core = SchedulerCore(pol, spec.capacity, max_extra=sc.max_extra, shed=sc.shed,
-                         quantum_s=costs.quantum_us * 1e-6)
+                         quantum_s=costs.quantum_us * 1e-6,
+                         overlapping=device.caps.concurrent_kernels)
     dev = device(spec, hw_queues=sc.hw_queues, launch_us=costs.launch_us)
     run = VirtualRun(core, dev, notice_s=costs.notice_us * 1e-6,
                      launch_s=costs.launch_us * 1e-6)

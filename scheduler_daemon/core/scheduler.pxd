@@ -18,7 +18,7 @@ cdef class SchedulerCore:
     cdef public bint shed, bounded
     cdef public long long max_out
     cdef public double quantum_s
-    cdef public bint stoppable
+    cdef public bint stoppable, overlapping
     cdef set _runs
     cdef public ReadyQueue queue
     cdef readonly long long _used_threads, _used_blocks, _used_regs, _used_smem
@@ -48,7 +48,7 @@ cdef class SchedulerCore:
     @cython.locals(demands=tuple, d=Resources, t=cython.longlong, b=cython.longlong,
                    r=cython.longlong, m=cython.longlong, k=long)
     cdef Resources _run_demand(self, ModelEntry model, long cur, long n)
-    @cython.locals(est=DurationEstimates, left=double, e=double, k=long, n=long)
+    @cython.locals(est=DurationEstimates, left=double, e=double, k=long, n=long, q=double)
     cdef long _run_len(self, ModelEntry model, long cur) except -1
     cdef long long _stream(self, Job job) except? -1
     @cython.locals(idx=long, n=long, i=long, est=DurationEstimates)

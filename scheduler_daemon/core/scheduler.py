@@ -66,13 +66,16 @@ _STREAM_MODES = {"kernel": 0, "job": 1, "single": 2, "tenant": 3, "model": 4}
 class SchedulerCore:
     def __init__(self, policy: Policy, capacity: Resources, max_extra: int = 2,
                  shed: bool = False, fits=None, quantum_s: float = 0.0,
-                 stoppable: bool = False):
+                 stoppable: bool = False, overlapping: bool = False):
         self.policy = policy
         # runs only where one kernel of a job is out at a time (runs complete as one) and the
         # policy allows them
         self.quantum_s = (quantum_s if policy.per_job_outstanding == 1 and policy.runs
                           else 0.0)
         self.stoppable = stoppable
+        # the device runs dispatches at once (``Capabilities.concurrent_kernels``): with ``n``
+        # runs out a scheduling point comes as each ends, so each may be ``n + 1`` quanta
+        self.overlapping = overlapping
         self._runs: set = set()   # jobs with a run out (their ``stop`` ends it early)
         self.fits = fits   # kernel spec -> bool | None: the device's per-SM fit test
         self.capacity = capacity
@@ -288,9 +291,16 @@ class SchedulerCore:
     def _run_len(self, model: ModelEntry, cur: int) -> int:
         """Kernels from ``cur`` whose estimates fit the quantum (at least one, at most
         ``MAX_RUN``: estimates are learned, and a tenant can make them small with cheap
-        requests before costly ones, so where a run cannot be stopped the count bounds it)."""
+        requests before costly ones, so where a run cannot be stopped the count bounds it).
+        On a device that overlaps dispatches the quantum is per run out: with ``n`` others
+        out, a job waiting for a scheduling point waits for the first of ``n + 1`` runs to
+        end, about one quantum if they are each ``n + 1`` quanta long, and the dispatcher's
+        notices stay about one per quantum instead of ``n + 1``."""
         est = model.estimates
-        left = self.quantum_s - est.get(cur)
+        q = self.quantum_s
+        if self.overlapping:
+            q *= self.inflight + 1
+        left = q - est.get(cur)
         k = cur + 1
         n = min(len(model.kernels), cur + _MAX_RUN)
         while k < n:

@@ -82,7 +82,7 @@ class Server:
                               "paella, slo or slo-srpt")
         self.core = SchedulerCore(policy, device.spec.capacity, config.max_extra, config.shed,
                                   device.fits_now, _quantum_s(config, device),
-                                  device.stops_runs)
+                                  device.stops_runs, device.caps.concurrent_kernels)
         self.pump = Pump(self.core, device, env)
         device.set_alloc_limit(config.limits.max_tenant_bytes)
         work = config.max_op_work or _default_work(device)
