@@ -34,7 +34,8 @@ def add_parser(sub) -> None:
     d.add_argument("--quantum-us", type=float, default=None, metavar="US",
                    help="torch and sim backends: one dispatch runs a job's next kernels "
                    "(ops) back to back: on a CPU all of them for a job alone in the queue, "
-                   "else those whose measured times sum to at most this (at most 64; a "
+                   "else those whose measured times sum to at most this (per run out on the "
+                   "sim and cuda backends, whose dispatches overlap; at most 64; a "
                    "model's first request goes one by one); a job the policy would pick first "
                    "stops a run at the next op on a CPU (on a GPU only before its ops are "
                    "queued; the simulated GPU's runs are queued at once, as CUDA's); paella "
