@@ -184,9 +184,17 @@ def test_connections_over_the_caps_are_refused_at_the_handshake(daemon_factory):
     # it closed: let that happen first, or the count below is one off
     time.sleep(0.5)
     idle = [_peer(ep) for _ in range(8)]
-    time.sleep(0.5)
-    with pytest.raises(Exception, match="no daemon answered"):
-        Client(ep, tenant="late", timeout=1)
+    # the daemon sees the 8 connections as they complete (in the background): a late client
+    # is refused once it has, within a few seconds whatever the machine's load
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            Client(ep, tenant="late", timeout=1).close()
+        except Exception as e:
+            assert "no daemon answered" in str(e), e
+            break
+        assert time.monotonic() < deadline, "a 9th connection was still served"
+        time.sleep(0.2)
     for s in idle:
         s.close(0)
     time.sleep(0.5)
