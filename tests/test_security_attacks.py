@@ -11,6 +11,7 @@ import time
 
 import pytest
 import zmq
+from zmq.utils.monitor import recv_monitor_message
 
 from client_lib import Client, KernelSpec
 from scheduler_daemon.wire import protocol as P
@@ -183,18 +184,29 @@ def test_connections_over_the_caps_are_refused_at_the_handshake(daemon_factory):
     # the start-up check's PING connection counts as one without HELLO until the daemon sees
     # it closed: let that happen first, or the count below is one off
     time.sleep(0.5)
-    idle = [_peer(ep) for _ in range(8)]
-    # the daemon sees the 8 connections as they complete (in the background): a late client
-    # is refused once it has, within a few seconds whatever the machine's load
-    deadline = time.monotonic() + 10
-    while True:
-        try:
-            Client(ep, tenant="late", timeout=1).close()
-        except Exception as e:
-            assert "no daemon answered" in str(e), e
-            break
-        assert time.monotonic() < deadline, "a 9th connection was still served"
-        time.sleep(0.2)
+    idle, monitors = [], []
+    for _ in range(8):   # each watched from before it connects: no handshake goes unseen
+        s = zmq.Context.instance().socket(zmq.DEALER)
+        s.linger = 0
+        monitors.append(s.get_monitor_socket(zmq.EVENT_HANDSHAKE_SUCCEEDED
+                                             | zmq.EVENT_HANDSHAKE_FAILED_AUTH))
+        s.connect(ep)
+        idle.append(s)
+    # each peer's last handshake (the refused ones retry): at most 4 get in, and stay in
+    last = [None] * len(idle)
+    end = time.monotonic() + 2.0
+    while time.monotonic() < end:
+        for k, mon in enumerate(monitors):
+            while mon.poll(0):
+                last[k] = recv_monitor_message(mon)["event"]
+        time.sleep(0.05)
+    admitted = sum(e == zmq.EVENT_HANDSHAKE_SUCCEEDED for e in last)
+    assert 1 <= admitted <= 4, last
+    assert sum(e == zmq.EVENT_HANDSHAKE_FAILED_AUTH for e in last) >= 4, last
+    for s in idle:
+        s.disable_monitor()
+    for m in monitors:
+        m.close(0)
     for s in idle:
         s.close(0)
     time.sleep(0.5)
