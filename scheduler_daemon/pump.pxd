@@ -12,3 +12,4 @@ cdef class Pump:
     cdef object _launch
     @cython.locals(core=SchedulerCore, job=Job)
     cpdef dispatch(self, double now)
+    cpdef bint launch(self, Job job, double now, launch) except -1

@@ -27,15 +27,21 @@ class Pump:
 
     def dispatch(self, now: float) -> None:
         """Launch every kernel the core picks at ``now``."""
-        core, launch = self.core, self._launch
+        core = self.core
         job = core.next_dispatch(now)
         while job is not None:
-            try:
-                launch(job)
-            except Exception as e:  # a device error fails that job, not the loop
-                log.exception("pump: launch failed job=%s", job.id)
-                core.on_fail(job, now, f"launch failed: {type(e).__name__}: {e}")
+            self.launch(job, now, self._launch)
             job = core.next_dispatch(now)
+
+    def launch(self, job: Job, now: float, launch) -> bool:
+        """``launch(job)``; a device error fails that job, not the loop (False)."""
+        try:
+            launch(job)
+        except Exception as e:
+            log.exception("pump: launch failed job=%s", job.id)
+            self.core.on_fail(job, now, f"launch failed: {type(e).__name__}: {e}")
+            return False
+        return True
 
     def advance(self, on_finished: Callable[[Job], None]) -> None:
         """Run due device events, dispatch, hand finished jobs to ``on_finished``, until

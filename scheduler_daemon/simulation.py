@@ -16,15 +16,11 @@ kernels goes out when it is done with them.
 """
 from __future__ import annotations
 
-import logging
-
 from scheduler_daemon.clock import Environment
 from scheduler_daemon.core.jobs import Job
 from scheduler_daemon.core.scheduler import SchedulerCore
 from scheduler_daemon.devices.base import Device
 from scheduler_daemon.pump import Pump
-
-log = logging.getLogger("gpusched.sim")
 
 
 class VirtualRun:
@@ -64,12 +60,8 @@ class VirtualRun:
             self._host_free = max(now, self._host_free) + busy
 
     def _launch_later(self, job: Job) -> None:
-        try:
-            self.device.launch(job)
-        except Exception as e:  # as the pump does: a device error fails that job
-            log.exception("sim: launch failed job=%s", job.id)
-            self.core.on_fail(job, self.env.now, f"launch failed: {type(e).__name__}: {e}")
-            self._pump()
+        if not self.pump.launch(job, self.env.now, self.device.launch):
+            self._pump()   # the job failed: what it held may let another go
 
     def _complete(self, job: Job, now: float, duration_s: float,
                   per_kernel: list | None = None) -> None:

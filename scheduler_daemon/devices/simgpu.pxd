@@ -99,13 +99,10 @@ cdef class _SimGpuBase:
                    threads=cython.longlong, regs=cython.longlong, smem=cython.longlong,
                    total=cython.longlong, s=Py_ssize_t, f=cython.longlong, x=cython.longlong)
     cdef long long _fit_place(self, _Shape shape, Py_ssize_t row) except -1
-    @cython.locals(info=_KInfo, pred=_Kernel, kern=_Kernel, stream=cython.longlong,
-                   env=Environment, qi=Py_ssize_t, at=double)
+    @cython.locals(pred=_Kernel, kern=_Kernel, stream=cython.longlong, env=Environment,
+                   qi=Py_ssize_t, n=Py_ssize_t, i=Py_ssize_t, cur=Py_ssize_t, now=double,
+                   step=double, durs=list, at=double)
     cpdef launch(self, Job job)
-    @cython.locals(kern=_Kernel, pred=_Kernel, info=_KInfo, env=Environment, qi=Py_ssize_t,
-                   n=Py_ssize_t, i=Py_ssize_t, cur=Py_ssize_t, now=double, step=double,
-                   durs=list, infos=list, at=double)
-    cpdef _launch_run(self, Job job)
     @cython.locals(env=Environment, now=double, qi=Py_ssize_t, q=object, bit=cython.ulonglong,
                    timer=Timer)
     cpdef _arrive(self, _Kernel kern)

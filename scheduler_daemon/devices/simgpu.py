@@ -456,58 +456,31 @@ class _SimGpuBase:
 
     # -- launch, arrival, dispatch --------------------------------------------------------------
     def launch(self, job: Job) -> None:
-        if job.run_len > 1:
-            self._launch_run(job)
-            return
-        k = job.model.kernels[job.cur]
-        info = self._info(k)
-        if info.shape.cap == 0:  # reported asynchronously, like a CUDA launch error
-            self.env.call_at(self.env.now, self._launch_failed, (job, k.name))
-            return
-        stream = job.stream
-        pred = self._tails.get(stream)
-        if pred is not None and pred.done:
-            pred = None
-        qi = stream % self._nq
-        kern = _new_kernel(job, info, qi, pred)
-        self._tails[stream] = kern
-        if self.launch_delay > 0:   # R7: it reaches the hardware queue later
-            env = self.env
-            at = env.now + self.launch_delay
-            if pred is not None and pred.due > at:   # not before its stream's last (a run's)
-                at = pred.due
-            kern.due = at
-            env.call_at(at, self._arrive_cb, kern)
-        else:
-            self._arrive(kern)
-
-    def _launch_run(self, job: Job) -> None:
-        """R1 and R7 for a run: its kernels chained on the job's stream, one launch floor
-        apart (a shape that cannot fit fails the run before any of it is launched)."""
+        """R1 and R7: kernel ``cur`` (a run: ``run_len`` kernels from it) on the job's
+        stream, each after the one before, one launch floor apart; a shape that cannot fit
+        fails the launch before any of it goes (asynchronously, like a CUDA launch error)."""
         kernels = job.model.kernels
         cur = job.cur
-        n = job.run_len
-        infos = []
-        for i in range(n):
-            info = self._info(kernels[cur + i])
-            if info.shape.cap == 0:
-                self.env.call_at(self.env.now, self._launch_failed, (job, kernels[cur + i].name))
+        n = job.run_len if job.run_len > 1 else 1
+        for i in range(cur, cur + n):
+            if self._info(kernels[i]).shape.cap == 0:
+                self.env.call_at(self.env.now, self._launch_failed, (job, kernels[i].name))
                 return
-            infos.append(info)
         stream = job.stream
         pred = self._tails.get(stream)
         if pred is not None and pred.done:
             pred = None
         qi = stream % self._nq
-        durs = []
+        durs = [] if n > 1 else None    # a run's durations, reported at its last kernel
         env = self.env
         now = env.now
         step = self.launch_delay
         for i in range(n):
-            kern = _new_kernel(job, infos[i], qi, pred)
-            kern.durs = durs
-            kern.last = i == n - 1
-            if step > 0:
+            kern = _new_kernel(job, self._info(kernels[cur + i]), qi, pred)
+            if durs is not None:
+                kern.durs = durs
+                kern.last = i == n - 1
+            if step > 0:   # R7: it reaches the hardware queue later
                 at = now + (i + 1) * step
                 if pred is not None and pred.due > at:   # a stream's launches arrive in order
                     at = pred.due
