@@ -104,7 +104,19 @@ def profile(model: str, batch: int, device: str) -> ModelProfile:
     return _sim_profile(model, batch, device, spec, kernels, flops, nbytes, footprint)
 
 
-def _sim_profile(model, batch, device, spec, kernels, flops, nbytes, footprint) -> ModelProfile:
+def sim_profile_on_share(model: str, batch: int, gpu: str, share: float) -> ModelProfile:
+    """``profile(model, batch, "sim:GPU")`` with the model confined to ``share`` of the SMs
+    (an MPS partition, simgpu R8): what GSLICE's tuner and gpulet's profiler measure for a
+    partition before they size one."""
+    from profilers import zoo
+    from scheduler_daemon.core.gpu_specs import gpu_spec
+    spec = gpu_spec(gpu)
+    return _sim_profile(model, batch, f"sim:{gpu}", spec, zoo.zoo_kernels(model, batch, spec.name),
+                        0.0, 0.0, 0.0, share)
+
+
+def _sim_profile(model, batch, device, spec, kernels, flops, nbytes, footprint,
+                 share: float | None = None) -> ModelProfile:
     from scheduler_daemon.core.jobs import Job
     from scheduler_daemon.core.policies import make_policy
     from scheduler_daemon.core.scheduler import SchedulerCore
@@ -112,7 +124,7 @@ def _sim_profile(model, batch, device, spec, kernels, flops, nbytes, footprint) 
     from scheduler_daemon.simulation import VirtualRun
 
     core = SchedulerCore(make_policy("fifo"), spec.capacity)
-    dev = SimGpu(spec)
+    dev = SimGpu(spec, partitions={"p": share} if share is not None else None)
     run = VirtualRun(core, dev)
     durations: list[float] = []
     complete = dev.on_complete

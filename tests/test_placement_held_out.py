@@ -7,11 +7,12 @@ import pytest
 
 from gpusched.bench.usher import headline, run_usher
 from gpusched.placement import baselines
-from gpusched.placement.estimate import configs_for, estimate, model_profile
+from gpusched.placement.estimate import (configs_for, estimate, latency_on_share_ms,
+                                         model_profile)
 from gpusched.placement.fit import GpuState
 from gpusched.placement.knobs import DEFAULT
 from gpusched.placement.pool import parse_pool
-from gpusched.placement.replay import tasks_of
+from gpusched.placement.replay import _simulate_gpu, tasks_of
 from gpusched.placement.solvers import BASELINE_METHODS, place
 from gpusched.placement.spec import ModelSpec, SpecError
 from gpusched.placement.workloads import HELD_OUT_SLO, make_held_out
@@ -85,6 +86,34 @@ def test_gslice_shares_per_model_fit_in_one_gpu():
     k = table[0][0]
     slow = baselines._on_share(k, 0.1, models, alone)
     assert slow is None or slow.latency_ms >= k.latency_ms
+
+
+def test_gslice_and_gpulet_replicas_replay_confined_to_their_shares():
+    """Their replicas carry their MPS share; the shares on a GPU sum to at most 100%; the
+    replay confines each to its share (simgpu R8): a replica on 30% of the SMs is slower than
+    the same replica free to use every SM."""
+    models = tuple(ModelSpec(f"m{i}", z, 300.0, 40.0, line=i + 1)
+                   for i, z in enumerate(("resnet50", "squeezenet1.1", "densenet121")))
+    for method in ("gslice", "gpulet"):
+        plan = place(models, H100_8, method)
+        for g in plan.gpus:
+            assert all(r.share is not None for r in g.replicas)
+            assert sum(r.share for r in g.replicas) <= 1.0 + 1e-9
+        for task in tasks_of(plan, models, 0.05):
+            assert all(rep[6] is not None for rep in task[2])
+    assert all(r.share is None for g in place(models, H100_8, "heuristic").gpus
+               for r in g.replicas)
+    # one resnet50 replica at batch 8, alone on its GPU: on 30% of the SMs, then on all of them
+    (task, *_) = tasks_of(place(models[:1], H100_8, "gslice"), models[:1], 0.05)
+    gpu, policy, ((name, zoo, _, timeout, slo, times, _),) = task
+    confined = _simulate_gpu((gpu, policy, [(name, zoo, 8, timeout, slo, times, 0.3)]))
+    free = _simulate_gpu((gpu, policy, [(name, zoo, 8, timeout, slo, times, None)]))
+    # each request later by about what the share costs the batch alone (measured: 1.54 ms on
+    # every SM, 3.56 ms on 30%)
+    extra = latency_on_share_ms(zoo, 8, gpu, 0.3) - model_profile(zoo, 8, gpu).latency_ms
+    assert extra > 1.0
+    late = [(c - f) * 1e3 for c, f in zip(confined[name], free[name])]
+    assert min(late) > 0 and sum(late) / len(late) == pytest.approx(extra, rel=0.2)
 
 
 def test_shepherd_time_shares_and_replays_one_job_at_a_time():

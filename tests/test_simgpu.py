@@ -1,4 +1,4 @@
-"""Tests of the simulated GPU (``scheduler_daemon/devices/simgpu.py``): each rule R1-R7 of its
+"""Tests of the simulated GPU (``scheduler_daemon/devices/simgpu.py``): each rule R1-R8 of its
 docstring has a test, Paella's Fig. 2 head-of-line example reproduces, and a checked device
 verifies the resource accounting and the dispatcher's work conservation after every event of
 random workloads, directly and through the scheduler core.
@@ -150,6 +150,8 @@ class CheckedSimGpu(SimGpu):
         held = np.zeros_like(free)
         for kern, take, n in self._groups():
             assert int(take.sum()) == n and (take >= 0).all()
+            lo, hi = kern.shape.lo, kern.shape.hi                       # R8
+            assert not take[:lo].any() and not take[hi:].any(), "a block outside its partition"
             held += kern.shape.res * take
         assert (held + free == lim).all(), "resources leaked or double-freed"
         assert self._threads_used == int(held[0].sum())
@@ -543,7 +545,10 @@ def core_workloads(draw):
                 # the core's quantum (runs of a job's kernels), and the launch floor R7
                 # spaces a run's kernels by
                 run_us=draw(st.sampled_from([0.0, 0.0, 50.0, 1000.0])),
-                launch_us=draw(st.sampled_from([0.0, 3.0])))
+                launch_us=draw(st.sampled_from([0.0, 3.0])),
+                # R8: MPS partitions for some tenants (the others share every SM)
+                partitions=draw(st.sampled_from([None, None, {"a": 0.5, "b": 0.5},
+                                                 {"a": 0.1, "c": 0.3}])))
 
 
 def run_core(w):
@@ -551,7 +556,7 @@ def run_core(w):
     core = SchedulerCore(make_policy(w["policy"]), spec.capacity, max_extra=w["max_extra"],
                          quantum_s=w.get("run_us", 0.0) * US)
     dev = CheckedSimGpu(spec, hw_queues=w["hw_queues"], quantum_us=w["quantum_us"],
-                        launch_us=w.get("launch_us", 0.0))
+                        launch_us=w.get("launch_us", 0.0), partitions=w.get("partitions"))
     run = VirtualRun(core, dev, launch_s=w.get("launch_us", 0.0) * US)
     entries = [core.make_model(f"m{i}", f"m{i}", ks) for i, ks in enumerate(w["models"])]
     jobs = [Job(i, tenant, entries[mi], 0.0, t) for i, (t, mi, tenant) in enumerate(w["jobs"])]
@@ -593,6 +598,63 @@ def test_checker_catches_idle_sms_and_leaks():
         dev.check()
     dev.free[0, idle] += 1
     dev.check()
+
+
+# -- R8: MPS partitions ------------------------------------------------------------------------
+def run_tenants(launches, spec=T4, partitions=None):
+    """launches: (time, stream, tenant, KernelSpec); returns (device, {job id: finish time})."""
+    env = Environment()
+    dev = CheckedSimGpu(spec, quantum_us=0, partitions=partitions)
+    done = {}
+    dev.start(env, lambda j, now, d: done.__setitem__(j.id, now),
+              lambda j, now, m: pytest.fail(m))
+    for i, (t, s, tenant, k) in enumerate(launches):
+        j = make_job(i, k, s, spec, t)
+        j.tenant = tenant
+        env.schedule_at(t, lambda j=j: dev.launch(j))
+    env.run()
+    dev.check_final()
+    return dev, done
+
+
+WIDE = KernelSpec("wide", est_us=100.0, grid=40, block=1024)     # one wave on the T4's 40 SMs
+
+
+def test_r8_a_wide_kernel_on_a_partition_runs_in_more_waves():
+    # 40 blocks, one per SM: on a quarter of the SMs (10) it runs in 4 waves of 100 us each
+    _, alone = run_tenants([(0, 0, "a", WIDE)])
+    _, part = run_tenants([(0, 0, "a", WIDE)], partitions={"a": 0.25})
+    assert alone[0] == pytest.approx(100 * US)
+    assert part[0] == pytest.approx(400 * US)
+    # a kernel narrower than its partition is not slowed
+    narrow = KernelSpec("n", est_us=100.0, grid=10, block=1024)
+    assert run_tenants([(0, 0, "a", narrow)], partitions={"a": 0.25})[1][0] == \
+        pytest.approx(100 * US)
+
+
+def test_r8_partitions_isolate_sms_but_a_tenant_without_one_shares_every_sm():
+    # a fills the GPU; b arrives later: without partitions b waits for a's SMs, with them it
+    # runs on its own half at once (and a, on its half, takes two waves)
+    late = KernelSpec("b", est_us=10.0, grid=1, block=1024)
+    launches = [(0, 0, "a", WIDE), (1 * US, 1, "b", late)]
+    _, shared = run_tenants(launches)
+    assert shared[1] == pytest.approx(110 * US)
+    dev, split = run_tenants(launches, partitions={"a": 0.5, "b": 0.5})
+    assert split[1] == pytest.approx(11 * US) and split[0] == pytest.approx(200 * US)
+    assert [(r.kern.shape.lo, r.kern.shape.hi) for r in dev.recs] == [(0, 20), (20, 40)]
+    # c has no partition: its kernel may take any free SM (b's half, beside a's)
+    _, mixed = run_tenants([(0, 0, "a", WIDE), (1 * US, 1, "c", late)], partitions={"a": 0.5})
+    assert mixed[1] == pytest.approx(11 * US)
+
+
+def test_r8_partitions_must_fit_the_gpu():
+    with pytest.raises(ValueError, match="sum to at most 1"):
+        SimGpu(T4, partitions={"a": 0.6, "b": 0.5})
+    with pytest.raises(ValueError, match=r"in \(0, 1\]"):
+        SimGpu(T4, partitions={"a": 0.0})
+    # rounding never passes the last SM: 132 SMs x (0.3 + 0.7) = 40 + 92
+    dev = SimGpu(H100, partitions={"a": 0.3, "b": 0.7})
+    assert [v[:2] for v in dev._parts.values()] == [(0, 40), (40, 132)]
 
 
 # -- through the core: Paella's extra slot ---------------------------------------------------

@@ -13,8 +13,10 @@ by replay: the replay is the test).
   own share of the GPU's SMs (an MPS active-thread percentage) and a batch size, found by its
   self-learning tuner so that latency stays under the SLO at the offered load; functions share
   a GPU while their shares sum to at most 100%, and the shares are its isolation (it has no
-  interference model). Here: shares ``p`` in 10% steps; a replica on share ``p`` runs
-  ``max(1, o / p)`` times its solo latency (``o`` its SM occupancy); per model the (share,
+  interference model). Here: shares ``p`` in 10% steps; a replica on share ``p`` has the
+  latency measured for it alone on ``p`` of the SMs (what the tuner observes; simgpu R8; the
+  first version's ``max(1, o / p)``, ``o`` the SM occupancy, was 1.2-1.6x too optimistic
+  at 30%), and the replay confines it to its share as MPS would; per model the (share,
   batch, replica count) with the least total share that meets its SLO and rate - the best point
   its tuner can reach - then first-fit decreasing by share (and memory), several replicas of a
   model on one GPU allowed. The even slicing of the first version (``p`` equal slices per GPU,
@@ -44,7 +46,7 @@ import dataclasses
 import time
 from collections import Counter
 
-from gpusched.placement.estimate import Config, model_profile
+from gpusched.placement.estimate import Config, latency_on_share_ms, model_profile
 from gpusched.placement.fit import GpuState, Replica, beta99
 from gpusched.placement.heuristic import cheapest_type, infeasible, size_replicas
 from gpusched.placement.knobs import DEFAULT, Knobs
@@ -102,10 +104,9 @@ def _memory_ok(g: GpuState, r: Replica) -> bool:
     return g.F + r.cfg.footprint_mb <= g.type.memory_mb * g.knobs.mem_frac
 
 
-def _first_fit(replicas, pool, knobs: Knobs, fits, added=None) -> list[GpuState]:
+def _first_fit(replicas, pool, knobs: Knobs, fits) -> list[GpuState]:
     """Each replica on the first open GPU of its type where ``fits(gpu, replica)``, else on a
-    new one (however many: the caller checks the pool's counts, ``_check_counts``);
-    ``added(gpu, replica)`` after each placement, for callers that track what a GPU holds."""
+    new one (however many: the caller checks the pool's counts, ``_check_counts``)."""
     by = {t.name: t for t in pool}
     gpus: list[GpuState] = []
     for r in replicas:
@@ -114,17 +115,15 @@ def _first_fit(replicas, pool, knobs: Knobs, fits, added=None) -> list[GpuState]
             g = GpuState(by[r.cfg.gpu], knobs)
             gpus.append(g)
         g.add(r)
-        if added is not None:
-            added(g, r)
     return gpus
 
 
 def _on_share(k: Config, share: float, models, knobs: Knobs) -> Config | None:
-    """Configuration ``k`` on a share ``p`` of the SMs: ``max(1, o / p)`` times slower when the
-    model needs more than its share; its budget ``a`` (for interference) on top of that."""
+    """Configuration ``k`` on a share ``p`` of the SMs: its latency measured alone on that
+    share (``latency_on_share_ms``), its budget ``a`` (for interference) on top of that."""
     ms = models[k.model]
-    occ = model_profile(ms.model, k.batch, k.gpu).occupancy
-    lat = k.latency_ms * max(1.0, occ / share)
+    lat = k.latency_ms * latency_on_share_ms(ms.model, k.batch, k.gpu, share) \
+        / model_profile(ms.model, k.batch, k.gpu).latency_ms
     T = ms.slo_ms - knobs.queue_factor * lat * k.alpha
     if T < 0 or (k.batch > 1 and T <= 0):
         return None
@@ -136,13 +135,20 @@ def _on_share(k: Config, share: float, models, knobs: Knobs) -> Config | None:
                                rate_max=lam_max)
 
 
+def _sized_on_share(ms, cfgs, p: float, models, knobs) -> list[Replica]:
+    """``size_replicas`` on a share ``p`` of the SMs, each replica confined to it (its MPS
+    partition: the replay enforces it, simgpu R8)."""
+    reps = size_replicas(ms, [s for k in cfgs for s in [_on_share(k, p, models, knobs)]
+                              if s is not None])
+    return [dataclasses.replace(r, share=p) for r in reps]
+
+
 def _least_share(ms, cfgs, shares, models, knobs) -> tuple[float, list[Replica]] | None:
     """The (share, replicas) with the least total share (``share * replicas``) that serve
     ``ms`` within its SLO; ties: fewer replicas."""
     best = None
     for p in shares:
-        reps = size_replicas(ms, [s for k in cfgs for s in [_on_share(k, p, models, knobs)]
-                                  if s is not None])
+        reps = _sized_on_share(ms, cfgs, p, models, knobs)
         if reps and (best is None or (p * len(reps), len(reps)) < best[0]):
             best = ((p * len(reps), len(reps)), p, reps)
     return None if best is None else (best[1], best[2])
@@ -152,33 +158,25 @@ def gslice(models, table_alone, pool, knobs: Knobs = DEFAULT) -> Plan:
     t0 = time.perf_counter()
     tries = []
     # per-model shares (GSLICE's tuner), packed by share
-    chosen, share_of = [], {}
+    chosen = []
     for ms, cfgs in zip(models, table_alone):
         got = _least_share(ms, [k for k in cheapest_type(ms, cfgs, pool) if k.alpha == 1.0],
                            GSLICE_SHARES, models, knobs)
         if got is None:
             chosen = None
             break
-        p, reps = got
-        for r in reps:
-            share_of[id(r)] = p
-        chosen.extend(reps)
+        chosen.extend(got[1])
     if chosen:
-        load: dict[int, float] = {}
-
         def fits(g, r):
-            return load.get(id(g), 0.0) + share_of[id(r)] <= 1.0 + 1e-9 and _memory_ok(g, r)
-        gpus = _first_fit(sorted(chosen, key=lambda r: -share_of[id(r)]), pool, knobs,
-                                  fits, lambda g, r: load.__setitem__(
-                                      id(g), load.get(id(g), 0.0) + share_of[id(r)]))
+            return sum(x.share for x in g.replicas) + r.share <= 1.0 + 1e-9 and _memory_ok(g, r)
+        gpus = _first_fit(sorted(chosen, key=lambda r: -r.share), pool, knobs, fits)
         tries.append((len(gpus), gpus, {"shares": "per model"}))
     # even slicing: p equal slices per GPU
     for p in range(1, 9):
         reps: list[Replica] = []
         for ms, cfgs in zip(models, table_alone):
-            r = size_replicas(ms, [s for k in cheapest_type(ms, cfgs, pool) if k.alpha == 1.0
-                                   for s in [_on_share(k, 1.0 / p, models, knobs)]
-                                   if s is not None])
+            r = _sized_on_share(ms, [k for k in cheapest_type(ms, cfgs, pool)
+                                     if k.alpha == 1.0], 1.0 / p, models, knobs)
             if not r:
                 reps = []
                 break
@@ -210,22 +208,15 @@ def _gpulet_pack(chosen: list[tuple[float, list[Replica]]], pool, knobs) -> list
     fit in 100%, memory holds and the pair's predicted slowdowns stay within both budgets,
     the fullest such GPU first; else a new GPU."""
     by = {t.name: t for t in pool}
-    part: dict[int, float] = {}
-    reps = []
-    for p, rs in chosen:
-        for r in rs:
-            part[id(r)] = p
-            reps.append(r)
-    reps.sort(key=lambda r: -r.rate)
+    reps = sorted((r for _, rs in chosen for r in rs), key=lambda r: -r.rate)
     gpus: list[GpuState] = []
-    used: dict[int, float] = {}
     for r in reps:
         best, best_used = None, -1.0
         for g in gpus:
             if len(g.replicas) != 1 or g.type.name != r.cfg.gpu:
                 continue
             (o,) = g.replicas
-            total = used[id(g)] + part[id(r)]
+            total = o.share + r.share
             if total > 1.0 + 1e-9 or not _memory_ok(g, r):
                 continue
             if 1 + beta99(r, o) > r.cfg.alpha + 1e-9 or 1 + beta99(o, r) > o.cfg.alpha + 1e-9:
@@ -235,9 +226,7 @@ def _gpulet_pack(chosen: list[tuple[float, list[Replica]]], pool, knobs) -> list
         if best is None:
             best = GpuState(by[r.cfg.gpu], knobs)
             gpus.append(best)
-            used[id(best)] = 0.0
         best.add(r)
-        used[id(best)] += part[id(r)]
     return gpus
 
 

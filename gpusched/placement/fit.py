@@ -33,6 +33,8 @@ class Replica:
     name: str      # the model's name in the workload
     cfg: Config
     rate: float    # requests/s this replica serves
+    share: float | None = None   # its MPS partition's share of the SMs (gslice, gpulet); None:
+    #                              it may use every SM, shared by the interference model
 
     @property
     def u(self) -> float:

@@ -10,6 +10,8 @@ replica batches like a serving frontend: a batch closes when it holds ``b`` requ
 oldest has waited the configured timeout ``T``; it runs the kernels of the smallest profiled
 batch size that holds it, with the oldest request's remaining SLO as the job's deadline. A
 request meets its SLO when its batch finishes within ``slo_ms`` of the request's arrival.
+A replica with an MPS partition (``Replica.share``: gslice's and gpulet's) runs confined to its
+share of the SMs (simgpu R8), as MPS would hold it.
 """
 from __future__ import annotations
 
@@ -84,11 +86,15 @@ def _simulate_gpu(args, report=None) -> dict[str, list[float]]:
 
     spec = gpu_spec(gpu)
     core = SchedulerCore(make_policy(policy), spec.capacity)
-    run = VirtualRun(core, SimGpu(spec))
+    # a replica with an MPS partition is a tenant of its own, confined to it (R8)
+    tenants = [name if p is None else f"{name}#{n}"
+               for n, (name, *_, p) in enumerate(replicas)]
+    run = VirtualRun(core, SimGpu(spec, partitions={
+        t: r[6] for t, r in zip(tenants, replicas) if r[6] is not None}))
     entries: dict = {}
     reqs: dict[int, tuple[str, list[float]]] = {}
     jid = 0
-    for name, zoo_model, batch, timeout_s, slo_s, times in replicas:
+    for tenant, (name, zoo_model, batch, timeout_s, slo_s, times, _) in zip(tenants, replicas):
         for at, members in _batches(times, batch, timeout_s):
             size = next(x for x in BATCHES if x >= len(members))
             key = (zoo_model, size)
@@ -96,11 +102,11 @@ def _simulate_gpu(args, report=None) -> dict[str, list[float]]:
                 entries[key] = core.make_model(f"{zoo_model}_b{size}", f"{zoo_model}_b{size}",
                                                zoo_kernels(zoo_model, size, spec.name))
             left_ms = max(1e-3, (slo_s - (at - members[0])) * 1e3)
-            run.submit_at(Job(jid, name, entries[key], left_ms, at))
+            run.submit_at(Job(jid, tenant, entries[key], left_ms, at))
             reqs[jid] = (name, members)
             jid += 1
     if report is not None:
-        arrivals = sorted(t for *_, times in replicas for t in times)
+        arrivals = sorted(t for r in replicas for t in r[5])
         told = 0
         for k in range(1, CHUNKS):
             at = arrivals[len(arrivals) * k // CHUNKS] if arrivals else 0.0
@@ -138,10 +144,10 @@ def tasks_of(plan: Plan, models: tuple[ModelSpec, ...], horizon_s: float = 2.0, 
     for name, reps in placed.items():
         i, ms = by_name[name]
         times = _arrivals(ms.rate, horizon_s, seed + 7919 * i)
-        for (gi, r), share in zip(reps, _spread(times, [r.rate for _, r in reps])):
-            if share:
+        for (gi, r), mine in zip(reps, _spread(times, [r.rate for _, r in reps])):
+            if mine:
                 per_gpu[gi].append((name, ms.model, r.cfg.batch, r.cfg.timeout_ms / 1e3,
-                                    ms.slo_ms / 1e3, share))
+                                    ms.slo_ms / 1e3, mine, r.share))
     return [(g.type.name, policy, reps) for g, reps in zip(plan.gpus, per_gpu) if reps]
 
 

@@ -10,7 +10,7 @@ from scheduler_daemon.core.jobs cimport Job
 from scheduler_daemon.devices cimport _gctrack
 
 cdef class _Shape:
-    cdef public long long threads, regs, smem, cap, tried
+    cdef public long long threads, regs, smem, cap, tried, lo, hi
 
 cdef class _KInfo:
     cdef public object spec
@@ -68,6 +68,7 @@ cdef class _SimGpuBase:
     cdef double _demand_m, _demand_c
     cdef readonly long long _grids
     cdef dict _shapes, _infos
+    cdef readonly object _parts
     cdef double _last
     cdef Py_ssize_t _rr
     cdef long long _sm_rr
@@ -81,15 +82,16 @@ cdef class _SimGpuBase:
     cdef public double busy_s, comp_s, mem_s
 
     cpdef _Shape _shape(self, k)
-    @cython.locals(got=_KInfo)
-    cpdef _KInfo _info(self, k)
+    @cython.locals(got=_KInfo, shape=_Shape, mine=_Shape)
+    cpdef _KInfo _info(self, k, part=*)
     @cython.locals(free=cython.longlong[::1], freed=cython.longlong[::1], sms=Py_ssize_t, threads=cython.longlong,
                    regs=cython.longlong, smem=cython.longlong, tried=cython.longlong,
                    s=Py_ssize_t)
     cdef bint _room(self, _Shape shape) except -1
     @cython.locals(free=cython.longlong[::1], fit=cython.longlong[::1], sms=Py_ssize_t, threads=cython.longlong,
                    regs=cython.longlong, smem=cython.longlong, total=cython.longlong,
-                   s=Py_ssize_t, f=cython.longlong, x=cython.longlong)
+                   s=Py_ssize_t, f=cython.longlong, x=cython.longlong, lo=Py_ssize_t,
+                   hi=Py_ssize_t)
     cdef long long _fit_into(self, _Shape shape) except -1
     @cython.locals(free=cython.longlong[::1], info=_KInfo, shape=_Shape, need=cython.longlong, sms=Py_ssize_t,
                    threads=cython.longlong, regs=cython.longlong, smem=cython.longlong,
@@ -97,7 +99,8 @@ cdef class _SimGpuBase:
     cpdef bint fits_now(self, k) except -1
     @cython.locals(free=cython.longlong[::1], slab=cython.longlong[::1], sms=Py_ssize_t,
                    threads=cython.longlong, regs=cython.longlong, smem=cython.longlong,
-                   total=cython.longlong, s=Py_ssize_t, f=cython.longlong, x=cython.longlong)
+                   total=cython.longlong, s=Py_ssize_t, f=cython.longlong, x=cython.longlong,
+                   lo=Py_ssize_t, hi=Py_ssize_t)
     cdef long long _fit_place(self, _Shape shape, Py_ssize_t row) except -1
     @cython.locals(pred=_Kernel, kern=_Kernel, stream=cython.longlong, env=Environment,
                    qi=Py_ssize_t, n=Py_ssize_t, i=Py_ssize_t, cur=Py_ssize_t, now=double,

@@ -36,6 +36,15 @@ Each rule models one documented behaviour of NVIDIA GPUs (sources in docs/simula
   kernel's duration (``on_started`` likewise when the last kernel's blocks are all out). A
   stream's launches reach their queues in launch order (CUDA runs a stream's work in issue
   order): a launch behind a run on its stream arrives no earlier than the run's last kernel.
+- **R8 MPS partitions** (CUDA MPS, "Volta MPS execution resource provisioning":
+  ``CUDA_MPS_ACTIVE_THREAD_PERCENTAGE`` confines a client's kernels to a portion of the SMs;
+  GSLICE and gpulet partition a GPU this way): a tenant given a share ``p`` of the SMs
+  (``partitions``) places its blocks only on its own ``round(p * SMs)`` SMs (at least one), a
+  range no other partition uses. MPS limits how many SMs a client uses, not which; fixed
+  disjoint ranges are that limit when the shares sum to at most 100%, as those systems give
+  them. Its kernels keep their blocks and block times (R5), so a kernel wider than its
+  partition runs in more waves. DRAM bandwidth stays shared (R6: MPS does not partition it).
+  A tenant without a partition may use every SM.
 
 Blocks dispatched together finish together, so the simulator moves groups of blocks: a kernel
 costs about one event per wave. A group's rate is fixed when it is dispatched, from the demand
@@ -75,17 +84,20 @@ INF = float("inf")
 
 class _Shape:
     """A block shape on one GPU: what one block holds on its SM (threads, registers, shared
-    memory, and one block slot), how many blocks fit on an idle GPU (``cap``), and the
-    free-resource generation at which none of its blocks fit (``tried``)."""
+    memory, and one block slot), the SMs it may use (``lo`` to ``hi``: all of them, or an
+    MPS partition's, R8), how many blocks fit on them idle (``cap``), and the free-resource
+    generation at which none of its blocks fit (``tried``)."""
 
-    __slots__ = ("threads", "regs", "smem", "cap", "tried")
+    __slots__ = ("threads", "regs", "smem", "cap", "tried", "lo", "hi")
 
-    def __init__(self, threads: int, regs: int, smem: int, cap: int):
+    def __init__(self, threads: int, regs: int, smem: int, cap: int, lo: int, hi: int):
         self.threads = threads
         self.regs = regs
         self.smem = smem
         self.cap = cap
         self.tried = -1
+        self.lo = lo
+        self.hi = hi
 
     @property
     def res(self) -> np.ndarray:
@@ -98,11 +110,13 @@ class _KInfo:
 
     __slots__ = ("spec", "shape", "grid", "resident", "block_work", "mem_frac", "comp_frac")
 
-    def __init__(self, spec, shape: _Shape, speed: float):
+    def __init__(self, spec, shape: _Shape, speed: float, cap: int):
+        # ``cap``: blocks that fit on the whole idle GPU (R5's waves and R6's demand per block
+        # count the whole GPU; on a partition, ``shape.cap`` is less and the kernel takes more
+        # waves of the same blocks)
         self.spec = spec
         self.shape = shape
         self.grid = spec.grid
-        cap = shape.cap
         self.resident = min(spec.grid, cap)
         self.block_work = 0.0
         if cap:
@@ -177,7 +191,9 @@ class _SimGpuBase:
     """
 
     def __init__(self, spec: GpuSpec, hw_queues: int = 32, speed: float = 1.0,
-                 quantum_us: float = 0.5, launch_us: float = 0.0):
+                 quantum_us: float = 0.5, launch_us: float = 0.0,
+                 partitions: dict | None = None):
+        """``partitions``: tenant -> its share of the SMs (R8), for MPS-partitioned sharing."""
         if not 1 <= hw_queues <= MAX_HW_QUEUES:
             raise ValueError(f"hw_queues must be 1..{MAX_HW_QUEUES} (CUDA_DEVICE_MAX_CONNECTIONS)")
         self.spec = spec
@@ -226,6 +242,7 @@ class _SimGpuBase:
         self._grids = 0       # kernels with blocks dispatched and not all finished (R3)
         self._shapes: dict = {}
         self._infos: dict = {}  # id(kernel spec) -> _KInfo
+        self._parts = self._partitions(partitions) if partitions else None
         self._last = 0.0
         self._rr = 0
         self._sm_rr = 0
@@ -323,16 +340,48 @@ class _SimGpuBase:
                              (spec.smem_per_sm, smem)):
                 if r:
                     per_sm = min(per_sm, limit // r)
-            got = self._shapes[key] = _Shape(threads, regs, smem, per_sm * spec.sms)
+            got = self._shapes[key] = _Shape(threads, regs, smem, per_sm * spec.sms, 0,
+                                             spec.sms)
         return got
 
-    def _info(self, k) -> _KInfo:
-        got = self._infos.get(id(k))
+    def _info(self, k, part=None) -> _KInfo:
+        """What the device derives from kernel spec ``k``, on the whole GPU or on the MPS
+        partition ``part`` (R8: ``(lo, hi, shapes, infos)``, from ``_partitions``)."""
+        infos = self._infos if part is None else part[3]
+        got = infos.get(id(k))
         if got is None or got.spec is not k:
-            if len(self._infos) > 100_000:   # specs come and go in a long-lived daemon
-                self._infos.clear()
-            got = self._infos[id(k)] = _KInfo(k, self._shape(k), self.speed)
+            if len(infos) > 100_000:   # specs come and go in a long-lived daemon
+                infos.clear()
+            shape = self._shape(k)
+            if part is None:
+                got = _KInfo(k, shape, self.speed, shape.cap)
+            else:
+                key = (shape.threads, shape.regs, shape.smem)
+                mine = part[2].get(key)
+                if mine is None:
+                    lo, hi = part[0], part[1]
+                    mine = part[2][key] = _Shape(shape.threads, shape.regs, shape.smem,
+                                                 shape.cap // self._sms * (hi - lo), lo, hi)
+                got = _KInfo(k, mine, self.speed, shape.cap)
+            infos[id(k)] = got
         return got
+
+    def _partitions(self, shares: dict) -> dict:
+        """R8: tenant -> (first SM, SM past its last, its shapes, its kernel infos), each
+        tenant's ``round(share * SMs)`` SMs (at least one) after the previous tenant's."""
+        sms = self._sms
+        total = sum(shares.values())
+        if total > 1.0 + 1e-9 or any(not 0.0 < p <= 1.0 for p in shares.values()):
+            raise ValueError(f"MPS partitions: each share must be in (0, 1] and they must sum "
+                             f"to at most 1 (got {sorted(shares.values())}, sum {total:g})")
+        out, lo = {}, 0
+        for tenant, p in shares.items():
+            n = min(max(1, round(p * sms)), sms - lo)   # (rounding may not pass the last SM)
+            if n < 1:
+                raise ValueError(f"MPS partitions: no SM left for {tenant!r} on {sms} SMs")
+            out[tenant] = (lo, lo + n, {}, {})
+            lo += n
+        return out
 
     def validate(self, kernels: list) -> None:
         for i, k in enumerate(kernels):
@@ -350,7 +399,7 @@ class _SimGpuBase:
         sms = self._sms
         threads, regs, smem = shape.threads, shape.regs, shape.smem
         tried = shape.tried
-        for s in range(sms):
+        for s in range(shape.lo, shape.hi):
             if (freed[s] > tried and free[sms + s] > 0 and free[s] >= threads
                     and free[2 * sms + s] >= regs and free[3 * sms + s] >= smem):
                 return True
@@ -364,8 +413,13 @@ class _SimGpuBase:
         fit = self._fitv
         sms = self._sms
         threads, regs, smem = shape.threads, shape.regs, shape.smem
+        lo, hi = shape.lo, shape.hi
         total = 0
-        for s in range(sms):
+        for s in range(lo):          # (outside an MPS partition, R8: none)
+            fit[s] = 0
+        for s in range(hi, sms):
+            fit[s] = 0
+        for s in range(lo, hi):
             f = free[sms + s]
             if f > 0:
                 x = free[s]
@@ -390,8 +444,13 @@ class _SimGpuBase:
         slab = self._slab
         sms = self._sms
         threads, regs, smem = shape.threads, shape.regs, shape.smem
+        lo, hi = shape.lo, shape.hi
         total = 0
-        for s in range(sms):
+        for s in range(lo):          # (outside an MPS partition, R8: none)
+            slab[row + s] = 0
+        for s in range(hi, sms):
+            slab[row + s] = 0
+        for s in range(lo, hi):
             f = free[sms + s]
             if f > 0:
                 x = free[s]
@@ -435,7 +494,7 @@ class _SimGpuBase:
         sms = self._sms
         threads, regs, smem = shape.threads, shape.regs, shape.smem
         total = 0
-        for s in range(sms):
+        for s in range(shape.lo, shape.hi):
             f = free[sms + s]
             if f > 0:
                 x = free[s]
@@ -462,8 +521,11 @@ class _SimGpuBase:
         kernels = job.model.kernels
         cur = job.cur
         n = job.run_len if job.run_len > 1 else 1
+        part = None
+        if self._parts is not None:
+            part = self._parts.get(job.tenant)   # R8: its MPS partition, if it has one
         for i in range(cur, cur + n):
-            if self._info(kernels[i]).shape.cap == 0:
+            if self._info(kernels[i], part).shape.cap == 0:
                 self.env.call_at(self.env.now, self._launch_failed, (job, kernels[i].name))
                 return
         stream = job.stream
@@ -476,7 +538,7 @@ class _SimGpuBase:
         now = env.now
         step = self.launch_delay
         for i in range(n):
-            kern = _new_kernel(job, self._info(kernels[cur + i]), qi, pred)
+            kern = _new_kernel(job, self._info(kernels[cur + i], part), qi, pred)
             if durs is not None:
                 kern.durs = durs
                 kern.last = i == n - 1
