@@ -12,7 +12,7 @@ from gpusched.placement.estimate import (configs_for, estimate, latency_on_share
 from gpusched.placement.fit import GpuState
 from gpusched.placement.knobs import DEFAULT
 from gpusched.placement.pool import parse_pool
-from gpusched.placement.replay import _simulate_gpu, tasks_of
+from gpusched.placement.replay import _simulate_gpu, attainment_alone, tasks_of
 from gpusched.placement.solvers import BASELINE_METHODS, place
 from gpusched.placement.spec import ModelSpec, SpecError
 from gpusched.placement.workloads import HELD_OUT_SLO, make_held_out
@@ -79,8 +79,9 @@ def test_gslice_shares_per_model_fit_in_one_gpu():
     assert plan.notes["shares"]
     for g in plan.gpus:
         assert g.F <= g.type.memory_mb * DEFAULT.mem_frac
-    got = baselines._least_share(models[0], table[0], baselines.GSLICE_SHARES, models, alone)
-    share, reps = got
+    cands = baselines._share_candidates(models[0], table[0], baselines.GSLICE_SHARES, models,
+                                        alone)
+    share, reps = baselines._tuned(models[0], cands)
     assert 0.1 <= share <= 1.0 and reps
     # a smaller share makes the replica slower (when the model needs more SMs than it has)
     k = table[0][0]
@@ -114,6 +115,28 @@ def test_gslice_and_gpulet_replicas_replay_confined_to_their_shares():
     assert extra > 1.0
     late = [(c - f) * 1e3 for c, f in zip(confined[name], free[name])]
     assert min(late) > 0 and sum(late) / len(late) == pytest.approx(extra, rel=0.2)
+
+
+def test_a_partition_is_sized_by_its_trial(monkeypatch):
+    """The baselines' tuner: the model's smallest share is kept only if a replica alone on it
+    meets the SLO for 99% of a trial draw; else the next; when none holds, the largest."""
+    ms = ModelSpec("m", "resnet50", 1500.0, 12.0, line=1)
+    table = estimate((ms,), H100_8, DEFAULT)
+    cands = baselines._share_candidates(ms, table[0], baselines.GSLICE_SHARES, (ms,), DEFAULT)
+    assert len(cands) >= 3
+    small, big = cands[0], cands[-1]
+    # measured: too small a share misses under this load, the whole GPU holds
+    r = small[1][0]
+    assert attainment_alone("H100", "resnet50", r.cfg.batch, r.cfg.timeout_ms, 12.0, 1500.0,
+                            0.1) < 0.99
+    assert attainment_alone("H100", "resnet50", r.cfg.batch, r.cfg.timeout_ms, 12.0, 1500.0 / 4,
+                            1.0) >= 0.99
+    held = {id(c[1][0]): ok for c, ok in zip(cands, [False, True] + [True] * len(cands))}
+    monkeypatch.setattr(baselines, "_holds", lambda m, reps: held[id(reps[0])])
+    assert baselines._tuned(ms, cands) == cands[1] != cands[0]
+    monkeypatch.setattr(baselines, "_holds", lambda m, reps: False)
+    assert baselines._tuned(ms, cands) == max(cands, key=lambda c: c[0] * len(c[1]))
+    assert big in cands
 
 
 def test_shepherd_time_shares_and_replays_one_job_at_a_time():

@@ -17,7 +17,9 @@ pool (solve time only), and the interference model's out-of-sample errors.
 from __future__ import annotations
 
 import json
+import os
 import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
 
 from gpusched.placement.estimate import WEIGHTS_DIR
 from gpusched.placement.pool import parse_pool
@@ -41,42 +43,27 @@ def run_usher(sizes=(12, 100), held_out=HELD_OUT_SEEDS, gpu: str = "H100", scale
     out = {"gpu": gpu, "scale": scale, "attainment_target": ATTAINMENT, "workloads": []}
     cases = [(make_workload(n, gpu, seed, scale), False, horizons.get(n, 0.5)) for n in sizes]
     cases += [(make_held_out(s, gpu), True, held_out_horizon) for s in held_out]
+    # each workload's plans in a process of its own (gslice's and gpulet's partition trials
+    # are simulations): the workloads' results, in order
+    planned: list = [None] * len(cases)
+    args = [(w, held, horizon, gpu, cpsat_limit_s) for w, held, horizon in cases]
+    workers = workers or os.cpu_count() or 1
+    if workers > 1 and len(cases) > 1:
+        with ProcessPoolExecutor(min(workers, len(cases))) as ex:
+            futs = {ex.submit(_plan_workload, a): wi for wi, a in enumerate(args)}
+            for f in as_completed(futs):
+                planned[futs[f]] = f.result()
+                if progress:
+                    progress()
+    else:
+        for wi, a in enumerate(args):
+            planned[wi] = _plan_workload(a)
+            if progress:
+                progress()
     plans = []   # (workload index, row, plan)
-    for wi, (w, is_held_out, horizon) in enumerate(cases):
-        n = len(w.models)
-        pool = parse_pool(f"{gpu}:{max(4 * n, 64)}")
-        rows, heur = [], None
-        for method in METHODS:
-            row = {"method": method}
-            rows.append(row)
-            if method == "cpsat" and n > CPSAT_MAX_MODELS:
-                row.update(gpus_used=None, skipped=f"more than {CPSAT_MAX_MODELS} models: CP-SAT "
-                           "found nothing better than the heuristic's plan in 60 s on 100")
-                continue
-            try:
-                plan = place(w.models, pool, method, time_limit_s=cpsat_limit_s, start=heur)
-            except SpecError as e:
-                row.update(gpus_used=None, error=str(e))
-                continue
-            if method == "heuristic":
-                heur = plan
-            row.update(gpus_used=plan.gpus_used, cost_per_hour=round(plan.cost_per_hour, 2),
-                       solve_time_s=round(plan.solve_time_s, 4))
-            for k in ("budgets", "shares", "replay_policy"):
-                if k in plan.notes:
-                    row[k] = plan.notes[k]
-            if plan.optimal is not None:
-                row["optimal"] = plan.optimal
-                if "status" in plan.notes:  # no CP-SAT solution in time: the hint (heuristic) stands
-                    row["status"] = plan.notes["status"]
-                else:
-                    row["bound_gpus"] = plan.notes["bound_cost_per_hour"] / pool[0].price_per_hour
-            plans.append((wi, row, plan))
-        out["workloads"].append({"name": w.source, "held_out": is_held_out, "models": n,
-                                 "total_rate": round(sum(m.rate for m in w.models), 1),
-                                 "horizon_s": horizon, "methods": rows})
-        if progress:
-            progress()
+    for wi, (workload, rows_plans) in enumerate(planned):
+        out["workloads"].append(workload)
+        plans.extend((wi, row, plan) for row, plan in rows_plans)
     t_replay = time.perf_counter()
     reps = replay_many([(p, cases[wi][0].models, cases[wi][2], seed, None)
                         for wi, _, p in plans], workers)
@@ -104,6 +91,43 @@ def run_usher(sizes=(12, 100), held_out=HELD_OUT_SEEDS, gpu: str = "H100", scale
     out["interference"] = interference_errors(gpu)
     out["wall_s"] = round(time.perf_counter() - t_start, 1)
     return out
+
+
+def _plan_workload(args) -> tuple[dict, list]:
+    """Every method's plan of one workload: (its JSON without the replays, [(row, plan)])."""
+    w, is_held_out, horizon, gpu, cpsat_limit_s = args
+    n = len(w.models)
+    pool = parse_pool(f"{gpu}:{max(4 * n, 64)}")
+    rows, plans, heur = [], [], None
+    for method in METHODS:
+        row = {"method": method}
+        rows.append(row)
+        if method == "cpsat" and n > CPSAT_MAX_MODELS:
+            row.update(gpus_used=None, skipped=f"more than {CPSAT_MAX_MODELS} models: CP-SAT "
+                       "found nothing better than the heuristic's plan in 60 s on 100")
+            continue
+        try:
+            plan = place(w.models, pool, method, time_limit_s=cpsat_limit_s, start=heur)
+        except SpecError as e:
+            row.update(gpus_used=None, error=str(e))
+            continue
+        if method == "heuristic":
+            heur = plan
+        row.update(gpus_used=plan.gpus_used, cost_per_hour=round(plan.cost_per_hour, 2),
+                   solve_time_s=round(plan.solve_time_s, 4))
+        for k in ("budgets", "shares", "replay_policy"):
+            if k in plan.notes:
+                row[k] = plan.notes[k]
+        if plan.optimal is not None:
+            row["optimal"] = plan.optimal
+            if "status" in plan.notes:  # no CP-SAT solution in time: the hint (heuristic) stands
+                row["status"] = plan.notes["status"]
+            else:
+                row["bound_gpus"] = plan.notes["bound_cost_per_hour"] / pool[0].price_per_hour
+        plans.append((row, plan))
+    return ({"name": w.source, "held_out": is_held_out, "models": n,
+             "total_rate": round(sum(m.rate for m in w.models), 1), "horizon_s": horizon,
+             "methods": rows}, plans)
 
 
 def headline(w: dict) -> dict:

@@ -51,11 +51,16 @@ from gpusched.placement.fit import GpuState, Replica, beta99
 from gpusched.placement.heuristic import cheapest_type, infeasible, size_replicas
 from gpusched.placement.knobs import DEFAULT, Knobs
 from gpusched.placement.plan import Plan
+from gpusched.placement.replay import attainment_alone
 from gpusched.placement.spec import SpecError
 
 GSLICE_SHARES = tuple(round(0.1 * i, 1) for i in range(1, 11))
 GPULET_PARTITIONS = (0.2, 0.4, 0.5, 0.6, 0.8, 1.0)
 SHEPHERD_POLICY = "clockwork"   # the replay's policy for a time-shared GPU
+TRIAL_ATTAINMENT = 0.99         # what a partition must hold on its trial (``_holds``)
+# the replay's policy for MPS-partitioned GPUs (gslice, gpulet): each replica a client process
+# with its own stream, its kernels straight to the GPU, confined to its partition
+MPS_POLICY = "mps"
 
 
 def _replicas(models, table, pool, alpha: float, method: str) -> list[Replica]:
@@ -143,15 +148,34 @@ def _sized_on_share(ms, cfgs, p: float, models, knobs) -> list[Replica]:
     return [dataclasses.replace(r, share=p) for r in reps]
 
 
-def _least_share(ms, cfgs, shares, models, knobs) -> tuple[float, list[Replica]] | None:
-    """The (share, replicas) with the least total share (``share * replicas``) that serve
-    ``ms`` within its SLO; ties: fewer replicas."""
-    best = None
+def _holds(ms, reps: list[Replica]) -> bool:
+    """Whether a replica of ``reps`` (they are alike), alone on its partition, meets ``ms``'s
+    SLO for ``TRIAL_ATTAINMENT`` of its requests on a trial draw: a partition is sized by
+    observing it under load (GSLICE's tuner; gpulet's profiled partitions), and a partition
+    has no neighbour's idle SMs to absorb a burst."""
+    r = max(reps, key=lambda x: x.rate)
+    return attainment_alone(r.cfg.gpu, ms.model, r.cfg.batch, r.cfg.timeout_ms, ms.slo_ms,
+                            r.rate, r.share) >= TRIAL_ATTAINMENT
+
+
+def _share_candidates(ms, cfgs, shares, models, knobs) -> list[tuple[float, list[Replica]]]:
+    """Per share, the (share, replicas) that serve ``ms`` within its SLO by the model; the
+    least total share (``share * replicas``) first, ties: fewer replicas."""
+    cands = []
     for p in shares:
         reps = _sized_on_share(ms, cfgs, p, models, knobs)
-        if reps and (best is None or (p * len(reps), len(reps)) < best[0]):
-            best = ((p * len(reps), len(reps)), p, reps)
-    return None if best is None else (best[1], best[2])
+        if reps:
+            cands.append(((p * len(reps), len(reps)), p, reps))
+    return [(p, reps) for _, p, reps in sorted(cands, key=lambda c: c[0])]
+
+
+def _tuned(ms, cands: list[tuple[float, list[Replica]]]) -> tuple[float, list[Replica]]:
+    """The first of ``cands`` that holds on its trial (``_holds``), as a tuner that watches its
+    partition under load grows it; when none holds, the largest (all the tuner can give)."""
+    for p, reps in cands:
+        if _holds(ms, reps):
+            return p, reps
+    return max(cands, key=lambda c: c[0] * len(c[1]))
 
 
 def gslice(models, table_alone, pool, knobs: Knobs = DEFAULT) -> Plan:
@@ -160,12 +184,12 @@ def gslice(models, table_alone, pool, knobs: Knobs = DEFAULT) -> Plan:
     # per-model shares (GSLICE's tuner), packed by share
     chosen = []
     for ms, cfgs in zip(models, table_alone):
-        got = _least_share(ms, [k for k in cheapest_type(ms, cfgs, pool) if k.alpha == 1.0],
-                           GSLICE_SHARES, models, knobs)
-        if got is None:
+        cands = _share_candidates(ms, [k for k in cheapest_type(ms, cfgs, pool)
+                                       if k.alpha == 1.0], GSLICE_SHARES, models, knobs)
+        if not cands:
             chosen = None
             break
-        chosen.extend(got[1])
+        chosen.extend(_tuned(ms, cands)[1])
     if chosen:
         def fits(g, r):
             return sum(x.share for x in g.replicas) + r.share <= 1.0 + 1e-9 and _memory_ok(g, r)
@@ -177,7 +201,7 @@ def gslice(models, table_alone, pool, knobs: Knobs = DEFAULT) -> Plan:
         for ms, cfgs in zip(models, table_alone):
             r = _sized_on_share(ms, [k for k in cheapest_type(ms, cfgs, pool)
                                      if k.alpha == 1.0], 1.0 / p, models, knobs)
-            if not r:
+            if not r or not _holds(ms, r):
                 reps = []
                 break
             reps.extend(r)
@@ -189,16 +213,17 @@ def gslice(models, table_alone, pool, knobs: Knobs = DEFAULT) -> Plan:
         raise infeasible(models, table_alone, pool, "gslice")
     _, gpus, notes = min(tries, key=lambda t: t[0])
     _check_counts(gpus, models, table_alone, pool, "gslice")
-    return Plan("gslice", gpus, time.perf_counter() - t0, notes=notes)
+    return Plan("gslice", gpus, time.perf_counter() - t0,
+                notes={**notes, "replay_policy": MPS_POLICY})
 
 
-def _gpulet_options(ms, cfgs, models, knobs) -> dict[float, tuple[float, list[Replica]]]:
-    """Per slowdown budget: the smallest-share (partition, replicas) serving ``ms``."""
+def _gpulet_options(ms, cfgs, models, knobs) -> dict[float, list[tuple[float, list[Replica]]]]:
+    """Per slowdown budget: the (partition, replicas) serving ``ms``, smallest share first."""
     out = {}
     for a in knobs.alphas:
-        got = _least_share(ms, [k for k in cfgs if k.alpha == a], GPULET_PARTITIONS, models,
-                           knobs)
-        if got is not None:
+        got = _share_candidates(ms, [k for k in cfgs if k.alpha == a], GPULET_PARTITIONS,
+                                models, knobs)
+        if got:
             out[a] = got
     return out
 
@@ -245,10 +270,11 @@ def gpulet(models, table, pool, knobs: Knobs = DEFAULT, alpha: float | None = No
     for a in budgets:
         if all(a in o for o in opts):
             choices.append((f"{a:g} for every model", [a] * len(models)))
-    if alpha is None:
-        cheapest = [min(o, key=lambda a: (o[a][0] * len(o[a][1]), len(o[a][1]), -a)) for o in opts]
+    if alpha is None:   # (each budget's smallest partition by the model: ``o[a][0]``)
+        cheapest = [min(o, key=lambda a: (o[a][0][0] * len(o[a][0][1]), len(o[a][0][1]), -a))
+                    for o in opts]
         choices.append(("per model: least share", cheapest))
-        roomy = [max(a for a in o if len(o[a][1]) <= min(len(v[1]) for v in o.values()))
+        roomy = [max(a for a in o if len(o[a][0][1]) <= min(len(v[0][1]) for v in o.values()))
                  for o in opts]
         choices.append(("per model: largest budget at its fewest replicas", roomy))
     if not choices:
@@ -258,13 +284,14 @@ def gpulet(models, table, pool, knobs: Knobs = DEFAULT, alpha: float | None = No
                         f"meet its {ms.slo_ms:g} ms SLO at {ms.rate:g} req/s")
     best = None
     for what, per_model in choices:
-        gpus = _gpulet_pack([o[a] for o, a in zip(opts, per_model)], pool, knobs)
+        gpus = _gpulet_pack([_tuned(ms, o[a]) for ms, o, a in zip(models, opts, per_model)],
+                            pool, knobs)
         if best is None or len(gpus) < len(best[1]):
             best = (what, gpus, per_model)
     what, gpus, per_model = best
     _check_counts(gpus, models, table, pool, "gpulet")
     return Plan("gpulet", gpus, time.perf_counter() - t0,
-                notes={"budgets": what,
+                notes={"budgets": what, "replay_policy": MPS_POLICY,
                        "budget_per_model": {ms.name: a for ms, a in zip(models, per_model)}})
 
 

@@ -16,6 +16,7 @@ share of the SMs (simgpu R8), as MPS would hold it.
 from __future__ import annotations
 
 import bisect
+import functools
 import logging
 import multiprocessing
 import os
@@ -124,6 +125,21 @@ def _simulate_gpu(args, report=None) -> dict[str, list[float]]:
         out.setdefault(name, []).extend(
             (fin - t) if fin is not None else float("inf") for t in members)
     return out
+
+
+TRIAL_SEED = 104_729   # a trial's arrival draw: not any replay's (``seed + 7919 * i``)
+
+
+@functools.cache
+def attainment_alone(gpu: str, zoo_model: str, batch: int, timeout_ms: float, slo_ms: float,
+                     rate: float, share: float, horizon_s: float = 1.0) -> float:
+    """SLO attainment of one replica alone on its MPS partition (``share`` of the SMs, its
+    kernels straight to the GPU: policy ``mps``), on a trial draw of arrivals that no replay
+    uses: what a baseline's tuner observes when it tries a partition size."""
+    times = _arrivals(rate, horizon_s, TRIAL_SEED)
+    lat = _simulate_gpu((gpu, "mps", [("r", zoo_model, batch, timeout_ms / 1e3, slo_ms / 1e3,
+                                       times, share)]), lambda n: None).get("r", [])
+    return sum(x * 1e3 <= slo_ms for x in lat) / len(lat) if lat else 1.0
 
 
 def _policy(plan: Plan, policy: str | None) -> str:
