@@ -54,6 +54,10 @@ class Bound:
     candidates: int  # every candidate priced
     seconds: float
     levels: dict = None  # served priority -> bound there (filled by the benchmark)
+    # the last restricted LP's row duals (lambda per pool, in pool order type x sites + site;
+    # mu for the fleet budget; sigma for the serve-first row), None if no LP was solved: the
+    # prices ``decomposed``'s priced packing pass values candidates at
+    duals: tuple[np.ndarray, float, float] | None = None
 
 
 class _Columns:
@@ -287,6 +291,7 @@ def throughput_bound(model: Model, *, rounds: int = ROUNDS, served: float | None
 
     lam, mu, sigma = np.zeros(Q), 0.0, 0.0
     best_u, best_any, lp_val, done, k = np.inf, np.inf, 0.0, False, 0
+    solved = False
     for k in range(1, rounds + 1):
         red, arg = cols.price_all(lam, mu, sigma * pri)
         base = float(lam @ cols.cap + (mu * B if B is not None else 0.0))
@@ -319,6 +324,7 @@ def throughput_bound(model: Model, *, rounds: int = ROUNDS, served: float | None
             log.warning("geo: bound LP status %s at round %d", status, k)
             break
         lp_val = obj.Value()
+        solved = True
         lam = np.maximum(0.0, np.array([c.dual_value() for c in caprow]))
         mu = max(0.0, budrow.dual_value()) if budrow is not None else 0.0
         sigma = max(0.0, -serverow.dual_value()) if serverow is not None else 0.0
@@ -328,7 +334,7 @@ def throughput_bound(model: Model, *, rounds: int = ROUNDS, served: float | None
              best_u, lp_val, "optimal" if done else "stopped", k, nvars, cols.count,
              time.perf_counter() - t0)
     return Bound(best_u, max(best_any, best_u), lp_val, done, k, nvars, cols.count,
-                 time.perf_counter() - t0)
+                 time.perf_counter() - t0, duals=(lam, mu, sigma) if solved else None)
 
 
 def _restricted(cols: _Columns, have: dict, lam: np.ndarray, mu: float, bonus: np.ndarray
