@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from collections import Counter
 from concurrent.futures import ProcessPoolExecutor, as_completed
 
 from gpusched.placement.estimate import WEIGHTS_DIR
@@ -43,27 +44,39 @@ def run_usher(sizes=(12, 100), held_out=HELD_OUT_SEEDS, gpu: str = "H100", scale
     out = {"gpu": gpu, "scale": scale, "attainment_target": ATTAINMENT, "workloads": []}
     cases = [(make_workload(n, gpu, seed, scale), False, horizons.get(n, 0.5)) for n in sizes]
     cases += [(make_held_out(s, gpu), True, held_out_horizon) for s in held_out]
-    # each workload's plans in a process of its own (gslice's and gpulet's partition trials
-    # are simulations): the workloads' results, in order
-    planned: list = [None] * len(cases)
-    args = [(w, held, horizon, gpu, cpsat_limit_s) for w, held, horizon in cases]
+    # the plans in a pool of processes: gslice's and gpulet's each a task of its own (their
+    # partition trials are simulations), the other methods of a workload one task (CP-SAT
+    # starts from the heuristic's plan); the largest workloads first
+    tasks = [(wi, ms) for wi, _ in sorted(enumerate(cases), key=lambda c: -len(c[1][0].models))
+             for ms in (("gslice",), ("gpulet",), tuple(m for m in METHODS
+                                                        if m not in ("gslice", "gpulet")))]
+    got: dict = {}
+    left = Counter(wi for wi, _ in tasks)
+
+    def take(wi, result):
+        got.update({(wi, row["method"]): (row, plan) for row, plan in result})
+        left[wi] -= 1
+        if progress and not left[wi]:   # a workload's plans are all made
+            progress()
     workers = workers or os.cpu_count() or 1
-    if workers > 1 and len(cases) > 1:
-        with ProcessPoolExecutor(min(workers, len(cases))) as ex:
-            futs = {ex.submit(_plan_workload, a): wi for wi, a in enumerate(args)}
+    args = [(cases[wi][0], ms, gpu, cpsat_limit_s) for wi, ms in tasks]
+    if workers > 1:
+        with ProcessPoolExecutor(min(workers, len(tasks))) as ex:
+            futs = {ex.submit(_plan_methods, a): wi for (wi, _), a in zip(tasks, args)}
             for f in as_completed(futs):
-                planned[futs[f]] = f.result()
-                if progress:
-                    progress()
+                take(futs[f], f.result())
     else:
-        for wi, a in enumerate(args):
-            planned[wi] = _plan_workload(a)
-            if progress:
-                progress()
+        for (wi, _), a in zip(tasks, args):
+            take(wi, _plan_methods(a))
     plans = []   # (workload index, row, plan)
-    for wi, (workload, rows_plans) in enumerate(planned):
-        out["workloads"].append(workload)
-        plans.extend((wi, row, plan) for row, plan in rows_plans)
+    for wi, (w, is_held_out, horizon) in enumerate(cases):
+        rows = [got[wi, m][0] for m in METHODS]
+        out["workloads"].append({"name": w.source, "held_out": is_held_out,
+                                 "models": len(w.models),
+                                 "total_rate": round(sum(m.rate for m in w.models), 1),
+                                 "horizon_s": horizon, "methods": rows})
+        plans.extend((wi, row, got[wi, row["method"]][1]) for row in rows
+                     if got[wi, row["method"]][1] is not None)
     t_replay = time.perf_counter()
     reps = replay_many([(p, cases[wi][0].models, cases[wi][2], seed, None)
                         for wi, _, p in plans], workers)
@@ -93,15 +106,16 @@ def run_usher(sizes=(12, 100), held_out=HELD_OUT_SEEDS, gpu: str = "H100", scale
     return out
 
 
-def _plan_workload(args) -> tuple[dict, list]:
-    """Every method's plan of one workload: (its JSON without the replays, [(row, plan)])."""
-    w, is_held_out, horizon, gpu, cpsat_limit_s = args
+def _plan_methods(args) -> list[tuple[dict, object]]:
+    """The plans of ``methods`` (in order) for one workload: [(its JSON row without the replay,
+    the plan or None)]."""
+    w, methods, gpu, cpsat_limit_s = args
     n = len(w.models)
     pool = parse_pool(f"{gpu}:{max(4 * n, 64)}")
-    rows, plans, heur = [], [], None
-    for method in METHODS:
+    out, heur = [], None
+    for method in methods:
         row = {"method": method}
-        rows.append(row)
+        out.append((row, None))
         if method == "cpsat" and n > CPSAT_MAX_MODELS:
             row.update(gpus_used=None, skipped=f"more than {CPSAT_MAX_MODELS} models: CP-SAT "
                        "found nothing better than the heuristic's plan in 60 s on 100")
@@ -124,10 +138,8 @@ def _plan_workload(args) -> tuple[dict, list]:
                 row["status"] = plan.notes["status"]
             else:
                 row["bound_gpus"] = plan.notes["bound_cost_per_hour"] / pool[0].price_per_hour
-        plans.append((row, plan))
-    return ({"name": w.source, "held_out": is_held_out, "models": n,
-             "total_rate": round(sum(m.rate for m in w.models), 1), "horizon_s": horizon,
-             "methods": rows}, plans)
+        out[-1] = (row, plan)
+    return out
 
 
 def headline(w: dict) -> dict:
