@@ -1,6 +1,7 @@
 """decomposed's packing at the LP's prices (geo/decomposed.py, step 4): a flexible job that
 density packing puts on the scarce GPU type moves off it so that a job that runs only there
-starts; on random fleets the pass never makes a plan worse (priority served, then objective)
+starts; a flexible job whose value ties across two pools takes the one a pinned job does
+not need; on random fleets the pass never makes a plan worse (priority served, then objective)
 and the plans keep every invariant (geo/invariants.py ``check_plan``)."""
 import random
 
@@ -53,6 +54,56 @@ def test_priced_plan_serves_more_and_keeps_the_invariants(monkeypatch):
     assert served(spec, before) == 2 and served(spec, after) == 3.5
     assert after.objective_value > before.objective_value
     assert check_plan(spec, after, fresh=True) == []
+
+
+# two sites of 11 H100 each; "flex" (priority 2) runs at either and scores the same at both,
+# "pinned" (1.5) only at a (its budget_usd pays a's price, not b's), "filler" (0.5) at either.
+# Step 2 puts flex at a (first row) and pinned waits; the LP, with the filler fractional in
+# both pools, prices a and b alike, so flex's V ties across them and the priced round in row
+# order puts it at a again; best fit (b: a's room is claimed by pinned) serves both
+TIED = """\
+sites:
+  - name: a
+    gpus: [{type: H100, count: 11, usd_per_hour: 2.0}]
+  - name: b
+    gpus: [{type: H100, count: 11, usd_per_hour: 4.0}]
+links:
+  - {src: a, dst: b, rtt_ms: 10, gbps: 100}
+jobs:
+  - {name: flex, params: 1.0e+9, tokens_per_iter: 1.0e+6, iterations: 1000, priority: 2,
+     gpu_types: [H100], min_gpus: 8, max_gpus: 8}
+  - {name: pinned, params: 1.0e+9, tokens_per_iter: 1.0e+6, iterations: 1000, priority: 1.5,
+     gpu_types: [H100], min_gpus: 8, max_gpus: 8, budget_usd: 10}
+  - {name: filler, params: 1.0e+9, tokens_per_iter: 1.0e+6, iterations: 1000, priority: 0.5,
+     gpu_types: [H100], min_gpus: 8, max_gpus: 8}
+"""
+
+
+def sites(chosen):
+    return {n: c.sites for n, c in chosen.items()}
+
+
+def test_priced_ties_best_fit_frees_the_pool_a_pinned_job_needs(monkeypatch):
+    model = Model(parse_spec(TIED))
+    lam, _, _ = throughput_bound(model, served=2.5).duals
+    assert lam[0] == pytest.approx(lam[1]) and lam[0] > 0  # the premise: a and b priced alike
+    with monkeypatch.context() as m:  # ties in row order only (before the tie rule)
+        m.setattr(decomposed, "PRICED_ROUNDS", ("priced",))
+        _, chosen, queued = solve_decomposed(model, "throughput")
+    assert sites(chosen) == {"flex": {"a": 8}, "filler": {"b": 8}} and list(queued) == ["pinned"]
+    _, chosen, queued = solve_decomposed(model, "throughput")
+    assert sites(chosen) == {"flex": {"b": 8}, "pinned": {"a": 8}} and list(queued) == ["filler"]
+    # the round itself: flex's tied rows (a, b) tried b first, a's room being pinned's claim
+    fleet = decomposed._Fleet(model)
+    types = sorted(fleet.cap)
+    pools = np.arange(2).reshape(1, 2)
+    jobs = model.spec.jobs
+    data = [decomposed._job_rows(fleet, j, "throughput", 1.0, pools, types, 0.0) for j in jobs]
+    V = np.array([[3.0, 3.0], [2.0, -np.inf], [-np.inf, -np.inf]])
+    old, _, _ = decomposed._round(jobs, data, V, fleet, types, "priced", [0, 1])
+    new, _, _ = decomposed._round(jobs, data, V, fleet, types, "priced_fit", [0, 1])
+    assert {n: v[0] for n, v in old.items()} == {"flex": 0}
+    assert {n: v[0] for n, v in new.items()} == {"flex": 1, "pinned": 0}
 
 
 def test_bound_exposes_its_duals():
