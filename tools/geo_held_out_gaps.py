@@ -4,6 +4,7 @@ at the priority it serves, as in ``gpusched bench geo``).
 
     .venv/bin/python tools/geo_held_out_gaps.py OUT.json SEED...
 """
+import argparse
 import json
 import logging
 import os
@@ -16,9 +17,14 @@ from geo.candidates import Model  # noqa: E402
 from geo.instances import held_out_spec  # noqa: E402
 from geo.planner import plan  # noqa: E402
 
+ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                             formatter_class=argparse.RawDescriptionHelpFormatter)
+ap.add_argument("out", help="JSON file to write: per seed its gap, objective, bound, time, shape")
+ap.add_argument("seeds", nargs="+", type=int, help="held-out spec seeds")
+args = ap.parse_args()
 logging.disable(logging.WARNING)
 out = {}
-for sd in [int(x) for x in sys.argv[2:]]:
+for sd in args.seeds:
     spec, shape = held_out_spec(sd, time_limit_s=10)
     model = Model(spec)
     t = time.time()
@@ -29,5 +35,5 @@ for sd in [int(x) for x in sys.argv[2:]]:
     out[sd] = dict(gap=g, obj=round(p.objective_value, 3), served=served(spec, p),
                    bound=round(ref, 3), s=round(dt, 2), **shape)
     print(sd, out[sd], flush=True)
-with open(sys.argv[1], "w") as f:
+with open(args.out, "w") as f:
     json.dump(out, f, indent=1)
