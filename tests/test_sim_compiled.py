@@ -64,6 +64,14 @@ RUN_SCENARIOS = [
     ("zoo-slo-srpt-runs", dict(policy="slo-srpt", seed=13, rate=1500.0, zoo=True, jobs=60,
                                launch_us=4.5, notice_us=12.0, run_us=120.0)),
 ]
+# MPS partitions (R8), which came after the golden digests: tenants t0-t2 on shares of the
+# SMs (t2 unpartitioned in the first); compared compiled against interpreted only
+PARTITION_SCENARIOS = [
+    ("mps-t4-partitions", dict(policy="mps", seed=14, rate=900.0,
+                               partitions={"t0": 0.5, "t1": 0.3})),
+    ("mps-h100-partitions", dict(policy="mps", seed=15, rate=2000.0, gpu="H100", launch_us=4.5,
+                                 partitions={"t0": 0.4, "t1": 0.3, "t2": 0.3})),
+]
 
 GOLDEN = {
     "slo-t4":
@@ -122,7 +130,8 @@ def _zoo_mix(gpu: str):
 def run_scenario(policy: str, seed: int, rate: float, gpu: str = "T4", jobs: int = 150,
                  sigma: float = 2.0, launch_us: float = 0.0, notice_us: float = 0.0,
                  hw_queues: int = 32, max_extra: int = 2, shed: bool = False,
-                 quantum_us: float = 0.5, zoo: bool = False, run_us: float = 0.0) -> dict:
+                 quantum_us: float = 0.5, zoo: bool = False, run_us: float = 0.0,
+                 partitions: dict | None = None) -> dict:
     """One run of the whole stack; its outcome with every float as ``repr``."""
     from scheduler_daemon.core.gpu_specs import gpu_spec
     from scheduler_daemon.core.jobs import Job
@@ -137,7 +146,8 @@ def run_scenario(policy: str, seed: int, rate: float, gpu: str = "T4", jobs: int
            if policy == "triton" else make_policy(policy))
     core = SchedulerCore(pol, spec.capacity, max_extra=max_extra, shed=shed,
                          quantum_s=run_us * 1e-6, overlapping=bool(run_us))
-    dev = SimGpu(spec, hw_queues=hw_queues, quantum_us=quantum_us, launch_us=launch_us)
+    dev = SimGpu(spec, hw_queues=hw_queues, quantum_us=quantum_us, launch_us=launch_us,
+                 partitions=partitions)
     run = VirtualRun(core, dev, notice_s=notice_us * 1e-6,
                      launch_s=launch_us * 1e-6 if run_us else 0.0)
     reports = [0]
@@ -183,7 +193,8 @@ def digest(outcome: dict) -> str:
 
 def _outcomes(golden_only: bool = False) -> dict:
     out = {}
-    for name, sc in SCENARIOS + ([] if golden_only else ZOO_SCENARIOS + RUN_SCENARIOS):
+    for name, sc in SCENARIOS + ([] if golden_only else
+                                 ZOO_SCENARIOS + RUN_SCENARIOS + PARTITION_SCENARIOS):
         out[name] = run_scenario(**sc)
     return out
 

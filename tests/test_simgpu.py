@@ -647,14 +647,36 @@ def test_r8_partitions_isolate_sms_but_a_tenant_without_one_shares_every_sm():
     assert mixed[1] == pytest.approx(11 * US)
 
 
+def test_r8_one_kernel_spec_on_a_partition_and_on_the_whole_gpu():
+    # the same spec launched by a partitioned tenant, then by one without a partition, then
+    # again by the first: each gets its own SMs (what the device derives is cached per
+    # partition)
+    dev, done = run_tenants([(0, 0, "a", WIDE), (500 * US, 1, "c", WIDE),
+                             (1 * MS, 2, "a", WIDE)], partitions={"a": 0.25})
+    assert [(r.kern.shape.lo, r.kern.shape.hi) for r in dev.recs] == [(0, 10), (0, 40), (0, 10)]
+    assert done[0] == pytest.approx(400 * US) and done[1] - 500 * US == pytest.approx(100 * US)
+    assert done[2] - 1 * MS == pytest.approx(400 * US)
+
+
 def test_r8_partitions_must_fit_the_gpu():
     with pytest.raises(ValueError, match="sum to at most 1"):
         SimGpu(T4, partitions={"a": 0.6, "b": 0.5})
     with pytest.raises(ValueError, match=r"in \(0, 1\]"):
         SimGpu(T4, partitions={"a": 0.0})
-    # rounding never passes the last SM: 132 SMs x (0.3 + 0.7) = 40 + 92
-    dev = SimGpu(H100, partitions={"a": 0.3, "b": 0.7})
-    assert [v[:2] for v in dev._parts.values()] == [(0, 40), (40, 132)]
+    with pytest.raises(ValueError, match="at most one per SM"):
+        SimGpu(T4, partitions={str(i): 0.01 for i in range(41)})
+
+    def sizes(spec, shares):
+        parts = list(SimGpu(spec, partitions=shares)._parts.values())
+        assert all(a[1] == b[0] for a, b in zip(parts, parts[1:])) and parts[0][0] == 0
+        return [hi - lo for lo, hi, *_ in parts]
+    # the counts add up to the SMs the shares cover, largest remainders first: 52.8 + 39.6 +
+    # 39.6 of 132; 10 x 10.8 of 108; never past the last SM, at least one each
+    assert sizes(H100, {"a": 0.4, "b": 0.3, "c": 0.3}) == [53, 40, 39]
+    assert sizes(gpu_spec("A100"), {str(i): 0.1 for i in range(10)}) == [11] * 8 + [10] * 2
+    assert sizes(H100, {"a": 0.3, "b": 0.7}) == [40, 92]
+    assert sizes(H100, {"a": 0.999, "b": 0.001}) == [131, 1]
+    assert sizes(T4, {"a": 0.25}) == [10]
 
 
 # -- through the core: Paella's extra slot ---------------------------------------------------

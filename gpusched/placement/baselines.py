@@ -31,7 +31,8 @@ by replay: the replay is the test).
   DRAM utilisation the same linear way), and the slowdown budget chosen per model: the plan
   is made with one budget for all (each of ``knobs.alphas``), with each model's budget that
   needs the least GPU share, and with each model's largest budget that needs no more replicas
-  than its best (room to pair at no cost); fewest GPUs wins.
+  than its best (room to pair at no cost); fewest GPUs wins. The budgets are chosen on the
+  model's sizes, then each chosen partition is grown by its trial as gslice's is.
 - ``shepherd``: SHEPHERD-like (Zhang, Tang, Khandelwal, Stoica, NSDI'23): time sharing, no
   spatial sharing: a GPU runs one batch at a time, earliest deadline first (its Flex
   scheduler), so its busy time is at most ``rho_max`` and a batch may wait for one batch of the
@@ -57,7 +58,7 @@ from gpusched.placement.spec import SpecError
 GSLICE_SHARES = tuple(round(0.1 * i, 1) for i in range(1, 11))
 GPULET_PARTITIONS = (0.2, 0.4, 0.5, 0.6, 0.8, 1.0)
 SHEPHERD_POLICY = "clockwork"   # the replay's policy for a time-shared GPU
-TRIAL_ATTAINMENT = 0.99         # what a partition must hold on its trial (``_holds``)
+TRIAL_ATTAINMENT = 0.99         # what a partition must hold on its trial (``_trial``)
 # the replay's policy for MPS-partitioned GPUs (gslice, gpulet): each replica a client process
 # with its own stream, its kernels straight to the GPU, confined to its partition
 MPS_POLICY = "mps"
@@ -148,14 +149,13 @@ def _sized_on_share(ms, cfgs, p: float, models, knobs) -> list[Replica]:
     return [dataclasses.replace(r, share=p) for r in reps]
 
 
-def _holds(ms, reps: list[Replica]) -> bool:
-    """Whether a replica of ``reps`` (they are alike), alone on its partition, meets ``ms``'s
-    SLO for ``TRIAL_ATTAINMENT`` of its requests on a trial draw: a partition is sized by
-    observing it under load (GSLICE's tuner; gpulet's profiled partitions), and a partition
-    has no neighbour's idle SMs to absorb a burst."""
+def _trial(ms, reps: list[Replica]) -> float:
+    """The SLO attainment of a replica of ``reps`` (they are alike) alone on its partition, on
+    a trial trace: a partition is sized by observing it under load (GSLICE's tuner; gpulet's
+    profiled partitions), and a partition has no neighbour's idle SMs to absorb a burst."""
     r = max(reps, key=lambda x: x.rate)
     return attainment_alone(r.cfg.gpu, ms.model, r.cfg.batch, r.cfg.timeout_ms, ms.slo_ms,
-                            r.rate, r.share) >= TRIAL_ATTAINMENT
+                            r.rate, r.share)
 
 
 def _share_candidates(ms, cfgs, shares, models, knobs) -> list[tuple[float, list[Replica]]]:
@@ -170,12 +170,13 @@ def _share_candidates(ms, cfgs, shares, models, knobs) -> list[tuple[float, list
 
 
 def _tuned(ms, cands: list[tuple[float, list[Replica]]]) -> tuple[float, list[Replica]]:
-    """The first of ``cands`` that holds on its trial (``_holds``), as a tuner that watches its
-    partition under load grows it; when none holds, the largest (all the tuner can give)."""
+    """The first of ``cands`` whose trial (``_trial``) meets ``TRIAL_ATTAINMENT``, as a tuner
+    that watches its partition under load grows it; when none does, the one its trial liked
+    best (the tuner settles where it saw the fewest misses; the first of equals)."""
     for p, reps in cands:
-        if _holds(ms, reps):
+        if _trial(ms, reps) >= TRIAL_ATTAINMENT:
             return p, reps
-    return max(cands, key=lambda c: c[0] * len(c[1]))
+    return max(cands, key=lambda c: _trial(ms, c[1]))
 
 
 def gslice(models, table_alone, pool, knobs: Knobs = DEFAULT) -> Plan:
@@ -201,7 +202,9 @@ def gslice(models, table_alone, pool, knobs: Knobs = DEFAULT) -> Plan:
         for ms, cfgs in zip(models, table_alone):
             r = _sized_on_share(ms, [k for k in cheapest_type(ms, cfgs, pool)
                                      if k.alpha == 1.0], 1.0 / p, models, knobs)
-            if not r or not _holds(ms, r):
+            # equal slices have no other share to grow into: a slice that misses its trial
+            # rules this slicing out
+            if not r or _trial(ms, r) < TRIAL_ATTAINMENT:
                 reps = []
                 break
             reps.extend(r)

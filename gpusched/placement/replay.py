@@ -38,10 +38,10 @@ def _init_worker(q) -> None:
     _report = q.put
 
 
-def _arrivals(rate: float, horizon_s: float, seed: int) -> list[float]:
+def _arrivals(rate: float, horizon_s: float, seed: int, trace: str = TRACE) -> list[float]:
     from gpusched.experiments.arrivals import arrival_times
     n = int(rate * horizon_s * 1.5) + 20
-    return [t for t in arrival_times(TRACE, rate, n, seed) if t <= horizon_s]
+    return [t for t in arrival_times(trace, rate, n, seed) if t <= horizon_s]
 
 
 def _spread(times: list[float], weights: list[float]) -> list[list[float]]:
@@ -127,16 +127,19 @@ def _simulate_gpu(args, report=None) -> dict[str, list[float]]:
     return out
 
 
-TRIAL_SEED = 104_729   # a trial's arrival draw: not any replay's (``seed + 7919 * i``)
+# a trial's arrivals: the other Azure LLM trace (code, not conversation), so that no trial
+# sees a stretch of the trace the replays draw from
+TRIAL_TRACE = "trace:azure-code"
+TRIAL_SEED = 104_729
 
 
 @functools.cache
 def attainment_alone(gpu: str, zoo_model: str, batch: int, timeout_ms: float, slo_ms: float,
                      rate: float, share: float, horizon_s: float = 1.0) -> float:
     """SLO attainment of one replica alone on its MPS partition (``share`` of the SMs, its
-    kernels straight to the GPU: policy ``mps``), on a trial draw of arrivals that no replay
-    uses: what a baseline's tuner observes when it tries a partition size."""
-    times = _arrivals(rate, horizon_s, TRIAL_SEED)
+    kernels straight to the GPU: policy ``mps``), on arrivals from a trace no replay uses: what
+    a baseline's tuner observes when it tries a partition size."""
+    times = _arrivals(rate, horizon_s, TRIAL_SEED, TRIAL_TRACE)
     lat = _simulate_gpu((gpu, "mps", [("r", zoo_model, batch, timeout_ms / 1e3, slo_ms / 1e3,
                                        times, share)]), lambda n: None).get("r", [])
     return sum(x * 1e3 <= slo_ms for x in lat) / len(lat) if lat else 1.0

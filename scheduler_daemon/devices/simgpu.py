@@ -368,19 +368,34 @@ class _SimGpuBase:
 
     def _partitions(self, shares: dict) -> dict:
         """R8: tenant -> (first SM, SM past its last, its shapes, its kernel infos), each
-        tenant's ``round(share * SMs)`` SMs (at least one) after the previous tenant's."""
+        tenant's SMs after the previous tenant's: ``share * SMs`` rounded so that the counts
+        add up to ``round(sum of shares * SMs)`` (largest remainders first), at least one each."""
         sms = self._sms
         total = sum(shares.values())
         if total > 1.0 + 1e-9 or any(not 0.0 < p <= 1.0 for p in shares.values()):
             raise ValueError(f"MPS partitions: each share must be in (0, 1] and they must sum "
                              f"to at most 1 (got {sorted(shares.values())}, sum {total:g})")
+        if len(shares) > sms:
+            raise ValueError(f"MPS partitions: {len(shares)} partitions on {sms} SMs: at most "
+                             f"one per SM")
+        tenants = list(shares)
+        counts = {t: max(1, int(shares[t] * sms)) for t in tenants}
+        extra = min(sms, round(total * sms)) - sum(counts.values())
+        # the SMs left over (or one too many: a share raised to one SM) by largest remainder
+        by_rest = sorted(tenants, key=lambda t: counts[t] - shares[t] * sms)
+        for t in (by_rest if extra > 0 else reversed(by_rest)):
+            if extra == 0:
+                break
+            if extra > 0:
+                counts[t] += 1
+                extra -= 1
+            elif counts[t] > 1:
+                counts[t] -= 1
+                extra += 1
         out, lo = {}, 0
-        for tenant, p in shares.items():
-            n = min(max(1, round(p * sms)), sms - lo)   # (rounding may not pass the last SM)
-            if n < 1:
-                raise ValueError(f"MPS partitions: no SM left for {tenant!r} on {sms} SMs")
-            out[tenant] = (lo, lo + n, {}, {})
-            lo += n
+        for t in tenants:
+            out[t] = (lo, lo + counts[t], {}, {})
+            lo += counts[t]
         return out
 
     def validate(self, kernels: list) -> None:
@@ -481,7 +496,8 @@ class _SimGpuBase:
 
     def fits_now(self, k) -> bool:
         """Whether the SMs could take all blocks of kernel spec ``k`` now (a full wave of a
-        multi-wave one): Paella's per-SM fit test."""
+        multi-wave one): Paella's per-SM fit test, over every SM (not an MPS partition's: the
+        dispatcher's test and MPS partitions are not used together)."""
         info = self._info(k)
         shape = info.shape
         need = info.resident
