@@ -11,6 +11,7 @@ from gpusched.placement.estimate import (configs_for, estimate, latency_on_share
                                          model_profile)
 from gpusched.placement.fit import GpuState
 from gpusched.placement.knobs import DEFAULT
+from gpusched.placement.plan import report
 from gpusched.placement.pool import parse_pool
 from gpusched.placement.replay import _simulate_gpu, attainment_alone, tasks_of
 from gpusched.placement.solvers import BASELINE_METHODS, place
@@ -104,8 +105,13 @@ def test_gslice_and_gpulet_replicas_replay_confined_to_their_shares():
             assert sum(r.share for r in g.replicas) <= 1.0 + 1e-9
         for task in tasks_of(plan, models, 0.05):
             assert all(rep[6] is not None for rep in task[2])
-    assert all(r.share is None for g in place(models, H100_8, "heuristic").gpus
-               for r in g.replicas)
+        shares = [r["mps_share"] for a in report(plan, models)["assignments"]
+                  for r in a["replicas"]]
+        assert len(shares) == sum(len(g.replicas) for g in plan.gpus) and min(shares) > 0
+    heur = place(models, H100_8, "heuristic")
+    assert all(r.share is None for g in heur.gpus for r in g.replicas)
+    assert not any("mps_share" in r for a in report(heur, models)["assignments"]
+                   for r in a["replicas"])
     # one resnet50 replica at batch 8, alone on its GPU: on 30% of the SMs, then on all of them
     (task, *_) = tasks_of(place(models[:1], H100_8, "gslice"), models[:1], 0.05)
     gpu, policy, ((name, zoo, _, timeout, slo, times, _),) = task

@@ -16,7 +16,8 @@ by replay: the replay is the test).
   interference model). Here: shares ``p`` in 10% steps; a replica on share ``p`` has the
   latency measured for it alone on ``p`` of the SMs (what the tuner observes; simgpu R8; the
   first version's ``max(1, o / p)``, ``o`` the SM occupancy, was 1.2-1.6x too optimistic
-  at 30%), and the replay confines it to its share as MPS would; per model the (share,
+  at 30%), kept only if one replica alone on it meets the SLO for 99% of a trial under load
+  (``_tuned``), and the replay confines it to its share as MPS would; per model the (share,
   batch, replica count) with the least total share that meets its SLO and rate - the best point
   its tuner can reach - then first-fit decreasing by share (and memory), several replicas of a
   model on one GPU allowed. The even slicing of the first version (``p`` equal slices per GPU,

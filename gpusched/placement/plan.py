@@ -62,7 +62,9 @@ def report(plan: Plan, models: tuple[ModelSpec, ...]) -> dict:
                           "slo_ms": models[r.cfg.model].slo_ms,
                           "predicted_slowdown": round(g.alpha(r), 4),
                           "predicted_latency_ms": round(
-                              predicted_latency_ms(g, r, offered[id(r)]), 3)}
+                              predicted_latency_ms(g, r, offered[id(r)]), 3),
+                          # its MPS partition (CUDA_MPS_ACTIVE_THREAD_PERCENTAGE / 100), if any
+                          **({"mps_share": r.share} if r.share is not None else {})}
                          for r in g.replicas]})
     out = {"gpus_used": plan.gpus_used, "cost_per_hour": round(plan.cost_per_hour, 4),
            "assignments": assignments, "solver": plan.solver,
