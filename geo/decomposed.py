@@ -29,7 +29,7 @@ packing), without a solver.
      takes the scarce GPU type and a job that runs only there waits; undoing it takes chains
      of moves step 3 does not see. So the LP of the bound (geo/bound.py) is solved at W, the
      priority the plan of step 3 serves (``served=W``, column generation stopped after
-     ``PRICED_LP_S``), and its row duals (``Bound.duals``) price every row:
+     ``PRICED_LP_ROUNDS`` rounds), and its row duals (``Bound.duals``) price every row:
        V[r, k] = S[r, k] - N[r, k] (lambda[q] + mu c[r, k]) + sigma p_j
      S the row's score, N its GPUs, q its pool (type x sites + site), c its $/GPU-h, p_j the
      job's priority; lambda the pools' prices, mu the fleet budget's, sigma the serve-first
@@ -58,7 +58,7 @@ import logging
 import numpy as np
 
 from geo.baselines import _Fleet, _multi_site, _site_options, _site_vectors
-from geo.bound import TOL, throughput_bound
+from geo.bound import ROUNDS, TOL, throughput_bound
 from geo.candidates import (
     PLACED,
     Candidate,
@@ -118,7 +118,7 @@ def solve_decomposed(model: Model, objective: str, *, jobs: list[Job] | None = N
                      ) -> tuple[dict[str, JobOptions], dict[str, Candidate], dict[str, Candidate]]:
     """``free``: GPUs per pool left (default: all); ``spend``: $/h already running (a
     re-plan's kept jobs), both counted against the fleet's limits. ``priced``: run the
-    packing at the LP's prices (step 3 of the module docstring; throughput, a whole plan of
+    packing at the LP's prices (step 4 of the module docstring; throughput, a whole plan of
     2 to ``PRICED_MAX_JOBS`` jobs)."""
     jobs_all = jobs is None
     jobs = list(model.spec.jobs if jobs is None else jobs)
@@ -164,13 +164,14 @@ def solve_decomposed(model: Model, objective: str, *, jobs: list[Job] | None = N
         if best is None or got[0] > best[0]:
             best = got
     # local improvement of the plan kept: exact sizes per pool, jobs moved between pools
-    val, placed, multi, trial = _improve(objective, jobs, data, best, jobs_by_name, options)
+    val, placed, multi, trial = _improve(model, objective, jobs, data, best, jobs_by_name,
+                                         options)
     if priced and objective_asked == "throughput" and jobs_all and free is None and \
             spend == 0.0 and 1 < len(jobs) <= PRICED_MAX_JOBS:
         # the packing at the bound's LP prices, at the priority this plan serves
         for got in _priced_packings(model, fleet, jobs, data, S, H, types, val[0],
                                     jobs_by_name, options):
-            got = _improve(objective, jobs, data, got, jobs_by_name, options)
+            got = _improve(model, objective, jobs, data, got, jobs_by_name, options)
             log.debug("geo: decomposed at the LP's prices: served %s, objective %.4f "
                       "(kept: %s, %.4f)", *got[0], *val)
             if got[0] > val:
@@ -182,12 +183,6 @@ def solve_decomposed(model: Model, objective: str, *, jobs: list[Job] | None = N
         if job.name in placed or job.name in multi:
             continue
         d = data[r]
-        if len(job.modes) > 1 or d is None:
-            c = _multi_site(model, fleet, job, objective, fleet.spend)
-            if c is not None:
-                multi[job.name] = c
-                fleet.spend += c.cost_per_hour
-                continue
         if d is not None:
             k = int(np.argmax(d[0]))
             waits[job.name] = (int(d[3][k]), types[int(d[4][k])], int(d[5][k]))
@@ -241,15 +236,23 @@ def _pack(model: Model, fleet: _Fleet, objective: str, jobs: list[Job], data: li
     return val, placed, multi, trial
 
 
-def _improve(objective: str, jobs: list[Job], data: list, packed, jobs_by_name: dict[str, Job],
-             options: dict[str, JobOptions]):
+def _improve(model: Model, objective: str, jobs: list[Job], data: list, packed,
+             jobs_by_name: dict[str, Job], options: dict[str, JobOptions]):
     """Step 3 on a packing from ``_pack``: the local improvement (``_relocate_priced``), with
-    the jobs that wait as its insertions. Returns ((priority served, objective of every job
-    placed, multi-site ones included), placed, multi, fleet)."""
+    the jobs that wait as its insertions; then the waiting jobs that may run across sites
+    where they fit, so that plans are compared finished. Returns ((priority served,
+    objective of every job placed, multi-site ones included), placed, multi, fleet)."""
     _, placed, multi, trial = packed
     waiting = [job.name for r, job in enumerate(jobs) if data[r] is not None
                and job.name not in placed and job.name not in multi]
     trial, placed = _relocate_priced(trial, objective, placed, jobs_by_name, options, waiting)
+    for r, job in enumerate(jobs):
+        if job.name not in placed and job.name not in multi and \
+                (len(job.modes) > 1 or data[r] is None):
+            c = _multi_site(model, trial, job, objective, trial.spend)
+            if c is not None:
+                multi[job.name] = c
+                trial.spend += c.cost_per_hour
     value = _value(trial, objective, placed, jobs_by_name, options)
     if objective == "throughput":
         value += sum(score(c, objective, options[n].ref_speed, jobs_by_name[n].priority)
@@ -260,7 +263,10 @@ def _improve(objective: str, jobs: list[Job], data: list, packed, jobs_by_name: 
 # the priced pass (step 4) up to this many jobs: it costs the bound's columns and LP and a
 # second step 2 and 3 (1,000 x 50 bench instance: 4.6 s instead of 0.8 s, for +0.02%)
 PRICED_MAX_JOBS = 500
-PRICED_LP_S = 3.0  # the bound's column generation stops after the round that passes this
+# the bound's column generation stops after this many rounds, as the benchmark's bound does
+# (a count, not a time: the plan must not depend on the machine's speed; 20 rounds left
+# 881412 and 993107 short of the LP's prices)
+PRICED_LP_ROUNDS = ROUNDS
 # step 4's first rounds (``_round``): a job's rows tied at its best V tried in row order, then
 # (a second packing) best fit first (the prototype on the 36 development seeds: both, 8 plans
 # better than row order alone and none worse; best fit alone, about half of them worse)
@@ -289,8 +295,8 @@ def _priced_packings(model: Model, fleet: _Fleet, jobs: list[Job], data: list, S
     ``_priced_values`` take it where it fits, rows not above 0 never, its rows tied at its best
     V tried in row order ("priced") and, in a second packing, best fit first ("priced_fit",
     ``_fit_order``), ``PRICED_ROUNDS``; the jobs left are packed by density (S) and, with a
-    fleet budget, also by dollars at the LP's mu (S - mu H). None when no LP was solved."""
-    b = throughput_bound(model, served=W, time_limit_s=PRICED_LP_S)
+    fleet budget, also by dollars at the LP's mu (S - mu H). Nothing when no LP was solved."""
+    b = throughput_bound(model, served=W, rounds=PRICED_LP_ROUNDS)
     if b.duals is None:
         log.info("geo: decomposed: no LP prices (%.2fs): priced pass skipped", b.seconds)
         return
