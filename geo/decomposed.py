@@ -204,7 +204,6 @@ def solve_decomposed(model: Model, objective: str, *, jobs: list[Job] | None = N
     return options, chosen, queued
 
 
-
 def _pack(model: Model, fleet: _Fleet, objective: str, jobs: list[Job], data: list, types,
           rounds: list, jobs_by_name: dict[str, Job], options: dict[str, JobOptions]):
     """Step 2 once: ``rounds`` of ``_round``, each (adj, order, rank) packing the jobs the
@@ -424,9 +423,7 @@ def _round(jobs, data, adj, fleet: _Fleet, types, how: str, rank: list[int] | No
             continue
         m = len(d[0])
         rows = np.argsort(-adj[r, :m], kind="stable")
-        if how == "priced_fit":
-            if r not in ties:
-                continue  # every row at -inf
+        if how == "priced_fit":   # (``rank`` holds only jobs with a row above -inf)
             rows = _fit_order(d, rows, ties[r], claim, free, types)
         for k in rows:
             if not np.isfinite(adj[r, k]):

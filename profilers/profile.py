@@ -73,8 +73,12 @@ def _weights_mb(model: str, bytes_per_param: int | None = 2) -> float:
     return sum(p.numel() * (bytes_per_param or p.element_size()) for p in module.parameters()) / 2**20
 
 
-def profile(model: str, batch: int, device: str) -> ModelProfile:
+def profile(model: str, batch: int, device: str, share: float | None = None) -> ModelProfile:
+    """``share``: on ``sim:GPU`` only, the model confined to that share of the SMs (an MPS
+    partition, simgpu R8): what GSLICE's tuner and gpulet's profiler measure for a partition."""
     source, target = parse_device(device)
+    if share is not None and source != "sim":
+        raise ValueError(f"a share of the SMs is simulated only (sim:GPU), not {device!r}")
     from profilers import zoo
     if model not in zoo.ZOO_MODELS:
         raise ValueError(f"unknown model {model!r}: zoo models are {', '.join(zoo.ZOO_MODELS)}")
@@ -101,18 +105,7 @@ def profile(model: str, batch: int, device: str) -> ModelProfile:
                             sum(k.mem_frac * k.est_us for k in kernels) / total,
                             min(1.0, occ), footprint,
                             ops=tuple(roofline_ops(model, batch, spec.name)))
-    return _sim_profile(model, batch, device, spec, kernels, flops, nbytes, footprint)
-
-
-def sim_profile_on_share(model: str, batch: int, gpu: str, share: float) -> ModelProfile:
-    """``profile(model, batch, "sim:GPU")`` with the model confined to ``share`` of the SMs
-    (an MPS partition, simgpu R8): what GSLICE's tuner and gpulet's profiler measure for a
-    partition before they size one."""
-    from profilers import zoo
-    from scheduler_daemon.core.gpu_specs import gpu_spec
-    spec = gpu_spec(gpu)
-    return _sim_profile(model, batch, f"sim:{gpu}", spec, zoo.zoo_kernels(model, batch, spec.name),
-                        0.0, 0.0, 0.0, share)
+    return _sim_profile(model, batch, device, spec, kernels, flops, nbytes, footprint, share)
 
 
 def _sim_profile(model, batch, device, spec, kernels, flops, nbytes, footprint,

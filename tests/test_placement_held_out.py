@@ -211,6 +211,30 @@ def test_bench_usher_marks_held_out_workloads(monkeypatch):
     assert res["interference"]["p99"]["leave_one_model_out_mape"] > 0
 
 
+@pytest.mark.slow
+def test_bench_usher_in_a_pool_of_processes_gives_what_one_process_gives(monkeypatch):
+    """The plans made in a pool (gslice's and gpulet's each a task, the rest of a workload one)
+    come back to their workloads and rows in order: the same report as in one process."""
+    from gpusched.bench import usher
+    from gpusched.placement import workloads
+    monkeypatch.setattr(usher, "make_held_out",
+                        lambda seed, gpu: dataclasses.replace(
+                            workloads.make_held_out(seed, gpu),
+                            models=workloads.make_held_out(seed, gpu).models[:3]))
+    monkeypatch.setattr(usher, "METHODS", ("one-per-gpu", "gslice", "gpulet", "heuristic"))
+
+    def rows(workers):
+        res = run_usher(sizes=(), held_out=(7, 8), held_out_horizon=0.05, large=0,
+                        workers=workers)
+        return [(w["name"], [(r["method"], r.get("gpus_used"), r.get("min_slo_attainment"),
+                              r.get("replay_policy")) for r in w["methods"]])
+                for w in res["workloads"]]
+    one = rows(1)
+    assert [n for n, _ in one] == ["held-out-7", "held-out-8"]
+    assert [m for m, *_ in one[0][1]] == ["one-per-gpu", "gslice", "gpulet", "heuristic"]
+    assert rows(2) == one
+
+
 def test_refit_of_every_plan_passes_the_rule_on_a_held_out_list():
     ms = make_held_out(6).models[:10]
     for method in ("heuristic", "gpulet"):

@@ -54,7 +54,7 @@ from gpusched.placement.knobs import DEFAULT, Knobs
 from gpusched.placement.pool import GpuType
 from gpusched.placement.spec import ModelSpec, SpecError
 from profilers.interference import longest_ms
-from profilers.profile import profile, sim_profile_on_share
+from profilers.profile import profile
 
 log = logging.getLogger("gpusched.place")
 
@@ -109,7 +109,7 @@ def latency_on_share_ms(model: str, batch: int, gpu: str, share: float) -> float
     a kernel wider than the partition runs in more waves (simgpu R8)."""
     if share >= 1.0:
         return model_profile(model, batch, gpu).latency_ms
-    return sim_profile_on_share(model, batch, gpu, share).latency_ms
+    return profile(model, batch, f"sim:{gpu}", share=share).latency_ms
 
 
 @dataclass(frozen=True)

@@ -128,9 +128,9 @@ def _simulate_gpu(args, report=None) -> dict[str, list[float]]:
 
 
 # a trial's arrivals: the replays' trace from another random start. Its windows overlap some
-# replays' (measured: 8-23% of a bench workload's replayed gaps), which can only flatter the
+# replays' (at most 1-33% of a bench workload's replayed gaps), which can only flatter the
 # baselines sized by trials; the other Azure trace (code) is no stand-in: its gaps vary 12x
-# more (coefficient of variation 13.2 against 1.09)
+# more (coefficient of variation 13.2 against 1.09). Both: tools/trial_overlap.py
 TRIAL_TRACE = TRACE
 TRIAL_SEED = 104_729
 
