@@ -187,6 +187,13 @@ def test_headline_is_against_the_best_baseline_that_holds():
     assert headline(w)["met"] is False
     w["methods"][-1] = _row("heuristic", 8, 0.98)      # fewer GPUs, but does not hold
     assert headline(w)["met"] is False and headline(w)["heuristic_holds"] is False
+    assert headline(w)["trial"]["heuristic_gpus"] is None   # no heuristic-trial row
+    w["methods"].append(_row("heuristic-trial", 6, 0.995))  # judged the same way, apart
+    t = headline(w)["trial"]
+    assert t["ratio"] == pytest.approx(2.0) and t["met"] is True and t["vs_one_per_gpu"] == 5.0
+    assert headline(w)["met"] is False                      # the heuristic's own is unchanged
+    w["methods"][-1] = _row("heuristic-trial", 6, 0.985)
+    assert headline(w)["trial"]["met"] is False
     assert set(BASELINE_METHODS) == {"mem-packing", "gslice", "gpulet", "shepherd"}
 
 

@@ -24,7 +24,8 @@ WORKLOADS = ("mixed", "tiny")
 PAELLA_WORKLOADS = ("paella-mix", "orion-v100")
 
 # gpusched.placement.solvers.METHODS
-PLACE_SOLVERS = ("one-per-gpu", "mem-packing", "gslice", "gpulet", "shepherd", "heuristic", "cpsat")
+PLACE_SOLVERS = ("one-per-gpu", "mem-packing", "gslice", "gpulet", "shepherd", "heuristic",
+                 "heuristic-trial", "cpsat")
 
 # gpusched.cluster.route.POLICIES
 ROUTE_POLICIES = ("expected-completion", "random", "round-robin")

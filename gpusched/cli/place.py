@@ -37,7 +37,9 @@ def add_parser(sub) -> None:
     p.add_argument("models", help="the models YAML")
     p.add_argument("--pool", help="GPU pool TYPE:COUNT[@PRICE],... (default: the file's pool:)")
     p.add_argument("--solver", default="heuristic", choices=choices.PLACE_SOLVERS,
-                   help="heuristic (USHER, fast), cpsat (exact, OR-Tools) or a baseline")
+                   help="heuristic (USHER, fast), heuristic-trial (the heuristic's plan, then GPUs "
+                   "closed while a simulated 1 s trial keeps every SLO at >= 99%%; not for "
+                   "--apply), cpsat (exact, OR-Tools) or a baseline")
     p.add_argument("--time-limit", type=float, default=60.0, help="cpsat: seconds")
     p.add_argument("--validate", action="store_true",
                    help="replay the plan on simulated GPUs and report each model's SLO attainment")
@@ -103,6 +105,10 @@ def run(args) -> int:
     pool_text = args.pool or w.pool
     if args.cluster and args.apply:
         raise ValueError("--cluster and --apply exclude each other: --cluster finds the daemons")
+    if args.solver == "heuristic-trial" and (args.cluster or args.apply):
+        raise UsageError("a heuristic-trial plan cannot be applied: the daemons admit by the "
+                         "interference model, which refuses the replicas a trial added to a "
+                         "GPU; apply the model's plan (--solver heuristic)")
     if not pool_text and not args.cluster:
         raise ValueError("no GPU pool: pass --pool H100:8 (or write pool: in the YAML)")
     for flag, v in (("--time-limit", args.time_limit), ("--horizon", args.horizon)):
@@ -220,6 +226,13 @@ def print_plan(out: dict) -> None:
                       end_section=j == len(a["replicas"]) - 1)
     con = Console()
     con.print(t)
+    if "trial" in out:
+        tr = out["trial"]
+        tried = [f"GPU {a['gpu']} {100 * a['trial_attainment']:.1f}%" for a in out["assignments"]
+                 if "trial_attainment" in a]
+        con.print(f"trial consolidation closed {tr['closed']} GPUs in {tr['trials']} trials "
+                  f"({tr['stopped']}); the predictions above are the model's, over budget "
+                  "where a trial held instead: " + (", ".join(tried) or "none"))
     if "validation" in out:
         v = out["validation"]
         vt = Table(title=f"replayed {v['horizon_s']:g} s on simulated GPUs ({v['policy']}): "

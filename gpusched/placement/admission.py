@@ -30,7 +30,7 @@ class Admission:
         times with the same model: that many replicas of it, as a plan may place them). All or
         nothing: on refusal nothing changes and the error names the replica and the SLO that
         would break."""
-        state = GpuState(self.gpu) if replace else _copy(self.state)
+        state = GpuState(self.gpu) if replace else self.state.copy()
         before = {r.name for r in state.replicas}
         sent: dict[str, str] = {}
         for name, model, batch, rate, slo_ms in wanted:
@@ -77,9 +77,3 @@ class Admission:
     def withdraw(self, name: str) -> int:
         return self.state.remove(name)
 
-
-def _copy(s: GpuState) -> GpuState:
-    out = GpuState(s.type, s.knobs)
-    for r in s.replicas:
-        out.add(r)
-    return out

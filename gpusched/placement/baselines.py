@@ -53,13 +53,12 @@ from gpusched.placement.fit import GpuState, Replica, beta99
 from gpusched.placement.heuristic import cheapest_type, infeasible, size_replicas
 from gpusched.placement.knobs import DEFAULT, Knobs
 from gpusched.placement.plan import Plan
-from gpusched.placement.replay import attainment_alone
+from gpusched.placement.replay import TRIAL_ATTAINMENT, attainment_alone
 from gpusched.placement.spec import SpecError
 
 GSLICE_SHARES = tuple(round(0.1 * i, 1) for i in range(1, 11))
 GPULET_PARTITIONS = (0.2, 0.4, 0.5, 0.6, 0.8, 1.0)
 SHEPHERD_POLICY = "clockwork"   # the replay's policy for a time-shared GPU
-TRIAL_ATTAINMENT = 0.99         # what a partition must hold on its trial (``_trial``)
 # the replay's policy for MPS-partitioned GPUs (gslice, gpulet): each replica a client process
 # with its own stream, its kernels straight to the GPU, confined to its partition
 MPS_POLICY = "mps"

@@ -75,6 +75,9 @@ class GpuState:
     F: float = 0.0
     K: float = 0.0
     worst: dict[int, float] = field(default_factory=dict)  # id(replica) -> max_j tail_extra
+    # set when replicas were added beyond what check() allows because a simulated trial of
+    # the GPU held (``trial.py``): the lowest SLO attainment that trial measured
+    trial: float | None = None
 
     def _excess(self, r: Replica, U: float, C: float, M: float, K: float) -> float:
         """kappa * (mean pressure from everything but r itself) for totals U, C, M, K."""
@@ -139,6 +142,12 @@ class GpuState:
         self.O += u * r.cfg.held
         self.F += r.cfg.footprint_mb
         self.K += u * r.cfg.longest_ms
+
+    def copy(self) -> GpuState:
+        out = GpuState(self.type, self.knobs, trial=self.trial)
+        for r in self.replicas:
+            out.add(r)
+        return out
 
     def remove(self, name: str) -> int:
         """Take every replica of model ``name`` off this GPU; how many there were."""

@@ -65,7 +65,9 @@ def report(plan: Plan, models: tuple[ModelSpec, ...]) -> dict:
                               predicted_latency_ms(g, r, offered[id(r)]), 3),
                           # its MPS partition (CUDA_MPS_ACTIVE_THREAD_PERCENTAGE / 100), if any
                           **({"mps_share": r.share} if r.share is not None else {})}
-                         for r in g.replicas]})
+                         for r in g.replicas],
+            # the lowest SLO attainment of the trial that let it take more than the model allows
+            **({"trial_attainment": round(g.trial, 5)} if g.trial is not None else {})})
     out = {"gpus_used": plan.gpus_used, "cost_per_hour": round(plan.cost_per_hour, 4),
            "assignments": assignments, "solver": plan.solver,
            "solve_time_s": round(plan.solve_time_s, 4)}

@@ -23,6 +23,7 @@ import os
 import queue
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 
+from gpusched.placement.fit import GpuState
 from gpusched.placement.plan import Plan
 from gpusched.placement.spec import ModelSpec
 
@@ -133,6 +134,7 @@ def _simulate_gpu(args, report=None) -> dict[str, list[float]]:
 # more (coefficient of variation 13.2 against 1.09). Both: tools/trial_overlap.py
 TRIAL_TRACE = TRACE
 TRIAL_SEED = 104_729
+TRIAL_ATTAINMENT = 0.99   # what a tried partition or co-location must hold on its trial
 
 
 @functools.cache
@@ -145,6 +147,26 @@ def attainment_alone(gpu: str, zoo_model: str, batch: int, timeout_ms: float, sl
     lat = _simulate_gpu((gpu, "mps", [("r", zoo_model, batch, timeout_ms / 1e3, slo_ms / 1e3,
                                        times, share)]), lambda n: None).get("r", [])
     return sum(x * 1e3 <= slo_ms for x in lat) / len(lat) if lat else 1.0
+
+
+def attainment_together(g: GpuState, models: tuple[ModelSpec, ...], horizon_s: float = 1.0,
+                        policy: str = "slo") -> float:
+    """The lowest SLO attainment of the models on GPU ``g`` when its replicas run there
+    together, each on its own trial draw of arrivals at its planned rate (``TRIAL_SEED``; an
+    independent draw per replica is burstier than the replay's round robin over one stream):
+    what a planner observes when it tries a co-location under load."""
+    index = {m.name: i for i, m in enumerate(models)}
+    reps = []
+    for j, r in enumerate(g.replicas):
+        i = index[r.name]
+        ms = models[i]
+        times = _arrivals(r.rate, horizon_s, TRIAL_SEED + 7919 * i + 31 * j, TRIAL_TRACE)
+        reps.append((ms.name, ms.model, r.cfg.batch, r.cfg.timeout_ms / 1e3, ms.slo_ms / 1e3,
+                     times, r.share))
+    lat = _simulate_gpu((g.type.name, policy, reps), lambda n: None)
+    att = [sum(x * 1e3 <= models[index[name]].slo_ms for x in xs) / len(xs)
+           for name, xs in lat.items() if xs]
+    return min(att, default=1.0)
 
 
 def _policy(plan: Plan, policy: str | None) -> str:

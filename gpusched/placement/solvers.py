@@ -2,15 +2,17 @@
 from __future__ import annotations
 
 import dataclasses
+import time
 
-from gpusched.placement import baselines, cpsat, heuristic
+from gpusched.placement import baselines, cpsat, heuristic, trial
 from gpusched.placement.estimate import estimate
 from gpusched.placement.knobs import DEFAULT, Knobs
 from gpusched.placement.plan import Plan
 from gpusched.placement.pool import GpuType
 from gpusched.placement.spec import ModelSpec
 
-METHODS = ("one-per-gpu", "mem-packing", "gslice", "gpulet", "shepherd", "heuristic", "cpsat")
+METHODS = ("one-per-gpu", "mem-packing", "gslice", "gpulet", "shepherd", "heuristic",
+           "heuristic-trial", "cpsat")
 BASELINE_METHODS = ("mem-packing", "gslice", "gpulet", "shepherd")  # one-per-gpu: a reference
 
 
@@ -26,4 +28,10 @@ def place(models: tuple[ModelSpec, ...], pool: tuple[GpuType, ...], method: str 
         return baselines.BASELINES[method](models, table, pool, knobs)
     if method == "heuristic":
         return heuristic.solve(models, table, pool, knobs)
+    if method == "heuristic-trial":  # the heuristic's plan (``start``, else made here), tried
+        t0 = time.perf_counter()
+        start = start or heuristic.solve(models, table, pool, knobs)
+        gpus, info = trial.consolidate(start.gpus, models, knobs)
+        return Plan(method, gpus, start.solve_time_s + time.perf_counter() - t0,
+                    notes={"trial": info})
     return cpsat.solve(models, table, pool, knobs, time_limit_s, start=start)

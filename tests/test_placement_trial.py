@@ -1,0 +1,94 @@
+"""Consolidation by trial (``placement/trial.py``): a GPU is closed only when a simulated trial
+of the GPUs that take its replicas keeps every SLO, and nothing is lost either way."""
+from __future__ import annotations
+
+import dataclasses
+from collections import Counter
+
+import pytest
+from test_placement import HEAVY, LIGHT
+
+from gpusched.cli import main
+from gpusched.placement import spec, trial
+from gpusched.placement.knobs import DEFAULT
+from gpusched.placement.pool import parse_pool
+from gpusched.placement.replay import TRIAL_ATTAINMENT, replay
+from gpusched.placement.solvers import place
+
+POOL = parse_pool("H100:8")
+# the model keeps these two apart (each GPU about half busy); a trial finds they share one
+PAIR = """\
+models:
+  - {name: bert, model: bert-base, rate: 2000, slo_ms: 15}
+  - {name: gpt, model: gpt2, rate: 2000, slo_ms: 10}
+"""
+
+
+def _replicas(gpus):
+    return Counter((r.name, r.cfg.batch, round(r.rate, 9)) for g in gpus for r in g.replicas)
+
+
+def _snapshot(gpus):
+    return [(g.trial, [id(r) for r in g.replicas], round(g.U, 12)) for g in gpus]
+
+
+def test_a_gpu_the_model_keeps_open_is_closed_when_its_trial_holds():
+    models = spec.loads(LIGHT).models
+    start = place(models, POOL, "one-per-gpu")   # six GPUs, each model alone
+    before = _snapshot(start.gpus)
+    gpus, info = trial.consolidate(start.gpus, models)
+    assert len(gpus) < start.gpus_used and info["closed"] == start.gpus_used - len(gpus)
+    assert 1 <= info["trials"] <= trial.MAX_TRIALS
+    assert _replicas(gpus) == _replicas(start.gpus)           # every replica kept, once
+    assert _snapshot(start.gpus) == before                    # the start plan untouched
+    took = [g for g in gpus if g.trial is not None]
+    assert took and all(g.trial >= TRIAL_ATTAINMENT for g in took)
+    # the model alone would refuse the merged GPU: the trial is what let it through
+    assert any(g.alpha(r) > r.cfg.alpha + 1e-9 or g.U > DEFAULT.u_max + 1e-9
+               for g in took for r in g.replicas) or start.gpus_used > 1
+
+
+def test_a_failed_trial_changes_nothing():
+    models = spec.loads(HEAVY).models   # more busy time than one H100 takes
+    start = place(models, POOL, "heuristic")
+    first, info = trial.consolidate(start.gpus, models)
+    assert len(first) >= 2 and "trial met" in info["stopped"]   # it stopped at a failed trial
+    state = [(g.trial, [r.name for r in g.replicas], round(g.U, 12)) for g in first]
+    again, info = trial.consolidate(first, models)
+    assert info["closed"] == 0 and "trial met" in info["stopped"]
+    assert [(g.trial, [r.name for r in g.replicas], round(g.U, 12)) for g in again] == state
+    assert _replicas(again) == _replicas(start.gpus)
+
+
+def test_no_trial_budget_or_no_memory_closes_nothing():
+    models = spec.loads(LIGHT).models
+    start = place(models, POOL, "one-per-gpu")
+    gpus, info = trial.consolidate(start.gpus, models, max_trials=0)
+    assert len(gpus) == start.gpus_used and info == {
+        "closed": 0, "trials": 0, "stopped": "0 trials spent"}
+    tight = dataclasses.replace(DEFAULT, mem_frac=1e-6)   # no GPU has room for anything
+    gpus, info = trial.consolidate(start.gpus, models, tight)
+    assert len(gpus) == start.gpus_used and info["trials"] == 0
+    assert info["stopped"].startswith("no GPU has memory")
+
+
+def test_the_trial_plan_replays_within_its_slos_and_reports_its_trials():
+    """Out of the trial's sample: the replay draws other arrivals than the trial did."""
+    from gpusched.placement.plan import report
+    models = spec.loads(PAIR).models
+    assert place(models, POOL, "heuristic").gpus_used == 2
+    plan = place(models, POOL, "heuristic-trial")
+    assert plan.gpus_used == 1
+    out = report(plan, models)
+    assert out["solver"] == "heuristic-trial" and out["trial"]["trials"] >= 1
+    assert any("trial_attainment" in a for a in out["assignments"])
+    assert replay(plan, models, horizon_s=0.5)["min_slo_attainment"] >= TRIAL_ATTAINMENT
+
+
+@pytest.mark.parametrize("flag", [["--apply", "ipc:///tmp/none.sock"], ["--cluster"]])
+def test_a_trial_plan_is_not_applied(capsys, tmp_path, flag):
+    f = tmp_path / "m.yaml"
+    f.write_text(LIGHT)
+    assert main(["place", str(f), "--solver", "heuristic-trial", *flag]) == 2
+    err = capsys.readouterr().err
+    assert "cannot be applied" in err and "--solver heuristic" in err and "Traceback" not in err
