@@ -88,7 +88,7 @@ def solve(models: tuple[ModelSpec, ...], table: list[list[Config]], pool: tuple[
             gpus += [t] * min(t.count, max(used, min(budget // price_of[t.name], MAX_GPUS)))
     m = cp_model.CpModel()
     y = [m.NewBoolVar(f"y{g}") for g in range(len(gpus))]
-    x, s, one, many = {}, {}, {}, {}
+    x, s, one, many, s_hi = {}, {}, {}, {}, {}
     for i, cfgs in enumerate(table):
         for ki, k in enumerate(cfgs):
             for g, t in enumerate(gpus):
@@ -101,6 +101,7 @@ def solve(models: tuple[ModelSpec, ...], table: list[list[Config]], pool: tuple[
                 hi = math.floor(k.rate_max * RATE_SCALE)
                 lo = math.ceil(k.rate_min * RATE_SCALE)
                 s[i, ki, g] = r = m.NewIntVar(0, hi * cap, f"s{i}_{ki}_{g}")
+                s_hi[i, ki, g] = hi * cap
                 m.Add(r <= hi * n)
                 m.Add(r >= lo * n)
                 m.Add(n <= cap * y[g])
@@ -137,15 +138,26 @@ def solve(models: tuple[ModelSpec, ...], table: list[list[Config]], pool: tuple[
             twice[i] = p2 = m.NewBoolVar(f"p2{i}_{g}")    # ... two or more
             m.Add(sum(mine) >= 2).OnlyEnforceIf(p2)
             m.Add(sum(mine) <= 1).OnlyEnforceIf(p2.Not())
-        U = sum(math.ceil(tau[i, ki]) * s[i, ki, g] for i, ki in here)
-        C = sum(math.ceil(tau[i, ki] * table[i][ki].compute) * s[i, ki, g] for i, ki in here)
-        M = sum(math.ceil(tau[i, ki] * table[i][ki].memory) * s[i, ki, g] for i, ki in here)
-        O = sum(math.ceil(tau[i, ki] * table[i][ki].held) * s[i, ki, g] for i, ki in here)
-        K = sum(math.ceil(tau[i, ki] * table[i][ki].longest_ms) * s[i, ki, g] for i, ki in here)
-        m.Add(U <= math.floor(knobs.u_max * SCALE) * y[g])
-        m.Add(C <= math.floor(knobs.c_max * SCALE) * y[g])
-        m.Add(M <= math.floor(knobs.m_max * SCALE) * y[g])
-        m.Add(O <= math.floor(knobs.o_max * SCALE) * y[g])
+        # the GPU's totals as variables of their own: every slowdown constraint below names
+        # them, and a sum written out in each would make building the model quadratic
+        tot = {}
+        for name, dem, cap in (("U", lambda k: 1.0, knobs.u_max), ("C", lambda k: k.compute,
+                                knobs.c_max), ("M", lambda k: k.memory, knobs.m_max),
+                               ("O", lambda k: k.held, knobs.o_max),
+                               ("K", lambda k: k.longest_ms, None)):
+            terms = [(math.ceil(tau[i, ki] * dem(table[i][ki])), s[i, ki, g]) for i, ki in here]
+            if cap is not None:
+                hi = math.floor(cap * SCALE)
+            else:  # K <= max L * U + (rounding: at most 1 a unit of s), U <= u_max: no plan cut
+                hi = (math.ceil(max((table[i][ki].longest_ms for i, ki in here), default=0.0)
+                                * knobs.u_max * SCALE)
+                      + sum(s_hi[i, ki, g] for i, ki in here))
+            tot[name] = v = m.NewIntVar(0, hi, f"{name}{g}")
+            m.Add(v == cp_model.LinearExpr.WeightedSum([v for _, v in terms],
+                                                         [c for c, _ in terms]))
+            if cap is not None:
+                m.Add(v <= math.floor(cap * SCALE) * y[g])
+        U, C, M, K = tot["U"], tot["C"], tot["M"], tot["K"]
         m.Add(sum(math.ceil(table[i][ki].footprint_mb) * x[i, ki, g] for i, ki in here)
               <= math.floor(t.memory_mb * knobs.mem_frac))
         for i, ki in here:
