@@ -92,3 +92,20 @@ def test_a_trial_plan_is_not_applied(capsys, tmp_path, flag):
     assert main(["place", str(f), "--solver", "heuristic-trial", *flag]) == 2
     err = capsys.readouterr().err
     assert "cannot be applied" in err and "--solver heuristic" in err and "Traceback" not in err
+
+
+def test_a_gpu_both_plans_have_is_simulated_once_for_both(monkeypatch):
+    """replay_many simulates a GPU whose input two plans share once: each plan's report is
+    what replaying it alone gives."""
+    from gpusched.placement import replay as rp
+    models = spec.loads(PAIR).models
+    heur = place(models, POOL, "heuristic")              # two GPUs
+    merged = place(models, POOL, "heuristic-trial", start=heur)   # one GPU: nothing shared
+    alone = [rp.replay(p, models, 0.2, workers=1) for p in (heur, merged)]
+    calls = []
+    real = rp._simulate_gpu
+    monkeypatch.setattr(rp, "_simulate_gpu", lambda a, report=None: calls.append(a) or real(a, report))
+    got = rp.replay_many([(heur, models, 0.2, 0, None), (merged, models, 0.2, 0, None),
+                          (heur, models, 0.2, 0, None)], workers=1)
+    assert len(calls) == 3                               # heur's two GPUs once, merged's one
+    assert got == [alone[0], alone[1], alone[0]]

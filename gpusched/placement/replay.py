@@ -224,13 +224,20 @@ def replay_many(jobs: list[tuple], workers: int | None = None, progress=None,
     plan is one task for one pool of ``workers`` processes (default: the CPUs), the longest
     (most requests) first, so that no process idles while one plan's big GPU runs last.
     ``on_total(n)``: the requests to simulate, said first; ``progress(k)``: k more simulated
-    (from the start of each GPU's run, not only when a GPU ends)."""
-    tasks, owner, policies = [], [], []
+    (from the start of each GPU's run, not only when a GPU ends). A GPU whose simulation input
+    is the same as another's (the same replicas, requests and policy: a plan returned as it
+    came, a GPU a consolidation left alone) is simulated once, for every plan that has it."""
+    tasks, owner, policies = [], [], []   # owner[t]: the jobs that have task t
+    seen: dict = {}
     for n, (plan, models, horizon_s, seed, policy) in enumerate(jobs):
-        ts = tasks_of(plan, models, horizon_s, seed, policy)
         policies.append(_policy(plan, policy))
-        tasks.extend(ts)
-        owner.extend([n] * len(ts))
+        for t in tasks_of(plan, models, horizon_s, seed, policy):
+            key = (t[0], t[1], tuple((*r[:5], tuple(r[5]), r[6]) for r in t[2]))
+            if key not in seen:
+                seen[key] = len(tasks)
+                tasks.append(t)
+                owner.append([])
+            owner[seen[key]].append(n)
     order = sorted(range(len(tasks)), key=lambda t: -sum(len(r[5]) for r in tasks[t][2]))
     if on_total:
         on_total(sum(len(r[5]) for t in tasks for r in t[2]))
@@ -246,13 +253,16 @@ def replay_many(jobs: list[tuple], workers: int | None = None, progress=None,
                 done, pending = wait(pending, timeout=0.25, return_when=FIRST_COMPLETED)
                 _drain(q, progress)
                 for f in done:
-                    _merge(lat[owner[futs[f]]], f.result())
+                    for n in owner[futs[f]]:
+                        _merge(lat[n], f.result())
         # after shutdown: a worker's queue is flushed before it exits, while its result may
         # have come back over the pool's pipe before its last report
         _drain(q, progress)
     else:
         for t in order:
-            _merge(lat[owner[t]], _simulate_gpu(tasks[t], progress))
+            res = _simulate_gpu(tasks[t], progress)
+            for n in owner[t]:
+                _merge(lat[n], res)
     return [score(models, lat[n], horizon_s, policies[n])
             for n, (plan, models, horizon_s, seed, policy) in enumerate(jobs)]
 
