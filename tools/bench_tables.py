@@ -4,6 +4,7 @@
     python tools/bench_tables.py fig11 out/fig11_T4.json
     python tools/bench_tables.py calibrate out/calibrate.json
     python tools/bench_tables.py sim-speed out/sim_speed.json
+    python tools/bench_tables.py usher docs/results/usher/bench_usher.json
 """
 from __future__ import annotations
 
@@ -80,8 +81,54 @@ def sim_speed(r: dict) -> str:
     return "\n".join(out)
 
 
+def usher(r: dict) -> str:
+    """The summary (GPUs per method, lowest attainment when under 100%, each of ours against
+    the best baseline that holds), then a table per workload."""
+    methods = [m["method"] for m in r["workloads"][0]["methods"]]
+
+    def gpus(row):
+        if row.get("gpus_used") is None:
+            return "-"
+        att = row.get("min_slo_attainment", 1.0)
+        return f"{row['gpus_used']}" + ("" if att >= 1.0 else f" ({100 * att:.2f}%)")
+
+    def ratio(h):
+        return "-" if h["ratio"] is None else f"{h['ratio']:.2f}x" + ("" if h["met"] else " (missed)")
+    out = ["| workload | " + " | ".join(methods) + " | best baseline >= 99% | "
+           "baseline / heuristic | baseline / heuristic-trial |",
+           "|---|" + "---|" * (len(methods) + 3)]
+    for w in r["workloads"]:
+        hl = w["headline"]
+        rows = {m["method"]: m for m in w["methods"]}
+        best = f"{hl['best_baseline']} {hl['best_baseline_gpus']}" if hl["best_baseline"] else "none"
+        kind = "held out" if w["held_out"] else "in sample"
+        out.append(f"| {w['name']} ({w['models']} models, {kind}) | "
+                   + " | ".join(gpus(rows[m]) for m in methods)
+                   + f" | {best} | {ratio(hl)} | {ratio(hl['trial'])} |")
+    for w in r["workloads"]:
+        out += ["", f"{w['name']} ({w['models']} models, {w['total_rate']:,.0f} req/s, "
+                f"{'**held out**' if w['held_out'] else 'in sample'}, replayed {w['horizon_s']:g} s)",
+                "", "| method | GPUs | $/h | lowest per-model SLO attainment | mean | solve s | note |",
+                "|---|---:|---:|---:|---:|---:|---|"]
+        for m in w["methods"]:
+            note = m.get("skipped") or m.get("error") or (
+                f"CP-SAT {m['status']}: the heuristic's plan stands" if "status" in m else "")
+            if "trial" in m:
+                t = m["trial"]
+                note = (f"{t['closed']} GPU{'' if t['closed'] == 1 else 's'} closed in "
+                        f"{t['trials']} trials ({t['stopped']})")
+            if m.get("gpus_used") is None:
+                out.append(f"| {m['method']} | - | - | - | - | - | {note[:90]} |")
+                continue
+            out.append(f"| {m['method']} | {m['gpus_used']} | {m['cost_per_hour']:.2f} | "
+                       f"{100 * m['min_slo_attainment']:.2f}% | {100 * m['mean_slo_attainment']:.2f}% | "
+                       f"{m['solve_time_s']:.2f} | {note} |")
+    return "\n".join(out)
+
+
 if __name__ == "__main__":
-    kinds = {"overhead": overhead, "fig11": fig11, "calibrate": calibrate, "sim-speed": sim_speed}
+    kinds = {"overhead": overhead, "fig11": fig11, "calibrate": calibrate, "sim-speed": sim_speed,
+             "usher": usher}
     if len(sys.argv) != 3 or sys.argv[1] not in kinds:
         sys.exit(f"usage: python tools/bench_tables.py {{{'|'.join(kinds)}}} FILE.json")
     with open(sys.argv[2]) as f:
