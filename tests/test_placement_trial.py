@@ -10,7 +10,9 @@ from test_placement import HEAVY, LIGHT
 
 from gpusched.cli import main
 from gpusched.placement import spec, trial
+from gpusched.placement.fit import GpuState
 from gpusched.placement.knobs import DEFAULT
+from gpusched.placement.plan import Plan
 from gpusched.placement.pool import parse_pool
 from gpusched.placement.replay import TRIAL_ATTAINMENT, replay
 from gpusched.placement.solvers import place
@@ -33,8 +35,8 @@ def _snapshot(gpus):
 
 
 def test_a_gpu_the_model_keeps_open_is_closed_when_its_trial_holds():
-    models = spec.loads(LIGHT).models
-    start = place(models, POOL, "one-per-gpu")   # six GPUs, each model alone
+    models = spec.loads(PAIR).models
+    start = place(models, POOL, "heuristic")     # the model keeps the two apart
     before = _snapshot(start.gpus)
     gpus, info = trial.consolidate(start.gpus, models)
     assert len(gpus) < start.gpus_used and info["closed"] == start.gpus_used - len(gpus)
@@ -43,9 +45,18 @@ def test_a_gpu_the_model_keeps_open_is_closed_when_its_trial_holds():
     assert _snapshot(start.gpus) == before                    # the start plan untouched
     took = [g for g in gpus if g.trial is not None]
     assert took and all(g.trial >= TRIAL_ATTAINMENT for g in took)
-    # the model alone would refuse the merged GPU: the trial is what let it through
-    assert any(g.alpha(r) > r.cfg.alpha + 1e-9 or g.U > DEFAULT.u_max + 1e-9
-               for g in took for r in g.replicas) or start.gpus_used > 1
+    # the model alone refuses every merged GPU: the trial is what let it through
+    assert all(_model_refuses(g) for g in took)
+
+
+def _model_refuses(g) -> bool:
+    """Would fit.py's rule refuse g's replicas, added one by one to an empty GPU?"""
+    fresh = GpuState(g.type)
+    refused = False
+    for r in g.replicas:
+        refused |= fresh.check(r) is not None
+        fresh.add(r)
+    return refused
 
 
 def test_a_failed_trial_changes_nothing():
@@ -60,16 +71,42 @@ def test_a_failed_trial_changes_nothing():
     assert _replicas(again) == _replicas(start.gpus)
 
 
+def _four_gpus():
+    """LIGHT's six replicas (budget 1.0) on four GPUs; the least busy holds two, so closing it
+    takes two trials (its replicas go to two GPUs), and the second GPU is then left alone."""
+    models = spec.loads(LIGHT).models
+    reps = sorted((r for g in place(models, POOL, "one-per-gpu").gpus for r in g.replicas),
+                  key=lambda r: r.u)
+    gpus = []
+    for group in ((0, 1), (2, 3), (4,), (5,)):
+        g = GpuState(POOL[0])
+        for i in group:
+            g.add(reps[i])
+        gpus.append(g)
+    return models, gpus
+
+
+def test_the_trial_budget_is_never_exceeded():
+    models, gpus = _four_gpus()
+    for k in (1, 2, 3):
+        left, info = trial.consolidate(gpus, models, max_trials=k)
+        assert info["trials"] <= k and info["stopped"].startswith("trial budget")
+        assert len(left) == len(gpus) - info["closed"] and _replicas(left) == _replicas(gpus)
+    left, info = trial.consolidate(gpus, models, max_trials=1)   # the first GPU needs two
+    assert info == {"closed": 0, "trials": 0,
+                    "stopped": "trial budget: the next GPU needs 2 trials, 1 of 1 left"}
+
+
 def test_no_trial_budget_or_no_memory_closes_nothing():
     models = spec.loads(LIGHT).models
     start = place(models, POOL, "one-per-gpu")
     gpus, info = trial.consolidate(start.gpus, models, max_trials=0)
-    assert len(gpus) == start.gpus_used and info == {
-        "closed": 0, "trials": 0, "stopped": "0 trials spent"}
+    assert len(gpus) == start.gpus_used and info["trials"] == 0
+    assert info["stopped"] == "trial budget: the next GPU needs 1 trial, 0 of 0 left"
     tight = dataclasses.replace(DEFAULT, mem_frac=1e-6)   # no GPU has room for anything
     gpus, info = trial.consolidate(start.gpus, models, tight)
     assert len(gpus) == start.gpus_used and info["trials"] == 0
-    assert info["stopped"].startswith("no GPU has memory")
+    assert info["stopped"].startswith("no GPU's replicas fit in the others' memory")
 
 
 def test_the_trial_plan_replays_within_its_slos_and_reports_its_trials():
@@ -109,3 +146,13 @@ def test_a_gpu_both_plans_have_is_simulated_once_for_both(monkeypatch):
                           (heur, models, 0.2, 0, None)], workers=1)
     assert len(calls) == 3                               # heur's two GPUs once, merged's one
     assert got == [alone[0], alone[1], alone[0]]
+    # a GPU the consolidation left alone is the start plan's, simulated once for both
+    models, gpus = _four_gpus()
+    start = Plan("start", gpus)
+    after = Plan("after", trial.consolidate(gpus, models, max_trials=2)[0])
+    assert after.gpus_used == 3
+    alone = [rp.replay(p, models, 0.2, workers=1) for p in (start, after)]
+    calls.clear()
+    assert rp.replay_many([(start, models, 0.2, 0, None), (after, models, 0.2, 0, None)],
+                          workers=1) == alone
+    assert len(calls) == 4 + 2                           # the start's four, two changed GPUs

@@ -161,12 +161,18 @@ def attainment_together(g: GpuState, models: tuple[ModelSpec, ...], horizon_s: f
         i = index[r.name]
         ms = models[i]
         times = _arrivals(r.rate, horizon_s, TRIAL_SEED + 7919 * i + 31 * j, TRIAL_TRACE)
-        reps.append((ms.name, ms.model, r.cfg.batch, r.cfg.timeout_ms / 1e3, ms.slo_ms / 1e3,
-                     times, r.share))
+        reps.append(_task_replica(ms, r, times))
     lat = _simulate_gpu((g.type.name, policy, reps), lambda n: None)
     att = [sum(x * 1e3 <= models[index[name]].slo_ms for x in xs) / len(xs)
            for name, xs in lat.items() if xs]
     return min(att, default=1.0)
+
+
+def _task_replica(ms: ModelSpec, r, times: list[float]) -> tuple:
+    """One replica of a ``_simulate_gpu`` task: (name, zoo model, batch, timeout s, SLO s,
+    arrival times, MPS share)."""
+    return (ms.name, ms.model, r.cfg.batch, r.cfg.timeout_ms / 1e3, ms.slo_ms / 1e3, times,
+            r.share)
 
 
 def _policy(plan: Plan, policy: str | None) -> str:
@@ -189,8 +195,7 @@ def tasks_of(plan: Plan, models: tuple[ModelSpec, ...], horizon_s: float = 2.0, 
         times = _arrivals(ms.rate, horizon_s, seed + 7919 * i)
         for (gi, r), mine in zip(reps, _spread(times, [r.rate for _, r in reps])):
             if mine:
-                per_gpu[gi].append((name, ms.model, r.cfg.batch, r.cfg.timeout_ms / 1e3,
-                                    ms.slo_ms / 1e3, mine, r.share))
+                per_gpu[gi].append(_task_replica(ms, r, mine))
     return [(g.type.name, policy, reps) for g, reps in zip(plan.gpus, per_gpu) if reps]
 
 

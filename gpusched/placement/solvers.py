@@ -23,15 +23,15 @@ def place(models: tuple[ModelSpec, ...], pool: tuple[GpuType, ...], method: str 
     if method in ("one-per-gpu", "mem-packing", "gslice"):
         alone = dataclasses.replace(knobs, alphas=(1.0,))
         return baselines.BASELINES[method](models, estimate(models, pool, alone), pool, alone)
+    if method == "heuristic-trial":  # the heuristic's plan (``start``, else made here), tried
+        start = start or heuristic.solve(models, estimate(models, pool, knobs), pool, knobs)
+        t0 = time.perf_counter()
+        gpus, info = trial.consolidate(start.gpus, models, knobs)
+        return Plan(method, gpus, start.solve_time_s + time.perf_counter() - t0,
+                    notes={"trial": info})
     table = estimate(models, pool, knobs)
     if method in ("gpulet", "shepherd"):
         return baselines.BASELINES[method](models, table, pool, knobs)
     if method == "heuristic":
         return heuristic.solve(models, table, pool, knobs)
-    if method == "heuristic-trial":  # the heuristic's plan (``start``, else made here), tried
-        t0 = time.perf_counter()
-        start = start or heuristic.solve(models, table, pool, knobs)
-        gpus, info = trial.consolidate(start.gpus, models, knobs)
-        return Plan(method, gpus, start.solve_time_s + time.perf_counter() - t0,
-                    notes={"trial": info})
     return cpsat.solve(models, table, pool, knobs, time_limit_s, start=start)

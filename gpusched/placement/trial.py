@@ -11,8 +11,9 @@ way). Here the heuristic's plan is the start, and a GPU is tried the same way:
 2. replay each GPU that took a replica for ``TRIAL_HORIZON_S`` on trial arrivals
    (``replay.attainment_together``: the trial seed, not the replays'); if every model there
    meets its SLO on at least ``TRIAL_ATTAINMENT`` of its requests, the GPU is closed;
-3. otherwise undo and stop (the next GPU is busier), as also when ``max_trials`` trials are
-   spent.
+3. otherwise undo and stop (the next GPU is busier), as also when the next GPU's trials would
+   take more than ``max_trials`` in all; a GPU whose replicas fit nowhere else in memory is
+   passed over.
 
 Such a plan is not what the daemons' admission control accepts: it admits by the model
 (``admission.py``), which refuses the replicas a trial added, so ``gpusched place`` refuses to
@@ -30,46 +31,59 @@ from gpusched.placement.spec import ModelSpec
 log = logging.getLogger("gpusched.place")
 
 TRIAL_HORIZON_S = 1.0   # simulated seconds a trial replays (the partition trials' horizon)
-MAX_TRIALS = 12         # simulations per plan, ~0.5-3 s each: a bound on solve time
+MAX_TRIALS = 12         # simulations per plan, ~0.5-3 s each: a hard bound on solve time
 
 
 def consolidate(gpus: list[GpuState], models: tuple[ModelSpec, ...], knobs: Knobs = DEFAULT,
                 max_trials: int = MAX_TRIALS) -> tuple[list[GpuState], dict]:
-    """(the GPUs left, {"closed", "trials", "stopped"}); ``gpus`` are left as they were."""
+    """(the GPUs left, {"closed", "trials", "stopped"}); ``gpus`` are left as they were. At
+    most ``max_trials`` trials: a GPU whose replicas would need more is not tried."""
     gpus = [g.copy() for g in gpus if g.replicas]
     closed = trials = 0
-    stopped = "one GPU left"
-    while len(gpus) > 1:
-        if trials >= max_trials:
-            stopped = f"{max_trials} trials spent"
+    stuck: list[GpuState] = []   # their replicas fit on no other GPU of their type
+    while True:
+        if len(gpus) < 2:
+            stopped = "one GPU left"
             break
-        victim = min(gpus, key=lambda g: g.U)
+        left = [g for g in gpus if all(g is not x for x in stuck)]
+        if not left:
+            stopped = "no GPU's replicas fit in the others' memory (of their type)"
+            break
+        victim = min(left, key=lambda g: g.U)
         others = [g for g in gpus if g is not victim]
-        before = {id(g): g.trial for g in others}
         moved = _spread(victim.replicas, others, knobs)
-        ok = moved is not None
-        if ok:
-            for g in {id(g): g for g, _ in moved}.values():
-                trials += 1
-                att = attainment_together(g, models, TRIAL_HORIZON_S)
-                if att < TRIAL_ATTAINMENT:
-                    ok = False
-                    stopped = (f"a trial met {100 * att:.1f}% of a model's SLOs, under "
-                               f"{100 * TRIAL_ATTAINMENT:g}%")
-                    break
-                g.trial = att if g.trial is None else min(g.trial, att)
-        if not ok:
-            for g, r in moved or ():
-                g.discard(r)
-            for g in others:
-                g.trial = before[id(g)]
-            if moved is None:
-                stopped = "no GPU has memory for the least busy GPU's replicas"
+        if moved is None:
+            stuck.append(victim)
+            continue
+        took = list({id(g): g for g, _ in moved}.values())
+        if trials + len(took) > max_trials:
+            _undo(moved)
+            stopped = (f"trial budget: the next GPU needs {len(took)} "
+                       f"trial{'s' if len(took) > 1 else ''}, {max_trials - trials} of "
+                       f"{max_trials} left")
             break
+        held = []
+        for g in took:
+            trials += 1
+            held.append(attainment_together(g, models, TRIAL_HORIZON_S))
+            if held[-1] < TRIAL_ATTAINMENT:
+                break
+        if held[-1] < TRIAL_ATTAINMENT:
+            _undo(moved)
+            stopped = (f"a trial met {100 * held[-1]:.1f}% of a model's SLOs, under "
+                       f"{100 * TRIAL_ATTAINMENT:g}%")
+            break
+        for g, att in zip(took, held):
+            g.trial = att if g.trial is None else min(g.trial, att)
         gpus = others
         closed += 1
     log.info("place: trial consolidation closed %d GPUs in %d trials (%s)", closed, trials, stopped)
     return gpus, {"closed": closed, "trials": trials, "stopped": stopped}
+
+
+def _undo(moved: list[tuple[GpuState, Replica]]) -> None:
+    for g, r in moved:
+        g.discard(r)
 
 
 def _spread(replicas: list[Replica], gpus: list[GpuState],
@@ -81,8 +95,7 @@ def _spread(replicas: list[Replica], gpus: list[GpuState],
         room = [g for g in gpus if g.type.name == r.cfg.gpu
                 and g.F + r.cfg.footprint_mb <= g.type.memory_mb * knobs.mem_frac]
         if not room:
-            for g, x in moved:
-                g.discard(x)
+            _undo(moved)
             return None
         g = min(room, key=lambda g: g.U)
         g.add(r)
