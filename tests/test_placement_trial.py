@@ -72,8 +72,8 @@ def test_a_failed_trial_changes_nothing():
 
 
 def _four_gpus():
-    """LIGHT's six replicas (budget 1.0) on four GPUs; the least busy holds two, so closing it
-    takes two trials (its replicas go to two GPUs), and the second GPU is then left alone."""
+    """LIGHT's six replicas (budget 1.0) on four GPUs (U 0.038, 0.070, 0.041, 0.054); the
+    least busy holds two, and one other GPU takes both when it is closed (one trial)."""
     models = spec.loads(LIGHT).models
     reps = sorted((r for g in place(models, POOL, "one-per-gpu").gpus for r in g.replicas),
                   key=lambda r: r.u)
@@ -86,15 +86,40 @@ def _four_gpus():
     return models, gpus
 
 
-def test_the_trial_budget_is_never_exceeded():
+def _fake_trials(monkeypatch, most: int):
+    """Trials that hold on a GPU of at most ``most`` replicas and fail on more; the GPUs tried."""
+    seen = []
+
+    def together(g, models, horizon_s=1.0):
+        seen.append(len(g.replicas))
+        return 1.0 if len(g.replicas) <= most else 0.5
+    monkeypatch.setattr(trial, "attainment_together", together)
+    return seen
+
+
+def test_a_failed_single_gpu_trial_spreads_the_load_instead(monkeypatch):
     models, gpus = _four_gpus()
-    for k in (1, 2, 3):
+    seen = _fake_trials(monkeypatch, most=2)
+    left, info = trial.consolidate(gpus, models, max_trials=3)
+    # both replicas onto one GPU (3 there: fails), then one each onto two GPUs (2 and 2: hold)
+    assert seen == [3, 2, 2] and info["closed"] == 1 and info["trials"] == 3
+    assert sorted(len(g.replicas) for g in left) == [2, 2, 2]
+    assert _replicas(left) == _replicas(gpus)
+    assert sorted(g.trial is not None for g in left) == [False, True, True]
+
+
+def test_the_trial_budget_is_never_exceeded(monkeypatch):
+    models, gpus = _four_gpus()
+    for k in (1, 2, 3, 4, 5):
+        seen = _fake_trials(monkeypatch, most=2)
         left, info = trial.consolidate(gpus, models, max_trials=k)
-        assert info["trials"] <= k and info["stopped"].startswith("trial budget")
+        assert info["trials"] == len(seen) <= k
         assert len(left) == len(gpus) - info["closed"] and _replicas(left) == _replicas(gpus)
-    left, info = trial.consolidate(gpus, models, max_trials=1)   # the first GPU needs two
-    assert info == {"closed": 0, "trials": 0,
-                    "stopped": "trial budget: the next GPU needs 2 trials, 1 of 1 left"}
+    _fake_trials(monkeypatch, most=2)
+    left, info = trial.consolidate(gpus, models, max_trials=2)   # the spread needs two, 1 left
+    assert info == {"closed": 0, "trials": 1,
+                    "stopped": "trial budget: the next move needs 2 trials, 1 of 2 left"}
+    assert [len(g.replicas) for g in left] == [2, 2, 1, 1]
 
 
 def test_no_trial_budget_or_no_memory_closes_nothing():
@@ -102,7 +127,7 @@ def test_no_trial_budget_or_no_memory_closes_nothing():
     start = place(models, POOL, "one-per-gpu")
     gpus, info = trial.consolidate(start.gpus, models, max_trials=0)
     assert len(gpus) == start.gpus_used and info["trials"] == 0
-    assert info["stopped"] == "trial budget: the next GPU needs 1 trial, 0 of 0 left"
+    assert info["stopped"] == "trial budget: the next move needs 1 trial, 0 of 0 left"
     tight = dataclasses.replace(DEFAULT, mem_frac=1e-6)   # no GPU has room for anything
     gpus, info = trial.consolidate(start.gpus, models, tight)
     assert len(gpus) == start.gpus_used and info["trials"] == 0
@@ -149,10 +174,10 @@ def test_a_gpu_both_plans_have_is_simulated_once_for_both(monkeypatch):
     # a GPU the consolidation left alone is the start plan's, simulated once for both
     models, gpus = _four_gpus()
     start = Plan("start", gpus)
-    after = Plan("after", trial.consolidate(gpus, models, max_trials=2)[0])
+    after = Plan("after", trial.consolidate(gpus, models, max_trials=1)[0])
     assert after.gpus_used == 3
     alone = [rp.replay(p, models, 0.2, workers=1) for p in (start, after)]
     calls.clear()
     assert rp.replay_many([(start, models, 0.2, 0, None), (after, models, 0.2, 0, None)],
                           workers=1) == alone
-    assert len(calls) == 4 + 2                           # the start's four, two changed GPUs
+    assert len(calls) == 4 + 1                           # the start's four, the GPU that took
