@@ -156,7 +156,7 @@ def solve(models: tuple[ModelSpec, ...], table: list[list[Config]], pool: tuple[
             m.Add(v == cp_model.LinearExpr.WeightedSum([v for _, v in terms],
                                                          [c for c, _ in terms]))
             if cap is not None:
-                m.Add(v <= math.floor(cap * SCALE) * y[g])
+                m.Add(v <= hi * y[g])
         U, C, M, K = tot["U"], tot["C"], tot["M"], tot["K"]
         m.Add(sum(math.ceil(table[i][ki].footprint_mb) * x[i, ki, g] for i, ki in here)
               <= math.floor(t.memory_mb * knobs.mem_frac))

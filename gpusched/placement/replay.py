@@ -163,9 +163,8 @@ def attainment_together(g: GpuState, models: tuple[ModelSpec, ...], horizon_s: f
         times = _arrivals(r.rate, horizon_s, TRIAL_SEED + 7919 * i + 31 * j, TRIAL_TRACE)
         reps.append(_task_replica(ms, r, times))
     lat = _simulate_gpu((g.type.name, policy, reps), lambda n: None)
-    att = [sum(x * 1e3 <= models[index[name]].slo_ms for x in xs) / len(xs)
-           for name, xs in lat.items() if xs]
-    return min(att, default=1.0)
+    here = tuple(m for m in models if lat.get(m.name))
+    return score(here, lat, horizon_s, policy)["min_slo_attainment"] if here else 1.0
 
 
 def _task_replica(ms: ModelSpec, r, times: list[float]) -> tuple:
