@@ -675,6 +675,8 @@ def test_r8_partitions_must_fit_the_gpu():
     assert sizes(H100, {"a": 0.4, "b": 0.3, "c": 0.3}) == [53, 40, 39]
     assert sizes(gpu_spec("A100"), {str(i): 0.1 for i in range(10)}) == [11] * 8 + [10] * 2
     assert sizes(H100, {"a": 0.3, "b": 0.7}) == [40, 92]
+    # shares raised to one SM take theirs from the largest: 38.8 + 4 x 0.3 of 40
+    assert sizes(T4, {"a": 0.97, **{str(i): 0.0075 for i in range(4)}}) == [36, 1, 1, 1, 1]
     assert sizes(H100, {"a": 0.999, "b": 0.001}) == [131, 1]
     assert sizes(T4, {"a": 0.25}) == [10]
 

@@ -39,8 +39,8 @@ Each rule models one documented behaviour of NVIDIA GPUs (sources in docs/simula
 - **R8 MPS partitions** (CUDA MPS, "Volta MPS execution resource provisioning":
   ``CUDA_MPS_ACTIVE_THREAD_PERCENTAGE`` confines a client's kernels to a portion of the SMs;
   GSLICE and gpulet partition a GPU this way): a tenant given a share ``p`` of the SMs
-  (``partitions``) places its blocks only on its own ``round(p * SMs)`` SMs (at least one), a
-  range no other partition uses. MPS limits how many SMs a client uses, not which; fixed
+  (``partitions``) places its blocks only on its own ``p * SMs`` SMs (rounded by largest
+  remainder, at least one), a range no other partition uses. MPS limits how many SMs a client uses, not which; fixed
   disjoint ranges are that limit when the shares sum to at most 100%, as those systems give
   them. Its kernels keep their blocks and block times (R5), so a kernel wider than its
   partition runs in more waves. DRAM bandwidth stays shared (R6: MPS does not partition it).
@@ -369,7 +369,8 @@ class _SimGpuBase:
     def _partitions(self, shares: dict) -> dict:
         """R8: tenant -> (first SM, SM past its last, its shapes, its kernel infos), each
         tenant's SMs after the previous tenant's: ``share * SMs`` rounded so that the counts
-        add up to ``round(sum of shares * SMs)`` (largest remainders first), at least one each."""
+        add up to ``round(sum of shares * SMs)`` (largest remainders first), at least one each,
+        never past the last SM."""
         sms = self._sms
         total = sum(shares.values())
         if total > 1.0 + 1e-9 or any(not 0.0 < p <= 1.0 for p in shares.values()):
@@ -379,19 +380,22 @@ class _SimGpuBase:
             raise ValueError(f"MPS partitions: {len(shares)} partitions on {sms} SMs: at most "
                              f"one per SM")
         tenants = list(shares)
-        counts = {t: max(1, int(shares[t] * sms)) for t in tenants}
-        extra = min(sms, round(total * sms)) - sum(counts.values())
-        # the SMs left over (or one too many: a share raised to one SM) by largest remainder
-        by_rest = sorted(tenants, key=lambda t: counts[t] - shares[t] * sms)
-        for t in (by_rest if extra > 0 else reversed(by_rest)):
-            if extra == 0:
-                break
-            if extra > 0:
+        target = max(len(tenants), min(sms, round(total * sms)))
+        # one SM each first, then the shares beyond it, whole SMs, then the SMs left over (or
+        # too many: shares raised to one SM) by largest remainder, until the counts add up
+        want = {t: max(0.0, shares[t] * sms - 1) for t in tenants}
+        counts = {t: 1 + int(want[t]) for t in tenants}
+        by_rest = sorted(tenants, key=lambda t: counts[t] - 1 - want[t])
+        extra = target - sum(counts.values())
+        while extra > 0:
+            for t in by_rest[:extra]:
                 counts[t] += 1
-                extra -= 1
-            elif counts[t] > 1:
-                counts[t] -= 1
-                extra += 1
+            extra = target - sum(counts.values())
+        while extra < 0:
+            for t in reversed(by_rest):
+                if extra < 0 and counts[t] > 1:
+                    counts[t] -= 1
+                    extra += 1
         out, lo = {}, 0
         for t in tenants:
             out[t] = (lo, lo + counts[t], {}, {})
