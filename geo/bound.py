@@ -226,9 +226,14 @@ class _Columns:
 
 
 def columns(model: Model) -> _Columns:
-    """Every candidate of ``model.spec`` priced once: pass it to several ``throughput_bound``
-    calls (bounds at several serve-first levels)."""
-    return _Columns(model)
+    """Every candidate of ``model.spec`` priced once, kept on the model for that spec (the
+    geo service gives a kept Model a new spec): every ``throughput_bound`` of one model and
+    spec (decomposed's step 4, CP-SAT's warm start, the benchmark's bound) shares them."""
+    spec, cols = getattr(model, "_bound_columns", (None, None))
+    if spec is not model.spec:
+        cols = _Columns(model)
+        model._bound_columns = (model.spec, cols)
+    return cols
 
 
 def throughput_bound(model: Model, *, rounds: int = ROUNDS, served: float | None = None,
@@ -243,7 +248,7 @@ def throughput_bound(model: Model, *, rounds: int = ROUNDS, served: float | None
     from ortools.linear_solver import pywraplp
 
     t0 = time.perf_counter()
-    cols = cols or _Columns(model)
+    cols = cols or columns(model)
     B = model.spec.planner.budget_usd_per_hour
     Q = len(cols.cap)
     lp = pywraplp.Solver.CreateSolver("GLOP")
