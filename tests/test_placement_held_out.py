@@ -90,6 +90,39 @@ def test_gslice_shares_per_model_fit_in_one_gpu():
     assert slow is None or slow.latency_ms >= k.latency_ms
 
 
+def test_gslice_tries_only_slicings_that_could_win(monkeypatch):
+    """Trials only rule an even slicing out, so a slicing whose packing is no smaller than the
+    best so far is not tried; the plan is the one trying every slicing gives."""
+    models = tuple(ModelSpec(f"m{i}", z, 150.0, 40.0, line=i + 1)
+                   for i, z in enumerate(("resnet18", "squeezenet1.1", "mobilenetv2", "gpt2")))
+    alone = dataclasses.replace(DEFAULT, alphas=(1.0,))
+    table = estimate(models, H100_8, alone)
+    tried = []
+
+    def fake(ms, reps):   # gpt2 misses its trial below 20% of the SMs; all else holds
+        tried.append(reps[0].share)
+        return 1.0 if ms.name != "m3" or reps[0].share >= 0.2 else 0.5
+    monkeypatch.setattr(baselines, "_trial", fake)
+    plan = baselines.gslice(models, table, H100_8, alone)
+    # every slicing by hand: its packing, whether all its trials hold
+    sizes = {}
+    for p in range(1, 9):
+        sized = [baselines._sized_on_share(ms, cfgs, 1.0 / p, models, alone)
+                 for ms, cfgs in zip(models, table)]
+        if all(sized) and all(fake(ms, r) >= 0.99 for ms, r in zip(models, sized)):
+            sizes[p] = len(baselines._first_fit(
+                [x for r in sized for x in r], H100_8, alone,
+                lambda g, r, p=p: len(g.replicas) < p and baselines._memory_ok(g, r)))
+    tried.clear()
+    again = baselines.gslice(models, table, H100_8, alone)
+    per_model = len(again.gpus) if again.notes["shares"] == "per model" else None
+    best = min([per_model or 10**9] + list(sizes.values()))
+    assert len(plan.gpus) == len(again.gpus) == best
+    # a whole GPU per replica (share 1.0) packs larger than the per-model plan: not tried
+    assert 1.0 not in tried or per_model is None
+    assert sizes.get(1, 0) > len(plan.gpus)
+
+
 def test_gslice_and_gpulet_replicas_replay_confined_to_their_shares():
     """Their replicas carry their MPS share; the shares on a GPU sum to at most 100%; the
     replay confines each to its share (simgpu R8): a replica on 30% of the SMs is slower than

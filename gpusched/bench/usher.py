@@ -24,7 +24,7 @@ from concurrent.futures import ProcessPoolExecutor, as_completed
 
 from gpusched.placement.estimate import WEIGHTS_DIR
 from gpusched.placement.pool import parse_pool
-from gpusched.placement.replay import replay_many
+from gpusched.placement.replay import attainment_alone, replay_many
 from gpusched.placement.solvers import BASELINE_METHODS, METHODS, place
 from gpusched.placement.spec import SpecError
 from gpusched.placement.workloads import make_held_out, make_workload
@@ -110,6 +110,9 @@ def _plan_methods(args) -> list[tuple[dict, object]]:
     """The plans of ``methods`` (in order) for one workload: [(its JSON row without the replay,
     the plan or None)]."""
     w, methods, gpu, cpsat_limit_s = args
+    # a worker runs many tasks: trials cached by another method's task would shorten this
+    # one's solve time by luck of scheduling
+    attainment_alone.cache_clear()
     n = len(w.models)
     pool = parse_pool(f"{gpu}:{max(4 * n, 64)}")
     out, heur = [], None
@@ -121,7 +124,9 @@ def _plan_methods(args) -> list[tuple[dict, object]]:
                        "found nothing better than the heuristic's plan in 60 s on 100")
             continue
         try:
-            plan = place(w.models, pool, method, time_limit_s=cpsat_limit_s, start=heur)
+            # one CP-SAT thread: the pool's other processes hold the other CPUs
+            plan = place(w.models, pool, method, time_limit_s=cpsat_limit_s, start=heur,
+                         cpsat_threads=1)
         except SpecError as e:
             row.update(gpus_used=None, error=str(e))
             continue

@@ -198,19 +198,20 @@ def gslice(models, table_alone, pool, knobs: Knobs = DEFAULT) -> Plan:
         tries.append((len(gpus), gpus, {"shares": "per model"}))
     # even slicing: p equal slices per GPU
     for p in range(1, 9):
-        reps: list[Replica] = []
-        for ms, cfgs in zip(models, table_alone):
-            r = _sized_on_share(ms, [k for k in cheapest_type(ms, cfgs, pool)
-                                     if k.alpha == 1.0], 1.0 / p, models, knobs)
-            # equal slices have no other share to grow into: a slice that misses its trial
-            # rules this slicing out
-            if not r or _trial(ms, r) < TRIAL_ATTAINMENT:
-                reps = []
-                break
-            reps.extend(r)
-        if reps:
-            gpus = _first_fit(reps, pool, knobs,
-                              lambda g, r, p=p: len(g.replicas) < p and _memory_ok(g, r))
+        sized = [(ms, _sized_on_share(ms, [k for k in cheapest_type(ms, cfgs, pool)
+                                           if k.alpha == 1.0], 1.0 / p, models, knobs))
+                 for ms, cfgs in zip(models, table_alone)]
+        if not all(r for _, r in sized):
+            continue
+        gpus = _first_fit([x for _, r in sized for x in r], pool, knobs,
+                          lambda g, r, p=p: len(g.replicas) < p and _memory_ok(g, r))
+        # trials only rule a slicing out, and ties go to the earlier try: a slicing no smaller
+        # than the best so far is not tried (its trials are most of gslice's solve time)
+        if tries and len(gpus) >= min(t[0] for t in tries):
+            continue
+        # equal slices have no other share to grow into: a slice that misses its trial
+        # rules this slicing out
+        if all(_trial(ms, r) >= TRIAL_ATTAINMENT for ms, r in sized):
             tries.append((len(gpus), gpus, {"shares": f"{p} equal slices"}))
     if not tries:
         raise infeasible(models, table_alone, pool, "gslice")

@@ -17,7 +17,9 @@ BASELINE_METHODS = ("mem-packing", "gslice", "gpulet", "shepherd")  # one-per-gp
 
 
 def place(models: tuple[ModelSpec, ...], pool: tuple[GpuType, ...], method: str = "heuristic",
-          knobs: Knobs = DEFAULT, time_limit_s: float = 60.0, start: Plan | None = None) -> Plan:
+          knobs: Knobs = DEFAULT, time_limit_s: float = 60.0, start: Plan | None = None,
+          cpsat_threads: int = 2) -> Plan:
+    """``cpsat_threads``: CP-SAT's search workers (1 where other processes hold every CPU)."""
     if method not in METHODS:
         raise ValueError(f"unknown placement method {method!r}: choose from {', '.join(METHODS)}")
     if method in ("one-per-gpu", "mem-packing", "gslice"):
@@ -34,4 +36,4 @@ def place(models: tuple[ModelSpec, ...], pool: tuple[GpuType, ...], method: str 
         return baselines.BASELINES[method](models, table, pool, knobs)
     if method == "heuristic":
         return heuristic.solve(models, table, pool, knobs)
-    return cpsat.solve(models, table, pool, knobs, time_limit_s, start=start)
+    return cpsat.solve(models, table, pool, knobs, time_limit_s, cpsat_threads, start)
