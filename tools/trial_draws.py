@@ -1,0 +1,98 @@
+"""How often would a GPU that heuristic-trial accepted on one trial draw pass another draw?
+
+heuristic-trial (``placement/trial.py``) accepts a GPU when one 1-s trial of it (arrival seed
+``replay.TRIAL_SEED``) holds every model at >= 99%. That trial is one sample of a bursty
+process. This tool makes heuristic-trial's plan for each workload, then tries each GPU it
+accepted on ``--draws`` further independent draws (other arrival seeds, same horizon) and
+prints the share of draws that held: a GPU that holds on few draws is a GPU the bench's replay
+(one more draw) may break.
+
+    python tools/trial_draws.py [--held-out 101,102,...] [--draws 6] [--json]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+DRAW_SEED = 7_000_003   # draw k's arrival seed: TRIAL_SEED + DRAW_SEED * (k + 1)
+
+
+def _workload(name: str):
+    from gpusched.placement.workloads import make_held_out, make_workload
+    if name.startswith("azure-"):
+        return make_workload(int(name.split("-")[1]), "H100", 0, 200.0)
+    return make_held_out(int(name.rsplit("-", 1)[1]), "H100")
+
+
+def _plan(name: str):
+    from gpusched.placement.pool import parse_pool
+    from gpusched.placement.solvers import place
+    w = _workload(name)
+    plan = place(w.models, parse_pool(f"H100:{max(4 * len(w.models), 64)}"), "heuristic-trial")
+    return name, [g for g in plan.gpus if g.trial is not None]
+
+
+def _draw(args) -> float:
+    name, g, k = args
+    from gpusched.placement.replay import TRIAL_SEED, attainment_together
+    from gpusched.placement.trial import TRIAL_HORIZON_S
+    return attainment_together(g, _workload(name).models, TRIAL_HORIZON_S,
+                               seed=TRIAL_SEED + DRAW_SEED * (k + 1))
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--held-out", default="101,102,103,201,202,203,301,302,303,401,402,403",
+                    help="held-out seeds (comma-separated); azure-12 and azure-100 always run")
+    ap.add_argument("--draws", type=int, default=6, help="further draws per accepted GPU")
+    ap.add_argument("--workers", type=int, default=None)
+    ap.add_argument("--json", action="store_true", help="one JSON line per accepted GPU")
+    args = ap.parse_args()
+    try:
+        names = ["azure-12", "azure-100"] + [f"held-out-{int(s)}" for s in
+                                             args.held_out.split(",") if s.strip()]
+    except ValueError:
+        print(f"trial_draws: --held-out {args.held_out!r}: give seeds like 101,102",
+              file=sys.stderr)
+        return 2
+    if args.draws < 1:
+        print("trial_draws: --draws must be at least 1", file=sys.stderr)
+        return 2
+    t0 = time.perf_counter()
+    with ProcessPoolExecutor(args.workers) as ex:
+        plans = dict(ex.map(_plan, names))
+        tasks = [(n, g, k) for n in names for g in plans[n] for k in range(args.draws)]
+        got = list(ex.map(_draw, tasks))
+    rows, i = [], 0
+    for n in names:
+        for gi, g in enumerate(plans[n]):
+            draws = got[i:i + args.draws]
+            i += args.draws
+            rows.append({"workload": n, "gpu": gi, "replicas": len(g.replicas),
+                         "U": round(g.U, 3), "trial": round(g.trial, 5),
+                         "draws": [round(x, 5) for x in draws],
+                         "held": sum(x >= 0.99 for x in draws)})
+    if args.json:
+        for r in rows:
+            print(json.dumps(r))
+    else:
+        for r in rows:
+            print(f"{r['workload']:>14} GPU {r['gpu']:2d}  {r['replicas']:2d} replicas  "
+                  f"U {r['U']:.2f}  held {r['held']}/{args.draws}  lowest "
+                  f"{100 * min(r['draws']):.1f}%")
+    total = sum(r["held"] for r in rows)
+    print(f"# {len(rows)} accepted GPUs, {total} of {len(rows) * args.draws} further draws "
+          f"held (>= 99%); GPUs that held on every draw: "
+          f"{sum(r['held'] == args.draws for r in rows)}; {time.perf_counter() - t0:.0f} s",
+          file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
