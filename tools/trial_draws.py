@@ -23,6 +23,19 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 DRAW_SEED = 7_000_003   # draw k's arrival seed: TRIAL_SEED + DRAW_SEED * (k + 1)
 
 
+def window_rates(width: int = 1000) -> tuple[float, float, float, float]:
+    """The trace's local rate over ``width`` consecutive gaps (a second of arrivals at
+    ~1,000 req/s), relative to its mean, over windows starting every 97 gaps: (min, 5th
+    percentile, 95th percentile, max)."""
+    from gpusched.experiments.arrivals import parse, trace_gaps
+    from gpusched.placement.replay import TRIAL_TRACE
+    gaps = trace_gaps(parse(TRIAL_TRACE)[1])
+    n, mean = len(gaps), sum(gaps) / len(gaps)
+    r = sorted(mean * width / sum(gaps[(s + i) % n] for i in range(width))
+               for s in range(0, n, 97))
+    return r[0], r[len(r) // 20], r[-1 - len(r) // 20], r[-1]
+
+
 def _workload(name: str):
     from gpusched.placement.workloads import make_held_out, make_workload
     if name.startswith("azure-"):
@@ -91,6 +104,8 @@ def main() -> int:
           f"held (>= 99%); GPUs that held on every draw: "
           f"{sum(r['held'] == args.draws for r in rows)}; {time.perf_counter() - t0:.0f} s",
           file=sys.stderr)
+    print("# the trace's rate over 1,000 consecutive gaps, relative to its mean: min %.2f, "
+          "5th percentile %.2f, 95th %.2f, max %.2f" % window_rates(), file=sys.stderr)
     return 0
 
 
