@@ -166,7 +166,8 @@ def test_a_gpu_both_plans_have_is_simulated_once_for_both(monkeypatch):
     alone = [rp.replay(p, models, 0.2, workers=1) for p in (heur, merged)]
     calls = []
     real = rp._simulate_gpu
-    monkeypatch.setattr(rp, "_simulate_gpu", lambda a, report=None: calls.append(a) or real(a, report))
+    monkeypatch.setattr(rp, "_simulate_gpu",
+                        lambda a, report=None, late=True: calls.append(a) or real(a, report, late))
     got = rp.replay_many([(heur, models, 0.2, 0, None), (merged, models, 0.2, 0, None),
                           (heur, models, 0.2, 0, None)], workers=1)
     assert len(calls) == 3                               # heur's two GPUs once, merged's one

@@ -56,3 +56,27 @@ def test_worker_processes_report_through_the_queue():
                  on_total=lambda n: seen.update(total=n))
     assert seen["done"] == seen["total"] > 0 and seen["calls"] > len(plan.gpus)
     assert res == replay(plan, models, horizon_s=0.3, workers=1)
+
+
+def test_a_replay_that_stops_at_the_last_deadline_gives_the_same_attainment():
+    """``late=False`` (bench usher, the trials) stops each GPU at its last request's deadline:
+    an overloaded GPU's backlog is not run, its requests are inf, and every request meets or
+    misses its SLO as in the full run."""
+    models = MODELS + (ModelSpec("c", "resnet50", 8000.0, 30.0, line=3),
+                       ModelSpec("d", "bert-base", 8000.0, 20.0, line=4))
+    plan = place(models, parse_pool("H100:16"), "mem-packing")    # all on one GPU: overloaded
+    (task,) = tasks_of(plan, models, horizon_s=0.2)
+    full, cut = _simulate_gpu(task), _simulate_gpu(task, late=False)
+    slo = {m.name: m.slo_ms for m in models}
+    for name in full:
+        assert [x * 1e3 <= slo[name] for x in full[name]] == \
+            [x * 1e3 <= slo[name] for x in cut[name]]
+        assert all(x == y for x, y in zip(full[name], cut[name]) if y != float("inf"))
+    # the backlog was not run: requests the full run finished (late) are never done here
+    assert sum(x == float("inf") for v in cut.values() for x in v) > \
+        sum(x == float("inf") for v in full.values() for x in v)
+    # and the scores agree on attainment, not on a broken model's p99
+    a = replay(plan, models, horizon_s=0.2, workers=1)
+    b = replay(plan, models, horizon_s=0.2, workers=1, late=False)
+    assert [m["slo_attainment"] for m in a["models"]] == [m["slo_attainment"] for m in b["models"]]
+    assert min(m["slo_attainment"] for m in b["models"]) < 0.99

@@ -72,10 +72,14 @@ def _batches(times: list[float], b: int, timeout_s: float) -> list[tuple[float, 
     return out
 
 
-def _simulate_gpu(args, report=None) -> dict[str, list[float]]:
+def _simulate_gpu(args, report=None, late: bool = True) -> dict[str, list[float]]:
     """One GPU: returns per model the latencies (s) of its requests (inf: never finished).
     ``report(n)`` (or the worker's queue) hears of requests as their arrivals are simulated,
-    ``CHUNKS`` times over the run: running to a time and on from it changes no result."""
+    ``CHUNKS`` times over the run: running to a time and on from it changes no result.
+    ``late=False``: stop at the last request's deadline (arrival + SLO) and give inf to the
+    requests not done by then: every attainment is the same (a request done later missed its
+    SLO anyway), only late latencies are lost; an overloaded GPU's backlog, most of its
+    simulation, is never run."""
     gpu, policy, replicas = args
     report = report or _report
     from profilers.zoo import BATCHES, zoo_kernels
@@ -117,7 +121,9 @@ def _simulate_gpu(args, report=None) -> dict[str, list[float]]:
             if now > told:
                 report(now - told)
                 told = now
-    done = {j.id: j.finish for j in run.run() if j.state is JobState.DONE}
+    # (1 us past the last deadline: a request done later is a miss whatever the rounding)
+    end = None if late else max((t + r[4] for r in replicas for t in r[5]), default=0.0) + 1e-6
+    done = {j.id: j.finish for j in run.run(end) if j.state is JobState.DONE}
     if report is not None and len(arrivals) > told:
         report(len(arrivals) - told)
     out: dict[str, list[float]] = {}
@@ -145,7 +151,7 @@ def attainment_alone(gpu: str, zoo_model: str, batch: int, timeout_ms: float, sl
     what a baseline's tuner observes when it tries a partition size."""
     times = _arrivals(rate, horizon_s, TRIAL_SEED, TRIAL_TRACE)
     lat = _simulate_gpu((gpu, "mps", [("r", zoo_model, batch, timeout_ms / 1e3, slo_ms / 1e3,
-                                       times, share)]), lambda n: None).get("r", [])
+                                       times, share)]), lambda n: None, late=False).get("r", [])
     return sum(x * 1e3 <= slo_ms for x in lat) / len(lat) if lat else 1.0
 
 
@@ -162,7 +168,7 @@ def attainment_together(g: GpuState, models: tuple[ModelSpec, ...], horizon_s: f
         ms = models[i]
         times = _arrivals(r.rate, horizon_s, seed + 7919 * i + 31 * j, TRIAL_TRACE)
         reps.append(_task_replica(ms, r, times))
-    lat = _simulate_gpu((g.type.name, policy, reps), lambda n: None)
+    lat = _simulate_gpu((g.type.name, policy, reps), lambda n: None, late=False)
     here = tuple(m for m in models if lat.get(m.name))
     return score(here, lat, horizon_s, policy)["min_slo_attainment"] if here else 1.0
 
@@ -216,21 +222,23 @@ def score(models: tuple[ModelSpec, ...], lat: dict[str, list[float]], horizon_s:
 
 def replay(plan: Plan, models: tuple[ModelSpec, ...], horizon_s: float = 2.0, seed: int = 0,
            policy: str | None = None, workers: int | None = None, progress=None,
-           on_total=None) -> dict:
+           on_total=None, late: bool = True) -> dict:
     """Per-model SLO attainment and p99 latency of ``plan`` replayed for ``horizon_s``."""
     return replay_many([(plan, models, horizon_s, seed, policy)], workers, progress,
-                       on_total)[0]
+                       on_total, late)[0]
 
 
 def replay_many(jobs: list[tuple], workers: int | None = None, progress=None,
-                on_total=None) -> list[dict]:
+                on_total=None, late: bool = True) -> list[dict]:
     """``replay`` of several (plan, models, horizon_s, seed, policy) at once: every GPU of every
     plan is one task for one pool of ``workers`` processes (default: the CPUs), the longest
     (most requests) first, so that no process idles while one plan's big GPU runs last.
     ``on_total(n)``: the requests to simulate, said first; ``progress(k)``: k more simulated
     (from the start of each GPU's run, not only when a GPU ends). A GPU whose simulation input
     is the same as another's (the same replicas, requests and policy: a plan returned as it
-    came, a GPU a consolidation left alone) is simulated once, for every plan that has it."""
+    came, a GPU a consolidation left alone) is simulated once, for every plan that has it.
+    ``late=False``: each GPU stops at its last deadline (``_simulate_gpu``): the same
+    attainments, and p99 is inf where more than 1% of a model's requests missed."""
     tasks, owner, policies = [], [], []   # owner[t]: the jobs that have task t
     seen: dict = {}
     for n, (plan, models, horizon_s, seed, policy) in enumerate(jobs):
@@ -251,7 +259,7 @@ def replay_many(jobs: list[tuple], workers: int | None = None, progress=None,
         q = multiprocessing.get_context().Queue() if progress else None
         with ProcessPoolExecutor(min(workers, len(tasks)), initializer=_init_worker if q else
                                  None, initargs=(q,) if q else ()) as ex:
-            futs = {ex.submit(_simulate_gpu, tasks[t]): t for t in order}
+            futs = {ex.submit(_simulate_gpu, tasks[t], None, late): t for t in order}
             pending = set(futs)
             while pending:
                 done, pending = wait(pending, timeout=0.25, return_when=FIRST_COMPLETED)
@@ -264,7 +272,7 @@ def replay_many(jobs: list[tuple], workers: int | None = None, progress=None,
         _drain(q, progress)
     else:
         for t in order:
-            res = _simulate_gpu(tasks[t], progress)
+            res = _simulate_gpu(tasks[t], progress, late)
             for n in owner[t]:
                 _merge(lat[n], res)
     return [score(models, lat[n], horizon_s, policies[n])
