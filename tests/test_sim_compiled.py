@@ -73,6 +73,15 @@ PARTITION_SCENARIOS = [
                                  partitions={"t0": 0.4, "t1": 0.3, "t2": 0.3})),
 ]
 
+# the partition scenarios' digests as computed at 81629cb, before the per-SM loops were narrowed
+# to a kernel's partition (the same numbers since: test_partition_outcomes_are_pinned)
+PARTITION_GOLDEN = {
+    "mps-t4-partitions":
+        "304d553f3416f98e030987f5162c387ec0205c515ec426f2fab9aef6f08757f4",
+    "mps-h100-partitions":
+        "89694f5055ffd29e67821c9a3c11be466630fbf60bfcd7e48b2720375cd14a0a",
+}
+
 GOLDEN = {
     "slo-t4":
         "aa4e851dc7339f4ac014f9042bac2a3e0b959e2c70308f7f933e3f2a00fcb661",
@@ -319,6 +328,13 @@ def test_outcomes_are_those_of_the_code_before_compilation():
     it was compiled (and in whichever mode this process runs)."""
     got = {name: digest(o) for name, o in _outcomes(golden_only=True).items()}
     assert got == GOLDEN
+
+
+def test_partition_outcomes_are_pinned():
+    """MPS partitions give the numbers they gave before the placement loops were narrowed to
+    a partition's SMs (a kernel's slab row, the fit scratch and the spread read only those)."""
+    got = {name: digest(run_scenario(**sc)) for name, sc in PARTITION_SCENARIOS}
+    assert got == PARTITION_GOLDEN
 
 
 if __name__ == "__main__":

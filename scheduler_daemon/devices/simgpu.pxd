@@ -117,7 +117,7 @@ cdef class _SimGpuBase:
                    f=cython.longlong, level=cython.longlong, placed=cython.longlong,
                    below=cython.longlong, ge=cython.longlong, rest=cython.longlong,
                    start=cython.longlong, rank=cython.longlong, r=cython.longlong)
-    cdef _spread(self, long long n)
+    cdef _spread(self, long long n, Py_ssize_t lo, Py_ssize_t hi)
     @cython.locals(old=Py_ssize_t, new=Py_ssize_t, sms=Py_ssize_t, i=Py_ssize_t,
                    nspare=Py_ssize_t, slot=Py_ssize_t)
     cpdef _grow(self, Py_ssize_t n)
@@ -138,7 +138,8 @@ cdef class _SimGpuBase:
                    slot=Py_ssize_t, row=Py_ssize_t, threads=cython.longlong,
                    regs=cython.longlong, smem=cython.longlong, s=Py_ssize_t,
                    b=cython.longlong, arrived=double, begin=double, over_m=double,
-                   over_c=double, quantum=double, ideal=double, end=double)
+                   over_c=double, quantum=double, ideal=double, end=double,
+                   lo=Py_ssize_t, hi=Py_ssize_t)
     cpdef list _dispatch(self, double now, base=*)
     @cython.locals(now=double, kern=_Kernel)
     cdef _report_started(self, list started)

@@ -427,17 +427,14 @@ class _SimGpuBase:
     def _fit_into(self, shape: _Shape) -> int:
         """Blocks of ``shape`` each SM can take now, into the scratch ``_fitv``; their sum.
         (``min(blocks, threads // t, regs // r, smem // m)`` per SM; a division only where
-        that resource may be the limit.)"""
+        that resource may be the limit.) Only the shape's SMs ``lo`` to ``hi`` are written
+        (an MPS partition's, R8): every reader reads only those."""
         free = self._free
         fit = self._fitv
         sms = self._sms
         threads, regs, smem = shape.threads, shape.regs, shape.smem
         lo, hi = shape.lo, shape.hi
         total = 0
-        for s in range(lo):          # (outside an MPS partition, R8: none)
-            fit[s] = 0
-        for s in range(hi, sms):
-            fit[s] = 0
         for s in range(lo, hi):
             f = free[sms + s]
             if f > 0:
@@ -458,17 +455,14 @@ class _SimGpuBase:
 
     def _fit_place(self, shape: _Shape, row: int) -> int:
         """``_fit_into`` and the placement of all those blocks, in one pass: the blocks of
-        ``shape`` each SM can take go to slab row ``row`` and are taken from the SMs."""
+        ``shape`` each SM can take go to slab row ``row`` and are taken from the SMs. (A free
+        slot's row is all zeros, ``_on_timer``: only SMs ``lo`` to ``hi`` are written.)"""
         free = self._free
         slab = self._slab
         sms = self._sms
         threads, regs, smem = shape.threads, shape.regs, shape.smem
         lo, hi = shape.lo, shape.hi
         total = 0
-        for s in range(lo):          # (outside an MPS partition, R8: none)
-            slab[row + s] = 0
-        for s in range(hi, sms):
-            slab[row + s] = 0
         for s in range(lo, hi):
             f = free[sms + s]
             if f > 0:
@@ -496,7 +490,8 @@ class _SimGpuBase:
         """Blocks of kernel spec ``k`` (or of a ``_Shape``) each SM could take now."""
         shape = k if isinstance(k, _Shape) else self._shape(k)
         self._fit_into(shape)
-        return np.array([self._fitv[s] for s in range(self._sms)], dtype=np.int64)
+        return np.array([self._fitv[s] if shape.lo <= s < shape.hi else 0
+                         for s in range(self._sms)], dtype=np.int64)
 
     def fits_now(self, k) -> bool:
         """Whether the SMs could take all blocks of kernel spec ``k`` now (a full wave of a
@@ -620,17 +615,17 @@ class _SimGpuBase:
             self.mem_s += dt * min(1.0, self._demand_m)
             self._last = now
 
-    def _spread(self, n: int) -> None:
-        """Turn the scratch ``_fitv`` into the placement of ``n`` blocks (fewer than fit),
-        breadth-first: every SM gets one before any gets two; the SMs that get one more than
-        the others are taken round-robin from ``_sm_rr``."""
+    def _spread(self, n: int, lo: int, hi: int) -> None:
+        """Turn the scratch ``_fitv`` of SMs ``lo`` to ``hi`` into the placement of ``n``
+        blocks (fewer than fit), breadth-first: every SM gets one before any gets two; the SMs
+        that get one more than the others are taken round-robin from ``_sm_rr``."""
         fit = self._fitv
         counts = self._counts
-        sms = self._sms
+        sms = hi - lo
         top = len(counts) - 1
         for i in range(top + 1):
             counts[i] = 0
-        for s in range(sms):
+        for s in range(lo, hi):
             f = fit[s]
             counts[f if f < top else top] += 1
         # ge: SMs that can take more than ``level`` blocks
@@ -646,7 +641,7 @@ class _SimGpuBase:
         rest = n - placed
         start = self._sm_rr % ge
         rank = 0
-        for s in range(sms):
+        for s in range(lo, hi):
             if fit[s] > level:
                 r = rank - start
                 if r < 0:
@@ -763,15 +758,16 @@ class _SimGpuBase:
                 else:
                     total = self._fit_into(shape)
                     n = head.left
+                    lo, hi = shape.lo, shape.hi
                     if n >= total:
                         n = total
                     else:
-                        self._spread(n)
+                        self._spread(n, lo, hi)
                     slot = self._take_slot()
                     slab = self._slab             # (the slots may have grown)
                     row = slot * sms
                     regs, smem = shape.regs, shape.smem
-                    for s in range(sms):
+                    for s in range(lo, hi):       # (the row's other SMs are zero)
                         b = fit[s]
                         slab[row + s] = b
                         if b:
@@ -887,7 +883,7 @@ class _SimGpuBase:
             shape = kern.shape
             threads, regs, smem = shape.threads, shape.regs, shape.smem
             row = slot * sms
-            for s in range(sms):
+            for s in range(shape.lo, shape.hi):   # a free slot's row is left all zeros
                 b = slab[row + s]
                 if b:
                     free[s] += threads * b
@@ -895,6 +891,7 @@ class _SimGpuBase:
                     free[2 * sms + s] += regs * b
                     free[3 * sms + s] += smem * b
                     freed[s] = gen
+                    slab[row + s] = 0
             self._spare[self._nspare] = slot
             self._nspare += 1
             n = self._gi[2 * slot + 1]
