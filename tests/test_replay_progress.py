@@ -1,5 +1,7 @@
 """``place --validate`` shows progress from the start (issue 20): each simulated GPU reports
 its requests as their arrivals are simulated, and running in chunks changes no result."""
+import pytest
+
 from gpusched.placement.pool import parse_pool
 from gpusched.placement.replay import CHUNKS, _simulate_gpu, replay, tasks_of
 from gpusched.placement.solvers import place
@@ -58,14 +60,18 @@ def test_worker_processes_report_through_the_queue():
     assert res == replay(plan, models, horizon_s=0.3, workers=1)
 
 
-def test_a_replay_that_stops_at_the_last_deadline_gives_the_same_attainment():
+@pytest.mark.parametrize("policy, share", [("slo", None), ("mps", 0.9), ("clockwork", None)])
+def test_a_replay_that_stops_at_the_last_deadline_gives_the_same_attainment(policy, share):
     """``late=False`` (bench usher, the trials) stops each GPU at its last request's deadline:
     an overloaded GPU's backlog is not run, its requests are inf, and every request meets or
-    misses its SLO as in the full run."""
+    misses its SLO as in the full run: the replays' policies, and an MPS partition (the
+    partition trials)."""
     models = MODELS + (ModelSpec("c", "resnet50", 8000.0, 30.0, line=3),
                        ModelSpec("d", "bert-base", 8000.0, 20.0, line=4))
     plan = place(models, parse_pool("H100:16"), "mem-packing")    # all on one GPU: overloaded
     (task,) = tasks_of(plan, models, horizon_s=0.2)
+    # (mps: the replicas split ``share`` of the SMs between them)
+    task = (task[0], policy, [(*r[:6], share and share / len(task[2])) for r in task[2]])
     full, cut = _simulate_gpu(task), _simulate_gpu(task, late=False)
     slo = {m.name: m.slo_ms for m in models}
     for name in full:
@@ -73,10 +79,18 @@ def test_a_replay_that_stops_at_the_last_deadline_gives_the_same_attainment():
             [x * 1e3 <= slo[name] for x in cut[name]]
         assert all(x == y for x, y in zip(full[name], cut[name]) if y != float("inf"))
     # the backlog was not run: requests the full run finished (late) are never done here
-    assert sum(x == float("inf") for v in cut.values() for x in v) > \
+    # (clockwork sheds a hopeless job: nothing is left to run late)
+    assert policy == "clockwork" or sum(x == float("inf") for v in cut.values() for x in v) > \
         sum(x == float("inf") for v in full.values() for x in v)
-    # and the scores agree on attainment, not on a broken model's p99
-    a = replay(plan, models, horizon_s=0.2, workers=1)
-    b = replay(plan, models, horizon_s=0.2, workers=1, late=False)
-    assert [m["slo_attainment"] for m in a["models"]] == [m["slo_attainment"] for m in b["models"]]
-    assert min(m["slo_attainment"] for m in b["models"]) < 0.99
+    if policy == "slo":   # and the scores agree on attainment, not on a broken model's p99
+        a = replay(plan, models, horizon_s=0.2, workers=1)
+        b = replay(plan, models, horizon_s=0.2, workers=1, late=False)
+        assert [m["slo_attainment"] for m in a["models"]] == \
+            [m["slo_attainment"] for m in b["models"]]
+        assert min(m["slo_attainment"] for m in b["models"]) < 0.99
+
+
+def test_a_gpu_with_no_requests_stops_at_once():
+    assert _simulate_gpu(("H100", "slo", []), late=False) == {}
+    gpu, policy, reps = tasks_of(_plan(), MODELS, horizon_s=0.1)[0]
+    assert _simulate_gpu((gpu, policy, [(*r[:5], [], r[6]) for r in reps]), late=False) == {}
