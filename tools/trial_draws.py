@@ -37,21 +37,13 @@ def window_rates(width: int = 1000) -> tuple[float, float, float, float]:
     return r[0], r[len(r) // 20], r[-1 - len(r) // 20], r[-1]
 
 
-def _workload(name: str):
-    from gpusched.placement.workloads import make_held_out, make_workload
-    if name.startswith("azure-"):
-        return make_workload(int(name.split("-")[1]), "H100", 0, 200.0)
-    return make_held_out(int(name.rsplit("-", 1)[1]), "H100")
-
-
 def _plan(name: str):
     """(name, [(GPU index in the plan, GPU, its lowest attainment in the bench's replay)] of
     the GPUs a trial accepted)."""
-    from gpusched.bench.usher import _plan_methods
+    from gpusched.bench.usher import _plan_methods, case
     from gpusched.placement.replay import _simulate_gpu, score, tasks_of
-    w = _workload(name)
+    w, horizon = case(name)
     (_, plan), = _plan_methods((w, ("heuristic-trial",), "H100", 10.0))
-    horizon = 1.0 if name == "azure-12" else 0.5     # bench usher's horizons
     tasks = tasks_of(plan, w.models, horizon, 0)     # one per GPU that has requests: all here
     assert len(tasks) == len(plan.gpus), "a GPU of the plan got no requests"
     out = []
@@ -68,7 +60,8 @@ def _draw(args) -> float:
     name, (_, g, _), k = args
     from gpusched.placement.replay import TRIAL_SEED, attainment_together
     from gpusched.placement.trial import TRIAL_HORIZON_S
-    return attainment_together(g, _workload(name).models, TRIAL_HORIZON_S,
+    from gpusched.bench.usher import case
+    return attainment_together(g, case(name)[0].models, TRIAL_HORIZON_S,
                                seed=TRIAL_SEED + DRAW_SEED * (k + 1))
 
 

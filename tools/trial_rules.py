@@ -27,20 +27,17 @@ def _run(args) -> dict:
     from gpusched.placement.pool import parse_pool
     from gpusched.placement.replay import replay
     from gpusched.placement.solvers import place
-    from gpusched.placement.workloads import make_held_out, make_workload
+    from gpusched.bench.usher import case
     if rule == "spread":
         trial._onto_one = lambda *a: None
     elif rule == "one":
         trial._spread = lambda *a: None
-    if name.startswith("azure-"):
-        w = make_workload(int(name.split("-")[1]), "H100", 0, 200.0)
-    else:
-        w = make_held_out(int(name.rsplit("-", 1)[1]), "H100")
+    w, horizon = case(name)
     pool = parse_pool(f"H100:{max(4 * len(w.models), 64)}")
     t = time.perf_counter()
     heur = place(w.models, pool, "heuristic")
     plan = place(w.models, pool, "heuristic-trial", start=heur)
-    rep = replay(plan, w.models, 1.0 if name == "azure-12" else 0.5, 0, workers=1)
+    rep = replay(plan, w.models, horizon, 0, workers=1)
     return {"workload": name, "rule": rule, "heuristic_gpus": heur.gpus_used,
             "gpus": plan.gpus_used, **plan.notes["trial"],
             "min_slo_attainment": round(rep["min_slo_attainment"], 5),

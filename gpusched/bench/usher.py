@@ -33,16 +33,19 @@ HELD_OUT_SEEDS = (101, 102, 103)   # never used while placement was developed (d
 ATTAINMENT = 0.99                  # a plan "holds" when every model meets its SLO this often
 TARGET_RATIO = 1.3                 # on azure-100 and the held-out lists
 CPSAT_MAX_MODELS = 20              # beyond this CP-SAT found nothing better than its hint in 60 s
+HORIZONS = {12: 1.0, 100: 0.5}     # simulated seconds each in-sample workload is replayed
+HELD_OUT_HORIZON = 0.5
 
 
 def run_usher(sizes=(12, 100), held_out=HELD_OUT_SEEDS, gpu: str = "H100", scale: float = 200.0,
-              seed: int = 0, horizons=None, held_out_horizon: float = 0.5,
+              seed: int = 0, horizons=None, held_out_horizon: float = HELD_OUT_HORIZON,
               cpsat_limit_s: float = 10.0, large: int = 1000, large_pool: int = 400,
               workers: int | None = None, progress=None) -> dict:
     t_start = time.perf_counter()
-    horizons = horizons or {12: 1.0, 100: 0.5}
+    horizons = horizons or HORIZONS
     out = {"gpu": gpu, "scale": scale, "attainment_target": ATTAINMENT, "workloads": []}
-    cases = [(make_workload(n, gpu, seed, scale), False, horizons.get(n, 0.5)) for n in sizes]
+    cases = [(make_workload(n, gpu, seed, scale), False, horizons.get(n, HELD_OUT_HORIZON))
+             for n in sizes]
     cases += [(make_held_out(s, gpu), True, held_out_horizon) for s in held_out]
     # the plans in a pool of processes: gslice's and gpulet's each a task of its own (their
     # partition trials are simulations), the other methods of a workload one task (CP-SAT
@@ -105,6 +108,17 @@ def run_usher(sizes=(12, 100), held_out=HELD_OUT_SEEDS, gpu: str = "H100", scale
     out["interference"] = interference_errors(gpu)
     out["wall_s"] = round(time.perf_counter() - t_start, 1)
     return out
+
+
+def case(name: str, gpu: str = "H100") -> tuple:
+    """(workload, replay horizon in s) of the default run's workload ``name``: ``azure-N`` or
+    ``held-out-SEED`` (for tools that rerun one of its workloads)."""
+    kind, _, num = name.rpartition("-")
+    if kind == "azure" and num.isdigit():
+        return make_workload(int(num), gpu, 0, 200.0), HORIZONS.get(int(num), HELD_OUT_HORIZON)
+    if kind == "held-out" and num.isdigit():
+        return make_held_out(int(num), gpu), HELD_OUT_HORIZON
+    raise ValueError(f"workload {name!r}: write azure-N or held-out-SEED")
 
 
 def _plan_methods(args) -> list[tuple[dict, object]]:
