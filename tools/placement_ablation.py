@@ -16,7 +16,8 @@ variant that uses fewer GPUs but breaks an SLO says that term carries weight. Be
 best baseline that held in the stored bench runs and the GPUs the target allows (``floor(best /
 1.3)`` on held-out lists and azure-100; one fewer than the best on azure-12). A variant is a
 question asked of the replay, not a candidate to ship: none of them is tuned, and the loosened
-knobs are round numbers picked before any replay of them.
+knobs are round numbers picked before any replay of them. The heuristic's randomised restarts
+stop after 0.3 s, so a slower machine may make a different plan.
 
     python tools/placement_ablation.py [--workloads held-out-301,...] [--workers N] [--json]
 
@@ -36,19 +37,23 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-STORED = ("docs/results/usher/bench_usher.json", "docs/results/usher/bench_usher_fresh_seeds.json")
+STORED = tuple(str(ROOT / "docs/results/usher" / f)
+               for f in ("bench_usher.json", "bench_usher_fresh_seeds.json"))
 
-# name: (knob changes, drop the margin, drop the stretch in O)
+# name: (knob changes, drop the margin, drop the stretch in O). The knobs are loosened on three
+# bases: the shipped model (both terms kept), without the margin, without both terms.
+LOOSER_KNOBS = {"u_max 3": {"u_max": 3.0}, "rho_max 0.9": {"rho_max": 0.9},
+                "queue_factor 1.5": {"queue_factor": 1.5},
+                "all four knobs": {"u_max": 3.0, "rho_max": 0.9, "queue_factor": 1.5,
+                                   "o_max": 1.0}}
 VARIANTS = {
     "shipped": ({}, False, False),
     "no margin": ({}, True, False),
     "no stretch": ({}, False, True),
     "neither": ({}, True, True),
-    "neither, u_max 3": ({"u_max": 3.0}, True, True),
-    "neither, rho_max 0.9": ({"rho_max": 0.9}, True, True),
-    "neither, queue_factor 1.5": ({"queue_factor": 1.5}, True, True),
-    "neither, all four knobs": ({"u_max": 3.0, "rho_max": 0.9, "queue_factor": 1.5,
-                                 "o_max": 1.0}, True, True),
+    **{f"{base}, {k}": (v, base != "margin and stretch kept", base == "neither")
+       for base in ("margin and stretch kept", "no margin", "neither")
+       for k, v in LOOSER_KNOBS.items()},
 }
 
 
@@ -56,7 +61,7 @@ def stored_headlines(paths=STORED) -> dict[str, dict]:
     """Per workload name, its headline row in the stored bench runs (the first file's wins)."""
     out: dict[str, dict] = {}
     for p in paths:
-        for w in json.loads((ROOT / p).read_text())["workloads"]:
+        for w in json.loads(Path(p).read_text(encoding="utf-8"))["workloads"]:
             out.setdefault(w["name"], {**w["headline"], "held_out": w["held_out"],
                                        "models": w["models"]})
     return out
@@ -96,18 +101,49 @@ def main() -> int:
     ap.add_argument("--workloads", default=None,
                     help="comma-separated azure-N / held-out-SEED names (default: the stored "
                          "runs' misses where a baseline held)")
+    ap.add_argument("--variants", default=None,
+                    help="comma-separated variant names to run (default: all; --list-variants)")
+    ap.add_argument("--list-variants", action="store_true", help="print the variants and exit")
+    ap.add_argument("--bench-json", action="append", default=None, metavar="FILE",
+                    help="a stored 'bench usher --json' run to read the best baselines from "
+                         "(repeatable; default: the two stored under docs/results/usher)")
     ap.add_argument("--workers", type=int, default=None, help="replay processes (default: CPUs)")
-    ap.add_argument("--json", action="store_true", help="one JSON line per workload and variant")
+    ap.add_argument("--json", action="store_true",
+                    help="one JSON line per workload and variant, then one with the summary")
     args = ap.parse_args()
-    heads = stored_headlines()
+    if args.list_variants:
+        for v, (knobs, no_margin, no_stretch) in VARIANTS.items():
+            print(f"{v}: margin {'dropped' if no_margin else 'kept'}, stretch "
+                  f"{'dropped' if no_stretch else 'kept'}, knobs {knobs or 'as shipped'}")
+        return 0
+    variants = list(VARIANTS)
+    if args.variants:
+        variants = [v.strip() for v in args.variants.split(",") if v.strip()]
+        bad = [v for v in variants if v not in VARIANTS]
+        if bad or not variants:
+            print(f"placement_ablation: unknown variant(s) {bad or args.variants!r}: see "
+                  "--list-variants", file=sys.stderr)
+            return 2
+    try:
+        heads = stored_headlines(args.bench_json or STORED)
+    except (OSError, ValueError, KeyError) as e:
+        print(f"placement_ablation: cannot read the stored bench runs ({e}): give files "
+              "written by 'gpusched bench usher --json'", file=sys.stderr)
+        return 2
     if args.workloads:
         names = [n.strip() for n in args.workloads.split(",") if n.strip()]
     else:
         names = [n for n, h in heads.items() if h.get("best_baseline") and not h["met"]]
+    if not names:
+        print("placement_ablation: no workloads: give --workloads azure-N,held-out-SEED,...",
+              file=sys.stderr)
+        return 2
     from gpusched.bench.usher import case
+    from gpusched.placement.spec import SpecError
     for n in names:
         try:
-            case(n)
+            if not case(n)[0].models:
+                raise ValueError(f"workload {n!r} has no models: N must be at least 1")
         except ValueError as e:
             print(f"placement_ablation: {e}", file=sys.stderr)
             return 2
@@ -117,8 +153,12 @@ def main() -> int:
     t0 = time.perf_counter()
     jobs, rows = [], []
     for n in names:
-        for v in VARIANTS:
-            plan, w, horizon = loosened_plan(n, v)
+        for v in variants:
+            try:
+                plan, w, horizon = loosened_plan(n, v)
+            except SpecError as e:   # e.g. a pool too small for the loosened model: say so
+                print(f"placement_ablation: {n}, {v}: {e}", file=sys.stderr)
+                return 2
             jobs.append((plan, w.models, horizon, 0, "slo"))
             h = heads.get(n, {})
             rows.append({"workload": n, "variant": v, "gpus": plan.gpus_used,
@@ -146,12 +186,16 @@ def main() -> int:
                 verdict = ("reaches the target and holds" if r["reaches_target"] and r["holds"]
                            else "reaches the target, breaks" if r["reaches_target"]
                            else "holds, short of the target" if r["holds"] else "breaks")
-                print(f"  {r['variant']:<28} {r['gpus']:3d} GPUs  lowest "
+                print(f"  {r['variant']:<34} {r['gpus']:3d} GPUs  lowest "
                       f"{100 * r['min_slo_attainment']:6.2f}%  {verdict}")
-    both = sum(r["reaches_target"] and r["holds"] for r in rows)
-    print(f"# {len(rows)} plans, {sum(r['holds'] for r in rows)} hold (>= 99%), "
-          f"{sum(r['reaches_target'] for r in rows)} reach the target, {both} both; "
-          f"{time.perf_counter() - t0:.0f} s", file=sys.stderr)
+    summary = {"plans": len(rows), "hold": sum(r["holds"] for r in rows),
+               "reach_target": sum(r["reaches_target"] for r in rows),
+               "both": sum(r["reaches_target"] and r["holds"] for r in rows),
+               "wall_s": round(time.perf_counter() - t0, 1)}
+    if args.json:   # the last line: the run as a whole
+        print(json.dumps({"summary": summary}))
+    print(f"# {summary['plans']} plans, {summary['hold']} hold (>= 99%), {summary['reach_target']} "
+          f"reach the target, {summary['both']} both; {summary['wall_s']:.0f} s", file=sys.stderr)
     return 0
 
 
