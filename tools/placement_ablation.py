@@ -102,7 +102,8 @@ def main() -> int:
                     help="comma-separated azure-N / held-out-SEED names (default: the stored "
                          "runs' misses where a baseline held)")
     ap.add_argument("--variants", default=None,
-                    help="comma-separated variant names to run (default: all; --list-variants)")
+                    help="variant names to run, separated by ';' (they contain commas; default: "
+                         "all; --list-variants)")
     ap.add_argument("--list-variants", action="store_true", help="print the variants and exit")
     ap.add_argument("--bench-json", action="append", default=None, metavar="FILE",
                     help="a stored 'bench usher --json' run to read the best baselines from "
@@ -118,7 +119,7 @@ def main() -> int:
         return 0
     variants = list(VARIANTS)
     if args.variants:
-        variants = [v.strip() for v in args.variants.split(",") if v.strip()]
+        variants = [v.strip() for v in args.variants.split(";") if v.strip()]
         bad = [v for v in variants if v not in VARIANTS]
         if bad or not variants:
             print(f"placement_ablation: unknown variant(s) {bad or args.variants!r}: see "
