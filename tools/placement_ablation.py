@@ -76,23 +76,28 @@ def target_gpus(h: dict) -> int | None:
     return math.floor(best / ratio + 1e-9) if ratio else best - 1
 
 
-def loosened_plan(name: str, variant: str):
-    """The heuristic's plan for workload ``name`` under ``variant`` (and the workload, horizon)."""
-    from gpusched.bench.usher import case
-    from gpusched.placement import heuristic
+def loosened_table(models, pool, variant: str):
+    """(the configurations per model as ``estimate`` makes them under ``variant``, its knobs)."""
     from gpusched.placement.estimate import estimate
     from gpusched.placement.knobs import DEFAULT
-    from gpusched.placement.pool import parse_pool
     changes, no_margin, no_stretch = VARIANTS[variant]
-    w, horizon = case(name)
     knobs = dataclasses.replace(DEFAULT, **changes)
-    pool = parse_pool(f"H100:{max(4 * len(w.models), 64)}")
-    table = [[dataclasses.replace(
+    return [[dataclasses.replace(
         c, TM=0.0 if no_margin else c.TM,
         # held = occupancy x alpha: dividing by alpha leaves the occupancy alone (the
         # heuristic reads the occupancy only through held)
         occupancy=c.occupancy / c.alpha if no_stretch else c.occupancy) for c in cfgs]
-        for cfgs in estimate(w.models, pool, knobs)]
+        for cfgs in estimate(models, pool, knobs)], knobs
+
+
+def loosened_plan(name: str, variant: str):
+    """The heuristic's plan for workload ``name`` under ``variant`` (and the workload, horizon)."""
+    from gpusched.bench.usher import case
+    from gpusched.placement import heuristic
+    from gpusched.placement.pool import parse_pool
+    w, horizon = case(name)
+    pool = parse_pool(f"H100:{max(4 * len(w.models), 64)}")
+    table, knobs = loosened_table(w.models, pool, variant)
     return heuristic.solve(w.models, table, pool, knobs), w, horizon
 
 
