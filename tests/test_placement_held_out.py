@@ -288,9 +288,11 @@ def test_refit_of_every_plan_passes_the_rule_on_a_held_out_list():
 def test_a_bench_workload_is_found_by_its_name():
     """``usher.case`` (the tools that rerun one workload) gives the default run's workload and
     horizon."""
-    from gpusched.bench.usher import HORIZONS, case
+    from gpusched.bench.usher import HORIZONS, bench_pool, case
     w, horizon = case("held-out-101")
     assert w.models == make_held_out(101, "H100").models and horizon == 0.5
+    assert bench_pool(w.models) == parse_pool(f"H100:{max(4 * len(w.models), 64)}")
+    assert bench_pool(w.models[:3], "T4")[0].count == 64
     assert case("azure-12")[1] == HORIZONS[12] == 1.0
     with pytest.raises(ValueError, match="azure-N or held-out-SEED"):
         case("azure-x")

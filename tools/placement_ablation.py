@@ -92,11 +92,10 @@ def loosened_table(models, pool, variant: str):
 
 def loosened_plan(name: str, variant: str):
     """The heuristic's plan for workload ``name`` under ``variant`` (and the workload, horizon)."""
-    from gpusched.bench.usher import case
+    from gpusched.bench.usher import bench_pool, case
     from gpusched.placement import heuristic
-    from gpusched.placement.pool import parse_pool
     w, horizon = case(name)
-    pool = parse_pool(f"H100:{max(4 * len(w.models), 64)}")
+    pool = bench_pool(w.models)
     table, knobs = loosened_table(w.models, pool, variant)
     return heuristic.solve(w.models, table, pool, knobs), w, horizon
 
@@ -167,7 +166,12 @@ def main() -> int:
                 return 2
             jobs.append((plan, w.models, horizon, 0, "slo"))
             h = heads.get(n, {})
+            alone = [g.replicas[0].cfg.alpha for g in plan.gpus if len(g.replicas) == 1]
             rows.append({"workload": n, "variant": v, "gpus": plan.gpus_used,
+                         # GPUs holding one replica, and those replicas' slowdown budgets
+                         "single_replica_gpus": len(alone),
+                         "single_replica_budgets": {f"{a:g}": alone.count(a)
+                                                    for a in sorted(set(alone))},
                          "best_baseline": h.get("best_baseline"),
                          "best_baseline_gpus": h.get("best_baseline_gpus"),
                          "target_gpus": target_gpus(h)})

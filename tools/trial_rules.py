@@ -24,16 +24,15 @@ READ_SEEDS = (101, 102, 103, 201, 202, 203, 301, 302, 303)
 def _run(args) -> dict:
     name, rule = args
     from gpusched.placement import trial
-    from gpusched.placement.pool import parse_pool
     from gpusched.placement.replay import replay
     from gpusched.placement.solvers import place
-    from gpusched.bench.usher import case
+    from gpusched.bench.usher import bench_pool, case
     if rule == "spread":
         trial._onto_one = lambda *a: None
     elif rule == "one":
         trial._spread = lambda *a: None
     w, horizon = case(name)
-    pool = parse_pool(f"H100:{max(4 * len(w.models), 64)}")
+    pool = bench_pool(w.models)
     t = time.perf_counter()
     heur = place(w.models, pool, "heuristic")
     plan = place(w.models, pool, "heuristic-trial", start=heur)

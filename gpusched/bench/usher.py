@@ -121,6 +121,12 @@ def case(name: str, gpu: str = "H100") -> tuple:
     raise ValueError(f"workload {name!r}: write azure-N or held-out-SEED")
 
 
+def bench_pool(models, gpu: str = "H100") -> tuple:
+    """The pool every method plans in: ``max(4n, 64)`` GPUs for ``n`` models, room enough that
+    no method is refused for the pool's size (tools that replan a workload use the same)."""
+    return parse_pool(f"{gpu}:{max(4 * len(models), 64)}")
+
+
 def _plan_methods(args) -> list[tuple[dict, object]]:
     """The plans of ``methods`` (in order) for one workload: [(its JSON row without the replay,
     the plan or None)]."""
@@ -129,7 +135,7 @@ def _plan_methods(args) -> list[tuple[dict, object]]:
     # one's solve time by luck of scheduling
     attainment_alone.cache_clear()
     n = len(w.models)
-    pool = parse_pool(f"{gpu}:{max(4 * n, 64)}")
+    pool = bench_pool(w.models, gpu)
     out, heur = [], None
     for method in methods:
         row = {"method": method}
